@@ -1,0 +1,345 @@
+//! The `jsonl` dead-letter queue: one JSON line per dead letter, in files per source
+//! partition and checkpoint epoch, published when the checkpoint commits (the protocol of
+//! [`crate::epoch_files`]): an offset is never committed before its dead letters are durable.
+//!
+//! Each line holds `pipeline`, `topic`, `partition`, `offset`, `key_b64` and `payload_b64`
+//! (the original bytes in base64, or null), `payload_utf8` (the payload as text when it is
+//! valid UTF-8, else null), `kind`, `message`, `stage`, `attempts` and `time_ms`. Published
+//! files are `<path>/dlq-p<partition>-e<epoch:010>.jsonl`; [`read_dlq_dir`] reads them back.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use weir_runtime::error::{Result, WeirError};
+use weir_runtime::sink::EpochParticipant;
+use weir_runtime::{DeadLetter, DlqWriter, ErrorKind, Stage};
+
+use crate::epoch_files::EpochFiles;
+use crate::{base64, config_key};
+
+const PREFIX: &str = "dlq";
+
+/// Configuration of the `jsonl` dead-letter queue.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JsonlDlqConfig {
+    /// Directory of the dead-letter files (created if absent).
+    pub path: PathBuf,
+}
+
+impl JsonlDlqConfig {
+    /// Every impossible value, as `"<key>: <problem>"` lines.
+    pub fn validate(&self, key_prefix: &str) -> Vec<String> {
+        let mut errors = Vec::new();
+        if self.path.as_os_str().is_empty() {
+            errors.push(format!(
+                "{}: must not be empty",
+                config_key(key_prefix, "path")
+            ));
+        }
+        errors
+    }
+}
+
+/// One line of a dead-letter file, as written.
+#[derive(Serialize)]
+struct LineOut<'a> {
+    pipeline: &'a str,
+    topic: &'a str,
+    partition: i32,
+    offset: i64,
+    key_b64: Option<String>,
+    payload_b64: Option<String>,
+    payload_utf8: Option<&'a str>,
+    kind: &'static str,
+    message: &'a str,
+    stage: &'a Stage,
+    attempts: u32,
+    time_ms: i64,
+}
+
+/// One line of a dead-letter file, as read.
+#[derive(Deserialize)]
+struct LineIn {
+    pipeline: String,
+    topic: String,
+    partition: i32,
+    offset: i64,
+    key_b64: Option<String>,
+    payload_b64: Option<String>,
+    #[allow(dead_code)] // derived from payload_b64; kept in the file for people
+    payload_utf8: Option<String>,
+    kind: ErrorKind,
+    message: String,
+    stage: Stage,
+    attempts: u32,
+    time_ms: i64,
+}
+
+/// A dead letter read back from a file, with the original key and payload bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetterRecord {
+    pub pipeline: String,
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    pub kind: ErrorKind,
+    pub message: String,
+    pub stage: Stage,
+    pub attempts: u32,
+    pub time_ms: i64,
+}
+
+impl DeadLetterRecord {
+    /// Back to the runtime's dead letter (to replay or re-route it).
+    pub fn into_dead_letter(self) -> DeadLetter {
+        DeadLetter {
+            pipeline: Arc::from(self.pipeline),
+            topic: Arc::from(self.topic),
+            partition: self.partition,
+            offset: self.offset,
+            key: self.key,
+            payload: self.payload,
+            kind: self.kind,
+            message: self.message,
+            stage: self.stage,
+            attempts: self.attempts,
+            time_ms: self.time_ms,
+        }
+    }
+}
+
+/// The `jsonl` dead-letter queue. See the module docs.
+#[derive(Debug)]
+pub struct JsonlDlq {
+    files: EpochFiles,
+    buf: Vec<u8>,
+}
+
+impl JsonlDlq {
+    /// Writes into `config.path`, which it creates.
+    pub fn new(config: &JsonlDlqConfig) -> Result<Self> {
+        let errors = config.validate("dlq");
+        if !errors.is_empty() {
+            return Err(WeirError::Dlq {
+                message: errors.join("; "),
+            });
+        }
+        Ok(Self {
+            files: EpochFiles::new(&config.path, PREFIX)?,
+            buf: Vec::new(),
+        })
+    }
+}
+
+fn encode_line(letter: &DeadLetter, out: &mut Vec<u8>) -> Result<()> {
+    let line = LineOut {
+        pipeline: &letter.pipeline,
+        topic: &letter.topic,
+        partition: letter.partition,
+        offset: letter.offset,
+        key_b64: letter.key.as_deref().map(base64::encode),
+        payload_b64: letter.payload.as_deref().map(base64::encode),
+        payload_utf8: letter
+            .payload
+            .as_deref()
+            .and_then(|p| std::str::from_utf8(p).ok()),
+        kind: letter.kind.as_str(),
+        message: &letter.message,
+        stage: &letter.stage,
+        attempts: letter.attempts,
+        time_ms: letter.time_ms,
+    };
+    serde_json::to_writer(&mut *out, &line).map_err(|e| WeirError::Dlq {
+        message: format!("encode dead letter: {e}"),
+    })?;
+    out.push(b'\n');
+    Ok(())
+}
+
+impl EpochParticipant for JsonlDlq {
+    fn recover(&mut self, partition: i32, committed_epoch: Option<u64>) -> Result<()> {
+        self.files.recover(partition, committed_epoch)
+    }
+
+    fn prepare(&mut self, partition: i32, epoch: u64) -> Result<()> {
+        self.files.prepare(partition, epoch)
+    }
+
+    fn commit(&mut self, partition: i32, epoch: u64) -> Result<()> {
+        self.files.commit(partition, epoch)
+    }
+}
+
+impl DlqWriter for JsonlDlq {
+    fn write(&mut self, letters: &[DeadLetter]) -> Result<()> {
+        let mut by_partition: BTreeMap<i32, Vec<&DeadLetter>> = BTreeMap::new();
+        for letter in letters {
+            by_partition
+                .entry(letter.partition)
+                .or_default()
+                .push(letter);
+        }
+        for (partition, letters) in by_partition {
+            self.buf.clear();
+            for letter in letters {
+                encode_line(letter, &mut self.buf)?;
+            }
+            self.files.append(partition, &self.buf)?;
+        }
+        Ok(())
+    }
+}
+
+/// Every dead letter of the published files in `dir`, by partition, then epoch, then line.
+pub fn read_dlq_dir(dir: impl AsRef<Path>) -> Result<Vec<DeadLetterRecord>> {
+    let mut records = Vec::new();
+    for path in EpochFiles::committed_files(dir.as_ref(), PREFIX)? {
+        let text = fs::read_to_string(&path).map_err(|e| WeirError::io(&path, e))?;
+        for (i, line) in text.lines().enumerate() {
+            let bad = |what: String| WeirError::Dlq {
+                message: format!("{}:{}: {what}", path.display(), i + 1),
+            };
+            let l: LineIn = serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
+            let decode = |field: &str, b64: Option<String>| {
+                b64.map(|t| base64::decode(&t))
+                    .transpose()
+                    .map_err(|e| bad(format!("{field}: {e}")))
+            };
+            records.push(DeadLetterRecord {
+                key: decode("key_b64", l.key_b64)?,
+                payload: decode("payload_b64", l.payload_b64)?,
+                pipeline: l.pipeline,
+                topic: l.topic,
+                partition: l.partition,
+                offset: l.offset,
+                kind: l.kind,
+                message: l.message,
+                stage: l.stage,
+                attempts: l.attempts,
+                time_ms: l.time_ms,
+            });
+        }
+    }
+    Ok(records)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn letter(partition: i32, offset: i64, payload: Option<&[u8]>) -> DeadLetter {
+        DeadLetter {
+            pipeline: Arc::from("iot"),
+            topic: Arc::from("readings"),
+            partition,
+            offset,
+            key: Some(vec![0, 159, 146, 150]),
+            payload: payload.map(<[u8]>::to_vec),
+            kind: ErrorKind::InvalidJson,
+            message: "expected value at line 1 column 1".into(),
+            stage: Stage::Operator("avg \"x\"".into()),
+            attempts: 2,
+            time_ms: 1_700_000_000_123,
+        }
+    }
+
+    fn dlq(dir: &Path) -> JsonlDlq {
+        JsonlDlq::new(&JsonlDlqConfig {
+            path: dir.to_path_buf(),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn a_round_trip_preserves_arbitrary_payload_bytes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut d = dlq(tmp.path());
+        let letters = vec![
+            letter(0, 7, Some(b"\xff\xfe\x00not utf8\n")),
+            letter(1, 3, Some(b"{\"ok\": \"text\"}")),
+            letter(0, 9, None),
+            DeadLetter {
+                key: None,
+                stage: Stage::Decode,
+                kind: ErrorKind::EmptyMessage,
+                ..letter(0, 10, Some(b""))
+            },
+        ];
+        d.write(&letters).unwrap();
+        for p in [0, 1] {
+            d.prepare(p, 1).unwrap();
+            d.commit(p, 1).unwrap();
+        }
+        let back = read_dlq_dir(tmp.path()).unwrap();
+        let expected: Vec<DeadLetter> = [0, 2, 3, 1].iter().map(|i| letters[*i].clone()).collect();
+        assert_eq!(
+            back.into_iter()
+                .map(DeadLetterRecord::into_dead_letter)
+                .collect::<Vec<_>>(),
+            expected
+        );
+    }
+
+    #[test]
+    fn lines_hold_the_documented_fields() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut d = dlq(tmp.path());
+        d.write(&[
+            letter(2, 5, Some(b"caf\xc3\xa9")),
+            letter(2, 6, Some(b"\xc3")),
+        ])
+        .unwrap();
+        d.prepare(2, 4).unwrap();
+        d.commit(2, 4).unwrap();
+        let text = fs::read_to_string(tmp.path().join("dlq-p2-e0000000004.jsonl")).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(
+            lines[0],
+            serde_json::json!({
+                "pipeline": "iot", "topic": "readings", "partition": 2, "offset": 5,
+                "key_b64": "AJ+Slg==", "payload_b64": "Y2Fmw6k=", "payload_utf8": "café",
+                "kind": "invalid_json", "message": "expected value at line 1 column 1",
+                "stage": {"type": "operator", "id": "avg \"x\""}, "attempts": 2,
+                "time_ms": 1_700_000_000_123i64
+            })
+        );
+        assert_eq!(lines[1]["payload_utf8"], serde_json::Value::Null);
+        assert_eq!(lines[1]["payload_b64"], "ww==");
+    }
+
+    #[test]
+    fn dead_letters_follow_the_checkpoint_of_their_partition() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut d = dlq(tmp.path());
+        d.write(&[letter(0, 1, Some(b"a"))]).unwrap();
+        d.prepare(0, 1).unwrap();
+        d.write(&[letter(0, 2, Some(b"b"))]).unwrap();
+        d.prepare(0, 2).unwrap();
+        drop(d); // crash after storing the checkpoint of epoch 1 only
+        let mut d = dlq(tmp.path());
+        d.recover(0, Some(1)).unwrap();
+        let offsets: Vec<i64> = read_dlq_dir(tmp.path())
+            .unwrap()
+            .iter()
+            .map(|r| r.offset)
+            .collect();
+        assert_eq!(offsets, [1]);
+    }
+
+    #[test]
+    fn a_corrupt_line_is_an_error_naming_the_file_and_line() {
+        let tmp = tempfile::tempdir().unwrap();
+        fs::write(tmp.path().join("dlq-p0-e0000000001.jsonl"), "{}\n").unwrap();
+        let err = read_dlq_dir(tmp.path()).unwrap_err().to_string();
+        assert!(err.contains("dlq-p0-e0000000001.jsonl:1"), "{err}");
+    }
+}

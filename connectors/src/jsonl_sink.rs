@@ -1,0 +1,265 @@
+//! The `jsonl` sink: result rows as JSON lines, one file per partition and checkpoint epoch,
+//! published when the checkpoint commits (exactly-once; see [`crate::epoch_files`]).
+//!
+//! Rows are encoded by arrow's JSON writer (null fields left out, timestamps as the writer
+//! formats them), without the [`OFFSET_COLUMN`](weir_runtime::OFFSET_COLUMN). Published files
+//! are `<path>/part-p<partition>-e<epoch:010>.jsonl`.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use weir_runtime::arrow::json::LineDelimitedWriter;
+use weir_runtime::arrow::record_batch::RecordBatch;
+use weir_runtime::error::{Result, WeirError};
+use weir_runtime::sink::EpochParticipant;
+use weir_runtime::{Guarantee, SinkWriter, WriteOutcome};
+
+use crate::epoch_files::EpochFiles;
+use crate::{config_key, without_offset_column};
+
+const PREFIX: &str = "part";
+
+/// Configuration of the `jsonl` sink.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JsonlSinkConfig {
+    /// Directory of the output files (created if absent).
+    pub path: PathBuf,
+}
+
+impl JsonlSinkConfig {
+    /// Every impossible value, as `"<key>: <problem>"` lines.
+    pub fn validate(&self, key_prefix: &str) -> Vec<String> {
+        let mut errors = Vec::new();
+        if self.path.as_os_str().is_empty() {
+            errors.push(format!(
+                "{}: must not be empty",
+                config_key(key_prefix, "path")
+            ));
+        }
+        errors
+    }
+}
+
+/// The `jsonl` sink. See the module docs.
+#[derive(Debug)]
+pub struct JsonlSink {
+    name: String,
+    files: EpochFiles,
+    buf: Vec<u8>,
+}
+
+impl JsonlSink {
+    /// A sink named `name` (for errors and metrics) writing into `config.path`, which it
+    /// creates.
+    pub fn new(name: impl Into<String>, config: &JsonlSinkConfig) -> Result<Self> {
+        let name = name.into();
+        let errors = config.validate("");
+        if !errors.is_empty() {
+            return Err(WeirError::sink(name, errors.join("; ")));
+        }
+        Ok(Self {
+            files: EpochFiles::new(&config.path, PREFIX)?,
+            name,
+            buf: Vec::new(),
+        })
+    }
+}
+
+impl EpochParticipant for JsonlSink {
+    fn recover(&mut self, partition: i32, committed_epoch: Option<u64>) -> Result<()> {
+        self.files.recover(partition, committed_epoch)
+    }
+
+    fn prepare(&mut self, partition: i32, epoch: u64) -> Result<()> {
+        self.files.prepare(partition, epoch)
+    }
+
+    fn commit(&mut self, partition: i32, epoch: u64) -> Result<()> {
+        self.files.commit(partition, epoch)
+    }
+}
+
+impl SinkWriter for JsonlSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn guarantee(&self) -> Guarantee {
+        Guarantee::ExactlyOnce
+    }
+
+    fn write(&mut self, partition: i32, batch: &RecordBatch) -> Result<WriteOutcome> {
+        if batch.num_rows() == 0 {
+            return Ok(WriteOutcome::default());
+        }
+        let rows = without_offset_column(batch)?;
+        self.buf.clear();
+        let mut writer = LineDelimitedWriter::new(&mut self.buf);
+        writer
+            .write(&rows)
+            .and_then(|_| writer.finish())
+            .map_err(|e| WeirError::sink(&self.name, format!("encode rows as JSON: {e}")))?;
+        self.files.append(partition, &self.buf)?;
+        Ok(WriteOutcome {
+            accepted: batch.num_rows(),
+            rejected: Vec::new(),
+        })
+    }
+}
+
+/// Every row of the published files in `dir`, by partition, then epoch, then line.
+pub fn read_jsonl_dir(dir: impl AsRef<Path>) -> Result<Vec<serde_json::Value>> {
+    let mut rows = Vec::new();
+    for path in EpochFiles::committed_files(dir.as_ref(), PREFIX)? {
+        let text = fs::read_to_string(&path).map_err(|e| WeirError::io(&path, e))?;
+        for (i, line) in text.lines().enumerate() {
+            let value = serde_json::from_str(line).map_err(|e| {
+                WeirError::Internal(format!("{}:{}: not JSON: {e}", path.display(), i + 1))
+            })?;
+            rows.push(value);
+        }
+    }
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::sync::Arc;
+    use weir_runtime::arrow::array::{Float64Array, Int64Array, StringArray};
+    use weir_runtime::arrow::datatypes::{DataType, Field, Schema};
+    use weir_runtime::OFFSET_COLUMN;
+
+    fn batch(keys: &[&str], first_offset: i64) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("sensor_id", DataType::Utf8, false),
+            Field::new("avg", DataType::Float64, true),
+            Field::new(OFFSET_COLUMN, DataType::Int64, false),
+        ]));
+        let n = keys.len() as i64;
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from(keys.to_vec())),
+                Arc::new(Float64Array::from(
+                    (0..n).map(|i| Some(i as f64 + 0.5)).collect::<Vec<_>>(),
+                )),
+                Arc::new(Int64Array::from(
+                    (first_offset..first_offset + n).collect::<Vec<_>>(),
+                )),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn sink(dir: &Path) -> JsonlSink {
+        JsonlSink::new(
+            "out",
+            &JsonlSinkConfig {
+                path: dir.to_path_buf(),
+            },
+        )
+        .unwrap()
+    }
+
+    fn ids(dir: &Path) -> Vec<String> {
+        read_jsonl_dir(dir)
+            .unwrap()
+            .iter()
+            .map(|v| v["sensor_id"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn staged_rows_are_invisible_until_commit() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = sink(tmp.path());
+        s.recover(0, None).unwrap();
+        let outcome = s.write(0, &batch(&["a", "b"], 0)).unwrap();
+        assert_eq!(outcome.accepted, 2);
+        assert!(read_jsonl_dir(tmp.path()).unwrap().is_empty());
+        s.prepare(0, 1).unwrap();
+        assert!(read_jsonl_dir(tmp.path()).unwrap().is_empty());
+        s.commit(0, 1).unwrap();
+        assert_eq!(
+            read_jsonl_dir(tmp.path()).unwrap(),
+            [
+                json!({"sensor_id": "a", "avg": 0.5}),
+                json!({"sensor_id": "b", "avg": 1.5})
+            ],
+            "rows without the offset column"
+        );
+        assert!(tmp.path().join("part-p0-e0000000001.jsonl").exists());
+    }
+
+    #[test]
+    fn recover_commits_epochs_up_to_the_committed_one_and_deletes_newer() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = sink(tmp.path());
+        for (epoch, key) in [(1, "e1"), (2, "e2"), (3, "e3")] {
+            s.write(0, &batch(&[key], 0)).unwrap();
+            s.prepare(0, epoch).unwrap();
+        }
+        s.write(0, &batch(&["open"], 0)).unwrap();
+        drop(s);
+        let mut s = sink(tmp.path());
+        s.recover(0, Some(2)).unwrap();
+        assert_eq!(ids(tmp.path()), ["e1", "e2"]);
+        // Epoch 3 is replayed and written again under the same number.
+        s.write(0, &batch(&["e3-again"], 0)).unwrap();
+        s.prepare(0, 3).unwrap();
+        s.commit(0, 3).unwrap();
+        assert_eq!(ids(tmp.path()), ["e1", "e2", "e3-again"]);
+    }
+
+    #[test]
+    fn a_crash_between_prepare_and_commit_is_exactly_once_either_way() {
+        for (committed, expected) in [(Some(2), vec!["x", "y"]), (Some(1), vec!["x"])] {
+            let tmp = tempfile::tempdir().unwrap();
+            let mut s = sink(tmp.path());
+            s.recover(0, None).unwrap();
+            s.write(0, &batch(&["x"], 0)).unwrap();
+            s.prepare(0, 1).unwrap();
+            s.commit(0, 1).unwrap();
+            s.write(0, &batch(&["y"], 1)).unwrap();
+            s.prepare(0, 2).unwrap();
+            drop(s); // crash: the checkpoint of epoch 2 may or may not have been stored
+
+            let mut s = sink(tmp.path());
+            s.recover(0, committed).unwrap();
+            assert_eq!(ids(tmp.path()), expected, "committed {committed:?}");
+            // Recovering twice (a second restart) changes nothing.
+            s.recover(0, committed).unwrap();
+            assert_eq!(ids(tmp.path()), expected);
+        }
+    }
+
+    #[test]
+    fn partitions_are_staged_and_published_independently() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = sink(tmp.path());
+        s.write(0, &batch(&["p0"], 0)).unwrap();
+        s.write(1, &batch(&["p1"], 0)).unwrap();
+        s.prepare(1, 1).unwrap();
+        s.commit(1, 1).unwrap();
+        assert_eq!(ids(tmp.path()), ["p1"]);
+        s.prepare(0, 5).unwrap();
+        s.commit(0, 5).unwrap();
+        assert_eq!(ids(tmp.path()), ["p0", "p1"]);
+    }
+
+    #[test]
+    fn an_empty_path_is_refused() {
+        let cfg = JsonlSinkConfig {
+            path: PathBuf::new(),
+        };
+        assert_eq!(
+            cfg.validate("sinks.out"),
+            ["sinks.out.path: must not be empty"]
+        );
+        assert!(JsonlSink::new("out", &cfg).is_err());
+    }
+}

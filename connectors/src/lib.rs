@@ -1,0 +1,129 @@
+//! weir-connectors: where events come from and where results go.
+//!
+//! Sources: a deterministic IoT [generator](generator) (for tests, examples and `weir bench`)
+//! and a newline-delimited [JSON file](jsonl_source). Sinks: [JSONL files](jsonl_sink)
+//! (exactly-once by the epoch protocol), [SQLite](sqlite_sink) (idempotent upserts) and the
+//! [terminal](terminal_sink) (at-least-once). Dead letters: [JSONL files](dlq_file).
+//!
+//! Every config struct has a pure `validate(key_prefix)` that reports all impossible values at
+//! once; constructors (`new`) do the I/O.
+
+use std::sync::Arc;
+
+use weir_runtime::arrow::datatypes::Schema;
+use weir_runtime::arrow::record_batch::RecordBatch;
+use weir_runtime::error::Result;
+use weir_runtime::OFFSET_COLUMN;
+
+pub mod base64;
+pub mod dlq_file;
+pub mod epoch_files;
+pub mod generator;
+pub mod jsonl_sink;
+pub mod jsonl_source;
+pub mod sqlite_sink;
+pub mod terminal_sink;
+
+pub use dlq_file::{read_dlq_dir, DeadLetterRecord, JsonlDlq, JsonlDlqConfig};
+pub use epoch_files::EpochFiles;
+pub use generator::{
+    encode_events, EventGenerator, GeneratedEvent, GeneratorConfig, GeneratorSource, PoisonKind,
+    GENERATOR_TOPIC,
+};
+pub use jsonl_sink::{read_jsonl_dir, JsonlSink, JsonlSinkConfig};
+pub use jsonl_source::{JsonlFileSource, JsonlSourceConfig};
+pub use sqlite_sink::{SqliteSink, SqliteSinkConfig};
+pub use terminal_sink::{TerminalSink, TerminalSinkConfig};
+
+/// FNV-1a, 64 bit, of `bytes`: the stable hash that assigns keys to partitions.
+pub fn fnv1a_64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// The partition of `key` among `partitions` (FNV-1a modulo the count). Partition 0 when
+/// `partitions` is 0, so that a bad count never divides by zero.
+pub fn partition_for_key(key: &[u8], partitions: u32) -> i32 {
+    if partitions == 0 {
+        return 0;
+    }
+    // The remainder is below `partitions`, which validation keeps within i32.
+    i32::try_from(fnv1a_64(key) % u64::from(partitions)).unwrap_or(0)
+}
+
+/// `batch` without the [`OFFSET_COLUMN`] the decoder adds: sinks never write it.
+pub(crate) fn without_offset_column(batch: &RecordBatch) -> Result<RecordBatch> {
+    let schema = batch.schema();
+    match schema.index_of(OFFSET_COLUMN) {
+        Err(_) => Ok(batch.clone()),
+        Ok(i) => {
+            let keep: Vec<usize> = (0..schema.fields().len()).filter(|c| *c != i).collect();
+            if keep.is_empty() {
+                // A batch of offsets only: keep the row count, with no columns.
+                let options = weir_runtime::arrow::record_batch::RecordBatchOptions::new()
+                    .with_row_count(Some(batch.num_rows()));
+                return Ok(RecordBatch::try_new_with_options(
+                    Arc::new(Schema::empty()),
+                    Vec::new(),
+                    &options,
+                )?);
+            }
+            Ok(batch.project(&keep)?)
+        }
+    }
+}
+
+/// `"{prefix}.{key}"`, or just `key` when the prefix is empty: where a config error is.
+pub(crate) fn config_key(prefix: &str, key: &str) -> String {
+    if prefix.is_empty() {
+        key.to_string()
+    } else {
+        format!("{prefix}.{key}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weir_runtime::arrow::array::{Int64Array, StringArray};
+    use weir_runtime::arrow::datatypes::{DataType, Field};
+
+    #[test]
+    fn fnv1a_matches_the_published_test_vectors() {
+        assert_eq!(fnv1a_64(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a_64(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a_64(b"foobar"), 0x8594_4171_f739_67e8);
+    }
+
+    #[test]
+    fn a_key_always_maps_to_one_partition_in_range() {
+        for n in 0..200u32 {
+            let key = format!("sensor-{n}");
+            let p = partition_for_key(key.as_bytes(), 7);
+            assert!((0..7).contains(&p));
+            assert_eq!(p, partition_for_key(key.as_bytes(), 7));
+        }
+        assert_eq!(partition_for_key(b"x", 0), 0);
+    }
+
+    #[test]
+    fn the_offset_column_is_dropped_and_other_columns_kept() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Utf8, false),
+            Field::new(OFFSET_COLUMN, DataType::Int64, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from(vec!["a", "b"])),
+                Arc::new(Int64Array::from(vec![1, 2])),
+            ],
+        )
+        .unwrap();
+        let out = without_offset_column(&batch).unwrap();
+        assert_eq!(out.num_columns(), 1);
+        assert_eq!(out.schema().field(0).name(), "k");
+        assert_eq!(out.num_rows(), 2);
+    }
+}

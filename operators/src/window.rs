@@ -1,0 +1,526 @@
+//! Event-time tumbling windows, aggregated incrementally by DataFusion's accumulators.
+//!
+//! Each open window ("bin") holds a DataFusion `GroupValues` (group key → group index) and one
+//! `GroupsAccumulator` per aggregate. Rows are assigned to bins with a vectorised pass; the
+//! watermark is advanced row by row (a prefix max), so whether a row is late does not depend
+//! on where batch boundaries fall: the output is the same for any batching, and equal to a
+//! batch `GROUP BY key, date_bin(size, ts)` over the on-time events.
+//!
+//! A bin is emitted once, when the watermark reaches `end + allowed_lateness`, then dropped.
+//! Its state is checkpointed as the accumulators' own intermediate state (`state`/
+//! `merge_batch`), so any DataFusion aggregate with a `GroupsAccumulator`, or an `Accumulator`
+//! with state and merge, works and survives a restart.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, Int64Array, TimestampMillisecondArray, UInt32Array,
+};
+use datafusion::arrow::compute::take;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::common::ScalarValue;
+use datafusion::functions_aggregate::all_default_aggregate_functions;
+use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
+use datafusion::physical_expr::aggregate::{AggregateExprBuilder, AggregateFunctionExpr};
+use datafusion::physical_expr::expressions::{col, lit};
+use datafusion::physical_expr::GroupsAccumulatorAdapter;
+use datafusion::physical_plan::aggregates::group_values::{new_group_values, GroupValues};
+use datafusion::physical_plan::aggregates::order::GroupOrdering;
+use serde::Deserialize;
+use weir_runtime::dlq::ErrorKind;
+use weir_runtime::error::{Result, WeirError};
+use weir_runtime::operator::{Emit, Operator, OFFSET_COLUMN};
+use weir_runtime::watermark::{is_closed, tumble_start, WatermarkTracker};
+use weir_runtime::OperatorState;
+
+/// What happens to an event whose window has already closed.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LatePolicy {
+    /// Count it and drop it.
+    Drop,
+    /// Count it and send it to the DLQ with kind `late`.
+    #[default]
+    Dlq,
+}
+
+/// One aggregate of a window: `function(column)`, named `alias` in the output.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AggregateConfig {
+    /// A DataFusion aggregate function name: count, sum, avg, min, max, stddev, ...
+    pub function: String,
+    /// The input column; omitted for `count` means count(*).
+    #[serde(default)]
+    pub column: Option<String>,
+    /// Output column name (default `<function>_<column>`).
+    #[serde(default)]
+    pub alias: Option<String>,
+    /// Aggregate distinct values only.
+    #[serde(default)]
+    pub distinct: bool,
+}
+
+impl AggregateConfig {
+    pub fn output_name(&self) -> String {
+        self.alias.clone().unwrap_or_else(|| match &self.column {
+            Some(c) => format!("{}_{}", self.function, c),
+            None => self.function.clone(),
+        })
+    }
+}
+
+/// `type = "tumble"`: fixed, non-overlapping event-time windows per key.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TumbleConfig {
+    /// Window length in milliseconds.
+    pub size_ms: i64,
+    /// Group keys (one or more columns).
+    pub keys: Vec<String>,
+    /// Event-time column (default: the schema's `event_time`).
+    #[serde(default)]
+    pub time_column: Option<String>,
+    /// Bound on disorder: watermark = max event time seen − this.
+    #[serde(default)]
+    pub max_out_of_orderness_ms: i64,
+    /// How long past its end (in watermark time) a window still accepts events.
+    #[serde(default)]
+    pub allowed_lateness_ms: i64,
+    /// What to do with late events (default `dlq`).
+    #[serde(default)]
+    pub late_policy: LatePolicy,
+    /// The aggregates computed per key and window.
+    pub aggregates: Vec<AggregateConfig>,
+}
+
+impl TumbleConfig {
+    /// Value checks that need no schema; each error names its key.
+    pub fn validate(&self, prefix: &str) -> Vec<String> {
+        let mut e = Vec::new();
+        if self.size_ms <= 0 {
+            e.push(format!(
+                "{prefix}.size_ms: must be positive, got {}",
+                self.size_ms
+            ));
+        }
+        if self.max_out_of_orderness_ms < 0 {
+            e.push(format!(
+                "{prefix}.max_out_of_orderness_ms: must not be negative, got {}",
+                self.max_out_of_orderness_ms
+            ));
+        }
+        if self.allowed_lateness_ms < 0 {
+            e.push(format!(
+                "{prefix}.allowed_lateness_ms: must not be negative, got {}",
+                self.allowed_lateness_ms
+            ));
+        }
+        if self.keys.is_empty() {
+            e.push(format!(
+                "{prefix}.keys: at least one key column is required"
+            ));
+        }
+        if self.aggregates.is_empty() {
+            e.push(format!(
+                "{prefix}.aggregates: at least one aggregate is required"
+            ));
+        }
+        e
+    }
+}
+
+/// Looks up a DataFusion aggregate function by name or alias.
+pub fn find_aggregate(name: &str) -> Option<Arc<datafusion::logical_expr::AggregateUDF>> {
+    let lower = name.to_ascii_lowercase();
+    all_default_aggregate_functions()
+        .into_iter()
+        .find(|f| f.name() == lower || f.aliases().iter().any(|a| *a == lower))
+}
+
+struct Bin {
+    groups: Box<dyn GroupValues>,
+    accs: Vec<Box<dyn GroupsAccumulator>>,
+}
+
+/// The tumbling-window aggregation operator of one partition.
+pub struct TumbleWindow {
+    name: String,
+    size_ms: i64,
+    allowed_lateness_ms: i64,
+    late_policy: LatePolicy,
+    time_idx: usize,
+    key_idx: Vec<usize>,
+    offset_idx: Option<usize>,
+    key_schema: SchemaRef,
+    aggs: Vec<Arc<AggregateFunctionExpr>>,
+    state_counts: Vec<usize>,
+    output: SchemaRef,
+    watermark: WatermarkTracker,
+    bins: BTreeMap<i64, Bin>,
+    // scratch, reused across batches
+    group_ids: Vec<usize>,
+}
+
+impl TumbleWindow {
+    /// Build against the input schema; errors name the offending column or function.
+    pub fn new(
+        name: &str,
+        cfg: &TumbleConfig,
+        input: SchemaRef,
+        default_time: &str,
+    ) -> Result<Self, String> {
+        let time_column = cfg.time_column.as_deref().unwrap_or(default_time);
+        let time_idx = input
+            .index_of(time_column)
+            .map_err(|_| format!("time column `{time_column}` is not in the input"))?;
+        match input.field(time_idx).data_type() {
+            DataType::Timestamp(TimeUnit::Millisecond, _) => {}
+            other => {
+                return Err(format!(
+                    "time column `{time_column}` has type {other}, a window needs a timestamp"
+                ))
+            }
+        }
+        let mut key_idx = Vec::new();
+        let mut key_fields = Vec::new();
+        for k in &cfg.keys {
+            let i = input
+                .index_of(k)
+                .map_err(|_| format!("key column `{k}` is not in the input"))?;
+            key_idx.push(i);
+            key_fields.push(input.field(i).clone().with_nullable(true));
+        }
+        let key_schema = Arc::new(Schema::new(key_fields.clone()));
+        let mut aggs = Vec::new();
+        let mut out_fields = key_fields;
+        out_fields.push(Field::new(
+            "window_start",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            false,
+        ));
+        out_fields.push(Field::new(
+            "window_end",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            false,
+        ));
+        let mut state_counts = Vec::new();
+        for a in &cfg.aggregates {
+            let udaf = find_aggregate(&a.function)
+                .ok_or_else(|| format!("unknown aggregate function `{}`", a.function))?;
+            let arg = match &a.column {
+                Some(c) => col(c, &input)
+                    .map_err(|_| format!("aggregate column `{c}` is not in the input"))?,
+                None if udaf.name() == "count" => lit(ScalarValue::Int64(Some(1))),
+                None => return Err(format!("aggregate `{}` needs a column", a.function)),
+            };
+            let alias = a.output_name();
+            let agg = AggregateExprBuilder::new(udaf, vec![arg])
+                .schema(input.clone())
+                .alias(alias.clone())
+                .with_distinct(a.distinct)
+                .build()
+                .map_err(|e| format!("aggregate `{alias}`: {}", first_line(&e.to_string())))?;
+            state_counts.push(agg.state_fields().map_err(|e| e.to_string())?.len());
+            out_fields.push(agg.field().as_ref().clone().with_name(alias));
+            aggs.push(Arc::new(agg));
+        }
+        Ok(Self {
+            name: name.to_string(),
+            size_ms: cfg.size_ms,
+            allowed_lateness_ms: cfg.allowed_lateness_ms,
+            late_policy: cfg.late_policy,
+            time_idx,
+            key_idx,
+            offset_idx: input.index_of(OFFSET_COLUMN).ok(),
+            key_schema,
+            aggs,
+            state_counts,
+            output: Arc::new(Schema::new(out_fields)),
+            watermark: WatermarkTracker::new(cfg.max_out_of_orderness_ms),
+            bins: BTreeMap::new(),
+            group_ids: Vec::new(),
+        })
+    }
+
+    /// Windows open now.
+    pub fn open_windows(&self) -> usize {
+        self.bins.len()
+    }
+
+    fn err(&self, e: impl std::fmt::Display) -> WeirError {
+        WeirError::operator(&self.name, e)
+    }
+
+    fn new_bin(&self) -> Result<Bin> {
+        let groups = new_group_values(self.key_schema.clone(), &GroupOrdering::None)
+            .map_err(|e| self.err(e))?;
+        let accs = self
+            .aggs
+            .iter()
+            .map(|agg| -> Result<Box<dyn GroupsAccumulator>> {
+                if agg.groups_accumulator_supported() {
+                    agg.create_groups_accumulator().map_err(|e| self.err(e))
+                } else {
+                    let agg = agg.clone();
+                    Ok(Box::new(GroupsAccumulatorAdapter::new(move || {
+                        agg.create_accumulator()
+                    })))
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Bin { groups, accs })
+    }
+
+    /// Update the bin of `start` with these rows (already selected for it).
+    fn update(&mut self, start: i64, keys: &[ArrayRef], args: &[Vec<ArrayRef>]) -> Result<()> {
+        if !self.bins.contains_key(&start) {
+            let bin = self.new_bin()?;
+            self.bins.insert(start, bin);
+        }
+        let bin = self
+            .bins
+            .get_mut(&start)
+            .expect("invariant: bin inserted above");
+        self.group_ids.clear();
+        bin.groups
+            .intern(keys, &mut self.group_ids)
+            .map_err(|e| WeirError::operator(&self.name, e))?;
+        let total = bin.groups.len();
+        for (acc, values) in bin.accs.iter_mut().zip(args) {
+            acc.update_batch(values, &self.group_ids, None, total)
+                .map_err(|e| WeirError::operator(&self.name, e))?;
+        }
+        Ok(())
+    }
+
+    /// Emit and drop every bin the watermark has closed (all of them at end of input).
+    fn close(&mut self, all: bool, emit: &mut Emit) -> Result<()> {
+        let wm = self.watermark.watermark();
+        while let Some((&start, _)) = self.bins.first_key_value() {
+            if !all && !is_closed(start + self.size_ms, self.allowed_lateness_ms, wm) {
+                break;
+            }
+            let bin = self
+                .bins
+                .remove(&start)
+                .expect("invariant: first key exists");
+            emit.emit(self.finish(start, bin)?);
+        }
+        Ok(())
+    }
+
+    fn finish(&self, start: i64, mut bin: Bin) -> Result<RecordBatch> {
+        let n = bin.groups.len();
+        let mut columns = bin.groups.emit(EmitTo::All).map_err(|e| self.err(e))?;
+        columns.push(Arc::new(TimestampMillisecondArray::from_value(start, n)));
+        columns.push(Arc::new(TimestampMillisecondArray::from_value(
+            start + self.size_ms,
+            n,
+        )));
+        for acc in &mut bin.accs {
+            columns.push(acc.evaluate(EmitTo::All).map_err(|e| self.err(e))?);
+        }
+        RecordBatch::try_new(self.output.clone(), columns).map_err(|e| self.err(e))
+    }
+
+    /// Take a bin's state out as one batch: window start, keys, accumulator states.
+    fn bin_state(&self, start: i64, mut bin: Bin) -> Result<RecordBatch> {
+        let n = bin.groups.len();
+        let mut columns: Vec<ArrayRef> = vec![Arc::new(Int64Array::from_value(start, n))];
+        columns.extend(bin.groups.emit(EmitTo::All).map_err(|e| self.err(e))?);
+        for acc in &mut bin.accs {
+            columns.extend(acc.state(EmitTo::All).map_err(|e| self.err(e))?);
+        }
+        let fields: Vec<Field> = columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| Field::new(format!("c{i}"), c.data_type().clone(), true))
+            .collect();
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(|e| self.err(e))
+    }
+
+    /// Rebuild a bin from [`Self::bin_state`]'s batch.
+    fn restore_bin(&mut self, state: &RecordBatch) -> Result<()> {
+        let k = self.key_idx.len();
+        let expected = 1 + k + self.state_counts.iter().sum::<usize>();
+        if state.num_columns() != expected || state.num_rows() == 0 {
+            return Err(self.err(format!(
+                "checkpointed window state has {} columns, expected {expected}: the aggregates changed",
+                state.num_columns()
+            )));
+        }
+        let start = state
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .ok_or_else(|| self.err("checkpointed window start is not Int64"))?
+            .value(0);
+        let bin = self.new_bin()?;
+        self.bins.insert(start, bin);
+        let bin = self.bins.get_mut(&start).expect("invariant: just inserted");
+        let mut ids = Vec::new();
+        bin.groups
+            .intern(&state.columns()[1..=k], &mut ids)
+            .map_err(|e| WeirError::operator(&self.name, e))?;
+        let total = bin.groups.len();
+        let mut col = 1 + k;
+        for (acc, count) in bin.accs.iter_mut().zip(&self.state_counts) {
+            acc.merge_batch(&state.columns()[col..col + count], &ids, total)
+                .map_err(|e| WeirError::operator(&self.name, e))?;
+            col += count;
+        }
+        Ok(())
+    }
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or_default()
+}
+
+impl Operator for TumbleWindow {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn output_schema(&self) -> SchemaRef {
+        self.output.clone()
+    }
+
+    fn is_stateful(&self) -> bool {
+        true
+    }
+
+    fn process(&mut self, batch: RecordBatch, emit: &mut Emit) -> Result<()> {
+        let n = batch.num_rows();
+        if n == 0 {
+            return Ok(());
+        }
+        let ts = batch
+            .column(self.time_idx)
+            .as_any()
+            .downcast_ref::<TimestampMillisecondArray>()
+            .ok_or_else(|| self.err("time column is not a millisecond timestamp"))?
+            .clone();
+        let offsets = self.offset_idx.and_then(|i| {
+            batch
+                .column(i)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .cloned()
+        });
+
+        // Assign rows to bins, deciding lateness against the watermark before each row.
+        let mut bins: Vec<(i64, Vec<u32>)> = Vec::with_capacity(2);
+        let mut cur = usize::MAX;
+        let mut accepted = 0u64;
+        for i in 0..n {
+            if ts.is_null(i) {
+                if let Some(o) = &offsets {
+                    emit.reject(o.value(i), ErrorKind::MissingField, "event time is null");
+                }
+                continue;
+            }
+            let t = ts.value(i);
+            let start = tumble_start(t, self.size_ms);
+            let wm = self.watermark.watermark();
+            if is_closed(start + self.size_ms, self.allowed_lateness_ms, wm) {
+                match (self.late_policy, &offsets) {
+                    (LatePolicy::Dlq, Some(o)) => emit.reject(
+                        o.value(i),
+                        ErrorKind::Late,
+                        format!(
+                            "event time {t} is in window [{start}, {}) which closed at watermark {}",
+                            start + self.size_ms,
+                            wm.unwrap_or_default()
+                        ),
+                    ),
+                    _ => emit.count_late_dropped(1),
+                }
+            } else {
+                if cur >= bins.len() || bins[cur].0 != start {
+                    cur = bins
+                        .iter()
+                        .position(|(s, _)| *s == start)
+                        .unwrap_or_else(|| {
+                            bins.push((start, Vec::new()));
+                            bins.len() - 1
+                        });
+                }
+                bins[cur].1.push(i as u32);
+                accepted += 1;
+            }
+            self.watermark.observe(t);
+        }
+        emit.count_absorbed(accepted);
+
+        let keys: Vec<ArrayRef> = self
+            .key_idx
+            .iter()
+            .map(|i| batch.column(*i).clone())
+            .collect();
+        let args: Vec<Vec<ArrayRef>> = self
+            .aggs
+            .iter()
+            .map(|agg| {
+                agg.expressions()
+                    .iter()
+                    .map(|e| e.evaluate(&batch).and_then(|v| v.into_array(n)))
+                    .collect::<datafusion::common::Result<Vec<_>>>()
+            })
+            .collect::<datafusion::common::Result<_>>()
+            .map_err(|e| self.err(e))?;
+        for (start, rows) in bins {
+            if rows.len() == n {
+                self.update(start, &keys, &args)?;
+            } else {
+                let idx = UInt32Array::from(rows);
+                let pick = |cols: &[ArrayRef]| -> Result<Vec<ArrayRef>> {
+                    cols.iter()
+                        .map(|c| take(c.as_ref(), &idx, None).map_err(|e| self.err(e)))
+                        .collect()
+                };
+                let k = pick(&keys)?;
+                let a = args
+                    .iter()
+                    .map(|cols| pick(cols))
+                    .collect::<Result<Vec<_>>>()?;
+                self.update(start, &k, &a)?;
+            }
+        }
+        self.close(false, emit)
+    }
+
+    fn on_end_of_input(&mut self, emit: &mut Emit) -> Result<()> {
+        self.close(true, emit)
+    }
+
+    fn snapshot(&mut self) -> Result<OperatorState> {
+        let bins = std::mem::take(&mut self.bins);
+        let mut batches = Vec::with_capacity(bins.len());
+        for (start, bin) in bins {
+            batches.push(self.bin_state(start, bin)?);
+        }
+        // The accumulators gave their state away; rebuild them from it, exactly as a restart
+        // would, so a snapshot never changes what is emitted later.
+        for b in &batches {
+            self.restore_bin(b)?;
+        }
+        Ok(OperatorState {
+            meta: serde_json::json!({ "max_event_time": self.watermark.max_event_time() }),
+            batches,
+        })
+    }
+
+    fn restore(&mut self, state: OperatorState) -> Result<()> {
+        let max = state.meta.get("max_event_time").and_then(|v| v.as_i64());
+        self.watermark = self.watermark.with_max_event_time(max);
+        self.bins.clear();
+        for b in &state.batches {
+            self.restore_bin(b)?;
+        }
+        Ok(())
+    }
+}

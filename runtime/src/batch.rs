@@ -1,0 +1,69 @@
+//! The units of data: raw messages as read from a partition, and their source position.
+
+use std::sync::Arc;
+
+/// Where a batch came from: one partition of one topic, offsets `first..=last`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourcePos {
+    pub topic: Arc<str>,
+    pub partition: i32,
+    pub first: i64,
+    pub last: i64,
+}
+
+/// One message as the source delivered it. The payload and key are the original bytes, so a
+/// message that cannot be processed reaches the DLQ exactly as it was read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawMessage {
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    /// `None` is a tombstone (null payload).
+    pub payload: Option<Vec<u8>>,
+    /// Broker/producer timestamp in epoch millis, when the source has one.
+    pub timestamp_ms: Option<i64>,
+}
+
+/// Messages of one partition in offset order (strictly increasing offsets).
+#[derive(Debug, Clone)]
+pub struct RawBatch {
+    pub topic: Arc<str>,
+    pub partition: i32,
+    pub messages: Vec<RawMessage>,
+}
+
+impl RawBatch {
+    pub fn new(topic: Arc<str>, partition: i32, messages: Vec<RawMessage>) -> Self {
+        debug_assert!(messages.windows(2).all(|w| w[0].offset < w[1].offset));
+        Self {
+            topic,
+            partition,
+            messages,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.messages.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+    }
+
+    /// The position of this batch, `None` when it is empty.
+    pub fn pos(&self) -> Option<SourcePos> {
+        Some(SourcePos {
+            topic: self.topic.clone(),
+            partition: self.partition,
+            first: self.messages.first()?.offset,
+            last: self.messages.last()?.offset,
+        })
+    }
+
+    /// The message at `offset` (binary search: offsets are increasing).
+    pub fn find(&self, offset: i64) -> Option<&RawMessage> {
+        self.messages
+            .binary_search_by_key(&offset, |m| m.offset)
+            .ok()
+            .map(|i| &self.messages[i])
+    }
+}

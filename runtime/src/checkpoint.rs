@@ -1,0 +1,305 @@
+//! Checkpoints: per partition, the next offset to read and every operator's state.
+//!
+//! The local store writes one file per partition: a JSON header, then each operator state
+//! batch as an Arrow IPC stream, then a checksum. It is written to a temporary file, fsynced,
+//! renamed over the old one, and the directory fsynced: a reader sees the old checkpoint or
+//! the new one, never a torn one.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::arrow::ipc::reader::StreamReader;
+use crate::arrow::ipc::writer::StreamWriter;
+use crate::arrow::record_batch::RecordBatch;
+use crate::error::{Result, WeirError};
+use crate::metrics::Counters;
+
+/// An operator's checkpointed state: scalar metadata plus Arrow batches.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OperatorState {
+    pub meta: serde_json::Value,
+    pub batches: Vec<RecordBatch>,
+}
+
+/// The checkpoint of one partition at a batch boundary.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Checkpoint {
+    pub pipeline: String,
+    pub topic: Arc<str>,
+    pub partition: i32,
+    /// Increases by one with every checkpoint of this partition.
+    pub epoch: u64,
+    /// The first offset not yet reflected in this checkpoint's state and outputs.
+    pub next_offset: i64,
+    /// Accounting since the pipeline first ran on this partition.
+    pub counters: Counters,
+    /// One entry per operator, in chain order.
+    pub operators: Vec<OperatorState>,
+}
+
+/// Where checkpoints live. Shared by every partition of a worker.
+pub trait CheckpointStore: Send + Sync {
+    fn load(&self, topic: &str, partition: i32) -> Result<Option<Checkpoint>>;
+    fn save(&self, checkpoint: &Checkpoint) -> Result<()>;
+}
+
+const MAGIC: &[u8; 8] = b"WEIRCKP1";
+
+#[derive(Serialize, Deserialize)]
+struct Header {
+    pipeline: String,
+    topic: String,
+    partition: i32,
+    epoch: u64,
+    next_offset: i64,
+    counters: Counters,
+    operators: Vec<OperatorHeader>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct OperatorHeader {
+    meta: serde_json::Value,
+    /// Byte length of each state batch's IPC stream, in order.
+    batch_bytes: Vec<u64>,
+}
+
+/// Checkpoints in a local directory: `<dir>/<pipeline>/<topic>/<partition>.ckpt`.
+#[derive(Debug, Clone)]
+pub struct LocalCheckpointStore {
+    dir: PathBuf,
+    pipeline: String,
+}
+
+impl LocalCheckpointStore {
+    pub fn new(dir: impl Into<PathBuf>, pipeline: &str) -> Self {
+        Self {
+            dir: dir.into(),
+            pipeline: pipeline.to_string(),
+        }
+    }
+
+    fn path(&self, topic: &str, partition: i32) -> PathBuf {
+        self.dir
+            .join(sanitize(&self.pipeline))
+            .join(sanitize(topic))
+            .join(format!("{partition}.ckpt"))
+    }
+}
+
+fn sanitize(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// FNV-1a, 64 bit: detects a truncated or corrupted file.
+fn checksum(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+pub fn encode(checkpoint: &Checkpoint) -> Result<Vec<u8>> {
+    let mut bodies = Vec::new();
+    let mut operators = Vec::new();
+    for op in &checkpoint.operators {
+        let mut batch_bytes = Vec::new();
+        for batch in &op.batches {
+            let mut buf = Vec::new();
+            {
+                let mut w = StreamWriter::try_new(&mut buf, &batch.schema())?;
+                w.write(batch)?;
+                w.finish()?;
+            }
+            batch_bytes.push(buf.len() as u64);
+            bodies.push(buf);
+        }
+        operators.push(OperatorHeader {
+            meta: op.meta.clone(),
+            batch_bytes,
+        });
+    }
+    let header = Header {
+        pipeline: checkpoint.pipeline.clone(),
+        topic: checkpoint.topic.to_string(),
+        partition: checkpoint.partition,
+        epoch: checkpoint.epoch,
+        next_offset: checkpoint.next_offset,
+        counters: checkpoint.counters,
+        operators,
+    };
+    let header = serde_json::to_vec(&header)
+        .map_err(|e| WeirError::Internal(format!("checkpoint header: {e}")))?;
+    let mut out =
+        Vec::with_capacity(header.len() + bodies.iter().map(Vec::len).sum::<usize>() + 24);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&(header.len() as u64).to_le_bytes());
+    out.extend_from_slice(&header);
+    for b in bodies {
+        out.extend_from_slice(&b);
+    }
+    let sum = checksum(&out);
+    out.extend_from_slice(&sum.to_le_bytes());
+    Ok(out)
+}
+
+pub fn decode(bytes: &[u8], path: &Path) -> Result<Checkpoint> {
+    let bad = |message: String| WeirError::Checkpoint {
+        path: path.to_path_buf(),
+        message,
+    };
+    if bytes.len() < MAGIC.len() + 16 || &bytes[..8] != MAGIC {
+        return Err(bad("not a weir checkpoint (bad magic or too short)".into()));
+    }
+    let (body, tail) = bytes.split_at(bytes.len() - 8);
+    let stored = u64::from_le_bytes(tail.try_into().expect("invariant: 8 bytes"));
+    if checksum(body) != stored {
+        return Err(bad("checksum mismatch: the file is corrupt".into()));
+    }
+    let header_len =
+        u64::from_le_bytes(body[8..16].try_into().expect("invariant: 8 bytes")) as usize;
+    let header_end = 16usize
+        .checked_add(header_len)
+        .filter(|end| *end <= body.len())
+        .ok_or_else(|| bad("header length past end of file".into()))?;
+    let header: Header =
+        serde_json::from_slice(&body[16..header_end]).map_err(|e| bad(format!("header: {e}")))?;
+    let mut cursor = header_end;
+    let mut operators = Vec::new();
+    for op in header.operators {
+        let mut batches = Vec::new();
+        for len in op.batch_bytes {
+            let end = cursor
+                .checked_add(len as usize)
+                .filter(|end| *end <= body.len())
+                .ok_or_else(|| bad("state batch past end of file".into()))?;
+            let reader = StreamReader::try_new(&body[cursor..end], None)?;
+            for batch in reader {
+                batches.push(batch?);
+            }
+            cursor = end;
+        }
+        operators.push(OperatorState {
+            meta: op.meta,
+            batches,
+        });
+    }
+    Ok(Checkpoint {
+        pipeline: header.pipeline,
+        topic: header.topic.into(),
+        partition: header.partition,
+        epoch: header.epoch,
+        next_offset: header.next_offset,
+        counters: header.counters,
+        operators,
+    })
+}
+
+/// Write `bytes` to `path` atomically: temporary file, fsync, rename, fsync the directory.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| WeirError::Internal(format!("{} has no parent", path.display())))?;
+    fs::create_dir_all(dir).map_err(|e| WeirError::io(dir, e))?;
+    let tmp = path.with_extension("tmp");
+    let mut f = File::create(&tmp).map_err(|e| WeirError::io(&tmp, e))?;
+    f.write_all(bytes).map_err(|e| WeirError::io(&tmp, e))?;
+    f.sync_all().map_err(|e| WeirError::io(&tmp, e))?;
+    drop(f);
+    fs::rename(&tmp, path).map_err(|e| WeirError::io(path, e))?;
+    sync_dir(dir)
+}
+
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| WeirError::io(dir, e))
+}
+
+impl CheckpointStore for LocalCheckpointStore {
+    fn load(&self, topic: &str, partition: i32) -> Result<Option<Checkpoint>> {
+        let path = self.path(topic, partition);
+        match fs::read(&path) {
+            Ok(bytes) => decode(&bytes, &path).map(Some),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(WeirError::io(&path, e)),
+        }
+    }
+
+    fn save(&self, checkpoint: &Checkpoint) -> Result<()> {
+        let path = self.path(&checkpoint.topic, checkpoint.partition);
+        write_atomic(&path, &encode(checkpoint)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arrow::array::{Int64Array, StringArray};
+    use crate::arrow::datatypes::{DataType, Field, Schema};
+
+    fn sample() -> Checkpoint {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Utf8, false),
+            Field::new("v", DataType::Int64, true),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from(vec!["a", "b"])),
+                Arc::new(Int64Array::from(vec![Some(1), None])),
+            ],
+        )
+        .unwrap();
+        Checkpoint {
+            pipeline: "p".into(),
+            topic: "t/1".into(),
+            partition: 3,
+            epoch: 7,
+            next_offset: 42,
+            counters: Counters {
+                consumed: 5,
+                ..Default::default()
+            },
+            operators: vec![
+                OperatorState::default(),
+                OperatorState {
+                    meta: serde_json::json!({"max_event_time": 10}),
+                    batches: vec![batch.clone(), batch],
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn a_saved_checkpoint_loads_back_equal() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalCheckpointStore::new(dir.path(), "p");
+        assert_eq!(store.load("t/1", 3).unwrap(), None);
+        let c = sample();
+        store.save(&c).unwrap();
+        assert_eq!(store.load("t/1", 3).unwrap(), Some(c));
+    }
+
+    #[test]
+    fn a_corrupt_checkpoint_is_an_error_not_a_panic() {
+        let bytes = encode(&sample()).unwrap();
+        for cut in [0, 7, 20, bytes.len() / 2, bytes.len() - 1] {
+            assert!(decode(&bytes[..cut], Path::new("x")).is_err());
+        }
+        let mut flipped = bytes.clone();
+        flipped[30] ^= 0xff;
+        let err = decode(&flipped, Path::new("x")).unwrap_err().to_string();
+        assert!(err.contains("checksum"), "{err}");
+    }
+}

@@ -1,0 +1,40 @@
+//! weir-runtime: the core of weir.
+//!
+//! Types and traits that every source, operator and sink plugs into, the partition task that
+//! owns one partition and processes it in offset order, the executor that wires partition
+//! tasks to readers and sinks through bounded channels, watermarks, offset tracking,
+//! checkpoints and the dead-letter queue. No Kafka, no SQL.
+//!
+//! One Arrow: [`arrow`] is the arrow that DataFusion re-exports.
+
+pub use datafusion_common::arrow;
+
+pub mod batch;
+pub mod checkpoint;
+pub mod dlq;
+pub mod error;
+pub mod executor;
+pub mod metrics;
+pub mod offsets;
+pub mod operator;
+pub mod shutdown;
+pub mod sink;
+pub mod source;
+pub mod task;
+pub mod watermark;
+
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;
+
+pub use batch::{RawBatch, RawMessage, SourcePos};
+pub use checkpoint::{Checkpoint, CheckpointStore, LocalCheckpointStore, OperatorState};
+pub use dlq::{DeadLetter, DlqWriter, ErrorKind, Stage};
+pub use error::{ErrorClass, WeirError};
+pub use executor::{Executor, ExecutorConfig, RunSummary};
+pub use metrics::{Counters, Metrics};
+pub use offsets::OffsetTracker;
+pub use operator::{Decoded, Decoder, Emit, Operator, RowReject, OFFSET_COLUMN};
+pub use shutdown::Shutdown;
+pub use sink::{EpochParticipant, Guarantee, NullSink, SinkWriter, WriteOutcome};
+pub use source::{PartitionReader, ReadResult, Source};
+pub use task::{PartitionTask, TaskOutput};

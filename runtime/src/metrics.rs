@@ -1,0 +1,89 @@
+//! Accounting counters (DESIGN.md §6).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+/// Per-partition event accounting. Invariant (checked by tests):
+/// `consumed = aggregated + dlq + late_dropped + filtered`, where `dlq` counts every
+/// dead-lettered event (decode, operator and late rejects).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Messages read from the source and handed to the partition task.
+    pub consumed: u64,
+    /// Events absorbed by the stateful operator, or that reached the sinks when there is none.
+    pub aggregated: u64,
+    /// Events sent to the DLQ (any stage).
+    pub dlq: u64,
+    /// Late events dropped by policy.
+    pub late_dropped: u64,
+    /// Late events (a subset of `dlq` or `late_dropped`).
+    pub late: u64,
+    /// Events removed by a filter.
+    pub filtered: u64,
+    /// Result rows handed to the sinks.
+    pub rows_out: u64,
+}
+
+impl Counters {
+    pub fn add(&mut self, other: &Counters) {
+        self.consumed += other.consumed;
+        self.aggregated += other.aggregated;
+        self.dlq += other.dlq;
+        self.late_dropped += other.late_dropped;
+        self.late += other.late;
+        self.filtered += other.filtered;
+        self.rows_out += other.rows_out;
+    }
+
+    /// The accounting identity of DESIGN.md §6.
+    pub fn balanced(&self) -> bool {
+        self.consumed == self.aggregated + self.dlq + self.late_dropped + self.filtered
+    }
+}
+
+/// Totals for the whole run, updated as outputs reach the sink stage; read by the progress line.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    consumed: AtomicU64,
+    aggregated: AtomicU64,
+    dlq: AtomicU64,
+    late_dropped: AtomicU64,
+    late: AtomicU64,
+    filtered: AtomicU64,
+    rows_out: AtomicU64,
+    checkpoints: AtomicU64,
+}
+
+impl Metrics {
+    pub fn add(&self, c: &Counters) {
+        self.consumed.fetch_add(c.consumed, Ordering::Relaxed);
+        self.aggregated.fetch_add(c.aggregated, Ordering::Relaxed);
+        self.dlq.fetch_add(c.dlq, Ordering::Relaxed);
+        self.late_dropped
+            .fetch_add(c.late_dropped, Ordering::Relaxed);
+        self.late.fetch_add(c.late, Ordering::Relaxed);
+        self.filtered.fetch_add(c.filtered, Ordering::Relaxed);
+        self.rows_out.fetch_add(c.rows_out, Ordering::Relaxed);
+    }
+
+    pub fn checkpoint_stored(&self) {
+        self.checkpoints.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn checkpoints(&self) -> u64 {
+        self.checkpoints.load(Ordering::Relaxed)
+    }
+
+    pub fn snapshot(&self) -> Counters {
+        Counters {
+            consumed: self.consumed.load(Ordering::Relaxed),
+            aggregated: self.aggregated.load(Ordering::Relaxed),
+            dlq: self.dlq.load(Ordering::Relaxed),
+            late_dropped: self.late_dropped.load(Ordering::Relaxed),
+            late: self.late.load(Ordering::Relaxed),
+            filtered: self.filtered.load(Ordering::Relaxed),
+            rows_out: self.rows_out.load(Ordering::Relaxed),
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! The operator and decoder traits, and [`Emit`], through which an operator hands on rows,
+//! rejects rows to the DLQ and counts what it filtered or found late.
+//!
+//! Operators are synchronous: they run on the CPU pool, one instance per partition task, and
+//! are cheap to test and benchmark without any runtime around them.
+
+use crate::arrow::datatypes::SchemaRef;
+use crate::arrow::record_batch::RecordBatch;
+use crate::batch::RawBatch;
+use crate::checkpoint::OperatorState;
+use crate::dlq::ErrorKind;
+use crate::error::Result;
+
+/// Name of the Int64 column the decoder appends to every batch: the source offset of each
+/// row. Stateless operators carry it through, so a row rejected anywhere in the chain reaches
+/// the DLQ with its original bytes.
+pub const OFFSET_COLUMN: &str = "__offset";
+
+/// A row that could not be processed, identified by its source offset.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowReject {
+    pub offset: i64,
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+/// What a decoder made of a raw batch: the rows that fit the schema (in offset order, with
+/// the [`OFFSET_COLUMN`]) and the messages that did not.
+#[derive(Debug, Default)]
+pub struct Decoded {
+    pub batch: Option<RecordBatch>,
+    pub rejects: Vec<RowReject>,
+}
+
+/// Turns raw messages into Arrow rows. A message that does not fit is a [`RowReject`], never
+/// an error: `Err` is reserved for failures that are not the data's fault.
+pub trait Decoder: Send {
+    /// The schema of decoded batches, [`OFFSET_COLUMN`] included.
+    fn schema(&self) -> SchemaRef;
+    fn decode(&mut self, raw: &RawBatch) -> Result<Decoded>;
+}
+
+/// Collects what an operator produces while processing one input.
+#[derive(Debug, Default)]
+pub struct Emit {
+    batches: Vec<RecordBatch>,
+    rejects: Vec<RowReject>,
+    filtered: u64,
+    late_dropped: u64,
+    absorbed: u64,
+}
+
+impl Emit {
+    /// Hand a batch on to the next operator (or to the sinks, after the last one).
+    pub fn emit(&mut self, batch: RecordBatch) {
+        if batch.num_rows() > 0 {
+            self.batches.push(batch);
+        }
+    }
+
+    /// Send the rows at these source offsets to the DLQ.
+    pub fn reject(&mut self, offset: i64, kind: ErrorKind, message: impl Into<String>) {
+        self.rejects.push(RowReject {
+            offset,
+            kind,
+            message: message.into(),
+        });
+    }
+
+    /// Rows a predicate removed.
+    pub fn count_filtered(&mut self, rows: u64) {
+        self.filtered += rows;
+    }
+
+    /// Late rows dropped by policy (late rows sent to the DLQ are [`Emit::reject`]ed instead).
+    pub fn count_late_dropped(&mut self, rows: u64) {
+        self.late_dropped += rows;
+    }
+
+    /// Rows absorbed into operator state (a window's accumulators, a projection's fold).
+    pub fn count_absorbed(&mut self, rows: u64) {
+        self.absorbed += rows;
+    }
+
+    pub fn batches(&self) -> &[RecordBatch] {
+        &self.batches
+    }
+
+    pub fn rejects(&self) -> &[RowReject] {
+        &self.rejects
+    }
+
+    pub fn filtered(&self) -> u64 {
+        self.filtered
+    }
+
+    pub fn late_dropped(&self) -> u64 {
+        self.late_dropped
+    }
+
+    pub fn absorbed(&self) -> u64 {
+        self.absorbed
+    }
+
+    pub fn take_batches(&mut self) -> Vec<RecordBatch> {
+        std::mem::take(&mut self.batches)
+    }
+
+    pub fn take_rejects(&mut self) -> Vec<RowReject> {
+        std::mem::take(&mut self.rejects)
+    }
+}
+
+/// A step of a pipeline. One instance per partition task; it is the only owner of its state.
+pub trait Operator: Send {
+    fn name(&self) -> &str;
+
+    /// The schema of the batches this operator emits.
+    fn output_schema(&self) -> SchemaRef;
+
+    /// Whether rows entering this operator end in its state (window, projection) rather than
+    /// passing through: it tells the accounting which rows are events and which are results.
+    fn is_stateful(&self) -> bool {
+        false
+    }
+
+    fn process(&mut self, batch: RecordBatch, emit: &mut Emit) -> Result<()>;
+
+    /// The input is finished (a bounded source reached its end): emit everything still held,
+    /// as a watermark at +infinity would.
+    fn on_end_of_input(&mut self, _emit: &mut Emit) -> Result<()> {
+        Ok(())
+    }
+
+    /// State to store in the checkpoint. Must not change what the operator emits later.
+    fn snapshot(&mut self) -> Result<OperatorState> {
+        Ok(OperatorState::default())
+    }
+
+    fn restore(&mut self, _state: OperatorState) -> Result<()> {
+        Ok(())
+    }
+}

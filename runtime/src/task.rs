@@ -1,0 +1,248 @@
+//! The partition task: the one owner of a partition's decoder, operator chain and offset.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::arrow::record_batch::RecordBatch;
+use crate::batch::RawBatch;
+use crate::checkpoint::Checkpoint;
+use crate::dlq::{DeadLetter, Stage};
+use crate::error::{Result, WeirError};
+use crate::metrics::Counters;
+use crate::operator::{Decoder, Emit, Operator, RowReject};
+
+/// What one step of a partition task produced for the sink stage.
+#[derive(Debug, Default)]
+pub struct TaskOutput {
+    pub batches: Vec<RecordBatch>,
+    pub dead_letters: Vec<DeadLetter>,
+    /// Accounting of this step alone.
+    pub delta: Counters,
+}
+
+/// Processes one partition in offset order: decode, then each operator in turn.
+pub struct PartitionTask {
+    pipeline: Arc<str>,
+    topic: Arc<str>,
+    partition: i32,
+    decoder: Box<dyn Decoder>,
+    operators: Vec<Box<dyn Operator>>,
+    next_offset: i64,
+    epoch: u64,
+    counters: Counters,
+}
+
+impl PartitionTask {
+    pub fn new(
+        pipeline: Arc<str>,
+        topic: Arc<str>,
+        partition: i32,
+        decoder: Box<dyn Decoder>,
+        operators: Vec<Box<dyn Operator>>,
+    ) -> Self {
+        Self {
+            pipeline,
+            topic,
+            partition,
+            decoder,
+            operators,
+            next_offset: 0,
+            epoch: 0,
+            counters: Counters::default(),
+        }
+    }
+
+    pub fn partition(&self) -> i32 {
+        self.partition
+    }
+
+    pub fn topic(&self) -> &Arc<str> {
+        &self.topic
+    }
+
+    pub fn next_offset(&self) -> i64 {
+        self.next_offset
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Start reading at `offset` (when there is no checkpoint).
+    pub fn set_next_offset(&mut self, offset: i64) {
+        self.next_offset = offset;
+    }
+
+    /// Resume from a stored checkpoint.
+    pub fn restore(&mut self, checkpoint: Checkpoint) -> Result<()> {
+        if checkpoint.operators.len() != self.operators.len() {
+            return Err(WeirError::Internal(format!(
+                "checkpoint of partition {} has {} operator states but the pipeline has {} operators: \
+                 the pipeline changed shape; start it with a fresh checkpoint directory",
+                self.partition,
+                checkpoint.operators.len(),
+                self.operators.len()
+            )));
+        }
+        for (op, state) in self.operators.iter_mut().zip(checkpoint.operators) {
+            op.restore(state)?;
+        }
+        self.next_offset = checkpoint.next_offset;
+        self.epoch = checkpoint.epoch;
+        self.counters = checkpoint.counters;
+        Ok(())
+    }
+
+    /// Process one batch. Messages below the next offset (a source replaying what the
+    /// checkpoint already holds) are skipped.
+    pub fn process(&mut self, raw: &RawBatch) -> Result<TaskOutput> {
+        let start = raw
+            .messages
+            .partition_point(|m| m.offset < self.next_offset);
+        if start == raw.messages.len() {
+            return Ok(TaskOutput::default());
+        }
+        let owned;
+        let raw = if start > 0 {
+            owned = RawBatch::new(
+                raw.topic.clone(),
+                raw.partition,
+                raw.messages[start..].to_vec(),
+            );
+            &owned
+        } else {
+            raw
+        };
+        let mut out = TaskOutput::default();
+        out.delta.consumed = raw.len() as u64;
+        let decoded = self.decoder.decode(raw)?;
+        self.dead_letter(raw, Stage::Decode, decoded.rejects, &mut out);
+        let input = decoded.batch.into_iter().collect();
+        self.run_chain(raw, input, false, &mut out)?;
+        self.next_offset = raw.messages.last().expect("invariant: non-empty").offset + 1;
+        self.counters.add(&out.delta);
+        Ok(out)
+    }
+
+    /// The input ended: every operator emits what it still holds.
+    pub fn end_of_input(&mut self) -> Result<TaskOutput> {
+        let mut out = TaskOutput::default();
+        let empty = RawBatch::new(self.topic.clone(), self.partition, Vec::new());
+        self.run_chain(&empty, Vec::new(), true, &mut out)?;
+        self.counters.add(&out.delta);
+        Ok(out)
+    }
+
+    /// Take a checkpoint of the state as of the last processed batch.
+    pub fn checkpoint(&mut self) -> Result<Checkpoint> {
+        let operators = self
+            .operators
+            .iter_mut()
+            .map(|op| op.snapshot())
+            .collect::<Result<Vec<_>>>()?;
+        self.epoch += 1;
+        Ok(Checkpoint {
+            pipeline: self.pipeline.to_string(),
+            topic: self.topic.clone(),
+            partition: self.partition,
+            epoch: self.epoch,
+            next_offset: self.next_offset,
+            counters: self.counters,
+            operators,
+        })
+    }
+
+    /// Lifetime accounting of this partition (restored from the checkpoint).
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    fn run_chain(
+        &mut self,
+        raw: &RawBatch,
+        mut input: Vec<RecordBatch>,
+        end_of_input: bool,
+        out: &mut TaskOutput,
+    ) -> Result<()> {
+        let mut events = true; // rows are still events, not results of a stateful operator
+        let mut absorbed_any = false;
+        for i in 0..self.operators.len() {
+            let mut emit = Emit::default();
+            {
+                let op = &mut self.operators[i];
+                for batch in input.drain(..) {
+                    op.process(batch, &mut emit)?;
+                }
+                if end_of_input {
+                    op.on_end_of_input(&mut emit)?;
+                }
+            }
+            if events {
+                out.delta.filtered += emit.filtered();
+                out.delta.late_dropped += emit.late_dropped();
+                out.delta.late += emit.late_dropped();
+                out.delta.aggregated += emit.absorbed();
+                out.delta.late += emit
+                    .rejects()
+                    .iter()
+                    .filter(|r| r.kind == crate::dlq::ErrorKind::Late)
+                    .count() as u64;
+            }
+            let rejects = emit.take_rejects();
+            let stage = Stage::Operator(self.operators[i].name().to_string());
+            if events {
+                self.dead_letter(raw, stage, rejects, out);
+            } else if !rejects.is_empty() {
+                return Err(WeirError::operator(
+                    self.operators[i].name(),
+                    "rejected result rows, which have no source message to dead-letter",
+                ));
+            }
+            if self.operators[i].is_stateful() {
+                events = false;
+                absorbed_any = true;
+            }
+            input = emit.take_batches();
+        }
+        let rows: u64 = input.iter().map(|b| b.num_rows() as u64).sum();
+        if !absorbed_any {
+            out.delta.aggregated += rows;
+        }
+        out.delta.rows_out += rows;
+        out.batches = input;
+        Ok(())
+    }
+
+    fn dead_letter(
+        &self,
+        raw: &RawBatch,
+        stage: Stage,
+        rejects: Vec<RowReject>,
+        out: &mut TaskOutput,
+    ) {
+        if rejects.is_empty() {
+            return;
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or_default();
+        out.delta.dlq += rejects.len() as u64;
+        for r in rejects {
+            let msg = raw.find(r.offset);
+            out.dead_letters.push(DeadLetter {
+                pipeline: self.pipeline.clone(),
+                topic: self.topic.clone(),
+                partition: self.partition,
+                offset: r.offset,
+                key: msg.and_then(|m| m.key.clone()),
+                payload: msg.and_then(|m| m.payload.clone()),
+                kind: r.kind,
+                message: r.message,
+                stage: stage.clone(),
+                attempts: 1,
+                time_ms: now,
+            });
+        }
+    }
+}

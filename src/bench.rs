@@ -1,0 +1,140 @@
+//! `weir bench`: pre-encoded JSON in memory → decode → the demo's window → null sink, on one
+//! thread. From the same run and the same input it reports decode-only events/s, whole-path
+//! events/s, and the process's peak memory.
+//!
+//! Input is encoded batch by batch by the deterministic generator, outside the timed region
+//! (so memory stays bounded for any event count); only decode, operators and the sink are timed.
+
+use std::time::{Duration, Instant};
+
+use weir_connectors::{EventGenerator, GeneratorConfig};
+use weir_operators::{JsonDecoder, TumbleWindow};
+use weir_runtime::error::{Result, WeirError};
+use weir_runtime::{Decoder, NullSink, PartitionTask, SinkWriter};
+
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub events: u64,
+    pub sensors: u32,
+    pub batch_rows: usize,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        Self {
+            events: 10_000_000,
+            sensors: 10_000,
+            batch_rows: 8192,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BenchReport {
+    pub events: u64,
+    pub avg_event_bytes: f64,
+    pub decode_secs: f64,
+    pub whole_secs: f64,
+    pub windows_out: u64,
+    pub peak_rss_bytes: Option<u64>,
+}
+
+impl BenchReport {
+    pub fn decode_eps(&self) -> f64 {
+        self.events as f64 / self.decode_secs.max(1e-9)
+    }
+
+    pub fn whole_eps(&self) -> f64 {
+        self.events as f64 / self.whole_secs.max(1e-9)
+    }
+}
+
+/// Run both passes over the same generated input.
+pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
+    if opts.events == 0 || opts.sensors == 0 || opts.batch_rows == 0 {
+        return Err(WeirError::Config(
+            "bench: --events, --sensors and --batch-rows must be positive".into(),
+        ));
+    }
+    let generator = EventGenerator::new(&GeneratorConfig {
+        sensors: opts.sensors,
+        partitions: 1,
+        events: Some(opts.events),
+        max_out_of_orderness_ms: 5_000,
+        ..Default::default()
+    });
+    let schema = crate::iot_schema();
+    let batches = |mut f: Box<dyn FnMut(weir_runtime::RawBatch) -> Result<Duration> + '_>| -> Result<(Duration, u64)> {
+        let mut timed = Duration::ZERO;
+        let mut bytes = 0u64;
+        let mut offset = 0i64;
+        while (offset as u64) < opts.events {
+            let n = opts.batch_rows.min((opts.events - offset as u64) as usize);
+            let msgs = generator.messages(0, offset, n);
+            bytes += msgs.iter().map(|m| m.payload.as_ref().map_or(0, |p| p.len() as u64)).sum::<u64>();
+            offset += n as i64;
+            timed += f(weir_runtime::RawBatch::new("bench".into(), 0, msgs))?;
+        }
+        Ok((timed, bytes))
+    };
+
+    // Pass 1: decode only.
+    let mut decoder = JsonDecoder::new(&schema);
+    let (decode, bytes) = batches(Box::new(|raw| {
+        let t = Instant::now();
+        let out = decoder.decode(&raw)?;
+        std::hint::black_box(&out);
+        Ok(t.elapsed())
+    }))?;
+
+    // Pass 2: the whole path of a partition task.
+    let decoder = JsonDecoder::new(&schema);
+    let window = TumbleWindow::new(
+        "window",
+        &crate::demo_window(60_000),
+        decoder.schema(),
+        &schema.event_time,
+    )
+    .map_err(WeirError::Config)?;
+    let mut task = PartitionTask::new(
+        "bench".into(),
+        "bench".into(),
+        0,
+        Box::new(decoder),
+        vec![Box::new(window)],
+    );
+    let mut sink = NullSink::default();
+    let mut write = |out: weir_runtime::TaskOutput| -> Result<()> {
+        for b in &out.batches {
+            sink.write(0, b)?;
+        }
+        Ok(())
+    };
+    let (mut whole, _) = batches(Box::new(|raw| {
+        let t = Instant::now();
+        let out = task.process(&raw)?;
+        write(out)?;
+        Ok(t.elapsed())
+    }))?;
+    let t = Instant::now();
+    let out = task.end_of_input()?;
+    write(out)?;
+    whole += t.elapsed();
+
+    Ok(BenchReport {
+        events: opts.events,
+        avg_event_bytes: bytes as f64 / opts.events as f64,
+        decode_secs: decode.as_secs_f64(),
+        whole_secs: whole.as_secs_f64(),
+        windows_out: sink.rows,
+        peak_rss_bytes: peak_rss(),
+    })
+}
+
+/// Peak resident set size of this process (Linux `VmHWM`).
+pub fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}

@@ -1,0 +1,413 @@
+//! `pipeline.toml`: the pipeline a worker runs.
+//!
+//! Loading has two phases (STYLE.md): [`PipelineConfig::load`] parses and validates without
+//! any I/O beyond reading the file, and reports every problem at once, each with the file, the
+//! key and the reason; [`crate::pipeline::Pipeline::from_config`] then opens sources and sinks.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use weir_connectors::{
+    GeneratorConfig, JsonlDlqConfig, JsonlSinkConfig, JsonlSourceConfig, SqliteSinkConfig,
+    TerminalSinkConfig,
+};
+use weir_operators::{SchemaConfig, TumbleConfig};
+
+/// `[source]`, tagged by `type`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SourceConfig {
+    Generator(GeneratorConfig),
+    Jsonl(JsonlSourceConfig),
+}
+
+/// One entry of `[[operators]]`, tagged by `type`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum OperatorConfig {
+    /// Keep rows for which a SQL predicate is true.
+    Filter {
+        /// A SQL boolean expression over the input columns.
+        predicate: String,
+    },
+    /// Compute new columns from SQL expressions.
+    Project {
+        /// The output columns, in order.
+        columns: Vec<ProjectColumn>,
+    },
+    /// Tumbling event-time window aggregation.
+    Tumble(TumbleConfig),
+}
+
+/// One output column of a `project` operator.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectColumn {
+    /// SQL expression over the input columns.
+    pub expr: String,
+    /// Output column name.
+    pub name: String,
+}
+
+/// One entry of `[[sinks]]`, tagged by `type`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SinkConfig {
+    Sqlite(SqliteSinkConfig),
+    Jsonl(JsonlSinkConfig),
+    Terminal(TerminalSinkConfig),
+    Null {},
+}
+
+/// `[dlq]`, tagged by `type`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum DlqConfig {
+    Jsonl(JsonlDlqConfig),
+}
+
+/// `[checkpoint]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointConfig {
+    /// Directory of the local checkpoint store.
+    pub dir: PathBuf,
+    /// Time between checkpoints of a partition, in milliseconds.
+    #[serde(default = "default_interval_ms")]
+    pub interval_ms: u64,
+}
+
+fn default_interval_ms() -> u64 {
+    5_000
+}
+
+/// `[batch]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// Most rows in one batch.
+    #[serde(default = "default_max_rows")]
+    pub max_rows: usize,
+    /// Longest wait for a batch to fill, in milliseconds.
+    #[serde(default = "default_linger_ms")]
+    pub linger_ms: u64,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Self {
+            max_rows: default_max_rows(),
+            linger_ms: default_linger_ms(),
+        }
+    }
+}
+
+fn default_max_rows() -> usize {
+    8192
+}
+
+fn default_linger_ms() -> u64 {
+    100
+}
+
+/// `[worker]`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// Threads of the CPU pool (default: the number of cores).
+    pub cpu_threads: Option<usize>,
+    /// Capacity, in batches, of each channel between stages (default 4).
+    pub channel_capacity: Option<usize>,
+}
+
+/// A whole pipeline.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PipelineConfig {
+    pub name: String,
+    pub source: SourceConfig,
+    pub schema: SchemaConfig,
+    pub operators: Vec<OperatorConfig>,
+    pub sinks: Vec<SinkConfig>,
+    pub dlq: DlqConfig,
+    pub checkpoint: CheckpointConfig,
+    pub batch: BatchConfig,
+    pub worker: WorkerConfig,
+}
+
+/// Every problem found in a pipeline file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub errors: Vec<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.errors.len();
+        writeln!(
+            f,
+            "{} has {n} error{}:",
+            self.file.display(),
+            if n == 1 { "" } else { "s" }
+        )?;
+        for e in &self.errors {
+            writeln!(f, "  {}: {e}", self.file.display())?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+const TOP_LEVEL: &[&str] = &[
+    "name",
+    "source",
+    "schema",
+    "operators",
+    "sinks",
+    "dlq",
+    "checkpoint",
+    "batch",
+    "worker",
+];
+
+impl PipelineConfig {
+    /// Read, parse and validate `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            errors: vec![format!("cannot read the file: {e}")],
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parse and validate TOML text; `file` names it in errors.
+    pub fn parse(text: &str, file: &Path) -> Result<Self, ConfigError> {
+        let fail = |errors: Vec<String>| ConfigError {
+            file: file.to_path_buf(),
+            errors,
+        };
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            fail(vec![format!("invalid TOML: {}", one_line(e.message()))])
+        })?;
+        let mut errors = Vec::new();
+        for key in table.keys() {
+            if !TOP_LEVEL.contains(&key.as_str()) {
+                errors.push(format!(
+                    "{key}: unknown key (expected one of {})",
+                    TOP_LEVEL.join(", ")
+                ));
+            }
+        }
+        let name: Option<String> = required(&table, "name", &mut errors);
+        let source: Option<SourceConfig> = required(&table, "source", &mut errors);
+        let schema: Option<SchemaConfig> = required(&table, "schema", &mut errors);
+        let operators: Vec<OperatorConfig> = list(&table, "operators", &mut errors);
+        let sinks: Vec<SinkConfig> = list(&table, "sinks", &mut errors);
+        let dlq: Option<DlqConfig> = required(&table, "dlq", &mut errors);
+        let checkpoint: Option<CheckpointConfig> = required(&table, "checkpoint", &mut errors);
+        let batch: BatchConfig = optional(&table, "batch", &mut errors).unwrap_or_default();
+        let worker: WorkerConfig = optional(&table, "worker", &mut errors).unwrap_or_default();
+        if table.contains_key("sinks")
+            && sinks.is_empty()
+            && !errors.iter().any(|e| e.starts_with("sinks"))
+        {
+            errors.push("sinks: at least one sink is required".into());
+        } else if !table.contains_key("sinks") {
+            errors.push("sinks: missing (add at least one [[sinks]] table)".into());
+        }
+
+        if let Some(name) = &name {
+            if name.trim().is_empty() {
+                errors.push("name: must not be empty".into());
+            }
+        }
+        match &source {
+            Some(SourceConfig::Generator(g)) => errors.extend(g.validate("source")),
+            Some(SourceConfig::Jsonl(j)) => errors.extend(j.validate("source")),
+            None => {}
+        }
+        if let Some(s) = &schema {
+            errors.extend(s.validate("schema"));
+        }
+        for (i, op) in operators.iter().enumerate() {
+            if let OperatorConfig::Tumble(t) = op {
+                errors.extend(t.validate(&format!("operators[{i}]")));
+            }
+        }
+        for (i, s) in sinks.iter().enumerate() {
+            let p = format!("sinks[{i}]");
+            errors.extend(match s {
+                SinkConfig::Sqlite(c) => c.validate(&p),
+                SinkConfig::Jsonl(c) => c.validate(&p),
+                SinkConfig::Terminal(c) => c.validate(&p),
+                SinkConfig::Null {} => Vec::new(),
+            });
+        }
+        if let Some(DlqConfig::Jsonl(d)) = &dlq {
+            errors.extend(d.validate("dlq"));
+        }
+        if let Some(c) = &checkpoint {
+            if c.interval_ms == 0 {
+                errors.push("checkpoint.interval_ms: must be positive, got 0".into());
+            }
+        }
+        if batch.max_rows == 0 {
+            errors.push("batch.max_rows: must be positive, got 0".into());
+        }
+        if worker.cpu_threads == Some(0) {
+            errors.push("worker.cpu_threads: must be positive, got 0".into());
+        }
+        if worker.channel_capacity == Some(0) {
+            errors.push("worker.channel_capacity: must be positive, got 0".into());
+        }
+        // The operator chain against the schema: columns, expressions, aggregate functions.
+        if let (Some(schema), true) = (&schema, errors.iter().all(|e| !e.starts_with("schema"))) {
+            errors.extend(crate::pipeline::check_operators(schema, &operators));
+        }
+
+        match (name, source, schema, dlq, checkpoint) {
+            (Some(name), Some(source), Some(schema), Some(dlq), Some(checkpoint))
+                if errors.is_empty() =>
+            {
+                Ok(Self {
+                    name,
+                    source,
+                    schema,
+                    operators,
+                    sinks,
+                    dlq,
+                    checkpoint,
+                    batch,
+                    worker,
+                })
+            }
+            _ => Err(fail(errors)),
+        }
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn required<T: DeserializeOwned>(
+    table: &toml::Table,
+    key: &str,
+    errors: &mut Vec<String>,
+) -> Option<T> {
+    match table.get(key) {
+        None => {
+            errors.push(format!("{key}: missing"));
+            None
+        }
+        Some(v) => section(v.clone(), key, errors),
+    }
+}
+
+fn optional<T: DeserializeOwned>(
+    table: &toml::Table,
+    key: &str,
+    errors: &mut Vec<String>,
+) -> Option<T> {
+    table.get(key).and_then(|v| section(v.clone(), key, errors))
+}
+
+fn list<T: DeserializeOwned>(table: &toml::Table, key: &str, errors: &mut Vec<String>) -> Vec<T> {
+    match table.get(key) {
+        None => Vec::new(),
+        Some(toml::Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, v)| section(v.clone(), &format!("{key}[{i}]"), errors))
+            .collect(),
+        Some(other) => {
+            errors.push(format!(
+                "{key}: expected an array of tables ([[{key}]]), found a {}",
+                other.type_str()
+            ));
+            Vec::new()
+        }
+    }
+}
+
+/// Deserialize one section, reporting every unknown key and then the first other problem,
+/// each under its full key path.
+fn section<T: DeserializeOwned>(
+    mut value: toml::Value,
+    path: &str,
+    errors: &mut Vec<String>,
+) -> Option<T> {
+    for _ in 0..32 {
+        let text = match &value {
+            toml::Value::Table(t) => toml::to_string(t).unwrap_or_default(),
+            _ => format!("value = {value}"),
+        };
+        let err = match toml::from_str::<T>(&text) {
+            Ok(v) => return Some(v),
+            Err(e) => e,
+        };
+        let message = one_line(err.message());
+        if !matches!(value, toml::Value::Table(_)) {
+            errors.push(format!(
+                "{path}: expected a table, found a {}",
+                value.type_str()
+            ));
+            return None;
+        }
+        // `unknown field `x`, expected ...`: report, drop the key, look for more problems.
+        if let Some(field) = quoted_after(&message, "unknown field `") {
+            if let toml::Value::Table(t) = &mut value {
+                if t.remove(&field).is_some() {
+                    let expected = message
+                        .split_once(", expected")
+                        .map(|(_, e)| e.trim())
+                        .unwrap_or("");
+                    errors.push(format!("{path}.{field}: unknown key (expected {expected})"));
+                    continue;
+                }
+            }
+        }
+        if let Some(field) = quoted_after(&message, "missing field `") {
+            errors.push(format!("{path}.{field}: missing"));
+            return None;
+        }
+        if message.starts_with("unknown variant") {
+            errors.push(format!("{path}.type: {message}"));
+            return None;
+        }
+        if message.starts_with("missing field `type`") || message.contains("missing field `type`") {
+            errors.push(format!("{path}.type: missing"));
+            return None;
+        }
+        let key = err
+            .span()
+            .and_then(|span| key_at(&text, span.start))
+            .map(|k| format!("{path}.{k}"))
+            .unwrap_or_else(|| path.to_string());
+        errors.push(format!("{key}: {message}"));
+        return None;
+    }
+    errors.push(format!("{path}: too many problems"));
+    None
+}
+
+fn quoted_after(message: &str, prefix: &str) -> Option<String> {
+    let rest = &message[message.find(prefix)? + prefix.len()..];
+    Some(rest[..rest.find('`')?].to_string())
+}
+
+/// The key of the `key = value` whose value covers byte `pos` of `text`.
+fn key_at(text: &str, pos: usize) -> Option<String> {
+    let line_start = text[..pos.min(text.len())].rfind('\n').map_or(0, |i| i + 1);
+    let before = &text[line_start..pos.min(text.len())];
+    let eq = before.rfind('=')?;
+    let key = before[..eq]
+        .rsplit(['{', ','])
+        .next()?
+        .trim()
+        .trim_matches('"');
+    (!key.is_empty()).then(|| key.to_string())
+}

@@ -1,0 +1,302 @@
+//! The fluent builder for pipelines written as Rust code, and the bridge from
+//! [`PipelineConfig`] to it. Both end in the runtime's [`Executor`].
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use datafusion::arrow::datatypes::SchemaRef;
+use weir_connectors::{
+    GeneratorSource, JsonlDlq, JsonlFileSource, JsonlSink, SqliteSink, TerminalSink,
+};
+use weir_operators::{
+    FilterOperator, JsonDecoder, ProjectOperator, SchemaConfig, TumbleConfig, TumbleWindow,
+};
+use weir_runtime::error::{Result, WeirError};
+use weir_runtime::executor::TaskFactory;
+use weir_runtime::{
+    CheckpointStore, Decoder, DlqWriter, Executor, ExecutorConfig, LocalCheckpointStore, NullSink,
+    Operator, PartitionTask, RunSummary, Shutdown, SinkWriter, Source,
+};
+
+use crate::config::{DlqConfig, OperatorConfig, PipelineConfig, SinkConfig, SourceConfig};
+
+/// Builds a custom operator against its input schema.
+pub type OperatorFactory =
+    Arc<dyn Fn(SchemaRef) -> Result<Box<dyn Operator>, String> + Send + Sync>;
+
+#[derive(Clone)]
+enum OpSpec {
+    Filter(String),
+    Project(Vec<(String, String)>),
+    Tumble(TumbleConfig),
+    Custom(String, OperatorFactory),
+}
+
+/// A pipeline under construction: source → decode → operators → sinks, with a DLQ and a
+/// checkpoint directory.
+///
+/// ```no_run
+/// # use weir::prelude::*;
+/// # fn main() -> weir_runtime::error::Result<()> {
+/// let summary = Pipeline::new("iot")
+///     .source(GeneratorSource::new(GeneratorConfig { events: Some(10_000), ..Default::default() })?)
+///     .schema(weir::iot_schema())
+///     .filter("temperature > -50")
+///     .tumble(weir::demo_window(60_000))
+///     .sink(NullSink::default())
+///     .dlq(JsonlDlq::new(&JsonlDlqConfig { path: "dlq".into() })?)
+///     .checkpoint_dir("checkpoints")
+///     .run(Shutdown::new())?;
+/// # Ok(()) }
+/// ```
+pub struct Pipeline {
+    name: String,
+    source: Option<Box<dyn Source>>,
+    schema: Option<SchemaConfig>,
+    ops: Vec<OpSpec>,
+    sinks: Vec<Box<dyn SinkWriter>>,
+    dlq: Option<Box<dyn DlqWriter>>,
+    checkpoint_dir: Option<PathBuf>,
+    exec: ExecutorConfig,
+}
+
+impl Pipeline {
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            source: None,
+            schema: None,
+            ops: Vec::new(),
+            sinks: Vec::new(),
+            dlq: None,
+            checkpoint_dir: None,
+            exec: ExecutorConfig::new(name),
+        }
+    }
+
+    pub fn source(mut self, source: impl Source + 'static) -> Self {
+        self.source = Some(Box::new(source));
+        self
+    }
+
+    pub fn schema(mut self, schema: SchemaConfig) -> Self {
+        self.schema = Some(schema);
+        self
+    }
+
+    /// Keep the rows for which a SQL predicate is true.
+    pub fn filter(mut self, predicate: &str) -> Self {
+        self.ops.push(OpSpec::Filter(predicate.to_string()));
+        self
+    }
+
+    /// Compute columns: (SQL expression, output name).
+    pub fn project(mut self, columns: &[(&str, &str)]) -> Self {
+        self.ops.push(OpSpec::Project(
+            columns
+                .iter()
+                .map(|(e, n)| (e.to_string(), n.to_string()))
+                .collect(),
+        ));
+        self
+    }
+
+    /// Tumbling event-time window aggregation.
+    pub fn tumble(mut self, config: TumbleConfig) -> Self {
+        self.ops.push(OpSpec::Tumble(config));
+        self
+    }
+
+    /// Any operator, built per partition against its input schema (e.g. a
+    /// [`weir_operators::ProjectionOperator`]).
+    pub fn operator(
+        mut self,
+        name: &str,
+        factory: impl Fn(SchemaRef) -> Result<Box<dyn Operator>, String> + Send + Sync + 'static,
+    ) -> Self {
+        self.ops
+            .push(OpSpec::Custom(name.to_string(), Arc::new(factory)));
+        self
+    }
+
+    pub fn sink(mut self, sink: impl SinkWriter + 'static) -> Self {
+        self.sinks.push(Box::new(sink));
+        self
+    }
+
+    pub fn dlq(mut self, dlq: impl DlqWriter + 'static) -> Self {
+        self.dlq = Some(Box::new(dlq));
+        self
+    }
+
+    pub fn checkpoint_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.checkpoint_dir = Some(dir.into());
+        self
+    }
+
+    pub fn checkpoint_interval(mut self, interval: Duration) -> Self {
+        self.exec.checkpoint_interval = interval;
+        self
+    }
+
+    pub fn batch(mut self, max_rows: usize, linger: Duration) -> Self {
+        self.exec.max_rows = max_rows;
+        self.exec.linger = linger;
+        self
+    }
+
+    pub fn cpu_threads(mut self, n: usize) -> Self {
+        self.exec.cpu_threads = n;
+        self
+    }
+
+    pub fn channel_capacity(mut self, n: usize) -> Self {
+        self.exec.channel_capacity = n;
+        self
+    }
+
+    /// Check the chain and assemble the executor.
+    pub fn build(self) -> Result<Executor> {
+        let missing =
+            |what: &str| WeirError::Config(format!("pipeline `{}` has no {what}", self.name));
+        let schema = self.schema.clone().ok_or_else(|| missing("schema"))?;
+        let errors = schema.validate("schema");
+        if !errors.is_empty() {
+            return Err(WeirError::Config(errors.join("; ")));
+        }
+        if self.sinks.is_empty() {
+            return Err(missing("sink"));
+        }
+        let source = self
+            .source
+            .ok_or_else(|| WeirError::Config(format!("pipeline `{}` has no source", self.name)))?;
+        let dlq = self
+            .dlq
+            .ok_or_else(|| WeirError::Config(format!("pipeline `{}` has no dlq", self.name)))?;
+        let dir = self.checkpoint_dir.ok_or_else(|| {
+            WeirError::Config(format!(
+                "pipeline `{}` has no checkpoint directory",
+                self.name
+            ))
+        })?;
+        let ops = self.ops;
+        build_chain(&schema, &ops).map_err(|e| WeirError::Config(e.join("; ")))?;
+        let pipeline: Arc<str> = self.name.as_str().into();
+        let tasks: TaskFactory = Box::new(move |topic, partition| {
+            let decoder = JsonDecoder::new(&schema);
+            let chain = build_chain(&schema, &ops).map_err(|e| WeirError::Config(e.join("; ")))?;
+            Ok(PartitionTask::new(
+                pipeline.clone(),
+                topic.clone(),
+                partition,
+                Box::new(decoder),
+                chain,
+            ))
+        });
+        let store: Arc<dyn CheckpointStore> = Arc::new(LocalCheckpointStore::new(dir, &self.name));
+        Ok(Executor::new(
+            self.exec, source, tasks, self.sinks, dlq, store,
+        ))
+    }
+
+    /// Build and run until the input ends or `shutdown` is triggered.
+    pub fn run(self, shutdown: Shutdown) -> Result<RunSummary> {
+        self.build()?.run(shutdown)
+    }
+
+    /// A pipeline from a validated config: opens the source, sinks and DLQ.
+    pub fn from_config(cfg: &PipelineConfig) -> Result<Self> {
+        let mut p = Pipeline::new(&cfg.name).schema(cfg.schema.clone());
+        p = match &cfg.source {
+            SourceConfig::Generator(g) => p.source(GeneratorSource::new(g.clone())?),
+            SourceConfig::Jsonl(j) => p.source(JsonlFileSource::new(j.clone())?),
+        };
+        p.ops.extend(cfg.operators.iter().map(spec));
+        for (i, s) in cfg.sinks.iter().enumerate() {
+            let name = format!("sinks[{i}]");
+            p = match s {
+                SinkConfig::Sqlite(c) => p.sink(SqliteSink::new(name, c)?),
+                SinkConfig::Jsonl(c) => p.sink(JsonlSink::new(name, c)?),
+                SinkConfig::Terminal(c) => p.sink(TerminalSink::new(name, c)),
+                SinkConfig::Null {} => p.sink(NullSink::default()),
+            };
+        }
+        p = match &cfg.dlq {
+            DlqConfig::Jsonl(d) => p.dlq(JsonlDlq::new(d)?),
+        };
+        p = p
+            .checkpoint_dir(&cfg.checkpoint.dir)
+            .checkpoint_interval(Duration::from_millis(cfg.checkpoint.interval_ms))
+            .batch(
+                cfg.batch.max_rows,
+                Duration::from_millis(cfg.batch.linger_ms),
+            );
+        if let Some(n) = cfg.worker.cpu_threads {
+            p = p.cpu_threads(n);
+        }
+        if let Some(n) = cfg.worker.channel_capacity {
+            p = p.channel_capacity(n);
+        }
+        Ok(p)
+    }
+}
+
+/// Build the operator chain for one partition; every error is "operators[i]: reason".
+fn build_chain(
+    schema: &SchemaConfig,
+    ops: &[OpSpec],
+) -> Result<Vec<Box<dyn Operator>>, Vec<String>> {
+    let mut input: SchemaRef = JsonDecoder::new(schema).schema();
+    let mut chain: Vec<Box<dyn Operator>> = Vec::new();
+    let mut errors = Vec::new();
+    for (i, op) in ops.iter().enumerate() {
+        let name = format!("operators[{i}]");
+        let built: Result<Box<dyn Operator>, String> = match op {
+            OpSpec::Filter(p) => {
+                FilterOperator::new(&name, p, input.clone()).map(|o| Box::new(o) as _)
+            }
+            OpSpec::Project(cols) => {
+                ProjectOperator::new(&name, cols, input.clone()).map(|o| Box::new(o) as _)
+            }
+            OpSpec::Tumble(t) => TumbleWindow::new(&name, t, input.clone(), &schema.event_time)
+                .map(|o| Box::new(o) as _),
+            OpSpec::Custom(label, f) => f(input.clone()).map_err(|e| format!("{label}: {e}")),
+        };
+        match built {
+            Ok(op) => {
+                input = op.output_schema();
+                chain.push(op);
+            }
+            Err(e) => {
+                errors.push(format!("{name}: {e}"));
+                break; // later operators depend on this one's output schema
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(chain)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Config-time check of the operator chain (columns, expressions, aggregate functions).
+pub(crate) fn check_operators(schema: &SchemaConfig, ops: &[OperatorConfig]) -> Vec<String> {
+    let specs: Vec<OpSpec> = ops.iter().map(spec).collect();
+    build_chain(schema, &specs).err().unwrap_or_default()
+}
+
+/// The one place a config `type` becomes an operator spec.
+fn spec(op: &OperatorConfig) -> OpSpec {
+    match op {
+        OperatorConfig::Filter { predicate } => OpSpec::Filter(predicate.clone()),
+        OperatorConfig::Project { columns } => OpSpec::Project(
+            columns
+                .iter()
+                .map(|c| (c.expr.clone(), c.name.clone()))
+                .collect(),
+        ),
+        OperatorConfig::Tumble(t) => OpSpec::Tumble(t.clone()),
+    }
+}
