@@ -190,7 +190,11 @@ impl PipelineConfig {
             errors,
         };
         let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-            fail(vec![format!("invalid TOML: {}", one_line(e.message()))])
+            let at = e
+                .span()
+                .map(|s| line_col(text, s.start))
+                .unwrap_or_default();
+            fail(vec![format!("{at}invalid TOML: {}", one_line(e.message()))])
         })?;
         let mut errors = Vec::new();
         for key in table.keys() {
@@ -340,23 +344,25 @@ fn section<T: DeserializeOwned>(
     path: &str,
     errors: &mut Vec<String>,
 ) -> Option<T> {
+    if !matches!(value, toml::Value::Table(_)) {
+        return match value.try_into::<T>() {
+            Ok(v) => Some(v),
+            Err(e) => {
+                errors.push(format!("{path}: {}", one_line(e.message())));
+                None
+            }
+        };
+    }
     for _ in 0..32 {
         let text = match &value {
             toml::Value::Table(t) => toml::to_string(t).unwrap_or_default(),
-            _ => format!("value = {value}"),
+            _ => String::new(),
         };
         let err = match toml::from_str::<T>(&text) {
             Ok(v) => return Some(v),
             Err(e) => e,
         };
         let message = one_line(err.message());
-        if !matches!(value, toml::Value::Table(_)) {
-            errors.push(format!(
-                "{path}: expected a table, found a {}",
-                value.type_str()
-            ));
-            return None;
-        }
         // `unknown field `x`, expected ...`: report, drop the key, look for more problems.
         if let Some(field) = quoted_after(&message, "unknown field `") {
             if let toml::Value::Table(t) = &mut value {
@@ -385,6 +391,7 @@ fn section<T: DeserializeOwned>(
         let key = err
             .span()
             .and_then(|span| key_at(&text, span.start))
+            .or_else(|| culprit::<T>(&value))
             .map(|k| format!("{path}.{k}"))
             .unwrap_or_else(|| path.to_string());
         errors.push(format!("{key}: {message}"));
@@ -392,6 +399,31 @@ fn section<T: DeserializeOwned>(
     }
     errors.push(format!("{path}: too many problems"));
     None
+}
+
+/// The key whose value is wrong, when serde lost the position (tagged enums buffer their
+/// content): the one whose removal leaves only "missing field" for it, or no error.
+fn culprit<T: DeserializeOwned>(value: &toml::Value) -> Option<String> {
+    let toml::Value::Table(table) = value else {
+        return None;
+    };
+    table.keys().filter(|k| k.as_str() != "type").find_map(|k| {
+        let mut t = table.clone();
+        t.remove(k);
+        match toml::Value::Table(t).try_into::<T>() {
+            Ok(_) => Some(k.clone()),
+            Err(e) if e.message().contains(&format!("missing field `{k}`")) => Some(k.clone()),
+            Err(_) => None,
+        }
+    })
+}
+
+/// "line L, column C: " of byte `pos` in `text`.
+fn line_col(text: &str, pos: usize) -> String {
+    let before = &text[..pos.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    format!("line {line}, column {col}: ")
 }
 
 fn quoted_after(message: &str, prefix: &str) -> Option<String> {

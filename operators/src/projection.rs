@@ -25,7 +25,9 @@ use weir_runtime::OperatorState;
 pub trait Projection: Send + 'static {
     type Event: DeserializeOwned;
     type State: Serialize + DeserializeOwned + Default + Clone + Send;
-    type Row: Serialize;
+    type Row<'a>: Serialize
+    where
+        Self: 'a;
 
     /// The key whose state this event changes.
     fn key(&self, event: &Self::Event) -> String;
@@ -33,7 +35,7 @@ pub trait Projection: Send + 'static {
     fn apply(&self, state: &mut Self::State, event: Self::Event)
         -> std::result::Result<(), String>;
     /// The read-model row of a key.
-    fn row(&self, key: &str, state: &Self::State) -> Self::Row;
+    fn row<'a>(&'a self, key: &'a str, state: &'a Self::State) -> Self::Row<'a>;
     /// Schema of [`Projection::row`] as Arrow.
     fn row_schema(&self) -> SchemaRef;
 }

@@ -1,0 +1,393 @@
+//! The `weir` binary: clear errors for bad config files and flags, `weir run` end to end, and
+//! a worker SIGKILLed at random points that, restarted, ends with exactly the output of an
+//! uninterrupted run.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use weir::connectors::{read_dlq_dir, read_jsonl_dir, EventGenerator, GeneratorConfig};
+
+fn weir(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(args)
+        .current_dir(cwd)
+        .env("WEIR_LOG", "warn")
+        .output()
+        .expect("run weir")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+const BAD: &str = r#"
+name = "iot"
+colour = "blue"
+
+[source]
+type = "generator"
+partitions = 0
+sensorz = 5
+
+[schema]
+event_time = "event_time"
+fields = [
+  { name = "sensor_id", type = "string" },
+  { name = "temperature", type = "float64" },
+  { name = "event_time", type = "timestamp" },
+]
+
+[[operators]]
+type = "filter"
+predicate = "temprature > 3"
+
+[[operators]]
+type = "tumble"
+size_ms = "one minute"
+keys = ["sensor_id"]
+aggregates = [{ function = "avg", column = "temperature" }]
+
+[[sinks]]
+type = "sqlite"
+path = "out.sqlite"
+table = "w"
+
+[dlq]
+type = "jsonl"
+
+[checkpoint]
+dir = "ckpt"
+interval_ms = 0
+"#;
+
+#[test]
+fn a_bad_pipeline_file_gets_every_error_with_file_and_key_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("bad.toml"), BAD).unwrap();
+    let out = weir(&["run", "bad.toml"], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    for expected in [
+        "bad.toml has 8 errors",
+        "bad.toml: colour: unknown key",
+        "bad.toml: source.sensorz: unknown key (expected one of `seed`, `sensors`",
+        "bad.toml: source.partitions: must be at least 1, got 0",
+        "bad.toml: operators[0]: `temprature > 3`: Schema error: No field named temprature. Did you mean 'temperature'?",
+        "bad.toml: operators[1].size_ms: invalid type: string \"one minute\", expected i64",
+        "bad.toml: sinks[0].key_columns: missing",
+        "bad.toml: dlq.path: missing",
+        "bad.toml: checkpoint.interval_ms: must be positive, got 0",
+    ] {
+        assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+    }
+}
+
+#[test]
+fn unknown_components_functions_and_columns_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = r#"
+name = "x"
+[source]
+type = "kafkaa"
+[schema]
+event_time = "ts"
+fields = [{ name = "k", type = "string" }, { name = "ts", type = "int64" }]
+[[operators]]
+type = "tumble"
+size_ms = 1000
+keys = ["k"]
+aggregates = [{ function = "median_of_medians", column = "k" }]
+[[sinks]]
+type = "null"
+[dlq]
+type = "jsonl"
+path = "dlq"
+[checkpoint]
+dir = "c"
+"#;
+    std::fs::write(dir.path().join("p.toml"), text).unwrap();
+    let err = stderr(&weir(&["run", "p.toml"], dir.path()));
+    assert!(
+        err.contains(
+            "p.toml: source.type: unknown variant `kafkaa`, expected `generator` or `jsonl`"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains("p.toml: schema.event_time: field `ts` must have type \"timestamp\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn unreadable_and_malformed_files_are_reported_with_their_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = weir(&["run", "missing.toml"], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("missing.toml: cannot read the file"),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::write(dir.path().join("syntax.toml"), "name = \"x\"\n[source\n").unwrap();
+    let err = stderr(&weir(&["run", "syntax.toml"], dir.path()));
+    assert!(
+        err.contains("syntax.toml: line 2, column 8: invalid TOML"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_flags_are_named_and_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    for (args, expected) in [
+        (
+            vec!["bench", "--events", "0"],
+            "invalid value '0' for '--events <EVENTS>'",
+        ),
+        (
+            vec!["demo", "--partitions", "x"],
+            "invalid value 'x' for '--partitions <PARTITIONS>'",
+        ),
+        (
+            vec!["demo", "--colour", "red"],
+            "unexpected argument '--colour'",
+        ),
+        (vec!["launch"], "unrecognized subcommand 'launch'"),
+        (vec!["run"], "required arguments were not provided"),
+    ] {
+        let out = weir(&args, dir.path());
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(
+            stderr(&out).contains(expected),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+}
+
+/// A JSONL input of generator events (with poison and late events), one line a message.
+fn write_input(path: &Path, events: u64) -> EventGenerator {
+    let cfg = GeneratorConfig {
+        seed: 5,
+        sensors: 500,
+        partitions: 1,
+        events: Some(events),
+        max_out_of_orderness_ms: 1_000,
+        late_ratio: 0.002,
+        poison_ratio: 0.002,
+        ..Default::default()
+    };
+    let g = EventGenerator::new(&cfg);
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    for m in g.messages(0, 0, events as usize) {
+        // A null payload cannot be a line: it is written as an empty line (dead-lettered too).
+        let p = m.payload.unwrap_or_default();
+        assert!(!p.contains(&b'\n'));
+        f.write_all(&p).unwrap();
+        f.write_all(b"\n").unwrap();
+    }
+    f.flush().unwrap();
+    g
+}
+
+fn pipeline_toml(input: &Path) -> String {
+    format!(
+        r#"
+name = "iot"
+[source]
+type = "jsonl"
+path = "{}"
+partitions = 3
+key_field = "sensor_id"
+
+[schema]
+event_time = "event_time"
+fields = [
+  {{ name = "event_id", type = "string" }},
+  {{ name = "sensor_id", type = "string" }},
+  {{ name = "temperature", type = "float64" }},
+  {{ name = "humidity", type = "float64", nullable = true }},
+  {{ name = "event_time", type = "timestamp" }},
+]
+
+[[operators]]
+type = "filter"
+predicate = "temperature > -10"
+
+[[operators]]
+type = "tumble"
+size_ms = 60000
+keys = ["sensor_id"]
+max_out_of_orderness_ms = 1000
+aggregates = [
+  {{ function = "avg", column = "temperature", alias = "avg_temp" }},
+  {{ function = "max", column = "temperature", alias = "max_temp" }},
+  {{ function = "count", alias = "readings" }},
+]
+
+[[sinks]]
+type = "sqlite"
+path = "out.sqlite"
+table = "windows"
+key_columns = ["sensor_id", "window_start"]
+
+[[sinks]]
+type = "jsonl"
+path = "out"
+
+[dlq]
+type = "jsonl"
+path = "dlq"
+
+[checkpoint]
+dir = "checkpoints"
+interval_ms = 20
+
+[batch]
+max_rows = 500
+linger_ms = 5
+"#,
+        input.display()
+    )
+}
+
+fn table(db: &Path) -> Vec<(String, i64, String, i64)> {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT sensor_id, window_start, printf('%.9f', avg_temp), readings FROM windows ORDER BY 1, 2")
+        .unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+fn sorted_json(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = read_jsonl_dir(dir)
+        .unwrap()
+        .iter()
+        .map(|r| r.to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+fn sorted_dlq(dir: &Path) -> Vec<(i32, i64, String)> {
+    let mut v: Vec<(i32, i64, String)> = read_dlq_dir(dir)
+        .unwrap()
+        .into_iter()
+        .map(|l| (l.partition, l.offset, l.kind.as_str().to_string()))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn weir_run_processes_a_file_and_accounts_for_every_line() {
+    let dir = tempfile::tempdir().unwrap();
+    write_input(&dir.path().join("in.jsonl"), 20_000);
+    std::fs::write(
+        dir.path().join("p.toml"),
+        pipeline_toml(&dir.path().join("in.jsonl")),
+    )
+    .unwrap();
+    assert!(weir(&["run", "--check", "p.toml"], dir.path())
+        .status
+        .success());
+    let out = weir(&["run", "p.toml"], dir.path());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("20000 events"), "{stdout}");
+    assert!(stdout.contains("input finished"), "{stdout}");
+    let rows = table(&dir.path().join("out.sqlite"));
+    let readings: i64 = rows.iter().map(|r| r.3).sum();
+    let dlq = sorted_dlq(&dir.path().join("dlq")).len() as i64;
+    assert!(dlq > 0);
+    // Every line is in a window, in the DLQ, or filtered; the JSONL sink has the same windows.
+    let filtered = stdout
+        .split(", ")
+        .find_map(|s| {
+            s.strip_suffix(" filtered; ")
+                .or(s.strip_suffix(" filtered"))
+        })
+        .map(|s| s.trim().parse::<i64>().unwrap());
+    let filtered = filtered.unwrap_or_else(|| {
+        stdout
+            .split(" filtered")
+            .next()
+            .unwrap()
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    });
+    assert_eq!(readings + dlq + filtered, 20_000, "{stdout}");
+    assert_eq!(sorted_json(&dir.path().join("out")).len(), rows.len());
+}
+
+#[test]
+fn a_worker_killed_at_random_points_and_restarted_ends_with_the_uninterrupted_output() {
+    let base = tempfile::tempdir().unwrap();
+    let input = base.path().join("in.jsonl");
+    write_input(&input, 300_000);
+    let run_dir = |name: &str| {
+        let d = base.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("p.toml"), pipeline_toml(&input)).unwrap();
+        d
+    };
+    let straight = run_dir("straight");
+    let started = std::time::Instant::now();
+    assert!(weir(&["run", "p.toml"], &straight).status.success());
+    let full = started.elapsed();
+
+    let crashed = run_dir("crashed");
+    let mut rng = 0x5eed_u64;
+    let mut kills = 0;
+    for _ in 0..8 {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["run", "p.toml"])
+            .current_dir(&crashed)
+            .env("WEIR_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        rng = rng
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        // Somewhere between 10% and 60% of an uninterrupted run, after start-up.
+        let fraction = 0.1 + ((rng >> 33) % 1000) as f64 / 2000.0;
+        std::thread::sleep(Duration::from_millis(30) + full.mul_f64(fraction));
+        if child.try_wait().unwrap().is_some() {
+            break; // finished before the kill
+        }
+        child.kill().unwrap(); // SIGKILL: no drain, no final checkpoint
+        child.wait().unwrap();
+        kills += 1;
+    }
+    assert!(
+        kills >= 3,
+        "only {kills} kills landed: the input finished too fast"
+    );
+    let out = weir(&["run", "p.toml"], &crashed);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    assert_eq!(
+        table(&crashed.join("out.sqlite")),
+        table(&straight.join("out.sqlite"))
+    );
+    assert_eq!(
+        sorted_json(&crashed.join("out")),
+        sorted_json(&straight.join("out")),
+        "JSONL sink is exactly-once"
+    );
+    assert_eq!(
+        sorted_dlq(&crashed.join("dlq")),
+        sorted_dlq(&straight.join("dlq")),
+        "DLQ is exactly-once"
+    );
+}
