@@ -166,7 +166,11 @@ impl SqliteSink {
         if !errors.is_empty() {
             return Err(WeirError::sink(name, errors.join("; ")));
         }
-        let conn = Connection::open(&config.path).map_err(|e| sql_error(&name, "open", e))?;
+        if let Some(dir) = config.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| WeirError::io(dir, e))?;
+        }
+        let conn = Connection::open(&config.path)
+            .map_err(|e| sql_error(&name, &format!("open {}", config.path.display()), e))?;
         conn.busy_timeout(Duration::from_secs(1))
             .map_err(|e| sql_error(&name, "set busy timeout", e))?;
         // journal_mode returns a row, so it is a query.

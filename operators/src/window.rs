@@ -137,7 +137,7 @@ pub fn find_aggregate(name: &str) -> Option<Arc<datafusion::logical_expr::Aggreg
     let lower = name.to_ascii_lowercase();
     all_default_aggregate_functions()
         .into_iter()
-        .find(|f| f.name() == lower || f.aliases().iter().any(|a| *a == lower))
+        .find(|f| f.name() == lower || f.aliases().contains(&lower))
 }
 
 struct Bin {

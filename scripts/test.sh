@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace on a fresh machine: builds, starts the services the tests
+# need (when a script for them exists), runs the tests, and stops only what it started.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/weir-target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+started=()
+cleanup() {
+  for svc in "${started[@]:-}"; do
+    [ -n "$svc" ] && "scripts/$svc.sh" stop || true
+  done
+}
+trap cleanup EXIT
+
+# Services: each scripts/<svc>.sh start prints NAME=value lines to export.
+for svc in kafka; do
+  if [ -x "scripts/$svc.sh" ] && [ -z "${WEIR_SKIP_SERVICES:-}" ]; then
+    "scripts/$svc.sh" install
+    env_lines=$("scripts/$svc.sh" start)
+    started+=("$svc")
+    while IFS= read -r line; do
+      case "$line" in WEIR_*=*) export "${line?}" ;; esac
+    done <<<"$env_lines"
+  fi
+done
+
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast "$@"
+else
+  cargo test --workspace --no-fail-fast "$@"
+fi
