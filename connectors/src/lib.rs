@@ -21,6 +21,7 @@ pub mod epoch_files;
 pub mod generator;
 pub mod jsonl_sink;
 pub mod jsonl_source;
+pub mod kafka;
 pub mod sqlite_sink;
 pub mod terminal_sink;
 
@@ -32,6 +33,10 @@ pub use generator::{
 };
 pub use jsonl_sink::{read_jsonl_dir, JsonlSink, JsonlSinkConfig};
 pub use jsonl_source::{JsonlFileSource, JsonlSourceConfig};
+pub use kafka::{
+    KafkaDlq, KafkaDlqConfig, KafkaOffsetCommitter, KafkaSink, KafkaSinkConfig, KafkaSource,
+    KafkaSourceConfig,
+};
 pub use sqlite_sink::{SqliteSink, SqliteSinkConfig};
 pub use terminal_sink::{TerminalSink, TerminalSinkConfig};
 

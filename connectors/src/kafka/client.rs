@@ -1,0 +1,356 @@
+//! What the Kafka source, sink and DLQ share: the librdkafka configuration (with the options
+//! weir owns), a client context that remembers the last broker error so that errors can say
+//! why a broker is unreachable, metadata checks, and redaction of secret options.
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use rdkafka::client::{Client, ClientContext};
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::ConsumerContext;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{DeliveryResult, Message, OwnedHeaders};
+use rdkafka::producer::ProducerContext;
+use tracing::{debug, error, info, warn};
+use weir_runtime::ErrorClass;
+
+use super::errors::classify;
+use crate::config_key;
+
+/// A librdkafka option that weir sets itself, and where the user says what they want instead.
+pub(crate) struct OwnedOption {
+    pub key: &'static str,
+    pub why: &'static str,
+}
+
+/// `"<prefix>.options.<key>"` errors for every owned option present in `options`.
+pub(crate) fn reject_owned_options(
+    prefix: &str,
+    options: &BTreeMap<String, String>,
+    owned: &[OwnedOption],
+) -> Vec<String> {
+    let mut errors = Vec::new();
+    for key in options.keys() {
+        if key.trim().is_empty() {
+            errors.push(format!(
+                "{}: an option name must not be empty",
+                config_key(prefix, "options")
+            ));
+            continue;
+        }
+        if let Some(o) = owned.iter().find(|o| o.key == key.trim()) {
+            errors.push(format!(
+                "{}: weir owns this librdkafka option: {}",
+                config_key(prefix, &format!("options.\"{}\"", o.key)),
+                o.why
+            ));
+        }
+    }
+    errors
+}
+
+/// Errors for an empty `brokers` and a zero timeout (shared by every Kafka config).
+pub(crate) fn check_brokers_and_timeout(
+    prefix: &str,
+    brokers: &str,
+    timeout_key: &str,
+    timeout_ms: u64,
+) -> Vec<String> {
+    let mut errors = Vec::new();
+    if brokers.trim().is_empty() {
+        errors.push(format!(
+            "{}: must list at least one broker, e.g. \"127.0.0.1:9092\"",
+            config_key(prefix, "brokers")
+        ));
+    }
+    if timeout_ms == 0 {
+        errors.push(format!(
+            "{}: must be at least 1",
+            config_key(prefix, timeout_key)
+        ));
+    }
+    errors
+}
+
+/// Is the value of this librdkafka option a secret (never printed)?
+pub(crate) fn is_secret_option(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    [
+        "password",
+        "secret",
+        "pem",
+        "oauthbearer.config",
+        "credential",
+        "token",
+    ]
+    .iter()
+    .any(|s| key.contains(s))
+}
+
+/// The options as `Debug` shows them: secret values replaced by `"***"`.
+pub(crate) fn redacted(options: &BTreeMap<String, String>) -> BTreeMap<&str, &str> {
+    options
+        .iter()
+        .map(|(k, v)| {
+            let v = if is_secret_option(k) {
+                "***"
+            } else {
+                v.as_str()
+            };
+            (k.as_str(), v)
+        })
+        .collect()
+}
+
+/// The client configuration: the user's options, then `bootstrap.servers`, then `weir_owned`
+/// (validation rejects user options that collide with those), then `defaults` for options
+/// the user did not set.
+pub(crate) fn client_config(
+    brokers: &str,
+    options: &BTreeMap<String, String>,
+    weir_owned: &[(&str, &str)],
+    defaults: &[(&str, &str)],
+) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    for (k, v) in options {
+        config.set(k.trim(), v);
+    }
+    config.set("bootstrap.servers", brokers.trim());
+    for (k, v) in weir_owned {
+        config.set(*k, *v);
+    }
+    for (k, v) in defaults {
+        if !options.keys().any(|o| o.trim() == *k) {
+            config.set(*k, *v);
+        }
+    }
+    config.set_log_level(RDKafkaLogLevel::Info);
+    config
+}
+
+/// A message whose delivery failed, kept to be sent again.
+#[derive(Debug)]
+pub(crate) struct FailedDelivery {
+    pub topic: String,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    pub headers: Option<OwnedHeaders>,
+    pub error: KafkaError,
+}
+
+/// Client context of every weir Kafka client: logs through `tracing`, remembers the last
+/// broker error (for error messages), and collects failed deliveries of producers.
+#[derive(Default)]
+pub(crate) struct KafkaContext {
+    last_error: Mutex<Option<String>>,
+    failed: Mutex<Vec<FailedDelivery>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl KafkaContext {
+    /// The last error librdkafka reported (a connection refused, a failed authentication).
+    pub fn last_error(&self) -> Option<String> {
+        lock(&self.last_error).clone()
+    }
+
+    /// Failed deliveries since the last call.
+    pub fn take_failed(&self) -> Vec<FailedDelivery> {
+        std::mem::take(&mut *lock(&self.failed))
+    }
+
+    fn remember(&self, message: String) {
+        *lock(&self.last_error) = Some(message);
+    }
+}
+
+impl ClientContext for KafkaContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => {
+                error!(target: "librdkafka", facility = fac, "{message}");
+                self.remember(message.to_string());
+            }
+            RDKafkaLogLevel::Warning => {
+                warn!(target: "librdkafka", facility = fac, "{message}");
+                self.remember(message.to_string());
+            }
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                info!(target: "librdkafka", facility = fac, "{message}")
+            }
+            RDKafkaLogLevel::Debug => debug!(target: "librdkafka", facility = fac, "{message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        warn!(target: "librdkafka", error = %error, "{reason}");
+        self.remember(format!("{error}: {reason}"));
+    }
+}
+
+impl ConsumerContext for KafkaContext {}
+
+impl ProducerContext for KafkaContext {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((error, message)) = result {
+            lock(&self.failed).push(FailedDelivery {
+                topic: message.topic().to_string(),
+                key: message.key().map(<[u8]>::to_vec),
+                payload: message.payload().map(<[u8]>::to_vec),
+                headers: message.headers().map(|h| h.detach()),
+                error: error.clone(),
+            });
+        }
+    }
+}
+
+/// `", last broker error: ..."` when librdkafka reported one, else nothing.
+pub(crate) fn last_error_suffix(context: &KafkaContext) -> String {
+    context
+        .last_error()
+        .map(|e| format!("; last broker error: {e}"))
+        .unwrap_or_default()
+}
+
+/// The partitions of `topic`, fetching metadata within `timeout`. Errors name the brokers or
+/// the topic; the class says whether waiting could help. `serve` polls the client's main
+/// queue, where librdkafka's logs wait (rdkafka sets `log.queue`): serving it first lets the
+/// error say why the brokers are unreachable.
+pub(crate) fn topic_partitions(
+    client: &Client<KafkaContext>,
+    serve: &dyn Fn(),
+    brokers: &str,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<i32>, (String, ErrorClass)> {
+    let metadata = client.fetch_metadata(Some(topic), timeout).map_err(|e| {
+        serve();
+        (
+            format!(
+                "cannot fetch metadata of topic {topic:?} from brokers {brokers:?} within {} ms: {e}{}",
+                timeout.as_millis(),
+                last_error_suffix(client.context())
+            ),
+            classify(&e),
+        )
+    })?;
+    let Some(t) = metadata.topics().iter().find(|t| t.name() == topic) else {
+        return Err((
+            format!("topic {topic:?} does not exist on brokers {brokers:?}"),
+            ErrorClass::Fatal,
+        ));
+    };
+    if let Some(err) = t.error() {
+        let code = rdkafka::types::RDKafkaErrorCode::from(err);
+        let missing = matches!(
+            code,
+            rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition
+                | rdkafka::types::RDKafkaErrorCode::UnknownTopic
+        );
+        let message = if missing {
+            format!("topic {topic:?} does not exist on brokers {brokers:?}")
+        } else {
+            format!("topic {topic:?} on brokers {brokers:?}: {code}")
+        };
+        return Err((message, super::errors::classify_code(code)));
+    }
+    if t.partitions().is_empty() {
+        return Err((
+            format!("topic {topic:?} does not exist on brokers {brokers:?} (no partitions)"),
+            ErrorClass::Fatal,
+        ));
+    }
+    let mut partitions: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
+    partitions.sort_unstable();
+    Ok(partitions)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_options_are_redacted_and_others_kept() {
+        let options: BTreeMap<String, String> = [
+            ("sasl.password", "hunter2"),
+            ("ssl.key.password", "k"),
+            ("ssl.key.pem", "-----BEGIN"),
+            ("sasl.oauthbearer.config", "x"),
+            ("sasl.username", "alice"),
+            ("security.protocol", "SASL_SSL"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let shown = format!("{:?}", redacted(&options));
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("BEGIN"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("alice") && shown.contains("SASL_SSL"),
+            "{shown}"
+        );
+        assert_eq!(redacted(&options)["sasl.password"], "***");
+    }
+
+    #[test]
+    fn owned_options_are_rejected_with_the_key_to_use() {
+        let options: BTreeMap<String, String> = [
+            ("group.id", "g"),
+            (" bootstrap.servers ", "b"),
+            ("", "x"),
+            ("acks", "all"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let owned = [
+            OwnedOption {
+                key: "group.id",
+                why: "set `group_id` instead",
+            },
+            OwnedOption {
+                key: "bootstrap.servers",
+                why: "set `brokers` instead",
+            },
+        ];
+        assert_eq!(
+            reject_owned_options("source", &options, &owned),
+            [
+                "source.options: an option name must not be empty",
+                "source.options.\"bootstrap.servers\": weir owns this librdkafka option: set `brokers` instead",
+                "source.options.\"group.id\": weir owns this librdkafka option: set `group_id` instead",
+            ]
+        );
+    }
+
+    #[test]
+    fn weir_owned_settings_win_and_defaults_yield_to_the_user() {
+        let options: BTreeMap<String, String> = [("auto.offset.reset", "latest"), ("acks", "1")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let config = client_config(
+            " b:1 ",
+            &options,
+            &[("acks", "all")],
+            &[
+                ("auto.offset.reset", "earliest"),
+                ("fetch.wait.max.ms", "50"),
+            ],
+        );
+        assert_eq!(config.get("bootstrap.servers"), Some("b:1"));
+        assert_eq!(config.get("acks"), Some("all"));
+        assert_eq!(config.get("auto.offset.reset"), Some("latest"));
+        assert_eq!(config.get("fetch.wait.max.ms"), Some("50"));
+    }
+}

@@ -1,0 +1,30 @@
+//! Kafka through rdkafka (librdkafka 2.12, built from source and linked statically).
+//!
+//! - [`KafkaSource`]: every partition of some topics, one blocking reader per partition
+//!   (explicit assignment, for the static executor), starting at a checkpoint's offset or the
+//!   group's committed offset; it never commits by itself.
+//! - [`KafkaOffsetCommitter`]: commits a partition's next offset to the group, once the
+//!   checkpoint that covers it is durable.
+//! - [`KafkaSink`]: output rows as JSON messages keyed by a column, idempotent producer,
+//!   at-least-once (`prepare` waits for every acknowledgement).
+//! - [`KafkaDlq`]: dead letters with their original key and payload, and headers saying what
+//!   happened.
+//! - [`classify`]: librdkafka error codes → [`ErrorClass`](weir_runtime::ErrorClass).
+//!
+//! Every config rejects the librdkafka options weir owns (`enable.auto.commit`,
+//! `enable.auto.offset.store`, `group.id`, `bootstrap.servers`, `enable.idempotence`,
+//! `transactional.id`) and hides secret option values from `Debug`.
+
+mod client;
+mod committer;
+mod dlq;
+mod errors;
+mod producer;
+mod sink;
+mod source;
+
+pub use committer::KafkaOffsetCommitter;
+pub use dlq::{dlq_header_values, stage_text, KafkaDlq, KafkaDlqConfig, DLQ_HEADERS};
+pub use errors::{classify, classify_code, CLASSIFICATION};
+pub use sink::{KafkaSink, KafkaSinkConfig};
+pub use source::{KafkaPartitionReader, KafkaSource, KafkaSourceConfig, StartFrom};

@@ -1,0 +1,639 @@
+//! The `kafka` source for the static executor: every partition of the configured topics,
+//! read by explicit assignment (no group subscription yet), one reader per partition.
+//!
+//! One `BaseConsumer` serves all readers. Each reader owns the partition queue of its
+//! partition (`split_partition_queue`), split *before* the partition is assigned so that no
+//! message of it can reach the shared consumer queue; `read` is a blocking poll of that queue,
+//! which fits the executor's reader threads. Readers also serve the shared queue (errors,
+//! logs) with a zero timeout.
+//!
+//! Where a reader starts (see [`StartFrom::for_next_offset`]): a checkpoint's next offset when
+//! there is one (`next_offset > 0`); else (`next_offset == 0`, "no checkpoint") the group's
+//! committed offset; else `auto.offset.reset`, which weir sets to `earliest` unless the options
+//! say otherwise. weir never commits on read: `enable.auto.commit` and
+//! `enable.auto.offset.store` are off, and offsets are committed by the
+//! [`KafkaOffsetCommitter`](super::KafkaOffsetCommitter) once the output is durable.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use serde::Deserialize;
+use tracing::{debug, info, warn};
+use weir_runtime::error::{Result, WeirError};
+use weir_runtime::{ErrorClass, PartitionReader, RawBatch, RawMessage, ReadResult, Source};
+
+use super::client::{
+    check_brokers_and_timeout, client_config, last_error_suffix, redacted, reject_owned_options,
+    topic_partitions, KafkaContext, OwnedOption,
+};
+use super::errors::classify;
+use super::KafkaOffsetCommitter;
+use crate::config_key;
+
+pub(crate) fn default_connect_timeout_ms() -> u64 {
+    10_000
+}
+
+/// Options of the source that weir sets itself.
+const SOURCE_OWNED: &[OwnedOption] = &[
+    OwnedOption {
+        key: "enable.auto.commit",
+        why: "weir commits offsets itself, only after their output is durable; remove it",
+    },
+    OwnedOption {
+        key: "enable.auto.offset.store",
+        why: "weir commits offsets itself, only after their output is durable; remove it",
+    },
+    OwnedOption {
+        key: "group.id",
+        why: "set `group_id` instead",
+    },
+    OwnedOption {
+        key: "bootstrap.servers",
+        why: "set `brokers` instead",
+    },
+    OwnedOption {
+        key: "metadata.broker.list",
+        why: "set `brokers` instead",
+    },
+];
+
+/// Configuration of the `kafka` source.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSourceConfig {
+    /// Bootstrap brokers, comma separated `host:port` (librdkafka `bootstrap.servers`).
+    pub brokers: String,
+    /// Topics to read; every partition of each is read.
+    pub topics: Vec<String>,
+    /// Consumer group that offsets are committed to (librdkafka `group.id`).
+    pub group_id: String,
+    /// librdkafka options passed through as they are (SASL, TLS, fetch sizes...), except the
+    /// ones weir owns: `enable.auto.commit`, `enable.auto.offset.store`, `group.id`,
+    /// `bootstrap.servers`. weir defaults `auto.offset.reset` to `earliest`.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+    /// Bound on metadata requests at start: an unreachable broker or a missing topic is an
+    /// error after at most this long, never a hang.
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+}
+
+impl std::fmt::Debug for KafkaSourceConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSourceConfig")
+            .field("brokers", &self.brokers)
+            .field("topics", &self.topics)
+            .field("group_id", &self.group_id)
+            .field("options", &redacted(&self.options))
+            .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .finish()
+    }
+}
+
+impl KafkaSourceConfig {
+    /// A config with the default options and timeout.
+    pub fn new(brokers: impl Into<String>, topics: &[&str], group_id: impl Into<String>) -> Self {
+        Self {
+            brokers: brokers.into(),
+            topics: topics.iter().map(|t| t.to_string()).collect(),
+            group_id: group_id.into(),
+            options: BTreeMap::new(),
+            connect_timeout_ms: default_connect_timeout_ms(),
+        }
+    }
+
+    /// Every impossible value, as `"<key>: <problem>"` lines.
+    pub fn validate(&self, key_prefix: &str) -> Vec<String> {
+        let key = |k: &str| config_key(key_prefix, k);
+        let mut errors = check_brokers_and_timeout(
+            key_prefix,
+            &self.brokers,
+            "connect_timeout_ms",
+            self.connect_timeout_ms,
+        );
+        if self.topics.is_empty() {
+            errors.push(format!("{}: must list at least one topic", key("topics")));
+        }
+        for (i, topic) in self.topics.iter().enumerate() {
+            if topic.trim().is_empty() {
+                errors.push(format!(
+                    "{}: a topic name must not be empty",
+                    key(&format!("topics[{i}]"))
+                ));
+            } else if self.topics[..i].contains(topic) {
+                errors.push(format!(
+                    "{}: topic {topic:?} is listed twice",
+                    key(&format!("topics[{i}]"))
+                ));
+            }
+        }
+        if self.group_id.trim().is_empty() {
+            errors.push(format!(
+                "{}: must not be empty (offsets are committed to this consumer group)",
+                key("group_id")
+            ));
+        }
+        errors.extend(reject_owned_options(
+            key_prefix,
+            &self.options,
+            SOURCE_OWNED,
+        ));
+        errors
+    }
+
+    pub(crate) fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+
+    /// The librdkafka configuration of the consumer: never commits by itself.
+    pub(crate) fn client_config(&self) -> rdkafka::ClientConfig {
+        client_config(
+            &self.brokers,
+            &self.options,
+            &[
+                ("group.id", self.group_id.trim()),
+                ("enable.auto.commit", "false"),
+                ("enable.auto.offset.store", "false"),
+            ],
+            &[
+                ("auto.offset.reset", "earliest"),
+                ("enable.partition.eof", "false"),
+            ],
+        )
+    }
+
+    /// A consumer of this config's group. No I/O: librdkafka connects in the background.
+    pub(crate) fn consumer(&self, name: &str) -> Result<Arc<BaseConsumer<KafkaContext>>> {
+        let consumer: BaseConsumer<KafkaContext> = self
+            .client_config()
+            .create_with_context(KafkaContext::default())
+            .map_err(|e| {
+                WeirError::source(name, format!("cannot create the Kafka consumer: {e}"))
+            })?;
+        Ok(Arc::new(consumer))
+    }
+}
+
+/// Where a partition reader starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartFrom {
+    /// At this offset (a checkpoint's next offset).
+    Offset(i64),
+    /// At the group's committed offset; without one, where `auto.offset.reset` says.
+    Committed,
+}
+
+impl StartFrom {
+    /// The start for the runtime's `next_offset`: `0` means the partition has no checkpoint
+    /// (a checkpoint at 0 has processed nothing, so the group's committed offset, which only
+    /// follows checkpoints, cannot be ahead of it unless the store was reset); anything above
+    /// is a checkpoint's next offset and wins over the group offset.
+    pub fn for_next_offset(next_offset: i64) -> Option<StartFrom> {
+        match next_offset {
+            0 => Some(StartFrom::Committed),
+            n if n > 0 => Some(StartFrom::Offset(n)),
+            _ => None,
+        }
+    }
+
+    fn offset(self) -> Offset {
+        match self {
+            StartFrom::Offset(n) => Offset::Offset(n),
+            StartFrom::Committed => Offset::Stored,
+        }
+    }
+}
+
+/// The `kafka` source. See the module docs.
+pub struct KafkaSource {
+    config: KafkaSourceConfig,
+    name: String,
+    consumer: Arc<BaseConsumer<KafkaContext>>,
+    /// Partitions of each topic, from the last metadata fetch.
+    partitions: BTreeMap<String, Vec<i32>>,
+}
+
+impl std::fmt::Debug for KafkaSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSource")
+            .field("name", &self.name)
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl KafkaSource {
+    /// Fails when the config is impossible. Does no I/O: [`Source::partitions`] is where the
+    /// brokers and the topics are checked.
+    pub fn new(config: KafkaSourceConfig) -> Result<Self> {
+        let name = format!("kafka {}", config.topics.join(","));
+        let errors = config.validate("source");
+        if !errors.is_empty() {
+            return Err(WeirError::Config(errors.join("; ")));
+        }
+        let consumer = config.consumer(&name)?;
+        Ok(Self {
+            config,
+            name,
+            consumer,
+            partitions: BTreeMap::new(),
+        })
+    }
+
+    pub fn config(&self) -> &KafkaSourceConfig {
+        &self.config
+    }
+
+    /// A committer that commits through this source's consumer (the group member that reads).
+    pub fn committer(&self) -> KafkaOffsetCommitter {
+        KafkaOffsetCommitter::from_consumer(
+            self.consumer.clone(),
+            self.name.clone(),
+            self.config.connect_timeout(),
+        )
+    }
+
+    fn error(&self, message: impl std::fmt::Display, class: ErrorClass) -> WeirError {
+        WeirError::Source {
+            source_name: self.name.clone(),
+            message: message.to_string(),
+            class,
+        }
+    }
+
+    /// A reader of one partition from `start`. The partition is assigned to the shared consumer
+    /// until the reader is dropped.
+    pub fn open_from(
+        &mut self,
+        topic: &Arc<str>,
+        partition: i32,
+        start: StartFrom,
+    ) -> Result<KafkaPartitionReader> {
+        if !self.config.topics.iter().any(|t| **t == **topic) {
+            return Err(self.error(
+                format!(
+                    "topic {topic:?} is not one of the configured topics {:?}",
+                    self.config.topics
+                ),
+                ErrorClass::Fatal,
+            ));
+        }
+        if let Some(known) = self.partitions.get(&**topic) {
+            if !known.contains(&partition) {
+                return Err(self.error(
+                    format!("topic {topic:?} has no partition {partition} (it has {known:?})"),
+                    ErrorClass::Fatal,
+                ));
+            }
+        } else if partition < 0 {
+            return Err(self.error(
+                format!("no partition {partition} in topic {topic:?}"),
+                ErrorClass::Fatal,
+            ));
+        }
+        if let StartFrom::Offset(n) = start {
+            if n < 0 {
+                return Err(self.error(
+                    format!("cannot start {topic}/{partition} at the negative offset {n}"),
+                    ErrorClass::Fatal,
+                ));
+            }
+        }
+        // Split first: a message fetched after the assignment must land in this queue only.
+        let queue = self
+            .consumer
+            .split_partition_queue(topic, partition)
+            .ok_or_else(|| {
+                self.error(
+                    format!("cannot open a queue for {topic}/{partition}"),
+                    ErrorClass::Fatal,
+                )
+            })?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, partition, start.offset())
+            .map_err(|e| self.error(format!("{topic}/{partition}: {e}"), classify(&e)))?;
+        self.consumer.incremental_assign(&tpl).map_err(|e| {
+            self.error(
+                format!("cannot assign {topic}/{partition}: {e}"),
+                classify(&e),
+            )
+        })?;
+        info!(source = %self.name, topic = %topic, partition, start = ?start, "partition assigned");
+        Ok(KafkaPartitionReader {
+            consumer: self.consumer.clone(),
+            queue,
+            topic: topic.clone(),
+            partition,
+            name: self.name.clone(),
+            expected: match start {
+                StartFrom::Offset(n) => Some(n),
+                StartFrom::Committed => None,
+            },
+            first: true,
+        })
+    }
+}
+
+impl Source for KafkaSource {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Every partition of every configured topic, from broker metadata fetched within
+    /// `connect_timeout_ms` per topic.
+    fn partitions(&mut self) -> Result<Vec<(Arc<str>, i32)>> {
+        let timeout = self.config.connect_timeout();
+        let mut out = Vec::new();
+        for topic in &self.config.topics {
+            // Nothing is assigned to the shared queue's partitions: only events wait there.
+            let serve = || while self.consumer.poll(Duration::ZERO).is_some() {};
+            let partitions = topic_partitions(
+                self.consumer.client(),
+                &serve,
+                self.config.brokers.trim(),
+                topic,
+                timeout,
+            )
+            .map_err(|(message, class)| self.error(message, class))?;
+            let name: Arc<str> = Arc::from(topic.as_str());
+            out.extend(partitions.iter().map(|p| (name.clone(), *p)));
+            self.partitions.insert(topic.clone(), partitions);
+        }
+        Ok(out)
+    }
+
+    fn open(
+        &mut self,
+        topic: &Arc<str>,
+        partition: i32,
+        next_offset: i64,
+    ) -> Result<Box<dyn PartitionReader>> {
+        let start = StartFrom::for_next_offset(next_offset).ok_or_else(|| {
+            self.error(
+                format!("cannot start {topic}/{partition} at the negative offset {next_offset}"),
+                ErrorClass::Fatal,
+            )
+        })?;
+        Ok(Box::new(self.open_from(topic, partition, start)?))
+    }
+}
+
+/// Reads one assigned partition. See the module docs.
+pub struct KafkaPartitionReader {
+    consumer: Arc<BaseConsumer<KafkaContext>>,
+    queue: rdkafka::consumer::base_consumer::PartitionQueue<KafkaContext>,
+    topic: Arc<str>,
+    partition: i32,
+    name: String,
+    /// The offset the next message should have, when known (to report gaps).
+    expected: Option<i64>,
+    /// No message was read yet.
+    first: bool,
+}
+
+impl KafkaPartitionReader {
+    pub fn topic(&self) -> &Arc<str> {
+        &self.topic
+    }
+
+    pub fn partition(&self) -> i32 {
+        self.partition
+    }
+
+    fn error(&self, e: &KafkaError) -> WeirError {
+        WeirError::Source {
+            source_name: self.name.clone(),
+            message: format!(
+                "{}/{}: {e}{}",
+                self.topic,
+                self.partition,
+                last_error_suffix(self.consumer.context())
+            ),
+            // No record of ours is at fault when reading: nothing to dead-letter.
+            class: match classify(e) {
+                ErrorClass::Data => ErrorClass::Fatal,
+                class => class,
+            },
+        }
+    }
+
+    /// A consumer or partition error: transient ones are logged (librdkafka retries by
+    /// itself), others end the read with an error.
+    fn on_error(&self, e: KafkaError) -> Result<()> {
+        if matches!(e, KafkaError::PartitionEOF(_)) {
+            return Ok(());
+        }
+        match classify(&e) {
+            ErrorClass::Transient => {
+                warn!(source = %self.name, topic = %self.topic, partition = self.partition, error = %e, "transient consumer error; librdkafka retries");
+                Ok(())
+            }
+            _ => Err(self.error(&e)),
+        }
+    }
+
+    /// Serve the shared consumer queue: errors and logs. A message there would have escaped
+    /// its partition queue; it is an error rather than a silent loss or reordering.
+    fn serve_consumer_queue(&self) -> Result<()> {
+        while let Some(event) = self.consumer.poll(Duration::ZERO) {
+            match event {
+                Ok(m) => {
+                    return Err(WeirError::Source {
+                        source_name: self.name.clone(),
+                        message: format!(
+                            "message {}/{} at offset {} arrived outside its partition queue",
+                            m.topic(),
+                            m.partition(),
+                            m.offset()
+                        ),
+                        class: ErrorClass::Fatal,
+                    })
+                }
+                Err(e) => self.on_error(e)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl PartitionReader for KafkaPartitionReader {
+    fn read(&mut self, max_rows: usize, linger: Duration) -> Result<ReadResult> {
+        self.serve_consumer_queue()?;
+        let max_rows = max_rows.max(1);
+        let deadline = Instant::now() + linger;
+        let mut messages: Vec<RawMessage> = Vec::with_capacity(max_rows.min(4096));
+        while messages.len() < max_rows {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let Some(polled) = self.queue.poll(remaining) else {
+                break; // linger is over
+            };
+            let m = match polled {
+                Ok(m) => m,
+                Err(e) => {
+                    self.on_error(e)?;
+                    if remaining.is_zero() {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            let offset = m.offset();
+            if let Some(expected) = self.expected.filter(|e| offset > *e) {
+                // Retention, compaction and transaction markers all leave gaps: a gap at the
+                // start (the checkpoint's offset is gone) is worth a warning, later ones not.
+                if self.first {
+                    warn!(source = %self.name, topic = %self.topic, partition = self.partition, expected, offset, "the start offset is gone (retention?): reading resumes after a gap");
+                } else {
+                    debug!(source = %self.name, topic = %self.topic, partition = self.partition, expected, offset, "offset gap");
+                }
+            }
+            self.first = false;
+            self.expected = Some(offset + 1);
+            messages.push(RawMessage {
+                offset,
+                key: m.key().map(<[u8]>::to_vec),
+                payload: m.payload().map(<[u8]>::to_vec),
+                timestamp_ms: m.timestamp().to_millis(),
+            });
+        }
+        if messages.is_empty() {
+            return Ok(ReadResult::Idle);
+        }
+        Ok(ReadResult::Batch(RawBatch::new(
+            self.topic.clone(),
+            self.partition,
+            messages,
+        )))
+    }
+}
+
+impl Drop for KafkaPartitionReader {
+    fn drop(&mut self) {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&self.topic, self.partition);
+        if let Err(e) = self.consumer.incremental_unassign(&tpl) {
+            warn!(source = %self.name, topic = %self.topic, partition = self.partition, error = %e, "cannot unassign partition");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid() -> KafkaSourceConfig {
+        KafkaSourceConfig::new("127.0.0.1:9092", &["events"], "weir")
+    }
+
+    #[test]
+    fn a_valid_config_has_no_errors() {
+        assert!(valid().validate("source").is_empty());
+    }
+
+    #[test]
+    fn empty_brokers_topics_group_and_timeout_are_errors() {
+        let cfg = KafkaSourceConfig {
+            brokers: " ".into(),
+            topics: vec![],
+            group_id: String::new(),
+            options: BTreeMap::new(),
+            connect_timeout_ms: 0,
+        };
+        assert_eq!(
+            cfg.validate("source"),
+            [
+                "source.brokers: must list at least one broker, e.g. \"127.0.0.1:9092\"",
+                "source.connect_timeout_ms: must be at least 1",
+                "source.topics: must list at least one topic",
+                "source.group_id: must not be empty (offsets are committed to this consumer group)",
+            ]
+        );
+    }
+
+    #[test]
+    fn empty_and_repeated_topics_are_errors() {
+        let mut cfg = valid();
+        cfg.topics = vec!["a".into(), "".into(), "a".into()];
+        assert_eq!(
+            cfg.validate(""),
+            [
+                "topics[1]: a topic name must not be empty",
+                "topics[2]: topic \"a\" is listed twice",
+            ]
+        );
+    }
+
+    #[test]
+    fn options_weir_owns_are_rejected_with_the_key_to_use() {
+        let mut cfg = valid();
+        for k in [
+            "enable.auto.commit",
+            "enable.auto.offset.store",
+            "group.id",
+            "bootstrap.servers",
+            "fetch.min.bytes",
+        ] {
+            cfg.options.insert(k.into(), "x".into());
+        }
+        assert_eq!(
+            cfg.validate("source"),
+            [
+                "source.options.\"bootstrap.servers\": weir owns this librdkafka option: set `brokers` instead",
+                "source.options.\"enable.auto.commit\": weir owns this librdkafka option: weir commits offsets itself, only after their output is durable; remove it",
+                "source.options.\"enable.auto.offset.store\": weir owns this librdkafka option: weir commits offsets itself, only after their output is durable; remove it",
+                "source.options.\"group.id\": weir owns this librdkafka option: set `group_id` instead",
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_and_defaults_apply() {
+        let cfg: KafkaSourceConfig =
+            toml_like(r#"{"brokers":"b:1","topics":["t"],"group_id":"g"}"#).unwrap();
+        assert_eq!(cfg.connect_timeout_ms, 10_000);
+        assert!(cfg.options.is_empty());
+        let err = toml_like(r#"{"brokers":"b:1","topics":["t"],"group_id":"g","group":"x"}"#)
+            .unwrap_err();
+        assert!(err.contains("unknown field `group`"), "{err}");
+    }
+
+    fn toml_like(json: &str) -> std::result::Result<KafkaSourceConfig, String> {
+        serde_json::from_str(json).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn secrets_do_not_show_in_debug() {
+        let mut cfg = valid();
+        cfg.options.insert("sasl.password".into(), "hunter2".into());
+        assert!(!format!("{cfg:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn a_checkpoint_wins_and_zero_means_the_group_offset() {
+        assert_eq!(StartFrom::for_next_offset(0), Some(StartFrom::Committed));
+        assert_eq!(StartFrom::for_next_offset(42), Some(StartFrom::Offset(42)));
+        assert_eq!(StartFrom::for_next_offset(-1), None);
+    }
+
+    #[test]
+    fn the_consumer_never_commits_by_itself() {
+        let mut cfg = valid();
+        let config = cfg.client_config();
+        assert_eq!(config.get("enable.auto.commit"), Some("false"));
+        assert_eq!(config.get("enable.auto.offset.store"), Some("false"));
+        assert_eq!(config.get("group.id"), Some("weir"));
+        assert_eq!(config.get("bootstrap.servers"), Some("127.0.0.1:9092"));
+        assert_eq!(config.get("auto.offset.reset"), Some("earliest"));
+        cfg.options
+            .insert("auto.offset.reset".into(), "latest".into());
+        assert_eq!(cfg.client_config().get("auto.offset.reset"), Some("latest"));
+        // The consumer is built without I/O.
+        assert!(KafkaSource::new(cfg).is_ok());
+    }
+}

