@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use weir_connectors::{
-    GeneratorConfig, JsonlDlqConfig, JsonlSinkConfig, JsonlSourceConfig, SqliteSinkConfig,
-    TerminalSinkConfig,
+    GeneratorConfig, JsonlDlqConfig, JsonlSinkConfig, JsonlSourceConfig, KafkaDlqConfig,
+    KafkaSinkConfig, KafkaSourceConfig, SqliteSinkConfig, TerminalSinkConfig,
 };
 use weir_operators::{SchemaConfig, TumbleConfig};
 
@@ -21,6 +21,7 @@ use weir_operators::{SchemaConfig, TumbleConfig};
 pub enum SourceConfig {
     Generator(GeneratorConfig),
     Jsonl(JsonlSourceConfig),
+    Kafka(KafkaSourceConfig),
 }
 
 /// One entry of `[[operators]]`, tagged by `type`.
@@ -58,6 +59,7 @@ pub enum SinkConfig {
     Sqlite(SqliteSinkConfig),
     Jsonl(JsonlSinkConfig),
     Terminal(TerminalSinkConfig),
+    Kafka(KafkaSinkConfig),
     Null {},
 }
 
@@ -66,6 +68,7 @@ pub enum SinkConfig {
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum DlqConfig {
     Jsonl(JsonlDlqConfig),
+    Kafka(KafkaDlqConfig),
 }
 
 /// `[checkpoint]`.
@@ -231,6 +234,7 @@ impl PipelineConfig {
         match &source {
             Some(SourceConfig::Generator(g)) => errors.extend(g.validate("source")),
             Some(SourceConfig::Jsonl(j)) => errors.extend(j.validate("source")),
+            Some(SourceConfig::Kafka(k)) => errors.extend(k.validate("source")),
             None => {}
         }
         if let Some(s) = &schema {
@@ -247,11 +251,14 @@ impl PipelineConfig {
                 SinkConfig::Sqlite(c) => c.validate(&p),
                 SinkConfig::Jsonl(c) => c.validate(&p),
                 SinkConfig::Terminal(c) => c.validate(&p),
+                SinkConfig::Kafka(c) => c.validate(&p),
                 SinkConfig::Null {} => Vec::new(),
             });
         }
-        if let Some(DlqConfig::Jsonl(d)) = &dlq {
-            errors.extend(d.validate("dlq"));
+        match &dlq {
+            Some(DlqConfig::Jsonl(d)) => errors.extend(d.validate("dlq")),
+            Some(DlqConfig::Kafka(d)) => errors.extend(d.validate("dlq")),
+            None => {}
         }
         if let Some(c) = &checkpoint {
             if c.interval_ms == 0 {

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use datafusion::arrow::datatypes::SchemaRef;
 use weir_connectors::{
-    GeneratorSource, JsonlDlq, JsonlFileSource, JsonlSink, SqliteSink, TerminalSink,
+    GeneratorSource, JsonlDlq, JsonlFileSource, JsonlSink, KafkaDlq, KafkaSink, KafkaSource,
+    SqliteSink, TerminalSink,
 };
 use weir_operators::{
     FilterOperator, JsonDecoder, ProjectOperator, SchemaConfig, TumbleConfig, TumbleWindow,
@@ -211,6 +212,7 @@ impl Pipeline {
         p = match &cfg.source {
             SourceConfig::Generator(g) => p.source(GeneratorSource::new(g.clone())?),
             SourceConfig::Jsonl(j) => p.source(JsonlFileSource::new(j.clone())?),
+            SourceConfig::Kafka(k) => p.source(KafkaSource::new(k.clone())?),
         };
         p.ops.extend(cfg.operators.iter().map(spec));
         for (i, s) in cfg.sinks.iter().enumerate() {
@@ -219,11 +221,13 @@ impl Pipeline {
                 SinkConfig::Sqlite(c) => p.sink(SqliteSink::new(name, c)?),
                 SinkConfig::Jsonl(c) => p.sink(JsonlSink::new(name, c)?),
                 SinkConfig::Terminal(c) => p.sink(TerminalSink::new(name, c)),
+                SinkConfig::Kafka(c) => p.sink(KafkaSink::new(name, c)?),
                 SinkConfig::Null {} => p.sink(NullSink::default()),
             };
         }
         p = match &cfg.dlq {
             DlqConfig::Jsonl(d) => p.dlq(JsonlDlq::new(d)?),
+            DlqConfig::Kafka(d) => p.dlq(KafkaDlq::new(d)?),
         };
         p = p
             .checkpoint_dir(&cfg.checkpoint.dir)

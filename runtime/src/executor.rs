@@ -290,6 +290,11 @@ impl Executor {
         }
         let dlq = &mut self.dlq;
         retry(shutdown, "dlq".into(), || dlq.commit(p, e))?;
+        // The checkpoint is the truth; an upstream commit that fails is retried with the next
+        // checkpoint and is corrected on restart (the checkpoint's offset wins).
+        if let Err(err) = self.source.acknowledge(&c.topic, p, c.next_offset) {
+            warn!(partition = p, next_offset = c.next_offset, error = %err, "source did not acknowledge a durable checkpoint");
+        }
         self.metrics.checkpoint_stored();
         debug!(
             partition = p,

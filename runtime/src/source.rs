@@ -34,4 +34,11 @@ pub trait Source: Send {
         partition: i32,
         next_offset: i64,
     ) -> Result<Box<dyn PartitionReader>>;
+
+    /// A checkpoint of this partition is durable: every output derived from offsets below
+    /// `next_offset` is in its sink, the DLQ or stored state. The source may now acknowledge
+    /// them upstream (a Kafka consumer group commit). Never called before that point.
+    fn acknowledge(&mut self, _topic: &Arc<str>, _partition: i32, _next_offset: i64) -> Result<()> {
+        Ok(())
+    }
 }

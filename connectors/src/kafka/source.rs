@@ -382,6 +382,12 @@ impl Source for KafkaSource {
         })?;
         Ok(Box::new(self.open_from(topic, partition, start)?))
     }
+
+    /// Commit `next_offset` to the consumer group: called only once the partition's
+    /// checkpoint, and with it every output below `next_offset`, is durable.
+    fn acknowledge(&mut self, topic: &Arc<str>, partition: i32, next_offset: i64) -> Result<()> {
+        self.committer().commit(topic, partition, next_offset)
+    }
 }
 
 /// Reads one assigned partition. See the module docs.

@@ -1,0 +1,290 @@
+//! A real Kafka-protocol broker (tansu, started by `scripts/kafka.sh`): topic → tumbling
+//! window → exactly-once JSONL sink equals a reference aggregation computed in the test from
+//! the generator's truth (the window itself is held to DataFusion batch SQL in
+//! `window_oracle.rs`), across
+//! a stop in mid-stream and a restart; poison goes to the DLQ; the group's committed offsets
+//! end at the end of the input.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::ClientConfig;
+use weir::connectors::{
+    read_dlq_dir, read_jsonl_dir, EventGenerator, GeneratorConfig, JsonlDlq, JsonlDlqConfig,
+    JsonlSink, JsonlSinkConfig, KafkaOffsetCommitter, KafkaSource, KafkaSourceConfig,
+};
+use weir::pipeline::Pipeline;
+use weir_runtime::Shutdown;
+
+fn brokers() -> String {
+    std::env::var("WEIR_KAFKA_BROKERS").unwrap_or_else(|_| {
+        panic!("WEIR_KAFKA_BROKERS is not set: start the test broker with `export \"$(scripts/kafka.sh start)\"` (scripts/test.sh does it)")
+    })
+}
+
+fn unique(what: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{what}-{}-{nanos}", std::process::id())
+}
+
+fn create_topic(partitions: i32) -> String {
+    let topic = unique("weir-pipeline");
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let results = rt
+        .block_on(admin.create_topics(
+            &[NewTopic::new(
+                &topic,
+                partitions,
+                TopicReplication::Fixed(1),
+            )],
+            &AdminOptions::new(),
+        ))
+        .unwrap();
+    for r in results {
+        r.unwrap();
+    }
+    topic
+}
+
+const FLUSH_TIME: i64 = 4_000_000_000_000;
+
+/// Generator partition p goes to topic partition p, in offset order; then one event far in the
+/// future per partition, which advances the watermark past every real window.
+fn produce(topic: &str, truth: &EventGenerator, partitions: i32) -> u64 {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("linger.ms", "5")
+        .create()
+        .unwrap();
+    let mut sent = 0;
+    for p in 0..partitions {
+        let n = truth.events_in_partition(p).unwrap() as usize;
+        let mut msgs = truth.messages(p, 0, n);
+        msgs.push(weir_runtime::RawMessage {
+            offset: n as i64,
+            key: Some(b"__flush".to_vec()),
+            payload: Some(format!(r#"{{"event_id":"flush","sensor_id":"__flush","temperature":0,"humidity":0,"event_time":{FLUSH_TIME}}}"#).into_bytes()),
+            timestamp_ms: None,
+        });
+        for m in &msgs {
+            let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).partition(p);
+            if let Some(k) = &m.key {
+                record = record.key(k.as_slice());
+            }
+            if let Some(v) = &m.payload {
+                record = record.payload(v.as_slice());
+            }
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((_, r)) => {
+                        producer.poll(Duration::from_millis(10));
+                        record = r;
+                    }
+                }
+            }
+            sent += 1;
+        }
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+    sent
+}
+
+fn run(
+    topic: &str,
+    group: &str,
+    dir: &std::path::Path,
+    stop_after: u64,
+) -> weir_runtime::RunSummary {
+    let mut cfg = KafkaSourceConfig::new(brokers(), &[topic], group);
+    cfg.connect_timeout_ms = 10_000;
+    let executor = Pipeline::new("kafka-e2e")
+        .source(KafkaSource::new(cfg).unwrap())
+        .schema(weir::iot_schema())
+        .tumble(weir::demo_window(60_000))
+        .filter("sensor_id <> '__flush'")
+        .sink(
+            JsonlSink::new(
+                "jsonl",
+                &JsonlSinkConfig {
+                    path: dir.join("out"),
+                },
+            )
+            .unwrap(),
+        )
+        .dlq(
+            JsonlDlq::new(&JsonlDlqConfig {
+                path: dir.join("dlq"),
+            })
+            .unwrap(),
+        )
+        .checkpoint_dir(dir.join("checkpoints"))
+        .checkpoint_interval(Duration::from_millis(200))
+        .batch(2_000, Duration::from_millis(20))
+        .build()
+        .unwrap();
+    let metrics = executor.metrics();
+    let shutdown = Shutdown::new();
+    let stop = shutdown.clone();
+    let handle = std::thread::spawn(move || executor.run(shutdown));
+    let started = Instant::now();
+    while metrics.snapshot().consumed < stop_after {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "consumed only {:?} of {stop_after}",
+            metrics.snapshot()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop.trigger();
+    handle.join().unwrap().unwrap()
+}
+
+#[test]
+fn topic_to_window_equals_batch_sql_across_a_stop_and_restart_and_commits_offsets() {
+    let partitions = 4;
+    let cfg = GeneratorConfig {
+        seed: 9,
+        sensors: 400,
+        partitions: partitions as u32,
+        events: Some(200_000),
+        max_out_of_orderness_ms: 5_000,
+        poison_ratio: 0.002,
+        ..Default::default()
+    };
+    let truth = EventGenerator::new(&cfg);
+    let topic = create_topic(partitions);
+    let total = produce(&topic, &truth, partitions);
+    let group = unique("weir-group");
+    let dir = tempfile::tempdir().unwrap();
+
+    let first = run(&topic, &group, dir.path(), total / 10);
+    assert!(
+        first.counters.consumed >= total / 10 && first.counters.consumed < total,
+        "{:?}",
+        first.counters
+    );
+    let second = run(&topic, &group, dir.path(), total - first.counters.consumed);
+    assert_eq!(
+        first.counters.consumed + second.counters.consumed,
+        total,
+        "every message read once across the restart"
+    );
+
+    // Windows: exactly once each, equal to the reference over the valid events.
+    let mut stream: Vec<(String, i64, i64, String, String)> =
+        read_jsonl_dir(dir.path().join("out"))
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["sensor_id"].as_str().unwrap().to_string(),
+                    window_start(&r["window_start"]),
+                    r["readings"].as_i64().unwrap(),
+                    format!("{:.9}", r["avg_temp"].as_f64().unwrap()),
+                    format!("{:.2}", r["max_temp"].as_f64().unwrap()),
+                )
+            })
+            .collect();
+    stream.sort();
+    let mut oracle = Vec::new();
+    let mut expected_poison = 0;
+    let events: Vec<_> = (0..partitions)
+        .flat_map(|p| (0..truth.events_in_partition(p).unwrap() as i64).map(move |o| (p, o)))
+        .filter_map(|(p, o)| {
+            let e = truth.event(p, o).unwrap();
+            if e.poison.is_some() {
+                expected_poison += 1;
+                None
+            } else {
+                Some(e)
+            }
+        })
+        .collect();
+    let mut groups: std::collections::BTreeMap<(String, i64), (i64, f64, f64)> = Default::default();
+    for e in &events {
+        let start = e.event_time_ms - e.event_time_ms.rem_euclid(60_000);
+        let g = groups
+            .entry((e.sensor_id(), start))
+            .or_insert((0, 0.0, f64::MIN));
+        g.0 += 1;
+        g.1 += e.temperature();
+        g.2 = g.2.max(e.temperature());
+    }
+    for ((sensor, start), (n, sum, max)) in groups {
+        oracle.push((
+            sensor,
+            start,
+            n,
+            format!("{:.9}", sum / n as f64),
+            format!("{max:.2}"),
+        ));
+    }
+    oracle.sort();
+    assert_eq!(stream.len(), oracle.len(), "window count");
+    for (s, o) in stream.iter().zip(&oracle) {
+        assert_eq!((&s.0, s.1, s.2, &s.4), (&o.0, o.1, o.2, &o.4));
+        let (a, b): (f64, f64) = (s.3.parse().unwrap(), o.3.parse().unwrap());
+        assert!((a - b).abs() <= 1e-9 * a.abs().max(1.0), "{s:?} vs {o:?}");
+    }
+    assert_eq!(
+        read_dlq_dir(dir.path().join("dlq")).unwrap().len(),
+        expected_poison
+    );
+
+    // The group's offsets were committed after the checkpoints: at the end of every partition.
+    let committer =
+        KafkaOffsetCommitter::new(&KafkaSourceConfig::new(brokers(), &[&topic], &group)).unwrap();
+    for p in 0..partitions {
+        let end = truth.events_in_partition(p).unwrap() as i64 + 1;
+        assert_eq!(
+            committer.committed(&topic, p).unwrap(),
+            Some(end),
+            "partition {p}"
+        );
+    }
+}
+
+fn window_start(v: &serde_json::Value) -> i64 {
+    // The JSONL sink writes timestamps as arrow formats them: "2023-11-14T22:13:00".
+    match v {
+        serde_json::Value::Number(n) => n.as_i64().unwrap(),
+        serde_json::Value::String(s) => chrono_like_parse(s),
+        other => panic!("window_start {other}"),
+    }
+}
+
+/// Parse "YYYY-MM-DDTHH:MM:SS" (UTC) to epoch millis.
+fn chrono_like_parse(s: &str) -> i64 {
+    let (date, time) = s.split_once('T').unwrap();
+    let d: Vec<i64> = date.split('-').map(|x| x.parse().unwrap()).collect();
+    let t: Vec<i64> = time
+        .trim_end_matches('Z')
+        .split(':')
+        .map(|x| x.parse::<f64>().unwrap() as i64)
+        .collect();
+    let (y, m, day) = (d[0], d[1], d[2]);
+    // days from civil (Howard Hinnant)
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = if y >= 0 { y } else { y - 399 } / 400;
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146097 + doe - 719468;
+    ((days * 24 + t[0]) * 60 + t[1]) * 60_000 + t[2] * 1000
+}
