@@ -6,6 +6,7 @@
 //! - [`weir_connectors`]: sources and sinks.
 
 pub mod bench;
+pub mod bench_kafka;
 pub mod config;
 pub mod demo;
 pub mod pipeline;

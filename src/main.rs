@@ -55,6 +55,16 @@ enum Command {
         /// Rows per batch.
         #[arg(long, default_value_t = 8192, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
         batch_rows: u64,
+        /// Read from a Kafka topic instead: produce --events into a new topic, then compare a
+        /// raw consumer with weir's whole path over it.
+        #[arg(long)]
+        kafka: bool,
+        /// Kafka bootstrap brokers for --kafka.
+        #[arg(long, env = "WEIR_KAFKA_BROKERS")]
+        brokers: Option<String>,
+        /// Partitions of the benchmark topic (--kafka).
+        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(i32).range(1..=1024))]
+        partitions: i32,
     },
 }
 
@@ -132,7 +142,45 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Bench {
             events,
             sensors,
+            kafka: true,
+            brokers,
+            partitions,
+            ..
+        } => {
+            let brokers = brokers.ok_or_else(|| {
+                anyhow::anyhow!("--kafka needs --brokers or WEIR_KAFKA_BROKERS (scripts/kafka.sh start prints it)")
+            })?;
+            println!("weir bench --kafka: {events} events, {sensors} sensors, {partitions} partitions, brokers {brokers}");
+            let opts = weir::bench_kafka::KafkaBenchOptions {
+                brokers,
+                events,
+                sensors,
+                partitions,
+                timeout: std::time::Duration::from_secs(300),
+            };
+            let r = weir::bench_kafka::run(&opts)?;
+            println!("  topic           {}", r.topic);
+            println!("  produced in     {:>10.2} s", r.produce_secs);
+            println!(
+                "  raw consumer    {:>10.0} events/s  ({:.1} MB/s, count only)",
+                r.raw_eps(),
+                r.raw_bytes as f64 / 1e6 / r.raw_secs
+            );
+            println!(
+                "  weir            {:>10.0} events/s  (kafka → decode → 1-min window → null sink, {} windows)",
+                r.weir_eps(),
+                r.windows_out
+            );
+            println!(
+                "  weir / raw      {:>10.1} %",
+                100.0 * r.weir_eps() / r.raw_eps()
+            );
+        }
+        Command::Bench {
+            events,
+            sensors,
             batch_rows,
+            ..
         } => {
             let opts = weir::bench::BenchOptions {
                 events,
