@@ -7,6 +7,7 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -287,4 +288,113 @@ fn chrono_like_parse(s: &str) -> i64 {
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = era * 146097 + doe - 719468;
     ((days * 24 + t[0]) * 60 + t[1]) * 60_000 + t[2] * 1000
+}
+
+/// A sink whose `prepare` (the step that makes output durable) waits until the test says so.
+struct GatedSink {
+    gate: std::sync::mpsc::Receiver<()>,
+    prepares: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl weir_runtime::EpochParticipant for GatedSink {
+    fn prepare(&mut self, _p: i32, _e: u64) -> weir_runtime::error::Result<()> {
+        self.prepares
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.gate
+            .recv()
+            .map_err(|_| weir_runtime::WeirError::sink("gated", "gate closed"))
+    }
+}
+
+impl weir_runtime::SinkWriter for GatedSink {
+    fn name(&self) -> &str {
+        "gated"
+    }
+    fn guarantee(&self) -> weir_runtime::Guarantee {
+        weir_runtime::Guarantee::ExactlyOnce
+    }
+    fn write(
+        &mut self,
+        _p: i32,
+        b: &datafusion::arrow::record_batch::RecordBatch,
+    ) -> weir_runtime::error::Result<weir_runtime::WriteOutcome> {
+        Ok(weir_runtime::WriteOutcome {
+            accepted: b.num_rows(),
+            rejected: Vec::new(),
+        })
+    }
+}
+
+#[test]
+fn the_committed_group_offset_never_passes_output_that_is_not_durable() {
+    let cfg = GeneratorConfig {
+        seed: 3,
+        sensors: 50,
+        partitions: 1,
+        events: Some(5_000),
+        ..Default::default()
+    };
+    let truth = EventGenerator::new(&cfg);
+    let topic = create_topic(1);
+    let total = produce(&topic, &truth, 1);
+    let group = unique("weir-gated");
+    let dir = tempfile::tempdir().unwrap();
+    let (open, gate) = std::sync::mpsc::channel();
+    let prepares = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let executor = Pipeline::new("gated")
+        .source(KafkaSource::new(KafkaSourceConfig::new(brokers(), &[&topic], &group)).unwrap())
+        .schema(weir::iot_schema())
+        .tumble(weir::demo_window(60_000))
+        .sink(GatedSink {
+            gate,
+            prepares: prepares.clone(),
+        })
+        .dlq(
+            JsonlDlq::new(&JsonlDlqConfig {
+                path: dir.path().join("dlq"),
+            })
+            .unwrap(),
+        )
+        .checkpoint_dir(dir.path().join("checkpoints"))
+        .checkpoint_interval(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    let metrics = executor.metrics();
+    let shutdown = Shutdown::new();
+    let stop = shutdown.clone();
+    let handle = std::thread::spawn(move || executor.run(shutdown));
+    let committer =
+        KafkaOffsetCommitter::new(&KafkaSourceConfig::new(brokers(), &[&topic], &group)).unwrap();
+
+    // Everything is read and the first checkpoint waits on the sink: nothing may be committed.
+    let started = Instant::now();
+    while prepares.load(std::sync::atomic::Ordering::SeqCst) == 0
+        || metrics.snapshot().consumed < total
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{:?}",
+            metrics.snapshot()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        committer.committed(&topic, 0).unwrap(),
+        None,
+        "committed before the sink was durable"
+    );
+    assert_eq!(metrics.checkpoints(), 0);
+
+    // Open the gate: checkpoints complete, and only then the offset is committed.
+    stop.trigger();
+    for _ in 0..1_000 {
+        if open.send(()).is_err() {
+            break;
+        }
+    }
+    drop(open);
+    let summary = handle.join().unwrap().unwrap();
+    assert!(summary.checkpoints >= 1);
+    assert_eq!(committer.committed(&topic, 0).unwrap(), Some(total as i64));
 }
