@@ -181,10 +181,9 @@ impl Executor {
         for (n, lane) in lanes.into_iter().enumerate() {
             let tx = sink_tx.clone();
             let interval = self.config.checkpoint_interval;
-            let stop = shutdown.clone();
             let handle = thread::Builder::new()
                 .name(format!("weir-cpu-{n}"))
-                .spawn(move || run_worker(lane, tx, interval, stop))
+                .spawn(move || run_worker(lane, tx, interval))
                 .map_err(|e| WeirError::Internal(format!("spawn worker: {e}")))?;
             workers.push(handle);
         }
@@ -392,7 +391,6 @@ fn run_worker(
     lane: Vec<(PartitionTask, Receiver<ReaderMsg>)>,
     tx: Sender<SinkMsg>,
     interval: Duration,
-    _stop: Shutdown,
 ) {
     let mut lanes: Vec<Lane> = lane
         .into_iter()
