@@ -98,7 +98,9 @@ fn main() -> anyhow::Result<()> {
         nullable,
     };
     let schema = SchemaConfig {
+        table: "events".into(),
         event_time: "time".into(),
+        partition_key: None,
         fields: vec![
             field("order_id", FieldType::String, false),
             field("kind", FieldType::String, false),

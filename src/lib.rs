@@ -43,7 +43,9 @@ pub fn iot_schema() -> SchemaConfig {
         nullable: false,
     };
     SchemaConfig {
+        table: "sensors".into(),
         event_time: "event_time".into(),
+        partition_key: Some("sensor_id".into()),
         fields: vec![
             f("event_id", FieldType::String),
             f("sensor_id", FieldType::String),

@@ -11,7 +11,8 @@ use weir_connectors::{
     SqliteSink, TerminalSink,
 };
 use weir_operators::{
-    FilterOperator, JsonDecoder, ProjectOperator, SchemaConfig, TumbleConfig, TumbleWindow,
+    plan_sql, FilterOperator, JsonDecoder, ProjectOperator, SchemaConfig, SqlOptions, SqlPlan,
+    TumbleConfig, TumbleWindow,
 };
 use weir_runtime::error::{Result, WeirError};
 use weir_runtime::executor::TaskFactory;
@@ -107,6 +108,21 @@ impl Pipeline {
     pub fn tumble(mut self, config: TumbleConfig) -> Self {
         self.ops.push(OpSpec::Tumble(config));
         self
+    }
+
+    /// A streaming SQL query over the schema's table: `SELECT ... GROUP BY keys,
+    /// TUMBLE(ts, INTERVAL ...)`. Call after [`Pipeline::schema`]. Errors name the construct
+    /// and its position.
+    pub fn sql(mut self, query: &str, options: &SqlOptions) -> Result<Self> {
+        let schema = self.schema.as_ref().ok_or_else(|| {
+            WeirError::Config(format!(
+                "pipeline `{}`: set the schema before the SQL query",
+                self.name
+            ))
+        })?;
+        let plan = plan_sql(query, &schema.table, schema, options).map_err(WeirError::Config)?;
+        self.ops.extend(sql_specs(schema, &plan));
+        Ok(self)
     }
 
     /// Any operator, built per partition against its input schema (e.g. a
@@ -263,7 +279,9 @@ fn build_chain(
             OpSpec::Project(cols) => {
                 ProjectOperator::new(&name, cols, input.clone()).map(|o| Box::new(o) as _)
             }
-            OpSpec::Tumble(t) => TumbleWindow::new(&name, t, input.clone(), &schema.event_time)
+            OpSpec::Tumble(t) => schema
+                .check_window_keys(&t.keys)
+                .and_then(|_| TumbleWindow::new(&name, t, input.clone(), &schema.event_time))
                 .map(|o| Box::new(o) as _),
             OpSpec::Custom(label, f) => f(input.clone()).map_err(|e| format!("{label}: {e}")),
         };
@@ -289,6 +307,29 @@ fn build_chain(
 pub(crate) fn check_operators(schema: &SchemaConfig, ops: &[OperatorConfig]) -> Vec<String> {
     let specs: Vec<OpSpec> = ops.iter().map(spec).collect();
     build_chain(schema, &specs).err().unwrap_or_default()
+}
+
+/// The operators of a planned query.
+fn sql_specs(schema: &SchemaConfig, plan: &SqlPlan) -> Vec<OpSpec> {
+    let mut specs = Vec::new();
+    if let Some(f) = &plan.filter {
+        specs.push(OpSpec::Filter(f.clone()));
+    }
+    if !plan.pre_project.is_empty() {
+        let mut cols: Vec<(String, String)> = schema
+            .fields
+            .iter()
+            .map(|f| (format!("\"{}\"", f.name), f.name.clone()))
+            .collect();
+        cols.extend(plan.pre_project.iter().cloned());
+        specs.push(OpSpec::Project(cols));
+    }
+    specs.push(OpSpec::Tumble(plan.window.clone()));
+    if let Some(h) = &plan.having {
+        specs.push(OpSpec::Filter(h.clone()));
+    }
+    specs.push(OpSpec::Project(plan.output.clone()));
+    specs
 }
 
 /// The one place a config `type` becomes an operator spec.

@@ -111,12 +111,22 @@ dir = "c"
     let err = stderr(&weir(&["run", "p.toml"], dir.path()));
     assert!(
         err.contains(
-            "p.toml: source.type: unknown variant `kafkaa`, expected `generator` or `jsonl`"
+            "p.toml: source.type: unknown variant `kafkaa`, expected one of `generator`, `jsonl`, `kafka`"
         ),
         "{err}"
     );
     assert!(
         err.contains("p.toml: schema.event_time: field `ts` must have type \"timestamp\""),
+        "{err}"
+    );
+    // With the schema right, the operator chain is checked: the aggregate function is named.
+    let fixed = text
+        .replace("type = \"int64\"", "type = \"timestamp\"")
+        .replace("kafkaa", "generator");
+    std::fs::write(dir.path().join("p.toml"), fixed).unwrap();
+    let err = stderr(&weir(&["run", "p.toml"], dir.path()));
+    assert!(
+        err.contains("p.toml: operators[0]: unknown aggregate function `median_of_medians`"),
         "{err}"
     );
 }

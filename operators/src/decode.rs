@@ -193,7 +193,9 @@ mod tests {
 
     fn schema() -> SchemaConfig {
         SchemaConfig {
+            table: "events".into(),
             event_time: "ts".into(),
+            partition_key: None,
             fields: vec![
                 FieldConfig {
                     name: "id".into(),

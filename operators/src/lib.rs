@@ -9,10 +9,12 @@ pub mod decode;
 pub mod expr;
 pub mod projection;
 pub mod schema;
+pub mod sql;
 pub mod window;
 
 pub use decode::JsonDecoder;
 pub use expr::{FilterOperator, ProjectOperator};
 pub use projection::{Projection, ProjectionOperator};
 pub use schema::{FieldConfig, FieldType, SchemaConfig};
+pub use sql::{plan_sql, SqlOptions, SqlPlan};
 pub use window::{AggregateConfig, LatePolicy, TumbleConfig, TumbleWindow};

@@ -9,10 +9,22 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SchemaConfig {
+    /// Name of the input as a SQL table (default `events`).
+    #[serde(default = "default_table")]
+    pub table: String,
     /// The field holding event time; its type must be `timestamp` and it must be required.
     pub event_time: String,
+    /// The field the input is partitioned by (the message key). When set, a window whose
+    /// keys do not include it is refused: its groups span partitions and would need a
+    /// two-phase aggregation, which weir does not do yet.
+    #[serde(default)]
+    pub partition_key: Option<String>,
     /// The fields of an event, in column order.
     pub fields: Vec<FieldConfig>,
+}
+
+fn default_table() -> String {
+    "events".into()
 }
 
 /// One field of the input schema.
@@ -82,6 +94,13 @@ impl SchemaConfig {
                 ));
             }
         }
+        if let Some(k) = &self.partition_key {
+            if !self.fields.iter().any(|f| &f.name == k) {
+                errors.push(format!(
+                    "{prefix}.partition_key: `{k}` is not one of the declared fields"
+                ));
+            }
+        }
         match self.fields.iter().find(|f| f.name == self.event_time) {
             None => errors.push(format!(
                 "{prefix}.event_time: `{}` is not one of the declared fields",
@@ -108,5 +127,19 @@ impl SchemaConfig {
                 .map(|f| Field::new(&f.name, f.field_type.data_type(), f.nullable))
                 .collect::<Vec<_>>(),
         ))
+    }
+}
+
+impl SchemaConfig {
+    /// Refuse window keys that do not include the declared partition key.
+    pub fn check_window_keys(&self, keys: &[String]) -> Result<(), String> {
+        match &self.partition_key {
+            Some(pk) if !keys.iter().any(|k| k == pk) => Err(format!(
+                "GROUP BY [{}] does not include the partition key `{pk}`: a group would span \
+                 partitions, which needs two-phase aggregation (not supported yet); add `{pk}` to the keys",
+                keys.join(", ")
+            )),
+            _ => Ok(()),
+        }
     }
 }

@@ -59,7 +59,9 @@ pub fn schema() -> SchemaConfig {
         nullable: false,
     };
     SchemaConfig {
+        table: "events".into(),
         event_time: "ts".into(),
+        partition_key: Some("key".into()),
         fields: vec![
             f("key", FieldType::String),
             f("region", FieldType::String),

@@ -1,0 +1,547 @@
+//! Streaming SQL: a windowed `SELECT ... GROUP BY keys, TUMBLE(ts, INTERVAL ...)` planned onto
+//! weir's operators.
+//!
+//! DataFusion's SQL parser reads the query; the planner maps it onto the operator chain
+//! `filter (WHERE) → [project (computed aggregate inputs)] → tumble (GROUP BY + aggregates) →
+//! [filter (HAVING)] → project (SELECT list)`. Expressions stay SQL text that DataFusion plans
+//! into `PhysicalExpr`s when the chain is built, and aggregates are DataFusion's own
+//! accumulators, so any DataFusion scalar function and aggregate works. What cannot run as a
+//! stream is refused here, naming the construct and its position.
+
+use std::collections::HashMap;
+use std::ops::ControlFlow;
+
+use datafusion::sql::sqlparser::ast::{
+    visit_expressions_mut, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr,
+    Ident, ObjectNamePart, SelectItem, SetExpr, Spanned, Statement, TableFactor,
+};
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::parser::Parser;
+
+use crate::schema::{FieldConfig, FieldType, SchemaConfig};
+use crate::window::{find_aggregate, AggregateConfig, LatePolicy, TumbleConfig};
+
+/// Watermark settings a query does not state.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SqlOptions {
+    pub max_out_of_orderness_ms: i64,
+    pub allowed_lateness_ms: i64,
+    pub late_policy: LatePolicy,
+}
+
+/// A query as weir's operators. Expressions are SQL text over the previous step's columns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SqlPlan {
+    pub table: String,
+    pub filter: Option<String>,
+    /// Computed aggregate inputs: every input column passed through, plus `(expr, name)`.
+    pub pre_project: Vec<(String, String)>,
+    pub window: TumbleConfig,
+    pub having: Option<String>,
+    pub output: Vec<(String, String)>,
+}
+
+impl SqlPlan {
+    /// The streaming plan, one operator a line (`weir sql --explain`).
+    pub fn explain(&self) -> String {
+        let mut out = format!("source      table `{}`\n", self.table);
+        if let Some(f) = &self.filter {
+            out += &format!("filter      {f}\n");
+        }
+        if !self.pre_project.is_empty() {
+            let cols: Vec<String> = self
+                .pre_project
+                .iter()
+                .map(|(e, n)| format!("{e} AS {n}"))
+                .collect();
+            out += &format!("project     input columns, {}\n", cols.join(", "));
+        }
+        let w = &self.window;
+        let aggs: Vec<String> = w
+            .aggregates
+            .iter()
+            .map(|a| {
+                format!(
+                    "{}({}{}) AS {}",
+                    a.function,
+                    if a.distinct { "DISTINCT " } else { "" },
+                    a.column.as_deref().unwrap_or("*"),
+                    a.output_name()
+                )
+            })
+            .collect();
+        out += &format!(
+            "tumble      size {} ms on `{}`, keys [{}], watermark = max event time - {} ms, lateness {} ms, late events: {:?}\n            aggregates {}\n",
+            w.size_ms,
+            w.time_column.as_deref().unwrap_or_default(),
+            w.keys.join(", "),
+            w.max_out_of_orderness_ms,
+            w.allowed_lateness_ms,
+            w.late_policy,
+            aggs.join(", ")
+        );
+        if let Some(h) = &self.having {
+            out += &format!("filter      {h}   (HAVING)\n");
+        }
+        let cols: Vec<String> = self
+            .output
+            .iter()
+            .map(|(e, n)| {
+                if e == n {
+                    e.clone()
+                } else {
+                    format!("{e} AS {n}")
+                }
+            })
+            .collect();
+        out += &format!("project     {}\n", cols.join(", "));
+        out
+    }
+}
+
+fn at(node: &impl Spanned) -> String {
+    let s = node.span().start;
+    if s.line == 0 {
+        String::new()
+    } else {
+        format!(" (line {}, column {})", s.line, s.column)
+    }
+}
+
+fn at_ident(i: &Ident) -> String {
+    let s = i.span.start;
+    if s.line == 0 {
+        String::new()
+    } else {
+        format!(" (line {}, column {})", s.line, s.column)
+    }
+}
+
+fn ident_name(i: &Ident) -> String {
+    i.value.clone()
+}
+
+/// Plan `sql` against the input `schema`, registered as table `table`.
+pub fn plan_sql(
+    sql: &str,
+    table: &str,
+    schema: &SchemaConfig,
+    options: &SqlOptions,
+) -> Result<SqlPlan, String> {
+    let statements =
+        Parser::parse_sql(&GenericDialect {}, sql).map_err(|e| format!("SQL syntax error: {e}"))?;
+    let [Statement::Query(query)] = statements.as_slice() else {
+        return Err(match statements.len() {
+            0 => "no SQL statement".to_string(),
+            1 => format!(
+                "only a SELECT query can run as a stream, not `{}`",
+                first_words(&statements[0].to_string())
+            ),
+            n => format!("one query at a time, found {n} statements"),
+        });
+    };
+    if let Some(order) = &query.order_by {
+        return Err(format!("ORDER BY{} cannot run over an unbounded stream: windows are emitted as they close; sort in the sink", at(order)));
+    }
+    if let Some(limit) = &query.limit_clause {
+        return Err(format!(
+            "LIMIT{} cannot run over an unbounded stream",
+            at(limit)
+        ));
+    }
+    if query.with.is_some() {
+        return Err("WITH (common table expressions) is not supported in a streaming query".into());
+    }
+    let SetExpr::Select(select) = query.body.as_ref() else {
+        return Err(format!(
+            "`{}` is not supported: a streaming query is one SELECT",
+            first_words(&query.body.to_string())
+        ));
+    };
+    if select.distinct.is_some() {
+        return Err("SELECT DISTINCT is not supported in a streaming query".into());
+    }
+    // FROM: exactly the source table.
+    let from = match select.from.as_slice() {
+        [one] => one,
+        [] => return Err("FROM is missing: a streaming query reads its source table".into()),
+        [_, second, ..] => {
+            return Err(format!(
+                "a second table in FROM{} is a join, which is not supported",
+                at(second)
+            ))
+        }
+    };
+    if let Some(join) = from.joins.first() {
+        return Err(format!(
+            "JOIN{} is not supported in a streaming query",
+            at(join)
+        ));
+    }
+    let TableFactor::Table { name, .. } = &from.relation else {
+        return Err(format!(
+            "FROM{} must name the source table `{table}`",
+            at(&from.relation)
+        ));
+    };
+    let from_name = name.to_string();
+    if !from_name.eq_ignore_ascii_case(table) {
+        return Err(format!(
+            "unknown table `{from_name}`{}: the source is registered as `{table}`",
+            at(name)
+        ));
+    }
+    let field = |name: &str| field_of(schema, name);
+
+    // GROUP BY: key columns and exactly one TUMBLE.
+    let GroupByExpr::Expressions(group_exprs, modifiers) = &select.group_by else {
+        return Err(
+            "GROUP BY ALL is not supported: list the key columns and a TUMBLE window".into(),
+        );
+    };
+    if !modifiers.is_empty() {
+        return Err(
+            "GROUP BY modifiers (ROLLUP, CUBE, ...) are not supported in a streaming query".into(),
+        );
+    }
+    let mut keys = Vec::new();
+    let mut tumble: Option<(String, i64)> = None;
+    for g in group_exprs {
+        match g {
+            Expr::Identifier(i) => match field(&i.value) {
+                Some(f) => keys.push(f.name.clone()),
+                None => return Err(format!("unknown column `{}` in GROUP BY{}", i.value, at(g))),
+            },
+            Expr::Function(f) => {
+                let fname = f.name.to_string().to_ascii_lowercase();
+                match fname.as_str() {
+                    "tumble" => {
+                        if tumble.is_some() {
+                            return Err(format!(
+                                "a second window in GROUP BY{}: one TUMBLE per query",
+                                at(g)
+                            ));
+                        }
+                        let args = plain_args(&f.args).ok_or_else(|| {
+                            format!("TUMBLE{} takes (time column, INTERVAL size)", at(g))
+                        })?;
+                        let [Expr::Identifier(ts), size] = args.as_slice() else {
+                            return Err(format!(
+                                "TUMBLE{} takes (time column, INTERVAL size)",
+                                at(g)
+                            ));
+                        };
+                        let ts_field = field(&ts.value).ok_or_else(|| {
+                            format!("unknown column `{}` in TUMBLE{}", ts.value, at_ident(ts))
+                        })?;
+                        if ts_field.field_type != FieldType::Timestamp {
+                            return Err(format!(
+                                "TUMBLE on `{}`{}: a window needs a timestamp column, `{}` is {:?}",
+                                ts.value,
+                                at_ident(ts),
+                                ts_field.name,
+                                ts_field.field_type
+                            ));
+                        }
+                        tumble = Some((ts_field.name.clone(), interval_ms(size)?));
+                    }
+                    "hop" | "session" => {
+                        return Err(format!(
+                            "{} windows{} are not supported yet: use TUMBLE",
+                            fname.to_uppercase(),
+                            at(g)
+                        ));
+                    }
+                    _ => return Err(format!(
+                        "GROUP BY `{g}`{} is not supported: group by columns and one TUMBLE(...)",
+                        at(g)
+                    )),
+                }
+            }
+            other => {
+                return Err(format!(
+                    "GROUP BY `{other}`{} is not supported: group by columns and one TUMBLE(...)",
+                    at(other)
+                ))
+            }
+        }
+    }
+    let Some((time_column, size_ms)) = tumble else {
+        return Err(match group_exprs.first() {
+            Some(_) => "a streaming GROUP BY needs a window: add TUMBLE(<time column>, INTERVAL '<size>') to GROUP BY".into(),
+            None => "a streaming query needs GROUP BY <keys>, TUMBLE(<time column>, INTERVAL '<size>')".into(),
+        });
+    };
+    if keys.is_empty() {
+        return Err("GROUP BY needs at least one key column besides TUMBLE".into());
+    }
+    schema.check_window_keys(&keys)?;
+
+    // Aggregates anywhere in SELECT or HAVING become window outputs `__agg<i>`.
+    let mut aggs = Aggregates::default();
+    let mut output = Vec::new();
+    for item in &select.projection {
+        let (expr, name) = match item {
+            SelectItem::UnnamedExpr(e) => (
+                e.clone(),
+                match e {
+                    Expr::Identifier(i) => ident_name(i),
+                    other => other.to_string(),
+                },
+            ),
+            SelectItem::ExprWithAlias { expr, alias } => (expr.clone(), ident_name(alias)),
+            other => {
+                return Err(format!(
+                    "`{other}`{} is not supported with GROUP BY: name the columns",
+                    at(other)
+                ))
+            }
+        };
+        let expr = aggs.rewrite(expr, schema)?;
+        check_grouped(&expr, &keys)?;
+        output.push((expr.to_string(), name));
+    }
+    let having = match &select.having {
+        Some(h) => {
+            let h = aggs.rewrite(h.clone(), schema)?;
+            check_grouped(&h, &keys)?;
+            Some(h.to_string())
+        }
+        None => None,
+    };
+    if aggs.configs.is_empty() {
+        return Err("a windowed query needs at least one aggregate (count(*), avg(x), ...)".into());
+    }
+    let mut pre_project = Vec::new();
+    if !aggs.computed.is_empty() {
+        pre_project = aggs.computed.clone();
+    }
+    Ok(SqlPlan {
+        table: table.to_string(),
+        filter: select.selection.as_ref().map(|w| w.to_string()),
+        pre_project,
+        window: TumbleConfig {
+            size_ms,
+            keys,
+            time_column: Some(time_column),
+            max_out_of_orderness_ms: options.max_out_of_orderness_ms,
+            allowed_lateness_ms: options.allowed_lateness_ms,
+            late_policy: options.late_policy,
+            aggregates: aggs.configs,
+        },
+        having,
+        output,
+    })
+}
+
+fn field_of<'a>(schema: &'a SchemaConfig, name: &str) -> Option<&'a FieldConfig> {
+    schema
+        .fields
+        .iter()
+        .find(|f| f.name.eq_ignore_ascii_case(name))
+}
+
+fn is_scalar_function(name: &str) -> bool {
+    thread_local! {
+        static NAMES: std::collections::HashSet<String> = {
+            let state = datafusion::execution::context::SessionContext::new().state();
+            let mut names: std::collections::HashSet<String> = state.scalar_functions().keys().cloned().collect();
+            for f in state.scalar_functions().values() {
+                names.extend(f.aliases().iter().cloned());
+            }
+            names
+        };
+    }
+    NAMES.with(|n| n.contains(name))
+}
+
+fn first_words(s: &str) -> String {
+    s.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+}
+
+fn plain_args(args: &FunctionArguments) -> Option<Vec<Expr>> {
+    let FunctionArguments::List(list) = args else {
+        return None;
+    };
+    list.args
+        .iter()
+        .map(|a| match a {
+            FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Some(e.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `INTERVAL '1' MINUTE`, `INTERVAL '90 seconds'`, ... in milliseconds.
+fn interval_ms(e: &Expr) -> Result<i64, String> {
+    let Expr::Interval(i) = e else {
+        return Err(format!(
+            "window size `{e}`{} must be an INTERVAL, e.g. INTERVAL '1' MINUTE",
+            at(e)
+        ));
+    };
+    let mut text = i.value.to_string().trim_matches('\'').to_ascii_lowercase();
+    if let Some(unit) = &i.leading_field {
+        text = format!("{text} {}", unit.to_string().to_ascii_lowercase());
+    }
+    let mut parts = text.split_whitespace();
+    let (Some(n), unit, None) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(format!(
+            "window size `{e}`{}: expected INTERVAL '<n>' <unit>",
+            at(e)
+        ));
+    };
+    let n: i64 = n
+        .parse()
+        .map_err(|_| format!("window size `{e}`{}: `{n}` is not a whole number", at(e)))?;
+    let unit_ms = match unit.unwrap_or("second").trim_end_matches('s') {
+        "millisecond" | "m" if unit == Some("ms") => 1,
+        "millisecond" => 1,
+        "second" | "sec" => 1_000,
+        "minute" | "min" => 60_000,
+        "hour" | "h" => 3_600_000,
+        "day" => 86_400_000,
+        other => {
+            return Err(format!(
+                "window size `{e}`{}: unknown unit `{other}`",
+                at(e)
+            ))
+        }
+    };
+    if n <= 0 {
+        return Err(format!("window size `{e}`{} must be positive", at(e)));
+    }
+    Ok(n * unit_ms)
+}
+
+#[derive(Default)]
+struct Aggregates {
+    configs: Vec<AggregateConfig>,
+    by_text: HashMap<String, String>,
+    computed: Vec<(String, String)>,
+}
+
+impl Aggregates {
+    /// Replace every aggregate call in `expr` by the identifier of its window output column.
+    fn rewrite(&mut self, mut expr: Expr, schema: &SchemaConfig) -> Result<Expr, String> {
+        let mut error = None;
+        let _ = visit_expressions_mut(&mut expr, |e| {
+            let Expr::Function(f) = e else {
+                return ControlFlow::<()>::Continue(());
+            };
+            let fname = f
+                .name
+                .0
+                .iter()
+                .map(|p| match p {
+                    ObjectNamePart::Identifier(i) => i.value.to_ascii_lowercase(),
+                    other => other.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(".");
+            let Some(udaf) = find_aggregate(&fname) else {
+                if !is_scalar_function(&fname) {
+                    error = Some(format!("unknown function `{fname}`{}", at(f)));
+                    return ControlFlow::Break(());
+                }
+                return ControlFlow::Continue(());
+            };
+            if f.over.is_some() {
+                error = Some(format!(
+                    "window function `{f}`{} (OVER) is not supported in a streaming query",
+                    at(f)
+                ));
+                return ControlFlow::Break(());
+            }
+            let text = f.to_string();
+            let name = match self.by_text.get(&text) {
+                Some(n) => n.clone(),
+                None => {
+                    let FunctionArguments::List(list) = &f.args else {
+                        error = Some(format!("aggregate `{f}`{} needs arguments", at(f)));
+                        return ControlFlow::Break(());
+                    };
+                    let distinct = list
+                        .duplicate_treatment
+                        .is_some_and(|d| d.to_string().eq_ignore_ascii_case("distinct"));
+                    let column = match list.args.as_slice() {
+                        [FunctionArg::Unnamed(FunctionArgExpr::Wildcard)]
+                            if udaf.name() == "count" =>
+                        {
+                            None
+                        }
+                        [FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Identifier(i)))] => {
+                            match field_of(schema, &i.value) {
+                                Some(fc) => Some(fc.name.clone()),
+                                None => {
+                                    error = Some(format!(
+                                        "unknown column `{}` in `{f}`{}",
+                                        i.value,
+                                        at_ident(i)
+                                    ));
+                                    return ControlFlow::Break(());
+                                }
+                            }
+                        }
+                        [FunctionArg::Unnamed(FunctionArgExpr::Expr(arg))] => {
+                            let computed = format!("__arg{}", self.computed.len());
+                            self.computed.push((arg.to_string(), computed.clone()));
+                            Some(computed)
+                        }
+                        _ => {
+                            error = Some(format!(
+                                "aggregate `{f}`{} takes one column or expression",
+                                at(f)
+                            ));
+                            return ControlFlow::Break(());
+                        }
+                    };
+                    if !list.clauses.is_empty() {
+                        error = Some(format!("`{f}`{}: ORDER BY and other clauses inside an aggregate are not supported yet", at(f)));
+                        return ControlFlow::Break(());
+                    }
+                    let name = format!("__agg{}", self.configs.len());
+                    self.configs.push(AggregateConfig {
+                        function: udaf.name().to_string(),
+                        column,
+                        alias: Some(name.clone()),
+                        distinct,
+                    });
+                    self.by_text.insert(text, name.clone());
+                    name
+                }
+            };
+            *e = Expr::Identifier(Ident::new(name));
+            ControlFlow::Continue(())
+        });
+        match error {
+            Some(e) => Err(e),
+            None => Ok(expr),
+        }
+    }
+}
+
+/// After aggregates are rewritten, a SELECT or HAVING expression may only use group keys,
+/// window bounds and aggregate outputs.
+fn check_grouped(expr: &Expr, keys: &[String]) -> Result<(), String> {
+    let mut bad = None;
+    let mut e = expr.clone();
+    let _ = visit_expressions_mut(&mut e, |e| {
+        if let Expr::Identifier(i) = e {
+            let v = &i.value;
+            let ok = keys.iter().any(|k| k.eq_ignore_ascii_case(v))
+                || v.eq_ignore_ascii_case("window_start")
+                || v.eq_ignore_ascii_case("window_end")
+                || v.starts_with("__agg");
+            if !ok {
+                bad = Some(format!(
+                    "column `{v}`{} must be in GROUP BY or inside an aggregate",
+                    at_ident(i)
+                ));
+                return ControlFlow::Break(());
+            }
+        }
+        ControlFlow::Continue(())
+    });
+    bad.map_or(Ok(()), Err)
+}
