@@ -132,11 +132,39 @@ pub struct PipelineConfig {
     pub source: SourceConfig,
     pub schema: SchemaConfig,
     pub operators: Vec<OperatorConfig>,
+    /// A streaming SQL query instead of `[[operators]]`.
+    pub sql: Option<String>,
+    pub watermark: WatermarkConfig,
     pub sinks: Vec<SinkConfig>,
     pub dlq: DlqConfig,
     pub checkpoint: CheckpointConfig,
     pub batch: BatchConfig,
     pub worker: WorkerConfig,
+}
+
+/// `[watermark]`: event-time settings of a `sql` query.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WatermarkConfig {
+    /// Bound on disorder: watermark = max event time seen − this.
+    #[serde(default)]
+    pub max_out_of_orderness_ms: i64,
+    /// How long past its end (in watermark time) a window still accepts events.
+    #[serde(default)]
+    pub allowed_lateness_ms: i64,
+    /// What to do with late events: `dlq` (default) or `drop`.
+    #[serde(default)]
+    pub late_policy: weir_operators::LatePolicy,
+}
+
+impl WatermarkConfig {
+    pub fn sql_options(&self) -> weir_operators::SqlOptions {
+        weir_operators::SqlOptions {
+            max_out_of_orderness_ms: self.max_out_of_orderness_ms,
+            allowed_lateness_ms: self.allowed_lateness_ms,
+            late_policy: self.late_policy,
+        }
+    }
 }
 
 /// Every problem found in a pipeline file.
@@ -169,6 +197,8 @@ const TOP_LEVEL: &[&str] = &[
     "source",
     "schema",
     "operators",
+    "sql",
+    "watermark",
     "sinks",
     "dlq",
     "checkpoint",
@@ -212,6 +242,9 @@ impl PipelineConfig {
         let source: Option<SourceConfig> = required(&table, "source", &mut errors);
         let schema: Option<SchemaConfig> = required(&table, "schema", &mut errors);
         let operators: Vec<OperatorConfig> = list(&table, "operators", &mut errors);
+        let sql: Option<String> = optional(&table, "sql", &mut errors);
+        let watermark: WatermarkConfig =
+            optional(&table, "watermark", &mut errors).unwrap_or_default();
         let sinks: Vec<SinkConfig> = list(&table, "sinks", &mut errors);
         let dlq: Option<DlqConfig> = required(&table, "dlq", &mut errors);
         let checkpoint: Option<CheckpointConfig> = required(&table, "checkpoint", &mut errors);
@@ -277,6 +310,21 @@ impl PipelineConfig {
         // The operator chain against the schema: columns, expressions, aggregate functions.
         if let (Some(schema), true) = (&schema, errors.iter().all(|e| !e.starts_with("schema"))) {
             errors.extend(crate::pipeline::check_operators(schema, &operators));
+            if let Some(q) = &sql {
+                if let Err(e) =
+                    weir_operators::plan_sql(q, &schema.table, schema, &watermark.sql_options())
+                {
+                    errors.push(format!("sql: {e}"));
+                }
+            }
+        }
+        if sql.is_some() && !operators.is_empty() {
+            errors.push("sql: a pipeline has either `sql` or [[operators]], not both".into());
+        }
+        if sql.is_none() && table.contains_key("watermark") {
+            errors.push(
+                "watermark: only used with `sql` (a tumble operator has its own keys)".into(),
+            );
         }
 
         match (name, source, schema, dlq, checkpoint) {
@@ -288,6 +336,8 @@ impl PipelineConfig {
                     source,
                     schema,
                     operators,
+                    sql,
+                    watermark,
                     sinks,
                     dlq,
                     checkpoint,

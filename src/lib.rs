@@ -10,6 +10,7 @@ pub mod bench_kafka;
 pub mod config;
 pub mod demo;
 pub mod pipeline;
+pub mod sql_cli;
 
 pub use weir_connectors as connectors;
 pub use weir_operators as operators;

@@ -231,6 +231,9 @@ impl Pipeline {
             SourceConfig::Kafka(k) => p.source(KafkaSource::new(k.clone())?),
         };
         p.ops.extend(cfg.operators.iter().map(spec));
+        if let Some(q) = &cfg.sql {
+            p = p.sql(q, &cfg.watermark.sql_options())?;
+        }
         for (i, s) in cfg.sinks.iter().enumerate() {
             let name = format!("sinks[{i}]");
             p = match s {

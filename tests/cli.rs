@@ -494,3 +494,115 @@ interval_ms = 60000
     );
     assert!(n > windows_after_first);
 }
+
+#[test]
+fn weir_sql_explains_runs_and_refuses_with_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let q =
+        "SELECT sensor_id, window_start, avg(temperature) AS avg_temp, count(*) AS n FROM sensors \
+             WHERE temperature > -50 GROUP BY sensor_id, TUMBLE(event_time, INTERVAL '1' MINUTE)";
+    let out = weir(&["sql", q, "--explain"], dir.path());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let plan = String::from_utf8_lossy(&out.stdout);
+    assert!(plan.contains("filter      temperature > -50"), "{plan}");
+    assert!(
+        plan.contains("tumble      size 60000 ms on `event_time`, keys [sensor_id]"),
+        "{plan}"
+    );
+
+    let out = weir(
+        &[
+            "sql",
+            q,
+            "--source",
+            "generator:events=20000,sensors=20,partitions=2",
+            "--sink",
+            "sqlite:out.sqlite",
+        ],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let conn = rusqlite::Connection::open(dir.path().join("out.sqlite")).unwrap();
+    let n: i64 = conn
+        .query_row("SELECT sum(n) FROM results", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 20_000);
+
+    let out = weir(&["sql", "SELECT sensor_id, count(*) FROM sensors GROUP BY sensor_id, TUMBLE(humidity, INTERVAL '1' MINUTE)"], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains(
+            "TUMBLE on `humidity` (line 1, column 68): a window needs a timestamp column"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    let out = weir(&["sql", q, "--source", "carrier-pigeon"], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("--source: unknown source `carrier-pigeon`"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_pipeline_file_can_hold_a_sql_query() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = r#"
+name = "sql-file"
+sql = """
+SELECT sensor_id, window_start, max(temperature) AS max_temp, count(*) AS n
+FROM sensors
+GROUP BY sensor_id, TUMBLE(event_time, INTERVAL '30' SECOND)
+"""
+[watermark]
+max_out_of_orderness_ms = 2000
+[source]
+type = "generator"
+sensors = 30
+partitions = 3
+events = 9000
+max_out_of_orderness_ms = 2000
+[schema]
+table = "sensors"
+event_time = "event_time"
+partition_key = "sensor_id"
+fields = [
+  { name = "event_id", type = "string" },
+  { name = "sensor_id", type = "string" },
+  { name = "temperature", type = "float64" },
+  { name = "humidity", type = "float64" },
+  { name = "event_time", type = "timestamp" },
+]
+[[sinks]]
+type = "sqlite"
+path = "out.sqlite"
+table = "w"
+key_columns = ["sensor_id", "window_start"]
+[dlq]
+type = "jsonl"
+path = "dlq"
+[checkpoint]
+dir = "checkpoints"
+"#;
+    std::fs::write(dir.path().join("p.toml"), text).unwrap();
+    let out = weir(&["run", "p.toml"], dir.path());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let conn = rusqlite::Connection::open(dir.path().join("out.sqlite")).unwrap();
+    let n: i64 = conn
+        .query_row("SELECT sum(n) FROM w", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 9_000);
+    // A query error is reported like any other config error, with file and key.
+    std::fs::write(
+        dir.path().join("bad.toml"),
+        text.replace("max(temperature)", "max(temprature)"),
+    )
+    .unwrap();
+    let err = stderr(&weir(&["run", "bad.toml"], dir.path()));
+    assert!(
+        err.contains("bad.toml: sql: unknown column `temprature` in `max(temprature)`"),
+        "{err}"
+    );
+}

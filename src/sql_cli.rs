@@ -1,0 +1,149 @@
+//! `weir sql "<query>" --source <spec> --sink <spec>`: a streaming query with no pipeline file.
+//!
+//! Source specs: `generator[:key=value,...]` (GeneratorConfig keys), `jsonl:PATH`,
+//! `kafka:BROKERS/TOPIC`. Sink specs: `terminal` (default), `jsonl:DIR`, `sqlite:PATH` (table
+//! `results`, upserted by the group keys and `window_start`), `null`. The input schema is the
+//! generator's IoT readings (table `sensors`) unless `--schema FILE` names a TOML file with a
+//! `[schema]` table.
+
+use std::path::{Path, PathBuf};
+
+use weir_connectors::{
+    GeneratorConfig, GeneratorSource, JsonlDlq, JsonlDlqConfig, JsonlFileSource, JsonlSink,
+    JsonlSinkConfig, JsonlSourceConfig, KafkaSource, KafkaSourceConfig, SqliteSink,
+    SqliteSinkConfig, TerminalSink, TerminalSinkConfig,
+};
+use weir_operators::{plan_sql, SchemaConfig, SqlOptions, SqlPlan};
+use weir_runtime::error::{Result, WeirError};
+use weir_runtime::NullSink;
+
+use crate::pipeline::Pipeline;
+
+fn bad(flag: &str, msg: impl std::fmt::Display) -> WeirError {
+    WeirError::Config(format!("{flag}: {msg}"))
+}
+
+/// The schema from `--schema FILE` (a `[schema]` table), or the IoT schema.
+pub fn load_schema(file: Option<&Path>) -> Result<SchemaConfig> {
+    let Some(file) = file else {
+        return Ok(crate::iot_schema());
+    };
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| bad("--schema", format!("{}: {e}", file.display())))?;
+    #[derive(serde::Deserialize)]
+    struct File {
+        schema: SchemaConfig,
+    }
+    let f: File = toml::from_str(&text)
+        .map_err(|e| bad("--schema", format!("{}: {}", file.display(), e.message())))?;
+    let errors = f.schema.validate("schema");
+    if !errors.is_empty() {
+        return Err(bad(
+            "--schema",
+            format!("{}: {}", file.display(), errors.join("; ")),
+        ));
+    }
+    Ok(f.schema)
+}
+
+pub fn plan(query: &str, schema: &SchemaConfig, options: &SqlOptions) -> Result<SqlPlan> {
+    plan_sql(query, &schema.table, schema, options).map_err(WeirError::Config)
+}
+
+/// Add the source named by `spec` to `p`.
+pub fn with_source(p: Pipeline, spec: &str, dir: &Path) -> Result<Pipeline> {
+    let (kind, arg) = spec.split_once(':').unwrap_or((spec, ""));
+    Ok(match kind {
+        "generator" => {
+            let mut table = toml::Table::new();
+            for kv in arg.split(',').filter(|s| !s.is_empty()) {
+                let (k, v) = kv
+                    .split_once('=')
+                    .ok_or_else(|| bad("--source", format!("`{kv}` is not key=value")))?;
+                let value: toml::Value = v
+                    .parse::<i64>()
+                    .map(toml::Value::Integer)
+                    .or_else(|_| v.parse::<f64>().map(toml::Value::Float))
+                    .unwrap_or_else(|_| toml::Value::String(v.to_string()));
+                table.insert(k.to_string(), value);
+            }
+            let cfg: GeneratorConfig = toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| bad("--source generator", e.message().to_string()))?;
+            p.source(GeneratorSource::new(cfg)?)
+        }
+        "jsonl" if !arg.is_empty() => p.source(JsonlFileSource::new(JsonlSourceConfig {
+            path: arg.into(),
+            partitions: 1,
+            key_field: None,
+        })?),
+        "kafka" => {
+            let (brokers, topic) = arg
+                .rsplit_once('/')
+                .filter(|(b, t)| !b.is_empty() && !t.is_empty())
+                .ok_or_else(|| bad("--source", "kafka needs kafka:BROKERS/TOPIC"))?;
+            let group = format!("weir-sql-{}", dir.display());
+            p.source(KafkaSource::new(KafkaSourceConfig::new(brokers, &[topic], group))?)
+        }
+        other => {
+            return Err(bad(
+                "--source",
+                format!("unknown source `{other}` (expected generator[:k=v,...], jsonl:PATH or kafka:BROKERS/TOPIC)"),
+            ))
+        }
+    })
+}
+
+/// Add the sink named by `spec` to `p`.
+pub fn with_sink(p: Pipeline, spec: &str, plan: &SqlPlan) -> Result<Pipeline> {
+    let (kind, arg) = spec.split_once(':').unwrap_or((spec, ""));
+    Ok(match kind {
+        "terminal" => p.sink(TerminalSink::new(
+            "terminal",
+            &TerminalSinkConfig { max_rows: 20 },
+        )),
+        "null" => p.sink(NullSink::default()),
+        "jsonl" if !arg.is_empty() => p.sink(JsonlSink::new(
+            "jsonl",
+            &JsonlSinkConfig { path: arg.into() },
+        )?),
+        "sqlite" if !arg.is_empty() => {
+            let names: Vec<&str> = plan.output.iter().map(|(_, n)| n.as_str()).collect();
+            let mut keys: Vec<String> = plan.window.keys.clone();
+            keys.push("window_start".into());
+            if let Some(missing) = keys.iter().find(|k| !names.contains(&k.as_str())) {
+                return Err(bad(
+                    "--sink",
+                    format!(
+                        "sqlite upserts by the group keys and window_start: select `{missing}`"
+                    ),
+                ));
+            }
+            p.sink(SqliteSink::new(
+                "sqlite",
+                &SqliteSinkConfig {
+                    path: PathBuf::from(arg),
+                    table: "results".into(),
+                    key_columns: keys,
+                    create_table: true,
+                },
+            )?)
+        }
+        other => {
+            return Err(bad(
+                "--sink",
+                format!(
+                    "unknown sink `{other}` (expected terminal, jsonl:DIR, sqlite:PATH or null)"
+                ),
+            ))
+        }
+    })
+}
+
+/// The DLQ and checkpoints of a `weir sql` run live under `dir`.
+pub fn with_state(p: Pipeline, dir: &Path) -> Result<Pipeline> {
+    Ok(p.dlq(JsonlDlq::new(&JsonlDlqConfig {
+        path: dir.join("dlq"),
+    })?)
+    .checkpoint_dir(dir.join("checkpoints")))
+}
