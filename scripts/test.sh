@@ -16,7 +16,7 @@ cleanup() {
 trap cleanup EXIT
 
 # Services: each scripts/<svc>.sh start prints NAME=value lines to export.
-for svc in kafka; do
+for svc in kafka postgres; do
   if [ -x "scripts/$svc.sh" ] && [ -z "${WEIR_SKIP_SERVICES:-}" ]; then
     "scripts/$svc.sh" install
     env_lines=$("scripts/$svc.sh" start)

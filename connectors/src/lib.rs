@@ -22,6 +22,7 @@ pub mod generator;
 pub mod jsonl_sink;
 pub mod jsonl_source;
 pub mod kafka;
+pub mod postgres;
 pub mod sqlite_sink;
 pub mod terminal_sink;
 
@@ -37,6 +38,7 @@ pub use kafka::{
     KafkaDlq, KafkaDlqConfig, KafkaOffsetCommitter, KafkaSink, KafkaSinkConfig, KafkaSource,
     KafkaSourceConfig,
 };
+pub use postgres::{PostgresSinkConfig, PostgresStore, PostgresUrl};
 pub use sqlite_sink::{SqliteSink, SqliteSinkConfig};
 pub use terminal_sink::{TerminalSink, TerminalSinkConfig};
 

