@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use weir_connectors::{
     GeneratorConfig, JsonlDlqConfig, JsonlSinkConfig, JsonlSourceConfig, KafkaDlqConfig,
-    KafkaSinkConfig, KafkaSourceConfig, SqliteSinkConfig, TerminalSinkConfig,
+    KafkaSinkConfig, KafkaSourceConfig, PostgresSinkConfig, SqliteSinkConfig, TerminalSinkConfig,
 };
 use weir_operators::{SchemaConfig, TumbleConfig};
 
@@ -60,6 +60,8 @@ pub enum SinkConfig {
     Jsonl(JsonlSinkConfig),
     Terminal(TerminalSinkConfig),
     Kafka(KafkaSinkConfig),
+    /// Upserts in PostgreSQL; also the pipeline's checkpoint store (exactly-once).
+    Postgres(PostgresSinkConfig),
     Null {},
 }
 
@@ -75,8 +77,10 @@ pub enum DlqConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct CheckpointConfig {
-    /// Directory of the local checkpoint store.
-    pub dir: PathBuf,
+    /// Directory of the local checkpoint store. Not used (and optional) when the pipeline has
+    /// a `postgres` sink: checkpoints are then stored in the same transaction as its rows.
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
     /// Time between checkpoints of a partition, in milliseconds.
     #[serde(default = "default_interval_ms")]
     pub interval_ms: u64,
@@ -285,6 +289,7 @@ impl PipelineConfig {
                 SinkConfig::Jsonl(c) => c.validate(&p),
                 SinkConfig::Terminal(c) => c.validate(&p),
                 SinkConfig::Kafka(c) => c.validate(&p),
+                SinkConfig::Postgres(c) => c.validate(&p),
                 SinkConfig::Null {} => Vec::new(),
             });
         }
@@ -293,7 +298,19 @@ impl PipelineConfig {
             Some(DlqConfig::Kafka(d)) => errors.extend(d.validate("dlq")),
             None => {}
         }
+        let postgres_sinks = sinks
+            .iter()
+            .filter(|s| matches!(s, SinkConfig::Postgres(_)))
+            .count();
+        if postgres_sinks > 1 {
+            errors.push(
+                "sinks: at most one postgres sink (it is the pipeline's checkpoint store)".into(),
+            );
+        }
         if let Some(c) = &checkpoint {
+            if c.dir.is_none() && postgres_sinks == 0 {
+                errors.push("checkpoint.dir: missing (only a pipeline with a postgres sink stores checkpoints elsewhere)".into());
+            }
             if c.interval_ms == 0 {
                 errors.push("checkpoint.interval_ms: must be positive, got 0".into());
             }

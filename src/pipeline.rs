@@ -8,7 +8,7 @@ use std::time::Duration;
 use datafusion::arrow::datatypes::SchemaRef;
 use weir_connectors::{
     GeneratorSource, JsonlDlq, JsonlFileSource, JsonlSink, KafkaDlq, KafkaSink, KafkaSource,
-    SqliteSink, TerminalSink,
+    PostgresStore, SqliteSink, TerminalSink,
 };
 use weir_operators::{
     plan_sql, FilterOperator, JsonDecoder, ProjectOperator, SchemaConfig, SqlOptions, SqlPlan,
@@ -60,6 +60,7 @@ pub struct Pipeline {
     sinks: Vec<Box<dyn SinkWriter>>,
     dlq: Option<Box<dyn DlqWriter>>,
     checkpoint_dir: Option<PathBuf>,
+    checkpoint_store: Option<Arc<dyn CheckpointStore>>,
     exec: ExecutorConfig,
 }
 
@@ -73,6 +74,7 @@ impl Pipeline {
             sinks: Vec::new(),
             dlq: None,
             checkpoint_dir: None,
+            checkpoint_store: None,
             exec: ExecutorConfig::new(name),
         }
     }
@@ -152,6 +154,13 @@ impl Pipeline {
         self
     }
 
+    /// Store checkpoints here instead of a local directory (e.g. a `PostgresStore`, so that
+    /// rows and offsets commit in one transaction).
+    pub fn checkpoint_store(mut self, store: Arc<dyn CheckpointStore>) -> Self {
+        self.checkpoint_store = Some(store);
+        self
+    }
+
     pub fn checkpoint_interval(mut self, interval: Duration) -> Self {
         self.exec.checkpoint_interval = interval;
         self
@@ -191,12 +200,16 @@ impl Pipeline {
         let dlq = self
             .dlq
             .ok_or_else(|| WeirError::Config(format!("pipeline `{}` has no dlq", self.name)))?;
-        let dir = self.checkpoint_dir.ok_or_else(|| {
-            WeirError::Config(format!(
-                "pipeline `{}` has no checkpoint directory",
-                self.name
-            ))
-        })?;
+        let store: Arc<dyn CheckpointStore> = match (self.checkpoint_store, self.checkpoint_dir) {
+            (Some(store), _) => store,
+            (None, Some(dir)) => Arc::new(LocalCheckpointStore::new(dir, &self.name)),
+            (None, None) => {
+                return Err(WeirError::Config(format!(
+                    "pipeline `{}` has no checkpoint directory or store",
+                    self.name
+                )))
+            }
+        };
         let ops = self.ops;
         build_chain(&schema, &ops).map_err(|e| WeirError::Config(e.join("; ")))?;
         let pipeline: Arc<str> = self.name.as_str().into();
@@ -211,7 +224,6 @@ impl Pipeline {
                 chain,
             ))
         });
-        let store: Arc<dyn CheckpointStore> = Arc::new(LocalCheckpointStore::new(dir, &self.name));
         Ok(Executor::new(
             self.exec, source, tasks, self.sinks, dlq, store,
         ))
@@ -241,6 +253,11 @@ impl Pipeline {
                 SinkConfig::Jsonl(c) => p.sink(JsonlSink::new(name, c)?),
                 SinkConfig::Terminal(c) => p.sink(TerminalSink::new(name, c)),
                 SinkConfig::Kafka(c) => p.sink(KafkaSink::new(name, c)?),
+                SinkConfig::Postgres(c) => {
+                    let store = PostgresStore::connect(name, c, &cfg.name)?;
+                    p = p.checkpoint_store(store.checkpoint_store()?);
+                    p.sink(store)
+                }
                 SinkConfig::Null {} => p.sink(NullSink::default()),
             };
         }
@@ -248,8 +265,10 @@ impl Pipeline {
             DlqConfig::Jsonl(d) => p.dlq(JsonlDlq::new(d)?),
             DlqConfig::Kafka(d) => p.dlq(KafkaDlq::new(d)?),
         };
+        if let Some(dir) = &cfg.checkpoint.dir {
+            p = p.checkpoint_dir(dir);
+        }
         p = p
-            .checkpoint_dir(&cfg.checkpoint.dir)
             .checkpoint_interval(Duration::from_millis(cfg.checkpoint.interval_ms))
             .batch(
                 cfg.batch.max_rows,
