@@ -75,10 +75,12 @@ fn sink(
 ) -> KafkaSink {
     let mut config = KafkaSinkConfig::new(cluster.bootstrap_servers(), TOPIC);
     config.connect_timeout_ms = wait_ms;
-    config.options = options
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect::<BTreeMap<_, _>>();
+    config.options = weir_connectors::kafka::KafkaOptions(
+        options
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<BTreeMap<_, _>>(),
+    );
     KafkaSink::new("out", &config).unwrap()
 }
 

@@ -103,6 +103,31 @@ pub(crate) fn redacted(options: &BTreeMap<String, String>) -> BTreeMap<&str, &st
         .collect()
 }
 
+/// librdkafka options passed through by a config. Secret values (passwords, keys, tokens)
+/// show as `***` in Debug, so a config can be logged as it is.
+#[derive(Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(transparent)]
+pub struct KafkaOptions(pub BTreeMap<String, String>);
+
+impl std::ops::Deref for KafkaOptions {
+    type Target = BTreeMap<String, String>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KafkaOptions {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl std::fmt::Debug for KafkaOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        redacted(&self.0).fmt(f)
+    }
+}
+
 /// The client configuration: the user's options, then `bootstrap.servers`, then `weir_owned`
 /// (validation rejects user options that collide with those), then `defaults` for options
 /// the user did not set.

@@ -16,7 +16,6 @@
 //! letters are durable. At-least-once: after a crash, dead letters since the last checkpoint
 //! are written again.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rdkafka::message::{Header, OwnedHeaders};
@@ -25,7 +24,7 @@ use weir_runtime::error::{Result, WeirError};
 use weir_runtime::sink::EpochParticipant;
 use weir_runtime::{DeadLetter, DlqWriter, ErrorClass, Stage};
 
-use super::client::{check_brokers_and_timeout, redacted, reject_owned_options};
+use super::client::{check_brokers_and_timeout, reject_owned_options, KafkaOptions};
 use super::producer::{ConfirmedProducer, Refused, PRODUCER_OWNED};
 use super::source::default_connect_timeout_ms;
 use crate::config_key;
@@ -45,7 +44,7 @@ pub const DLQ_HEADERS: [&str; 10] = [
 ];
 
 /// Configuration of the `kafka` dead-letter queue.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaDlqConfig {
     /// Bootstrap brokers, comma separated `host:port` (librdkafka `bootstrap.servers`).
@@ -55,22 +54,11 @@ pub struct KafkaDlqConfig {
     /// librdkafka producer options passed through as they are, except the ones weir owns:
     /// `bootstrap.servers`, `enable.idempotence`, `transactional.id`.
     #[serde(default)]
-    pub options: BTreeMap<String, String>,
+    pub options: KafkaOptions,
     /// Bound on the start-up check (brokers reachable, topic exists) and on each wait for
     /// acknowledgements in `prepare` (a longer wait is a transient error, retried).
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
-}
-
-impl std::fmt::Debug for KafkaDlqConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KafkaDlqConfig")
-            .field("brokers", &self.brokers)
-            .field("topic", &self.topic)
-            .field("options", &redacted(&self.options))
-            .field("connect_timeout_ms", &self.connect_timeout_ms)
-            .finish()
-    }
 }
 
 impl KafkaDlqConfig {
@@ -79,7 +67,7 @@ impl KafkaDlqConfig {
         Self {
             brokers: brokers.into(),
             topic: topic.into(),
-            options: BTreeMap::new(),
+            options: KafkaOptions::default(),
             connect_timeout_ms: default_connect_timeout_ms(),
         }
     }

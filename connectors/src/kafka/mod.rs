@@ -23,6 +23,7 @@ mod producer;
 mod sink;
 mod source;
 
+pub use client::KafkaOptions;
 pub use committer::KafkaOffsetCommitter;
 pub use dlq::{dlq_header_values, stage_text, KafkaDlq, KafkaDlqConfig, DLQ_HEADERS};
 pub use errors::{classify, classify_code, CLASSIFICATION};

@@ -12,7 +12,6 @@
 //! no `key_column`. Partitions are chosen by `murmur2_random` unless the options set
 //! `partitioner`: the partition a Java producer would choose for the same key.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,13 +25,13 @@ use weir_runtime::error::{Result, WeirError};
 use weir_runtime::sink::EpochParticipant;
 use weir_runtime::{ErrorClass, Guarantee, SinkWriter, WriteOutcome};
 
-use super::client::{check_brokers_and_timeout, redacted, reject_owned_options};
+use super::client::{check_brokers_and_timeout, reject_owned_options, KafkaOptions};
 use super::producer::{ConfirmedProducer, Refused, PRODUCER_OWNED};
 use super::source::default_connect_timeout_ms;
 use crate::{config_key, without_offset_column};
 
 /// Configuration of the `kafka` sink.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaSinkConfig {
     /// Bootstrap brokers, comma separated `host:port` (librdkafka `bootstrap.servers`).
@@ -46,7 +45,7 @@ pub struct KafkaSinkConfig {
     /// `compression.type`...), except the ones weir owns: `bootstrap.servers`,
     /// `enable.idempotence`, `transactional.id`.
     #[serde(default)]
-    pub options: BTreeMap<String, String>,
+    pub options: KafkaOptions,
     /// Transactional producer id, for the exactly-once mode. Not available yet: setting it is
     /// an error rather than a silently weaker guarantee.
     #[serde(default)]
@@ -57,19 +56,6 @@ pub struct KafkaSinkConfig {
     pub connect_timeout_ms: u64,
 }
 
-impl std::fmt::Debug for KafkaSinkConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KafkaSinkConfig")
-            .field("brokers", &self.brokers)
-            .field("topic", &self.topic)
-            .field("key_column", &self.key_column)
-            .field("options", &redacted(&self.options))
-            .field("transactional_id", &self.transactional_id)
-            .field("connect_timeout_ms", &self.connect_timeout_ms)
-            .finish()
-    }
-}
-
 impl KafkaSinkConfig {
     /// A config with no key, the default options and timeout.
     pub fn new(brokers: impl Into<String>, topic: impl Into<String>) -> Self {
@@ -77,7 +63,7 @@ impl KafkaSinkConfig {
             brokers: brokers.into(),
             topic: topic.into(),
             key_column: None,
-            options: BTreeMap::new(),
+            options: KafkaOptions::default(),
             transactional_id: None,
             connect_timeout_ms: default_connect_timeout_ms(),
         }

@@ -28,8 +28,8 @@ use weir_runtime::error::{Result, WeirError};
 use weir_runtime::{ErrorClass, PartitionReader, RawBatch, RawMessage, ReadResult, Source};
 
 use super::client::{
-    check_brokers_and_timeout, client_config, last_error_suffix, redacted, reject_owned_options,
-    topic_partitions, KafkaContext, OwnedOption,
+    check_brokers_and_timeout, client_config, last_error_suffix, reject_owned_options,
+    topic_partitions, KafkaContext, KafkaOptions, OwnedOption,
 };
 use super::errors::classify;
 use super::KafkaOffsetCommitter;
@@ -64,7 +64,7 @@ const SOURCE_OWNED: &[OwnedOption] = &[
 ];
 
 /// Configuration of the `kafka` source.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaSourceConfig {
     /// Bootstrap brokers, comma separated `host:port` (librdkafka `bootstrap.servers`).
@@ -77,23 +77,11 @@ pub struct KafkaSourceConfig {
     /// ones weir owns: `enable.auto.commit`, `enable.auto.offset.store`, `group.id`,
     /// `bootstrap.servers`. weir defaults `auto.offset.reset` to `earliest`.
     #[serde(default)]
-    pub options: BTreeMap<String, String>,
+    pub options: KafkaOptions,
     /// Bound on metadata requests at start: an unreachable broker or a missing topic is an
     /// error after at most this long, never a hang.
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
-}
-
-impl std::fmt::Debug for KafkaSourceConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KafkaSourceConfig")
-            .field("brokers", &self.brokers)
-            .field("topics", &self.topics)
-            .field("group_id", &self.group_id)
-            .field("options", &redacted(&self.options))
-            .field("connect_timeout_ms", &self.connect_timeout_ms)
-            .finish()
-    }
 }
 
 impl KafkaSourceConfig {
@@ -103,7 +91,7 @@ impl KafkaSourceConfig {
             brokers: brokers.into(),
             topics: topics.iter().map(|t| t.to_string()).collect(),
             group_id: group_id.into(),
-            options: BTreeMap::new(),
+            options: KafkaOptions::default(),
             connect_timeout_ms: default_connect_timeout_ms(),
         }
     }
@@ -548,7 +536,7 @@ mod tests {
             brokers: " ".into(),
             topics: vec![],
             group_id: String::new(),
-            options: BTreeMap::new(),
+            options: KafkaOptions::default(),
             connect_timeout_ms: 0,
         };
         assert_eq!(
