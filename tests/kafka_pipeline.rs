@@ -66,6 +66,18 @@ const FLUSH_TIME: i64 = 4_000_000_000_000;
 /// Generator partition p goes to topic partition p, in offset order; then one event far in the
 /// future per partition, which advances the watermark past every real window.
 fn produce(topic: &str, truth: &EventGenerator, partitions: i32) -> u64 {
+    produce_part(topic, truth, partitions, (0, 1), true)
+}
+
+/// The `part.0`-th of `part.1` equal slices of every partition's events, and the flush event
+/// after the last slice when `flush`.
+fn produce_part(
+    topic: &str,
+    truth: &EventGenerator,
+    partitions: i32,
+    part: (usize, usize),
+    flush: bool,
+) -> u64 {
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers())
         .set("linger.ms", "5")
@@ -74,13 +86,16 @@ fn produce(topic: &str, truth: &EventGenerator, partitions: i32) -> u64 {
     let mut sent = 0;
     for p in 0..partitions {
         let n = truth.events_in_partition(p).unwrap() as usize;
-        let mut msgs = truth.messages(p, 0, n);
-        msgs.push(weir_runtime::RawMessage {
-            offset: n as i64,
-            key: Some(b"__flush".to_vec()),
-            payload: Some(format!(r#"{{"event_id":"flush","sensor_id":"__flush","temperature":0,"humidity":0,"event_time":{FLUSH_TIME}}}"#).into_bytes()),
-            timestamp_ms: None,
-        });
+        let (from, to) = (n * part.0 / part.1, n * (part.0 + 1) / part.1);
+        let mut msgs = truth.messages(p, from as i64, to - from);
+        if flush && to == n {
+            msgs.push(weir_runtime::RawMessage {
+                offset: n as i64,
+                key: Some(b"__flush".to_vec()),
+                payload: Some(format!(r#"{{"event_id":"flush","sensor_id":"__flush","temperature":0,"humidity":0,"event_time":{FLUSH_TIME}}}"#).into_bytes()),
+                timestamp_ms: None,
+            });
+        }
         for m in &msgs {
             let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).partition(p);
             if let Some(k) = &m.key {
@@ -105,16 +120,26 @@ fn produce(topic: &str, truth: &EventGenerator, partitions: i32) -> u64 {
     sent
 }
 
+/// A source config in `group` mode that joins fast: tansu completes a join after about half
+/// of `session.timeout.ms` (~23 s with librdkafka's default of 45 s).
+fn group_config(topic: &str, group: &str) -> KafkaSourceConfig {
+    let mut cfg = KafkaSourceConfig::new(brokers(), &[topic], group);
+    cfg.options
+        .insert("session.timeout.ms".into(), "1000".into());
+    cfg.options
+        .insert("heartbeat.interval.ms".into(), "300".into());
+    cfg.connect_timeout_ms = 10_000;
+    cfg
+}
+
 fn run(
     topic: &str,
     group: &str,
     dir: &std::path::Path,
     stop_after: u64,
 ) -> weir_runtime::RunSummary {
-    let mut cfg = KafkaSourceConfig::new(brokers(), &[topic], group);
-    cfg.connect_timeout_ms = 10_000;
     let executor = Pipeline::new("kafka-e2e")
-        .source(KafkaSource::new(cfg).unwrap())
+        .source(KafkaSource::new(group_config(topic, group)).unwrap())
         .schema(weir::iot_schema())
         .tumble(weir::demo_window(60_000))
         .filter("sensor_id <> '__flush'")
@@ -186,21 +211,38 @@ fn topic_to_window_equals_batch_sql_across_a_stop_and_restart_and_commits_offset
         "every message read once across the restart"
     );
 
+    assert_exact_output(dir.path(), &truth, partitions);
+
+    // The group's offsets were committed after the checkpoints: at the end of every partition.
+    let committer =
+        KafkaOffsetCommitter::new(&KafkaSourceConfig::new(brokers(), &[&topic], &group)).unwrap();
+    for p in 0..partitions {
+        let end = truth.events_in_partition(p).unwrap() as i64 + 1;
+        assert_eq!(
+            committer.committed(&topic, p).unwrap(),
+            Some(end),
+            "partition {p}"
+        );
+    }
+}
+
+/// The windows in `dir/out` are exactly once each and equal a reference aggregation over the
+/// valid events of `truth`; every poison message is in `dir/dlq`.
+fn assert_exact_output(dir: &std::path::Path, truth: &EventGenerator, partitions: i32) {
     // Windows: exactly once each, equal to the reference over the valid events.
-    let mut stream: Vec<(String, i64, i64, String, String)> =
-        read_jsonl_dir(dir.path().join("out"))
-            .unwrap()
-            .iter()
-            .map(|r| {
-                (
-                    r["sensor_id"].as_str().unwrap().to_string(),
-                    window_start(&r["window_start"]),
-                    r["readings"].as_i64().unwrap(),
-                    format!("{:.9}", r["avg_temp"].as_f64().unwrap()),
-                    format!("{:.2}", r["max_temp"].as_f64().unwrap()),
-                )
-            })
-            .collect();
+    let mut stream: Vec<(String, i64, i64, String, String)> = read_jsonl_dir(dir.join("out"))
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["sensor_id"].as_str().unwrap().to_string(),
+                window_start(&r["window_start"]),
+                r["readings"].as_i64().unwrap(),
+                format!("{:.9}", r["avg_temp"].as_f64().unwrap()),
+                format!("{:.2}", r["max_temp"].as_f64().unwrap()),
+            )
+        })
+        .collect();
     stream.sort();
     let mut oracle = Vec::new();
     let mut expected_poison = 0;
@@ -243,21 +285,9 @@ fn topic_to_window_equals_batch_sql_across_a_stop_and_restart_and_commits_offset
         assert!((a - b).abs() <= 1e-9 * a.abs().max(1.0), "{s:?} vs {o:?}");
     }
     assert_eq!(
-        read_dlq_dir(dir.path().join("dlq")).unwrap().len(),
+        read_dlq_dir(dir.join("dlq")).unwrap().len(),
         expected_poison
     );
-
-    // The group's offsets were committed after the checkpoints: at the end of every partition.
-    let committer =
-        KafkaOffsetCommitter::new(&KafkaSourceConfig::new(brokers(), &[&topic], &group)).unwrap();
-    for p in 0..partitions {
-        let end = truth.events_in_partition(p).unwrap() as i64 + 1;
-        assert_eq!(
-            committer.committed(&topic, p).unwrap(),
-            Some(end),
-            "partition {p}"
-        );
-    }
 }
 
 fn window_start(v: &serde_json::Value) -> i64 {
@@ -342,7 +372,7 @@ fn the_committed_group_offset_never_passes_output_that_is_not_durable() {
     let (open, gate) = std::sync::mpsc::channel();
     let prepares = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let executor = Pipeline::new("gated")
-        .source(KafkaSource::new(KafkaSourceConfig::new(brokers(), &[&topic], &group)).unwrap())
+        .source(KafkaSource::new(group_config(&topic, &group)).unwrap())
         .schema(weir::iot_schema())
         .tumble(weir::demo_window(60_000))
         .sink(GatedSink {
@@ -397,4 +427,143 @@ fn the_committed_group_offset_never_passes_output_that_is_not_durable() {
     let summary = handle.join().unwrap().unwrap();
     assert!(summary.checkpoints >= 1);
     assert_eq!(committer.committed(&topic, 0).unwrap(), Some(total as i64));
+}
+
+/// A worker of the `kafka-e2e` pipeline running in a thread, in group mode, writing into the
+/// shared `dir` (checkpoints, JSONL output, DLQ), as workers on one machine would.
+struct Worker {
+    metrics: Arc<weir_runtime::Metrics>,
+    stop: Shutdown,
+    handle: std::thread::JoinHandle<weir_runtime::error::Result<weir_runtime::RunSummary>>,
+}
+
+fn start_worker(topic: &str, group: &str, dir: &std::path::Path) -> Worker {
+    let executor = Pipeline::new("kafka-e2e")
+        .source(KafkaSource::new(group_config(topic, group)).unwrap())
+        .schema(weir::iot_schema())
+        .tumble(weir::demo_window(60_000))
+        .filter("sensor_id <> '__flush'")
+        .sink(
+            JsonlSink::new(
+                "jsonl",
+                &JsonlSinkConfig {
+                    path: dir.join("out"),
+                },
+            )
+            .unwrap(),
+        )
+        .dlq(
+            JsonlDlq::new(&JsonlDlqConfig {
+                path: dir.join("dlq"),
+            })
+            .unwrap(),
+        )
+        .checkpoint_dir(dir.join("checkpoints"))
+        .checkpoint_interval(Duration::from_millis(200))
+        .batch(1_000, Duration::from_millis(20))
+        .cpu_threads(2)
+        .build()
+        .unwrap();
+    let metrics = executor.metrics();
+    let shutdown = Shutdown::new();
+    let stop = shutdown.clone();
+    let handle = std::thread::spawn(move || executor.run(shutdown));
+    Worker {
+        metrics,
+        stop,
+        handle,
+    }
+}
+
+/// Wait (bounded) until `cond` holds.
+fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !cond() {
+        assert!(started.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn two_workers_share_the_partitions_and_one_takes_over_from_the_others_checkpoints() {
+    let partitions = 6;
+    let cfg = GeneratorConfig {
+        seed: 21,
+        sensors: 300,
+        partitions: partitions as u32,
+        events: Some(90_000),
+        max_out_of_orderness_ms: 5_000,
+        poison_ratio: 0.002,
+        ..Default::default()
+    };
+    let truth = EventGenerator::new(&cfg);
+    let topic = create_topic(partitions);
+    let group = unique("weir-two-workers");
+    let dir = tempfile::tempdir().unwrap();
+    let total: u64 = (0..partitions)
+        .map(|p| truth.events_in_partition(p).unwrap() + 1)
+        .sum();
+    let limit = Duration::from_secs(60);
+
+    // A alone owns every partition and reads the first third.
+    let mut sent = produce_part(&topic, &truth, partitions, (0, 3), true);
+    let a = start_worker(&topic, &group, dir.path());
+    wait_for("A to own all partitions", limit, || {
+        a.metrics.owned_partitions() == partitions as u64
+    });
+    wait_for("A to read the first third", limit, || {
+        a.metrics.snapshot().consumed == sent
+    });
+
+    // B joins: the cooperative rebalance moves some partitions from A to B, which resumes
+    // them from A's checkpoints. Both read the second third.
+    let b = start_worker(&topic, &group, dir.path());
+    wait_for("the group to split the partitions", limit, || {
+        let (owned_a, owned_b) = (a.metrics.owned_partitions(), b.metrics.owned_partitions());
+        owned_a > 0 && owned_b > 0 && owned_a + owned_b == partitions as u64
+    });
+    let (_, revoked_from_a) = a.metrics.assignments();
+    assert!(revoked_from_a > 0, "A gave partitions to B");
+    sent += produce_part(&topic, &truth, partitions, (1, 3), true);
+    wait_for("A and B to read the second third", limit, || {
+        a.metrics.snapshot().consumed + b.metrics.snapshot().consumed == sent
+    });
+    assert!(
+        b.metrics.snapshot().consumed > 0,
+        "B read part of the input"
+    );
+
+    // A stops (drains, checkpoints, commits, leaves the group): B takes every partition over.
+    let a_owned_before = a.metrics.owned_partitions();
+    a.stop.trigger();
+    let summary_a = a.handle.join().unwrap().unwrap();
+    wait_for("B to own all partitions", limit, || {
+        b.metrics.owned_partitions() == partitions as u64
+    });
+    assert!(a_owned_before > 0);
+    sent += produce_part(&topic, &truth, partitions, (2, 3), true);
+    assert_eq!(sent, total);
+    wait_for("B to read the rest", limit, || {
+        summary_a.counters.consumed + b.metrics.snapshot().consumed == total
+    });
+    // Let B's last checkpoints land, then stop it.
+    b.stop.trigger();
+    let summary_b = b.handle.join().unwrap().unwrap();
+    assert_eq!(
+        summary_a.counters.consumed + summary_b.counters.consumed,
+        total,
+        "every message read once across both workers"
+    );
+
+    assert_exact_output(dir.path(), &truth, partitions);
+    let committer =
+        KafkaOffsetCommitter::new(&KafkaSourceConfig::new(brokers(), &[&topic], &group)).unwrap();
+    for p in 0..partitions {
+        let end = truth.events_in_partition(p).unwrap() as i64 + 1;
+        assert_eq!(
+            committer.committed(&topic, p).unwrap(),
+            Some(end),
+            "partition {p}"
+        );
+    }
 }

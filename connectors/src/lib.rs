@@ -35,8 +35,8 @@ pub use generator::{
 pub use jsonl_sink::{read_jsonl_dir, JsonlSink, JsonlSinkConfig};
 pub use jsonl_source::{JsonlFileSource, JsonlSourceConfig};
 pub use kafka::{
-    KafkaDlq, KafkaDlqConfig, KafkaOffsetCommitter, KafkaSink, KafkaSinkConfig, KafkaSource,
-    KafkaSourceConfig,
+    AssignmentMode, KafkaDlq, KafkaDlqConfig, KafkaOffsetCommitter, KafkaSink, KafkaSinkConfig,
+    KafkaSource, KafkaSourceConfig,
 };
 pub use postgres::{PostgresSinkConfig, PostgresStore, PostgresUrl};
 pub use sqlite_sink::{SqliteSink, SqliteSinkConfig};

@@ -2,23 +2,35 @@
 //! bounded channels.
 //!
 //! ```text
-//! reader thread (p) --bounded--> CPU worker (owns tasks p, p+n, ...) --bounded--> sink stage
+//! reader thread (p) --bounded--> CPU worker (owns tasks p, q, ...) --bounded--> sink stage
 //! ```
 //! - one reader thread per partition does the (blocking) I/O of reading;
-//! - `cpu_threads` workers each own a fixed set of partition tasks (no task moves, so no
-//!   `Mutex` on the hot path): decode and operators run there;
-//! - the sink stage (the calling thread) writes outputs and dead letters, and runs the epoch
-//!   protocol of [`crate::sink`] for each checkpoint a task sends.
+//! - `cpu_threads` workers each own a set of partition tasks (a task never moves while its
+//!   partition is owned, so no `Mutex` on the hot path): decode and operators run there;
+//! - the sink stage (the calling thread) writes outputs and dead letters, runs the epoch
+//!   protocol of [`crate::sink`] for each checkpoint a task sends, and follows the source's
+//!   assignment: it starts the partitions it is given and stops the ones taken away.
 //!
-//! When a sink is slow the channels fill, workers block on send, readers block on send: the
-//! source stops reading (backpressure). On shutdown readers stop, workers drain what was read,
-//! checkpoint every partition, and the sink stage commits those checkpoints before returning.
+//! The set of partitions is fixed ([`Source::partitions`]) or follows a consumer group
+//! ([`Source::assignments`]). A partition is started by restoring its checkpoint, recovering
+//! the sinks' staged epochs, opening its reader and handing its task to the least loaded
+//! worker. It is stopped (revoked, shutdown, or end of input) by stopping its reader: the
+//! worker drains what was read, stores a last checkpoint, and the sink stage commits it and
+//! acknowledges it to the source before the partition is reported as released.
+//!
+//! When a sink is slow the channels fill, workers block on send, readers block on send and
+//! pause their partition ([`PartitionReader::set_paused`]): the source stops fetching
+//! (backpressure). On shutdown readers stop, workers drain what was read, checkpoint every
+//! partition, and the sink stage commits those checkpoints before returning.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::thread;
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Receiver, Select, SendTimeoutError, Sender};
+use crossbeam_channel::{
+    bounded, unbounded, Receiver, RecvTimeoutError, Select, SendTimeoutError, Sender,
+};
 use tracing::{debug, info, warn};
 
 use crate::arrow::record_batch::RecordBatch;
@@ -29,8 +41,11 @@ use crate::error::{ErrorClass, Result, WeirError};
 use crate::metrics::{Counters, Metrics};
 use crate::shutdown::Shutdown;
 use crate::sink::SinkWriter;
-use crate::source::{ReadResult, Source};
+use crate::source::{Assignment, PartitionReader, ReadResult, Source, TopicPartition};
 use crate::task::{PartitionTask, TaskOutput};
+
+/// A reader blocked this long on a full channel pauses its partition.
+const PAUSE_AFTER: Duration = Duration::from_millis(100);
 
 /// Settings of the executor (the `[batch]`, `[checkpoint]` and worker sections of a pipeline).
 #[derive(Debug, Clone)]
@@ -83,12 +98,43 @@ enum ReaderMsg {
 enum SinkMsg {
     Output(i32, TaskOutput),
     Barrier(Checkpoint),
+    /// The partition's task is done and its last checkpoint was sent before this.
     Finished {
+        topic: Arc<str>,
         partition: i32,
         ended: bool,
         lifetime: Counters,
     },
     Failed(WeirError),
+}
+
+/// A partition task and the channel its reader feeds, handed to a CPU worker.
+type NewLane = (PartitionTask, Receiver<ReaderMsg>);
+
+/// A partition being read.
+struct Owned {
+    /// Stops this partition's reader only (revocation).
+    stop: Shutdown,
+    reader: JoinHandle<Result<()>>,
+    worker: usize,
+    revoking: bool,
+}
+
+/// A revocation waiting for its partitions to be released.
+struct PendingRevoke {
+    remaining: HashSet<TopicPartition>,
+    done: Sender<()>,
+}
+
+/// Bookkeeping of the sink stage while the executor runs.
+struct Running {
+    workers: Vec<Sender<NewLane>>,
+    load: Vec<usize>,
+    owned: HashMap<TopicPartition, Owned>,
+    revokes: Vec<PendingRevoke>,
+    /// Latest lifetime accounting of every partition owned during this run.
+    lifetime: HashMap<TopicPartition, Counters>,
+    all_ended: bool,
 }
 
 pub struct Executor {
@@ -126,126 +172,292 @@ impl Executor {
         self.metrics.clone()
     }
 
-    /// Run until every partition ends or `shutdown` is triggered, then drain and checkpoint.
+    /// Run until every partition ends (a fixed, bounded input) or `shutdown` is triggered,
+    /// then drain and checkpoint. With a consumer group, run until `shutdown`.
     pub fn run(mut self, shutdown: Shutdown) -> Result<RunSummary> {
         let started = Instant::now();
-        let partitions = self.source.partitions()?;
-        let cpu_threads = self.config.cpu_threads.max(1).min(partitions.len().max(1));
-
-        // Restore every partition before any reading starts.
-        let mut lanes: Vec<Vec<(PartitionTask, Receiver<ReaderMsg>)>> =
-            (0..cpu_threads).map(|_| Vec::new()).collect();
-        let mut readers = Vec::new();
-        for (i, (topic, partition)) in partitions.iter().enumerate() {
-            let mut task = (self.tasks)(topic, *partition)?;
-            let checkpoint = self.store.load(topic, *partition)?;
-            let committed = checkpoint.as_ref().map(|c| c.epoch);
-            self.dlq.recover(*partition, committed)?;
-            for sink in &mut self.sinks {
-                sink.recover(*partition, committed)?;
-            }
-            if let Some(c) = checkpoint {
-                info!(topic = %topic, partition, epoch = c.epoch, next_offset = c.next_offset, "restored checkpoint");
-                task.restore(c)?;
-            }
-            let mut reader = self.source.open(topic, *partition, task.next_offset())?;
-            let (tx, rx) = bounded(self.config.channel_capacity.max(1));
-            let stop = shutdown.clone();
-            let (max_rows, linger) = (self.config.max_rows, self.config.linger);
-            let name = format!("weir-read-{partition}");
-            let handle = thread::Builder::new()
-                .name(name)
-                .spawn(move || -> Result<()> {
-                    while !stop.is_triggered() {
-                        let msg = match reader.read(max_rows, linger)? {
-                            ReadResult::Batch(b) if b.is_empty() => continue,
-                            ReadResult::Batch(b) => ReaderMsg::Batch(b),
-                            ReadResult::Idle => continue,
-                            ReadResult::End => ReaderMsg::End,
-                        };
-                        let end = matches!(msg, ReaderMsg::End);
-                        if !send_until_stopped(&tx, msg, &stop) || end {
-                            break;
-                        }
-                    }
-                    Ok(())
-                })
-                .map_err(|e| WeirError::Internal(format!("spawn reader: {e}")))?;
-            readers.push(handle);
-            lanes[i % cpu_threads].push((task, rx));
-        }
+        let assignments = self.source.assignments()?;
+        let fixed = match assignments {
+            Some(_) => None,
+            None => Some(self.source.partitions()?),
+        };
+        let cpu_threads = match &fixed {
+            Some(parts) => self.config.cpu_threads.max(1).min(parts.len().max(1)),
+            None => self.config.cpu_threads.max(1),
+        };
 
         let (sink_tx, sink_rx) =
             bounded::<SinkMsg>(self.config.channel_capacity.max(1) * cpu_threads);
-        let mut workers = Vec::new();
-        for (n, lane) in lanes.into_iter().enumerate() {
+        let mut running = Running {
+            workers: Vec::new(),
+            load: vec![0; cpu_threads],
+            owned: HashMap::new(),
+            revokes: Vec::new(),
+            lifetime: HashMap::new(),
+            all_ended: true,
+        };
+        let mut worker_handles = Vec::new();
+        for n in 0..cpu_threads {
+            let (ctl_tx, ctl_rx) = unbounded::<NewLane>();
             let tx = sink_tx.clone();
             let interval = self.config.checkpoint_interval;
             let handle = thread::Builder::new()
                 .name(format!("weir-cpu-{n}"))
-                .spawn(move || run_worker(lane, tx, interval))
+                .spawn(move || run_worker(ctl_rx, tx, interval))
                 .map_err(|e| WeirError::Internal(format!("spawn worker: {e}")))?;
-            workers.push(handle);
+            running.workers.push(ctl_tx);
+            worker_handles.push(handle);
         }
         drop(sink_tx);
 
-        let result = self.run_sink_stage(&sink_rx, &shutdown, partitions.len());
+        let mut result = Ok(());
+        if let Some(parts) = &fixed {
+            // Restore every partition before any reading starts.
+            for tp in parts {
+                if let Err(e) = self.start_partition(tp, &mut running, &shutdown) {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        if result.is_ok() {
+            result = self.run_sink_stage(&sink_rx, assignments.as_ref(), &shutdown, &mut running);
+        }
         if result.is_err() {
             shutdown.trigger();
+        }
+        // No more partitions: workers return once their lanes are drained.
+        running.workers.clear();
+        if result.is_err() {
             // Let blocked workers and readers finish; their output is discarded.
             while sink_rx.recv().is_ok() {}
         }
-        for w in workers {
+        for w in worker_handles {
             let _ = w.join();
         }
-        for r in readers {
-            match r.join() {
-                Ok(Err(e)) if result.is_ok() => return Err(e),
+        for (tp, owned) in running.owned.drain() {
+            match owned.reader.join() {
+                Ok(Err(e)) if result.is_ok() => result = Err(e),
                 Ok(_) => {}
-                Err(_) => return Err(WeirError::Internal("a reader thread panicked".into())),
+                Err(_) => {
+                    warn!(topic = %tp.0, partition = tp.1, "a reader thread panicked");
+                    if result.is_ok() {
+                        result = Err(WeirError::Internal("a reader thread panicked".into()));
+                    }
+                }
             }
         }
-        let (lifetime, finished) = result?;
+        result?;
+        let mut lifetime = Counters::default();
+        for l in running.lifetime.values() {
+            lifetime.add(l);
+        }
         Ok(RunSummary {
             counters: self.metrics.snapshot(),
             lifetime,
             elapsed: started.elapsed(),
             checkpoints: self.metrics.checkpoints(),
-            partitions: partitions.len(),
-            finished,
+            partitions: running.lifetime.len(),
+            finished: fixed.is_some() && running.all_ended,
         })
+    }
+
+    /// Restore a partition from its checkpoint, recover the sinks' staged epochs of it, open
+    /// its reader and hand its task to the least loaded worker.
+    fn start_partition(
+        &mut self,
+        tp: &TopicPartition,
+        running: &mut Running,
+        shutdown: &Shutdown,
+    ) -> Result<()> {
+        let (topic, partition) = (&tp.0, tp.1);
+        let mut task = (self.tasks)(topic, partition)?;
+        let checkpoint = self.store.load(topic, partition)?;
+        let committed = checkpoint.as_ref().map(|c| c.epoch);
+        self.dlq.recover(partition, committed)?;
+        for sink in &mut self.sinks {
+            sink.recover(partition, committed)?;
+        }
+        if let Some(c) = checkpoint {
+            info!(topic = %topic, partition, epoch = c.epoch, next_offset = c.next_offset, "restored checkpoint");
+            task.restore(c)?;
+        }
+        let reader = self.source.open(topic, partition, task.next_offset())?;
+        let (tx, rx) = bounded(self.config.channel_capacity.max(1));
+        let stop = Shutdown::new();
+        let handle = spawn_reader(
+            reader,
+            tx,
+            [stop.clone(), shutdown.clone()],
+            (self.config.max_rows, self.config.linger),
+            self.metrics.clone(),
+            partition,
+        )?;
+        let worker = (0..running.load.len())
+            .min_by_key(|w| running.load[*w])
+            .unwrap_or(0);
+        running.workers[worker]
+            .send((task, rx))
+            .map_err(|_| WeirError::Internal("a CPU worker is gone".into()))?;
+        running.load[worker] += 1;
+        running.owned.insert(
+            tp.clone(),
+            Owned {
+                stop,
+                reader: handle,
+                worker,
+                revoking: false,
+            },
+        );
+        self.metrics.partition_started();
+        Ok(())
     }
 
     fn run_sink_stage(
         &mut self,
         rx: &Receiver<SinkMsg>,
+        assignments: Option<&Receiver<Assignment>>,
         shutdown: &Shutdown,
-        partitions: usize,
-    ) -> Result<(Counters, bool)> {
-        let mut lifetime = Counters::default();
-        let mut all_ended = true;
-        let mut finished = 0;
-        while finished < partitions {
-            let msg = rx.recv().map_err(|_| {
-                WeirError::Internal("a CPU worker stopped without finishing".into())
-            })?;
-            match msg {
-                SinkMsg::Output(partition, out) => self.write_output(partition, out, shutdown)?,
-                SinkMsg::Barrier(checkpoint) => self.commit_checkpoint(&checkpoint, shutdown)?,
-                SinkMsg::Finished {
-                    ended,
-                    lifetime: l,
-                    partition,
-                } => {
-                    debug!(partition, ended, "partition finished");
-                    finished += 1;
-                    all_ended &= ended;
-                    lifetime.add(&l);
+        running: &mut Running,
+    ) -> Result<()> {
+        let follow = assignments.is_some();
+        let tick = Duration::from_millis(100);
+        loop {
+            if running.owned.is_empty() && (!follow || shutdown.is_triggered()) {
+                return Ok(());
+            }
+            let assignment = match assignments {
+                Some(changes) if !shutdown.is_triggered() => {
+                    let mut sel = Select::new();
+                    sel.recv(rx);
+                    sel.recv(changes);
+                    match sel.select_timeout(tick) {
+                        Ok(op) if op.index() == 1 => Some(op.recv(changes).map_err(|_| {
+                            WeirError::Internal("the source stopped sending its assignment".into())
+                        })?),
+                        Ok(op) => {
+                            let msg = op.recv(rx).map_err(|_| {
+                                WeirError::Internal("a CPU worker stopped without finishing".into())
+                            })?;
+                            self.on_sink_msg(msg, running, shutdown)?;
+                            None
+                        }
+                        Err(_) => None,
+                    }
                 }
-                SinkMsg::Failed(e) => return Err(e),
+                _ => {
+                    match rx.recv_timeout(tick) {
+                        Ok(msg) => self.on_sink_msg(msg, running, shutdown)?,
+                        Err(RecvTimeoutError::Timeout) => {}
+                        Err(RecvTimeoutError::Disconnected) => {
+                            return Err(WeirError::Internal(
+                                "a CPU worker stopped without finishing".into(),
+                            ))
+                        }
+                    }
+                    // Revocations that arrive while stopping are answered once released.
+                    match assignments.map(|c| c.try_recv()) {
+                        Some(Ok(a)) => Some(a),
+                        _ => None,
+                    }
+                }
+            };
+            if let Some(a) = assignment {
+                self.on_assignment(a, running, shutdown)?;
             }
         }
-        Ok((lifetime, all_ended))
+    }
+
+    fn on_assignment(
+        &mut self,
+        assignment: Assignment,
+        running: &mut Running,
+        shutdown: &Shutdown,
+    ) -> Result<()> {
+        match assignment {
+            Assignment::Assigned { partitions, done } => {
+                let mut opened = Vec::new();
+                if !shutdown.is_triggered() {
+                    for tp in partitions {
+                        if running.owned.contains_key(&tp) {
+                            warn!(topic = %tp.0, partition = tp.1, "assigned a partition this worker already reads");
+                            continue;
+                        }
+                        self.start_partition(&tp, running, shutdown)?;
+                        info!(topic = %tp.0, partition = tp.1, "partition assigned");
+                        opened.push(tp);
+                    }
+                }
+                let _ = done.send(opened);
+            }
+            Assignment::Revoked { partitions, done } => {
+                let mut remaining = HashSet::new();
+                for tp in partitions {
+                    if let Some(owned) = running.owned.get_mut(&tp) {
+                        info!(topic = %tp.0, partition = tp.1, "partition revoked: draining");
+                        owned.stop.trigger();
+                        owned.revoking = true;
+                        remaining.insert(tp);
+                    }
+                }
+                if remaining.is_empty() {
+                    let _ = done.send(());
+                } else {
+                    running.revokes.push(PendingRevoke { remaining, done });
+                }
+            }
+            Assignment::Failed(e) => return Err(e),
+        }
+        Ok(())
+    }
+
+    fn on_sink_msg(
+        &mut self,
+        msg: SinkMsg,
+        running: &mut Running,
+        shutdown: &Shutdown,
+    ) -> Result<()> {
+        match msg {
+            SinkMsg::Output(partition, out) => self.write_output(partition, out, shutdown),
+            SinkMsg::Barrier(checkpoint) => self.commit_checkpoint(&checkpoint, shutdown),
+            SinkMsg::Finished {
+                topic,
+                partition,
+                ended,
+                lifetime,
+            } => {
+                let tp = (topic, partition);
+                debug!(topic = %tp.0, partition, ended, "partition finished");
+                running.lifetime.insert(tp.clone(), lifetime);
+                running.all_ended &= ended;
+                if let Some(owned) = running.owned.remove(&tp) {
+                    running.load[owned.worker] = running.load[owned.worker].saturating_sub(1);
+                    self.metrics.partition_stopped(owned.revoking);
+                    // The worker saw the reader's channel close or its end: it has returned.
+                    match owned.reader.join() {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => return Err(e),
+                        Err(_) => {
+                            return Err(WeirError::Internal(format!(
+                                "the reader of {}/{partition} panicked",
+                                tp.0
+                            )))
+                        }
+                    }
+                }
+                running.revokes.retain_mut(|r| {
+                    r.remaining.remove(&tp);
+                    if r.remaining.is_empty() {
+                        let _ = r.done.send(());
+                        false
+                    } else {
+                        true
+                    }
+                });
+                Ok(())
+            }
+            SinkMsg::Failed(e) => Err(e),
+        }
     }
 
     fn write_output(&mut self, partition: i32, out: TaskOutput, shutdown: &Shutdown) -> Result<()> {
@@ -306,6 +518,48 @@ impl Executor {
     }
 }
 
+/// The reader thread of one partition: reads until its end, an error, or one of `stops`.
+/// When downstream stays full it pauses the partition until there is room again.
+fn spawn_reader(
+    mut reader: Box<dyn PartitionReader>,
+    tx: Sender<ReaderMsg>,
+    stops: [Shutdown; 2],
+    (max_rows, linger): (usize, Duration),
+    metrics: Arc<Metrics>,
+    partition: i32,
+) -> Result<JoinHandle<Result<()>>> {
+    thread::Builder::new()
+        .name(format!("weir-read-{partition}"))
+        .spawn(move || -> Result<()> {
+            let stopped = || stops.iter().any(Shutdown::is_triggered);
+            while !stopped() {
+                let msg = match reader.read(max_rows, linger)? {
+                    ReadResult::Batch(b) if b.is_empty() => continue,
+                    ReadResult::Batch(b) => ReaderMsg::Batch(b),
+                    ReadResult::Idle => continue,
+                    ReadResult::End => ReaderMsg::End,
+                };
+                let end = matches!(msg, ReaderMsg::End);
+                let sent = match tx.send_timeout(msg, PAUSE_AFTER) {
+                    Ok(()) => true,
+                    Err(SendTimeoutError::Disconnected(_)) => false,
+                    Err(SendTimeoutError::Timeout(msg)) => {
+                        reader.set_paused(true)?;
+                        metrics.reader_paused();
+                        let sent = send_until_stopped(&tx, msg, &stopped);
+                        reader.set_paused(false)?;
+                        sent
+                    }
+                };
+                if !sent || end {
+                    break;
+                }
+            }
+            Ok(())
+        })
+        .map_err(|e| WeirError::Internal(format!("spawn reader: {e}")))
+}
+
 /// Retry transient errors with exponential backoff (input pauses meanwhile, because the
 /// channels fill). Gives up when shutdown is requested.
 fn retry<T>(shutdown: &Shutdown, what: String, mut f: impl FnMut() -> Result<T>) -> Result<T> {
@@ -364,13 +618,13 @@ fn sink_rejects(
         .collect()
 }
 
-/// Send, but give up when shutdown is requested (the receiver may be gone or stuck).
-fn send_until_stopped<T>(tx: &Sender<T>, mut msg: T, stop: &Shutdown) -> bool {
+/// Send, but give up when `stopped` says so (the receiver may be gone or stuck).
+fn send_until_stopped<T>(tx: &Sender<T>, mut msg: T, stopped: &dyn Fn() -> bool) -> bool {
     loop {
         match tx.send_timeout(msg, Duration::from_millis(100)) {
             Ok(()) => return true,
             Err(SendTimeoutError::Timeout(m)) => {
-                if stop.is_triggered() {
+                if stopped() {
                     return false;
                 }
                 msg = m;
@@ -387,43 +641,57 @@ struct Lane {
     dirty: bool,
 }
 
-fn run_worker(
-    lane: Vec<(PartitionTask, Receiver<ReaderMsg>)>,
-    tx: Sender<SinkMsg>,
-    interval: Duration,
-) {
-    let mut lanes: Vec<Lane> = lane
-        .into_iter()
-        .map(|(task, rx)| Lane {
-            task,
-            rx,
-            last_checkpoint: Instant::now(),
-            dirty: false,
-        })
-        .collect();
+/// A CPU worker: runs the tasks of the partitions it is handed on `ctl` until `ctl` closes
+/// and every lane is finished. A lane finishes when its reader ends or stops (revocation,
+/// shutdown): the worker drains what was read, sends a last checkpoint and `Finished`.
+fn run_worker(ctl: Receiver<NewLane>, tx: Sender<SinkMsg>, interval: Duration) {
+    let mut lanes: Vec<Lane> = Vec::new();
+    let mut ctl_open = true;
     let fail = |tx: &Sender<SinkMsg>, e: WeirError| {
         let _ = tx.send(SinkMsg::Failed(e));
     };
-    while !lanes.is_empty() {
+    while ctl_open || !lanes.is_empty() {
         let mut sel = Select::new();
+        let first_lane = usize::from(ctl_open);
+        if ctl_open {
+            sel.recv(&ctl);
+        }
         for lane in &lanes {
             sel.recv(&lane.rx);
         }
         let tick = interval.min(Duration::from_millis(200));
+        let mut new_lane = None;
         let (idx, msg) = match sel.select_timeout(tick) {
+            Ok(op) if ctl_open && op.index() == 0 => {
+                match op.recv(&ctl) {
+                    Ok(lane) => new_lane = Some(lane),
+                    Err(_) => ctl_open = false,
+                }
+                (usize::MAX, None)
+            }
             Ok(op) => {
-                let idx = op.index();
+                let idx = op.index() - first_lane;
                 (idx, Some(op.recv(&lanes[idx].rx)))
             }
             Err(_) => (usize::MAX, None),
         };
+        if let Some((task, rx)) = new_lane {
+            lanes.push(Lane {
+                task,
+                rx,
+                last_checkpoint: Instant::now(),
+                dirty: false,
+            });
+        }
         if let Some(msg) = msg {
             let lane = &mut lanes[idx];
             let partition = lane.task.partition();
             let (out, finished) = match msg {
                 Ok(ReaderMsg::Batch(raw)) => (lane.task.process(&raw), None),
                 Ok(ReaderMsg::End) => (lane.task.end_of_input(), Some(true)),
-                Err(_) => (Ok(TaskOutput::default()), Some(false)), // reader stopped: shutdown
+                // The reader stopped (shutdown, revocation or error) and everything it sent
+                // was received: the lane is drained.
+                Err(_) => (Ok(TaskOutput::default()), Some(false)),
             };
             match out {
                 Ok(out) => {
@@ -439,9 +707,11 @@ fn run_worker(
                 match lane.task.checkpoint() {
                     Ok(c) => {
                         let lifetime = c.counters;
+                        let topic = lane.task.topic().clone();
                         if tx.send(SinkMsg::Barrier(c)).is_err()
                             || tx
                                 .send(SinkMsg::Finished {
+                                    topic,
                                     partition,
                                     ended,
                                     lifetime,

@@ -36,5 +36,5 @@ pub use offsets::OffsetTracker;
 pub use operator::{Decoded, Decoder, Emit, Operator, RowReject, OFFSET_COLUMN};
 pub use shutdown::Shutdown;
 pub use sink::{EpochParticipant, Guarantee, NullSink, SinkWriter, WriteOutcome};
-pub use source::{PartitionReader, ReadResult, Source};
+pub use source::{Assignment, PartitionReader, ReadResult, Source, TopicPartition};
 pub use task::{PartitionTask, TaskOutput};

@@ -53,6 +53,10 @@ pub struct Metrics {
     filtered: AtomicU64,
     rows_out: AtomicU64,
     checkpoints: AtomicU64,
+    owned: AtomicU64,
+    assigned: AtomicU64,
+    revoked: AtomicU64,
+    pauses: AtomicU64,
 }
 
 impl Metrics {
@@ -73,6 +77,40 @@ impl Metrics {
 
     pub fn checkpoints(&self) -> u64 {
         self.checkpoints.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn partition_started(&self) {
+        self.owned.fetch_add(1, Ordering::Relaxed);
+        self.assigned.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn partition_stopped(&self, revoked: bool) {
+        self.owned.fetch_sub(1, Ordering::Relaxed);
+        if revoked {
+            self.revoked.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn reader_paused(&self) {
+        self.pauses.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Partitions this worker reads now.
+    pub fn owned_partitions(&self) -> u64 {
+        self.owned.load(Ordering::Relaxed)
+    }
+
+    /// Partitions started (assigned) and revoked so far in this run.
+    pub fn assignments(&self) -> (u64, u64) {
+        (
+            self.assigned.load(Ordering::Relaxed),
+            self.revoked.load(Ordering::Relaxed),
+        )
+    }
+
+    /// How often a reader paused its partition because downstream was full.
+    pub fn reader_pauses(&self) -> u64 {
+        self.pauses.load(Ordering::Relaxed)
     }
 
     pub fn snapshot(&self) -> Counters {

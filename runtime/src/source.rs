@@ -3,8 +3,39 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crossbeam_channel::{Receiver, Sender};
+
 use crate::batch::RawBatch;
 use crate::error::Result;
+
+/// A partition of a source: topic and partition number.
+pub type TopicPartition = (Arc<str>, i32);
+
+/// A change of the partitions this worker owns, sent by a source whose assignment changes
+/// while it runs (a Kafka consumer group). The executor handles each event in order and
+/// answers on `done`; the source waits for the answer before it goes on with the rebalance.
+#[derive(Debug)]
+pub enum Assignment {
+    /// These partitions are now this worker's. The executor restores each from its
+    /// checkpoint and opens its reader with [`Source::open`] before answering; the source
+    /// starts fetching them only after the answer. The answer lists the partitions that were
+    /// opened: one the executor declined (it is stopping) must not be fetched.
+    Assigned {
+        partitions: Vec<TopicPartition>,
+        done: Sender<Vec<TopicPartition>>,
+    },
+    /// These partitions are taken away. The executor stops reading them, drains what was
+    /// read, stores a checkpoint and acknowledges it ([`Source::acknowledge`]), drops their
+    /// readers, then answers. The source gives them up only after the answer (or after its
+    /// own time bound, when the answer is late).
+    Revoked {
+        partitions: Vec<TopicPartition>,
+        done: Sender<()>,
+    },
+    /// The source cannot follow its assignment any more (the group refused this worker, an
+    /// authorization failure): the executor stops with this error.
+    Failed(crate::error::WeirError),
+}
 
 /// What a partition reader returned.
 #[derive(Debug)]
@@ -20,13 +51,28 @@ pub enum ReadResult {
 pub trait PartitionReader: Send {
     /// Up to `max_rows` messages, waiting at most `linger` for the batch to fill.
     fn read(&mut self, max_rows: usize, linger: Duration) -> Result<ReadResult>;
+
+    /// Downstream is full (`true`) or has room again (`false`). A source that fetches ahead
+    /// in the background (Kafka) stops fetching this partition meanwhile, so that a slow sink
+    /// does not fill memory with prefetched messages.
+    fn set_paused(&mut self, _paused: bool) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// A partitioned input.
 pub trait Source: Send {
     fn name(&self) -> &str;
-    /// The (topic, partition) pairs this worker reads.
-    fn partitions(&mut self) -> Result<Vec<(Arc<str>, i32)>>;
+    /// The (topic, partition) pairs this worker reads, for a source with a fixed assignment.
+    fn partitions(&mut self) -> Result<Vec<TopicPartition>>;
+
+    /// For a source whose assignment changes while it runs (a consumer group): start
+    /// following the assignment and return the channel of its changes. The executor then
+    /// reads the partitions the events give it instead of [`Source::partitions`]. `None`
+    /// (the default): the assignment is fixed.
+    fn assignments(&mut self) -> Result<Option<Receiver<Assignment>>> {
+        Ok(None)
+    }
     /// A reader for one partition that starts at `next_offset`.
     fn open(
         &mut self,

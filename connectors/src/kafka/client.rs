@@ -8,14 +8,17 @@ use std::time::Duration;
 
 use rdkafka::client::{Client, ClientContext};
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
-use rdkafka::consumer::ConsumerContext;
+use rdkafka::consumer::{BaseConsumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{DeliveryResult, Message, OwnedHeaders};
 use rdkafka::producer::ProducerContext;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::TopicPartitionList;
 use tracing::{debug, error, info, warn};
 use weir_runtime::ErrorClass;
 
 use super::errors::classify;
+use super::group::GroupHooks;
 use crate::config_key;
 
 /// A librdkafka option that weir sets itself, and where the user says what they want instead.
@@ -170,6 +173,8 @@ pub(crate) struct FailedDelivery {
 pub(crate) struct KafkaContext {
     last_error: Mutex<Option<String>>,
     failed: Mutex<Vec<FailedDelivery>>,
+    /// A consumer's link to the executor when it follows a group (unused otherwise).
+    pub group: GroupHooks,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -219,7 +224,16 @@ impl ClientContext for KafkaContext {
     }
 }
 
-impl ConsumerContext for KafkaContext {}
+impl ConsumerContext for KafkaContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        self.group.rebalance(consumer, err, tpl);
+    }
+}
 
 impl ProducerContext for KafkaContext {
     type DeliveryOpaque = ();

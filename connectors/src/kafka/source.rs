@@ -1,11 +1,20 @@
-//! The `kafka` source for the static executor: every partition of the configured topics,
-//! read by explicit assignment (no group subscription yet), one reader per partition.
+//! The `kafka` source: the partitions of the configured topics, one reader per partition.
+//!
+//! Two ways to get partitions (`assignment`):
+//! - `group` (the default): the consumer subscribes to the topics as a member of `group_id`
+//!   with the `cooperative-sticky` assignor, and the executor follows the group's assignment
+//!   ([`Source::assignments`]): workers sharing a group id share the partitions, and a
+//!   worker that stops hands its partitions over. A group thread polls the consumer's main
+//!   queue, which is where librdkafka runs the rebalance callback ([`super::group`]).
+//! - `manual`: every partition of the topics, assigned explicitly ([`Source::partitions`]);
+//!   the group is only where offsets are committed.
 //!
 //! One `BaseConsumer` serves all readers. Each reader owns the partition queue of its
 //! partition (`split_partition_queue`), split *before* the partition is assigned so that no
 //! message of it can reach the shared consumer queue; `read` is a blocking poll of that queue,
-//! which fits the executor's reader threads. Readers also serve the shared queue (errors,
-//! logs) with a zero timeout.
+//! which fits the executor's reader threads. When downstream is full the reader pauses its
+//! partition, so librdkafka stops prefetching it. With manual assignment the readers also
+//! serve the shared queue (errors, logs) with a zero timeout; in a group the group thread does.
 //!
 //! Where a reader starts (see [`StartFrom::for_next_offset`]): a checkpoint's next offset when
 //! there is one (`next_offset > 0`); else (`next_offset == 0`, "no checkpoint") the group's
@@ -15,7 +24,9 @@
 //! [`KafkaOffsetCommitter`](super::KafkaOffsetCommitter) once the output is durable.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -25,7 +36,10 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde::Deserialize;
 use tracing::{debug, info, warn};
 use weir_runtime::error::{Result, WeirError};
-use weir_runtime::{ErrorClass, PartitionReader, RawBatch, RawMessage, ReadResult, Source};
+use weir_runtime::{
+    Assignment, ErrorClass, PartitionReader, RawBatch, RawMessage, ReadResult, Source,
+    TopicPartition,
+};
 
 use super::client::{
     check_brokers_and_timeout, client_config, last_error_suffix, reject_owned_options,
@@ -37,6 +51,21 @@ use crate::config_key;
 
 pub(crate) fn default_connect_timeout_ms() -> u64 {
     10_000
+}
+
+fn default_revoke_timeout_ms() -> u64 {
+    20_000
+}
+
+/// How the source gets its partitions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AssignmentMode {
+    /// Subscribe as a member of the consumer group; partitions follow the group's assignment.
+    #[default]
+    Group,
+    /// Read every partition of the topics, assigned explicitly.
+    Manual,
 }
 
 /// Options of the source that weir sets itself.
@@ -82,6 +111,14 @@ pub struct KafkaSourceConfig {
     /// error after at most this long, never a hang.
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
+    /// `group` (default): share partitions with the other members of `group_id`; `manual`:
+    /// read every partition.
+    #[serde(default)]
+    pub assignment: AssignmentMode,
+    /// On revocation, how long the executor may take to drain, checkpoint and commit the
+    /// partitions it gives up. Keep it below librdkafka's `max.poll.interval.ms`.
+    #[serde(default = "default_revoke_timeout_ms")]
+    pub revoke_timeout_ms: u64,
 }
 
 impl KafkaSourceConfig {
@@ -93,6 +130,8 @@ impl KafkaSourceConfig {
             group_id: group_id.into(),
             options: KafkaOptions::default(),
             connect_timeout_ms: default_connect_timeout_ms(),
+            assignment: AssignmentMode::default(),
+            revoke_timeout_ms: default_revoke_timeout_ms(),
         }
     }
 
@@ -105,6 +144,9 @@ impl KafkaSourceConfig {
             "connect_timeout_ms",
             self.connect_timeout_ms,
         );
+        if self.revoke_timeout_ms == 0 {
+            errors.push(format!("{}: must be at least 1", key("revoke_timeout_ms")));
+        }
         if self.topics.is_empty() {
             errors.push(format!("{}: must list at least one topic", key("topics")));
         }
@@ -152,6 +194,7 @@ impl KafkaSourceConfig {
             &[
                 ("auto.offset.reset", "earliest"),
                 ("enable.partition.eof", "false"),
+                ("partition.assignment.strategy", "cooperative-sticky"),
             ],
         )
     }
@@ -205,6 +248,11 @@ pub struct KafkaSource {
     consumer: Arc<BaseConsumer<KafkaContext>>,
     /// Partitions of each topic, from the last metadata fetch.
     partitions: BTreeMap<String, Vec<i32>>,
+    /// The source follows the group's assignment ([`Source::assignments`] was called).
+    following: bool,
+    /// The group thread polling the consumer's main queue, and its stop flag.
+    group_thread: Option<JoinHandle<()>>,
+    group_stop: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for KafkaSource {
@@ -231,6 +279,9 @@ impl KafkaSource {
             name,
             consumer,
             partitions: BTreeMap::new(),
+            following: false,
+            group_thread: None,
+            group_stop: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -255,8 +306,9 @@ impl KafkaSource {
         }
     }
 
-    /// A reader of one partition from `start`. The partition is assigned to the shared consumer
-    /// until the reader is dropped.
+    /// A reader of one partition from `start`. With manual assignment the partition is
+    /// assigned to the shared consumer until the reader is dropped; in a group, the rebalance
+    /// callback assigns it at `start` once the executor has opened it.
     pub fn open_from(
         &mut self,
         topic: &Arc<str>,
@@ -303,17 +355,27 @@ impl KafkaSource {
                     ErrorClass::Fatal,
                 )
             })?;
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(topic, partition, start.offset())
-            .map_err(|e| self.error(format!("{topic}/{partition}: {e}"), classify(&e)))?;
-        self.consumer.incremental_assign(&tpl).map_err(|e| {
-            self.error(
-                format!("cannot assign {topic}/{partition}: {e}"),
-                classify(&e),
-            )
-        })?;
-        info!(source = %self.name, topic = %topic, partition, start = ?start, "partition assigned");
+        if self.following {
+            self.consumer
+                .context()
+                .group
+                .record_start(topic, partition, start.offset());
+            debug!(source = %self.name, topic = %topic, partition, start = ?start, "partition opened");
+        } else {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(topic, partition, start.offset())
+                .map_err(|e| self.error(format!("{topic}/{partition}: {e}"), classify(&e)))?;
+            self.consumer.incremental_assign(&tpl).map_err(|e| {
+                self.error(
+                    format!("cannot assign {topic}/{partition}: {e}"),
+                    classify(&e),
+                )
+            })?;
+            info!(source = %self.name, topic = %topic, partition, start = ?start, "partition assigned");
+        }
         Ok(KafkaPartitionReader {
+            group_member: self.following,
+            paused: false,
             consumer: self.consumer.clone(),
             queue,
             topic: topic.clone(),
@@ -335,7 +397,7 @@ impl Source for KafkaSource {
 
     /// Every partition of every configured topic, from broker metadata fetched within
     /// `connect_timeout_ms` per topic.
-    fn partitions(&mut self) -> Result<Vec<(Arc<str>, i32)>> {
+    fn partitions(&mut self) -> Result<Vec<TopicPartition>> {
         let timeout = self.config.connect_timeout();
         let mut out = Vec::new();
         for topic in &self.config.topics {
@@ -354,6 +416,41 @@ impl Source for KafkaSource {
             self.partitions.insert(topic.clone(), partitions);
         }
         Ok(out)
+    }
+
+    /// With `assignment = "group"`: check the brokers and topics (bounded, like
+    /// [`Source::partitions`]), subscribe, and start the group thread.
+    fn assignments(&mut self) -> Result<Option<crossbeam_channel::Receiver<Assignment>>> {
+        if self.config.assignment == AssignmentMode::Manual {
+            return Ok(None);
+        }
+        self.partitions()?;
+        let (events, changes) = crossbeam_channel::unbounded();
+        self.consumer.context().group.connect(
+            events.clone(),
+            Duration::from_millis(self.config.revoke_timeout_ms),
+        );
+        let topics: Vec<&str> = self.config.topics.iter().map(String::as_str).collect();
+        self.consumer.subscribe(&topics).map_err(|e| {
+            self.error(
+                format!(
+                    "cannot subscribe to {topics:?} in group {:?}: {e}",
+                    self.config.group_id
+                ),
+                classify(&e),
+            )
+        })?;
+        self.following = true;
+        let consumer = self.consumer.clone();
+        let stop = self.group_stop.clone();
+        let name = self.name.clone();
+        let handle = std::thread::Builder::new()
+            .name("weir-kafka-group".into())
+            .spawn(move || follow_group(&consumer, &stop, &events, &name))
+            .map_err(|e| WeirError::Internal(format!("spawn the Kafka group thread: {e}")))?;
+        self.group_thread = Some(handle);
+        info!(source = %self.name, group = %self.config.group_id, "subscribed: following the group's assignment");
+        Ok(Some(changes))
     }
 
     fn open(
@@ -378,8 +475,71 @@ impl Source for KafkaSource {
     }
 }
 
+impl Drop for KafkaSource {
+    fn drop(&mut self) {
+        self.group_stop.store(true, Ordering::SeqCst);
+        if let Some(handle) = self.group_thread.take() {
+            let _ = handle.join();
+        }
+        // The consumer leaves the group when its last handle drops (librdkafka's close).
+    }
+}
+
+/// The group thread: polls the consumer's main queue, which runs the rebalance callback and
+/// delivers errors. Messages never arrive here (every partition's queue is split off before
+/// it is assigned); an error that waiting cannot fix stops the executor.
+fn follow_group(
+    consumer: &BaseConsumer<KafkaContext>,
+    stop: &AtomicBool,
+    events: &crossbeam_channel::Sender<Assignment>,
+    name: &str,
+) {
+    let fail = |message: String, class: ErrorClass| {
+        let _ = events.send(Assignment::Failed(WeirError::Source {
+            source_name: name.to_string(),
+            message,
+            class,
+        }));
+    };
+    while !stop.load(Ordering::SeqCst) {
+        match consumer.poll(Duration::from_millis(100)) {
+            None => {}
+            Some(Ok(m)) => {
+                return fail(
+                    format!(
+                        "message {}/{} at offset {} arrived outside its partition queue",
+                        m.topic(),
+                        m.partition(),
+                        m.offset()
+                    ),
+                    ErrorClass::Fatal,
+                )
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) => {}
+            Some(Err(e)) => match classify(&e) {
+                ErrorClass::Transient => {
+                    warn!(source = %name, error = %e, "transient consumer error; librdkafka retries")
+                }
+                _ => {
+                    return fail(
+                        format!(
+                            "the consumer group failed: {e}{}",
+                            last_error_suffix(consumer.context())
+                        ),
+                        ErrorClass::Fatal,
+                    )
+                }
+            },
+        }
+    }
+}
+
 /// Reads one assigned partition. See the module docs.
 pub struct KafkaPartitionReader {
+    /// The partition belongs to a group assignment: the rebalance callback assigns and
+    /// unassigns it, and the group thread serves the main queue.
+    group_member: bool,
+    paused: bool,
     consumer: Arc<BaseConsumer<KafkaContext>>,
     queue: rdkafka::consumer::base_consumer::PartitionQueue<KafkaContext>,
     topic: Arc<str>,
@@ -457,8 +617,29 @@ impl KafkaPartitionReader {
 }
 
 impl PartitionReader for KafkaPartitionReader {
+    /// Pause or resume fetching this partition (librdkafka keeps the position, so nothing is
+    /// skipped or read twice).
+    fn set_paused(&mut self, paused: bool) -> Result<()> {
+        if paused == self.paused {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&self.topic, self.partition);
+        let result = if paused {
+            self.consumer.pause(&tpl)
+        } else {
+            self.consumer.resume(&tpl)
+        };
+        result.map_err(|e| self.error(&e))?;
+        self.paused = paused;
+        debug!(source = %self.name, topic = %self.topic, partition = self.partition, paused, "partition fetch paused/resumed");
+        Ok(())
+    }
+
     fn read(&mut self, max_rows: usize, linger: Duration) -> Result<ReadResult> {
-        self.serve_consumer_queue()?;
+        if !self.group_member {
+            self.serve_consumer_queue()?;
+        }
         let max_rows = max_rows.max(1);
         let deadline = Instant::now() + linger;
         let mut messages: Vec<RawMessage> = Vec::with_capacity(max_rows.min(4096));
@@ -509,6 +690,9 @@ impl PartitionReader for KafkaPartitionReader {
 
 impl Drop for KafkaPartitionReader {
     fn drop(&mut self) {
+        if self.group_member {
+            return; // the rebalance callback unassigns it
+        }
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition(&self.topic, self.partition);
         if let Err(e) = self.consumer.incremental_unassign(&tpl) {
@@ -538,6 +722,8 @@ mod tests {
             group_id: String::new(),
             options: KafkaOptions::default(),
             connect_timeout_ms: 0,
+            assignment: AssignmentMode::Group,
+            revoke_timeout_ms: 20_000,
         };
         assert_eq!(
             cfg.validate("source"),
