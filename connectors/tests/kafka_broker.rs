@@ -300,6 +300,43 @@ fn a_reader_resumes_at_its_next_offset() {
 }
 
 #[test]
+fn a_paused_partition_is_not_fetched_and_resumes_where_it_stopped() {
+    let topic = create_topic(1);
+    let t: Arc<str> = Arc::from(topic.as_str());
+    let mut source = KafkaSource::new(source_config(&[&topic], &unique("g"))).unwrap();
+    source.partitions().unwrap();
+    let mut reader = source.open(&t, 0, 0).unwrap();
+    let messages = |range: std::ops::Range<i64>| -> Vec<Produced> {
+        range
+            .map(|i| Produced {
+                partition: 0,
+                key: None,
+                payload: Some(format!("m{i}").into_bytes()),
+                timestamp_ms: 1_700_000_000_000 + i,
+            })
+            .collect()
+    };
+    produce(&topic, &messages(0..3));
+    assert_eq!(read_n(reader.as_mut(), 3).len(), 3);
+
+    reader.set_paused(true).unwrap();
+    produce(&topic, &messages(3..10));
+    let deadline = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < deadline {
+        match reader.read(100, Duration::from_millis(100)).unwrap() {
+            ReadResult::Idle => {}
+            other => panic!("a paused partition returned {other:?}"),
+        }
+    }
+    reader.set_paused(false).unwrap();
+    let got = read_n(reader.as_mut(), 7);
+    assert_eq!(
+        got.iter().map(|m| m.offset).collect::<Vec<_>>(),
+        (3..10).collect::<Vec<_>>()
+    );
+}
+
+#[test]
 fn an_unreachable_broker_is_an_error_naming_it_within_the_timeout() {
     let mut config = KafkaSourceConfig::new("127.0.0.1:1", &["anything"], "g");
     config.connect_timeout_ms = 2_000;

@@ -22,6 +22,8 @@ pub struct MemorySource {
     pub unbounded: bool,
     /// Cap on the rows of one read, below the executor's `max_rows` (random batch sizes).
     pub read_sizes: Option<Vec<usize>>,
+    /// Every `set_paused` call of the readers, in order: (partition, paused).
+    pub pauses: Arc<Mutex<Vec<(i32, bool)>>>,
 }
 
 impl MemorySource {
@@ -34,6 +36,7 @@ impl MemorySource {
                 .collect(),
             unbounded: false,
             read_sizes: None,
+            pauses: Arc::default(),
         }
     }
 }
@@ -71,6 +74,7 @@ impl Source for MemorySource {
             unbounded: self.unbounded,
             sizes: self.read_sizes.clone().unwrap_or_default(),
             reads: 0,
+            pauses: self.pauses.clone(),
         }))
     }
 }
@@ -83,9 +87,18 @@ struct MemoryReader {
     unbounded: bool,
     sizes: Vec<usize>,
     reads: usize,
+    pauses: Arc<Mutex<Vec<(i32, bool)>>>,
 }
 
 impl PartitionReader for MemoryReader {
+    fn set_paused(&mut self, paused: bool) -> Result<()> {
+        self.pauses
+            .lock()
+            .expect("test lock")
+            .push((self.partition, paused));
+        Ok(())
+    }
+
     fn read(&mut self, max_rows: usize, linger: Duration) -> Result<ReadResult> {
         if self.pos >= self.messages.len() {
             if self.unbounded {

@@ -105,3 +105,51 @@ pub fn tasks() -> TaskFactory {
         ))
     })
 }
+
+/// Every event of `generator` is exactly once in the JSONL output `dir/out` (valid ones) or in
+/// the DLQ `dir/dlq` (poison, with its original bytes and kind).
+pub fn assert_exactly_once(generator: &weir_connectors::GeneratorConfig, dir: &std::path::Path) {
+    use std::collections::BTreeMap;
+    use weir_connectors::{read_dlq_dir, read_jsonl_dir, EventGenerator};
+
+    // What the generator says should be where.
+    let g = EventGenerator::new(generator);
+    let mut expected_rows = BTreeMap::new();
+    let mut expected_dead = BTreeMap::new();
+    for p in 0..generator.partitions as i32 {
+        for o in 0..g.events_in_partition(p).unwrap() as i64 {
+            let e = g.event(p, o).unwrap();
+            match e.poison {
+                None => {
+                    expected_rows.insert(format!("{p}-{o}"), e.sensor_id());
+                }
+                Some(kind) => {
+                    expected_dead.insert((p, o), kind.error_kind());
+                }
+            }
+        }
+    }
+
+    let mut rows = BTreeMap::new();
+    for row in read_jsonl_dir(dir.join("out")).unwrap() {
+        assert!(row.get(OFFSET_COLUMN).is_none());
+        let id = row["event_id"].as_str().unwrap().to_string();
+        let previous = rows.insert(id.clone(), row["sensor_id"].as_str().unwrap().to_string());
+        assert!(previous.is_none(), "{id} written twice");
+    }
+    assert_eq!(rows, expected_rows);
+
+    let mut dead = BTreeMap::new();
+    for record in read_dlq_dir(dir.join("dlq")).unwrap() {
+        let at = (record.partition, record.offset);
+        let original = g.message(at.0, at.1).unwrap();
+        assert_eq!(record.payload, original.payload, "original bytes at {at:?}");
+        assert_eq!(record.key, original.key);
+        assert!(
+            dead.insert(at, record.kind).is_none(),
+            "{at:?} dead-lettered twice"
+        );
+    }
+    assert_eq!(dead, expected_dead);
+    assert!(!expected_dead.is_empty());
+}
