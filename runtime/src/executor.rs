@@ -504,6 +504,7 @@ impl Executor {
         // The checkpoint is the truth; an upstream commit that fails is retried with the next
         // checkpoint and is corrected on restart (the checkpoint's offset wins).
         if let Err(err) = self.source.acknowledge(&c.topic, p, c.next_offset) {
+            self.metrics.acknowledge_failed();
             warn!(partition = p, next_offset = c.next_offset, error = %err, "source did not acknowledge a durable checkpoint");
         }
         self.metrics.checkpoint_stored();

@@ -57,6 +57,7 @@ pub struct Metrics {
     assigned: AtomicU64,
     revoked: AtomicU64,
     pauses: AtomicU64,
+    ack_failures: AtomicU64,
 }
 
 impl Metrics {
@@ -106,6 +107,16 @@ impl Metrics {
             self.assigned.load(Ordering::Relaxed),
             self.revoked.load(Ordering::Relaxed),
         )
+    }
+
+    pub(crate) fn acknowledge_failed(&self) {
+        self.ack_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Durable checkpoints the source could not acknowledge upstream (a failed Kafka group
+    /// commit); each is made good by a later one.
+    pub fn acknowledge_failures(&self) -> u64 {
+        self.ack_failures.load(Ordering::Relaxed)
     }
 
     /// How often a reader paused its partition because downstream was full.
