@@ -298,18 +298,32 @@ impl PipelineConfig {
             Some(DlqConfig::Kafka(d)) => errors.extend(d.validate("dlq")),
             None => {}
         }
-        let postgres_sinks = sinks
+        // Sinks that are also the checkpoint store: a postgres sink, a transactional kafka sink.
+        let storing_sinks = sinks
             .iter()
-            .filter(|s| matches!(s, SinkConfig::Postgres(_)))
+            .filter(|s| match s {
+                SinkConfig::Postgres(_) => true,
+                SinkConfig::Kafka(k) => k.transactional_id.is_some(),
+                _ => false,
+            })
             .count();
-        if postgres_sinks > 1 {
+        if storing_sinks > 1 {
             errors.push(
-                "sinks: at most one postgres sink (it is the pipeline's checkpoint store)".into(),
+                "sinks: at most one postgres or transactional kafka sink (it is the pipeline's checkpoint store)".into(),
             );
         }
+        for (i, s) in sinks.iter().enumerate() {
+            if let SinkConfig::Kafka(k) = s {
+                if k.transactional_id.is_some()
+                    && !matches!(source, Some(SourceConfig::Kafka(_)) | None)
+                {
+                    errors.push(format!("sinks[{i}].transactional_id: the exactly-once kafka sink commits the source's offsets in its transactions: it needs a kafka source"));
+                }
+            }
+        }
         if let Some(c) = &checkpoint {
-            if c.dir.is_none() && postgres_sinks == 0 {
-                errors.push("checkpoint.dir: missing (only a pipeline with a postgres sink stores checkpoints elsewhere)".into());
+            if c.dir.is_none() && storing_sinks == 0 {
+                errors.push("checkpoint.dir: missing (only a pipeline with a postgres or transactional kafka sink stores checkpoints elsewhere)".into());
             }
             if c.interval_ms == 0 {
                 errors.push("checkpoint.interval_ms: must be positive, got 0".into());

@@ -8,7 +8,7 @@ use std::time::Duration;
 use datafusion::arrow::datatypes::SchemaRef;
 use weir_connectors::{
     GeneratorSource, JsonlDlq, JsonlFileSource, JsonlSink, KafkaDlq, KafkaSink, KafkaSource,
-    PostgresStore, SqliteSink, TerminalSink,
+    KafkaTxnOptions, KafkaTxnStore, PostgresStore, SqliteSink, TerminalSink,
 };
 use weir_operators::{
     plan_sql, FilterOperator, JsonDecoder, ProjectOperator, SchemaConfig, SqlOptions, SqlPlan,
@@ -252,6 +252,23 @@ impl Pipeline {
                 SinkConfig::Sqlite(c) => p.sink(SqliteSink::new(name, c)?),
                 SinkConfig::Jsonl(c) => p.sink(JsonlSink::new(name, c)?),
                 SinkConfig::Terminal(c) => p.sink(TerminalSink::new(name, c)),
+                SinkConfig::Kafka(c) if c.transactional_id.is_some() => {
+                    let SourceConfig::Kafka(source) = &cfg.source else {
+                        return Err(WeirError::Config(format!(
+                            "{name}.transactional_id: needs a kafka source"
+                        )));
+                    };
+                    let store = KafkaTxnStore::connect(
+                        name,
+                        c,
+                        KafkaTxnOptions {
+                            group_id: source.group_id.clone(),
+                            pipeline: cfg.name.clone(),
+                        },
+                    )?;
+                    p = p.checkpoint_store(store.checkpoint_store());
+                    p.sink(store)
+                }
                 SinkConfig::Kafka(c) => p.sink(KafkaSink::new(name, c)?),
                 SinkConfig::Postgres(c) => {
                     let store = PostgresStore::connect(name, c, &cfg.name)?;

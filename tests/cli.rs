@@ -132,6 +132,50 @@ dir = "c"
 }
 
 #[test]
+fn a_transactional_kafka_sink_is_checked_against_its_source_and_other_stores() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = r#"
+name = "x"
+[source]
+type = "generator"
+[schema]
+event_time = "event_time"
+fields = [{ name = "sensor_id", type = "string" }, { name = "event_time", type = "timestamp" }]
+[[sinks]]
+type = "kafka"
+brokers = "127.0.0.1:1"
+topic = "out"
+transactional_id = "x-eos"
+[[sinks]]
+type = "kafka"
+brokers = "127.0.0.1:1"
+topic = "out2"
+checkpoint_topic = "ckpt"
+[[sinks]]
+type = "kafka"
+brokers = "127.0.0.1:1"
+topic = "out3"
+transactional_id = "y-eos"
+checkpoint_topic = "ckpt"
+[dlq]
+type = "jsonl"
+path = "dlq"
+[checkpoint]
+interval_ms = 100
+"#;
+    std::fs::write(dir.path().join("p.toml"), text).unwrap();
+    let err = stderr(&weir(&["run", "--check", "p.toml"], dir.path()));
+    for expected in [
+        "p.toml: sinks[0].checkpoint_topic: missing: the exactly-once mode (transactional_id) stores its checkpoints in this topic, inside its transactions",
+        "p.toml: sinks[1].checkpoint_topic: only with transactional_id (the exactly-once mode)",
+        "p.toml: sinks: at most one postgres or transactional kafka sink (it is the pipeline's checkpoint store)",
+        "p.toml: sinks[0].transactional_id: the exactly-once kafka sink commits the source's offsets in its transactions: it needs a kafka source",
+    ] {
+        assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+    }
+}
+
+#[test]
 fn unreadable_and_malformed_files_are_reported_with_their_position() {
     let dir = tempfile::tempdir().unwrap();
     let out = weir(&["run", "missing.toml"], dir.path());

@@ -36,7 +36,7 @@ pub use jsonl_sink::{read_jsonl_dir, JsonlSink, JsonlSinkConfig};
 pub use jsonl_source::{JsonlFileSource, JsonlSourceConfig};
 pub use kafka::{
     AssignmentMode, KafkaDlq, KafkaDlqConfig, KafkaOffsetCommitter, KafkaSink, KafkaSinkConfig,
-    KafkaSource, KafkaSourceConfig,
+    KafkaSource, KafkaSourceConfig, KafkaTxnOptions, KafkaTxnStore,
 };
 pub use postgres::{PostgresSinkConfig, PostgresStore, PostgresUrl};
 pub use sqlite_sink::{SqliteSink, SqliteSinkConfig};

@@ -7,6 +7,8 @@
 //!   checkpoint that covers it is durable.
 //! - [`KafkaSink`]: output rows as JSON messages keyed by a column, idempotent producer,
 //!   at-least-once (`prepare` waits for every acknowledgement).
+//! - [`KafkaTxnStore`]: the exactly-once (Kafka to Kafka) mode of the sink: per input
+//!   partition, one transaction holds the rows, the checkpoint and the group offset.
 //! - [`KafkaDlq`]: dead letters with their original key and payload, and headers saying what
 //!   happened.
 //! - [`classify`]: librdkafka error codes → [`ErrorClass`](weir_runtime::ErrorClass).
@@ -23,6 +25,7 @@ mod group;
 mod producer;
 mod sink;
 mod source;
+mod txn;
 
 pub use client::KafkaOptions;
 pub use committer::KafkaOffsetCommitter;
@@ -30,3 +33,4 @@ pub use dlq::{dlq_header_values, stage_text, KafkaDlq, KafkaDlqConfig, DLQ_HEADE
 pub use errors::{classify, classify_code, CLASSIFICATION};
 pub use sink::{KafkaSink, KafkaSinkConfig};
 pub use source::{AssignmentMode, KafkaPartitionReader, KafkaSource, KafkaSourceConfig, StartFrom};
+pub use txn::{KafkaTxnOptions, KafkaTxnStore};

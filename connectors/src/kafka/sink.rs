@@ -46,10 +46,15 @@ pub struct KafkaSinkConfig {
     /// `enable.idempotence`, `transactional.id`.
     #[serde(default)]
     pub options: KafkaOptions,
-    /// Transactional producer id, for the exactly-once mode. Not available yet: setting it is
-    /// an error rather than a silently weaker guarantee.
+    /// Exactly-once mode (Kafka to Kafka): the prefix of the transactional producer ids
+    /// (`<transactional_id>-<partition>`). The sink is then also the checkpoint store, see
+    /// [`KafkaTxnStore`](super::KafkaTxnStore); needs `checkpoint_topic` and a `kafka` source.
     #[serde(default)]
     pub transactional_id: Option<String>,
+    /// Exactly-once mode: the existing topic the checkpoints are written to, inside the
+    /// transactions (best compacted).
+    #[serde(default)]
+    pub checkpoint_topic: Option<String>,
     /// Bound on the start-up check (brokers reachable, topic exists) and on each wait for
     /// acknowledgements in `prepare` (a longer wait is a transient error, retried).
     #[serde(default = "default_connect_timeout_ms")]
@@ -65,6 +70,7 @@ impl KafkaSinkConfig {
             key_column: None,
             options: KafkaOptions::default(),
             transactional_id: None,
+            checkpoint_topic: None,
             connect_timeout_ms: default_connect_timeout_ms(),
         }
     }
@@ -87,12 +93,23 @@ impl KafkaSinkConfig {
                 key("key_column")
             ));
         }
-        if self.transactional_id.is_some() {
-            errors.push(format!(
-                "{}: the transactional (exactly-once) Kafka sink is not available yet; remove it \
-                 for the at-least-once sink (idempotent producer)",
-                key("transactional_id")
-            ));
+        match (&self.transactional_id, &self.checkpoint_topic) {
+            (Some(id), _) if id.trim().is_empty() => {
+                errors.push(format!("{}: must not be empty", key("transactional_id")))
+            }
+            (Some(_), None) => errors.push(format!(
+                "{}: missing: the exactly-once mode (transactional_id) stores its checkpoints \
+                 in this topic, inside its transactions",
+                key("checkpoint_topic")
+            )),
+            (Some(_), Some(t)) if t.trim().is_empty() => {
+                errors.push(format!("{}: must not be empty", key("checkpoint_topic")))
+            }
+            (None, Some(_)) => errors.push(format!(
+                "{}: only with transactional_id (the exactly-once mode)",
+                key("checkpoint_topic")
+            )),
+            _ => {}
         }
         errors.extend(reject_owned_options(
             key_prefix,
@@ -130,6 +147,12 @@ impl KafkaSink {
             return Err(WeirError::Config(format!(
                 "sink {name}: {}",
                 errors.join("; ")
+            )));
+        }
+        if config.transactional_id.is_some() {
+            return Err(WeirError::Config(format!(
+                "sink {name}: with transactional_id the sink is transactional: build it with \
+                 KafkaTxnStore::connect (pipeline.toml does)"
             )));
         }
         let producer = ConfirmedProducer::connect(
@@ -210,6 +233,64 @@ fn row_keys(column: &Arc<dyn Array>) -> std::result::Result<Vec<Option<Vec<u8>>>
     Ok(keys)
 }
 
+/// Message keys, and the byte ranges of the JSON lines in the buffer they were written to.
+pub(crate) type JsonMessages = (Vec<Option<Vec<u8>>>, Vec<std::ops::Range<usize>>);
+
+/// Each row of `batch` (without the offset column) as one JSON line in `buf`, and its key
+/// from `key_column`: the keys and the byte ranges of the lines.
+pub(crate) fn json_messages(
+    buf: &mut Vec<u8>,
+    batch: &RecordBatch,
+    key_column: Option<&str>,
+) -> std::result::Result<JsonMessages, String> {
+    let rows = without_offset_column(batch).map_err(|e| e.to_string())?;
+    let n = rows.num_rows();
+    buf.clear();
+    if n == 0 {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    let keys = match key_column {
+        None => vec![None; n],
+        Some(c) => {
+            let schema = rows.schema();
+            let Ok(i) = schema.index_of(c) else {
+                let columns: Vec<&str> =
+                    schema.fields().iter().map(|f| f.name().as_str()).collect();
+                return Err(format!(
+                    "key_column {c:?} is not an output column; the columns are {columns:?}"
+                ));
+            };
+            row_keys(rows.column(i)).map_err(|e| format!("key_column {c:?}: {e}"))?
+        }
+    };
+    let mut writer = LineDelimitedWriter::new(&mut *buf);
+    writer
+        .write(&rows)
+        .and_then(|_| writer.finish())
+        .map_err(|e| format!("encode rows as JSON: {e}"))?;
+    // JSON text never holds a raw newline: one line per row.
+    let mut lines = Vec::with_capacity(n);
+    let mut start = 0;
+    for (i, b) in buf.iter().enumerate() {
+        if *b == b'\n' {
+            if i > start {
+                lines.push(start..i);
+            }
+            start = i + 1;
+        }
+    }
+    if start < buf.len() {
+        lines.push(start..buf.len());
+    }
+    if lines.len() != n {
+        return Err(format!(
+            "invariant: {n} rows were encoded as {} JSON lines",
+            lines.len()
+        ));
+    }
+    Ok((keys, lines))
+}
+
 impl EpochParticipant for KafkaSink {
     /// Every row written so far is acknowledged by the broker (all partitions: one producer).
     fn prepare(&mut self, _partition: i32, _epoch: u64) -> Result<()> {
@@ -227,47 +308,15 @@ impl SinkWriter for KafkaSink {
     }
 
     fn write(&mut self, _partition: i32, batch: &RecordBatch) -> Result<WriteOutcome> {
-        let rows = without_offset_column(batch)?;
-        let n = rows.num_rows();
-        if n == 0 {
-            return Ok(WriteOutcome::default());
-        }
-        let keys = match &self.key_column {
-            None => vec![None; n],
-            Some(c) => {
-                let schema = rows.schema();
-                let Ok(i) = schema.index_of(c) else {
-                    let columns: Vec<&str> =
-                        schema.fields().iter().map(|f| f.name().as_str()).collect();
-                    return Err(self.error(format!(
-                        "key_column {c:?} is not an output column; the columns are {columns:?}"
-                    )));
-                };
-                row_keys(rows.column(i))
-                    .map_err(|e| self.error(format!("key_column {c:?}: {e}")))?
-            }
-        };
-        self.buf.clear();
-        let mut writer = LineDelimitedWriter::new(&mut self.buf);
-        writer
-            .write(&rows)
-            .and_then(|_| writer.finish())
-            .map_err(|e| self.error(format!("encode rows as JSON: {e}")))?;
-        // JSON text never holds a raw newline: one line per row.
-        let lines: Vec<&[u8]> = self
-            .buf
-            .split(|b| *b == b'\n')
-            .filter(|l| !l.is_empty())
-            .collect();
-        if lines.len() != n {
-            return Err(WeirError::Internal(format!(
-                "invariant: {n} rows were encoded as {} JSON lines",
-                lines.len()
-            )));
-        }
+        let (keys, lines) = json_messages(&mut self.buf, batch, self.key_column.as_deref())
+            .map_err(|e| self.error(e))?;
+        let n = lines.len();
         let mut rejected = Vec::new();
         for (row, (line, key)) in lines.iter().zip(&keys).enumerate() {
-            match self.producer.send(key.as_deref(), Some(line), None) {
+            match self
+                .producer
+                .send(key.as_deref(), Some(&self.buf[line.clone()]), None)
+            {
                 Ok(()) => {}
                 Err(Ok(Refused(e))) => rejected.push((row, format!("refused by Kafka: {e}"))),
                 Err(Err(e)) => return Err(e),
@@ -314,7 +363,7 @@ mod tests {
                 "sinks[0].connect_timeout_ms: must be at least 1",
                 "sinks[0].topic: must not be empty",
                 "sinks[0].key_column: must not be empty (leave it out for no key)",
-                "sinks[0].transactional_id: the transactional (exactly-once) Kafka sink is not available yet; remove it for the at-least-once sink (idempotent producer)",
+                "sinks[0].checkpoint_topic: missing: the exactly-once mode (transactional_id) stores its checkpoints in this topic, inside its transactions",
                 "sinks[0].options.\"bootstrap.servers\": weir owns this librdkafka option: set `brokers` instead",
                 "sinks[0].options.\"enable.idempotence\": weir owns this librdkafka option: weir always enables the idempotent producer; remove it",
                 "sinks[0].options.\"transactional.id\": weir owns this librdkafka option: set `transactional_id` instead",

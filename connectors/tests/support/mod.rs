@@ -109,8 +109,19 @@ pub fn tasks() -> TaskFactory {
 /// Every event of `generator` is exactly once in the JSONL output `dir/out` (valid ones) or in
 /// the DLQ `dir/dlq` (poison, with its original bytes and kind).
 pub fn assert_exactly_once(generator: &weir_connectors::GeneratorConfig, dir: &std::path::Path) {
+    let rows = weir_connectors::read_jsonl_dir(dir.join("out")).unwrap();
+    assert_rows_and_dlq_exactly_once(generator, &rows, dir);
+}
+
+/// Every valid event of `generator` is exactly once in `rows`, every poison one exactly once
+/// in the DLQ `dir/dlq`, with its original bytes and kind.
+pub fn assert_rows_and_dlq_exactly_once(
+    generator: &weir_connectors::GeneratorConfig,
+    output: &[serde_json::Value],
+    dir: &std::path::Path,
+) {
     use std::collections::BTreeMap;
-    use weir_connectors::{read_dlq_dir, read_jsonl_dir, EventGenerator};
+    use weir_connectors::{read_dlq_dir, EventGenerator};
 
     // What the generator says should be where.
     let g = EventGenerator::new(generator);
@@ -131,7 +142,7 @@ pub fn assert_exactly_once(generator: &weir_connectors::GeneratorConfig, dir: &s
     }
 
     let mut rows = BTreeMap::new();
-    for row in read_jsonl_dir(dir.join("out")).unwrap() {
+    for row in output {
         assert!(row.get(OFFSET_COLUMN).is_none());
         let id = row["event_id"].as_str().unwrap().to_string();
         let previous = rows.insert(id.clone(), row["sensor_id"].as_str().unwrap().to_string());
@@ -152,4 +163,25 @@ pub fn assert_exactly_once(generator: &weir_connectors::GeneratorConfig, dir: &s
     }
     assert_eq!(dead, expected_dead);
     assert!(!expected_dead.is_empty());
+}
+
+/// Runs a future to completion on this thread (the admin client's futures need no runtime).
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Arc::new(Unpark(std::thread::current())).into();
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    loop {
+        match f.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(v) => return v,
+            std::task::Poll::Pending => {
+                std::thread::park_timeout(std::time::Duration::from_millis(20))
+            }
+        }
+    }
 }

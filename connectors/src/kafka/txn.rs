@@ -1,0 +1,528 @@
+//! The transactional `kafka` sink: Kafka to Kafka exactly-once. It is the pipeline's sink *and*
+//! its checkpoint store, like the PostgreSQL store: per input partition, one Kafka transaction
+//! holds the epoch's output rows, the partition's checkpoint (a record in a checkpoint topic)
+//! and the consumer group's offset (`send_offsets_to_transaction`). All three commit together
+//! or not at all.
+//!
+//! - **One transactional producer per input partition**, `transactional.id =
+//!   "<transactional_id>-<partition>"`. Initialising it (when the partition is assigned) fences
+//!   any older producer of that partition (a worker that lost it) and aborts its open
+//!   transaction: a zombie cannot commit after the new owner started.
+//! - `write` opens the partition's transaction if needed and produces the rows (JSON, keyed by
+//!   `key_column`, as the at-least-once `kafka` sink writes them).
+//! - `prepare` waits until every message is delivered into the open transaction.
+//! - `save` (the checkpoint store) produces the checkpoint into the checkpoint topic, in the
+//!   same transaction, keyed `<pipeline>/<topic>/<partition>`, to checkpoint-topic partition
+//!   `partition % <its partitions>`.
+//! - `commit` adds the group offset and commits the transaction.
+//! - `load` initialises the partition's producer (fencing, aborting), then reads that
+//!   checkpoint-topic partition with `isolation.level = read_committed` to its end and returns
+//!   the last checkpoint of the partition: committed output and checkpoint always match.
+//!
+//! Any failure inside a transaction is fatal: the run stops, the transaction is aborted by the
+//! next owner's fencing, and the restart resumes from the last committed checkpoint. Readers of
+//! the output topic must use `isolation.level = read_committed`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerGroupMetadata};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+use tracing::{debug, info};
+use weir_runtime::arrow::record_batch::RecordBatch;
+use weir_runtime::checkpoint::{decode, encode};
+use weir_runtime::error::{Result, WeirError};
+use weir_runtime::sink::EpochParticipant;
+use weir_runtime::{Checkpoint, CheckpointStore, ErrorClass, Guarantee, SinkWriter, WriteOutcome};
+
+use super::client::{client_config, last_error_suffix, topic_partitions, KafkaContext};
+use super::errors::classify;
+use super::sink::json_messages;
+use super::KafkaSinkConfig;
+
+/// What the transactional mode needs beyond the sink's config (which names the
+/// `transactional_id` prefix and the `checkpoint_topic`).
+#[derive(Debug, Clone)]
+pub struct KafkaTxnOptions {
+    /// The consumer group of the source, whose offsets commit inside the transactions.
+    pub group_id: String,
+    /// The pipeline's name (checkpoint keys).
+    pub pipeline: String,
+}
+
+struct Lane {
+    producer: BaseProducer<KafkaContext>,
+    in_txn: bool,
+    /// The group offset to commit with the open transaction: (topic, next offset).
+    offset: Option<(Arc<str>, i64)>,
+}
+
+struct Inner {
+    name: String,
+    config: KafkaSinkConfig,
+    txn: KafkaTxnOptions,
+    wait: Duration,
+    checkpoint_partitions: i32,
+    group: ConsumerGroupMetadata,
+    /// Kept alive for `group`.
+    _group_consumer: BaseConsumer<KafkaContext>,
+    lanes: BTreeMap<i32, Lane>,
+    buf: Vec<u8>,
+}
+
+/// The transactional `kafka` sink and checkpoint store. See the module docs. Clones share
+/// one state (the sink and the store roles of one pipeline).
+#[derive(Clone)]
+pub struct KafkaTxnStore {
+    name: String,
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl std::fmt::Debug for KafkaTxnStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaTxnStore")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+fn fatal(name: &str, message: String) -> WeirError {
+    WeirError::Sink {
+        sink: name.to_string(),
+        message,
+        class: ErrorClass::Fatal,
+    }
+}
+
+impl KafkaTxnStore {
+    /// Checks the config, that the brokers answer and that both topics exist (within
+    /// `connect_timeout_ms`).
+    pub fn connect(
+        name: impl Into<String>,
+        config: &KafkaSinkConfig,
+        txn: KafkaTxnOptions,
+    ) -> Result<Self> {
+        let name = name.into();
+        let mut errors = config.validate("");
+        if config.transactional_id.is_none() {
+            errors.push("transactional_id: missing (it names the transactional producers)".into());
+        }
+        if txn.group_id.trim().is_empty() {
+            errors.push("the source's group_id must not be empty".into());
+        }
+        if !errors.is_empty() {
+            return Err(WeirError::Config(format!(
+                "sink {name}: {}",
+                errors.join("; ")
+            )));
+        }
+        let wait = Duration::from_millis(config.connect_timeout_ms);
+        let group_consumer: BaseConsumer<KafkaContext> = client_config(
+            &config.brokers,
+            &config.options,
+            &[("group.id", txn.group_id.trim())],
+            &[],
+        )
+        .create_with_context(KafkaContext::default())
+        .map_err(|e| fatal(&name, format!("cannot create the group client: {e}")))?;
+        let group = group_consumer.group_metadata().ok_or_else(|| {
+            fatal(
+                &name,
+                format!("no group metadata for group {:?}", txn.group_id),
+            )
+        })?;
+        let serve = || while group_consumer.poll(Duration::ZERO).is_some() {};
+        let check = |topic: &str| {
+            topic_partitions(
+                group_consumer.client(),
+                &serve,
+                config.brokers.trim(),
+                topic,
+                wait,
+            )
+            .map_err(|(message, class)| WeirError::Sink {
+                sink: name.clone(),
+                message,
+                class,
+            })
+        };
+        check(config.topic.trim())?;
+        let checkpoint_topic = config.checkpoint_topic.clone().unwrap_or_default();
+        let checkpoint_partitions = check(checkpoint_topic.trim())?.len() as i32;
+        Ok(Self {
+            name: name.clone(),
+            inner: Arc::new(Mutex::new(Inner {
+                name,
+                config: config.clone(),
+                txn,
+                wait,
+                checkpoint_partitions: checkpoint_partitions.max(1),
+                group,
+                _group_consumer: group_consumer,
+                lanes: BTreeMap::new(),
+                buf: Vec::new(),
+            })),
+        })
+    }
+
+    /// This store as the pipeline's checkpoint store (it must be: the checkpoints live in the
+    /// transactions).
+    pub fn checkpoint_store(&self) -> Arc<dyn CheckpointStore> {
+        Arc::new(self.clone())
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, Inner>> {
+        self.inner.lock().map_err(|_| {
+            fatal(
+                &self.name,
+                "a previous call panicked while holding the sink; its state is unknown".into(),
+            )
+        })
+    }
+}
+
+impl Inner {
+    fn error(
+        &self,
+        what: &str,
+        e: &KafkaError,
+        producer: Option<&BaseProducer<KafkaContext>>,
+    ) -> WeirError {
+        let suffix = producer
+            .map(|p| last_error_suffix(p.context()))
+            .unwrap_or_default();
+        fatal(&self.name, format!("{what}: {e}{suffix}"))
+    }
+
+    /// The partition's producer, created and initialised (fencing older ones) on first use.
+    fn lane(&mut self, partition: i32) -> Result<&mut Lane> {
+        if !self.lanes.contains_key(&partition) {
+            let id = format!(
+                "{}-{partition}",
+                self.config
+                    .transactional_id
+                    .as_deref()
+                    .unwrap_or_default()
+                    .trim()
+            );
+            let producer: BaseProducer<KafkaContext> = client_config(
+                &self.config.brokers,
+                &self.config.options,
+                &[
+                    ("transactional.id", id.as_str()),
+                    ("enable.idempotence", "true"),
+                ],
+                &[
+                    ("partitioner", "murmur2_random"),
+                    ("linger.ms", "5"),
+                    ("allow.auto.create.topics", "false"),
+                ],
+            )
+            .create_with_context(KafkaContext::default())
+            .map_err(|e| {
+                fatal(
+                    &self.name,
+                    format!("cannot create the transactional producer {id:?}: {e}"),
+                )
+            })?;
+            let started = Instant::now();
+            producer.init_transactions(self.wait).map_err(|e| {
+                self.error(&format!("init transactions of {id:?}"), &e, Some(&producer))
+            })?;
+            info!(sink = %self.name, partition, transactional_id = %id, took_ms = started.elapsed().as_millis() as u64, "transactional producer ready (older ones fenced)");
+            self.lanes.insert(
+                partition,
+                Lane {
+                    producer,
+                    in_txn: false,
+                    offset: None,
+                },
+            );
+        }
+        Ok(self.lanes.get_mut(&partition).expect("inserted above"))
+    }
+
+    fn begin(&mut self, partition: i32) -> Result<()> {
+        let name = self.name.clone();
+        let lane = self.lane(partition)?;
+        if !lane.in_txn {
+            lane.producer.begin_transaction().map_err(|e| {
+                fatal(
+                    &name,
+                    format!("begin a transaction for partition {partition}: {e}"),
+                )
+            })?;
+            lane.in_txn = true;
+        }
+        Ok(())
+    }
+
+    fn send(
+        &mut self,
+        partition: i32,
+        topic: &str,
+        target: Option<i32>,
+        key: Option<&[u8]>,
+        payload: &[u8],
+    ) -> Result<()> {
+        let name = self.name.clone();
+        let wait = self.wait;
+        let lane = self.lane(partition)?;
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).payload(payload);
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        if let Some(p) = target {
+            record = record.partition(p);
+        }
+        let started = Instant::now();
+        loop {
+            match lane.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((
+                    KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                    r,
+                )) if started.elapsed() < wait => {
+                    lane.producer.poll(Duration::from_millis(10));
+                    record = r;
+                }
+                Err((e, _)) => {
+                    return Err(fatal(
+                        &name,
+                        format!(
+                            "produce to {topic:?} in the transaction of partition {partition}: {e}"
+                        ),
+                    ))
+                }
+            }
+        }
+    }
+
+    fn write(&mut self, partition: i32, batch: &RecordBatch) -> Result<WriteOutcome> {
+        let mut buf = std::mem::take(&mut self.buf);
+        let encoded = json_messages(&mut buf, batch, self.config.key_column.as_deref());
+        let result = (|| {
+            let (keys, lines) = encoded.map_err(|e| fatal(&self.name, e))?;
+            if lines.is_empty() {
+                return Ok(WriteOutcome::default());
+            }
+            self.begin(partition)?;
+            let topic = self.config.topic.trim().to_string();
+            for (line, key) in lines.iter().zip(&keys) {
+                self.send(partition, &topic, None, key.as_deref(), &buf[line.clone()])?;
+            }
+            self.lane(partition)?.producer.poll(Duration::ZERO);
+            Ok(WriteOutcome {
+                accepted: lines.len(),
+                rejected: Vec::new(),
+            })
+        })();
+        self.buf = buf;
+        result
+    }
+
+    fn prepare(&mut self, partition: i32) -> Result<()> {
+        let (name, wait) = (self.name.clone(), self.wait);
+        let Some(lane) = self.lanes.get_mut(&partition) else {
+            return Ok(());
+        };
+        lane.producer.flush(wait).map_err(|e| {
+            fatal(
+                &name,
+                format!(
+                    "deliver the transaction of partition {partition}: {e}{}",
+                    last_error_suffix(lane.producer.context())
+                ),
+            )
+        })?;
+        let failed = lane.producer.context().take_failed();
+        if let Some(f) = failed.first() {
+            return Err(fatal(&name, format!("{} message(s) of the transaction of partition {partition} were not delivered: {}", failed.len(), f.error)));
+        }
+        Ok(())
+    }
+
+    fn save(&mut self, c: &Checkpoint) -> Result<()> {
+        let bytes = encode(c)?;
+        self.begin(c.partition)?;
+        let key = checkpoint_key(&self.txn.pipeline, &c.topic, c.partition);
+        let target = c.partition.rem_euclid(self.checkpoint_partitions);
+        let topic = self
+            .config
+            .checkpoint_topic
+            .as_deref()
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        self.send(
+            c.partition,
+            &topic,
+            Some(target),
+            Some(key.as_bytes()),
+            &bytes,
+        )?;
+        self.lane(c.partition)?.offset = Some((c.topic.clone(), c.next_offset));
+        Ok(())
+    }
+
+    fn commit(&mut self, partition: i32, epoch: u64) -> Result<()> {
+        let (name, wait) = (self.name.clone(), self.wait);
+        let group = &self.group;
+        let Some(lane) = self.lanes.get_mut(&partition) else {
+            return Ok(());
+        };
+        if !lane.in_txn {
+            return Ok(());
+        }
+        if let Some((topic, next)) = lane.offset.take() {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(&topic, partition, Offset::Offset(next))
+                .map_err(|e| fatal(&name, format!("{topic}/{partition}: {e}")))?;
+            lane.producer
+                .send_offsets_to_transaction(&tpl, group, wait)
+                .map_err(|e| {
+                    fatal(
+                        &name,
+                        format!(
+                            "add the group offset of {topic}/{partition} to the transaction: {e}"
+                        ),
+                    )
+                })?;
+        }
+        lane.producer.commit_transaction(wait).map_err(|e| {
+            fatal(
+                &name,
+                format!(
+                    "commit the transaction of partition {partition} (epoch {epoch}): {e}{}",
+                    last_error_suffix(lane.producer.context())
+                ),
+            )
+        })?;
+        lane.in_txn = false;
+        debug!(sink = %name, partition, epoch, "transaction committed");
+        Ok(())
+    }
+
+    /// The last committed checkpoint of `topic/partition` (see the module docs).
+    fn load(&mut self, topic: &str, partition: i32) -> Result<Option<Checkpoint>> {
+        // A fresh producer for the partition, fencing every older one (of another worker, or
+        // this worker's from before a revocation): their open transactions are aborted, so
+        // the read below is not held back by them.
+        self.lanes.remove(&partition);
+        self.lane(partition)?;
+        let consumer: BaseConsumer<KafkaContext> = client_config(
+            &self.config.brokers,
+            &self.config.options,
+            &[
+                ("group.id", "weir-checkpoint-reader"),
+                ("enable.auto.commit", "false"),
+                ("isolation.level", "read_committed"),
+                ("enable.partition.eof", "true"),
+            ],
+            &[],
+        )
+        .create_with_context(KafkaContext::default())
+        .map_err(|e| {
+            fatal(
+                &self.name,
+                format!("cannot create the checkpoint reader: {e}"),
+            )
+        })?;
+        let ckpt_topic = self
+            .config
+            .checkpoint_topic
+            .as_deref()
+            .unwrap_or_default()
+            .trim();
+        let target = partition.rem_euclid(self.checkpoint_partitions);
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(ckpt_topic, target, Offset::Beginning)
+            .map_err(|e| fatal(&self.name, format!("{ckpt_topic}/{target}: {e}")))?;
+        consumer
+            .assign(&tpl)
+            .map_err(|e| self.error("assign the checkpoint topic", &e, None))?;
+        let key = checkpoint_key(&self.txn.pipeline, topic, partition);
+        let place = format!("kafka topic {ckpt_topic} partition {target} key {key}");
+        let deadline = Instant::now() + self.wait;
+        let mut last: Option<Vec<u8>> = None;
+        loop {
+            if Instant::now() > deadline {
+                return Err(WeirError::Sink {
+                    sink: self.name.clone(),
+                    message: format!(
+                        "reading checkpoints from {place} did not reach its end within {} ms{}",
+                        self.wait.as_millis(),
+                        last_error_suffix(consumer.context())
+                    ),
+                    class: ErrorClass::Transient,
+                });
+            }
+            match consumer.poll(Duration::from_millis(100)) {
+                None => {}
+                Some(Ok(m)) if m.key() == Some(key.as_bytes()) => {
+                    last = m.payload().map(<[u8]>::to_vec);
+                }
+                Some(Ok(_)) => {}
+                Some(Err(KafkaError::PartitionEOF(_))) => break,
+                Some(Err(e)) if classify(&e) == ErrorClass::Transient => {}
+                Some(Err(e)) => return Err(self.error(&format!("read {place}"), &e, None)),
+            }
+        }
+        match last {
+            None => Ok(None),
+            Some(bytes) => decode(&bytes, Path::new(&place)).map(Some),
+        }
+    }
+}
+
+fn checkpoint_key(pipeline: &str, topic: &str, partition: i32) -> String {
+    format!("{pipeline}/{topic}/{partition}")
+}
+
+impl EpochParticipant for KafkaTxnStore {
+    /// Nothing to do: `load`, which the executor calls first for the partition, replaced its
+    /// producer and so aborted whatever transaction was open. Only committed output counts.
+    fn recover(&mut self, partition: i32, committed_epoch: Option<u64>) -> Result<()> {
+        debug!(sink = %self.name, partition, ?committed_epoch, "recovered (uncommitted transactions are aborted)");
+        Ok(())
+    }
+
+    fn prepare(&mut self, partition: i32, _epoch: u64) -> Result<()> {
+        self.lock()?.prepare(partition)
+    }
+
+    fn commit(&mut self, partition: i32, epoch: u64) -> Result<()> {
+        self.lock()?.commit(partition, epoch)
+    }
+}
+
+impl SinkWriter for KafkaTxnStore {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn guarantee(&self) -> Guarantee {
+        Guarantee::ExactlyOnce
+    }
+
+    fn write(&mut self, partition: i32, batch: &RecordBatch) -> Result<WriteOutcome> {
+        self.lock()?.write(partition, batch)
+    }
+}
+
+impl CheckpointStore for KafkaTxnStore {
+    fn load(&self, topic: &str, partition: i32) -> Result<Option<Checkpoint>> {
+        self.lock()?.load(topic, partition)
+    }
+
+    /// Produces the checkpoint into the partition's open transaction; `commit` commits it
+    /// with the rows and the group offset.
+    fn save(&self, checkpoint: &Checkpoint) -> Result<()> {
+        self.lock()?.save(checkpoint)
+    }
+}
