@@ -795,6 +795,23 @@ mod tests {
     }
 
     #[test]
+    fn sasl_and_tls_options_pass_through_to_librdkafka() {
+        // librdkafka built without OpenSSL refuses these at client creation.
+        let mut cfg = valid();
+        for (k, v) in [
+            ("security.protocol", "SASL_SSL"),
+            ("sasl.mechanisms", "SCRAM-SHA-512"),
+            ("sasl.username", "weir"),
+            ("sasl.password", "secret"),
+            ("ssl.endpoint.identification.algorithm", "https"),
+        ] {
+            cfg.options.insert(k.into(), v.into());
+        }
+        assert!(cfg.validate("source").is_empty());
+        KafkaSource::new(cfg).unwrap();
+    }
+
+    #[test]
     fn a_checkpoint_wins_and_zero_means_the_group_offset() {
         assert_eq!(StartFrom::for_next_offset(0), Some(StartFrom::Committed));
         assert_eq!(StartFrom::for_next_offset(42), Some(StartFrom::Offset(42)));
