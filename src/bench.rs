@@ -1,6 +1,7 @@
 //! `weir bench`: pre-encoded JSON in memory → decode → the demo's window → null sink, on one
 //! thread. From the same run and the same input it reports decode-only events/s, whole-path
-//! events/s, and the process's peak memory.
+//! events/s with the window built by hand (a `TumbleWindow`) and with the same window written
+//! as SQL ([`DEMO_SQL`], planned by `Pipeline::sql`), and the process's peak memory.
 //!
 //! Input is encoded batch by batch by the deterministic generator, outside the timed region
 //! (so memory stays bounded for any event count); only decode, operators and the sink are timed.
@@ -11,6 +12,11 @@ use weir_connectors::{EventGenerator, GeneratorConfig};
 use weir_operators::{JsonDecoder, TumbleWindow};
 use weir_runtime::error::{Result, WeirError};
 use weir_runtime::{Decoder, NullSink, PartitionTask, SinkWriter};
+
+/// The demo's window as SQL: what the SQL pass of the benchmark runs.
+pub const DEMO_SQL: &str = "SELECT sensor_id, window_start, window_end, \
+    avg(temperature) AS avg_temp, max(temperature) AS max_temp, count(*) AS readings \
+    FROM sensors GROUP BY sensor_id, TUMBLE(event_time, INTERVAL '1' MINUTE)";
 
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
@@ -35,7 +41,10 @@ pub struct BenchReport {
     pub avg_event_bytes: f64,
     pub decode_secs: f64,
     pub whole_secs: f64,
+    /// The whole path with the window planned from [`DEMO_SQL`].
+    pub sql_secs: f64,
     pub windows_out: u64,
+    pub sql_windows_out: u64,
     pub peak_rss_bytes: Option<u64>,
 }
 
@@ -47,9 +56,13 @@ impl BenchReport {
     pub fn whole_eps(&self) -> f64 {
         self.events as f64 / self.whole_secs.max(1e-9)
     }
+
+    pub fn sql_eps(&self) -> f64 {
+        self.events as f64 / self.sql_secs.max(1e-9)
+    }
 }
 
-/// Run both passes over the same generated input.
+/// Run the three passes over the same generated input.
 pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
     if opts.events == 0 || opts.sensors == 0 || opts.batch_rows == 0 {
         return Err(WeirError::Config(
@@ -64,28 +77,15 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
         ..Default::default()
     });
     let schema = crate::iot_schema();
-    let batches = |mut f: Box<dyn FnMut(weir_runtime::RawBatch) -> Result<Duration> + '_>| -> Result<(Duration, u64)> {
-        let mut timed = Duration::ZERO;
-        let mut bytes = 0u64;
-        let mut offset = 0i64;
-        while (offset as u64) < opts.events {
-            let n = opts.batch_rows.min((opts.events - offset as u64) as usize);
-            let msgs = generator.messages(0, offset, n);
-            bytes += msgs.iter().map(|m| m.payload.as_ref().map_or(0, |p| p.len() as u64)).sum::<u64>();
-            offset += n as i64;
-            timed += f(weir_runtime::RawBatch::new("bench".into(), 0, msgs))?;
-        }
-        Ok((timed, bytes))
-    };
 
     // Pass 1: decode only.
     let mut decoder = JsonDecoder::new(&schema);
-    let (decode, bytes) = batches(Box::new(|raw| {
+    let (decode, bytes) = feed(&generator, opts, &mut |raw| {
         let t = Instant::now();
         let out = decoder.decode(&raw)?;
         std::hint::black_box(&out);
         Ok(t.elapsed())
-    }))?;
+    })?;
 
     // Pass 2: the whole path of a partition task.
     let decoder = JsonDecoder::new(&schema);
@@ -103,6 +103,63 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
         Box::new(decoder),
         vec![Box::new(window)],
     );
+    let (whole, windows_out) = run_task(&mut task, &generator, opts)?;
+
+    // Pass 3: the same window written as SQL.
+    let mut sql_task = crate::pipeline::Pipeline::new("bench")
+        .schema(schema.clone())
+        .sql(
+            DEMO_SQL,
+            &weir_operators::SqlOptions {
+                max_out_of_orderness_ms: 5_000,
+                ..Default::default()
+            },
+        )?
+        .partition_task(&"bench".into(), 0)?;
+    let (sql, sql_windows_out) = run_task(&mut sql_task, &generator, opts)?;
+
+    Ok(BenchReport {
+        events: opts.events,
+        avg_event_bytes: bytes as f64 / opts.events as f64,
+        decode_secs: decode.as_secs_f64(),
+        whole_secs: whole.as_secs_f64(),
+        sql_secs: sql.as_secs_f64(),
+        windows_out,
+        sql_windows_out,
+        peak_rss_bytes: peak_rss(),
+    })
+}
+
+/// The input, batch by batch (encoded outside the timed region), through `f`, which returns
+/// the time it spent: the total of those times and the payload bytes.
+fn feed(
+    generator: &EventGenerator,
+    opts: &BenchOptions,
+    f: &mut dyn FnMut(weir_runtime::RawBatch) -> Result<Duration>,
+) -> Result<(Duration, u64)> {
+    let mut timed = Duration::ZERO;
+    let mut bytes = 0u64;
+    let mut offset = 0i64;
+    while (offset as u64) < opts.events {
+        let n = opts.batch_rows.min((opts.events - offset as u64) as usize);
+        let msgs = generator.messages(0, offset, n);
+        bytes += msgs
+            .iter()
+            .map(|m| m.payload.as_ref().map_or(0, |p| p.len() as u64))
+            .sum::<u64>();
+        offset += n as i64;
+        timed += f(weir_runtime::RawBatch::new("bench".into(), 0, msgs))?;
+    }
+    Ok((timed, bytes))
+}
+
+/// Every batch through `task` and its output into a null sink, then the end of input: the
+/// time spent and the rows out.
+fn run_task(
+    task: &mut PartitionTask,
+    generator: &EventGenerator,
+    opts: &BenchOptions,
+) -> Result<(Duration, u64)> {
     let mut sink = NullSink::default();
     let mut write = |out: weir_runtime::TaskOutput| -> Result<()> {
         for b in &out.batches {
@@ -110,25 +167,17 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
         }
         Ok(())
     };
-    let (mut whole, _) = batches(Box::new(|raw| {
+    let (mut timed, _) = feed(generator, opts, &mut |raw| {
         let t = Instant::now();
         let out = task.process(&raw)?;
         write(out)?;
         Ok(t.elapsed())
-    }))?;
+    })?;
     let t = Instant::now();
     let out = task.end_of_input()?;
     write(out)?;
-    whole += t.elapsed();
-
-    Ok(BenchReport {
-        events: opts.events,
-        avg_event_bytes: bytes as f64 / opts.events as f64,
-        decode_secs: decode.as_secs_f64(),
-        whole_secs: whole.as_secs_f64(),
-        windows_out: sink.rows,
-        peak_rss_bytes: peak_rss(),
-    })
+    timed += t.elapsed();
+    Ok((timed, sink.rows))
 }
 
 /// Peak resident set size of this process (Linux `VmHWM`).

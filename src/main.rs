@@ -264,6 +264,12 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 "  whole / decode  {:>10.1} %",
                 100.0 * r.whole_eps() / r.decode_eps()
             );
+            println!(
+                "  same as SQL     {:>10.0} events/s  ({:.1} % of the hand-built window; {} windows)",
+                r.sql_eps(),
+                100.0 * r.sql_eps() / r.whole_eps(),
+                r.sql_windows_out
+            );
             println!("  windows out     {:>10}", r.windows_out);
             match r.peak_rss_bytes {
                 Some(b) => println!("  peak RSS        {:>10.1} MB", b as f64 / 1e6),

@@ -229,6 +229,23 @@ impl Pipeline {
         ))
     }
 
+    /// The task this pipeline runs for one partition: the decoder of its schema and its
+    /// operator chain (benchmarks and tests drive it without an executor).
+    pub fn partition_task(&self, topic: &Arc<str>, partition: i32) -> Result<PartitionTask> {
+        let schema = self
+            .schema
+            .clone()
+            .ok_or_else(|| WeirError::Config(format!("pipeline `{}` has no schema", self.name)))?;
+        let chain = build_chain(&schema, &self.ops).map_err(|e| WeirError::Config(e.join("; ")))?;
+        Ok(PartitionTask::new(
+            self.name.as_str().into(),
+            topic.clone(),
+            partition,
+            Box::new(JsonDecoder::new(&schema)),
+            chain,
+        ))
+    }
+
     /// Build and run until the input ends or `shutdown` is triggered.
     pub fn run(self, shutdown: Shutdown) -> Result<RunSummary> {
         self.build()?.run(shutdown)
