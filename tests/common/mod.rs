@@ -2,6 +2,8 @@
 //! rows as comparable JSON, and DataFusion batch SQL as the oracle.
 #![allow(dead_code)]
 
+pub mod kafka;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 

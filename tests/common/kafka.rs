@@ -1,0 +1,109 @@
+//! Kafka helpers of the end-to-end tests: the test broker (tansu, from `scripts/kafka.sh`),
+//! topics, and the generator's events produced partition by partition.
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::ClientConfig;
+use weir::connectors::EventGenerator;
+
+pub fn brokers() -> String {
+    std::env::var("WEIR_KAFKA_BROKERS").unwrap_or_else(|_| {
+        panic!("WEIR_KAFKA_BROKERS is not set: start the test broker with `export \"$(scripts/kafka.sh start)\"` (scripts/test.sh does it)")
+    })
+}
+
+pub fn unique(what: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{what}-{}-{nanos}", std::process::id())
+}
+
+pub fn create_topic(partitions: i32) -> String {
+    let topic = unique("weir-pipeline");
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let results = rt
+        .block_on(admin.create_topics(
+            &[NewTopic::new(
+                &topic,
+                partitions,
+                TopicReplication::Fixed(1),
+            )],
+            &AdminOptions::new(),
+        ))
+        .unwrap();
+    for r in results {
+        r.unwrap();
+    }
+    topic
+}
+
+pub const FLUSH_TIME: i64 = 4_000_000_000_000;
+
+/// Generator partition p goes to topic partition p, in offset order; then one event far in the
+/// future per partition, which advances the watermark past every real window.
+pub fn produce(topic: &str, truth: &EventGenerator, partitions: i32) -> u64 {
+    produce_part(topic, truth, partitions, (0, 1), true)
+}
+
+/// The `part.0`-th of `part.1` equal slices of every partition's events, and the flush event
+/// after the last slice when `flush`.
+pub fn produce_part(
+    topic: &str,
+    truth: &EventGenerator,
+    partitions: i32,
+    part: (usize, usize),
+    flush: bool,
+) -> u64 {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("linger.ms", "5")
+        .create()
+        .unwrap();
+    let mut sent = 0;
+    for p in 0..partitions {
+        let n = truth.events_in_partition(p).unwrap() as usize;
+        let (from, to) = (n * part.0 / part.1, n * (part.0 + 1) / part.1);
+        let mut msgs = truth.messages(p, from as i64, to - from);
+        if flush && to == n {
+            msgs.push(weir_runtime::RawMessage {
+                offset: n as i64,
+                key: Some(b"__flush".to_vec()),
+                payload: Some(format!(r#"{{"event_id":"flush","sensor_id":"__flush","temperature":0,"humidity":0,"event_time":{FLUSH_TIME}}}"#).into_bytes()),
+                timestamp_ms: None,
+            });
+        }
+        for m in &msgs {
+            let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).partition(p);
+            if let Some(k) = &m.key {
+                record = record.key(k.as_slice());
+            }
+            if let Some(v) = &m.payload {
+                record = record.payload(v.as_slice());
+            }
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((_, r)) => {
+                        producer.poll(Duration::from_millis(10));
+                        record = r;
+                    }
+                }
+            }
+            sent += 1;
+        }
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+    sent
+}
