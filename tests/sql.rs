@@ -145,7 +145,7 @@ fn queries_that_cannot_run_as_a_stream_are_refused_with_construct_and_position()
         ("SELECT * FROM events GROUP BY key, TUMBLE(ts, INTERVAL '1' MINUTE)", "`*` (line 1, column 8) is not supported with GROUP BY"),
         ("SELECT key, count(*) FROM sensors GROUP BY key, TUMBLE(ts, INTERVAL '1' MINUTE)", "unknown table `sensors` (line 1, column 27): the source is registered as `events`"),
         ("SELEC key FROM events", "SQL syntax error"),
-        ("SELECT key, count(*) FROM events GROUP BY key, HOP(ts, INTERVAL '1' MINUTE, INTERVAL '5' MINUTE)", "HOP windows (line 1, column 48) are not supported yet"),
+        ("SELECT key, count(*) FROM events GROUP BY key, HOP(ts, INTERVAL '5' MINUTE, INTERVAL '1' MINUTE)", "HOP (line 1, column 48): size 60000 ms is shorter than slide 300000 ms"),
         ("SELECT key, count(*) FROM events GROUP BY key, TUMBLE(ts, 60)", "window size `60` (line 1, column 59) must be an INTERVAL"),
         ("SELECT key, count(*), sum(v) OVER () FROM events GROUP BY key, TUMBLE(ts, INTERVAL '1' MINUTE)", "window function `sum(v) OVER ()` (line 1, column 23) (OVER) is not supported"),
         ("DELETE FROM events", "only a SELECT query can run as a stream"),
