@@ -542,7 +542,8 @@ fn unknown_column_in(
         if let Expr::Identifier(i) = e {
             if i.value.starts_with("__agg") {
                 bad = Some(format!(
-                    "`{f}`{}: an aggregate inside an aggregate is not supported",
+                    "aggregate `{}`{} has an aggregate among its arguments, which is not supported",
+                    f.name,
                     at(f)
                 ));
                 return ControlFlow::Break(());
