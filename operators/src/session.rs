@@ -498,3 +498,184 @@ impl SessionWindow {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::window::AggregateConfig;
+    use datafusion::arrow::array::StringArray;
+    use datafusion::arrow::datatypes::{DataType, Field, TimeUnit};
+
+    fn input() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("key", DataType::Utf8, false),
+            Field::new(
+                "ts",
+                DataType::Timestamp(TimeUnit::Millisecond, None),
+                false,
+            ),
+            Field::new("v", DataType::Int64, false),
+            Field::new(OFFSET_COLUMN, DataType::Int64, false),
+        ]))
+    }
+
+    /// Rows of (key, ts, v); offsets continue from `first_offset`.
+    fn batch(rows: &[(&str, i64, i64)], first_offset: i64) -> RecordBatch {
+        RecordBatch::try_new(
+            input(),
+            vec![
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
+                Arc::new(TimestampMillisecondArray::from_iter_values(
+                    rows.iter().map(|r| r.1),
+                )),
+                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.2))),
+                Arc::new(Int64Array::from_iter_values(
+                    (0..rows.len() as i64).map(|i| first_offset + i),
+                )),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn session(gap_ms: i64, ooo: i64, lateness: i64) -> SessionWindow {
+        let agg = |function: &str, sql: Option<&str>, alias: &str| AggregateConfig {
+            function: function.into(),
+            column: None,
+            alias: Some(alias.into()),
+            distinct: false,
+            sql: sql.map(Into::into),
+        };
+        let cfg = WindowConfig {
+            kind: WindowKind::Session { gap_ms },
+            keys: vec!["key".into()],
+            time_column: None,
+            max_out_of_orderness_ms: ooo,
+            allowed_lateness_ms: lateness,
+            late_policy: LatePolicy::Dlq,
+            aggregates: vec![
+                agg("count", None, "n"),
+                agg("last_value", Some("last_value(v ORDER BY ts)"), "last_v"),
+            ],
+        };
+        SessionWindow::new("session", &cfg, input(), "ts").unwrap()
+    }
+
+    /// (key, start, end, n, last_v) of every emitted row, sorted.
+    fn emitted(emit: &Emit) -> Vec<(String, i64, i64, i64, i64)> {
+        let mut out = Vec::new();
+        for b in emit.batches() {
+            let s = |i: usize| {
+                b.column(i)
+                    .as_any()
+                    .downcast_ref::<StringArray>()
+                    .unwrap()
+                    .clone()
+            };
+            let t = |i: usize| {
+                b.column(i)
+                    .as_any()
+                    .downcast_ref::<TimestampMillisecondArray>()
+                    .unwrap()
+                    .clone()
+            };
+            let n = |i: usize| {
+                b.column(i)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .unwrap()
+                    .clone()
+            };
+            let (k, st, en, c, l) = (s(0), t(1), t(2), n(3), n(4));
+            for r in 0..b.num_rows() {
+                out.push((
+                    k.value(r).to_string(),
+                    st.value(r),
+                    en.value(r),
+                    c.value(r),
+                    l.value(r),
+                ));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn an_event_bridging_two_sessions_merges_their_state() {
+        let mut w = session(10, 100, 0);
+        let mut emit = Emit::default();
+        w.process(batch(&[("a", 0, 1), ("a", 15, 2)], 0), &mut emit)
+            .unwrap();
+        assert_eq!(w.open_sessions(), 2);
+        w.process(batch(&[("a", 8, 3)], 2), &mut emit).unwrap();
+        assert_eq!(w.open_sessions(), 1);
+        w.on_end_of_input(&mut emit).unwrap();
+        assert_eq!(emitted(&emit), vec![("a".into(), 0, 25, 3, 2)]);
+    }
+
+    #[test]
+    fn a_session_closes_when_the_watermark_passes_its_last_event_plus_gap() {
+        let mut w = session(10, 0, 5);
+        let mut emit = Emit::default();
+        w.process(
+            batch(&[("a", 0, 1), ("a", 5, 2), ("b", 19, 7)], 0),
+            &mut emit,
+        )
+        .unwrap();
+        assert!(emitted(&emit).is_empty(), "watermark 19 < 5 + 10 + 5");
+        w.process(batch(&[("b", 20, 8)], 3), &mut emit).unwrap();
+        assert_eq!(emitted(&emit), vec![("a".into(), 0, 15, 2, 2)]);
+        assert_eq!(w.open_sessions(), 1);
+    }
+
+    #[test]
+    fn an_event_for_a_closed_session_is_late_and_goes_to_the_dlq_but_one_joining_an_open_session_is_not(
+    ) {
+        let mut w = session(10, 0, 0);
+        let mut emit = Emit::default();
+        w.process(batch(&[("b", 85, 2), ("a", 100, 1)], 0), &mut emit)
+            .unwrap();
+        // Watermark 100: b's session [85, 95) is closed and emitted. a at 80: its own
+        // session [80, 90) would be closed and no open session of `a` is near: late.
+        // c at 95 starts [95, 105): open.
+        w.process(batch(&[("a", 80, 3), ("c", 95, 4)], 2), &mut emit)
+            .unwrap();
+        assert_eq!(emit.rejects().len(), 1);
+        assert_eq!(emit.rejects()[0].offset, 2);
+        assert_eq!(emit.rejects()[0].kind, ErrorKind::Late);
+        // a at 91: [91, 101) would be open on its own and it joins a's session [100, 110).
+        w.process(batch(&[("a", 91, 5)], 4), &mut emit).unwrap();
+        assert_eq!(emit.rejects().len(), 1);
+        w.on_end_of_input(&mut emit).unwrap();
+        assert_eq!(
+            emitted(&emit),
+            vec![
+                ("a".into(), 91, 110, 2, 1),
+                ("b".into(), 85, 95, 1, 2),
+                ("c".into(), 95, 105, 1, 4),
+            ]
+        );
+    }
+
+    #[test]
+    fn restore_of_a_snapshot_continues_exactly_like_the_original() {
+        let first = batch(&[("a", 0, 1), ("b", 3, 2), ("a", 15, 3)], 0);
+        let second = batch(&[("a", 8, 4), ("b", 40, 5), ("a", 60, 6)], 3);
+        let mut straight = session(10, 100, 0);
+        let mut e1 = Emit::default();
+        straight.process(first.clone(), &mut e1).unwrap();
+        straight.process(second.clone(), &mut e1).unwrap();
+        straight.on_end_of_input(&mut e1).unwrap();
+
+        let mut before = session(10, 100, 0);
+        let mut e2 = Emit::default();
+        before.process(first, &mut e2).unwrap();
+        let state = before.snapshot().unwrap();
+        let mut after = session(10, 100, 0);
+        after.restore(state).unwrap();
+        after.process(second, &mut e2).unwrap();
+        after.on_end_of_input(&mut e2).unwrap();
+        assert_eq!(emitted(&e2), emitted(&e1));
+        assert_eq!(emitted(&e1).len(), 4);
+    }
+}

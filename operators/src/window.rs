@@ -851,3 +851,108 @@ impl Operator for TumbleWindow {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::StringArray;
+
+    fn input() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("key", DataType::Utf8, false),
+            Field::new(
+                "ts",
+                DataType::Timestamp(TimeUnit::Millisecond, None),
+                false,
+            ),
+            Field::new(OFFSET_COLUMN, DataType::Int64, false),
+        ]))
+    }
+
+    fn batch(rows: &[i64], first_offset: i64) -> RecordBatch {
+        RecordBatch::try_new(
+            input(),
+            vec![
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|_| "a"))),
+                Arc::new(TimestampMillisecondArray::from_iter_values(
+                    rows.iter().copied(),
+                )),
+                Arc::new(Int64Array::from_iter_values(
+                    (0..rows.len() as i64).map(|i| first_offset + i),
+                )),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn hop(slide_ms: i64, size_ms: i64) -> TumbleWindow {
+        let cfg = WindowConfig {
+            kind: WindowKind::Hop { slide_ms, size_ms },
+            keys: vec!["key".into()],
+            time_column: None,
+            max_out_of_orderness_ms: 0,
+            allowed_lateness_ms: 0,
+            late_policy: LatePolicy::Dlq,
+            aggregates: vec![AggregateConfig {
+                function: "count".into(),
+                column: None,
+                alias: Some("n".into()),
+                distinct: false,
+                sql: None,
+            }],
+        };
+        TumbleWindow::with_config("hop", &cfg, input(), "ts").unwrap()
+    }
+
+    /// (window_start, count) of every emitted row.
+    fn emitted(emit: &Emit) -> Vec<(i64, i64)> {
+        let mut out = Vec::new();
+        for b in emit.batches() {
+            let s = b
+                .column(1)
+                .as_any()
+                .downcast_ref::<TimestampMillisecondArray>()
+                .unwrap();
+            let n = b.column(3).as_any().downcast_ref::<Int64Array>().unwrap();
+            out.extend((0..b.num_rows()).map(|r| (s.value(r), n.value(r))));
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn a_hopping_event_counts_in_its_open_windows_and_is_late_only_when_all_have_closed() {
+        let mut w = hop(10, 30);
+        let mut emit = Emit::default();
+        // 35 is in [10, 40), [20, 50), [30, 60). Watermark 45 closes [10, 40) only.
+        w.process(batch(&[35, 45], 0), &mut emit).unwrap();
+        assert_eq!(emitted(&emit), vec![(10, 1)]);
+        // 38 at watermark 45: [10, 40) has closed, [20, 50) and [30, 60) take it; not late.
+        // 15 at watermark 45: its windows [-10, 20), [0, 30), [10, 40) have all closed: late.
+        w.process(batch(&[38, 15], 2), &mut emit).unwrap();
+        assert_eq!(emit.rejects().len(), 1);
+        assert_eq!(emit.rejects()[0].offset, 3);
+        assert_eq!(emit.absorbed(), 3);
+        w.on_end_of_input(&mut emit).unwrap();
+        assert_eq!(emitted(&emit), vec![(10, 1), (20, 3), (30, 3), (40, 1)]);
+    }
+
+    #[test]
+    fn window_kinds_refuse_zero_and_negative_sizes() {
+        assert_eq!(
+            WindowKind::Hop {
+                slide_ms: 0,
+                size_ms: -5
+            }
+            .validate(),
+            vec![
+                "hop slide must be positive, got 0 ms".to_string(),
+                "hop size must be positive, got -5 ms".to_string()
+            ]
+        );
+        assert_eq!(
+            WindowKind::Session { gap_ms: 0 }.validate(),
+            vec!["session gap must be positive, got 0 ms".to_string()]
+        );
+    }
+}
