@@ -5,7 +5,8 @@
 //! against an independent computation: DataFusion batch SQL over the same events for
 //! tumbling and hopping windows (windows assigned with `date_bin` in SQL), and for session
 //! windows a reference sessionizer written here, whose sessions DataFusion then aggregates.
-//! Each query also runs over a larger generated stream, streaming against that oracle.
+//! Each query also runs over a larger generated stream with some late events, streaming
+//! against that oracle, and the late events (and only they) must reach the DLQ.
 //!
 //! `tests/sql_errors/*.toml` holds queries weir must refuse, with the exact error text.
 //!
@@ -171,6 +172,24 @@ fn events_with_rid(events: &[&Event]) -> RecordBatch {
         0..events.len() as i64,
     )));
     RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).unwrap()
+}
+
+/// Indices of the events that pass `filter` (a WHERE clause), evaluated by DataFusion.
+fn passing(events: &[Event], filter: Option<&str>) -> std::collections::HashSet<usize> {
+    let all: Vec<&Event> = events.iter().collect();
+    let filter = filter.unwrap_or("true");
+    let kept = concat(run_sql(
+        vec![("events", events_with_rid(&all))],
+        &format!("SELECT rid FROM events WHERE {filter}"),
+    ));
+    kept.column(0)
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .unwrap()
+        .values()
+        .iter()
+        .map(|&r| r as usize)
+        .collect()
 }
 
 fn key_value(e: &Event, column: &str) -> String {
@@ -398,6 +417,7 @@ fn run(
     ooo: i64,
     src: impl Source + 'static,
     sink: &MemorySink,
+    dlq: &MemoryDlq,
     dir: &Path,
     interval_ms: u64,
     shutdown: Shutdown,
@@ -412,7 +432,7 @@ fn run(
         .sql(query, &options)
         .unwrap_or_else(|e| panic!("{query}: {e}"))
         .sink(sink.clone())
-        .dlq(MemoryDlq::default())
+        .dlq(dlq.clone())
         .checkpoint_dir(dir)
         .checkpoint_interval(Duration::from_millis(interval_ms))
         .batch(MAX_ROWS, Duration::from_millis(5))
@@ -421,34 +441,54 @@ fn run(
         .unwrap_or_else(|e| panic!("{query}: {e}"))
 }
 
+/// What one run produced: output rows and dead letters as (partition, offset, kind), sorted.
+struct Output {
+    rows: Vec<Row>,
+    letters: Vec<(i32, i64, String)>,
+}
+
+fn output(sink: &MemorySink, dlq: &MemoryDlq) -> Output {
+    let mut letters: Vec<(i32, i64, String)> = dlq
+        .committed
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|l| (l.partition, l.offset, l.kind.as_str().to_string()))
+        .collect();
+    letters.sort();
+    Output {
+        rows: rows(&sink.committed()),
+        letters,
+    }
+}
+
 /// Straight run and stop-and-resume run, with random batch sizes; returns both outputs.
 fn straight_and_restarted(
     query: &str,
     ooo: i64,
     events: &[Event],
     rng: &mut Rng,
-) -> (Vec<Row>, Vec<Row>) {
+) -> (Output, Output) {
     let sizes: Vec<usize> = (0..13).map(|_| 1 + rng.below(40) as usize).collect();
-    let straight = MemorySink::default();
+    let (sink, dlq) = (MemorySink::default(), MemoryDlq::default());
     let dir = tempfile::tempdir().unwrap();
+    let src = source(events, &sizes);
     let s = run(
         query,
         ooo,
-        source(events, &sizes),
-        &straight,
+        src,
+        &sink,
+        &dlq,
         dir.path(),
         rng.below(3),
         Shutdown::new(),
     );
     assert!(s.finished);
-    assert_eq!(
-        s.counters.late, 0,
-        "{query}: no event of the corpus is late"
-    );
+    let straight = output(&sink, &dlq);
 
     let sizes: Vec<usize> = (0..13).map(|_| 1 + rng.below(40) as usize).collect();
     let at = 1 + rng.below(total_reads(events, &sizes) as u64) as usize;
-    let resumed = MemorySink::default();
+    let (sink, dlq) = (MemorySink::default(), MemoryDlq::default());
     let dir = tempfile::tempdir().unwrap();
     let shutdown = Shutdown::new();
     let stop = StopAt {
@@ -461,7 +501,8 @@ fn straight_and_restarted(
         query,
         ooo,
         stop,
-        &resumed,
+        &sink,
+        &dlq,
         dir.path(),
         rng.below(3),
         shutdown,
@@ -470,17 +511,19 @@ fn straight_and_restarted(
         !first.finished,
         "{query}: the run was not stopped at read {at}"
     );
+    let src = source(events, &sizes);
     let second = run(
         query,
         ooo,
-        source(events, &sizes),
-        &resumed,
+        src,
+        &sink,
+        &dlq,
         dir.path(),
         rng.below(3),
         Shutdown::new(),
     );
     assert!(second.finished);
-    (rows(&straight.committed()), rows(&resumed.committed()))
+    (straight, output(&sink, &dlq))
 }
 
 fn toml_rows(expected: &[toml::Table]) -> Vec<Row> {
@@ -541,17 +584,31 @@ fn every_corpus_query_gives_its_expected_rows_straight_and_after_a_restart() {
         let mut rng = Rng(0x5eed + n as u64);
         let (straight, resumed) =
             straight_and_restarted(q, case.max_out_of_orderness_ms, &events, &mut rng);
-        assert_rows_match(&straight, &expected, &format!("{name} (straight)"));
+        assert_eq!(
+            straight.letters,
+            vec![],
+            "{name}: no event of the corpus is late"
+        );
+        assert_eq!(
+            resumed.letters,
+            vec![],
+            "{name}: no event of the corpus is late"
+        );
+        assert_rows_match(&straight.rows, &expected, &format!("{name} (straight)"));
         assert_rows_match(
-            &resumed,
+            &resumed.rows,
             &expected,
             &format!("{name} (stopped and resumed)"),
         );
     }
 }
 
+/// Over a larger generated stream with some events moved two minutes back (after the first
+/// 50 of their partition, so the watermark is well past every window or session they could
+/// join): those and only those are dead-lettered as late, straight and after a restart, and
+/// the windows equal the oracle over the other events.
 #[test]
-fn every_corpus_query_equals_the_oracle_over_a_larger_generated_stream() {
+fn every_corpus_query_equals_the_oracle_over_a_larger_generated_stream_with_late_events() {
     for (n, path) in corpus("sql_corpus").iter().enumerate() {
         let name = path.file_name().unwrap().to_string_lossy();
         let case: Case = toml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
@@ -559,13 +616,37 @@ fn every_corpus_query_equals_the_oracle_over_a_larger_generated_stream() {
         let plan = plan_sql(q, "events", &schema(), &SqlOptions::default()).unwrap();
         let mut rng = Rng(0xb16 + n as u64);
         let partitions = 1 + rng.below(4) as i32;
-        let events = stream(1_000 + n as u64, partitions, 8, 1_500, 1_000);
-        let want = oracle(&events, q, &plan);
+        let mut events = stream(1_000 + n as u64, partitions, 8, 1_500, 1_000);
+        let moved = |e: &Event| e.offset > 50 && e.offset % 97 == 13;
+        for e in events.iter_mut().filter(|e| moved(e)) {
+            e.ts -= 120_000;
+        }
+        // Late are the moved events that pass WHERE (the others are filtered before the window).
+        let kept = passing(&events, plan.filter.as_deref());
+        let mut late: Vec<(i32, i64, String)> = events
+            .iter()
+            .enumerate()
+            .filter(|(i, e)| moved(e) && kept.contains(i))
+            .map(|(_, e)| (e.partition, e.offset, "late".to_string()))
+            .collect();
+        late.sort();
+        let on_time: Vec<Event> = events.iter().filter(|e| !moved(e)).cloned().collect();
+        let want = oracle(&on_time, q, &plan);
         assert!(!want.is_empty(), "{name}: the oracle gives no rows");
         let (straight, resumed) = straight_and_restarted(q, 1_000, &events, &mut rng);
-        assert_rows_match(&straight, &want, &format!("{name} (generated, straight)"));
+        assert!(!late.is_empty());
+        assert_eq!(straight.letters, late, "{name}: late events (straight)");
+        assert_eq!(
+            resumed.letters, late,
+            "{name}: late events (stopped and resumed)"
+        );
         assert_rows_match(
-            &resumed,
+            &straight.rows,
+            &want,
+            &format!("{name} (generated, straight)"),
+        );
+        assert_rows_match(
+            &resumed.rows,
             &want,
             &format!("{name} (generated, stopped and resumed)"),
         );
