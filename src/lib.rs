@@ -64,6 +64,7 @@ pub fn demo_window(size_ms: i64) -> TumbleConfig {
         column: column.map(Into::into),
         alias: Some(alias.into()),
         distinct: false,
+        sql: None,
     };
     TumbleConfig {
         size_ms,

@@ -44,7 +44,8 @@ enum Command {
         #[arg(long, default_value = "weir-demo")]
         dir: PathBuf,
     },
-    /// Run a streaming SQL query: SELECT ... GROUP BY keys, TUMBLE(ts, INTERVAL ...).
+    /// Run a streaming SQL query: SELECT ... GROUP BY keys, TUMBLE(ts, size) | HOP(ts, slide,
+    /// size) | SESSION(ts, gap), sizes as INTERVAL '1' MINUTE.
     Sql {
         /// The query; the input is the table named by the schema (`sensors` by default).
         query: String,

@@ -11,8 +11,8 @@ use weir_connectors::{
     KafkaTxnOptions, KafkaTxnStore, PostgresStore, SqliteSink, TerminalSink,
 };
 use weir_operators::{
-    plan_sql, FilterOperator, JsonDecoder, ProjectOperator, SchemaConfig, SqlOptions, SqlPlan,
-    TumbleConfig, TumbleWindow,
+    build_window, plan_sql, FilterOperator, JsonDecoder, ProjectOperator, SchemaConfig, SqlOptions,
+    SqlPlan, TumbleConfig, WindowConfig,
 };
 use weir_runtime::error::{Result, WeirError};
 use weir_runtime::executor::TaskFactory;
@@ -31,7 +31,7 @@ pub type OperatorFactory =
 enum OpSpec {
     Filter(String),
     Project(Vec<(String, String)>),
-    Tumble(TumbleConfig),
+    Window(WindowConfig),
     Custom(String, OperatorFactory),
 }
 
@@ -108,12 +108,18 @@ impl Pipeline {
 
     /// Tumbling event-time window aggregation.
     pub fn tumble(mut self, config: TumbleConfig) -> Self {
-        self.ops.push(OpSpec::Tumble(config));
+        self.ops.push(OpSpec::Window(WindowConfig::from(&config)));
+        self
+    }
+
+    /// Any window aggregation: tumbling, hopping or session.
+    pub fn window(mut self, config: WindowConfig) -> Self {
+        self.ops.push(OpSpec::Window(config));
         self
     }
 
     /// A streaming SQL query over the schema's table: `SELECT ... GROUP BY keys,
-    /// TUMBLE(ts, INTERVAL ...)`. Call after [`Pipeline::schema`]. Errors name the construct
+    /// TUMBLE(...) | HOP(...) | SESSION(...)`. Call after [`Pipeline::schema`]. Errors name the construct
     /// and its position.
     pub fn sql(mut self, query: &str, options: &SqlOptions) -> Result<Self> {
         let schema = self.schema.as_ref().ok_or_else(|| {
@@ -123,7 +129,7 @@ impl Pipeline {
             ))
         })?;
         let plan = plan_sql(query, &schema.table, schema, options).map_err(WeirError::Config)?;
-        self.ops.extend(sql_specs(schema, &plan));
+        self.ops.extend(sql_specs(&plan));
         Ok(self)
     }
 
@@ -335,10 +341,9 @@ fn build_chain(
             OpSpec::Project(cols) => {
                 ProjectOperator::new(&name, cols, input.clone()).map(|o| Box::new(o) as _)
             }
-            OpSpec::Tumble(t) => schema
-                .check_window_keys(&t.keys)
-                .and_then(|_| TumbleWindow::new(&name, t, input.clone(), &schema.event_time))
-                .map(|o| Box::new(o) as _),
+            OpSpec::Window(w) => schema
+                .check_window_keys(&w.keys)
+                .and_then(|_| build_window(&name, w, input.clone(), &schema.event_time)),
             OpSpec::Custom(label, f) => f(input.clone()).map_err(|e| format!("{label}: {e}")),
         };
         match built {
@@ -366,21 +371,12 @@ pub(crate) fn check_operators(schema: &SchemaConfig, ops: &[OperatorConfig]) -> 
 }
 
 /// The operators of a planned query.
-fn sql_specs(schema: &SchemaConfig, plan: &SqlPlan) -> Vec<OpSpec> {
+fn sql_specs(plan: &SqlPlan) -> Vec<OpSpec> {
     let mut specs = Vec::new();
     if let Some(f) = &plan.filter {
         specs.push(OpSpec::Filter(f.clone()));
     }
-    if !plan.pre_project.is_empty() {
-        let mut cols: Vec<(String, String)> = schema
-            .fields
-            .iter()
-            .map(|f| (format!("\"{}\"", f.name), f.name.clone()))
-            .collect();
-        cols.extend(plan.pre_project.iter().cloned());
-        specs.push(OpSpec::Project(cols));
-    }
-    specs.push(OpSpec::Tumble(plan.window.clone()));
+    specs.push(OpSpec::Window(plan.window.clone()));
     if let Some(h) = &plan.having {
         specs.push(OpSpec::Filter(h.clone()));
     }
@@ -398,6 +394,6 @@ fn spec(op: &OperatorConfig) -> OpSpec {
                 .map(|c| (c.expr.clone(), c.name.clone()))
                 .collect(),
         ),
-        OperatorConfig::Tumble(t) => OpSpec::Tumble(t.clone()),
+        OperatorConfig::Tumble(t) => OpSpec::Window(WindowConfig::from(t)),
     }
 }

@@ -553,6 +553,29 @@ fn weir_sql_explains_runs_and_refuses_with_position() {
         plan.contains("tumble      size 60000 ms on `event_time`, keys [sensor_id]"),
         "{plan}"
     );
+    for (window, line) in [
+        (
+            "HOP(event_time, INTERVAL '30' SECOND, INTERVAL '2' MINUTE)",
+            "hop         size 120000 ms every 30000 ms on `event_time`, keys [sensor_id]",
+        ),
+        (
+            "SESSION(event_time, INTERVAL '30' SECOND)",
+            "session     gap 30000 ms on `event_time`, keys [sensor_id]",
+        ),
+    ] {
+        let q = format!(
+            "SELECT sensor_id, window_start, window_end, last_value(temperature ORDER BY event_time) AS last_t \
+             FROM sensors GROUP BY sensor_id, {window}"
+        );
+        let out = weir(&["sql", &q, "--explain"], dir.path());
+        assert!(out.status.success(), "{}", stderr(&out));
+        let plan = String::from_utf8_lossy(&out.stdout);
+        assert!(plan.contains(line), "{plan}");
+        assert!(
+            plan.contains("aggregates last_value(temperature ORDER BY event_time) AS __agg0"),
+            "{plan}"
+        );
+    }
 
     let out = weir(
         &[

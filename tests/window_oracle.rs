@@ -22,6 +22,7 @@ fn window() -> TumbleConfig {
         column: column.map(Into::into),
         alias: Some(alias.into()),
         distinct,
+        sql: None,
     };
     TumbleConfig {
         size_ms: WINDOW_MS,

@@ -2,13 +2,15 @@
 //!
 //! - [`decode`]: JSON messages to Arrow batches against a declared [`schema::SchemaConfig`];
 //! - [`expr`]: filter and project on DataFusion `PhysicalExpr`s;
-//! - [`window`]: event-time tumbling windows aggregated by DataFusion's `GroupsAccumulator`s;
+//! - [`window`]: event-time tumbling and hopping windows aggregated by DataFusion's
+//!   `GroupsAccumulator`s; [`session`]: session windows on the same accumulators;
 //! - [`projection`]: keyed folds for read models (CQRS projections).
 
 pub mod decode;
 pub mod expr;
 pub mod projection;
 pub mod schema;
+pub mod session;
 pub mod sql;
 pub mod window;
 
@@ -16,5 +18,8 @@ pub use decode::JsonDecoder;
 pub use expr::{FilterOperator, ProjectOperator};
 pub use projection::{Projection, ProjectionOperator};
 pub use schema::{FieldConfig, FieldType, SchemaConfig};
+pub use session::SessionWindow;
 pub use sql::{plan_sql, SqlOptions, SqlPlan};
-pub use window::{AggregateConfig, LatePolicy, TumbleConfig, TumbleWindow};
+pub use window::{
+    build_window, AggregateConfig, LatePolicy, TumbleConfig, TumbleWindow, WindowConfig, WindowKind,
+};

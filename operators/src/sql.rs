@@ -1,12 +1,12 @@
-//! Streaming SQL: a windowed `SELECT ... GROUP BY keys, TUMBLE(ts, INTERVAL ...)` planned onto
-//! weir's operators.
+//! Streaming SQL: a windowed `SELECT ... GROUP BY keys, TUMBLE(...) | HOP(...) | SESSION(...)`
+//! planned onto weir's operators.
 //!
 //! DataFusion's SQL parser reads the query; the planner maps it onto the operator chain
-//! `filter (WHERE) → [project (computed aggregate inputs)] → tumble (GROUP BY + aggregates) →
-//! [filter (HAVING)] → project (SELECT list)`. Expressions stay SQL text that DataFusion plans
-//! into `PhysicalExpr`s when the chain is built, and aggregates are DataFusion's own
-//! accumulators, so any DataFusion scalar function and aggregate works. What cannot run as a
-//! stream is refused here, naming the construct and its position.
+//! `filter (WHERE) → window (GROUP BY + aggregates) → [filter (HAVING)] → project (SELECT
+//! list)`. Expressions stay SQL text that DataFusion plans into `PhysicalExpr`s, and each
+//! aggregate call is handed to DataFusion's aggregate planner whole (arguments, DISTINCT,
+//! ORDER BY inside the call, FILTER), so any DataFusion scalar function and aggregate works.
+//! What cannot run as a stream is refused here, naming the construct and its position.
 
 use std::collections::HashMap;
 use std::ops::ControlFlow;
@@ -19,7 +19,9 @@ use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 
 use crate::schema::{FieldConfig, FieldType, SchemaConfig};
-use crate::window::{find_aggregate, AggregateConfig, LatePolicy, TumbleConfig};
+use crate::window::{
+    find_aggregate, AggregateConfig, AggregateSet, LatePolicy, WindowConfig, WindowKind,
+};
 
 /// Watermark settings a query does not state.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -34,9 +36,7 @@ pub struct SqlOptions {
 pub struct SqlPlan {
     pub table: String,
     pub filter: Option<String>,
-    /// Computed aggregate inputs: every input column passed through, plus `(expr, name)`.
-    pub pre_project: Vec<(String, String)>,
-    pub window: TumbleConfig,
+    pub window: WindowConfig,
     pub having: Option<String>,
     pub output: Vec<(String, String)>,
 }
@@ -48,31 +48,24 @@ impl SqlPlan {
         if let Some(f) = &self.filter {
             out += &format!("filter      {f}\n");
         }
-        if !self.pre_project.is_empty() {
-            let cols: Vec<String> = self
-                .pre_project
-                .iter()
-                .map(|(e, n)| format!("{e} AS {n}"))
-                .collect();
-            out += &format!("project     input columns, {}\n", cols.join(", "));
-        }
         let w = &self.window;
         let aggs: Vec<String> = w
             .aggregates
             .iter()
-            .map(|a| {
-                format!(
+            .map(|a| match &a.sql {
+                Some(sql) => format!("{sql} AS {}", a.output_name()),
+                None => format!(
                     "{}({}{}) AS {}",
                     a.function,
                     if a.distinct { "DISTINCT " } else { "" },
                     a.column.as_deref().unwrap_or("*"),
                     a.output_name()
-                )
+                ),
             })
             .collect();
         out += &format!(
-            "tumble      size {} ms on `{}`, keys [{}], watermark = max event time - {} ms, lateness {} ms, late events: {:?}\n            aggregates {}\n",
-            w.size_ms,
+            "{} on `{}`, keys [{}], watermark = max event time - {} ms, lateness {} ms, late events: {:?}\n            aggregates {}\n",
+            w.kind,
             w.time_column.as_deref().unwrap_or_default(),
             w.keys.join(", "),
             w.max_out_of_orderness_ms,
@@ -193,10 +186,10 @@ pub fn plan_sql(
     }
     let field = |name: &str| field_of(schema, name);
 
-    // GROUP BY: key columns and exactly one TUMBLE.
+    // GROUP BY: key columns and exactly one window.
     let GroupByExpr::Expressions(group_exprs, modifiers) = &select.group_by else {
         return Err(
-            "GROUP BY ALL is not supported: list the key columns and a TUMBLE window".into(),
+            "GROUP BY ALL is not supported: list the key columns and a window (TUMBLE, HOP or SESSION)".into(),
         );
     };
     if !modifiers.is_empty() {
@@ -205,7 +198,7 @@ pub fn plan_sql(
         );
     }
     let mut keys = Vec::new();
-    let mut tumble: Option<(String, i64)> = None;
+    let mut window: Option<(String, WindowKind)> = None;
     for g in group_exprs {
         match g {
             Expr::Identifier(i) => match field(&i.value) {
@@ -214,68 +207,36 @@ pub fn plan_sql(
             },
             Expr::Function(f) => {
                 let fname = f.name.to_string().to_ascii_lowercase();
-                match fname.as_str() {
-                    "tumble" => {
-                        if tumble.is_some() {
-                            return Err(format!(
-                                "a second window in GROUP BY{}: one TUMBLE per query",
-                                at(g)
-                            ));
-                        }
-                        let args = plain_args(&f.args).ok_or_else(|| {
-                            format!("TUMBLE{} takes (time column, INTERVAL size)", at(g))
-                        })?;
-                        let [Expr::Identifier(ts), size] = args.as_slice() else {
-                            return Err(format!(
-                                "TUMBLE{} takes (time column, INTERVAL size)",
-                                at(g)
-                            ));
-                        };
-                        let ts_field = field(&ts.value).ok_or_else(|| {
-                            format!("unknown column `{}` in TUMBLE{}", ts.value, at_ident(ts))
-                        })?;
-                        if ts_field.field_type != FieldType::Timestamp {
-                            return Err(format!(
-                                "TUMBLE on `{}`{}: a window needs a timestamp column, `{}` is {:?}",
-                                ts.value,
-                                at_ident(ts),
-                                ts_field.name,
-                                ts_field.field_type
-                            ));
-                        }
-                        tumble = Some((ts_field.name.clone(), interval_ms(size)?));
-                    }
-                    "hop" | "session" => {
-                        return Err(format!(
-                            "{} windows{} are not supported yet: use TUMBLE",
-                            fname.to_uppercase(),
-                            at(g)
-                        ));
-                    }
-                    _ => {
-                        return Err(format!(
-                        "GROUP BY `{g}`{} is not supported: group by columns and one TUMBLE(...)",
+                if !matches!(fname.as_str(), "tumble" | "hop" | "session") {
+                    return Err(format!(
+                        "GROUP BY `{g}`{} is not supported: group by columns and one window (TUMBLE, HOP or SESSION)",
                         at(g)
-                    ))
-                    }
+                    ));
                 }
+                if window.is_some() {
+                    return Err(format!(
+                        "a second window in GROUP BY{}: one window per query",
+                        at(g)
+                    ));
+                }
+                window = Some(window_call(&fname, f, g, schema)?);
             }
             other => {
                 return Err(format!(
-                    "GROUP BY `{other}`{} is not supported: group by columns and one TUMBLE(...)",
+                    "GROUP BY `{other}`{} is not supported: group by columns and one window (TUMBLE, HOP or SESSION)",
                     at(other)
                 ))
             }
         }
     }
-    let Some((time_column, size_ms)) = tumble else {
+    let Some((time_column, kind)) = window else {
         return Err(match group_exprs.first() {
-            Some(_) => "a streaming GROUP BY needs a window: add TUMBLE(<time column>, INTERVAL '<size>') to GROUP BY".into(),
-            None => "a streaming query needs GROUP BY <keys>, TUMBLE(<time column>, INTERVAL '<size>')".into(),
+            Some(_) => "a streaming GROUP BY needs a window: add TUMBLE(<time column>, INTERVAL '<size>'), HOP(<time column>, INTERVAL '<slide>', INTERVAL '<size>') or SESSION(<time column>, INTERVAL '<gap>') to GROUP BY".into(),
+            None => "a streaming query needs GROUP BY <keys>, <window>, where the window is TUMBLE(<time column>, INTERVAL '<size>'), HOP(<time column>, INTERVAL '<slide>', INTERVAL '<size>') or SESSION(<time column>, INTERVAL '<gap>')".into(),
         });
     };
     if keys.is_empty() {
-        return Err("GROUP BY needs at least one key column besides TUMBLE".into());
+        return Err("GROUP BY needs at least one key column besides the window".into());
     }
     schema.check_window_keys(&keys)?;
 
@@ -314,16 +275,21 @@ pub fn plan_sql(
     if aggs.configs.is_empty() {
         return Err("a windowed query needs at least one aggregate (count(*), avg(x), ...)".into());
     }
-    let mut pre_project = Vec::new();
-    if !aggs.computed.is_empty() {
-        pre_project = aggs.computed.clone();
+    // Plan every aggregate now, so that an argument DataFusion cannot plan is refused here.
+    let input = schema.arrow_schema();
+    for (cfg, (text, pos)) in aggs.configs.iter().zip(&aggs.origins) {
+        AggregateSet::new(std::slice::from_ref(cfg), &input).map_err(|e| {
+            format!(
+                "`{text}`{pos}: {}",
+                e.trim_start_matches(&format!("aggregate `{text}`: "))
+            )
+        })?;
     }
     Ok(SqlPlan {
         table: table.to_string(),
         filter: select.selection.as_ref().map(|w| w.to_string()),
-        pre_project,
-        window: TumbleConfig {
-            size_ms,
+        window: WindowConfig {
+            kind,
             keys,
             time_column: Some(time_column),
             max_out_of_orderness_ms: options.max_out_of_orderness_ms,
@@ -334,6 +300,69 @@ pub fn plan_sql(
         having,
         output,
     })
+}
+
+/// `TUMBLE(ts, size)`, `HOP(ts, slide, size)` or `SESSION(ts, gap)`: the time column and the
+/// window kind. Sizes are INTERVALs; every error names the argument and its position.
+fn window_call(
+    fname: &str,
+    f: &datafusion::sql::sqlparser::ast::Function,
+    g: &Expr,
+    schema: &SchemaConfig,
+) -> Result<(String, WindowKind), String> {
+    let upper = fname.to_uppercase();
+    let usage = match fname {
+        "tumble" => "TUMBLE(<time column>, INTERVAL '<size>')",
+        "hop" => "HOP(<time column>, INTERVAL '<slide>', INTERVAL '<size>')",
+        _ => "SESSION(<time column>, INTERVAL '<gap>')",
+    };
+    let args = plain_args(&f.args).ok_or_else(|| format!("{upper}{} takes {usage}", at(g)))?;
+    let want = if fname == "hop" { 3 } else { 2 };
+    if args.len() != want {
+        return Err(format!(
+            "{upper}{} takes {want} arguments, {usage}; got {}",
+            at(g),
+            args.len()
+        ));
+    }
+    let Expr::Identifier(ts) = &args[0] else {
+        return Err(format!(
+            "{upper}{}: the first argument `{}` must be the time column, as in {usage}",
+            at(&args[0]),
+            args[0]
+        ));
+    };
+    let ts_field = field_of(schema, &ts.value)
+        .ok_or_else(|| format!("unknown column `{}` in {upper}{}", ts.value, at_ident(ts)))?;
+    if ts_field.field_type != FieldType::Timestamp {
+        return Err(format!(
+            "{upper} on `{}`{}: a window needs a timestamp column, `{}` is {:?}",
+            ts.value,
+            at_ident(ts),
+            ts_field.name,
+            ts_field.field_type
+        ));
+    }
+    let kind = match fname {
+        "tumble" => WindowKind::Tumble {
+            size_ms: interval_ms(&args[1], "window size")?,
+        },
+        "hop" => {
+            let slide_ms = interval_ms(&args[1], "hop slide")?;
+            let size_ms = interval_ms(&args[2], "hop size")?;
+            if size_ms < slide_ms {
+                return Err(format!(
+                    "HOP{}: size {size_ms} ms is shorter than slide {slide_ms} ms, which would leave events in no window; the size must be at least the slide",
+                    at(g)
+                ));
+            }
+            WindowKind::Hop { slide_ms, size_ms }
+        }
+        _ => WindowKind::Session {
+            gap_ms: interval_ms(&args[1], "session gap")?,
+        },
+    };
+    Ok((ts_field.name.clone(), kind))
 }
 
 fn field_of<'a>(schema: &'a SchemaConfig, name: &str) -> Option<&'a FieldConfig> {
@@ -374,11 +403,12 @@ fn plain_args(args: &FunctionArguments) -> Option<Vec<Expr>> {
         .collect()
 }
 
-/// `INTERVAL '1' MINUTE`, `INTERVAL '90 seconds'`, ... in milliseconds.
-fn interval_ms(e: &Expr) -> Result<i64, String> {
+/// `INTERVAL '1' MINUTE`, `INTERVAL '90 seconds'`, ... in milliseconds; `what` names the
+/// argument in errors.
+fn interval_ms(e: &Expr, what: &str) -> Result<i64, String> {
     let Expr::Interval(i) = e else {
         return Err(format!(
-            "window size `{e}`{} must be an INTERVAL, e.g. INTERVAL '1' MINUTE",
+            "{what} `{e}`{} must be an INTERVAL, e.g. INTERVAL '1' MINUTE",
             at(e)
         ));
     };
@@ -389,13 +419,13 @@ fn interval_ms(e: &Expr) -> Result<i64, String> {
     let mut parts = text.split_whitespace();
     let (Some(n), unit, None) = (parts.next(), parts.next(), parts.next()) else {
         return Err(format!(
-            "window size `{e}`{}: expected INTERVAL '<n>' <unit>",
+            "{what} `{e}`{}: expected INTERVAL '<n>' <unit>",
             at(e)
         ));
     };
     let n: i64 = n
         .parse()
-        .map_err(|_| format!("window size `{e}`{}: `{n}` is not a whole number", at(e)))?;
+        .map_err(|_| format!("{what} `{e}`{}: `{n}` is not a whole number", at(e)))?;
     let unit_ms = match unit.unwrap_or("second").trim_end_matches('s') {
         "millisecond" | "m" if unit == Some("ms") => 1,
         "millisecond" => 1,
@@ -403,15 +433,10 @@ fn interval_ms(e: &Expr) -> Result<i64, String> {
         "minute" | "min" => 60_000,
         "hour" | "h" => 3_600_000,
         "day" => 86_400_000,
-        other => {
-            return Err(format!(
-                "window size `{e}`{}: unknown unit `{other}`",
-                at(e)
-            ))
-        }
+        other => return Err(format!("{what} `{e}`{}: unknown unit `{other}`", at(e))),
     };
     if n <= 0 {
-        return Err(format!("window size `{e}`{} must be positive", at(e)));
+        return Err(format!("{what} `{e}`{} must be positive", at(e)));
     }
     Ok(n * unit_ms)
 }
@@ -419,8 +444,9 @@ fn interval_ms(e: &Expr) -> Result<i64, String> {
 #[derive(Default)]
 struct Aggregates {
     configs: Vec<AggregateConfig>,
+    /// Each aggregate's SQL text and position, for planning errors.
+    origins: Vec<(String, String)>,
     by_text: HashMap<String, String>,
-    computed: Vec<(String, String)>,
 }
 
 impl Aggregates {
@@ -463,52 +489,34 @@ impl Aggregates {
                         error = Some(format!("aggregate `{f}`{} needs arguments", at(f)));
                         return ControlFlow::Break(());
                     };
+                    if let Some(e) = unknown_column_in(f, schema) {
+                        error = Some(e);
+                        return ControlFlow::Break(());
+                    }
                     let distinct = list
                         .duplicate_treatment
                         .is_some_and(|d| d.to_string().eq_ignore_ascii_case("distinct"));
-                    let column = match list.args.as_slice() {
+                    let (column, sql) = match list.args.as_slice() {
                         [FunctionArg::Unnamed(FunctionArgExpr::Wildcard)]
-                            if udaf.name() == "count" =>
+                            if udaf.name() == "count" && f.filter.is_none() =>
                         {
-                            None
+                            (None, None)
                         }
-                        [FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Identifier(i)))] => {
-                            match field_of(schema, &i.value) {
-                                Some(fc) => Some(fc.name.clone()),
-                                None => {
-                                    error = Some(format!(
-                                        "unknown column `{}` in `{f}`{}",
-                                        i.value,
-                                        at_ident(i)
-                                    ));
-                                    return ControlFlow::Break(());
-                                }
-                            }
-                        }
-                        [FunctionArg::Unnamed(FunctionArgExpr::Expr(arg))] => {
-                            let computed = format!("__arg{}", self.computed.len());
-                            self.computed.push((arg.to_string(), computed.clone()));
-                            Some(computed)
-                        }
-                        _ => {
-                            error = Some(format!(
-                                "aggregate `{f}`{} takes one column or expression",
-                                at(f)
-                            ));
-                            return ControlFlow::Break(());
-                        }
+                        [FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Identifier(i))), ..] => (
+                            field_of(schema, &i.value).map(|c| c.name.clone()),
+                            Some(text.clone()),
+                        ),
+                        _ => (None, Some(text.clone())),
                     };
-                    if !list.clauses.is_empty() {
-                        error = Some(format!("`{f}`{}: ORDER BY and other clauses inside an aggregate are not supported yet", at(f)));
-                        return ControlFlow::Break(());
-                    }
                     let name = format!("__agg{}", self.configs.len());
                     self.configs.push(AggregateConfig {
                         function: udaf.name().to_string(),
                         column,
                         alias: Some(name.clone()),
                         distinct,
+                        sql,
                     });
+                    self.origins.push((text.clone(), at(f)));
                     self.by_text.insert(text, name.clone());
                     name
                 }
@@ -521,6 +529,37 @@ impl Aggregates {
             None => Ok(expr),
         }
     }
+}
+
+/// The first identifier inside an aggregate call that is not an input column, as an error.
+fn unknown_column_in(
+    f: &datafusion::sql::sqlparser::ast::Function,
+    schema: &SchemaConfig,
+) -> Option<String> {
+    let mut bad = None;
+    let mut call = Expr::Function(f.clone());
+    let _ = visit_expressions_mut(&mut call, |e| {
+        if let Expr::Identifier(i) = e {
+            if i.value.starts_with("__agg") {
+                bad = Some(format!(
+                    "aggregate `{}`{} has an aggregate among its arguments, which is not supported",
+                    f.name,
+                    at(f)
+                ));
+                return ControlFlow::Break(());
+            }
+            if field_of(schema, &i.value).is_none() {
+                bad = Some(format!(
+                    "unknown column `{}` in `{f}`{}",
+                    i.value,
+                    at_ident(i)
+                ));
+                return ControlFlow::Break(());
+            }
+        }
+        ControlFlow::Continue(())
+    });
+    bad
 }
 
 /// After aggregates are rewritten, a SELECT or HAVING expression may only use group keys,

@@ -1,10 +1,14 @@
-//! Event-time tumbling windows, aggregated incrementally by DataFusion's accumulators.
+//! Event-time tumbling and hopping windows, aggregated incrementally by DataFusion's
+//! accumulators (session windows are in [`crate::session`]).
 //!
 //! Each open window ("bin") holds a DataFusion `GroupValues` (group key → group index) and one
 //! `GroupsAccumulator` per aggregate. Rows are assigned to bins with a vectorised pass; the
 //! watermark is advanced row by row (a prefix max), so whether a row is late does not depend
 //! on where batch boundaries fall: the output is the same for any batching, and equal to a
-//! batch `GROUP BY key, date_bin(size, ts)` over the on-time events.
+//! batch `GROUP BY key, date_bin(size, ts)` over the on-time events. A hopping window of
+//! `size` every `slide` is the same machinery with each event added to every bin that holds
+//! it (`size / slide` of them when `size` is a multiple of `slide`); a tumbling window is a
+//! hopping window whose slide equals its size.
 //!
 //! A bin is emitted once, when the watermark reaches `end + allowed_lateness`, then dropped.
 //! Its state is checkpointed as the accumulators' own intermediate state (`state`/
@@ -15,24 +19,31 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, Int64Array, TimestampMillisecondArray, UInt32Array,
+    Array, ArrayRef, BooleanArray, Int64Array, TimestampMillisecondArray, UInt32Array,
 };
 use datafusion::arrow::compute::take;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::common::ScalarValue;
+use datafusion::common::tree_node::TreeNode;
+use datafusion::common::{DFSchema, ScalarValue};
+use datafusion::execution::context::SessionContext;
 use datafusion::functions_aggregate::all_default_aggregate_functions;
+use datafusion::logical_expr::execution_props::ExecutionProps;
+use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
 use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
+use datafusion::optimizer::analyzer::type_coercion::TypeCoercionRewriter;
+use datafusion::physical_expr::aggregate::LoweredAggregateBuilder;
 use datafusion::physical_expr::aggregate::{AggregateExprBuilder, AggregateFunctionExpr};
 use datafusion::physical_expr::expressions::{col, lit};
 use datafusion::physical_expr::GroupsAccumulatorAdapter;
+use datafusion::physical_expr::{PhysicalExpr, PhysicalExprRef};
 use datafusion::physical_plan::aggregates::group_values::{new_group_values, GroupValues};
 use datafusion::physical_plan::aggregates::order::GroupOrdering;
 use serde::Deserialize;
 use weir_runtime::dlq::ErrorKind;
 use weir_runtime::error::{Result, WeirError};
 use weir_runtime::operator::{Emit, Operator, OFFSET_COLUMN};
-use weir_runtime::watermark::{is_closed, tumble_start, WatermarkTracker};
+use weir_runtime::watermark::{hop_starts, is_closed, tumble_start, WatermarkTracker};
 use weir_runtime::OperatorState;
 
 /// What happens to an event whose window has already closed.
@@ -61,6 +72,11 @@ pub struct AggregateConfig {
     /// Aggregate distinct values only.
     #[serde(default)]
     pub distinct: bool,
+    /// The whole call as SQL, planned by DataFusion (e.g. `last_value(status ORDER BY seq)`,
+    /// `approx_percentile_cont(x, 0.9)`); when set, `function`, `column` and `distinct` only
+    /// describe it.
+    #[serde(default)]
+    pub sql: Option<String>,
 }
 
 impl AggregateConfig {
@@ -132,6 +148,104 @@ impl TumbleConfig {
     }
 }
 
+/// The kind of event-time window and its sizes, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowKind {
+    /// Fixed, non-overlapping windows of `size_ms`, aligned to the epoch.
+    Tumble { size_ms: i64 },
+    /// Windows of `size_ms` starting every `slide_ms` (aligned to the epoch); an event is in
+    /// every window that holds it.
+    Hop { slide_ms: i64, size_ms: i64 },
+    /// Per key, events closer than `gap_ms` to each other form one session
+    /// `[first event, last event + gap)`.
+    Session { gap_ms: i64 },
+}
+
+impl WindowKind {
+    /// Value checks; each error names the setting.
+    pub fn validate(&self) -> Vec<String> {
+        let mut e = Vec::new();
+        let mut positive = |name: &str, v: i64| {
+            if v <= 0 {
+                e.push(format!("{name} must be positive, got {v} ms"));
+            }
+        };
+        match *self {
+            WindowKind::Tumble { size_ms } => positive("window size", size_ms),
+            WindowKind::Hop { slide_ms, size_ms } => {
+                positive("hop slide", slide_ms);
+                positive("hop size", size_ms);
+            }
+            WindowKind::Session { gap_ms } => positive("session gap", gap_ms),
+        }
+        e
+    }
+}
+
+impl std::fmt::Display for WindowKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WindowKind::Tumble { size_ms } => write!(f, "tumble      size {size_ms} ms"),
+            WindowKind::Hop { slide_ms, size_ms } => {
+                write!(f, "hop         size {size_ms} ms every {slide_ms} ms")
+            }
+            WindowKind::Session { gap_ms } => write!(f, "session     gap {gap_ms} ms"),
+        }
+    }
+}
+
+/// A window aggregation of any kind: what SQL plans to and what [`build_window`] builds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WindowConfig {
+    pub kind: WindowKind,
+    /// Group keys (one or more columns).
+    pub keys: Vec<String>,
+    /// Event-time column (default: the schema's `event_time`).
+    pub time_column: Option<String>,
+    /// Bound on disorder: watermark = max event time seen − this.
+    pub max_out_of_orderness_ms: i64,
+    /// How long past its end (in watermark time) a window still accepts events.
+    pub allowed_lateness_ms: i64,
+    pub late_policy: LatePolicy,
+    pub aggregates: Vec<AggregateConfig>,
+}
+
+impl From<&TumbleConfig> for WindowConfig {
+    fn from(t: &TumbleConfig) -> Self {
+        WindowConfig {
+            kind: WindowKind::Tumble { size_ms: t.size_ms },
+            keys: t.keys.clone(),
+            time_column: t.time_column.clone(),
+            max_out_of_orderness_ms: t.max_out_of_orderness_ms,
+            allowed_lateness_ms: t.allowed_lateness_ms,
+            late_policy: t.late_policy,
+            aggregates: t.aggregates.clone(),
+        }
+    }
+}
+
+/// Build the operator for `cfg`: [`TumbleWindow`] for tumbling and hopping windows,
+/// [`crate::session::SessionWindow`] for sessions.
+pub fn build_window(
+    name: &str,
+    cfg: &WindowConfig,
+    input: SchemaRef,
+    default_time: &str,
+) -> Result<Box<dyn Operator>, String> {
+    if let Some(e) = cfg.kind.validate().into_iter().next() {
+        return Err(e);
+    }
+    Ok(match cfg.kind {
+        WindowKind::Session { .. } => Box::new(crate::session::SessionWindow::new(
+            name,
+            cfg,
+            input,
+            default_time,
+        )?),
+        _ => Box::new(TumbleWindow::with_config(name, cfg, input, default_time)?),
+    })
+}
+
 /// Looks up a DataFusion aggregate function by name or alias.
 pub fn find_aggregate(name: &str) -> Option<Arc<datafusion::logical_expr::AggregateUDF>> {
     let lower = name.to_ascii_lowercase();
@@ -140,23 +254,244 @@ pub fn find_aggregate(name: &str) -> Option<Arc<datafusion::logical_expr::Aggreg
         .find(|f| f.name() == lower || f.aliases().contains(&lower))
 }
 
+/// The columns every window operator starts from: the time column's index (checked to be a
+/// millisecond timestamp), the key indices and the key fields.
+pub(crate) fn window_columns(
+    cfg: &WindowConfig,
+    input: &SchemaRef,
+    default_time: &str,
+) -> Result<(usize, Vec<usize>, Vec<Field>), String> {
+    let time_column = cfg.time_column.as_deref().unwrap_or(default_time);
+    let time_idx = input
+        .index_of(time_column)
+        .map_err(|_| format!("time column `{time_column}` is not in the input"))?;
+    match input.field(time_idx).data_type() {
+        DataType::Timestamp(TimeUnit::Millisecond, _) => {}
+        other => {
+            return Err(format!(
+                "time column `{time_column}` has type {other}, a window needs a timestamp"
+            ))
+        }
+    }
+    let mut key_idx = Vec::new();
+    let mut key_fields = Vec::new();
+    for k in &cfg.keys {
+        let i = input
+            .index_of(k)
+            .map_err(|_| format!("key column `{k}` is not in the input"))?;
+        key_idx.push(i);
+        key_fields.push(input.field(i).clone().with_nullable(true));
+    }
+    Ok((time_idx, key_idx, key_fields))
+}
+
+/// The aggregates of a window: DataFusion's aggregate expressions, the physical expressions
+/// that feed each one (arguments, then its `ORDER BY` expressions) and its `FILTER`.
+pub(crate) struct AggregateSet {
+    aggs: Vec<Arc<AggregateFunctionExpr>>,
+    inputs: Vec<Vec<Arc<dyn PhysicalExpr>>>,
+    filters: Vec<Option<Arc<dyn PhysicalExpr>>>,
+    /// Number of state columns of each aggregate.
+    pub state_counts: Vec<usize>,
+    /// Output field of each aggregate, named by its alias.
+    pub fields: Vec<Field>,
+}
+
+/// One aggregate's input for a batch: its argument (and ordering) columns and the filter.
+pub(crate) struct AggregateInput {
+    pub values: Vec<ArrayRef>,
+    pub filter: Option<BooleanArray>,
+}
+
+impl AggregateInput {
+    /// The rows at `idx`.
+    pub fn take(&self, idx: &UInt32Array) -> datafusion::common::Result<AggregateInput> {
+        let values = self
+            .values
+            .iter()
+            .map(|c| take(c.as_ref(), idx, None))
+            .collect::<Result<Vec<_>, _>>()?;
+        let filter = match &self.filter {
+            Some(f) => Some(
+                take(f, idx, None)?
+                    .as_any()
+                    .downcast_ref::<BooleanArray>()
+                    .expect("invariant: take of a BooleanArray is a BooleanArray")
+                    .clone(),
+            ),
+            None => None,
+        };
+        Ok(AggregateInput { values, filter })
+    }
+}
+
+impl AggregateSet {
+    pub fn new(configs: &[AggregateConfig], input: &SchemaRef) -> Result<Self, String> {
+        let mut set = AggregateSet {
+            aggs: Vec::new(),
+            inputs: Vec::new(),
+            filters: Vec::new(),
+            state_counts: Vec::new(),
+            fields: Vec::new(),
+        };
+        for a in configs {
+            let alias = a.output_name();
+            let (agg, filter) = match &a.sql {
+                Some(sql) => aggregate_from_sql(sql, &alias, input)?,
+                None => (aggregate_from_config(a, &alias, input)?, None),
+            };
+            set.state_counts.push(
+                agg.state_fields()
+                    .map_err(|e| format!("aggregate `{alias}`: {}", first_line(&e.to_string())))?
+                    .len(),
+            );
+            set.fields
+                .push(agg.field().as_ref().clone().with_name(alias.clone()));
+            let mut exprs = agg.expressions();
+            exprs.extend(agg.order_bys().iter().map(|s| Arc::clone(&s.expr)));
+            set.inputs.push(exprs);
+            set.filters.push(filter);
+            set.aggs.push(agg);
+        }
+        Ok(set)
+    }
+
+    /// Fresh accumulators, one per aggregate.
+    pub fn accumulators(&self) -> datafusion::common::Result<Vec<Box<dyn GroupsAccumulator>>> {
+        self.aggs
+            .iter()
+            .map(
+                |agg| -> datafusion::common::Result<Box<dyn GroupsAccumulator>> {
+                    if agg.groups_accumulator_supported() {
+                        agg.create_groups_accumulator()
+                    } else {
+                        let agg = agg.clone();
+                        Ok(Box::new(GroupsAccumulatorAdapter::new(move || {
+                            agg.create_accumulator()
+                        })))
+                    }
+                },
+            )
+            .collect()
+    }
+
+    /// Evaluate every aggregate's inputs over `batch`.
+    pub fn evaluate(&self, batch: &RecordBatch) -> datafusion::common::Result<Vec<AggregateInput>> {
+        let n = batch.num_rows();
+        self.inputs
+            .iter()
+            .zip(&self.filters)
+            .map(|(exprs, filter)| {
+                let values = exprs
+                    .iter()
+                    .map(|e| e.evaluate(batch).and_then(|v| v.into_array(n)))
+                    .collect::<datafusion::common::Result<Vec<_>>>()?;
+                let filter = match filter {
+                    Some(f) => {
+                        let a = f.evaluate(batch).and_then(|v| v.into_array(n))?;
+                        Some(
+                            a.as_any()
+                                .downcast_ref::<BooleanArray>()
+                                .ok_or_else(|| {
+                                    datafusion::common::DataFusionError::Plan(
+                                        "an aggregate FILTER must be boolean".into(),
+                                    )
+                                })?
+                                .clone(),
+                        )
+                    }
+                    None => None,
+                };
+                Ok(AggregateInput { values, filter })
+            })
+            .collect()
+    }
+}
+
+/// Feed `inputs` into `accs` for the rows' groups.
+pub(crate) fn update_accumulators(
+    accs: &mut [Box<dyn GroupsAccumulator>],
+    inputs: &[AggregateInput],
+    group_ids: &[usize],
+    total_groups: usize,
+) -> datafusion::common::Result<()> {
+    for (acc, input) in accs.iter_mut().zip(inputs) {
+        acc.update_batch(
+            &input.values,
+            group_ids,
+            input.filter.as_ref(),
+            total_groups,
+        )?;
+    }
+    Ok(())
+}
+
+fn aggregate_from_config(
+    a: &AggregateConfig,
+    alias: &str,
+    input: &SchemaRef,
+) -> Result<Arc<AggregateFunctionExpr>, String> {
+    let udaf = find_aggregate(&a.function)
+        .ok_or_else(|| format!("unknown aggregate function `{}`", a.function))?;
+    let arg = match &a.column {
+        Some(c) => {
+            col(c, input).map_err(|_| format!("aggregate column `{c}` is not in the input"))?
+        }
+        None if udaf.name() == "count" => lit(ScalarValue::Int64(Some(1))),
+        None => return Err(format!("aggregate `{}` needs a column", a.function)),
+    };
+    let agg = AggregateExprBuilder::new(udaf, vec![arg])
+        .schema(input.clone())
+        .alias(alias)
+        .with_distinct(a.distinct)
+        .build()
+        .map_err(|e| format!("aggregate `{alias}`: {}", first_line(&e.to_string())))?;
+    Ok(Arc::new(agg))
+}
+
+/// Plan an aggregate call written as SQL (`last_value(status ORDER BY seq)`,
+/// `approx_percentile_cont(x, 0.9)`, `count(DISTINCT v % 10)`) with DataFusion's own planner.
+fn aggregate_from_sql(
+    sql: &str,
+    alias: &str,
+    input: &SchemaRef,
+) -> Result<(Arc<AggregateFunctionExpr>, Option<PhysicalExprRef>), String> {
+    let ctx = SessionContext::new();
+    let df_schema = DFSchema::try_from(input.as_ref().clone())
+        .map_err(|e| format!("aggregate `{sql}`: {}", first_line(&e.to_string())))?;
+    let expr = ctx
+        .parse_sql_expr(sql, &df_schema)
+        .map_err(|e| format!("aggregate `{sql}`: {}", first_line(&e.to_string())))?;
+    let expr = expr
+        .rewrite(&mut TypeCoercionRewriter::new(&df_schema))
+        .map(|t| t.data)
+        .map_err(|e| format!("aggregate `{sql}`: {}", first_line(&e.to_string())))?;
+    let props = ExecutionProps::new();
+    let planning = PhysicalPlanningContext::default();
+    let lowered = LoweredAggregateBuilder::new(&expr, &df_schema, input, &props, &planning)
+        .with_name(alias)
+        .build()
+        .map_err(|e| format!("aggregate `{sql}`: {}", first_line(&e.to_string())))?;
+    Ok((lowered.aggregate, lowered.filter))
+}
+
 struct Bin {
     groups: Box<dyn GroupValues>,
     accs: Vec<Box<dyn GroupsAccumulator>>,
 }
 
-/// The tumbling-window aggregation operator of one partition.
+/// The tumbling- and hopping-window aggregation operator of one partition.
 pub struct TumbleWindow {
     name: String,
     size_ms: i64,
+    slide_ms: i64,
     allowed_lateness_ms: i64,
     late_policy: LatePolicy,
     time_idx: usize,
     key_idx: Vec<usize>,
     offset_idx: Option<usize>,
     key_schema: SchemaRef,
-    aggs: Vec<Arc<AggregateFunctionExpr>>,
-    state_counts: Vec<usize>,
+    aggs: AggregateSet,
     output: SchemaRef,
     watermark: WatermarkTracker,
     bins: BTreeMap<i64, Bin>,
@@ -172,64 +507,37 @@ impl TumbleWindow {
         input: SchemaRef,
         default_time: &str,
     ) -> Result<Self, String> {
-        let time_column = cfg.time_column.as_deref().unwrap_or(default_time);
-        let time_idx = input
-            .index_of(time_column)
-            .map_err(|_| format!("time column `{time_column}` is not in the input"))?;
-        match input.field(time_idx).data_type() {
-            DataType::Timestamp(TimeUnit::Millisecond, _) => {}
-            other => {
-                return Err(format!(
-                    "time column `{time_column}` has type {other}, a window needs a timestamp"
-                ))
+        Self::with_config(name, &WindowConfig::from(cfg), input, default_time)
+    }
+
+    /// A tumbling or hopping window (a session window is a
+    /// [`crate::session::SessionWindow`]).
+    pub fn with_config(
+        name: &str,
+        cfg: &WindowConfig,
+        input: SchemaRef,
+        default_time: &str,
+    ) -> Result<Self, String> {
+        let (slide_ms, size_ms) = match cfg.kind {
+            WindowKind::Tumble { size_ms } => (size_ms, size_ms),
+            WindowKind::Hop { slide_ms, size_ms } => (slide_ms, size_ms),
+            WindowKind::Session { .. } => {
+                return Err("a session window is built by SessionWindow".into())
             }
+        };
+        if let Some(e) = cfg.kind.validate().into_iter().next() {
+            return Err(e);
         }
-        let mut key_idx = Vec::new();
-        let mut key_fields = Vec::new();
-        for k in &cfg.keys {
-            let i = input
-                .index_of(k)
-                .map_err(|_| format!("key column `{k}` is not in the input"))?;
-            key_idx.push(i);
-            key_fields.push(input.field(i).clone().with_nullable(true));
-        }
+        let (time_idx, key_idx, key_fields) = window_columns(cfg, &input, default_time)?;
         let key_schema = Arc::new(Schema::new(key_fields.clone()));
-        let mut aggs = Vec::new();
+        let aggs = AggregateSet::new(&cfg.aggregates, &input)?;
         let mut out_fields = key_fields;
-        out_fields.push(Field::new(
-            "window_start",
-            DataType::Timestamp(TimeUnit::Millisecond, None),
-            false,
-        ));
-        out_fields.push(Field::new(
-            "window_end",
-            DataType::Timestamp(TimeUnit::Millisecond, None),
-            false,
-        ));
-        let mut state_counts = Vec::new();
-        for a in &cfg.aggregates {
-            let udaf = find_aggregate(&a.function)
-                .ok_or_else(|| format!("unknown aggregate function `{}`", a.function))?;
-            let arg = match &a.column {
-                Some(c) => col(c, &input)
-                    .map_err(|_| format!("aggregate column `{c}` is not in the input"))?,
-                None if udaf.name() == "count" => lit(ScalarValue::Int64(Some(1))),
-                None => return Err(format!("aggregate `{}` needs a column", a.function)),
-            };
-            let alias = a.output_name();
-            let agg = AggregateExprBuilder::new(udaf, vec![arg])
-                .schema(input.clone())
-                .alias(alias.clone())
-                .with_distinct(a.distinct)
-                .build()
-                .map_err(|e| format!("aggregate `{alias}`: {}", first_line(&e.to_string())))?;
-            state_counts.push(agg.state_fields().map_err(|e| e.to_string())?.len());
-            out_fields.push(agg.field().as_ref().clone().with_name(alias));
-            aggs.push(Arc::new(agg));
-        }
+        out_fields.extend(window_bound_fields());
+        out_fields.extend(aggs.fields.iter().cloned());
         Ok(Self {
             name: name.to_string(),
-            size_ms: cfg.size_ms,
+            size_ms,
+            slide_ms,
             allowed_lateness_ms: cfg.allowed_lateness_ms,
             late_policy: cfg.late_policy,
             time_idx,
@@ -237,7 +545,6 @@ impl TumbleWindow {
             offset_idx: input.index_of(OFFSET_COLUMN).ok(),
             key_schema,
             aggs,
-            state_counts,
             output: Arc::new(Schema::new(out_fields)),
             watermark: WatermarkTracker::new(cfg.max_out_of_orderness_ms),
             bins: BTreeMap::new(),
@@ -257,25 +564,12 @@ impl TumbleWindow {
     fn new_bin(&self) -> Result<Bin> {
         let groups = new_group_values(self.key_schema.clone(), &GroupOrdering::None)
             .map_err(|e| self.err(e))?;
-        let accs = self
-            .aggs
-            .iter()
-            .map(|agg| -> Result<Box<dyn GroupsAccumulator>> {
-                if agg.groups_accumulator_supported() {
-                    agg.create_groups_accumulator().map_err(|e| self.err(e))
-                } else {
-                    let agg = agg.clone();
-                    Ok(Box::new(GroupsAccumulatorAdapter::new(move || {
-                        agg.create_accumulator()
-                    })))
-                }
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let accs = self.aggs.accumulators().map_err(|e| self.err(e))?;
         Ok(Bin { groups, accs })
     }
 
     /// Update the bin of `start` with these rows (already selected for it).
-    fn update(&mut self, start: i64, keys: &[ArrayRef], args: &[Vec<ArrayRef>]) -> Result<()> {
+    fn update(&mut self, start: i64, keys: &[ArrayRef], args: &[AggregateInput]) -> Result<()> {
         if !self.bins.contains_key(&start) {
             let bin = self.new_bin()?;
             self.bins.insert(start, bin);
@@ -289,16 +583,14 @@ impl TumbleWindow {
             .intern(keys, &mut self.group_ids)
             .map_err(|e| WeirError::operator(&self.name, e))?;
         let total = bin.groups.len();
-        for (acc, values) in bin.accs.iter_mut().zip(args) {
-            acc.update_batch(values, &self.group_ids, None, total)
-                .map_err(|e| WeirError::operator(&self.name, e))?;
-        }
-        Ok(())
+        update_accumulators(&mut bin.accs, args, &self.group_ids, total)
+            .map_err(|e| WeirError::operator(&self.name, e))
     }
 
     /// Emit and drop every bin the watermark has closed (all of them at end of input).
     fn close(&mut self, all: bool, emit: &mut Emit) -> Result<()> {
         let wm = self.watermark.watermark();
+        // Bins close in order of their end, which is the order of their start.
         while let Some((&start, _)) = self.bins.first_key_value() {
             if !all && !is_closed(start + self.size_ms, self.allowed_lateness_ms, wm) {
                 break;
@@ -334,18 +626,13 @@ impl TumbleWindow {
         for acc in &mut bin.accs {
             columns.extend(acc.state(EmitTo::All).map_err(|e| self.err(e))?);
         }
-        let fields: Vec<Field> = columns
-            .iter()
-            .enumerate()
-            .map(|(i, c)| Field::new(format!("c{i}"), c.data_type().clone(), true))
-            .collect();
-        RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(|e| self.err(e))
+        state_batch(columns).map_err(|e| self.err(e))
     }
 
     /// Rebuild a bin from [`Self::bin_state`]'s batch.
     fn restore_bin(&mut self, state: &RecordBatch) -> Result<()> {
         let k = self.key_idx.len();
-        let expected = 1 + k + self.state_counts.iter().sum::<usize>();
+        let expected = 1 + k + self.aggs.state_counts.iter().sum::<usize>();
         if state.num_columns() != expected || state.num_rows() == 0 {
             return Err(self.err(format!(
                 "checkpointed window state has {} columns, expected {expected}: the aggregates changed",
@@ -366,14 +653,53 @@ impl TumbleWindow {
             .intern(&state.columns()[1..=k], &mut ids)
             .map_err(|e| WeirError::operator(&self.name, e))?;
         let total = bin.groups.len();
-        let mut col = 1 + k;
-        for (acc, count) in bin.accs.iter_mut().zip(&self.state_counts) {
-            acc.merge_batch(&state.columns()[col..col + count], &ids, total)
-                .map_err(|e| WeirError::operator(&self.name, e))?;
-            col += count;
-        }
-        Ok(())
+        merge_states(
+            &mut bin.accs,
+            &self.aggs.state_counts,
+            &state.columns()[1 + k..],
+            &ids,
+            total,
+        )
+        .map_err(|e| WeirError::operator(&self.name, e))
     }
+}
+
+/// `window_start` and `window_end`, the columns every window adds after its keys.
+pub(crate) fn window_bound_fields() -> [Field; 2] {
+    let ts = DataType::Timestamp(TimeUnit::Millisecond, None);
+    [
+        Field::new("window_start", ts.clone(), false),
+        Field::new("window_end", ts, false),
+    ]
+}
+
+/// Checkpoint state columns as a batch (generic names, every column nullable).
+pub(crate) fn state_batch(columns: Vec<ArrayRef>) -> datafusion::common::Result<RecordBatch> {
+    let fields: Vec<Field> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| Field::new(format!("c{i}"), c.data_type().clone(), true))
+        .collect();
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        columns,
+    )?)
+}
+
+/// Merge state columns (each aggregate's `state_counts[i]` columns, in order) into `accs`.
+pub(crate) fn merge_states(
+    accs: &mut [Box<dyn GroupsAccumulator>],
+    state_counts: &[usize],
+    columns: &[ArrayRef],
+    group_ids: &[usize],
+    total_groups: usize,
+) -> datafusion::common::Result<()> {
+    let mut col = 0;
+    for (acc, count) in accs.iter_mut().zip(state_counts) {
+        acc.merge_batch(&columns[col..col + count], group_ids, total_groups)?;
+        col += count;
+    }
+    Ok(())
 }
 
 fn first_line(s: &str) -> &str {
@@ -412,7 +738,9 @@ impl Operator for TumbleWindow {
                 .cloned()
         });
 
-        // Assign rows to bins, deciding lateness against the watermark before each row.
+        // Assign rows to bins, deciding lateness against the watermark before each row. A
+        // hopping event goes to each of its windows still open; it is late only when all of
+        // them have closed (the newest closes last).
         let mut bins: Vec<(i64, Vec<u32>)> = Vec::with_capacity(2);
         let mut cur = usize::MAX;
         let mut accepted = 0u64;
@@ -424,32 +752,43 @@ impl Operator for TumbleWindow {
                 continue;
             }
             let t = ts.value(i);
-            let start = tumble_start(t, self.size_ms);
             let wm = self.watermark.watermark();
-            if is_closed(start + self.size_ms, self.allowed_lateness_ms, wm) {
+            let newest = tumble_start(t, self.slide_ms);
+            if is_closed(newest + self.size_ms, self.allowed_lateness_ms, wm) {
                 match (self.late_policy, &offsets) {
                     (LatePolicy::Dlq, Some(o)) => emit.reject(
                         o.value(i),
                         ErrorKind::Late,
                         format!(
-                            "event time {t} is in window [{start}, {}) which closed at watermark {}",
-                            start + self.size_ms,
+                            "event time {t} is in window [{newest}, {}) which closed at watermark {}",
+                            newest + self.size_ms,
                             wm.unwrap_or_default()
                         ),
                     ),
                     _ => emit.count_late_dropped(1),
                 }
             } else {
-                if cur >= bins.len() || bins[cur].0 != start {
-                    cur = bins
-                        .iter()
-                        .position(|(s, _)| *s == start)
-                        .unwrap_or_else(|| {
-                            bins.push((start, Vec::new()));
-                            bins.len() - 1
-                        });
+                let mut place = |start: i64| {
+                    if cur >= bins.len() || bins[cur].0 != start {
+                        cur = bins
+                            .iter()
+                            .position(|(s, _)| *s == start)
+                            .unwrap_or_else(|| {
+                                bins.push((start, Vec::new()));
+                                bins.len() - 1
+                            });
+                    }
+                    bins[cur].1.push(i as u32);
+                };
+                if self.slide_ms == self.size_ms {
+                    place(newest);
+                } else {
+                    for start in hop_starts(t, self.slide_ms, self.size_ms) {
+                        if !is_closed(start + self.size_ms, self.allowed_lateness_ms, wm) {
+                            place(start);
+                        }
+                    }
                 }
-                bins[cur].1.push(i as u32);
                 accepted += 1;
             }
             self.watermark.observe(t);
@@ -461,31 +800,19 @@ impl Operator for TumbleWindow {
             .iter()
             .map(|i| batch.column(*i).clone())
             .collect();
-        let args: Vec<Vec<ArrayRef>> = self
-            .aggs
-            .iter()
-            .map(|agg| {
-                agg.expressions()
-                    .iter()
-                    .map(|e| e.evaluate(&batch).and_then(|v| v.into_array(n)))
-                    .collect::<datafusion::common::Result<Vec<_>>>()
-            })
-            .collect::<datafusion::common::Result<_>>()
-            .map_err(|e| self.err(e))?;
+        let args = self.aggs.evaluate(&batch).map_err(|e| self.err(e))?;
         for (start, rows) in bins {
             if rows.len() == n {
                 self.update(start, &keys, &args)?;
             } else {
                 let idx = UInt32Array::from(rows);
-                let pick = |cols: &[ArrayRef]| -> Result<Vec<ArrayRef>> {
-                    cols.iter()
-                        .map(|c| take(c.as_ref(), &idx, None).map_err(|e| self.err(e)))
-                        .collect()
-                };
-                let k = pick(&keys)?;
+                let k = keys
+                    .iter()
+                    .map(|c| take(c.as_ref(), &idx, None).map_err(|e| self.err(e)))
+                    .collect::<Result<Vec<_>>>()?;
                 let a = args
                     .iter()
-                    .map(|cols| pick(cols))
+                    .map(|input| input.take(&idx).map_err(|e| self.err(e)))
                     .collect::<Result<Vec<_>>>()?;
                 self.update(start, &k, &a)?;
             }
@@ -522,5 +849,110 @@ impl Operator for TumbleWindow {
             self.restore_bin(b)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::StringArray;
+
+    fn input() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("key", DataType::Utf8, false),
+            Field::new(
+                "ts",
+                DataType::Timestamp(TimeUnit::Millisecond, None),
+                false,
+            ),
+            Field::new(OFFSET_COLUMN, DataType::Int64, false),
+        ]))
+    }
+
+    fn batch(rows: &[i64], first_offset: i64) -> RecordBatch {
+        RecordBatch::try_new(
+            input(),
+            vec![
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|_| "a"))),
+                Arc::new(TimestampMillisecondArray::from_iter_values(
+                    rows.iter().copied(),
+                )),
+                Arc::new(Int64Array::from_iter_values(
+                    (0..rows.len() as i64).map(|i| first_offset + i),
+                )),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn hop(slide_ms: i64, size_ms: i64) -> TumbleWindow {
+        let cfg = WindowConfig {
+            kind: WindowKind::Hop { slide_ms, size_ms },
+            keys: vec!["key".into()],
+            time_column: None,
+            max_out_of_orderness_ms: 0,
+            allowed_lateness_ms: 0,
+            late_policy: LatePolicy::Dlq,
+            aggregates: vec![AggregateConfig {
+                function: "count".into(),
+                column: None,
+                alias: Some("n".into()),
+                distinct: false,
+                sql: None,
+            }],
+        };
+        TumbleWindow::with_config("hop", &cfg, input(), "ts").unwrap()
+    }
+
+    /// (window_start, count) of every emitted row.
+    fn emitted(emit: &Emit) -> Vec<(i64, i64)> {
+        let mut out = Vec::new();
+        for b in emit.batches() {
+            let s = b
+                .column(1)
+                .as_any()
+                .downcast_ref::<TimestampMillisecondArray>()
+                .unwrap();
+            let n = b.column(3).as_any().downcast_ref::<Int64Array>().unwrap();
+            out.extend((0..b.num_rows()).map(|r| (s.value(r), n.value(r))));
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn a_hopping_event_counts_in_its_open_windows_and_is_late_only_when_all_have_closed() {
+        let mut w = hop(10, 30);
+        let mut emit = Emit::default();
+        // 35 is in [10, 40), [20, 50), [30, 60). Watermark 45 closes [10, 40) only.
+        w.process(batch(&[35, 45], 0), &mut emit).unwrap();
+        assert_eq!(emitted(&emit), vec![(10, 1)]);
+        // 38 at watermark 45: [10, 40) has closed, [20, 50) and [30, 60) take it; not late.
+        // 15 at watermark 45: its windows [-10, 20), [0, 30), [10, 40) have all closed: late.
+        w.process(batch(&[38, 15], 2), &mut emit).unwrap();
+        assert_eq!(emit.rejects().len(), 1);
+        assert_eq!(emit.rejects()[0].offset, 3);
+        assert_eq!(emit.absorbed(), 3);
+        w.on_end_of_input(&mut emit).unwrap();
+        assert_eq!(emitted(&emit), vec![(10, 1), (20, 3), (30, 3), (40, 1)]);
+    }
+
+    #[test]
+    fn window_kinds_refuse_zero_and_negative_sizes() {
+        assert_eq!(
+            WindowKind::Hop {
+                slide_ms: 0,
+                size_ms: -5
+            }
+            .validate(),
+            vec![
+                "hop slide must be positive, got 0 ms".to_string(),
+                "hop size must be positive, got -5 ms".to_string()
+            ]
+        );
+        assert_eq!(
+            WindowKind::Session { gap_ms: 0 }.validate(),
+            vec!["session gap must be positive, got 0 ms".to_string()]
+        );
     }
 }

@@ -204,3 +204,48 @@ pub fn batch_sql(events: &[&Event], sql: &str) -> Vec<RecordBatch> {
         ctx.sql(sql).await.unwrap().collect().await.unwrap()
     })
 }
+
+pub type Row = serde_json::Map<String, serde_json::Value>;
+
+/// The same rows in any order: exact for everything but floats, floats within 1e-9
+/// relative (a checkpoint merges accumulator state, which changes float rounding).
+pub fn assert_rows_match(got: &[Row], want: &[Row], query: &str) {
+    let canon = |r: &Row| -> (String, Vec<(String, serde_json::Value)>) {
+        let mut exact = Vec::new();
+        let mut floats = Vec::new();
+        for (k, v) in r {
+            match v {
+                serde_json::Value::Number(n) if n.is_f64() => floats.push((k.clone(), v.clone())),
+                _ => exact.push(format!("{k}={v}")),
+            }
+        }
+        exact.sort();
+        floats.sort_by(|a, b| a.0.cmp(&b.0));
+        (exact.join(","), floats)
+    };
+    let index = |rows: &[Row]| {
+        let mut m: BTreeMap<String, Vec<Vec<(String, serde_json::Value)>>> = BTreeMap::new();
+        for r in rows {
+            let (k, f) = canon(r);
+            m.entry(k).or_default().push(f);
+        }
+        m
+    };
+    let (g, w) = (index(got), index(want));
+    assert_eq!(got.len(), want.len(), "{query}: row count");
+    for (k, wf) in &w {
+        let gf = g
+            .get(k)
+            .unwrap_or_else(|| panic!("{query}: missing row {k}"));
+        assert_eq!(gf.len(), wf.len(), "{query}: {k}");
+        for (a, b) in gf.iter().zip(wf) {
+            for ((ka, va), (_, vb)) in a.iter().zip(b) {
+                let (x, y) = (va.as_f64().unwrap(), vb.as_f64().unwrap());
+                assert!(
+                    (x - y).abs() <= 1e-9 * x.abs().max(y.abs()).max(1.0),
+                    "{query}: {k} {ka}: {x} vs {y}"
+                );
+            }
+        }
+    }
+}
