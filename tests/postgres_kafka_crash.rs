@@ -137,9 +137,11 @@ fn a_worker_over_a_topic_killed_ten_times_ends_with_the_reference_table_and_offs
         |client: &mut postgres::Client| -> i64 { stored_offsets(client, &name).values().sum() };
     let total: i64 = ends.values().sum();
 
-    // Kill at random points, at least ten times while input remains.
+    // Kill at random points, ten times while input remains: each run is killed a random
+    // 0-300 ms after its first commit (so every kill interrupts real work, whatever the load
+    // on the machine), or during start-up when that takes longer than 20 s.
     let mut rng = 0x2545_f491_4f6c_dd1d_u64 ^ u64::from(std::process::id());
-    let (mut kills, mut advanced_kills) = (0, 0);
+    let mut kills = 0;
     let started = Instant::now();
     while kills < 10 {
         assert!(
@@ -148,15 +150,19 @@ fn a_worker_over_a_topic_killed_ten_times_ends_with_the_reference_table_and_offs
         );
         let before = progress(&mut client);
         let mut child = spawn(dir.path());
+        let run_started = Instant::now();
+        while progress(&mut client) == before && run_started.elapsed() < Duration::from_secs(20) {
+            if let Some(status) = child.try_wait().unwrap() {
+                let mut err = String::new();
+                std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+                panic!("the worker exited by itself ({status}): {err}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;
-        std::thread::sleep(Duration::from_millis(600 + rng % 1_800));
-        if let Some(status) = child.try_wait().unwrap() {
-            let mut err = String::new();
-            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
-            panic!("the worker exited by itself ({status}): {err}");
-        }
+        std::thread::sleep(Duration::from_millis(rng % 300));
         let at = progress(&mut client);
         assert!(
             at < total,
@@ -165,14 +171,7 @@ fn a_worker_over_a_topic_killed_ten_times_ends_with_the_reference_table_and_offs
         child.kill().unwrap();
         child.wait().unwrap();
         kills += 1;
-        if at > before {
-            advanced_kills += 1;
-        }
     }
-    assert!(
-        advanced_kills >= 5,
-        "only {advanced_kills} of {kills} kills came after the worker made progress"
-    );
 
     // The last run goes to the end of the input, then is stopped with SIGTERM.
     let mut child = spawn(dir.path());
