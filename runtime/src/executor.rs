@@ -118,6 +118,8 @@ struct Owned {
     reader: JoinHandle<Result<()>>,
     worker: usize,
     revoking: bool,
+    /// Revoked as lost: its last checkpoints are not stored.
+    lost: bool,
 }
 
 /// A revocation waiting for its partitions to be released.
@@ -307,6 +309,7 @@ impl Executor {
                 reader: handle,
                 worker,
                 revoking: false,
+                lost: false,
             },
         );
         self.metrics.partition_started();
@@ -390,13 +393,22 @@ impl Executor {
                 }
                 let _ = done.send(opened);
             }
-            Assignment::Revoked { partitions, done } => {
+            Assignment::Revoked {
+                partitions,
+                lost,
+                done,
+            } => {
                 let mut remaining = HashSet::new();
                 for tp in partitions {
                     if let Some(owned) = running.owned.get_mut(&tp) {
-                        info!(topic = %tp.0, partition = tp.1, "partition revoked: draining");
+                        if lost {
+                            warn!(topic = %tp.0, partition = tp.1, "partition lost to another worker: stopping without a checkpoint");
+                        } else {
+                            info!(topic = %tp.0, partition = tp.1, "partition revoked: draining");
+                        }
                         owned.stop.trigger();
                         owned.revoking = true;
+                        owned.lost = lost;
                         remaining.insert(tp);
                     }
                 }
@@ -419,7 +431,14 @@ impl Executor {
     ) -> Result<()> {
         match msg {
             SinkMsg::Output(partition, out) => self.write_output(partition, out, shutdown),
-            SinkMsg::Barrier(checkpoint) => self.commit_checkpoint(&checkpoint, shutdown),
+            SinkMsg::Barrier(checkpoint) => {
+                let tp = (checkpoint.topic.clone(), checkpoint.partition);
+                if running.owned.get(&tp).is_some_and(|o| o.lost) {
+                    debug!(topic = %tp.0, partition = tp.1, epoch = checkpoint.epoch, "checkpoint of a lost partition dropped");
+                    return Ok(());
+                }
+                self.commit_checkpoint(&checkpoint, shutdown)
+            }
             SinkMsg::Finished {
                 topic,
                 partition,

@@ -28,8 +28,14 @@ pub enum Assignment {
     /// read, stores a checkpoint and acknowledges it ([`Source::acknowledge`]), drops their
     /// readers, then answers. The source gives them up only after the answer (or after its
     /// own time bound, when the answer is late).
+    ///
+    /// `lost`: the partitions already belong to another worker (this one was evicted from
+    /// the group): the executor stops them *without* a checkpoint, so that nothing of this
+    /// worker overwrites the new owner's progress; their uncommitted output is discarded by
+    /// the sinks' recovery as usual.
     Revoked {
         partitions: Vec<TopicPartition>,
+        lost: bool,
         done: Sender<()>,
     },
     /// The source cannot follow its assignment any more (the group refused this worker, an

@@ -107,7 +107,7 @@ impl GroupHooks {
                 if other != RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS {
                     error!(error = ?other, "rebalance error: giving up the partitions");
                 }
-                self.revoked(&partitions);
+                self.revoked(&partitions, consumer.assignment_lost());
                 let released = if cooperative {
                     consumer.incremental_unassign(tpl)
                 } else {
@@ -140,8 +140,9 @@ impl GroupHooks {
         opened
     }
 
-    /// Take partitions away from the executor, waiting at most the revoke timeout.
-    fn revoked(&self, partitions: &[TopicPartition]) {
+    /// Take partitions away from the executor, waiting at most the revoke timeout. `lost`:
+    /// the group already gave them to another member (see [`Assignment::Revoked`]).
+    fn revoked(&self, partitions: &[TopicPartition], lost: bool) {
         let Some(events) = self.events() else {
             return;
         };
@@ -151,6 +152,7 @@ impl GroupHooks {
         let (done, answer) = bounded(1);
         let event = Assignment::Revoked {
             partitions: partitions.to_vec(),
+            lost,
             done,
         };
         if events.send(event).is_err() {
