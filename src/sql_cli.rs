@@ -2,7 +2,8 @@
 //!
 //! Source specs: `generator[:key=value,...]` (GeneratorConfig keys), `jsonl:PATH`,
 //! `kafka:BROKERS/TOPIC`. Sink specs: `terminal` (default), `jsonl:DIR`, `sqlite:PATH` (table
-//! `results`, upserted by the group keys and `window_start`), `null`. The input schema is the
+//! `results`, upserted by the group keys and `window_start`, or by the keys alone for a
+//! GROUP BY without a window), `null`. The input schema is the
 //! generator's IoT readings (table `sensors`) unless `--schema FILE` names a TOML file with a
 //! `[schema]` table.
 
@@ -110,12 +111,16 @@ pub fn with_sink(p: Pipeline, spec: &str, plan: &SqlPlan) -> Result<Pipeline> {
         "sqlite" if !arg.is_empty() => {
             let names: Vec<&str> = plan.output.iter().map(|(_, n)| n.as_str()).collect();
             let mut keys: Vec<String> = plan.window.keys.clone();
-            keys.push("window_start".into());
+            let windowed = plan.window.kind != weir_operators::WindowKind::Continuous;
+            if windowed {
+                keys.push("window_start".into());
+            }
             if let Some(missing) = keys.iter().find(|k| !names.contains(&k.as_str())) {
                 return Err(bad(
                     "--sink",
                     format!(
-                        "sqlite upserts by the group keys and window_start: select `{missing}`"
+                        "sqlite upserts by the group keys{}: select `{missing}`",
+                        if windowed { " and window_start" } else { "" }
                     ),
                 ));
             }

@@ -595,6 +595,29 @@ fn weir_sql_explains_runs_and_refuses_with_position() {
         .unwrap();
     assert_eq!(n, 20_000);
 
+    // Without a window: an upsert stream, one row per sensor holding its count so far.
+    let out = weir(
+        &[
+            "sql",
+            "SELECT sensor_id, count(*) AS n FROM sensors GROUP BY sensor_id",
+            "--source",
+            "generator:events=20000,sensors=20,partitions=2",
+            "--sink",
+            "sqlite:upsert.sqlite",
+            "--dir",
+            "upsert-state",
+        ],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let conn = rusqlite::Connection::open(dir.path().join("upsert.sqlite")).unwrap();
+    let (rows, n): (i64, i64) = conn
+        .query_row("SELECT count(*), sum(n) FROM results", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!((rows, n), (20, 20_000));
+
     let out = weir(&["sql", "SELECT sensor_id, count(*) FROM sensors GROUP BY sensor_id, TUMBLE(humidity, INTERVAL '1' MINUTE)"], dir.path());
     assert_eq!(out.status.code(), Some(2));
     assert!(

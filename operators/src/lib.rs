@@ -4,6 +4,7 @@
 //! - [`expr`]: filter and project on DataFusion `PhysicalExpr`s;
 //! - [`window`]: event-time tumbling and hopping windows aggregated by DataFusion's
 //!   `GroupsAccumulator`s; [`session`]: session windows on the same accumulators;
+//!   [`upsert`]: GROUP BY without a window, as an upsert stream;
 //! - [`projection`]: keyed folds for read models (CQRS projections).
 
 pub mod decode;
@@ -12,6 +13,7 @@ pub mod projection;
 pub mod schema;
 pub mod session;
 pub mod sql;
+pub mod upsert;
 pub mod window;
 
 pub use decode::JsonDecoder;
@@ -20,6 +22,7 @@ pub use projection::{Projection, ProjectionOperator};
 pub use schema::{FieldConfig, FieldType, SchemaConfig};
 pub use session::SessionWindow;
 pub use sql::{plan_sql, SqlOptions, SqlPlan};
+pub use upsert::GroupUpsert;
 pub use window::{
     build_window, AggregateConfig, LatePolicy, TumbleConfig, TumbleWindow, WindowConfig, WindowKind,
 };

@@ -63,7 +63,15 @@ impl SqlPlan {
                 ),
             })
             .collect();
-        out += &format!(
+        if w.kind == WindowKind::Continuous {
+            out += &format!(
+                "{}, keys [{}]\n            aggregates {}\n",
+                w.kind,
+                w.keys.join(", "),
+                aggs.join(", ")
+            );
+        } else {
+            out += &format!(
             "{} on `{}`, keys [{}], watermark = max event time - {} ms, lateness {} ms, late events: {:?}\n            aggregates {}\n",
             w.kind,
             w.time_column.as_deref().unwrap_or_default(),
@@ -73,6 +81,7 @@ impl SqlPlan {
             w.late_policy,
             aggs.join(", ")
         );
+        }
         if let Some(h) = &self.having {
             out += &format!("filter      {h}   (HAVING)\n");
         }
@@ -229,12 +238,20 @@ pub fn plan_sql(
             }
         }
     }
-    let Some((time_column, kind)) = window else {
-        return Err(match group_exprs.first() {
-            Some(_) => "a streaming GROUP BY needs a window: add TUMBLE(<time column>, INTERVAL '<size>'), HOP(<time column>, INTERVAL '<slide>', INTERVAL '<size>') or SESSION(<time column>, INTERVAL '<gap>') to GROUP BY".into(),
-            None => "a streaming query needs GROUP BY <keys>, <window>, where the window is TUMBLE(<time column>, INTERVAL '<size>'), HOP(<time column>, INTERVAL '<slide>', INTERVAL '<size>') or SESSION(<time column>, INTERVAL '<gap>')".into(),
-        });
+    let (time_column, kind) = match window {
+        Some((t, kind)) => (Some(t), kind),
+        None if !group_exprs.is_empty() => (None, WindowKind::Continuous),
+        None => return Err("a streaming query needs GROUP BY <keys> [, <window>], where the window is TUMBLE(<time column>, INTERVAL '<size>'), HOP(<time column>, INTERVAL '<slide>', INTERVAL '<size>') or SESSION(<time column>, INTERVAL '<gap>')".into()),
     };
+    let windowed = kind != WindowKind::Continuous;
+    if !windowed {
+        if let Some(h) = &select.having {
+            return Err(format!(
+                "HAVING{} on a GROUP BY without a window is not supported: the output is an upsert stream, and a group that stops matching would need a retraction",
+                at(h)
+            ));
+        }
+    }
     if keys.is_empty() {
         return Err("GROUP BY needs at least one key column besides the window".into());
     }
@@ -261,13 +278,13 @@ pub fn plan_sql(
             }
         };
         let expr = aggs.rewrite(expr, schema)?;
-        check_grouped(&expr, &keys)?;
+        check_grouped(&expr, &keys, windowed)?;
         output.push((expr.to_string(), name));
     }
     let having = match &select.having {
         Some(h) => {
             let h = aggs.rewrite(h.clone(), schema)?;
-            check_grouped(&h, &keys)?;
+            check_grouped(&h, &keys, windowed)?;
             Some(h.to_string())
         }
         None => None,
@@ -291,7 +308,7 @@ pub fn plan_sql(
         window: WindowConfig {
             kind,
             keys,
-            time_column: Some(time_column),
+            time_column,
             max_out_of_orderness_ms: options.max_out_of_orderness_ms,
             allowed_lateness_ms: options.allowed_lateness_ms,
             late_policy: options.late_policy,
@@ -564,16 +581,23 @@ fn unknown_column_in(
 
 /// After aggregates are rewritten, a SELECT or HAVING expression may only use group keys,
 /// window bounds and aggregate outputs.
-fn check_grouped(expr: &Expr, keys: &[String]) -> Result<(), String> {
+fn check_grouped(expr: &Expr, keys: &[String], windowed: bool) -> Result<(), String> {
     let mut bad = None;
     let mut e = expr.clone();
     let _ = visit_expressions_mut(&mut e, |e| {
         if let Expr::Identifier(i) = e {
             let v = &i.value;
-            let ok = keys.iter().any(|k| k.eq_ignore_ascii_case(v))
-                || v.eq_ignore_ascii_case("window_start")
-                || v.eq_ignore_ascii_case("window_end")
-                || v.starts_with("__agg");
+            let bound =
+                v.eq_ignore_ascii_case("window_start") || v.eq_ignore_ascii_case("window_end");
+            if bound && !windowed {
+                bad = Some(format!(
+                    "`{v}`{}: a GROUP BY without a window has no window bounds",
+                    at_ident(i)
+                ));
+                return ControlFlow::Break(());
+            }
+            let ok =
+                keys.iter().any(|k| k.eq_ignore_ascii_case(v)) || bound || v.starts_with("__agg");
             if !ok {
                 bad = Some(format!(
                     "column `{v}`{} must be in GROUP BY or inside an aggregate",

@@ -159,6 +159,9 @@ pub enum WindowKind {
     /// Per key, events closer than `gap_ms` to each other form one session
     /// `[first event, last event + gap)`.
     Session { gap_ms: i64 },
+    /// No window: every group is aggregated for ever and each batch emits the current values
+    /// of the groups it changed (an upsert stream keyed by the group keys).
+    Continuous,
 }
 
 impl WindowKind {
@@ -177,6 +180,7 @@ impl WindowKind {
                 positive("hop size", size_ms);
             }
             WindowKind::Session { gap_ms } => positive("session gap", gap_ms),
+            WindowKind::Continuous => {}
         }
         e
     }
@@ -190,6 +194,10 @@ impl std::fmt::Display for WindowKind {
                 write!(f, "hop         size {size_ms} ms every {slide_ms} ms")
             }
             WindowKind::Session { gap_ms } => write!(f, "session     gap {gap_ms} ms"),
+            WindowKind::Continuous => write!(
+                f,
+                "aggregate   no window: each batch emits its changed groups (upsert by the keys)"
+            ),
         }
     }
 }
@@ -237,6 +245,12 @@ pub fn build_window(
     }
     Ok(match cfg.kind {
         WindowKind::Session { .. } => Box::new(crate::session::SessionWindow::new(
+            name,
+            cfg,
+            input,
+            default_time,
+        )?),
+        WindowKind::Continuous => Box::new(crate::upsert::GroupUpsert::new(
             name,
             cfg,
             input,
@@ -521,8 +535,8 @@ impl TumbleWindow {
         let (slide_ms, size_ms) = match cfg.kind {
             WindowKind::Tumble { size_ms } => (size_ms, size_ms),
             WindowKind::Hop { slide_ms, size_ms } => (slide_ms, size_ms),
-            WindowKind::Session { .. } => {
-                return Err("a session window is built by SessionWindow".into())
+            WindowKind::Session { .. } | WindowKind::Continuous => {
+                return Err("only tumbling and hopping windows are built by TumbleWindow".into())
             }
         };
         if let Some(e) = cfg.kind.validate().into_iter().next() {
