@@ -31,7 +31,7 @@ pub mod prelude {
     };
     pub use weir_operators::{
         AggregateConfig, FieldConfig, FieldType, LatePolicy, Projection, ProjectionOperator,
-        SchemaConfig, TumbleConfig,
+        SchemaConfig, TumbleConfig, Upcasters,
     };
     pub use weir_runtime::{NullSink, RunSummary, Shutdown};
 }

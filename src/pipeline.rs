@@ -12,7 +12,7 @@ use weir_connectors::{
 };
 use weir_operators::{
     plan_sql, FilterOperator, JsonDecoder, ProjectOperator, SchemaConfig, SqlOptions, SqlPlan,
-    TumbleConfig, TumbleWindow,
+    TumbleConfig, TumbleWindow, UpcastOperator, Upcasters,
 };
 use weir_runtime::error::{Result, WeirError};
 use weir_runtime::executor::TaskFactory;
@@ -33,6 +33,7 @@ enum OpSpec {
     Project(Vec<(String, String)>),
     Tumble(TumbleConfig),
     Custom(String, OperatorFactory),
+    Upcast(Upcasters),
 }
 
 /// A pipeline under construction: source → decode → operators → sinks, with a DLQ and a
@@ -125,6 +126,16 @@ impl Pipeline {
         let plan = plan_sql(query, &schema.table, schema, options).map_err(WeirError::Config)?;
         self.ops.extend(sql_specs(schema, &plan));
         Ok(self)
+    }
+
+    /// Upcast older event versions to the current shape ([`weir_operators::upcast`]). The
+    /// upcasters run right after decode, before every other operator whatever the call
+    /// order, so no projection ever sees an old version; a second call replaces the first.
+    /// Events with a missing, unknown or too new version go to the DLQ with the reason.
+    pub fn upcast(mut self, upcasters: Upcasters) -> Self {
+        self.ops.retain(|op| !matches!(op, OpSpec::Upcast(_)));
+        self.ops.insert(0, OpSpec::Upcast(upcasters));
+        self
     }
 
     /// Any operator, built per partition against its input schema (e.g. a
@@ -306,6 +317,9 @@ fn build_chain(
                 .and_then(|_| TumbleWindow::new(&name, t, input.clone(), &schema.event_time))
                 .map(|o| Box::new(o) as _),
             OpSpec::Custom(label, f) => f(input.clone()).map_err(|e| format!("{label}: {e}")),
+            OpSpec::Upcast(u) => {
+                UpcastOperator::new(&name, u.clone(), input.clone()).map(|o| Box::new(o) as _)
+            }
         };
         match built {
             Ok(op) => {
