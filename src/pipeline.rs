@@ -8,7 +8,7 @@ use std::time::Duration;
 use datafusion::arrow::datatypes::SchemaRef;
 use weir_connectors::{
     GeneratorSource, JsonlDlq, JsonlFileSource, JsonlSink, KafkaDlq, KafkaSink, KafkaSource,
-    PostgresStore, SqliteSink, TerminalSink,
+    ParquetSink, PostgresStore, SqliteSink, TerminalSink,
 };
 use weir_operators::{
     plan_sql, FilterOperator, JsonDecoder, ProjectOperator, SchemaConfig, SqlOptions, SqlPlan,
@@ -262,6 +262,7 @@ impl Pipeline {
             p = match s {
                 SinkConfig::Sqlite(c) => p.sink(SqliteSink::new(name, c)?),
                 SinkConfig::Jsonl(c) => p.sink(JsonlSink::new(name, c)?),
+                SinkConfig::Parquet(c) => p.sink(ParquetSink::new(name, c)?),
                 SinkConfig::Terminal(c) => p.sink(TerminalSink::new(name, c)),
                 SinkConfig::Kafka(c) => p.sink(KafkaSink::new(name, c)?),
                 SinkConfig::Postgres(c) => {

@@ -1,8 +1,8 @@
 //! weir-connectors: where events come from and where results go.
 //!
 //! Sources: a deterministic IoT [generator](generator) (for tests, examples and `weir bench`)
-//! and a newline-delimited [JSON file](jsonl_source). Sinks: [JSONL files](jsonl_sink)
-//! (exactly-once by the epoch protocol), [SQLite](sqlite_sink) (idempotent upserts) and the
+//! and a newline-delimited [JSON file](jsonl_source). Sinks: [JSONL files](jsonl_sink) and
+//! [Parquet files](parquet_sink) (exactly-once by the epoch protocol), [SQLite](sqlite_sink) (idempotent upserts) and the
 //! [terminal](terminal_sink) (at-least-once). Dead letters: [JSONL files](dlq_file).
 //!
 //! Every config struct has a pure `validate(key_prefix)` that reports all impossible values at
@@ -24,6 +24,7 @@ pub mod generator;
 pub mod jsonl_sink;
 pub mod jsonl_source;
 pub mod kafka;
+pub mod parquet_sink;
 pub mod postgres;
 pub mod sqlite_sink;
 pub mod terminal_sink;
@@ -40,6 +41,7 @@ pub use kafka::{
     KafkaDlq, KafkaDlqConfig, KafkaOffsetCommitter, KafkaSink, KafkaSinkConfig, KafkaSource,
     KafkaSourceConfig,
 };
+pub use parquet_sink::{read_parquet_dir, ParquetSink, ParquetSinkConfig};
 pub use postgres::{PostgresSinkConfig, PostgresStore, PostgresUrl};
 pub use sqlite_sink::{SqliteSink, SqliteSinkConfig};
 pub use terminal_sink::{TerminalSink, TerminalSinkConfig};
