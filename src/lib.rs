@@ -7,6 +7,7 @@
 
 pub mod bench;
 pub mod bench_kafka;
+pub mod bench_postgres;
 pub mod config;
 pub mod demo;
 pub mod pipeline;
