@@ -11,7 +11,8 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use weir_connectors::{
     GeneratorConfig, JsonlDlqConfig, JsonlSinkConfig, JsonlSourceConfig, KafkaDlqConfig,
-    KafkaSinkConfig, KafkaSourceConfig, PostgresSinkConfig, SqliteSinkConfig, TerminalSinkConfig,
+    KafkaSinkConfig, KafkaSourceConfig, ParquetSinkConfig, PostgresSinkConfig, SqliteSinkConfig,
+    TerminalSinkConfig,
 };
 use weir_operators::{SchemaConfig, TumbleConfig};
 
@@ -58,6 +59,8 @@ pub struct ProjectColumn {
 pub enum SinkConfig {
     Sqlite(SqliteSinkConfig),
     Jsonl(JsonlSinkConfig),
+    /// Parquet files per partition and checkpoint epoch, published on commit (exactly-once).
+    Parquet(ParquetSinkConfig),
     Terminal(TerminalSinkConfig),
     Kafka(KafkaSinkConfig),
     /// Upserts in PostgreSQL; also the pipeline's checkpoint store (exactly-once).
@@ -287,6 +290,7 @@ impl PipelineConfig {
             errors.extend(match s {
                 SinkConfig::Sqlite(c) => c.validate(&p),
                 SinkConfig::Jsonl(c) => c.validate(&p),
+                SinkConfig::Parquet(c) => c.validate(&p),
                 SinkConfig::Terminal(c) => c.validate(&p),
                 SinkConfig::Kafka(c) => c.validate(&p),
                 SinkConfig::Postgres(c) => c.validate(&p),

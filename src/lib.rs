@@ -7,6 +7,7 @@
 
 pub mod bench;
 pub mod bench_kafka;
+pub mod bench_postgres;
 pub mod config;
 pub mod demo;
 pub mod pipeline;
@@ -31,7 +32,7 @@ pub mod prelude {
     };
     pub use weir_operators::{
         AggregateConfig, FieldConfig, FieldType, LatePolicy, Projection, ProjectionOperator,
-        SchemaConfig, TumbleConfig,
+        SchemaConfig, TumbleConfig, Upcasters,
     };
     pub use weir_runtime::{NullSink, RunSummary, Shutdown};
 }

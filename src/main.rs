@@ -86,9 +86,20 @@ enum Command {
         /// Kafka bootstrap brokers for --kafka.
         #[arg(long, env = "WEIR_KAFKA_BROKERS")]
         brokers: Option<String>,
-        /// Partitions of the benchmark topic (--kafka).
+        /// Partitions of the benchmark topic (--kafka), or of the rows (--postgres).
         #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(i32).range(1..=1024))]
         partitions: i32,
+        /// Benchmark the PostgreSQL sink instead: upsert --events rows over --sensors distinct
+        /// keys in batches of --batch-rows, exactly-once (rows and checkpoint per partition
+        /// in one transaction).
+        #[arg(long, conflicts_with = "kafka")]
+        postgres: bool,
+        /// PostgreSQL for --postgres (`scripts/postgres.sh start` prints it).
+        #[arg(long, env = "WEIR_PG_URL")]
+        pg_url: Option<String>,
+        /// --postgres: batches between checkpoints (each commits every partition).
+        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
+        checkpoint_every: u64,
     },
 }
 
@@ -244,6 +255,47 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 "  weir / raw      {:>10.1} %  (against the faster raw consumer)",
                 100.0 * r.weir_eps() / r.best_raw_eps()
             );
+        }
+        Command::Bench {
+            events,
+            sensors,
+            batch_rows,
+            partitions,
+            postgres: true,
+            pg_url,
+            checkpoint_every,
+            ..
+        } => {
+            let url = pg_url.ok_or_else(|| {
+                anyhow::anyhow!("--postgres needs --pg-url or WEIR_PG_URL (scripts/postgres.sh start prints it)")
+            })?;
+            let opts = weir::bench_postgres::PostgresBenchOptions {
+                url,
+                rows: events,
+                keys: sensors,
+                batch_rows: batch_rows as usize,
+                partitions: partitions as u32,
+                checkpoint_every,
+            };
+            let profile = if cfg!(debug_assertions) {
+                "dev"
+            } else {
+                "release"
+            };
+            println!("weir bench --postgres: {events} rows, {sensors} keys, {batch_rows} rows/batch, {partitions} partitions, checkpoint every {checkpoint_every} batches, {profile} build");
+            let r = weir::bench_postgres::run(&opts)?;
+            println!(
+                "  upserts         {:>10.0} rows/s  ({} rows in {:.2} s, {} applied after last-per-key)",
+                r.rows_per_sec(),
+                r.rows,
+                r.secs,
+                r.applied
+            );
+            println!(
+                "  commits         {:>10}  (rows + checkpoint, one transaction per partition)",
+                r.commits
+            );
+            println!("  table rows      {:>10}", r.table_rows);
         }
         Command::Bench {
             events,

@@ -8,11 +8,11 @@ use std::time::Duration;
 use datafusion::arrow::datatypes::SchemaRef;
 use weir_connectors::{
     GeneratorSource, JsonlDlq, JsonlFileSource, JsonlSink, KafkaDlq, KafkaSink, KafkaSource,
-    KafkaTxnOptions, KafkaTxnStore, PostgresStore, SqliteSink, TerminalSink,
+    KafkaTxnOptions, KafkaTxnStore, ParquetSink, PostgresStore, SqliteSink, TerminalSink,
 };
 use weir_operators::{
     build_window, plan_sql, FilterOperator, JsonDecoder, ProjectOperator, SchemaConfig, SqlOptions,
-    SqlPlan, TumbleConfig, WindowConfig,
+    SqlPlan, TumbleConfig, UpcastOperator, Upcasters, WindowConfig,
 };
 use weir_runtime::error::{Result, WeirError};
 use weir_runtime::executor::TaskFactory;
@@ -33,6 +33,7 @@ enum OpSpec {
     Project(Vec<(String, String)>),
     Window(WindowConfig),
     Custom(String, OperatorFactory),
+    Upcast(Upcasters),
 }
 
 /// A pipeline under construction: source → decode → operators → sinks, with a DLQ and a
@@ -131,6 +132,16 @@ impl Pipeline {
         let plan = plan_sql(query, &schema.table, schema, options).map_err(WeirError::Config)?;
         self.ops.extend(sql_specs(&plan));
         Ok(self)
+    }
+
+    /// Upcast older event versions to the current shape ([`weir_operators::upcast`]). The
+    /// upcasters run right after decode, before every other operator whatever the call
+    /// order, so no projection ever sees an old version; a second call replaces the first.
+    /// Events with a missing, unknown or too new version go to the DLQ with the reason.
+    pub fn upcast(mut self, upcasters: Upcasters) -> Self {
+        self.ops.retain(|op| !matches!(op, OpSpec::Upcast(_)));
+        self.ops.insert(0, OpSpec::Upcast(upcasters));
+        self
     }
 
     /// Any operator, built per partition against its input schema (e.g. a
@@ -274,6 +285,7 @@ impl Pipeline {
             p = match s {
                 SinkConfig::Sqlite(c) => p.sink(SqliteSink::new(name, c)?),
                 SinkConfig::Jsonl(c) => p.sink(JsonlSink::new(name, c)?),
+                SinkConfig::Parquet(c) => p.sink(ParquetSink::new(name, c)?),
                 SinkConfig::Terminal(c) => p.sink(TerminalSink::new(name, c)),
                 SinkConfig::Kafka(c) if c.transactional_id.is_some() => {
                     let SourceConfig::Kafka(source) = &cfg.source else {
@@ -345,6 +357,9 @@ fn build_chain(
                 .check_window_keys(&w.keys)
                 .and_then(|_| build_window(&name, w, input.clone(), &schema.event_time)),
             OpSpec::Custom(label, f) => f(input.clone()).map_err(|e| format!("{label}: {e}")),
+            OpSpec::Upcast(u) => {
+                UpcastOperator::new(&name, u.clone(), input.clone()).map(|o| Box::new(o) as _)
+            }
         };
         match built {
             Ok(op) => {

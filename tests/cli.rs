@@ -7,7 +7,9 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use weir::connectors::{read_dlq_dir, read_jsonl_dir, EventGenerator, GeneratorConfig};
+use weir::connectors::{
+    read_dlq_dir, read_jsonl_dir, read_parquet_dir, EventGenerator, GeneratorConfig,
+};
 
 fn weir(args: &[&str], cwd: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_weir"))
@@ -292,6 +294,10 @@ key_columns = ["sensor_id", "window_start"]
 type = "jsonl"
 path = "out"
 
+[[sinks]]
+type = "parquet"
+path = "out-parquet"
+
 [dlq]
 type = "jsonl"
 path = "dlq"
@@ -327,6 +333,21 @@ fn sorted_json(dir: &Path) -> Vec<String> {
         .collect();
     v.sort();
     v
+}
+
+/// The rows of the published Parquet files, as sorted JSON lines.
+fn sorted_parquet(dir: &Path) -> Vec<String> {
+    let mut lines = Vec::new();
+    for batch in read_parquet_dir(dir).unwrap() {
+        let mut buf = Vec::new();
+        let mut w = datafusion::arrow::json::LineDelimitedWriter::new(&mut buf);
+        w.write(&batch).unwrap();
+        w.finish().unwrap();
+        drop(w);
+        lines.extend(String::from_utf8(buf).unwrap().lines().map(str::to_string));
+    }
+    lines.sort();
+    lines
 }
 
 fn sorted_dlq(dir: &Path) -> Vec<(i32, i64, String)> {
@@ -381,6 +402,28 @@ fn weir_run_processes_a_file_and_accounts_for_every_line() {
     });
     assert_eq!(readings + dlq + filtered, 20_000, "{stdout}");
     assert_eq!(sorted_json(&dir.path().join("out")).len(), rows.len());
+    // The Parquet sink holds the same rows as the JSONL sink.
+    let parquet = sorted_parquet(&dir.path().join("out-parquet"));
+    assert_eq!(parquet.len(), rows.len());
+    assert_eq!(parquet, sorted_json_lines(&dir.path().join("out")));
+}
+
+/// The JSONL sink's lines as written, sorted.
+fn sorted_json_lines(dir: &Path) -> Vec<String> {
+    let mut lines: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .flat_map(|p| {
+            std::fs::read_to_string(p)
+                .unwrap()
+                .lines()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    lines.sort();
+    lines
 }
 
 #[test]
@@ -438,6 +481,11 @@ fn a_worker_killed_at_random_points_and_restarted_ends_with_the_uninterrupted_ou
         sorted_json(&crashed.join("out")),
         sorted_json(&straight.join("out")),
         "JSONL sink is exactly-once"
+    );
+    assert_eq!(
+        sorted_parquet(&crashed.join("out-parquet")),
+        sorted_parquet(&straight.join("out-parquet")),
+        "Parquet sink is exactly-once"
     );
     assert_eq!(
         sorted_dlq(&crashed.join("dlq")),

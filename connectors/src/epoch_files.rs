@@ -1,6 +1,7 @@
 //! Files written per partition and checkpoint epoch, published when the checkpoint commits:
 //! the one implementation of the epoch protocol ([`weir_runtime::sink`]) for file outputs,
-//! shared by the JSONL sink and the JSONL dead-letter queue.
+//! shared by the JSONL and Parquet sinks and the JSONL dead-letter queue. Files end in
+//! `.jsonl` unless made with [`EpochFiles::with_extension`].
 //!
 //! Layout under the output directory, for a file prefix such as `part`:
 //! - `.staging/part-p<p>-open.jsonl`: bytes of partition `p` since its last prepare;
@@ -22,7 +23,7 @@ use tracing::{debug, warn};
 use weir_runtime::error::{Result, WeirError};
 
 const STAGING: &str = ".staging";
-const EXT: &str = ".jsonl";
+const JSONL: &str = ".jsonl";
 
 /// The bytes of one partition since its last prepare.
 #[derive(Debug)]
@@ -39,6 +40,8 @@ pub struct EpochFiles {
     dir: PathBuf,
     staging: PathBuf,
     prefix: String,
+    /// The file name extension, with its dot.
+    ext: String,
     open: HashMap<i32, OpenFile>,
     /// Epochs prepared (staged) and not yet committed, per partition.
     prepared: HashMap<i32, BTreeSet<u64>>,
@@ -47,6 +50,11 @@ pub struct EpochFiles {
 impl EpochFiles {
     /// Files named `<prefix>-p<p>-...` in `dir`, which is created if absent.
     pub fn new(dir: impl Into<PathBuf>, prefix: &str) -> Result<Self> {
+        Self::with_extension(dir, prefix, JSONL)
+    }
+
+    /// Files named `<prefix>-p<p>-...<ext>` (`ext` with its dot, e.g. `.parquet`) in `dir`.
+    pub fn with_extension(dir: impl Into<PathBuf>, prefix: &str, ext: &str) -> Result<Self> {
         let dir = dir.into();
         let staging = dir.join(STAGING);
         fs::create_dir_all(&staging).map_err(|e| WeirError::io(&staging, e))?;
@@ -54,6 +62,7 @@ impl EpochFiles {
             dir,
             staging,
             prefix: prefix.to_string(),
+            ext: ext.to_string(),
             open: HashMap::new(),
             prepared: HashMap::new(),
         })
@@ -66,17 +75,19 @@ impl EpochFiles {
 
     fn open_path(&self, partition: i32) -> PathBuf {
         self.staging
-            .join(format!("{}-p{partition}-open{EXT}", self.prefix))
+            .join(format!("{}-p{partition}-open{}", self.prefix, self.ext))
     }
 
     fn staged_path(&self, partition: i32, epoch: u64) -> PathBuf {
         self.staging
-            .join(format!("{}-p{partition}-e{epoch}{EXT}", self.prefix))
+            .join(format!("{}-p{partition}-e{epoch}{}", self.prefix, self.ext))
     }
 
     fn committed_path(&self, partition: i32, epoch: u64) -> PathBuf {
-        self.dir
-            .join(format!("{}-p{partition}-e{epoch:010}{EXT}", self.prefix))
+        self.dir.join(format!(
+            "{}-p{partition}-e{epoch:010}{}",
+            self.prefix, self.ext
+        ))
     }
 
     /// Append `bytes` (whole lines) to the open file of `partition`. Not durable before
@@ -228,26 +239,36 @@ impl EpochFiles {
 
     /// `(partition, epoch, path)` of the epoch files of this prefix in `dir`.
     fn list(&self, dir: &Path) -> Result<Vec<(i32, u64, PathBuf)>> {
-        list_epoch_files(dir, &self.prefix)
+        list_epoch_files(dir, &self.prefix, &self.ext)
     }
 
-    /// The published files of `prefix` in `dir`, ordered by partition, then epoch.
+    /// The published `.jsonl` files of `prefix` in `dir`, ordered by partition, then epoch.
     pub fn committed_files(dir: &Path, prefix: &str) -> Result<Vec<PathBuf>> {
-        let mut files = list_epoch_files(dir, prefix)?;
+        Self::committed_files_with_extension(dir, prefix, JSONL)
+    }
+
+    /// The published files of `prefix` ending in `ext` in `dir`, ordered by partition, then
+    /// epoch.
+    pub fn committed_files_with_extension(
+        dir: &Path,
+        prefix: &str,
+        ext: &str,
+    ) -> Result<Vec<PathBuf>> {
+        let mut files = list_epoch_files(dir, prefix, ext)?;
         files.sort_by_key(|(p, e, _)| (*p, *e));
         Ok(files.into_iter().map(|(_, _, path)| path).collect())
     }
 }
 
-/// Parses `<prefix>-p<partition>-e<epoch>.jsonl`.
-fn parse_name(name: &str, prefix: &str) -> Option<(i32, u64)> {
+/// Parses `<prefix>-p<partition>-e<epoch><ext>`.
+fn parse_name(name: &str, prefix: &str, ext: &str) -> Option<(i32, u64)> {
     let rest = name.strip_prefix(prefix)?.strip_prefix("-p")?;
-    let rest = rest.strip_suffix(EXT)?;
+    let rest = rest.strip_suffix(ext)?;
     let (partition, epoch) = rest.rsplit_once("-e")?;
     Some((partition.parse().ok()?, epoch.parse().ok()?))
 }
 
-fn list_epoch_files(dir: &Path, prefix: &str) -> Result<Vec<(i32, u64, PathBuf)>> {
+fn list_epoch_files(dir: &Path, prefix: &str, ext: &str) -> Result<Vec<(i32, u64, PathBuf)>> {
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -258,7 +279,7 @@ fn list_epoch_files(dir: &Path, prefix: &str) -> Result<Vec<(i32, u64, PathBuf)>
         let entry = entry.map_err(|e| WeirError::io(dir, e))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if let Some((p, e)) = parse_name(name, prefix) {
+        if let Some((p, e)) = parse_name(name, prefix, ext) {
             out.push((p, e, entry.path()));
         }
     }
@@ -384,11 +405,19 @@ mod tests {
     #[test]
     fn file_names_parse_back() {
         assert_eq!(
-            parse_name("part-p3-e0000000012.jsonl", "part"),
+            parse_name("part-p3-e0000000012.jsonl", "part", JSONL),
             Some((3, 12))
         );
-        assert_eq!(parse_name("part-p-1-e5.jsonl", "part"), Some((-1, 5)));
-        assert_eq!(parse_name("part-p3-open.jsonl", "part"), None);
-        assert_eq!(parse_name("dlq-p3-e1.jsonl", "part"), None);
+        assert_eq!(
+            parse_name("part-p-1-e5.jsonl", "part", JSONL),
+            Some((-1, 5))
+        );
+        assert_eq!(parse_name("part-p3-open.jsonl", "part", JSONL), None);
+        assert_eq!(parse_name("dlq-p3-e1.jsonl", "part", JSONL), None);
+        assert_eq!(
+            parse_name("part-p3-e0000000012.parquet", "part", ".parquet"),
+            Some((3, 12))
+        );
+        assert_eq!(parse_name("part-p3-e12.parquet", "part", JSONL), None);
     }
 }

@@ -4,19 +4,27 @@
 //! Rows are encoded by arrow's JSON writer (null fields left out, timestamps as the writer
 //! formats them), without the [`OFFSET_COLUMN`](weir_runtime::OFFSET_COLUMN). Published files
 //! are `<path>/part-p<partition>-e<epoch:010>.jsonl`.
+//!
+//! Deletes ([`DELETED_COLUMN`] `true`, see [`weir_runtime::sink`]) are lines with
+//! `"__deleted": true`; upserts have no `__deleted` field. Read in order, the lines replay the
+//! read model's changes.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use std::sync::Arc;
+
+use weir_runtime::arrow::array::{Array, ArrayRef, BooleanArray};
+use weir_runtime::arrow::datatypes::{DataType, Field, Schema};
 use weir_runtime::arrow::json::LineDelimitedWriter;
 use weir_runtime::arrow::record_batch::RecordBatch;
 use weir_runtime::error::{Result, WeirError};
 use weir_runtime::sink::EpochParticipant;
-use weir_runtime::{Guarantee, SinkWriter, WriteOutcome};
+use weir_runtime::{Guarantee, SinkWriter, WriteOutcome, DELETED_COLUMN};
 
 use crate::epoch_files::EpochFiles;
-use crate::{config_key, without_offset_column};
+use crate::{config_key, sink_rows, SinkRows};
 
 const PREFIX: &str = "part";
 
@@ -94,7 +102,7 @@ impl SinkWriter for JsonlSink {
         if batch.num_rows() == 0 {
             return Ok(WriteOutcome::default());
         }
-        let rows = without_offset_column(batch)?;
+        let rows = with_delete_marks(sink_rows(&self.name, batch)?)?;
         self.buf.clear();
         let mut writer = LineDelimitedWriter::new(&mut self.buf);
         writer
@@ -107,6 +115,31 @@ impl SinkWriter for JsonlSink {
             rejected: Vec::new(),
         })
     }
+}
+
+/// The rows with a [`DELETED_COLUMN`] that is `true` on deletes and null on upserts (which the
+/// JSON writer leaves out); without one when the batch has no delete flags.
+fn with_delete_marks(split: SinkRows) -> Result<RecordBatch> {
+    let Some(deleted) = split.deleted else {
+        return Ok(split.rows);
+    };
+    let marks: BooleanArray = (0..deleted.len())
+        .map(|r| (deleted.is_valid(r) && deleted.value(r)).then_some(true))
+        .collect();
+    let mut fields: Vec<Field> = split
+        .rows
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.push(Field::new(DELETED_COLUMN, DataType::Boolean, true));
+    let mut columns = split.rows.columns().to_vec();
+    columns.push(Arc::new(marks) as ArrayRef);
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        columns,
+    )?)
 }
 
 /// Every row of the published files in `dir`, by partition, then epoch, then line.
@@ -128,9 +161,7 @@ pub fn read_jsonl_dir(dir: impl AsRef<Path>) -> Result<Vec<serde_json::Value>> {
 mod tests {
     use super::*;
     use serde_json::json;
-    use std::sync::Arc;
     use weir_runtime::arrow::array::{Float64Array, Int64Array, StringArray};
-    use weir_runtime::arrow::datatypes::{DataType, Field, Schema};
     use weir_runtime::OFFSET_COLUMN;
 
     fn batch(keys: &[&str], first_offset: i64) -> RecordBatch {
@@ -193,6 +224,38 @@ mod tests {
             "rows without the offset column"
         );
         assert!(tmp.path().join("part-p0-e0000000001.jsonl").exists());
+    }
+
+    #[test]
+    fn deletes_are_lines_marked_deleted_and_upserts_carry_no_mark() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = sink(tmp.path());
+        let b = batch(&["a", "b", "c"], 0);
+        let mut fields: Vec<Field> = b
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields.push(Field::new(DELETED_COLUMN, DataType::Boolean, true));
+        let mut columns = b.columns().to_vec();
+        columns.push(Arc::new(BooleanArray::from(vec![
+            Some(false),
+            Some(true),
+            None,
+        ])));
+        let b = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap();
+        assert_eq!(s.write(0, &b).unwrap().accepted, 3);
+        s.prepare(0, 1).unwrap();
+        s.commit(0, 1).unwrap();
+        assert_eq!(
+            read_jsonl_dir(tmp.path()).unwrap(),
+            [
+                json!({"sensor_id": "a", "avg": 0.5}),
+                json!({"sensor_id": "b", "avg": 1.5, "__deleted": true}),
+                json!({"sensor_id": "c", "avg": 2.5}),
+            ]
+        );
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! weir-connectors: where events come from and where results go.
 //!
 //! Sources: a deterministic IoT [generator](generator) (for tests, examples and `weir bench`)
-//! and a newline-delimited [JSON file](jsonl_source). Sinks: [JSONL files](jsonl_sink)
-//! (exactly-once by the epoch protocol), [SQLite](sqlite_sink) (idempotent upserts) and the
+//! and a newline-delimited [JSON file](jsonl_source). Sinks: [JSONL files](jsonl_sink) and
+//! [Parquet files](parquet_sink) (exactly-once by the epoch protocol), [SQLite](sqlite_sink) (idempotent upserts) and the
 //! [terminal](terminal_sink) (at-least-once). Dead letters: [JSONL files](dlq_file).
 //!
 //! Every config struct has a pure `validate(key_prefix)` that reports all impossible values at
@@ -10,10 +10,12 @@
 
 use std::sync::Arc;
 
+use weir_runtime::arrow::array::{Array, BooleanArray};
 use weir_runtime::arrow::datatypes::Schema;
 use weir_runtime::arrow::record_batch::RecordBatch;
 use weir_runtime::error::Result;
-use weir_runtime::OFFSET_COLUMN;
+use weir_runtime::error::WeirError;
+use weir_runtime::{DELETED_COLUMN, OFFSET_COLUMN};
 
 pub mod base64;
 pub mod dlq_file;
@@ -22,6 +24,7 @@ pub mod generator;
 pub mod jsonl_sink;
 pub mod jsonl_source;
 pub mod kafka;
+pub mod parquet_sink;
 pub mod postgres;
 pub mod sqlite_sink;
 pub mod terminal_sink;
@@ -38,6 +41,7 @@ pub use kafka::{
     AssignmentMode, KafkaDlq, KafkaDlqConfig, KafkaOffsetCommitter, KafkaSink, KafkaSinkConfig,
     KafkaSource, KafkaSourceConfig, KafkaTxnOptions, KafkaTxnStore,
 };
+pub use parquet_sink::{read_parquet_dir, ParquetSink, ParquetSinkConfig};
 pub use postgres::{PostgresSinkConfig, PostgresStore, PostgresUrl};
 pub use sqlite_sink::{SqliteSink, SqliteSinkConfig};
 pub use terminal_sink::{TerminalSink, TerminalSinkConfig};
@@ -81,6 +85,57 @@ pub(crate) fn without_offset_column(batch: &RecordBatch) -> Result<RecordBatch> 
     }
 }
 
+/// A sink batch split by the delete convention ([`weir_runtime::sink`], "Deletes").
+#[derive(Debug)]
+pub(crate) struct SinkRows {
+    /// The columns a sink writes: neither the offset column nor the delete column.
+    pub rows: RecordBatch,
+    /// Present when the batch has a [`DELETED_COLUMN`]: `true` marks a delete of the row's
+    /// key (a null is read as `false`, an upsert).
+    pub deleted: Option<BooleanArray>,
+}
+
+impl SinkRows {
+    /// Whether row `row` deletes its key.
+    pub fn is_delete(&self, row: usize) -> bool {
+        self.deleted
+            .as_ref()
+            .is_some_and(|d| d.is_valid(row) && d.value(row))
+    }
+}
+
+/// `batch` as a sink sees it: without the offset column, and with the delete flags (if any)
+/// taken out of the columns. A delete column that is not Boolean is an error naming it.
+pub(crate) fn sink_rows(sink: &str, batch: &RecordBatch) -> Result<SinkRows> {
+    let rows = without_offset_column(batch)?;
+    let schema = rows.schema();
+    let Ok(i) = schema.index_of(DELETED_COLUMN) else {
+        return Ok(SinkRows {
+            rows,
+            deleted: None,
+        });
+    };
+    let deleted = rows
+        .column(i)
+        .as_any()
+        .downcast_ref::<BooleanArray>()
+        .cloned()
+        .ok_or_else(|| {
+            WeirError::sink(
+                sink,
+                format!(
+                    "column {DELETED_COLUMN} marks deletes and must be Boolean, not {}",
+                    schema.field(i).data_type()
+                ),
+            )
+        })?;
+    let keep: Vec<usize> = (0..schema.fields().len()).filter(|c| *c != i).collect();
+    Ok(SinkRows {
+        rows: rows.project(&keep)?,
+        deleted: Some(deleted),
+    })
+}
+
 /// `"{prefix}.{key}"`, or just `key` when the prefix is empty: where a config error is.
 pub(crate) fn config_key(prefix: &str, key: &str) -> String {
     if prefix.is_empty() {
@@ -112,6 +167,49 @@ mod tests {
             assert_eq!(p, partition_for_key(key.as_bytes(), 7));
         }
         assert_eq!(partition_for_key(b"x", 0), 0);
+    }
+
+    #[test]
+    fn delete_flags_are_taken_out_of_the_columns_and_a_null_flag_is_an_upsert() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Utf8, false),
+            Field::new(DELETED_COLUMN, DataType::Boolean, true),
+            Field::new(OFFSET_COLUMN, DataType::Int64, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from(vec!["a", "b", "c"])),
+                Arc::new(BooleanArray::from(vec![Some(true), Some(false), None])),
+                Arc::new(Int64Array::from(vec![1, 2, 3])),
+            ],
+        )
+        .unwrap();
+        let split = sink_rows("out", &batch).unwrap();
+        assert_eq!(split.rows.num_columns(), 1);
+        assert_eq!(split.rows.schema().field(0).name(), "k");
+        assert_eq!(
+            (0..3).map(|r| split.is_delete(r)).collect::<Vec<_>>(),
+            [true, false, false]
+        );
+        let plain = sink_rows("out", &batch.project(&[0, 2]).unwrap()).unwrap();
+        assert!(plain.deleted.is_none() && !plain.is_delete(0));
+    }
+
+    #[test]
+    fn a_delete_column_that_is_not_boolean_is_an_error_naming_it() {
+        let schema = Arc::new(Schema::new(vec![Field::new(
+            DELETED_COLUMN,
+            DataType::Int64,
+            false,
+        )]));
+        let batch =
+            RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![1]))]).unwrap();
+        let err = sink_rows("out", &batch).unwrap_err().to_string();
+        assert!(
+            err.contains("sink out") && err.contains("__deleted") && err.contains("Boolean"),
+            "{err}"
+        );
     }
 
     #[test]

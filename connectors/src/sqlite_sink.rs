@@ -2,7 +2,9 @@
 //! crash overwrites rows with the same values, so at-least-once delivery is effectively once).
 //!
 //! Writes go through one prepared `INSERT ... ON CONFLICT(keys) DO UPDATE` statement, values
-//! bound as parameters, inside a transaction that stays open across writes and is committed
+//! bound as parameters; a row marked as a delete ([`DELETED_COLUMN`](weir_runtime::DELETED_COLUMN)
+//! is `true`) goes through `DELETE ... WHERE <keys> = ?` instead, in row order, in the same
+//! transaction; inside a transaction that stays open across writes and is committed
 //! by `prepare` (WAL journal, `synchronous=FULL`: durable once committed). The table is
 //! created on the first write when absent, from the batch schema:
 //!
@@ -39,7 +41,7 @@ use weir_runtime::error::{ErrorClass, Result, WeirError};
 use weir_runtime::sink::EpochParticipant;
 use weir_runtime::{Guarantee, SinkWriter, WriteOutcome, OFFSET_COLUMN};
 
-use crate::config_key;
+use crate::{config_key, sink_rows};
 
 fn yes() -> bool {
     true
@@ -137,6 +139,10 @@ struct Plan {
     /// Indices (in the batch) of the written columns: all but the offset column.
     columns: Vec<usize>,
     sql: String,
+    /// Positions in `columns` of the key columns, in `delete_sql`'s parameter order.
+    keys: Vec<usize>,
+    /// `DELETE ... WHERE` every key column equals its parameter.
+    delete_sql: String,
 }
 
 /// The `sqlite` sink. See the module docs.
@@ -286,10 +292,31 @@ impl SqliteSink {
             vec!["?"; names.len()].join(", "),
             keys.join(", ")
         );
+        let key_positions = self
+            .config
+            .key_columns
+            .iter()
+            .map(|k| {
+                columns
+                    .iter()
+                    .position(|i| schema.field(*i).name() == k)
+                    .expect("invariant: key columns are checked above")
+            })
+            .collect();
+        let delete_sql = format!(
+            "DELETE FROM {table} WHERE {}",
+            keys.iter()
+                .enumerate()
+                .map(|(i, k)| format!("{k} = ?{}", i + 1))
+                .collect::<Vec<_>>()
+                .join(" AND ")
+        );
         Ok(Plan {
             schema: schema.clone(),
             columns,
             sql,
+            keys: key_positions,
+            delete_sql,
         })
     }
 
@@ -394,6 +421,8 @@ impl SinkWriter for SqliteSink {
         if batch.num_rows() == 0 {
             return Ok(WriteOutcome::default());
         }
+        let split = sink_rows(&self.name, batch)?;
+        let batch = &split.rows;
         let schema = batch.schema();
         let plan = match self.plan.take() {
             Some(plan) if Arc::ptr_eq(&plan.schema, &schema) || *plan.schema == *schema => plan,
@@ -406,27 +435,37 @@ impl SinkWriter for SqliteSink {
                 return Err(e);
             }
         };
+        let all: Vec<usize> = (0..columns.len()).collect();
         let result = self.begin().and_then(|_| {
-            let mut stmt = self
+            let mut upsert = self
                 .conn
                 .prepare_cached(&plan.sql)
                 .map_err(|e| sql_error(&self.name, "prepare the upsert", e))?;
+            let mut delete = self
+                .conn
+                .prepare_cached(&plan.delete_sql)
+                .map_err(|e| sql_error(&self.name, "prepare the delete", e))?;
             let mut outcome = WriteOutcome::default();
             'rows: for row in 0..batch.num_rows() {
-                for (c, column) in columns.iter().enumerate() {
+                let (stmt, bound_columns) = if split.is_delete(row) {
+                    (&mut delete, &plan.keys)
+                } else {
+                    (&mut upsert, &all)
+                };
+                for (param, c) in bound_columns.iter().enumerate() {
+                    let column = &columns[*c];
                     let bound = match column {
                         _ if column_is_null(column, row) => {
-                            stmt.raw_bind_parameter(c + 1, rusqlite::types::Null)
+                            stmt.raw_bind_parameter(param + 1, rusqlite::types::Null)
                         }
-                        Column::Int(a) => {
-                            stmt.raw_bind_parameter(c + 1, a.as_primitive::<Int64Type>().value(row))
-                        }
+                        Column::Int(a) => stmt
+                            .raw_bind_parameter(param + 1, a.as_primitive::<Int64Type>().value(row)),
                         Column::UInt64(a) => {
                             let v = a.as_primitive::<UInt64Type>().value(row);
                             match i64::try_from(v) {
-                                Ok(v) => stmt.raw_bind_parameter(c + 1, v),
+                                Ok(v) => stmt.raw_bind_parameter(param + 1, v),
                                 Err(_) => {
-                                    let name = plan.schema.field(plan.columns[c]).name();
+                                    let name = plan.schema.field(plan.columns[*c]).name();
                                     outcome.rejected.push((
                                         row,
                                         format!("column {name:?}: {v} does not fit SQLite's 64-bit signed INTEGER"),
@@ -435,11 +474,16 @@ impl SinkWriter for SqliteSink {
                                 }
                             }
                         }
-                        Column::Real(a) => {
-                            stmt.raw_bind_parameter(c + 1, a.as_primitive::<Float64Type>().value(row))
+                        Column::Real(a) => stmt.raw_bind_parameter(
+                            param + 1,
+                            a.as_primitive::<Float64Type>().value(row),
+                        ),
+                        Column::Text(a) => {
+                            stmt.raw_bind_parameter(param + 1, a.as_string::<i32>().value(row))
                         }
-                        Column::Text(a) => stmt.raw_bind_parameter(c + 1, a.as_string::<i32>().value(row)),
-                        Column::Bool(a) => stmt.raw_bind_parameter(c + 1, a.as_boolean().value(row)),
+                        Column::Bool(a) => {
+                            stmt.raw_bind_parameter(param + 1, a.as_boolean().value(row))
+                        }
                     };
                     bound.map_err(|e| sql_error(&self.name, "bind a value", e))?;
                 }
@@ -550,6 +594,75 @@ mod tests {
         sink.write(1, &update).unwrap();
         sink.prepare(0, 2).unwrap();
         assert_eq!(rows(&cfg.path).len(), 3);
+    }
+
+    /// `batch` plus the delete flags.
+    fn with_deletes(rows: &[(&str, i64, Option<f64>)], deleted: &[bool]) -> RecordBatch {
+        let b = batch(rows);
+        let mut fields: Vec<Field> = b
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields.push(Field::new(
+            weir_runtime::DELETED_COLUMN,
+            DataType::Boolean,
+            false,
+        ));
+        let mut columns = b.columns().to_vec();
+        columns.push(Arc::new(BooleanArray::from(deleted.to_vec())));
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap()
+    }
+
+    #[test]
+    fn rows_marked_deleted_remove_their_key_in_row_order() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = config(tmp.path());
+        let mut sink = SqliteSink::new("db", &cfg).unwrap();
+        sink.write(
+            0,
+            &batch(&[
+                ("a", 0, Some(1.0)),
+                ("b", 0, Some(2.0)),
+                ("c", 0, Some(3.0)),
+            ]),
+        )
+        .unwrap();
+        sink.prepare(0, 1).unwrap();
+        // a: deleted; b: deleted then upserted again; c: upserted then deleted; d: a delete
+        // of a key that is not there.
+        let changes = with_deletes(
+            &[
+                ("a", 0, None),
+                ("b", 0, None),
+                ("b", 0, Some(20.0)),
+                ("c", 0, Some(30.0)),
+                ("c", 0, None),
+                ("d", 0, None),
+            ],
+            &[true, true, false, false, true, true],
+        );
+        let outcome = sink.write(0, &changes).unwrap();
+        assert_eq!((outcome.accepted, outcome.rejected.len()), (6, 0));
+        sink.prepare(0, 2).unwrap();
+        assert_eq!(rows(&cfg.path), [("b".to_string(), 0, Some(20.0))]);
+        // Replaying the same changes after a restart leaves the same table.
+        drop(sink);
+        let mut sink = SqliteSink::new("db", &cfg).unwrap();
+        sink.write(0, &changes).unwrap();
+        sink.prepare(0, 3).unwrap();
+        assert_eq!(rows(&cfg.path), [("b".to_string(), 0, Some(20.0))]);
+        // The flag is never a column of the table.
+        let conn = Connection::open(&cfg.path).unwrap();
+        let columns: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM pragma_table_info('avg \"temp\"') WHERE name = '__deleted'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(columns, 0);
     }
 
     #[test]

@@ -22,7 +22,7 @@ use weir_runtime::arrow::record_batch::RecordBatch;
 use weir_runtime::sink::EpochParticipant;
 use weir_runtime::{
     Checkpoint, CheckpointStore, Counters, ErrorClass, Guarantee, OperatorState, SinkWriter,
-    WeirError, OFFSET_COLUMN,
+    WeirError, DELETED_COLUMN, OFFSET_COLUMN,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -105,6 +105,29 @@ fn kv(rows: &[(&str, i64)]) -> RecordBatch {
             .map(|(k, v)| (Some(*k), Some(*v), Some("n")))
             .collect::<Vec<_>>(),
     )
+}
+
+/// (k, v) upserts and deletes: `(k, Some(v))` upserts, `(k, None)` deletes `k` (its other
+/// columns null, as a delete needs only the key).
+fn changes(rows: &[(&str, Option<i64>)]) -> RecordBatch {
+    let b = batch(
+        &rows
+            .iter()
+            .map(|(k, v)| (Some(*k), *v, v.map(|_| "n")))
+            .collect::<Vec<_>>(),
+    );
+    let mut fields: Vec<Field> = b
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.push(Field::new(DELETED_COLUMN, DataType::Boolean, false));
+    let mut columns = b.columns().to_vec();
+    columns.push(Arc::new(BooleanArray::from(
+        rows.iter().map(|(_, v)| v.is_none()).collect::<Vec<_>>(),
+    )));
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap()
 }
 
 fn checkpoint(pipeline: &str, partition: i32, epoch: u64, next_offset: i64) -> Checkpoint {
@@ -596,6 +619,77 @@ fn a_connection_killed_mid_transaction_is_retried_and_nothing_is_applied_twice()
         "every row was applied once, in committed transactions"
     );
     assert_eq!(stored(&mut c, &schema, &pipeline, 0), Some((3, 6)));
+}
+
+#[test]
+fn deletes_commit_with_the_upserts_and_the_checkpoint_and_survive_a_killed_connection() {
+    let schema = unique("deletes");
+    let pipeline = schema.clone();
+    let mut c = client();
+    // `note` NOT NULL: a delete row (whose non-key columns are null) is never inserted.
+    c.batch_execute(&format!(
+        "CREATE SCHEMA \"{schema}\";
+         CREATE TABLE \"{schema}\".t (k text PRIMARY KEY, v int8, note text NOT NULL)"
+    ))
+    .unwrap();
+    let cfg = PostgresSinkConfig {
+        create_table: false,
+        ..config(&schema, &["k"])
+    };
+    let mut store = PostgresStore::connect("pg", &cfg, &pipeline).unwrap();
+    let checkpoints = store.checkpoint_store().unwrap();
+    store
+        .write(0, &kv(&[("a", 1), ("b", 1), ("c", 1), ("d", 1)]))
+        .unwrap();
+    store.prepare(0, 1).unwrap();
+    checkpoints.save(&checkpoint(&pipeline, 0, 1, 4)).unwrap();
+    store.commit(0, 1).unwrap();
+
+    // a deleted; b deleted then upserted; c upserted then deleted; x never existed.
+    let outcome = store
+        .write(
+            0,
+            &changes(&[
+                ("a", None),
+                ("b", None),
+                ("b", Some(2)),
+                ("c", Some(2)),
+                ("c", None),
+                ("x", None),
+            ]),
+        )
+        .unwrap();
+    assert_eq!(
+        (outcome.accepted, outcome.rejected.len()),
+        (6, 0),
+        "{outcome:?}"
+    );
+    // Killed before the checkpoint: the retry replays upserts and deletes in a new transaction.
+    kill_lane(&mut c, &pipeline, 0);
+    store.write(0, &kv(&[("e", 2)])).unwrap_err();
+    store.write(0, &kv(&[("e", 2)])).unwrap();
+    store.prepare(0, 2).unwrap();
+    checkpoints.save(&checkpoint(&pipeline, 0, 2, 11)).unwrap();
+    assert_eq!(
+        rows(&mut c, &schema).len(),
+        4,
+        "deletes are invisible before the commit, like upserts"
+    );
+    store.commit(0, 2).unwrap();
+    assert_eq!(
+        rows(&mut c, &schema),
+        [("b".into(), 2), ("d".into(), 1), ("e".into(), 2)]
+    );
+    assert_eq!(stored(&mut c, &schema, &pipeline, 0), Some((2, 11)));
+
+    // A crash before commit: the deletes of the lost transaction are not applied.
+    store.write(0, &changes(&[("d", None)])).unwrap();
+    store.prepare(0, 3).unwrap();
+    checkpoints.save(&checkpoint(&pipeline, 0, 3, 12)).unwrap();
+    drop(checkpoints);
+    drop(store);
+    assert_eq!(rows(&mut c, &schema).len(), 3);
+    assert_eq!(stored(&mut c, &schema, &pipeline, 0), Some((2, 11)));
 }
 
 #[test]

@@ -5,7 +5,8 @@
 //! - [`window`]: event-time tumbling and hopping windows aggregated by DataFusion's
 //!   `GroupsAccumulator`s; [`session`]: session windows on the same accumulators;
 //!   [`upsert`]: GROUP BY without a window, as an upsert stream;
-//! - [`projection`]: keyed folds for read models (CQRS projections).
+//! - [`projection`]: keyed folds for read models (CQRS projections);
+//! - [`upcast`]: event versioning, older event versions mapped to the current shape.
 
 pub mod decode;
 pub mod expr;
@@ -13,6 +14,7 @@ pub mod projection;
 pub mod schema;
 pub mod session;
 pub mod sql;
+pub mod upcast;
 pub mod upsert;
 pub mod window;
 
@@ -22,6 +24,7 @@ pub use projection::{Projection, ProjectionOperator};
 pub use schema::{FieldConfig, FieldType, SchemaConfig};
 pub use session::SessionWindow;
 pub use sql::{plan_sql, SqlOptions, SqlPlan};
+pub use upcast::{UpcastOperator, UpcastStep, Upcasters};
 pub use upsert::GroupUpsert;
 pub use window::{
     build_window, AggregateConfig, LatePolicy, TumbleConfig, TumbleWindow, WindowConfig, WindowKind,

@@ -2,14 +2,18 @@
 //!
 //! The operator turns each input row into the user's event type (through JSON, timestamps as
 //! epoch millis), folds it into the state of its key in offset order, and after each batch
-//! emits the current row of every key that changed (an upsert stream). An event the fold
+//! emits the current row of every key that changed: a change stream of upserts and deletes.
+//! A key whose state [`Projection::deleted`] says is gone (an order cancelled and purged) is
+//! emitted as a delete, following the sink delete convention: the output has a Boolean
+//! [`DELETED_COLUMN`] column, `true` on deletes (see [`weir_runtime::sink`]). The key's state
+//! is dropped; a later event for it starts again from `State::default()`. An event the fold
 //! rejects, or panics on, goes to the DLQ and leaves the key's state as it was.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, Int64Array, StringArray};
+use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, StringArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::json::{LineDelimitedWriter, ReaderBuilder};
@@ -19,7 +23,7 @@ use serde::Serialize;
 use weir_runtime::dlq::ErrorKind;
 use weir_runtime::error::{Result, WeirError};
 use weir_runtime::operator::{Emit, Operator, OFFSET_COLUMN};
-use weir_runtime::OperatorState;
+use weir_runtime::{OperatorState, DELETED_COLUMN};
 
 /// A read model: how one event changes the state of its key, and the row a state shows as.
 pub trait Projection: Send + 'static {
@@ -34,7 +38,14 @@ pub trait Projection: Send + 'static {
     /// Fold one event into its key's state. `Err` sends the event to the DLQ.
     fn apply(&self, state: &mut Self::State, event: Self::Event)
         -> std::result::Result<(), String>;
-    /// The read-model row of a key.
+    /// Whether the read model has no row for this state any more (e.g. an order cancelled and
+    /// purged): the key is emitted as a delete and its state dropped. Asked after every
+    /// successful [`Projection::apply`]. By default a projection never deletes.
+    fn deleted(&self, _state: &Self::State) -> bool {
+        false
+    }
+    /// The read-model row of a key (for a deleted key, the row of its last state: sinks use
+    /// its key columns).
     fn row<'a>(&'a self, key: &'a str, state: &'a Self::State) -> Self::Row<'a>;
     /// Schema of [`Projection::row`] as Arrow.
     fn row_schema(&self) -> SchemaRef;
@@ -47,6 +58,9 @@ pub struct ProjectionOperator<P: Projection> {
     input_cols: Vec<usize>,
     json_schema: SchemaRef,
     offset_idx: Option<usize>,
+    /// [`Projection::row_schema`].
+    rows: SchemaRef,
+    /// The rows plus [`DELETED_COLUMN`].
     output: SchemaRef,
 }
 
@@ -65,7 +79,10 @@ impl<P: Projection> ProjectionOperator<P> {
             };
             fields.push(Field::new(f.name(), dt, f.is_nullable()));
         }
-        let output = projection.row_schema();
+        let rows = projection.row_schema();
+        let mut output: Vec<Field> = rows.fields().iter().map(|f| f.as_ref().clone()).collect();
+        output.push(Field::new(DELETED_COLUMN, DataType::Boolean, false));
+        let output = Arc::new(Schema::new(output));
         Self {
             name: name.to_string(),
             projection,
@@ -73,6 +90,7 @@ impl<P: Projection> ProjectionOperator<P> {
             input_cols,
             json_schema: Arc::new(Schema::new(fields)),
             offset_idx: input.index_of(OFFSET_COLUMN).ok(),
+            rows,
             output,
         }
     }
@@ -128,7 +146,11 @@ impl<P: Projection> Operator for ProjectionOperator<P> {
                 .cloned()
         });
         let offset = |i: usize| offsets.as_ref().map_or(-1, |o| o.value(i));
+        // Keys in the order they first changed in this batch; the last state of keys deleted
+        // in this batch (their row is emitted as a delete).
         let mut changed: Vec<String> = Vec::new();
+        let mut seen: HashSet<String> = HashSet::new();
+        let mut gone: HashMap<String, P::State> = HashMap::new();
         let mut applied = 0u64;
         for (i, line) in json
             .split(|b| *b == b'\n')
@@ -149,12 +171,23 @@ impl<P: Projection> Operator for ProjectionOperator<P> {
             let key = self.projection.key(&event);
             let mut next = self.states.get(&key).cloned().unwrap_or_default();
             let projection = &self.projection;
-            match catch_unwind(AssertUnwindSafe(|| projection.apply(&mut next, event))) {
-                Ok(Ok(())) => {
-                    if !self.states.contains_key(&key) || !changed.contains(&key) {
+            let folded = catch_unwind(AssertUnwindSafe(|| {
+                projection
+                    .apply(&mut next, event)
+                    .map(|()| projection.deleted(&next))
+            }));
+            match folded {
+                Ok(Ok(deleted)) => {
+                    if seen.insert(key.clone()) {
                         changed.push(key.clone());
                     }
-                    self.states.insert(key, next);
+                    if deleted {
+                        self.states.remove(&key);
+                        gone.insert(key, next);
+                    } else {
+                        gone.remove(&key);
+                        self.states.insert(key, next);
+                    }
                     applied += 1;
                 }
                 Ok(Err(e)) => emit.reject(offset(i), ErrorKind::OperatorError, e),
@@ -177,28 +210,38 @@ impl<P: Projection> Operator for ProjectionOperator<P> {
             return Ok(());
         }
         let mut rows = Vec::new();
+        let mut deletes = Vec::with_capacity(changed.len());
         for key in &changed {
-            let state = self
-                .states
-                .get(key)
-                .expect("invariant: changed keys have state");
+            let (state, deleted) = match self.states.get(key) {
+                Some(state) => (state, false),
+                None => (
+                    gone.get(key)
+                        .expect("invariant: a changed key is live or deleted"),
+                    true,
+                ),
+            };
             serde_json::to_writer(&mut rows, &self.projection.row(key, state))
                 .map_err(|e| self.err(e))?;
             rows.push(b'\n');
+            deletes.push(deleted);
         }
-        let mut decoder = ReaderBuilder::new(self.output.clone())
+        let mut decoder = ReaderBuilder::new(self.rows.clone())
             .with_batch_size(changed.len())
             .build_decoder()
             .map_err(|e| self.err(e))?;
         decoder
             .decode(&rows)
             .map_err(|e| self.err(format!("row does not fit row_schema: {e}")))?;
-        if let Some(b) = decoder
+        let Some(b) = decoder
             .flush()
             .map_err(|e| self.err(format!("row does not fit row_schema: {e}")))?
-        {
-            emit.emit(b);
-        }
+        else {
+            return Ok(());
+        };
+        let mut columns = b.columns().to_vec();
+        columns.push(Arc::new(BooleanArray::from(deletes)));
+        let b = RecordBatch::try_new(self.output.clone(), columns).map_err(|e| self.err(e))?;
+        emit.emit(b);
         Ok(())
     }
 
@@ -248,5 +291,148 @@ impl<P: Projection> Operator for ProjectionOperator<P> {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::AsArray;
+    use serde::Deserialize;
+
+    #[derive(Deserialize)]
+    struct Ev {
+        id: String,
+        kind: String,
+    }
+
+    /// Counts events per id; `purge` deletes the id, `bad` is refused.
+    struct Counts;
+
+    impl Projection for Counts {
+        type Event = Ev;
+        type State = (i64, bool);
+        type Row<'a> = serde_json::Value;
+
+        fn key(&self, e: &Ev) -> String {
+            e.id.clone()
+        }
+
+        fn apply(&self, s: &mut (i64, bool), e: Ev) -> std::result::Result<(), String> {
+            match e.kind.as_str() {
+                "bad" => return Err("bad event".into()),
+                "purge" => s.1 = true,
+                _ => s.0 += 1,
+            }
+            Ok(())
+        }
+
+        fn deleted(&self, s: &(i64, bool)) -> bool {
+            s.1
+        }
+
+        fn row<'a>(&'a self, key: &'a str, s: &'a (i64, bool)) -> serde_json::Value {
+            serde_json::json!({"id": key, "n": s.0})
+        }
+
+        fn row_schema(&self) -> SchemaRef {
+            Arc::new(Schema::new(vec![
+                Field::new("id", DataType::Utf8, false),
+                Field::new("n", DataType::Int64, false),
+            ]))
+        }
+    }
+
+    fn input(rows: &[(&str, &str)]) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Utf8, false),
+            Field::new("kind", DataType::Utf8, false),
+            Field::new(OFFSET_COLUMN, DataType::Int64, false),
+        ]));
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1))),
+                Arc::new(Int64Array::from_iter_values(0..rows.len() as i64)),
+            ],
+        )
+        .unwrap()
+    }
+
+    /// (id, n, deleted) of every emitted row.
+    fn changes(
+        op: &mut ProjectionOperator<Counts>,
+        rows: &[(&str, &str)],
+    ) -> Vec<(String, i64, bool)> {
+        let mut emit = Emit::default();
+        op.process(input(rows), &mut emit).unwrap();
+        let mut out = Vec::new();
+        for b in emit.batches() {
+            assert_eq!(b.schema(), op.output_schema());
+            let ids = b.column(0).as_string::<i32>();
+            let n = b.column(1).as_any().downcast_ref::<Int64Array>().unwrap();
+            let d = b.column(2).as_boolean();
+            for r in 0..b.num_rows() {
+                out.push((ids.value(r).to_string(), n.value(r), d.value(r)));
+            }
+        }
+        out
+    }
+
+    fn operator() -> ProjectionOperator<Counts> {
+        ProjectionOperator::new("counts", Counts, input(&[]).schema())
+    }
+
+    #[test]
+    fn a_key_the_fold_deletes_is_emitted_as_a_delete_and_its_state_dropped() {
+        let mut op = operator();
+        assert_eq!(
+            changes(&mut op, &[("a", "x"), ("b", "x"), ("a", "x")]),
+            [("a".into(), 2, false), ("b".into(), 1, false)]
+        );
+        assert_eq!(
+            changes(&mut op, &[("a", "purge"), ("b", "x")]),
+            [("a".into(), 2, true), ("b".into(), 2, false)]
+        );
+        assert!(op.state("a").is_none());
+        // A deleted key starts again from the default state.
+        assert_eq!(changes(&mut op, &[("a", "x")]), [("a".into(), 1, false)]);
+    }
+
+    #[test]
+    fn within_a_batch_the_last_change_of_a_key_wins() {
+        let mut op = operator();
+        assert_eq!(
+            changes(&mut op, &[("a", "x"), ("a", "purge"), ("a", "x")]),
+            [("a".into(), 1, false)]
+        );
+        assert_eq!(
+            changes(&mut op, &[("b", "x"), ("b", "purge")]),
+            [("b".into(), 1, true)]
+        );
+    }
+
+    #[test]
+    fn a_refused_event_neither_changes_nor_deletes_its_key() {
+        let mut op = operator();
+        changes(&mut op, &[("a", "x")]);
+        let mut emit = Emit::default();
+        op.process(input(&[("a", "bad")]), &mut emit).unwrap();
+        assert!(emit.batches().is_empty());
+        assert_eq!(emit.rejects().len(), 1);
+        assert_eq!(emit.rejects()[0].message, "bad event");
+        assert_eq!(op.state("a"), Some(&(1, false)));
+    }
+
+    #[test]
+    fn deleted_keys_stay_deleted_after_snapshot_and_restore() {
+        let mut op = operator();
+        changes(&mut op, &[("a", "x"), ("b", "x"), ("b", "purge")]);
+        let snap = op.snapshot().unwrap();
+        let mut restored = operator();
+        restored.restore(snap).unwrap();
+        assert_eq!(restored.state("a"), Some(&(1, false)));
+        assert!(restored.state("b").is_none());
     }
 }

@@ -35,6 +35,6 @@ pub use metrics::{Counters, Metrics};
 pub use offsets::OffsetTracker;
 pub use operator::{Decoded, Decoder, Emit, Operator, RowReject, OFFSET_COLUMN};
 pub use shutdown::Shutdown;
-pub use sink::{EpochParticipant, Guarantee, NullSink, SinkWriter, WriteOutcome};
+pub use sink::{EpochParticipant, Guarantee, NullSink, SinkWriter, WriteOutcome, DELETED_COLUMN};
 pub use source::{Assignment, PartitionReader, ReadResult, Source, TopicPartition};
 pub use task::{PartitionTask, TaskOutput};

@@ -9,9 +9,24 @@
 //! On start, `recover(p, committed)` receives the epoch of the stored checkpoint: staged output
 //! of that epoch or older is committed (step 3 was interrupted), newer staged output is
 //! discarded (its input will be replayed from the checkpoint's offset).
+//!
+//! # Deletes
+//!
+//! A sink batch is a change stream keyed by the sink's key columns. It may carry a Boolean
+//! [`DELETED_COLUMN`]: a row whose value is `true` deletes the row with that key from the read
+//! model (only its key columns matter); `false` or null is an upsert. A batch without the
+//! column holds upserts only. Within a batch the last row of a key wins, as if the rows were
+//! applied in order. Keyed sinks (PostgreSQL, SQLite) delete by key in the same transaction
+//! as their upserts; log sinks (JSONL, Parquet) keep the flag on the row so a reader can
+//! replay the changes. No sink writes the column into a table.
 
 use crate::arrow::record_batch::RecordBatch;
 use crate::error::Result;
+
+/// Name of the optional Boolean column that marks a sink row as a delete of its key (see
+/// the module docs). Projections emit it ([`Operator`](crate::Operator)s that never delete
+/// leave it out).
+pub const DELETED_COLUMN: &str = "__deleted";
 
 /// The delivery guarantee a sink gives when driven by the epoch protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

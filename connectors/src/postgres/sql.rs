@@ -51,15 +51,34 @@ pub fn create_table(table: &str, columns: &[SqlColumn], keys: &[usize]) -> Strin
 /// `ON CONFLICT (keys) DO UPDATE` replaces every non-key column, or `DO NOTHING` when there is
 /// none.
 pub fn upsert(table: &str, columns: &[SqlColumn], keys: &[usize]) -> String {
+    write_rows(table, columns, keys, false)
+}
+
+/// The upserts and deletes of one batch (the sink delete convention): as [`upsert`], with one
+/// more array, `$n+1` (`bool[]`), true on rows that delete their key, and the row numbers in
+/// `$n+2`. The last row of each key decides: a delete removes the key's row (a data-modifying
+/// CTE, same statement, same snapshot), anything else is upserted. The two never touch the
+/// same key, since only one row per key is left.
+pub fn upsert_and_delete(table: &str, columns: &[SqlColumn], keys: &[usize]) -> String {
+    write_rows(table, columns, keys, true)
+}
+
+fn write_rows(table: &str, columns: &[SqlColumn], keys: &[usize], deletes: bool) -> String {
     let n = columns.len();
     let alias = |i: usize| format!("c{i}");
     let aliases: Vec<String> = (0..n).map(alias).collect();
-    let arrays: Vec<String> = columns
+    let mut arrays: Vec<String> = columns
         .iter()
         .enumerate()
         .map(|(i, c)| format!("${}::{}[]", i + 1, c.pg.name()))
-        .chain(std::iter::once(format!("${}::int4[]", n + 1)))
         .collect();
+    let mut unnested = aliases.clone();
+    if deletes {
+        arrays.push(format!("${}::bool[]", n + 1));
+        unnested.push("d".to_string());
+    }
+    arrays.push(format!("${}::int4[]", arrays.len() + 1));
+    unnested.push("r".to_string());
     let key_aliases: Vec<String> = keys.iter().map(|k| alias(*k)).collect();
     let any_null = key_aliases
         .iter()
@@ -81,16 +100,37 @@ pub fn upsert(table: &str, columns: &[SqlColumn], keys: &[usize]) -> String {
     } else {
         format!("UPDATE SET {}", updates.join(", "))
     };
+    let last_per_key = format!(
+        "SELECT DISTINCT ON ({distinct}) {unnested} \
+         FROM unnest({arrays}) AS s({unnested}) \
+         ORDER BY {distinct}, r DESC",
+        unnested = unnested.join(", "),
+        arrays = arrays.join(", "),
+    );
+    if !deletes {
+        return format!(
+            "INSERT INTO {table} ({names}) \
+             SELECT {aliases} FROM ({last_per_key}) AS last_per_key \
+             ON CONFLICT ({keys}) DO {action}",
+            names = names.join(", "),
+            aliases = aliases.join(", "),
+            keys = key_names.join(", "),
+        );
+    }
+    let matches: Vec<String> = keys
+        .iter()
+        .map(|k| format!("t.{} = l.{}", quote(&columns[*k].name), alias(*k)))
+        .collect();
     format!(
-        "INSERT INTO {table} ({names}) \
-         SELECT {aliases} FROM (\
-         SELECT DISTINCT ON ({distinct}) {aliases}, r \
-         FROM unnest({arrays}) AS s({aliases}, r) \
-         ORDER BY {distinct}, r DESC) AS last_per_key \
+        "WITH last_per_key AS ({last_per_key}), \
+         deleted AS (DELETE FROM {table} AS t USING last_per_key AS l \
+         WHERE l.d IS TRUE AND {matches}) \
+         INSERT INTO {table} ({names}) \
+         SELECT {aliases} FROM last_per_key WHERE d IS NOT TRUE \
          ON CONFLICT ({keys}) DO {action}",
+        matches = matches.join(" AND "),
         names = names.join(", "),
         aliases = aliases.join(", "),
-        arrays = arrays.join(", "),
         keys = key_names.join(", "),
     )
 }
@@ -167,6 +207,23 @@ mod tests {
             "CREATE TABLE IF NOT EXISTS \"t\" (\"order_id\" text NOT NULL, \
              \"line \"\"no\"\"\" int4 NOT NULL, \"total\" float8, \
              PRIMARY KEY (\"order_id\", \"line \"\"no\"\"\"))"
+        );
+    }
+
+    #[test]
+    fn deletes_are_a_cte_on_the_last_row_per_key_and_upserts_skip_them() {
+        assert_eq!(
+            upsert_and_delete("\"t\"", &columns(), &[0]),
+            "WITH last_per_key AS (\
+             SELECT DISTINCT ON (c0, (CASE WHEN c0 IS NULL THEN r END)) c0, c1, c2, d, r \
+             FROM unnest($1::text[], $2::int4[], $3::float8[], $4::bool[], $5::int4[]) AS s(c0, c1, c2, d, r) \
+             ORDER BY c0, (CASE WHEN c0 IS NULL THEN r END), r DESC), \
+             deleted AS (DELETE FROM \"t\" AS t USING last_per_key AS l \
+             WHERE l.d IS TRUE AND t.\"order_id\" = l.c0) \
+             INSERT INTO \"t\" (\"order_id\", \"line \"\"no\"\"\", \"total\") \
+             SELECT c0, c1, c2 FROM last_per_key WHERE d IS NOT TRUE \
+             ON CONFLICT (\"order_id\") DO UPDATE SET \"line \"\"no\"\"\" = EXCLUDED.\"line \"\"no\"\"\", \
+             \"total\" = EXCLUDED.\"total\""
         );
     }
 

@@ -11,18 +11,21 @@ use postgres::error::Severity;
 use postgres::types::ToSql;
 use postgres::{Client, NoTls, Statement};
 use tracing::{debug, info, warn};
+use weir_runtime::arrow::array::ArrayRef;
 use weir_runtime::arrow::datatypes::SchemaRef;
 use weir_runtime::arrow::record_batch::RecordBatch;
 use weir_runtime::checkpoint::{decode, encode};
 use weir_runtime::error::{ErrorClass, Result, WeirError};
 use weir_runtime::sink::EpochParticipant;
-use weir_runtime::{Checkpoint, CheckpointStore, Guarantee, SinkWriter, WriteOutcome};
+use weir_runtime::{
+    Checkpoint, CheckpointStore, Guarantee, SinkWriter, WriteOutcome, DELETED_COLUMN,
+};
 
 use super::config::{check_identifier, PostgresSinkConfig};
 use super::errors::{classify, describe};
 use super::sql::{self, SqlColumn, CHECKPOINT_TABLE};
 use super::types::{self, ArrayParam, Column, RowsParam};
-use crate::without_offset_column;
+use crate::sink_rows;
 
 /// How long opening a connection may take when the URL sets no `connect_timeout`.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -54,7 +57,10 @@ impl std::fmt::Debug for PostgresStore {
 struct Plan {
     schema: SchemaRef,
     columns: Vec<SqlColumn>,
+    /// Upserts only: batches without delete flags.
     sql: String,
+    /// Upserts and deletes: batches with a [`weir_runtime::DELETED_COLUMN`].
+    change_sql: String,
 }
 
 /// Rows of one `write`, applied in the lane's open transaction and kept until it commits, so
@@ -62,6 +68,8 @@ struct Plan {
 struct Staged {
     plan: Arc<Plan>,
     columns: Vec<Column>,
+    /// The delete flags, when the batch had them.
+    deleted: Option<Column>,
     rows: Vec<u32>,
 }
 
@@ -209,17 +217,36 @@ fn statement(
     Ok(s)
 }
 
-/// Upserts `rows` of the converted `columns` with one statement.
+/// The converted columns of a batch and its delete flags, if any.
+#[derive(Clone, Copy)]
+struct Values<'a> {
+    columns: &'a [Column],
+    deleted: Option<&'a Column>,
+}
+
+impl Plan {
+    fn sql_for(&self, values: Values<'_>) -> &str {
+        if values.deleted.is_some() {
+            &self.change_sql
+        } else {
+            &self.sql
+        }
+    }
+}
+
+/// Upserts (and deletes) `rows` of the converted values with one statement.
 fn execute_rows(
     client: &mut Client,
     statements: &mut HashMap<String, Statement>,
     plan: &Plan,
-    columns: &[Column],
+    values: Values<'_>,
     rows: &[u32],
 ) -> Result<u64, postgres::Error> {
-    let stmt = statement(client, statements, &plan.sql)?;
-    let arrays: Vec<ArrayParam<'_>> = columns
+    let stmt = statement(client, statements, plan.sql_for(values))?;
+    let arrays: Vec<ArrayParam<'_>> = values
+        .columns
         .iter()
+        .chain(values.deleted)
         .map(|column| ArrayParam { column, rows })
         .collect();
     let row_numbers = RowsParam(rows);
@@ -236,15 +263,15 @@ fn apply_isolating(
     client: &mut Client,
     statements: &mut HashMap<String, Statement>,
     plan: &Plan,
-    columns: &[Column],
+    values: Values<'_>,
     rows: &[u32],
     accepted: &mut Vec<u32>,
     rejected: &mut Vec<(usize, String)>,
 ) -> Result<(), postgres::Error> {
     // Prepared outside the savepoint: a failure to prepare is not about the rows.
-    statement(client, statements, &plan.sql)?;
+    statement(client, statements, plan.sql_for(values))?;
     client.batch_execute("SAVEPOINT weir_rows")?;
-    match execute_rows(client, statements, plan, columns, rows) {
+    match execute_rows(client, statements, plan, values, rows) {
         Ok(_) => {
             client.batch_execute("RELEASE SAVEPOINT weir_rows")?;
             accepted.extend_from_slice(rows);
@@ -257,10 +284,8 @@ fn apply_isolating(
                 return Ok(());
             }
             let (first, second) = rows.split_at(rows.len() / 2);
-            apply_isolating(client, statements, plan, columns, first, accepted, rejected)?;
-            apply_isolating(
-                client, statements, plan, columns, second, accepted, rejected,
-            )
+            apply_isolating(client, statements, plan, values, first, accepted, rejected)?;
+            apply_isolating(client, statements, plan, values, second, accepted, rejected)
         }
         Err(e) => Err(e),
     }
@@ -416,6 +441,7 @@ impl Inner {
         let plan = Arc::new(Plan {
             schema: schema.clone(),
             sql: sql::upsert(&table, &columns, &keys),
+            change_sql: sql::upsert_and_delete(&table, &columns, &keys),
             columns,
         });
         self.plan = Some(plan.clone());
@@ -502,7 +528,11 @@ impl Inner {
         let result = (|| -> Result<(), (&'static str, postgres::Error)> {
             client.batch_execute("BEGIN").map_err(|e| ("begin", e))?;
             for s in staged.iter() {
-                execute_rows(client, statements, &s.plan, &s.columns, &s.rows)
+                let values = Values {
+                    columns: &s.columns,
+                    deleted: s.deleted.as_ref(),
+                };
+                execute_rows(client, statements, &s.plan, values, &s.rows)
                     .map_err(|e| ("replay the rows of the lost transaction", e))?;
             }
             if let Some(pending) = pending {
@@ -564,7 +594,7 @@ impl Inner {
         &mut self,
         p: i32,
         plan: &Arc<Plan>,
-        columns: &[Column],
+        values: Values<'_>,
         rows: &[u32],
     ) -> Result<Applied> {
         self.ready(p)?;
@@ -572,7 +602,7 @@ impl Inner {
         if !lane.savepoints {
             // Optimistic: no savepoint (no subtransaction) on the common path.
             let client = lane.client.as_mut().expect("invariant: ready");
-            match execute_rows(client, &mut lane.statements, plan, columns, rows) {
+            match execute_rows(client, &mut lane.statements, plan, values, rows) {
                 Ok(_) => return Ok((rows.to_vec(), Vec::new())),
                 Err(e) if classify(&e) == ErrorClass::Data => {
                     debug!(sink = %self.name, partition = p, error = %describe(&e), "a row was refused: isolating rows with savepoints until the next commit");
@@ -596,7 +626,7 @@ impl Inner {
             client,
             &mut lane.statements,
             plan,
-            columns,
+            values,
             rows,
             &mut accepted,
             &mut rejected,
@@ -613,7 +643,8 @@ impl Inner {
         if batch.num_rows() == 0 {
             return Ok(WriteOutcome::default());
         }
-        let batch = without_offset_column(batch)?;
+        let split = sink_rows(&self.name, batch)?;
+        let batch = &split.rows;
         let plan = self.plan_for(&batch.schema())?;
         let mut rejected = Vec::new();
         let mut columns = Vec::with_capacity(plan.columns.len());
@@ -623,6 +654,17 @@ impl Inner {
                     .map_err(|e| self.fatal(e))?,
             );
         }
+        let deleted = match &split.deleted {
+            Some(flags) => Some(
+                types::convert(
+                    DELETED_COLUMN,
+                    &(Arc::new(flags.clone()) as ArrayRef),
+                    &mut rejected,
+                )
+                .map_err(|e| self.fatal(e))?,
+            ),
+            None => None,
+        };
         let n = u32::try_from(batch.num_rows())
             .map_err(|_| self.fatal("a batch of more than 2^32 rows"))?;
         let mut refused = vec![false; batch.num_rows()];
@@ -633,7 +675,11 @@ impl Inner {
         let accepted = if rows.is_empty() {
             Vec::new()
         } else {
-            let (accepted, server) = self.apply_batch(p, &plan, &columns, &rows)?;
+            let values = Values {
+                columns: &columns,
+                deleted: deleted.as_ref(),
+            };
+            let (accepted, server) = self.apply_batch(p, &plan, values, &rows)?;
             rejected.extend(server);
             accepted
         };
@@ -652,6 +698,7 @@ impl Inner {
                 .push(Staged {
                     plan,
                     columns,
+                    deleted,
                     rows: accepted,
                 });
         }
