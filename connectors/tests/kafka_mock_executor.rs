@@ -7,54 +7,24 @@
 mod support;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer};
+use rdkafka::producer::DefaultProducerContext;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-use rdkafka::ClientConfig;
-use support::tasks;
+use support::{tasks, wait_for};
 use weir_connectors::kafka::{KafkaOffsetCommitter, KafkaSource, KafkaSourceConfig};
 use weir_connectors::{
     EventGenerator, GeneratorConfig, JsonlDlq, JsonlDlqConfig, JsonlSink, JsonlSinkConfig,
 };
-use weir_runtime::{Executor, ExecutorConfig, LocalCheckpointStore, Shutdown, SinkWriter};
+use weir_runtime::{
+    CheckpointStore, Executor, ExecutorConfig, LocalCheckpointStore, Shutdown, SinkWriter,
+};
 
 const TOPIC: &str = "events";
 
 fn produce(brokers: &str, truth: &EventGenerator, partitions: i32, part: (usize, usize)) -> u64 {
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("linger.ms", "5")
-        .set("message.timeout.ms", "60000")
-        .create()
-        .unwrap();
-    let mut sent = 0;
-    for p in 0..partitions {
-        let n = truth.events_in_partition(p).unwrap() as usize;
-        let (from, to) = (n * part.0 / part.1, n * (part.0 + 1) / part.1);
-        for m in truth.messages(p, from as i64, to - from) {
-            let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(TOPIC).partition(p);
-            if let Some(k) = &m.key {
-                record = record.key(k.as_slice());
-            }
-            if let Some(v) = &m.payload {
-                record = record.payload(v.as_slice());
-            }
-            loop {
-                match producer.send(record) {
-                    Ok(()) => break,
-                    Err((_, r)) => {
-                        producer.poll(Duration::from_millis(10));
-                        record = r;
-                    }
-                }
-            }
-            sent += 1;
-        }
-    }
-    producer.flush(Duration::from_secs(60)).unwrap();
-    sent
+    support::produce_generated(brokers, TOPIC, truth, partitions, part)
 }
 
 fn source_config(brokers: &str) -> KafkaSourceConfig {
@@ -69,14 +39,6 @@ fn source_config(brokers: &str) -> KafkaSourceConfig {
         config.options.insert(k.into(), v.into());
     }
     config
-}
-
-fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !cond() {
-        assert!(started.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]
@@ -154,9 +116,21 @@ fn fetch_and_commit_errors_and_a_broker_outage_lose_and_duplicate_nothing() {
     let stop = shutdown.clone();
     let handle = std::thread::spawn(move || executor.run(shutdown));
     let limit = Duration::from_secs(90);
-    wait_for("the first third", limit, || {
-        metrics.snapshot().consumed == sent
-    });
+    // Progress is read from the checkpoints: a partition the group declares lost (a session
+    // that expires on a loaded machine) is re-read from its last checkpoint, so counts of
+    // consumed messages may exceed what was sent; the output must not.
+    let store = LocalCheckpointStore::new(dir.path().join("ckpt"), "e2e");
+    let at_least = |store: &LocalCheckpointStore, part: (usize, usize)| {
+        (0..partitions).all(|p| {
+            let n = truth.events_in_partition(p).unwrap() as i64;
+            let want = n * (part.0 as i64 + 1) / part.1 as i64;
+            store
+                .load(TOPIC, p)
+                .unwrap()
+                .is_some_and(|c| c.next_offset >= want)
+        })
+    };
+    wait_for("the first third", limit, || at_least(&store, (0, 3)));
 
     // The broker goes down while the second third is produced, and comes back.
     cluster.broker_down(1).unwrap();
@@ -172,10 +146,10 @@ fn fetch_and_commit_errors_and_a_broker_outage_lose_and_duplicate_nothing() {
     sent += producing.join().unwrap();
     sent += produce(&brokers, &truth, partitions, (2, 3));
     assert_eq!(sent, total);
-    wait_for("everything", limit, || metrics.snapshot().consumed == total);
+    wait_for("everything", limit, || at_least(&store, (2, 3)));
     stop.trigger();
     let summary = handle.join().unwrap().unwrap();
-    assert_eq!(summary.counters.consumed, total, "every message read once");
+    assert!(summary.counters.consumed >= total);
     assert!(
         metrics.acknowledge_failures() > 0,
         "the injected commit errors failed some commits"

@@ -11,7 +11,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer};
+use rdkafka::producer::DefaultProducerContext;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use support::tasks;
 use weir_connectors::kafka::{
@@ -48,29 +48,7 @@ impl Names {
 }
 
 fn produce(brokers: &str, names: &Names, truth: &EventGenerator, partitions: i32) -> u64 {
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("linger.ms", "5")
-        .create()
-        .unwrap();
-    let mut sent = 0;
-    for p in 0..partitions {
-        let n = truth.events_in_partition(p).unwrap() as usize;
-        for m in truth.messages(p, 0, n) {
-            let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&names.input).partition(p);
-            if let Some(k) = &m.key {
-                record = record.key(k.as_slice());
-            }
-            if let Some(v) = &m.payload {
-                record = record.payload(v.as_slice());
-            }
-            producer.send(record).map_err(|(e, _)| e).unwrap();
-            producer.poll(Duration::ZERO);
-            sent += 1;
-        }
-    }
-    producer.flush(Duration::from_secs(30)).unwrap();
-    sent
+    support::produce_generated(brokers, &names.input, truth, partitions, (0, 1))
 }
 
 fn source_config(brokers: &str, names: &Names) -> KafkaSourceConfig {

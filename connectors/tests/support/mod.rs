@@ -185,3 +185,57 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
         }
     }
 }
+
+/// Wait (bounded by `limit`) until `cond` holds.
+pub fn wait_for(what: &str, limit: std::time::Duration, mut cond: impl FnMut() -> bool) {
+    let started = std::time::Instant::now();
+    while !cond() {
+        assert!(started.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// The `part.0`-th of `part.1` equal slices of every generator partition's messages into the
+/// same partition of `topic`, in offset order; the number sent.
+pub fn produce_generated(
+    brokers: &str,
+    topic: &str,
+    truth: &weir_connectors::EventGenerator,
+    partitions: i32,
+    part: (usize, usize),
+) -> u64 {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    use std::time::Duration;
+    let producer: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "60000")
+        .create()
+        .unwrap();
+    let mut sent = 0;
+    for p in 0..partitions {
+        let n = truth.events_in_partition(p).unwrap() as usize;
+        let (from, to) = (n * part.0 / part.1, n * (part.0 + 1) / part.1);
+        for m in truth.messages(p, from as i64, to - from) {
+            let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).partition(p);
+            if let Some(k) = &m.key {
+                record = record.key(k.as_slice());
+            }
+            if let Some(v) = &m.payload {
+                record = record.payload(v.as_slice());
+            }
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((_, r)) => {
+                        producer.poll(Duration::from_millis(10));
+                        record = r;
+                    }
+                }
+            }
+            sent += 1;
+        }
+    }
+    producer.flush(Duration::from_secs(60)).unwrap();
+    sent
+}
