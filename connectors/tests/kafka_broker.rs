@@ -510,6 +510,61 @@ fn sink_rows_come_back_as_json_messages_keyed_by_the_column() {
 }
 
 #[test]
+fn deleted_rows_become_tombstones_of_their_key() {
+    let topic = create_topic(1);
+    let mut config = KafkaSinkConfig::new(brokers(), topic.clone());
+    config.key_column = Some("sensor_id".into());
+    config.connect_timeout_ms = 5_000;
+    let mut sink = KafkaSink::new("out", &config).unwrap();
+    let rows = output_batch(&[Some("a"), Some("b"), Some("c")], &[1.0, 2.0, 3.0]);
+    let mut columns = rows.columns().to_vec();
+    columns.push(Arc::new(weir_runtime::arrow::array::BooleanArray::from(
+        vec![Some(false), Some(true), None],
+    )));
+    let mut fields: Vec<Field> = rows
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.push(Field::new(
+        weir_runtime::DELETED_COLUMN,
+        DataType::Boolean,
+        true,
+    ));
+    let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap();
+    assert_eq!(sink.write(0, &batch).unwrap().accepted, 3);
+    sink.prepare(0, 1).unwrap();
+
+    let messages = consume_all(&topic, 1, 3);
+    let got: Vec<(Vec<u8>, Option<serde_json::Value>)> = messages
+        .iter()
+        .map(|m| {
+            let value = m.payload().map(|p| serde_json::from_slice(p).unwrap());
+            (m.key().unwrap().to_vec(), value)
+        })
+        .collect();
+    assert_eq!(got[1], (b"b".to_vec(), None), "b is a tombstone");
+    for (i, key) in [(0, "a"), (2, "c")] {
+        let value = got[i].1.as_ref().unwrap();
+        assert_eq!(got[i].0, key.as_bytes());
+        assert!(value.get(weir_runtime::DELETED_COLUMN).is_none(), "{value}");
+    }
+
+    // Without a key there is nothing to delete: an error, not a silent upsert.
+    let mut unkeyed = KafkaSink::new(
+        "out",
+        &KafkaSinkConfig {
+            key_column: None,
+            ..config
+        },
+    )
+    .unwrap();
+    let err = unkeyed.write(0, &batch).unwrap_err().to_string();
+    assert!(err.contains("row 1 deletes its key"), "{err}");
+}
+
+#[test]
 fn a_key_column_that_is_not_in_the_output_is_a_clear_error() {
     let topic = create_topic(1);
     let mut config = KafkaSinkConfig::new(brokers(), topic);

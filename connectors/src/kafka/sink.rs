@@ -28,7 +28,7 @@ use weir_runtime::{ErrorClass, Guarantee, SinkWriter, WriteOutcome};
 use super::client::{check_brokers_and_timeout, reject_owned_options, KafkaOptions};
 use super::producer::{ConfirmedProducer, Refused, PRODUCER_OWNED};
 use super::source::default_connect_timeout_ms;
-use crate::{config_key, without_offset_column};
+use crate::config_key;
 
 /// Configuration of the `kafka` sink.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -233,17 +233,20 @@ fn row_keys(column: &Arc<dyn Array>) -> std::result::Result<Vec<Option<Vec<u8>>>
     Ok(keys)
 }
 
-/// Message keys, and the byte ranges of the JSON lines in the buffer they were written to.
-pub(crate) type JsonMessages = (Vec<Option<Vec<u8>>>, Vec<std::ops::Range<usize>>);
+/// The messages of a batch: per row its key, and its JSON line (a byte range of the buffer
+/// the lines were written to) or `None` for a delete, which is sent as a tombstone.
+pub(crate) type JsonMessages = (Vec<Option<Vec<u8>>>, Vec<Option<std::ops::Range<usize>>>);
 
 /// Each row of `batch` (without the offset column) as one JSON line in `buf`, and its key
-/// from `key_column`: the keys and the byte ranges of the lines.
+/// from `key_column`. A row marked deleted (the [`DELETED_COLUMN`](weir_runtime::DELETED_COLUMN)
+/// convention) has no line: it becomes a tombstone of its key, which needs a `key_column`.
 pub(crate) fn json_messages(
     buf: &mut Vec<u8>,
     batch: &RecordBatch,
     key_column: Option<&str>,
 ) -> std::result::Result<JsonMessages, String> {
-    let rows = without_offset_column(batch).map_err(|e| e.to_string())?;
+    let split = crate::sink_rows("kafka", batch).map_err(|e| e.to_string())?;
+    let rows = &split.rows;
     let n = rows.num_rows();
     buf.clear();
     if n == 0 {
@@ -265,7 +268,7 @@ pub(crate) fn json_messages(
     };
     let mut writer = LineDelimitedWriter::new(&mut *buf);
     writer
-        .write(&rows)
+        .write(rows)
         .and_then(|_| writer.finish())
         .map_err(|e| format!("encode rows as JSON: {e}"))?;
     // JSON text never holds a raw newline: one line per row.
@@ -288,7 +291,22 @@ pub(crate) fn json_messages(
             lines.len()
         ));
     }
-    Ok((keys, lines))
+    let mut messages = Vec::with_capacity(n);
+    for (row, line) in lines.into_iter().enumerate() {
+        if split.is_delete(row) {
+            if key_column.is_none() {
+                return Err(format!(
+                    "row {row} deletes its key ({} = true) but the sink has no key_column: a \
+                     Kafka delete is a tombstone of the key",
+                    weir_runtime::DELETED_COLUMN
+                ));
+            }
+            messages.push(None);
+        } else {
+            messages.push(Some(line));
+        }
+    }
+    Ok((keys, messages))
 }
 
 impl EpochParticipant for KafkaSink {
@@ -313,10 +331,8 @@ impl SinkWriter for KafkaSink {
         let n = lines.len();
         let mut rejected = Vec::new();
         for (row, (line, key)) in lines.iter().zip(&keys).enumerate() {
-            match self
-                .producer
-                .send(key.as_deref(), Some(&self.buf[line.clone()]), None)
-            {
+            let payload = line.as_ref().map(|l| &self.buf[l.clone()]);
+            match self.producer.send(key.as_deref(), payload, None) {
                 Ok(()) => {}
                 Err(Ok(Refused(e))) => rejected.push((row, format!("refused by Kafka: {e}"))),
                 Err(Err(e)) => return Err(e),

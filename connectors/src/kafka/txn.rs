@@ -268,12 +268,15 @@ impl Inner {
         topic: &str,
         target: Option<i32>,
         key: Option<&[u8]>,
-        payload: &[u8],
+        payload: Option<&[u8]>,
     ) -> Result<()> {
         let name = self.name.clone();
         let wait = self.wait;
         let lane = self.lane(partition)?;
-        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).payload(payload);
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic);
+        if let Some(p) = payload {
+            record = record.payload(p);
+        }
         if let Some(k) = key {
             record = record.key(k);
         }
@@ -314,7 +317,8 @@ impl Inner {
             self.begin(partition)?;
             let topic = self.config.topic.trim().to_string();
             for (line, key) in lines.iter().zip(&keys) {
-                self.send(partition, &topic, None, key.as_deref(), &buf[line.clone()])?;
+                let payload = line.as_ref().map(|l| &buf[l.clone()]);
+                self.send(partition, &topic, None, key.as_deref(), payload)?;
             }
             self.lane(partition)?.producer.poll(Duration::ZERO);
             Ok(WriteOutcome {
@@ -364,7 +368,7 @@ impl Inner {
             &topic,
             Some(target),
             Some(key.as_bytes()),
-            &bytes,
+            Some(&bytes),
         )?;
         self.lane(c.partition)?.offset = Some((c.topic.clone(), c.next_offset));
         Ok(())
