@@ -33,8 +33,8 @@ use weir_runtime::watermark::{is_closed, WatermarkTracker};
 use weir_runtime::OperatorState;
 
 use crate::window::{
-    merge_states, state_batch, update_accumulators, window_bound_fields, window_columns,
-    AggregateSet, LatePolicy, WindowConfig, WindowKind,
+    event_columns, merge_states, state_batch, update_accumulators, window_bound_fields,
+    window_columns, AggregateSet, LatePolicy, WindowConfig, WindowKind,
 };
 
 /// One session: its group in the accumulators and its event-time extent.
@@ -322,19 +322,8 @@ impl Operator for SessionWindow {
         if n == 0 {
             return Ok(());
         }
-        let ts = batch
-            .column(self.time_idx)
-            .as_any()
-            .downcast_ref::<TimestampMillisecondArray>()
-            .ok_or_else(|| self.err("time column is not a millisecond timestamp"))?
-            .clone();
-        let offsets = self.offset_idx.and_then(|i| {
-            batch
-                .column(i)
-                .as_any()
-                .downcast_ref::<Int64Array>()
-                .cloned()
-        });
+        let (ts, offsets) =
+            event_columns(&batch, self.time_idx, self.offset_idx).map_err(|e| self.err(e))?;
         let keys: Vec<ArrayRef> = self
             .key_idx
             .iter()

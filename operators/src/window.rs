@@ -716,6 +716,29 @@ pub(crate) fn merge_states(
     Ok(())
 }
 
+/// The event-time column and, when the batch carries it, the offset column of a window's
+/// input batch.
+pub(crate) fn event_columns(
+    batch: &RecordBatch,
+    time_idx: usize,
+    offset_idx: Option<usize>,
+) -> std::result::Result<(TimestampMillisecondArray, Option<Int64Array>), &'static str> {
+    let ts = batch
+        .column(time_idx)
+        .as_any()
+        .downcast_ref::<TimestampMillisecondArray>()
+        .ok_or("time column is not a millisecond timestamp")?
+        .clone();
+    let offsets = offset_idx.and_then(|i| {
+        batch
+            .column(i)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .cloned()
+    });
+    Ok((ts, offsets))
+}
+
 fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or_default()
 }
@@ -738,19 +761,8 @@ impl Operator for TumbleWindow {
         if n == 0 {
             return Ok(());
         }
-        let ts = batch
-            .column(self.time_idx)
-            .as_any()
-            .downcast_ref::<TimestampMillisecondArray>()
-            .ok_or_else(|| self.err("time column is not a millisecond timestamp"))?
-            .clone();
-        let offsets = self.offset_idx.and_then(|i| {
-            batch
-                .column(i)
-                .as_any()
-                .downcast_ref::<Int64Array>()
-                .cloned()
-        });
+        let (ts, offsets) =
+            event_columns(&batch, self.time_idx, self.offset_idx).map_err(|e| self.err(e))?;
 
         // Assign rows to bins, deciding lateness against the watermark before each row. A
         // hopping event goes to each of its windows still open; it is late only when all of
