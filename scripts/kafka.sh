@@ -121,24 +121,4 @@ cmd_stop() {
     rm -f "$PID_FILE" "$ENV_FILE"
 }
 
-cmd_status() {
-    local pid
-    pid="$(running_pid)"
-    if [ -n "$pid" ]; then
-        echo "running (PID $pid): $(cat "$ENV_FILE" 2>/dev/null || echo 'address unknown')"
-    else
-        echo "not running"
-        return 3
-    fi
-}
-
-case "${1:-}" in
-    install) cmd_install ;;
-    start) cmd_start ;;
-    stop) cmd_stop ;;
-    status) cmd_status ;;
-    *)
-        echo "usage: $0 install|start|stop|status" >&2
-        exit 2
-        ;;
-esac
+service_main "$@"

@@ -62,3 +62,30 @@ free_port() {
 port_open() {
     (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
+
+# `status`: the service's PID and address (from $PID_FILE / $ENV_FILE), exit 3 when it is
+# not running.
+cmd_status() {
+    local pid
+    pid="$(running_pid)"
+    if [ -n "$pid" ]; then
+        echo "running (PID $pid): $(cat "$ENV_FILE" 2>/dev/null || echo 'address unknown')"
+    else
+        echo "not running"
+        return 3
+    fi
+}
+
+# Dispatch the script's command to the cmd_install/cmd_start/cmd_stop it defines.
+service_main() {
+    case "${1:-}" in
+        install) cmd_install ;;
+        start) cmd_start ;;
+        stop) cmd_stop ;;
+        status) cmd_status ;;
+        *)
+            echo "usage: $0 install|start|stop|status" >&2
+            exit 2
+            ;;
+    esac
+}
