@@ -12,13 +12,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::kafka::{brokers, create_topic, produce, unique};
+use common::pg_url;
 use weir::connectors::{EventGenerator, GeneratorConfig};
-
-fn pg_url() -> String {
-    std::env::var("WEIR_PG_URL").unwrap_or_else(|_| {
-        panic!("WEIR_PG_URL is not set: start PostgreSQL with `export \"$(scripts/postgres.sh start)\"` (scripts/test.sh does it)")
-    })
-}
 
 const PARTITIONS: i32 = 4;
 

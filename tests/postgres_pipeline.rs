@@ -3,15 +3,13 @@
 //! points and restarted ends with exactly the table of an uninterrupted run, and the offsets
 //! stored in PostgreSQL are the end of the input.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn pg_url() -> String {
-    std::env::var("WEIR_PG_URL").unwrap_or_else(|_| {
-        panic!("WEIR_PG_URL is not set: start PostgreSQL with `export \"$(scripts/postgres.sh start)\"` (scripts/test.sh does it)")
-    })
-}
+use common::pg_url;
 
 fn pipeline(name: &str, table: &str) -> String {
     format!(

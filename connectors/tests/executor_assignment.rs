@@ -7,10 +7,10 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
-use support::tasks;
+use support::{tasks, wait_for};
 use weir_connectors::{
     EventGenerator, GeneratorConfig, JsonlDlq, JsonlDlqConfig, JsonlSink, JsonlSinkConfig,
 };
@@ -52,6 +52,9 @@ impl Source for ScriptedSource {
         Ok(())
     }
 }
+
+/// Bound on every wait of these tests.
+const LIMIT: Duration = Duration::from_secs(60);
 
 fn generator() -> GeneratorConfig {
     GeneratorConfig {
@@ -101,17 +104,6 @@ fn sinks(dir: &std::path::Path) -> (Vec<Box<dyn SinkWriter>>, JsonlDlq) {
     })
     .unwrap();
     (vec![Box::new(sink)], dlq)
-}
-
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !cond() {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
 }
 
 fn tp(p: i32) -> TopicPartition {
@@ -174,7 +166,9 @@ fn revocations_and_reassignments_mid_stream_lose_and_duplicate_nothing() {
         .into_iter()
         .enumerate()
     {
-        wait_for("progress", || consumed() as f64 >= threshold * total as f64);
+        wait_for("progress", LIMIT, || {
+            consumed() as f64 >= threshold * total as f64
+        });
         revoke(&feed, &take, false);
         assert_eq!(
             metrics.owned_partitions(),
@@ -205,7 +199,9 @@ fn revocations_and_reassignments_mid_stream_lose_and_duplicate_nothing() {
 
     // Lost (this worker was evicted): stopped without a last checkpoint, its uncommitted
     // work discarded; the next owner (here: this worker again) redoes it from the last one.
-    wait_for("progress", || consumed() as f64 >= 0.8 * total as f64);
+    wait_for("progress", LIMIT, || {
+        consumed() as f64 >= 0.8 * total as f64
+    });
     let acked = acks.lock().unwrap().len();
     revoke(&feed, &[0], true);
     assert_eq!(metrics.owned_partitions(), 2);
@@ -221,7 +217,7 @@ fn revocations_and_reassignments_mid_stream_lose_and_duplicate_nothing() {
     assert_eq!(assign(&feed, &[0]).len(), 1);
 
     // Re-read after the lost revocation: at least everything, once per message in output.
-    wait_for("every partition read to its end", || {
+    wait_for("every partition read to its end", LIMIT, || {
         (0..3).all(|p| {
             store
                 .load(&Arc::from("events"), p)

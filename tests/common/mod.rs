@@ -249,3 +249,10 @@ pub fn assert_rows_match(got: &[Row], want: &[Row], query: &str) {
         }
     }
 }
+
+/// The test PostgreSQL (from `scripts/postgres.sh`).
+pub fn pg_url() -> String {
+    std::env::var("WEIR_PG_URL").unwrap_or_else(|_| {
+        panic!("WEIR_PG_URL is not set: start PostgreSQL with `export \"$(scripts/postgres.sh start)\"` (scripts/test.sh does it)")
+    })
+}
