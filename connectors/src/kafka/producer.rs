@@ -209,29 +209,36 @@ fn send_to(
     if let Some(h) = headers {
         record = record.headers(h);
     }
+    send_waiting(&p.producer, record, p.wait).map_err(|e| match classify(&e) {
+        ErrorClass::Data => Ok(Refused(e)),
+        class => Err(p.error(
+            format!(
+                "cannot send to topic {topic:?}: {e}{}",
+                last_error_suffix(p.producer.context())
+            ),
+            class,
+        )),
+    })
+}
+
+/// Queue `record`; while librdkafka's local queue is full, serve delivery reports to make
+/// room, for at most `wait`. The error of the last attempt otherwise.
+pub(crate) fn send_waiting(
+    producer: &BaseProducer<KafkaContext>,
+    mut record: BaseRecord<'_, [u8], [u8]>,
+    wait: Duration,
+) -> std::result::Result<(), KafkaError> {
     let started = Instant::now();
     loop {
-        match p.producer.send(record) {
+        match producer.send(record) {
             Ok(()) => return Ok(()),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r))
-                if started.elapsed() < p.wait =>
+                if started.elapsed() < wait =>
             {
-                // The local queue is full: serve delivery reports to make room.
                 record = r;
-                p.producer.poll(Duration::from_millis(50));
+                producer.poll(Duration::from_millis(50));
             }
-            Err((e, _)) => {
-                return Err(match classify(&e) {
-                    ErrorClass::Data => Ok(Refused(e)),
-                    class => Err(p.error(
-                        format!(
-                            "cannot send to topic {topic:?}: {e}{}",
-                            last_error_suffix(p.producer.context())
-                        ),
-                        class,
-                    )),
-                })
-            }
+            Err((e, _)) => return Err(e),
         }
     }
 }

@@ -42,6 +42,7 @@ use weir_runtime::{Checkpoint, CheckpointStore, ErrorClass, Guarantee, SinkWrite
 
 use super::client::{client_config, last_error_suffix, topic_partitions, KafkaContext};
 use super::errors::classify;
+use super::producer::send_waiting;
 use super::sink::json_messages;
 use super::KafkaSinkConfig;
 
@@ -283,27 +284,12 @@ impl Inner {
         if let Some(p) = target {
             record = record.partition(p);
         }
-        let started = Instant::now();
-        loop {
-            match lane.producer.send(record) {
-                Ok(()) => return Ok(()),
-                Err((
-                    KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
-                    r,
-                )) if started.elapsed() < wait => {
-                    lane.producer.poll(Duration::from_millis(10));
-                    record = r;
-                }
-                Err((e, _)) => {
-                    return Err(fatal(
-                        &name,
-                        format!(
-                            "produce to {topic:?} in the transaction of partition {partition}: {e}"
-                        ),
-                    ))
-                }
-            }
-        }
+        send_waiting(&lane.producer, record, wait).map_err(|e| {
+            fatal(
+                &name,
+                format!("produce to {topic:?} in the transaction of partition {partition}: {e}"),
+            )
+        })
     }
 
     fn write(&mut self, partition: i32, batch: &RecordBatch) -> Result<WriteOutcome> {
