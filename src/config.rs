@@ -130,6 +130,9 @@ pub struct WorkerConfig {
     pub cpu_threads: Option<usize>,
     /// Capacity, in batches, of each channel between stages (default 4).
     pub channel_capacity: Option<usize>,
+    /// A partition with no input this long is idle: a window whose groups span partitions
+    /// stops waiting for it (default 5000).
+    pub idle_timeout_ms: Option<u64>,
 }
 
 /// A whole pipeline.
@@ -338,6 +341,9 @@ impl PipelineConfig {
         }
         if worker.cpu_threads == Some(0) {
             errors.push("worker.cpu_threads: must be positive, got 0".into());
+        }
+        if worker.idle_timeout_ms == Some(0) {
+            errors.push("worker.idle_timeout_ms: must be positive, got 0".into());
         }
         if worker.channel_capacity == Some(0) {
             errors.push("worker.channel_capacity: must be positive, got 0".into());

@@ -11,8 +11,9 @@ use weir_connectors::{
     KafkaTxnOptions, KafkaTxnStore, ParquetSink, PostgresStore, SqliteSink, TerminalSink,
 };
 use weir_operators::{
-    build_window, plan_sql, FilterOperator, JsonDecoder, ProjectOperator, SchemaConfig, SqlOptions,
-    SqlPlan, TumbleConfig, UpcastOperator, Upcasters, WindowConfig,
+    build_window, partial_window, plan_sql, FilterOperator, GlobalWindow, JsonDecoder,
+    ProjectOperator, SchemaConfig, SqlOptions, SqlPlan, TumbleConfig, TwoPhaseShared,
+    UpcastOperator, Upcasters, WindowConfig,
 };
 use weir_runtime::error::{Result, WeirError};
 use weir_runtime::executor::TaskFactory;
@@ -32,6 +33,8 @@ enum OpSpec {
     Filter(String),
     Project(Vec<(String, String)>),
     Window(WindowConfig),
+    /// The per-partition phase of a window whose groups span partitions.
+    PartialWindow(WindowConfig, Arc<TwoPhaseShared>),
     Custom(String, OperatorFactory),
     Upcast(Upcasters),
 }
@@ -199,6 +202,13 @@ impl Pipeline {
         self
     }
 
+    /// A partition with no input for this long is idle: a window whose groups span
+    /// partitions stops waiting for it (it follows the other partitions' watermark).
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.exec.idle_timeout = timeout;
+        self
+    }
+
     /// Check the chain and assemble the executor.
     pub fn build(self) -> Result<Executor> {
         let missing =
@@ -229,6 +239,14 @@ impl Pipeline {
         };
         let ops = self.ops;
         build_chain(&schema, &ops).map_err(|e| WeirError::Config(e.join("; ")))?;
+        let (ops, global) = match two_phase(&schema, &ops) {
+            Some(i) => {
+                let (task_ops, global) = split_two_phase(&schema, &ops, i, self.exec.idle_timeout)
+                    .map_err(|e| WeirError::Config(e.join("; ")))?;
+                (task_ops, Some(global))
+            }
+            None => (ops, None),
+        };
         let pipeline: Arc<str> = self.name.as_str().into();
         let tasks: TaskFactory = Box::new(move |topic, partition| {
             let decoder = JsonDecoder::new(&schema);
@@ -241,9 +259,11 @@ impl Pipeline {
                 chain,
             ))
         });
-        Ok(Executor::new(
-            self.exec, source, tasks, self.sinks, dlq, store,
-        ))
+        let executor = Executor::new(self.exec, source, tasks, self.sinks, dlq, store);
+        Ok(match global {
+            Some(g) => executor.with_global(Box::new(g)),
+            None => executor,
+        })
     }
 
     /// The task this pipeline runs for one partition: the decoder of its schema and its
@@ -253,6 +273,13 @@ impl Pipeline {
             .schema
             .clone()
             .ok_or_else(|| WeirError::Config(format!("pipeline `{}` has no schema", self.name)))?;
+        if two_phase(&schema, &self.ops).is_some() {
+            return Err(WeirError::Config(format!(
+                "pipeline `{}`: its window's groups span partitions; one partition task alone \
+                 computes only partials",
+                self.name
+            )));
+        }
         let chain = build_chain(&schema, &self.ops).map_err(|e| WeirError::Config(e.join("; ")))?;
         Ok(PartitionTask::new(
             self.name.as_str().into(),
@@ -332,8 +359,61 @@ impl Pipeline {
         if let Some(n) = cfg.worker.channel_capacity {
             p = p.channel_capacity(n);
         }
+        if let Some(ms) = cfg.worker.idle_timeout_ms {
+            p = p.idle_timeout(Duration::from_millis(ms));
+        }
         Ok(p)
     }
+}
+
+/// The index of the first window whose groups span partitions, if any: it runs in two
+/// phases (partials per partition task, merged by a global stage).
+fn two_phase(schema: &SchemaConfig, ops: &[OpSpec]) -> Option<usize> {
+    ops.iter()
+        .position(|op| matches!(op, OpSpec::Window(w) if schema.spans_partitions(&w.keys)))
+}
+
+/// Split a chain at its two-phase window `at`: the task chain ends with the window's partial
+/// phase; the global stage merges the partials and runs what follows the window.
+fn split_two_phase(
+    schema: &SchemaConfig,
+    ops: &[OpSpec],
+    at: usize,
+    idle_timeout: Duration,
+) -> Result<(Vec<OpSpec>, GlobalWindow), Vec<String>> {
+    let OpSpec::Window(w) = &ops[at] else {
+        return Err(vec![format!("operators[{at}]: not a window")]);
+    };
+    let name = format!("operators[{at}]");
+    if let Some((j, _)) = ops
+        .iter()
+        .enumerate()
+        .skip(at + 1)
+        .find(|(_, op)| !matches!(op, OpSpec::Filter(_) | OpSpec::Project(_)))
+    {
+        return Err(vec![format!(
+            "operators[{j}]: after a window whose groups span partitions only filters and \
+             projections can follow (they run on the merged rows)"
+        )]);
+    }
+    let before = build_chain(schema, &ops[..at])?;
+    let input = before.last().map_or_else(
+        || JsonDecoder::new(schema).schema(),
+        |op| op.output_schema(),
+    );
+    let shared = Arc::new(TwoPhaseShared::default());
+    let mut global = GlobalWindow::new(&name, w, &input, &schema.event_time, shared.clone())
+        .map_err(|e| vec![format!("{name}: {e}")])?
+        .idle_timeout(idle_timeout);
+    global.then(build_ops(
+        schema,
+        global.window_schema(),
+        &ops[at + 1..],
+        at + 1,
+    )?);
+    let mut task_ops = ops[..at].to_vec();
+    task_ops.push(OpSpec::PartialWindow(w.clone(), shared));
+    Ok((task_ops, global))
 }
 
 /// Build the operator chain for one partition; every error is "operators[i]: reason".
@@ -341,11 +421,20 @@ fn build_chain(
     schema: &SchemaConfig,
     ops: &[OpSpec],
 ) -> Result<Vec<Box<dyn Operator>>, Vec<String>> {
-    let mut input: SchemaRef = JsonDecoder::new(schema).schema();
+    build_ops(schema, JsonDecoder::new(schema).schema(), ops, 0)
+}
+
+/// Build `ops` over `input`, naming them from `operators[first]` on.
+fn build_ops(
+    schema: &SchemaConfig,
+    mut input: SchemaRef,
+    ops: &[OpSpec],
+    first: usize,
+) -> Result<Vec<Box<dyn Operator>>, Vec<String>> {
     let mut chain: Vec<Box<dyn Operator>> = Vec::new();
     let mut errors = Vec::new();
     for (i, op) in ops.iter().enumerate() {
-        let name = format!("operators[{i}]");
+        let name = format!("operators[{}]", first + i);
         let built: Result<Box<dyn Operator>, String> = match op {
             OpSpec::Filter(p) => {
                 FilterOperator::new(&name, p, input.clone()).map(|o| Box::new(o) as _)
@@ -354,8 +443,11 @@ fn build_chain(
                 ProjectOperator::new(&name, cols, input.clone()).map(|o| Box::new(o) as _)
             }
             OpSpec::Window(w) => schema
-                .check_window_keys(&w.keys)
+                .check_window_keys(&w.keys, &w.kind)
                 .and_then(|_| build_window(&name, w, input.clone(), &schema.event_time)),
+            OpSpec::PartialWindow(w, shared) => {
+                partial_window(&name, w, input.clone(), &schema.event_time, shared.clone())
+            }
             OpSpec::Custom(label, f) => f(input.clone()).map_err(|e| format!("{label}: {e}")),
             OpSpec::Upcast(u) => {
                 UpcastOperator::new(&name, u.clone(), input.clone()).map(|o| Box::new(o) as _)

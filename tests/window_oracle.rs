@@ -1,5 +1,7 @@
 //! The streaming window equals DataFusion batch SQL over the same events, for any batching,
-//! partitioning and stop/crash-and-restart points.
+//! partitioning and stop/crash-and-restart points: grouped by the partition key (`key`, one
+//! phase) and by a column whose groups span partitions (`region`, two phases: partials per
+//! partition merged by the global stage).
 
 mod common;
 
@@ -16,7 +18,10 @@ use weir_runtime::{EpochParticipant, Guarantee, RunSummary, Shutdown, SinkWriter
 const WINDOW_MS: i64 = 10_000;
 const DISORDER_MS: u64 = 3_000;
 
-fn window() -> TumbleConfig {
+/// The group key columns the tests run with: the partition key, and one spanning partitions.
+const KEYS: [&str; 2] = ["key", "region"];
+
+fn window(key: &str) -> TumbleConfig {
     let agg = |function: &str, column: Option<&str>, alias: &str, distinct: bool| AggregateConfig {
         function: function.into(),
         column: column.map(Into::into),
@@ -26,7 +31,7 @@ fn window() -> TumbleConfig {
     };
     TumbleConfig {
         size_ms: WINDOW_MS,
-        keys: vec!["key".into()],
+        keys: vec![key.into()],
         time_column: None,
         max_out_of_orderness_ms: DISORDER_MS as i64,
         allowed_lateness_ms: 0,
@@ -45,22 +50,26 @@ fn window() -> TumbleConfig {
     }
 }
 
-const ORACLE: &str = "SELECT key, \
+const ORACLE: &str = "SELECT {key}, \
     CAST(date_bin(INTERVAL '10 seconds', ts, TIMESTAMP '1970-01-01T00:00:00') AS BIGINT) AS window_start, \
     CAST(date_bin(INTERVAL '10 seconds', ts, TIMESTAMP '1970-01-01T00:00:00') AS BIGINT) + 10000 AS window_end, \
     count(*) AS n, sum(v) AS sum_v, min(v) AS min_v, max(v) AS max_v, avg(x) AS avg_x, \
     min(x) AS min_x, max(x) AS max_x, stddev(x) AS stddev_x, count(DISTINCT v) AS distinct_v \
     FROM events GROUP BY 1, 2";
 
+fn oracle(events: &[&Event], key: &str) -> Vec<Row> {
+    rows(&batch_sql(events, &ORACLE.replace("{key}", key)))
+}
+
 type Row = serde_json::Map<String, serde_json::Value>;
 
 /// Match rows by (key, window_start); integers exactly, floats within 1e-9 relative.
-fn assert_same_windows(stream: &[Row], oracle: &[Row]) {
+fn assert_same_windows(stream: &[Row], oracle: &[Row], key: &str) {
     let index = |rows: &[Row]| -> std::collections::BTreeMap<(String, i64), Row> {
         let mut m = std::collections::BTreeMap::new();
         for r in rows {
             let k = (
-                r["key"].as_str().unwrap().to_string(),
+                r[key].as_str().unwrap().to_string(),
                 r["window_start"].as_i64().unwrap(),
             );
             assert!(
@@ -101,7 +110,7 @@ fn source(events: &[Event], rng: &mut Rng) -> MemorySource {
 
 #[test]
 fn windows_equal_batch_sql_for_random_streams_batchings_and_partitionings() {
-    for seed in 1..=5u64 {
+    for (seed, key) in (1..=5u64).flat_map(|s| KEYS.map(|k| (s, k))) {
         let mut rng = Rng(seed * 7919);
         let partitions = 1 + rng.below(6) as i32;
         let events = stream(
@@ -117,7 +126,7 @@ fn windows_equal_batch_sql_for_random_streams_batchings_and_partitionings() {
         let summary = Pipeline::new("oracle")
             .source(source(&events, &mut rng))
             .schema(schema())
-            .tumble(window())
+            .tumble(window(key))
             .sink(sink.clone())
             .dlq(dlq.clone())
             .checkpoint_dir(dir.path())
@@ -129,13 +138,13 @@ fn windows_equal_batch_sql_for_random_streams_batchings_and_partitionings() {
         assert!(summary.finished);
         assert_eq!(
             summary.counters.late, 0,
-            "seed {seed}: disorder within the bound is never late"
+            "seed {seed} by {key}: disorder within the bound is never late"
         );
         assert_eq!(summary.counters.consumed, events.len() as u64);
         let all: Vec<&Event> = events.iter().collect();
-        let oracle = rows(&batch_sql(&all, ORACLE));
+        let oracle = oracle(&all, key);
         assert!(!oracle.is_empty());
-        assert_same_windows(&rows(&sink.committed()), &oracle);
+        assert_same_windows(&rows(&sink.committed()), &oracle, key);
     }
 }
 
@@ -183,6 +192,7 @@ impl SinkWriter for Interrupt {
 
 fn run_once(
     events: &[Event],
+    key: &str,
     seed: u64,
     sink: impl SinkWriter + 'static,
     dlq: MemoryDlq,
@@ -193,7 +203,7 @@ fn run_once(
     Pipeline::new("restart")
         .source(source(events, &mut rng))
         .schema(schema())
-        .tumble(window())
+        .tumble(window(key))
         .sink(sink)
         .dlq(dlq)
         .checkpoint_dir(dir)
@@ -205,7 +215,11 @@ fn run_once(
 
 #[test]
 fn stop_or_crash_and_restart_from_checkpoint_gives_the_uninterrupted_output() {
-    for seed in 1..=24u64 {
+    // Fewer seeds spanning partitions: each of their runs merges every partition's partials.
+    let cases = (1..=24u64)
+        .map(|s| (s, KEYS[0]))
+        .chain((1..=12u64).map(|s| (s, KEYS[1])));
+    for (seed, key) in cases {
         let mut rng = Rng(seed ^ 0xdead_beef);
         let partitions = 1 + rng.below(4) as i32;
         let mut events = stream(
@@ -225,6 +239,7 @@ fn stop_or_crash_and_restart_from_checkpoint_gives_the_uninterrupted_output() {
         let dir = tempfile::tempdir().unwrap();
         run_once(
             &events,
+            key,
             seed,
             straight.clone(),
             straight_dlq.clone(),
@@ -248,6 +263,7 @@ fn stop_or_crash_and_restart_from_checkpoint_gives_the_uninterrupted_output() {
             };
             match run_once(
                 &events,
+                key,
                 seed + attempt,
                 wrapper,
                 dlq.clone(),
@@ -261,15 +277,15 @@ fn stop_or_crash_and_restart_from_checkpoint_gives_the_uninterrupted_output() {
                     interruptions += 1;
                 }
             }
-            assert!(attempt < 199, "seed {seed}: never finished");
+            assert!(attempt < 199, "seed {seed} by {key}: never finished");
         }
         assert!(
             interruptions > 0,
-            "seed {seed}: the run was never interrupted"
+            "seed {seed} by {key}: the run was never interrupted"
         );
         // Integers exact, floats within 1e-9 relative (stddev's state merge at a checkpoint
         // changes the order of float operations); any window missing or twice fails.
-        assert_same_windows(&rows(&sink.committed()), &rows(&straight.committed()));
+        assert_same_windows(&rows(&sink.committed()), &rows(&straight.committed()), key);
         let letters = |d: &MemoryDlq| {
             let mut v: Vec<(i32, i64, String)> = d
                 .committed
@@ -282,7 +298,14 @@ fn stop_or_crash_and_restart_from_checkpoint_gives_the_uninterrupted_output() {
             v
         };
         let late = letters(&straight_dlq);
-        assert!(!late.is_empty(), "seed {seed}: expected late events");
-        assert_eq!(letters(&dlq), late, "seed {seed}: dead letters differ");
+        assert!(
+            !late.is_empty(),
+            "seed {seed} by {key}: expected late events"
+        );
+        assert_eq!(
+            letters(&dlq),
+            late,
+            "seed {seed} by {key}: dead letters differ"
+        );
     }
 }

@@ -5,6 +5,7 @@
 //! - [`window`]: event-time tumbling and hopping windows aggregated by DataFusion's
 //!   `GroupsAccumulator`s; [`session`]: session windows on the same accumulators;
 //!   [`upsert`]: GROUP BY without a window, as an upsert stream;
+//! - [`two_phase`]: windows whose groups span partitions, partials merged by a global stage;
 //! - [`projection`]: keyed folds for read models (CQRS projections);
 //! - [`upcast`]: event versioning, older event versions mapped to the current shape.
 
@@ -14,6 +15,7 @@ pub mod projection;
 pub mod schema;
 pub mod session;
 pub mod sql;
+pub mod two_phase;
 pub mod upcast;
 pub mod upsert;
 pub mod window;
@@ -24,6 +26,7 @@ pub use projection::{Projection, ProjectionOperator};
 pub use schema::{FieldConfig, FieldType, SchemaConfig};
 pub use session::SessionWindow;
 pub use sql::{plan_sql, SqlOptions, SqlPlan};
+pub use two_phase::{partial_window, GlobalWindow, TwoPhaseShared};
 pub use upcast::{UpcastOperator, UpcastStep, Upcasters};
 pub use upsert::GroupUpsert;
 pub use window::{

@@ -5,6 +5,9 @@ use std::sync::Arc;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use serde::Deserialize;
 
+use crate::two_phase::check_two_phase_kind;
+use crate::window::WindowKind;
+
 /// `[schema]` of a pipeline: the fields of each JSON event and which one is event time.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -131,14 +134,26 @@ impl SchemaConfig {
 }
 
 impl SchemaConfig {
-    /// Refuse window keys that do not include the declared partition key.
-    pub fn check_window_keys(&self, keys: &[String]) -> Result<(), String> {
+    /// Whether groups over `keys` span partitions: a partition key is declared and the keys
+    /// leave it out, so the window runs in two phases ([`crate::two_phase`]).
+    pub fn spans_partitions(&self, keys: &[String]) -> bool {
+        self.partition_key
+            .as_ref()
+            .is_some_and(|pk| !keys.iter().any(|k| k == pk))
+    }
+
+    /// Refuse window keys that leave out the partition key when the window kind cannot run
+    /// in two phases (sessions, GROUP BY without a window).
+    pub fn check_window_keys(&self, keys: &[String], kind: &WindowKind) -> Result<(), String> {
         match &self.partition_key {
-            Some(pk) if !keys.iter().any(|k| k == pk) => Err(format!(
-                "GROUP BY [{}] does not include the partition key `{pk}`: a group would span \
-                 partitions, which needs two-phase aggregation (not supported yet); add `{pk}` to the keys",
-                keys.join(", ")
-            )),
+            Some(pk) if self.spans_partitions(keys) => {
+                check_two_phase_kind(kind).map_err(|reason| {
+                    format!(
+                        "GROUP BY [{}] does not include the partition key `{pk}`: {reason}; add `{pk}` to the keys",
+                        keys.join(", ")
+                    )
+                })
+            }
             _ => Ok(()),
         }
     }

@@ -39,6 +39,9 @@ pub struct SqlPlan {
     pub window: WindowConfig,
     pub having: Option<String>,
     pub output: Vec<(String, String)>,
+    /// The window's keys leave out the partition key: it runs in two phases (partials per
+    /// partition, merged by a global stage), and what follows it runs on the merged rows.
+    pub two_phase: bool,
 }
 
 impl SqlPlan {
@@ -81,6 +84,10 @@ impl SqlPlan {
             w.late_policy,
             aggs.join(", ")
         );
+        }
+        if self.two_phase {
+            out += "            two-phase: each partition sends a closed window's partial state; a global stage\n            \
+                    merges them when the minimum watermark over all partitions has passed the window\n";
         }
         if let Some(h) = &self.having {
             out += &format!("filter      {h}   (HAVING)\n");
@@ -255,7 +262,8 @@ pub fn plan_sql(
     if keys.is_empty() {
         return Err("GROUP BY needs at least one key column besides the window".into());
     }
-    schema.check_window_keys(&keys)?;
+    schema.check_window_keys(&keys, &kind)?;
+    let two_phase = schema.spans_partitions(&keys);
 
     // Aggregates anywhere in SELECT or HAVING become window outputs `__agg<i>`.
     let mut aggs = Aggregates::default();
@@ -316,6 +324,7 @@ pub fn plan_sql(
         },
         having,
         output,
+        two_phase,
     })
 }
 

@@ -46,6 +46,8 @@ use weir_runtime::operator::{Emit, Operator, OFFSET_COLUMN};
 use weir_runtime::watermark::{hop_starts, is_closed, tumble_start, WatermarkTracker};
 use weir_runtime::OperatorState;
 
+use crate::two_phase::TwoPhaseShared;
+
 /// What happens to an event whose window has already closed.
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -370,6 +372,21 @@ impl AggregateSet {
         Ok(set)
     }
 
+    /// The state fields of every aggregate, in order, nullable, named `c<i>` after the
+    /// window start and keys they follow in a state batch.
+    pub fn state_fields(&self) -> Result<Vec<Field>, String> {
+        let mut out = Vec::new();
+        for agg in &self.aggs {
+            for f in agg
+                .state_fields()
+                .map_err(|e| format!("aggregate state: {}", first_line(&e.to_string())))?
+            {
+                out.push(f.as_ref().clone().with_nullable(true));
+            }
+        }
+        Ok(out)
+    }
+
     /// Fresh accumulators, one per aggregate.
     pub fn accumulators(&self) -> datafusion::common::Result<Vec<Box<dyn GroupsAccumulator>>> {
         self.aggs
@@ -494,6 +511,19 @@ struct Bin {
     accs: Vec<Box<dyn GroupsAccumulator>>,
 }
 
+/// The partial phase of a two-phase aggregation (see [`crate::two_phase`]): closed windows
+/// leave as accumulator states, and stay in the checkpoint until the global stage's output
+/// of them is durable.
+struct PartialMode {
+    shared: Arc<TwoPhaseShared>,
+    /// Partials sent and not yet covered by the global stage's committed frontier, by start.
+    sent: BTreeMap<i64, RecordBatch>,
+    /// Restored from a checkpoint: `sent` goes to the (restarted) global stage again.
+    resend: bool,
+    /// The watermark last reported.
+    reported: Option<i64>,
+}
+
 /// The tumbling- and hopping-window aggregation operator of one partition.
 pub struct TumbleWindow {
     name: String,
@@ -508,7 +538,9 @@ pub struct TumbleWindow {
     aggs: AggregateSet,
     output: SchemaRef,
     watermark: WatermarkTracker,
+    max_out_of_orderness_ms: i64,
     bins: BTreeMap<i64, Bin>,
+    partial: Option<PartialMode>,
     // scratch, reused across batches
     group_ids: Vec<usize>,
 }
@@ -561,9 +593,29 @@ impl TumbleWindow {
             aggs,
             output: Arc::new(Schema::new(out_fields)),
             watermark: WatermarkTracker::new(cfg.max_out_of_orderness_ms),
+            max_out_of_orderness_ms: cfg.max_out_of_orderness_ms,
             bins: BTreeMap::new(),
+            partial: None,
             group_ids: Vec::new(),
         })
+    }
+
+    /// The partial phase of a two-phase aggregation: a closed window is emitted as its
+    /// accumulators' state (window start, keys, state columns: [`Self::output_schema`]) for
+    /// [`crate::two_phase::GlobalWindow`], with this partition's watermark, and kept in the
+    /// checkpoint until `shared` says the global stage's output of it is durable.
+    pub fn partial(mut self, shared: Arc<TwoPhaseShared>) -> Result<Self, String> {
+        let mut fields = vec![Field::new("window_start", DataType::Int64, false)];
+        fields.extend(self.key_schema.fields().iter().map(|f| f.as_ref().clone()));
+        fields.extend(self.aggs.state_fields()?);
+        self.output = Arc::new(Schema::new(fields));
+        self.partial = Some(PartialMode {
+            shared,
+            sent: BTreeMap::new(),
+            resend: false,
+            reported: None,
+        });
+        Ok(self)
     }
 
     /// Windows open now.
@@ -613,9 +665,49 @@ impl TumbleWindow {
                 .bins
                 .remove(&start)
                 .expect("invariant: first key exists");
-            emit.emit(self.finish(start, bin)?);
+            if self.partial.is_some() {
+                let state = self.bin_state(start, bin)?;
+                emit.emit(state.clone());
+                if let Some(p) = &mut self.partial {
+                    p.sent.insert(start, state);
+                }
+            } else {
+                emit.emit(self.finish(start, bin)?);
+            }
         }
         Ok(())
+    }
+
+    /// Partial mode, before new input: forget the partials the global stage's durable output
+    /// covers, and after a restore send the rest again (the global stage restarted too).
+    fn partial_begin(&mut self, emit: &mut Emit) {
+        let (size, lateness) = (self.size_ms, self.allowed_lateness_ms);
+        let Some(p) = &mut self.partial else {
+            return;
+        };
+        if let Some(frontier) = p.shared.committed_frontier() {
+            p.sent
+                .retain(|start, _| !is_closed(start + size, lateness, Some(frontier)));
+        }
+        if std::mem::take(&mut p.resend) {
+            for batch in p.sent.values() {
+                emit.emit(batch.clone());
+            }
+        }
+    }
+
+    /// Partial mode, after the input: report the watermark when it moved (always after a
+    /// restore, so the global stage hears of this partition).
+    fn partial_end(&mut self, emit: &mut Emit, watermark: Option<i64>) {
+        let Some(p) = &mut self.partial else {
+            return;
+        };
+        if let Some(w) = watermark {
+            if p.reported != Some(w) {
+                emit.report_watermark(w);
+                p.reported = Some(w);
+            }
+        }
     }
 
     fn finish(&self, start: i64, mut bin: Bin) -> Result<RecordBatch> {
@@ -761,6 +853,7 @@ impl Operator for TumbleWindow {
         if n == 0 {
             return Ok(());
         }
+        self.partial_begin(emit);
         let (ts, offsets) =
             event_columns(&batch, self.time_idx, self.offset_idx).map_err(|e| self.err(e))?;
 
@@ -843,11 +936,38 @@ impl Operator for TumbleWindow {
                 self.update(start, &k, &a)?;
             }
         }
-        self.close(false, emit)
+        self.close(false, emit)?;
+        let wm = self.watermark.watermark();
+        self.partial_end(emit, wm);
+        Ok(())
     }
 
     fn on_end_of_input(&mut self, emit: &mut Emit) -> Result<()> {
-        self.close(true, emit)
+        self.partial_begin(emit);
+        self.close(true, emit)?;
+        self.partial_end(emit, Some(i64::MAX));
+        Ok(())
+    }
+
+    /// Partial mode: an idle partition follows the watermark of the partitions that have
+    /// input, so it does not hold the global stage back; its own later events behind that
+    /// watermark are late, as they would be in a single partition.
+    fn on_idle(&mut self, emit: &mut Emit) -> Result<()> {
+        let Some(p) = &self.partial else {
+            return Ok(());
+        };
+        let hint = p.shared.active_watermark();
+        self.partial_begin(emit);
+        if let Some(h) = hint {
+            if self.watermark.watermark().is_none_or(|w| w < h) {
+                let max = h.saturating_add(self.max_out_of_orderness_ms);
+                self.watermark = self.watermark.with_max_event_time(Some(max));
+                self.close(false, emit)?;
+            }
+        }
+        let wm = self.watermark.watermark();
+        self.partial_end(emit, wm);
+        Ok(())
     }
 
     fn snapshot(&mut self) -> Result<OperatorState> {
@@ -861,8 +981,16 @@ impl Operator for TumbleWindow {
         for b in &batches {
             self.restore_bin(b)?;
         }
+        let open = batches.len();
+        let mut batches = batches;
+        if let Some(p) = &self.partial {
+            batches.extend(p.sent.values().cloned());
+        }
         Ok(OperatorState {
-            meta: serde_json::json!({ "max_event_time": self.watermark.max_event_time() }),
+            meta: serde_json::json!({
+                "max_event_time": self.watermark.max_event_time(),
+                "open": open,
+            }),
             batches,
         })
     }
@@ -871,8 +999,40 @@ impl Operator for TumbleWindow {
         let max = state.meta.get("max_event_time").and_then(|v| v.as_i64());
         self.watermark = self.watermark.with_max_event_time(max);
         self.bins.clear();
-        for b in &state.batches {
+        // Before partials were kept, every batch was an open window.
+        let open = state
+            .meta
+            .get("open")
+            .and_then(|v| v.as_u64())
+            .map_or(state.batches.len(), |n| n as usize);
+        let (bins, sent) = state.batches.split_at(open.min(state.batches.len()));
+        for b in bins {
             self.restore_bin(b)?;
+        }
+        let mut kept = BTreeMap::new();
+        for b in sent {
+            let start = b
+                .column(0)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .filter(|a| !a.is_empty())
+                .map(|a| a.value(0))
+                .ok_or_else(|| self.err("checkpointed partial has no window start"))?;
+            kept.insert(start, b.clone());
+        }
+        match &mut self.partial {
+            Some(p) => {
+                p.sent = kept;
+                p.resend = true;
+                p.reported = None;
+            }
+            None if !sent.is_empty() => {
+                return Err(self.err(
+                    "the checkpoint holds partials of a two-phase aggregation, and this window \
+                     is not one: the pipeline changed; start it with a fresh checkpoint store",
+                ))
+            }
+            None => {}
         }
         Ok(())
     }

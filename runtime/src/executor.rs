@@ -38,7 +38,9 @@ use crate::batch::RawBatch;
 use crate::checkpoint::{Checkpoint, CheckpointStore};
 use crate::dlq::{DeadLetter, DlqWriter, ErrorKind, Stage};
 use crate::error::{ErrorClass, Result, WeirError};
+use crate::global::{GlobalStage, GLOBAL_PARTITION, GLOBAL_TOPIC};
 use crate::metrics::{Counters, Metrics};
+use crate::operator::Emit;
 use crate::shutdown::Shutdown;
 use crate::sink::SinkWriter;
 use crate::source::{Assignment, PartitionReader, ReadResult, Source, TopicPartition};
@@ -58,6 +60,9 @@ pub struct ExecutorConfig {
     pub max_rows: usize,
     pub linger: Duration,
     pub checkpoint_interval: Duration,
+    /// A partition with no input for this long is idle: its operators may advance event
+    /// time ([`crate::Operator::on_idle`]), so it does not hold back a two-phase aggregation.
+    pub idle_timeout: Duration,
 }
 
 impl ExecutorConfig {
@@ -69,6 +74,7 @@ impl ExecutorConfig {
             max_rows: 8192,
             linger: Duration::from_millis(100),
             checkpoint_interval: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -147,6 +153,15 @@ pub struct Executor {
     dlq: Box<dyn DlqWriter>,
     store: Arc<dyn CheckpointStore>,
     metrics: Arc<Metrics>,
+    global: Option<Global>,
+}
+
+/// The global stage of a two-phase aggregation and its checkpoint bookkeeping.
+struct Global {
+    stage: Box<dyn GlobalStage>,
+    epoch: u64,
+    /// Rows were emitted since the last global checkpoint.
+    dirty: bool,
 }
 
 impl Executor {
@@ -166,7 +181,20 @@ impl Executor {
             dlq,
             store,
             metrics: Arc::new(Metrics::default()),
+            global: None,
         }
+    }
+
+    /// Merge the partitions' partial results in `stage` (a two-phase aggregation, see
+    /// [`crate::global`]): the tasks' output goes to it, and its output to the sinks.
+    /// Needs a fixed set of partitions (every partition in this worker).
+    pub fn with_global(mut self, stage: Box<dyn GlobalStage>) -> Self {
+        self.global = Some(Global {
+            stage,
+            epoch: 0,
+            dirty: false,
+        });
+        self
     }
 
     /// Live counters of this run, for a progress display.
@@ -183,6 +211,19 @@ impl Executor {
             Some(_) => None,
             None => Some(self.source.partitions()?),
         };
+        if let Some(g) = &self.global {
+            let Some(parts) = &fixed else {
+                return Err(WeirError::Config(format!(
+                    "{}: an aggregation whose groups span partitions needs every partition in \
+                     this worker, and source `{}` follows a consumer group; read it with a fixed \
+                     assignment (kafka: assignment = \"manual\") or group by the partition key",
+                    g.stage.name(),
+                    self.source.name()
+                )));
+            };
+            let parts: Vec<i32> = parts.iter().map(|tp| tp.1).collect();
+            self.restore_global(&parts)?;
+        }
         let cpu_threads = match &fixed {
             Some(parts) => self.config.cpu_threads.max(1).min(parts.len().max(1)),
             None => self.config.cpu_threads.max(1),
@@ -202,10 +243,10 @@ impl Executor {
         for n in 0..cpu_threads {
             let (ctl_tx, ctl_rx) = unbounded::<NewLane>();
             let tx = sink_tx.clone();
-            let interval = self.config.checkpoint_interval;
+            let timing = (self.config.checkpoint_interval, self.config.idle_timeout);
             let handle = thread::Builder::new()
                 .name(format!("weir-cpu-{n}"))
-                .spawn(move || run_worker(ctl_rx, tx, interval))
+                .spawn(move || run_worker(ctl_rx, tx, timing))
                 .map_err(|e| WeirError::Internal(format!("spawn worker: {e}")))?;
             running.workers.push(ctl_tx);
             worker_handles.push(handle);
@@ -224,6 +265,9 @@ impl Executor {
         }
         if result.is_ok() {
             result = self.run_sink_stage(&sink_rx, assignments.as_ref(), &shutdown, &mut running);
+        }
+        if result.is_ok() {
+            result = self.checkpoint_global(&shutdown);
         }
         if result.is_err() {
             shutdown.trigger();
@@ -437,7 +481,9 @@ impl Executor {
                     debug!(topic = %tp.0, partition = tp.1, epoch = checkpoint.epoch, "checkpoint of a lost partition dropped");
                     return Ok(());
                 }
-                self.commit_checkpoint(&checkpoint, shutdown)
+                self.commit_checkpoint(&checkpoint, shutdown)?;
+                // The global stage's rows become durable at the pace of the partitions'.
+                self.checkpoint_global(shutdown)
             }
             SinkMsg::Finished {
                 topic,
@@ -479,9 +525,32 @@ impl Executor {
         }
     }
 
-    fn write_output(&mut self, partition: i32, out: TaskOutput, shutdown: &Shutdown) -> Result<()> {
-        let mut letters = out.dead_letters;
-        for batch in &out.batches {
+    fn write_output(
+        &mut self,
+        partition: i32,
+        mut out: TaskOutput,
+        shutdown: &Shutdown,
+    ) -> Result<()> {
+        let mut letters = std::mem::take(&mut out.dead_letters);
+        // With a global stage the tasks' rows are partials: it merges them, and writes the
+        // final rows of the windows they close under the global partition.
+        let (partition, batches) = match &mut self.global {
+            Some(g) => {
+                let mut emit = Emit::default();
+                g.stage.absorb(
+                    partition,
+                    std::mem::take(&mut out.batches),
+                    out.watermark,
+                    &mut emit,
+                )?;
+                let batches = emit.take_batches();
+                out.delta.rows_out = batches.iter().map(|b| b.num_rows() as u64).sum();
+                g.dirty |= !batches.is_empty();
+                (GLOBAL_PARTITION, batches)
+            }
+            None => (partition, std::mem::take(&mut out.batches)),
+        };
+        for batch in &batches {
             for sink in &mut self.sinks {
                 let outcome = retry(shutdown, sink.name().to_string(), || {
                     sink.write(partition, batch)
@@ -497,11 +566,77 @@ impl Executor {
                 }
             }
         }
+        if let Some(g) = &mut self.global {
+            // Rows of the global stage a sink refused are its output too.
+            g.dirty |= letters.iter().any(|l| l.partition == GLOBAL_PARTITION);
+        }
         if !letters.is_empty() {
             let dlq = &mut self.dlq;
             retry(shutdown, "dlq".into(), || dlq.write(&letters))?;
         }
         self.metrics.add(&out.delta);
+        Ok(())
+    }
+
+    /// Restore the global stage from its checkpoint and recover the sinks' staged epochs of
+    /// its output, before any partition starts.
+    fn restore_global(&mut self, partitions: &[i32]) -> Result<()> {
+        let Some(g) = &mut self.global else {
+            return Ok(());
+        };
+        let checkpoint = self.store.load(GLOBAL_TOPIC, GLOBAL_PARTITION)?;
+        let committed = checkpoint.as_ref().map(|c| c.epoch);
+        self.dlq.recover(GLOBAL_PARTITION, committed)?;
+        for sink in &mut self.sinks {
+            sink.recover(GLOBAL_PARTITION, committed)?;
+        }
+        if let Some(mut c) = checkpoint {
+            info!(epoch = c.epoch, "restored the global stage's checkpoint");
+            g.epoch = c.epoch;
+            let state = c.operators.pop().unwrap_or_default();
+            g.stage.restore(state)?;
+            g.stage.committed();
+        }
+        g.stage.start(partitions);
+        Ok(())
+    }
+
+    /// Store the global stage's frontier with the rows it emitted (the epoch protocol, under
+    /// [`GLOBAL_PARTITION`]), then let partitions forget the partials it covers.
+    fn checkpoint_global(&mut self, shutdown: &Shutdown) -> Result<()> {
+        let Some(g) = &mut self.global else {
+            return Ok(());
+        };
+        if !g.dirty {
+            return Ok(());
+        }
+        let state = g.stage.snapshot()?;
+        g.epoch += 1;
+        let c = Checkpoint {
+            pipeline: self.config.pipeline.to_string(),
+            topic: Arc::from(GLOBAL_TOPIC),
+            partition: GLOBAL_PARTITION,
+            epoch: g.epoch,
+            next_offset: 0,
+            counters: Counters::default(),
+            operators: vec![state],
+        };
+        let (p, e) = (GLOBAL_PARTITION, g.epoch);
+        for sink in &mut self.sinks {
+            retry(shutdown, sink.name().to_string(), || sink.prepare(p, e))?;
+        }
+        let dlq = &mut self.dlq;
+        retry(shutdown, "dlq".into(), || dlq.prepare(p, e))?;
+        let store = &self.store;
+        retry(shutdown, "checkpoint".into(), || store.save(&c))?;
+        for sink in &mut self.sinks {
+            retry(shutdown, sink.name().to_string(), || sink.commit(p, e))?;
+        }
+        let dlq = &mut self.dlq;
+        retry(shutdown, "dlq".into(), || dlq.commit(p, e))?;
+        g.stage.committed();
+        g.dirty = false;
+        debug!(epoch = e, "global checkpoint committed");
         Ok(())
     }
 
@@ -658,13 +793,19 @@ struct Lane {
     task: PartitionTask,
     rx: Receiver<ReaderMsg>,
     last_checkpoint: Instant,
+    /// When the last batch arrived (or the lane started).
+    last_input: Instant,
     dirty: bool,
 }
 
 /// A CPU worker: runs the tasks of the partitions it is handed on `ctl` until `ctl` closes
 /// and every lane is finished. A lane finishes when its reader ends or stops (revocation,
 /// shutdown): the worker drains what was read, sends a last checkpoint and `Finished`.
-fn run_worker(ctl: Receiver<NewLane>, tx: Sender<SinkMsg>, interval: Duration) {
+fn run_worker(
+    ctl: Receiver<NewLane>,
+    tx: Sender<SinkMsg>,
+    (interval, idle_timeout): (Duration, Duration),
+) {
     let mut lanes: Vec<Lane> = Vec::new();
     let mut ctl_open = true;
     let fail = |tx: &Sender<SinkMsg>, e: WeirError| {
@@ -679,7 +820,7 @@ fn run_worker(ctl: Receiver<NewLane>, tx: Sender<SinkMsg>, interval: Duration) {
         for lane in &lanes {
             sel.recv(&lane.rx);
         }
-        let tick = interval.min(Duration::from_millis(200));
+        let tick = interval.min(idle_timeout).min(Duration::from_millis(200));
         let mut new_lane = None;
         let (idx, msg) = match sel.select_timeout(tick) {
             Ok(op) if ctl_open && op.index() == 0 => {
@@ -700,6 +841,7 @@ fn run_worker(ctl: Receiver<NewLane>, tx: Sender<SinkMsg>, interval: Duration) {
                 task,
                 rx,
                 last_checkpoint: Instant::now(),
+                last_input: Instant::now(),
                 dirty: false,
             });
         }
@@ -707,7 +849,10 @@ fn run_worker(ctl: Receiver<NewLane>, tx: Sender<SinkMsg>, interval: Duration) {
             let lane = &mut lanes[idx];
             let partition = lane.task.partition();
             let (out, finished) = match msg {
-                Ok(ReaderMsg::Batch(raw)) => (lane.task.process(&raw), None),
+                Ok(ReaderMsg::Batch(raw)) => {
+                    lane.last_input = Instant::now();
+                    (lane.task.process(&raw), None)
+                }
                 Ok(ReaderMsg::End) => (lane.task.end_of_input(), Some(true)),
                 // The reader stopped (shutdown, revocation or error) and everything it sent
                 // was received: the lane is drained.
@@ -747,6 +892,19 @@ fn run_worker(ctl: Receiver<NewLane>, tx: Sender<SinkMsg>, interval: Duration) {
             }
         }
         for lane in lanes.iter_mut() {
+            if lane.last_input.elapsed() >= idle_timeout {
+                match lane.task.idle() {
+                    Ok(out) if out.batches.is_empty() && out.watermark.is_none() => {}
+                    Ok(out) => {
+                        lane.dirty = true;
+                        let partition = lane.task.partition();
+                        if tx.send(SinkMsg::Output(partition, out)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => return fail(&tx, e),
+                }
+            }
             if lane.dirty && lane.last_checkpoint.elapsed() >= interval {
                 match lane.task.checkpoint() {
                     Ok(c) => {

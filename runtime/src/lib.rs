@@ -14,6 +14,7 @@ pub mod checkpoint;
 pub mod dlq;
 pub mod error;
 pub mod executor;
+pub mod global;
 pub mod metrics;
 pub mod offsets;
 pub mod operator;
@@ -31,6 +32,7 @@ pub use checkpoint::{Checkpoint, CheckpointStore, LocalCheckpointStore, Operator
 pub use dlq::{DeadLetter, DlqWriter, ErrorKind, Stage};
 pub use error::{ErrorClass, WeirError};
 pub use executor::{Executor, ExecutorConfig, RunSummary};
+pub use global::{GlobalStage, GLOBAL_PARTITION, GLOBAL_TOPIC};
 pub use metrics::{Counters, Metrics};
 pub use offsets::OffsetTracker;
 pub use operator::{Decoded, Decoder, Emit, Operator, RowReject, OFFSET_COLUMN};

@@ -48,6 +48,7 @@ pub struct Emit {
     filtered: u64,
     late_dropped: u64,
     absorbed: u64,
+    watermark: Option<i64>,
 }
 
 impl Emit {
@@ -80,6 +81,17 @@ impl Emit {
     /// Rows absorbed into operator state (a window's accumulators, a projection's fold).
     pub fn count_absorbed(&mut self, rows: u64) {
         self.absorbed += rows;
+    }
+
+    /// The operator's event-time watermark after this input: a stage that merges several
+    /// partitions' partial results ([`crate::GlobalStage`]) closes a window only when every
+    /// partition reported a watermark past it. `i64::MAX` when the input ended.
+    pub fn report_watermark(&mut self, watermark: i64) {
+        self.watermark = Some(self.watermark.map_or(watermark, |w| w.max(watermark)));
+    }
+
+    pub fn watermark(&self) -> Option<i64> {
+        self.watermark
     }
 
     pub fn batches(&self) -> &[RecordBatch] {
@@ -129,6 +141,14 @@ pub trait Operator: Send {
     /// The input is finished (a bounded source reached its end): emit everything still held,
     /// as a watermark at +infinity would.
     fn on_end_of_input(&mut self, _emit: &mut Emit) -> Result<()> {
+        Ok(())
+    }
+
+    /// The partition has had no input for the executor's idle timeout (called again every
+    /// timeout while it stays idle). An operator whose progress depends on event time may
+    /// advance it here, e.g. the partial stage of a two-phase aggregation follows the other
+    /// partitions' watermark so an idle partition does not hold the whole stream back.
+    fn on_idle(&mut self, _emit: &mut Emit) -> Result<()> {
         Ok(())
     }
 

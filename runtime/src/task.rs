@@ -18,6 +18,18 @@ pub struct TaskOutput {
     pub dead_letters: Vec<DeadLetter>,
     /// Accounting of this step alone.
     pub delta: Counters,
+    /// The watermark an operator reported ([`Emit::report_watermark`]) in this step.
+    pub watermark: Option<i64>,
+}
+
+/// What a step of the chain is besides its input batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flush {
+    None,
+    /// The partition has been idle for the idle timeout.
+    Idle,
+    /// The input ended.
+    End,
 }
 
 /// Processes one partition in offset order: decode, then each operator in turn.
@@ -118,7 +130,7 @@ impl PartitionTask {
         let decoded = self.decoder.decode(raw)?;
         self.dead_letter(raw, Stage::Decode, decoded.rejects, &mut out);
         let input = decoded.batch.into_iter().collect();
-        self.run_chain(raw, input, false, &mut out)?;
+        self.run_chain(raw, input, Flush::None, &mut out)?;
         self.next_offset = raw.messages.last().expect("invariant: non-empty").offset + 1;
         self.counters.add(&out.delta);
         Ok(out)
@@ -128,7 +140,17 @@ impl PartitionTask {
     pub fn end_of_input(&mut self) -> Result<TaskOutput> {
         let mut out = TaskOutput::default();
         let empty = RawBatch::new(self.topic.clone(), self.partition, Vec::new());
-        self.run_chain(&empty, Vec::new(), true, &mut out)?;
+        self.run_chain(&empty, Vec::new(), Flush::End, &mut out)?;
+        self.counters.add(&out.delta);
+        Ok(out)
+    }
+
+    /// The partition has had no input for the idle timeout: operators that follow event time
+    /// may advance it ([`Operator::on_idle`]).
+    pub fn idle(&mut self) -> Result<TaskOutput> {
+        let mut out = TaskOutput::default();
+        let empty = RawBatch::new(self.topic.clone(), self.partition, Vec::new());
+        self.run_chain(&empty, Vec::new(), Flush::Idle, &mut out)?;
         self.counters.add(&out.delta);
         Ok(out)
     }
@@ -161,7 +183,7 @@ impl PartitionTask {
         &mut self,
         raw: &RawBatch,
         mut input: Vec<RecordBatch>,
-        end_of_input: bool,
+        flush: Flush,
         out: &mut TaskOutput,
     ) -> Result<()> {
         let mut events = true; // rows are still events, not results of a stateful operator
@@ -173,9 +195,14 @@ impl PartitionTask {
                 for batch in input.drain(..) {
                     op.process(batch, &mut emit)?;
                 }
-                if end_of_input {
-                    op.on_end_of_input(&mut emit)?;
+                match flush {
+                    Flush::None => {}
+                    Flush::Idle => op.on_idle(&mut emit)?,
+                    Flush::End => op.on_end_of_input(&mut emit)?,
                 }
+            }
+            if let Some(w) = emit.watermark() {
+                out.watermark = Some(w);
             }
             if events {
                 out.delta.filtered += emit.filtered();

@@ -1,0 +1,371 @@
+//! Two-phase window aggregation: GROUP BY keys that leave out the partition key (per region
+//! over a topic keyed by sensor). The runtime's side (where the global stage runs, how it
+//! checkpoints) is described in [`weir_runtime::global`].
+//!
+//! - Phase one, in every partition task: a [`TumbleWindow`] in partial mode aggregates the
+//!   partition's events and, when its own watermark closes a window, emits the window's
+//!   accumulator states with that watermark.
+//! - Phase two, [`GlobalWindow`] on the sink stage: it keeps the partials per window and per
+//!   partition, and once the minimum watermark over all partitions has closed a window it
+//!   merges the partials (in partition order, so the result does not depend on arrival
+//!   order) into fresh accumulators, evaluates them, and runs the rest of the chain (HAVING,
+//!   the SELECT list) over the rows.
+//! - Idle partitions: the global stage publishes the minimum watermark of the partitions
+//!   that reported within the idle timeout; a partition idle for that long advances its
+//!   watermark to it, closes its windows and reports it, so one quiet partition does not
+//!   stop the output. Its later events behind that watermark are late (DLQ, with their bytes).
+//! - [`TwoPhaseShared`] carries, from the global stage back to the tasks, that watermark and
+//!   the frontier whose output is durable (partials it covers leave the tasks' checkpoints).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::array::{ArrayRef, Int64Array, TimestampMillisecondArray};
+use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::logical_expr::EmitTo;
+use datafusion::physical_plan::aggregates::group_values::new_group_values;
+use datafusion::physical_plan::aggregates::order::GroupOrdering;
+use serde_json::json;
+use weir_runtime::error::{Result, WeirError};
+use weir_runtime::operator::{Emit, Operator};
+use weir_runtime::watermark::is_closed;
+use weir_runtime::{GlobalStage, OperatorState};
+
+use crate::window::{
+    merge_states, window_bound_fields, window_columns, AggregateSet, TumbleWindow, WindowConfig,
+    WindowKind,
+};
+
+/// "No value yet" in the atomics below.
+const NONE: i64 = i64::MIN;
+
+/// What the global stage tells the partition tasks (shared by all of them).
+#[derive(Debug)]
+pub struct TwoPhaseShared {
+    committed: AtomicI64,
+    active: AtomicI64,
+}
+
+impl Default for TwoPhaseShared {
+    fn default() -> Self {
+        Self {
+            committed: AtomicI64::new(NONE),
+            active: AtomicI64::new(NONE),
+        }
+    }
+}
+
+impl TwoPhaseShared {
+    /// The watermark up to which the global stage's output is durable.
+    pub fn committed_frontier(&self) -> Option<i64> {
+        Some(self.committed.load(Ordering::Acquire)).filter(|v| *v != NONE)
+    }
+
+    /// The minimum watermark of the partitions with recent input.
+    pub fn active_watermark(&self) -> Option<i64> {
+        Some(self.active.load(Ordering::Acquire)).filter(|v| *v != NONE)
+    }
+}
+
+/// Build the partial phase of `cfg` for one partition.
+pub fn partial_window(
+    name: &str,
+    cfg: &WindowConfig,
+    input: SchemaRef,
+    default_time: &str,
+    shared: Arc<TwoPhaseShared>,
+) -> Result<Box<dyn Operator>, String> {
+    check_two_phase(cfg)?;
+    Ok(Box::new(
+        TumbleWindow::with_config(name, cfg, input, default_time)?.partial(shared)?,
+    ))
+}
+
+/// The window kinds that can run in two phases.
+pub fn check_two_phase(cfg: &WindowConfig) -> Result<(), String> {
+    check_two_phase_kind(&cfg.kind)
+}
+
+/// [`check_two_phase`] for a window kind.
+pub fn check_two_phase_kind(kind: &WindowKind) -> Result<(), String> {
+    match kind {
+        WindowKind::Tumble { .. } | WindowKind::Hop { .. } => Ok(()),
+        WindowKind::Session { .. } => Err(
+            "sessions are built inside one partition, so a session window cannot span partitions"
+                .into(),
+        ),
+        WindowKind::Continuous => Err(
+            "a GROUP BY without a window is built inside one partition, so its groups cannot span partitions"
+                .into(),
+        ),
+    }
+}
+
+/// What the global stage knows of one partition.
+#[derive(Debug, Clone, Copy)]
+struct Input {
+    watermark: Option<i64>,
+    last_report: Instant,
+}
+
+/// The global phase: see the module docs.
+pub struct GlobalWindow {
+    name: String,
+    size_ms: i64,
+    allowed_lateness_ms: i64,
+    keys: usize,
+    key_schema: SchemaRef,
+    aggs: AggregateSet,
+    window_output: SchemaRef,
+    then: Vec<Box<dyn Operator>>,
+    shared: Arc<TwoPhaseShared>,
+    idle_timeout: Duration,
+    /// Partials by window start, then by partition, in arrival order.
+    partials: BTreeMap<i64, BTreeMap<i32, Vec<RecordBatch>>>,
+    inputs: BTreeMap<i32, Input>,
+    /// Every window this closes was emitted.
+    frontier: Option<i64>,
+    /// The frontier of the last snapshot.
+    snapshot_frontier: Option<i64>,
+}
+
+impl GlobalWindow {
+    /// `input` is the schema the partial windows read (the window's input in the task
+    /// chain); `shared` is the one the partial windows were given.
+    pub fn new(
+        name: &str,
+        cfg: &WindowConfig,
+        input: &SchemaRef,
+        default_time: &str,
+        shared: Arc<TwoPhaseShared>,
+    ) -> Result<Self, String> {
+        check_two_phase(cfg)?;
+        let size_ms = match cfg.kind {
+            WindowKind::Tumble { size_ms } | WindowKind::Hop { size_ms, .. } => size_ms,
+            _ => unreachable!("checked by check_two_phase"),
+        };
+        let (_, key_idx, key_fields) = window_columns(cfg, input, default_time)?;
+        let aggs = AggregateSet::new(&cfg.aggregates, input)?;
+        let mut fields = key_fields.clone();
+        fields.extend(window_bound_fields());
+        fields.extend(aggs.fields.iter().cloned());
+        Ok(Self {
+            name: format!("{name} (global)"),
+            size_ms,
+            allowed_lateness_ms: cfg.allowed_lateness_ms,
+            keys: key_idx.len(),
+            key_schema: Arc::new(Schema::new(key_fields)),
+            aggs,
+            window_output: Arc::new(Schema::new(fields)),
+            then: Vec::new(),
+            shared,
+            idle_timeout: Duration::from_secs(5),
+            partials: BTreeMap::new(),
+            inputs: BTreeMap::new(),
+            frontier: None,
+            snapshot_frontier: None,
+        })
+    }
+
+    /// The executor's idle timeout: partitions silent this long stop holding the others back.
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+
+    /// Stateless operators (HAVING, the SELECT list) to run over the merged window rows,
+    /// built against [`Self::window_schema`].
+    pub fn then(&mut self, ops: Vec<Box<dyn Operator>>) {
+        self.then = ops;
+    }
+
+    /// The schema of the merged window rows (before the operators of [`Self::then`]).
+    pub fn window_schema(&self) -> SchemaRef {
+        self.window_output.clone()
+    }
+
+    fn err(&self, e: impl std::fmt::Display) -> WeirError {
+        WeirError::operator(&self.name, e)
+    }
+
+    fn covered(&self, start: i64, watermark: Option<i64>) -> bool {
+        is_closed(start + self.size_ms, self.allowed_lateness_ms, watermark)
+    }
+
+    /// Merge the partials of window `start` and evaluate its rows.
+    fn finish(&self, start: i64, parts: BTreeMap<i32, Vec<RecordBatch>>) -> Result<RecordBatch> {
+        let k = self.keys;
+        let mut groups = new_group_values(self.key_schema.clone(), &GroupOrdering::None)
+            .map_err(|e| self.err(e))?;
+        let mut accs = self.aggs.accumulators().map_err(|e| self.err(e))?;
+        let mut ids = Vec::new();
+        for batch in parts.values().flatten() {
+            ids.clear();
+            groups
+                .intern(&batch.columns()[1..=k], &mut ids)
+                .map_err(|e| self.err(e))?;
+            let total = groups.len();
+            merge_states(
+                &mut accs,
+                &self.aggs.state_counts,
+                &batch.columns()[1 + k..],
+                &ids,
+                total,
+            )
+            .map_err(|e| self.err(e))?;
+        }
+        let n = groups.len();
+        let mut columns: Vec<ArrayRef> = groups.emit(EmitTo::All).map_err(|e| self.err(e))?;
+        columns.push(Arc::new(TimestampMillisecondArray::from_value(start, n)));
+        columns.push(Arc::new(TimestampMillisecondArray::from_value(
+            start + self.size_ms,
+            n,
+        )));
+        for acc in &mut accs {
+            columns.push(acc.evaluate(EmitTo::All).map_err(|e| self.err(e))?);
+        }
+        RecordBatch::try_new(self.window_output.clone(), columns).map_err(|e| self.err(e))
+    }
+
+    /// Run the operators of [`Self::then`] over merged rows.
+    fn run_then(&mut self, batch: RecordBatch, emit: &mut Emit) -> Result<()> {
+        let mut input = vec![batch];
+        for op in &mut self.then {
+            let mut step = Emit::default();
+            for b in input.drain(..) {
+                op.process(b, &mut step)?;
+            }
+            if !step.rejects().is_empty() {
+                return Err(WeirError::operator(
+                    op.name(),
+                    "rejected merged window rows, which have no source message to dead-letter",
+                ));
+            }
+            input = step.take_batches();
+        }
+        for b in input {
+            emit.emit(b);
+        }
+        Ok(())
+    }
+
+    /// Publish the minimum watermark of the partitions with recent input (ended ones and
+    /// silent ones left out) for idle partitions to follow.
+    fn publish_active(&self) {
+        let active = self
+            .inputs
+            .values()
+            .filter(|i| i.last_report.elapsed() < self.idle_timeout)
+            .filter_map(|i| i.watermark)
+            .filter(|w| *w != i64::MAX)
+            .min();
+        if let Some(w) = active {
+            self.shared.active.fetch_max(w, Ordering::AcqRel);
+        }
+    }
+}
+
+impl GlobalStage for GlobalWindow {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn start(&mut self, partitions: &[i32]) {
+        let now = Instant::now();
+        for p in partitions {
+            self.inputs.entry(*p).or_insert(Input {
+                watermark: None,
+                last_report: now,
+            });
+        }
+    }
+
+    fn absorb(
+        &mut self,
+        partition: i32,
+        partials: Vec<RecordBatch>,
+        watermark: Option<i64>,
+        emit: &mut Emit,
+    ) -> Result<()> {
+        for batch in partials {
+            if batch.num_rows() == 0 {
+                continue;
+            }
+            let start = batch
+                .column(0)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .map(|a| a.value(0))
+                .ok_or_else(|| self.err("a partial has no Int64 window start"))?;
+            // Emitted before a restart: this partition kept or replayed its part.
+            if self.covered(start, self.frontier) {
+                continue;
+            }
+            self.partials
+                .entry(start)
+                .or_default()
+                .entry(partition)
+                .or_default()
+                .push(batch);
+        }
+        let Some(w) = watermark else {
+            return Ok(());
+        };
+        let input = self.inputs.entry(partition).or_insert(Input {
+            watermark: None,
+            last_report: Instant::now(),
+        });
+        input.watermark = Some(input.watermark.map_or(w, |old| old.max(w)));
+        input.last_report = Instant::now();
+        self.publish_active();
+        let Some(min) = self
+            .inputs
+            .values()
+            .map(|i| i.watermark)
+            .collect::<Option<Vec<_>>>()
+            .and_then(|w| w.into_iter().min())
+        else {
+            return Ok(()); // some partition has not reported yet
+        };
+        if self.frontier.is_some_and(|f| f >= min) {
+            return Ok(());
+        }
+        self.frontier = Some(min);
+        while let Some((&start, _)) = self.partials.first_key_value() {
+            if !self.covered(start, Some(min)) {
+                break;
+            }
+            let parts = self
+                .partials
+                .remove(&start)
+                .expect("invariant: first key exists");
+            let rows = self.finish(start, parts)?;
+            self.run_then(rows, emit)?;
+        }
+        Ok(())
+    }
+
+    fn snapshot(&mut self) -> Result<OperatorState> {
+        self.snapshot_frontier = self.frontier;
+        Ok(OperatorState {
+            meta: json!({ "frontier": self.frontier }),
+            batches: Vec::new(),
+        })
+    }
+
+    fn restore(&mut self, state: OperatorState) -> Result<()> {
+        self.frontier = state.meta.get("frontier").and_then(|v| v.as_i64());
+        self.snapshot_frontier = self.frontier;
+        self.partials.clear();
+        Ok(())
+    }
+
+    fn committed(&mut self) {
+        if let Some(f) = self.snapshot_frontier {
+            self.shared.committed.fetch_max(f, Ordering::AcqRel);
+        }
+    }
+}
