@@ -351,11 +351,23 @@ impl PipelineConfig {
         // The operator chain against the schema: columns, expressions, aggregate functions.
         if let (Some(schema), true) = (&schema, errors.iter().all(|e| !e.starts_with("schema"))) {
             errors.extend(crate::pipeline::check_operators(schema, &operators));
+            let mut spans = operators.iter().any(
+                |op| matches!(op, OperatorConfig::Tumble(t) if schema.spans_partitions(&t.keys)),
+            );
             if let Some(q) = &sql {
-                if let Err(e) =
-                    weir_operators::plan_sql(q, &schema.table, schema, &watermark.sql_options())
-                {
-                    errors.push(format!("sql: {e}"));
+                match weir_operators::plan_sql(q, &schema.table, schema, &watermark.sql_options()) {
+                    Ok(plan) => spans |= plan.two_phase,
+                    Err(e) => errors.push(format!("sql: {e}")),
+                }
+            }
+            if let (true, Some(SourceConfig::Kafka(k))) = (spans, &source) {
+                if k.assignment == weir_connectors::AssignmentMode::Group {
+                    errors.push(format!(
+                        "source.assignment: the window's keys leave out the partition key `{}`, so \
+                         its groups span partitions and every partition must be read by this \
+                         worker; set assignment = \"manual\" (or group by the partition key)",
+                        schema.partition_key.as_deref().unwrap_or_default()
+                    ));
                 }
             }
         }

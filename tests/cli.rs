@@ -134,6 +134,46 @@ dir = "c"
 }
 
 #[test]
+fn a_window_spanning_partitions_needs_every_partition_in_the_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = r#"
+name = "x"
+sql = "SELECT region, window_start, count(*) AS n FROM readings GROUP BY region, TUMBLE(event_time, INTERVAL '1' MINUTE)"
+[source]
+type = "kafka"
+brokers = "127.0.0.1:1"
+topics = ["readings"]
+group_id = "g"
+[schema]
+table = "readings"
+event_time = "event_time"
+partition_key = "sensor_id"
+fields = [{ name = "sensor_id", type = "string" }, { name = "region", type = "string" }, { name = "event_time", type = "timestamp" }]
+[[sinks]]
+type = "null"
+[dlq]
+type = "jsonl"
+path = "dlq"
+[checkpoint]
+dir = "c"
+"#;
+    std::fs::write(dir.path().join("p.toml"), text).unwrap();
+    let out = weir(&["run", "--check", "p.toml"], dir.path());
+    let err = stderr(&out);
+    assert!(
+        err.contains("p.toml: source.assignment: the window's keys leave out the partition key `sensor_id`, so its groups span partitions and every partition must be read by this worker; set assignment = \"manual\""),
+        "{err}"
+    );
+    let manual = text.replace(
+        "group_id = \"g\"",
+        "group_id = \"g\"\nassignment = \"manual\"",
+    );
+    std::fs::write(dir.path().join("p.toml"), manual).unwrap();
+    let out = weir(&["run", "--check", "p.toml"], dir.path());
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
 fn a_transactional_kafka_sink_is_checked_against_its_source_and_other_stores() {
     let dir = tempfile::tempdir().unwrap();
     let text = r#"

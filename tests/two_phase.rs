@@ -1,0 +1,190 @@
+//! Two-phase windows (GROUP BY keys that span partitions) with a partition that has no input:
+//! it must not hold the output back, and once it has followed the others' watermark its own
+//! events behind it are late. The oracle checks of two-phase windows (straight, stopped,
+//! crashed) are in `window_oracle.rs` and the SQL corpus.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+use crossbeam_channel::Receiver;
+use weir::operators::SqlOptions;
+use weir::pipeline::Pipeline;
+use weir_runtime::error::Result;
+use weir_runtime::testkit::{MemoryDlq, MemorySink, MemorySource};
+use weir_runtime::{Assignment, PartitionReader, RawMessage, Shutdown, Source, TopicPartition};
+
+const WINDOW_MS: i64 = 200;
+const DISORDER_MS: i64 = 300;
+const QUERY: &str = "SELECT region, window_start, count(*) AS n, sum(v) AS s FROM events \
+                     GROUP BY region, TUMBLE(ts, INTERVAL '200' MILLISECOND)";
+const ORACLE: &str = "SELECT region, \
+    CAST(date_bin(INTERVAL '200 milliseconds', ts, TIMESTAMP '1970-01-01T00:00:00') AS BIGINT) AS window_start, \
+    count(*) AS n, sum(v) AS s FROM events GROUP BY 1, 2";
+
+fn pipeline(source: impl Source + 'static, sink: &MemorySink, dlq: &MemoryDlq) -> Pipeline {
+    let options = SqlOptions {
+        max_out_of_orderness_ms: DISORDER_MS,
+        ..Default::default()
+    };
+    Pipeline::new("two-phase")
+        .source(source)
+        .schema(schema())
+        .sql(QUERY, &options)
+        .unwrap()
+        .sink(sink.clone())
+        .dlq(dlq.clone())
+        .checkpoint_interval(Duration::from_millis(20))
+        .batch(64, Duration::from_millis(5))
+        .idle_timeout(Duration::from_millis(300))
+        .cpu_threads(2)
+}
+
+/// (region, window_start) → (n, s), each window at most once.
+fn windows(rows: &[Row]) -> BTreeMap<(String, i64), (i64, i64)> {
+    let mut out = BTreeMap::new();
+    for r in rows {
+        let start = match &r["window_start"] {
+            serde_json::Value::String(_) => panic!("window_start as text: {r:?}"),
+            v => v.as_i64().unwrap(),
+        };
+        let k = (r["region"].as_str().unwrap().to_string(), start);
+        let v = (r["n"].as_i64().unwrap(), r["s"].as_i64().unwrap());
+        assert!(out.insert(k.clone(), v).is_none(), "window {k:?} twice");
+    }
+    out
+}
+
+#[test]
+fn an_idle_partition_does_not_hold_back_windows_that_span_partitions_and_its_late_events_are_dead_lettered(
+) {
+    // Partitions 0 and 1 carry the events; partition 2 has none and never ends.
+    let events = stream(7, 2, 20, 3_000, DISORDER_MS as u64);
+    let mut parts = by_partition(&events, |e| Some(e.json().into_bytes()));
+    parts.insert(2, Vec::new());
+    let mut live = MemorySource::new("events", parts.clone());
+    live.unbounded = true;
+
+    // What the two active partitions' watermarks close: every window ending at or before
+    // the smaller of their watermarks.
+    let watermark = (0..2)
+        .map(|p| {
+            events
+                .iter()
+                .filter(|e| e.partition == p)
+                .map(|e| e.ts)
+                .max()
+                .unwrap()
+                - DISORDER_MS
+        })
+        .min()
+        .unwrap();
+    let all: Vec<&Event> = events.iter().collect();
+    let oracle = windows(&rows(&batch_sql(&all, ORACLE)));
+    let closed: BTreeMap<_, _> = oracle
+        .iter()
+        .filter(|((_, start), _)| start + WINDOW_MS <= watermark)
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
+    assert!(closed.len() > 10 && closed.len() < oracle.len());
+
+    let (sink, dlq) = (MemorySink::default(), MemoryDlq::default());
+    let dir = tempfile::tempdir().unwrap();
+    let shutdown = Shutdown::new();
+    let run = {
+        let p = pipeline(live, &sink, &dlq).checkpoint_dir(dir.path());
+        let shutdown = shutdown.clone();
+        thread::spawn(move || p.run(shutdown))
+    };
+    // Without idleness, partition 2 would report no watermark and nothing would be emitted
+    // before the (never coming) end of input.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while windows(&rows(&sink.committed())).len() < closed.len() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(50));
+    }
+    thread::sleep(Duration::from_millis(400)); // nothing more may come
+    shutdown.trigger();
+    let summary = run.join().unwrap().unwrap();
+    assert!(!summary.finished);
+    assert_eq!(
+        windows(&rows(&sink.committed())),
+        closed,
+        "windows emitted while partition 2 was idle"
+    );
+
+    // Partition 2 followed the others' watermark, and its checkpoint kept it: an event it
+    // now gets for the first window is late. The input then ends, and every other window
+    // comes out exactly once.
+    let late = Event {
+        partition: 2,
+        offset: 0,
+        key: "k2".into(),
+        region: "r2".into(),
+        seq: 1,
+        v: 1,
+        x: 0.0,
+        ts: events.iter().map(|e| e.ts).min().unwrap(),
+    };
+    parts.insert(
+        2,
+        vec![RawMessage {
+            offset: 0,
+            key: Some(b"k2".to_vec()),
+            payload: Some(late.json().into_bytes()),
+            timestamp_ms: None,
+        }],
+    );
+    let summary = pipeline(MemorySource::new("events", parts), &sink, &dlq)
+        .checkpoint_dir(dir.path())
+        .run(Shutdown::new())
+        .unwrap();
+    assert!(summary.finished);
+    assert_eq!(windows(&rows(&sink.committed())), oracle);
+    let letters: BTreeSet<(i32, i64, String)> = dlq
+        .committed
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|l| (l.partition, l.offset, l.kind.as_str().to_string()))
+        .collect();
+    assert_eq!(letters, BTreeSet::from([(2, 0, "late".to_string())]));
+}
+
+/// A source that follows a consumer group.
+struct GroupSource(Option<Receiver<Assignment>>);
+
+impl Source for GroupSource {
+    fn name(&self) -> &str {
+        "group"
+    }
+    fn partitions(&mut self) -> Result<Vec<TopicPartition>> {
+        Ok(Vec::new())
+    }
+    fn assignments(&mut self) -> Result<Option<Receiver<Assignment>>> {
+        Ok(self.0.take())
+    }
+    fn open(&mut self, _: &Arc<str>, _: i32, _: i64) -> Result<Box<dyn PartitionReader>> {
+        unreachable!("no partition is ever assigned")
+    }
+}
+
+#[test]
+fn a_window_spanning_partitions_over_a_consumer_group_is_refused_with_the_fix() {
+    let (_tx, rx) = crossbeam_channel::unbounded();
+    let (sink, dlq) = (MemorySink::default(), MemoryDlq::default());
+    let dir = tempfile::tempdir().unwrap();
+    let err = pipeline(GroupSource(Some(rx)), &sink, &dlq)
+        .checkpoint_dir(dir.path())
+        .run(Shutdown::new())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("needs every partition in this worker")
+            && err.contains("assignment = \"manual\""),
+        "{err}"
+    );
+}
