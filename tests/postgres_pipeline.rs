@@ -1,7 +1,9 @@
 //! `weir run` into a real PostgreSQL (started by `scripts/postgres.sh`): rows, offsets and
 //! window state commit in one transaction per partition, so a worker SIGKILLed at random
 //! points and restarted ends with exactly the table of an uninterrupted run, and the offsets
-//! stored in PostgreSQL are the end of the input.
+//! stored in PostgreSQL are the end of the input. Also for a window whose groups span the
+//! partitions (two phases: its rows commit with the global stage's frontier, under
+//! `GLOBAL_PARTITION`).
 
 mod common;
 
@@ -11,11 +13,44 @@ use std::time::{Duration, Instant};
 
 use common::pg_url;
 
-fn pipeline(name: &str, table: &str) -> String {
+/// Per sensor (the partition key) as SQL, or per temperature band (spanning partitions) as
+/// operators: SQL can only group by columns.
+fn pipeline(name: &str, table: &str, two_phase: bool) -> String {
+    let (query, operators, key) = if two_phase {
+        (
+            "",
+            r#"
+[[operators]]
+type = "project"
+columns = [
+  { expr = "CASE WHEN temperature > 20 THEN 'warm' ELSE 'cold' END", name = "band" },
+  { expr = "temperature", name = "temperature" },
+  { expr = "event_time", name = "event_time" },
+]
+
+[[operators]]
+type = "tumble"
+size_ms = 10000
+keys = ["band"]
+max_out_of_orderness_ms = 2000
+aggregates = [
+  { function = "avg", column = "temperature", alias = "avg_temp" },
+  { function = "count", alias = "readings" },
+]
+"#,
+            "band",
+        )
+    } else {
+        (
+            r#"sql = "SELECT sensor_id, window_start, avg(temperature) AS avg_temp, count(*) AS readings FROM sensors GROUP BY sensor_id, TUMBLE(event_time, INTERVAL '10' SECOND)""#,
+            "[watermark]\nmax_out_of_orderness_ms = 2000\n",
+            "sensor_id",
+        )
+    };
     format!(
         r#"
 name = "{name}"
-sql = "SELECT sensor_id, window_start, avg(temperature) AS avg_temp, count(*) AS readings FROM sensors GROUP BY sensor_id, TUMBLE(event_time, INTERVAL '10' SECOND)"
+{query}
 [source]
 type = "generator"
 sensors = 300
@@ -37,14 +72,12 @@ fields = [
   {{ name = "event_time", type = "timestamp" }},
 ]
 
-[watermark]
-max_out_of_orderness_ms = 2000
-
+{operators}
 [[sinks]]
 type = "postgres"
 url = "{url}"
 table = "{table}"
-key_columns = ["sensor_id", "window_start"]
+key_columns = ["{key}", "window_start"]
 
 [dlq]
 type = "jsonl"
@@ -74,7 +107,8 @@ fn rows(client: &mut postgres::Client, table: &str) -> Vec<(String, String, i64)
     client
         .query(
             &format!(
-                "SELECT sensor_id, window_start::text, readings FROM \"{table}\" ORDER BY 1, 2"
+                "SELECT * FROM (SELECT {}, window_start::text, readings FROM \"{table}\") t ORDER BY 1, 2",
+                if table.contains("2p") { "band" } else { "sensor_id" }
             ),
             &[],
         )
@@ -86,14 +120,27 @@ fn rows(client: &mut postgres::Client, table: &str) -> Vec<(String, String, i64)
 
 #[test]
 fn a_worker_killed_at_random_points_ends_with_the_uninterrupted_table_and_offsets() {
+    killed_and_restarted(false);
+}
+
+#[test]
+fn a_two_phase_window_killed_at_random_points_ends_with_the_uninterrupted_table_and_offsets() {
+    killed_and_restarted(true);
+}
+
+fn killed_and_restarted(two_phase: bool) {
     let url = pg_url();
-    let suffix = std::process::id();
+    let suffix = format!(
+        "{}{}",
+        std::process::id(),
+        if two_phase { "_2p" } else { "" }
+    );
     let (straight_t, crashed_t) = (format!("straight_{suffix}"), format!("crashed_{suffix}"));
     let base = tempfile::tempdir().unwrap();
     let dir = |n: &str, pipeline_name: &str, table: &str| {
         let d = base.path().join(n);
         std::fs::create_dir_all(&d).unwrap();
-        std::fs::write(d.join("p.toml"), pipeline(pipeline_name, table)).unwrap();
+        std::fs::write(d.join("p.toml"), pipeline(pipeline_name, table, two_phase)).unwrap();
         d
     };
     let straight = dir("straight", &format!("pg-straight-{suffix}"), &straight_t);
@@ -108,7 +155,7 @@ fn a_worker_killed_at_random_points_ends_with_the_uninterrupted_table_and_offset
 
     let crashed = dir("crashed", &format!("pg-crashed-{suffix}"), &crashed_t);
     let mut kills = 0;
-    let mut rng = 0x9e37_79b9_u64 ^ u64::from(suffix);
+    let mut rng = 0x9e37_79b9_u64 ^ u64::from(std::process::id()) ^ u64::from(two_phase);
     for _ in 0..6 {
         let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
             .args(["run", "p.toml"])
@@ -147,12 +194,16 @@ fn a_worker_killed_at_random_points_ends_with_the_uninterrupted_table_and_offset
         want,
         "after {kills} SIGKILLs"
     );
-    // The offsets stored in PostgreSQL are the end of each partition's input (200000 each).
-    let offsets: Vec<(i32, i64)> = client
+    // The offsets stored in PostgreSQL are the end of each partition's input (200000 each);
+    // a two-phase window's global stage has its own checkpoint row.
+    let mut offsets: Vec<(i32, i64)> = client
         .query("SELECT partition, next_offset FROM weir_checkpoints WHERE pipeline = $1 ORDER BY partition", &[&format!("pg-crashed-{suffix}")])
         .unwrap()
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
+    if two_phase {
+        assert_eq!(offsets.pop(), Some((weir_runtime::GLOBAL_PARTITION, 0)));
+    }
     assert_eq!(offsets, vec![(0, 200_000), (1, 200_000), (2, 200_000)]);
 }

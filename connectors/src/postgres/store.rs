@@ -27,6 +27,9 @@ use super::sql::{self, SqlColumn, CHECKPOINT_TABLE};
 use super::types::{self, ArrayParam, Column, RowsParam};
 use crate::sink_rows;
 
+/// The advisory lock key that serializes weir's DDL across workers ("weir ddl").
+const DDL_LOCK: i64 = 0x7765_6972_2064_646c;
+
 /// How long opening a connection may take when the URL sets no `connect_timeout`.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -337,20 +340,30 @@ impl Inner {
 
     /// Runs DDL on the control connection. Two workers creating the same object at once make
     /// one of them fail with a unique violation: that one retries (and finds it made).
+    /// Run DDL (`CREATE ... IF NOT EXISTS`) under a transaction-scoped advisory lock: two
+    /// workers starting at once on a fresh database would otherwise race inside PostgreSQL
+    /// (`IF NOT EXISTS` is not atomic: the loser fails with a duplicate `pg_type` key).
     fn ddl(&mut self, doing: &str, sql: &str) -> Result<()> {
-        self.on_control(doing, |c| c.batch_execute(sql))
-            .map_err(|e| match e {
-                WeirError::Sink {
-                    sink,
-                    message,
-                    class: ErrorClass::Data,
-                } => WeirError::Sink {
-                    sink,
-                    message,
-                    class: ErrorClass::Transient,
-                },
-                e => e,
-            })
+        let locked = format!("BEGIN; SELECT pg_advisory_xact_lock({DDL_LOCK}); {sql}; COMMIT;");
+        self.on_control(doing, |c| {
+            let done = c.batch_execute(&locked);
+            if done.is_err() {
+                let _ = c.batch_execute("ROLLBACK");
+            }
+            done
+        })
+        .map_err(|e| match e {
+            WeirError::Sink {
+                sink,
+                message,
+                class: ErrorClass::Data,
+            } => WeirError::Sink {
+                sink,
+                message,
+                class: ErrorClass::Transient,
+            },
+            e => e,
+        })
     }
 
     fn create_schema(&mut self) -> Result<()> {
