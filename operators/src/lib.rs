@@ -6,7 +6,8 @@
 //!   `GroupsAccumulator`s; [`session`]: session windows on the same accumulators;
 //!   [`upsert`]: GROUP BY without a window, as an upsert stream;
 //! - [`projection`]: keyed folds for read models (CQRS projections);
-//! - [`upcast`]: event versioning, older event versions mapped to the current shape.
+//! - [`upcast`]: event versioning, older event versions mapped to the current shape;
+//!   [`upcast_config`]: the same declared in `pipeline.toml` (SQL expressions per step).
 
 pub mod decode;
 pub mod expr;
@@ -15,6 +16,7 @@ pub mod schema;
 pub mod session;
 pub mod sql;
 pub mod upcast;
+pub mod upcast_config;
 pub mod upsert;
 pub mod window;
 
@@ -25,6 +27,7 @@ pub use schema::{FieldConfig, FieldType, SchemaConfig};
 pub use session::SessionWindow;
 pub use sql::{plan_sql, SqlOptions, SqlPlan};
 pub use upcast::{UpcastOperator, UpcastStep, Upcasters};
+pub use upcast_config::{ConfigUpcastOperator, UpcastConfig, UpcastStepConfig};
 pub use upsert::GroupUpsert;
 pub use window::{
     build_window, AggregateConfig, LatePolicy, TumbleConfig, TumbleWindow, WindowConfig, WindowKind,
