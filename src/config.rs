@@ -14,7 +14,9 @@ use weir_connectors::{
     KafkaSinkConfig, KafkaSourceConfig, ParquetSinkConfig, PostgresSinkConfig, SqliteSinkConfig,
     TerminalSinkConfig,
 };
-use weir_operators::{SchemaConfig, TumbleConfig, UpcastConfig, UpcastStepConfig};
+use weir_operators::{
+    HopConfig, SchemaConfig, SessionConfig, TumbleConfig, UpcastConfig, UpcastStepConfig,
+};
 
 /// `[source]`, tagged by `type`.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -41,6 +43,10 @@ pub enum OperatorConfig {
     },
     /// Tumbling event-time window aggregation.
     Tumble(TumbleConfig),
+    /// Hopping (sliding) event-time window aggregation: `slide_ms`, `size_ms`.
+    Hop(HopConfig),
+    /// Session window aggregation per key: `gap_ms`.
+    Session(SessionConfig),
 }
 
 /// One output column of a `project` operator.
@@ -288,9 +294,13 @@ impl PipelineConfig {
             }
         }
         for (i, op) in operators.iter().enumerate() {
-            if let OperatorConfig::Tumble(t) = op {
-                errors.extend(t.validate(&format!("operators[{i}]")));
-            }
+            let at = format!("operators[{i}]");
+            errors.extend(match op {
+                OperatorConfig::Tumble(c) => c.validate(&at),
+                OperatorConfig::Hop(c) => c.validate(&at),
+                OperatorConfig::Session(c) => c.validate(&at),
+                OperatorConfig::Filter { .. } | OperatorConfig::Project { .. } => Vec::new(),
+            });
         }
         for (i, s) in sinks.iter().enumerate() {
             let p = format!("sinks[{i}]");
@@ -365,7 +375,7 @@ impl PipelineConfig {
         }
         if sql.is_none() && table.contains_key("watermark") {
             errors.push(
-                "watermark: only used with `sql` (a tumble operator has its own keys)".into(),
+                "watermark: only used with `sql` (a window operator has its own keys)".into(),
             );
         }
 

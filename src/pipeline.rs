@@ -424,5 +424,7 @@ fn spec(op: &OperatorConfig) -> OpSpec {
                 .collect(),
         ),
         OperatorConfig::Tumble(t) => OpSpec::Window(WindowConfig::from(t)),
+        OperatorConfig::Hop(h) => OpSpec::Window(WindowConfig::from(h)),
+        OperatorConfig::Session(c) => OpSpec::Window(WindowConfig::from(c)),
     }
 }

@@ -30,5 +30,6 @@ pub use upcast::{UpcastOperator, UpcastStep, Upcasters};
 pub use upcast_config::{ConfigUpcastOperator, UpcastConfig, UpcastStepConfig};
 pub use upsert::GroupUpsert;
 pub use window::{
-    build_window, AggregateConfig, LatePolicy, TumbleConfig, TumbleWindow, WindowConfig, WindowKind,
+    build_window, AggregateConfig, HopConfig, LatePolicy, SessionConfig, TumbleConfig,
+    TumbleWindow, WindowConfig, WindowKind,
 };
