@@ -18,6 +18,12 @@ pub struct TaskOutput {
     pub dead_letters: Vec<DeadLetter>,
     /// Accounting of this step alone.
     pub delta: Counters,
+    /// The messages of this step, kept when `batches` still carry the [`OFFSET_COLUMN`]
+    /// (a chain without a stateful operator): a row a sink refuses is then dead-lettered
+    /// with its source message (executor `sink_rejects`).
+    ///
+    /// [`OFFSET_COLUMN`]: crate::OFFSET_COLUMN
+    pub source: Option<Arc<RawBatch>>,
 }
 
 /// Processes one partition in offset order: decode, then each operator in turn.
