@@ -188,7 +188,9 @@ pub fn run(opts: &PostgresBenchOptions) -> Result<PostgresBenchReport> {
     checkpoint_all(&mut store, &mut epochs, &offsets)?;
     let secs = started.elapsed().as_secs_f64();
 
-    let mut client = postgres::Client::connect(&opts.url, postgres::NoTls)
+    let mut client = weir_connectors::postgres::PgConnect::new(&opts.url)
+        .map_err(|e| WeirError::sink("bench", format!("url: {e}")))?
+        .connect()
         .map_err(|e| WeirError::sink("bench", format!("connect: {e}")))?;
     let table_rows: i64 = client
         .query_one(

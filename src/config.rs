@@ -14,7 +14,9 @@ use weir_connectors::{
     KafkaSinkConfig, KafkaSourceConfig, ParquetSinkConfig, PostgresSinkConfig, SqliteSinkConfig,
     TerminalSinkConfig,
 };
-use weir_operators::{SchemaConfig, TumbleConfig};
+use weir_operators::{
+    HopConfig, SchemaConfig, SessionConfig, TumbleConfig, UpcastConfig, UpcastStepConfig,
+};
 
 /// `[source]`, tagged by `type`.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -41,6 +43,10 @@ pub enum OperatorConfig {
     },
     /// Tumbling event-time window aggregation.
     Tumble(TumbleConfig),
+    /// Hopping (sliding) event-time window aggregation: `slide_ms`, `size_ms`.
+    Hop(HopConfig),
+    /// Session window aggregation per key: `gap_ms`.
+    Session(SessionConfig),
 }
 
 /// One output column of a `project` operator.
@@ -141,6 +147,8 @@ pub struct PipelineConfig {
     pub name: String,
     pub source: SourceConfig,
     pub schema: SchemaConfig,
+    /// `[upcast]`: older event versions mapped to `schema` before any operator.
+    pub upcast: Option<UpcastConfig>,
     pub operators: Vec<OperatorConfig>,
     /// A streaming SQL query instead of `[[operators]]`.
     pub sql: Option<String>,
@@ -206,6 +214,7 @@ const TOP_LEVEL: &[&str] = &[
     "name",
     "source",
     "schema",
+    "upcast",
     "operators",
     "sql",
     "watermark",
@@ -251,6 +260,7 @@ impl PipelineConfig {
         let name: Option<String> = required(&table, "name", &mut errors);
         let source: Option<SourceConfig> = required(&table, "source", &mut errors);
         let schema: Option<SchemaConfig> = required(&table, "schema", &mut errors);
+        let upcast = upcast_section(&table, &mut errors);
         let operators: Vec<OperatorConfig> = list(&table, "operators", &mut errors);
         let sql: Option<String> = optional(&table, "sql", &mut errors);
         let watermark: WatermarkConfig =
@@ -282,11 +292,18 @@ impl PipelineConfig {
         }
         if let Some(s) = &schema {
             errors.extend(s.validate("schema"));
+            if let (Some(u), true) = (&upcast, errors.iter().all(|e| !e.starts_with("schema"))) {
+                errors.extend(u.validate("upcast", s));
+            }
         }
         for (i, op) in operators.iter().enumerate() {
-            if let OperatorConfig::Tumble(t) = op {
-                errors.extend(t.validate(&format!("operators[{i}]")));
-            }
+            let at = format!("operators[{i}]");
+            errors.extend(match op {
+                OperatorConfig::Tumble(c) => c.validate(&at),
+                OperatorConfig::Hop(c) => c.validate(&at),
+                OperatorConfig::Session(c) => c.validate(&at),
+                OperatorConfig::Filter { .. } | OperatorConfig::Project { .. } => Vec::new(),
+            });
         }
         for (i, s) in sinks.iter().enumerate() {
             let p = format!("sinks[{i}]");
@@ -351,9 +368,11 @@ impl PipelineConfig {
         // The operator chain against the schema: columns, expressions, aggregate functions.
         if let (Some(schema), true) = (&schema, errors.iter().all(|e| !e.starts_with("schema"))) {
             errors.extend(crate::pipeline::check_operators(schema, &operators));
-            let mut spans = operators.iter().any(
-                |op| matches!(op, OperatorConfig::Tumble(t) if schema.spans_partitions(&t.keys)),
-            );
+            let mut spans = operators.iter().any(|op| match op {
+                OperatorConfig::Tumble(t) => schema.spans_partitions(&t.keys),
+                OperatorConfig::Hop(h) => schema.spans_partitions(&h.keys),
+                _ => false,
+            });
             if let Some(q) = &sql {
                 match weir_operators::plan_sql(q, &schema.table, schema, &watermark.sql_options()) {
                     Ok(plan) => spans |= plan.two_phase,
@@ -376,7 +395,7 @@ impl PipelineConfig {
         }
         if sql.is_none() && table.contains_key("watermark") {
             errors.push(
-                "watermark: only used with `sql` (a tumble operator has its own keys)".into(),
+                "watermark: only used with `sql` (a window operator has its own keys)".into(),
             );
         }
 
@@ -388,6 +407,7 @@ impl PipelineConfig {
                     name,
                     source,
                     schema,
+                    upcast,
                     operators,
                     sql,
                     watermark,
@@ -401,6 +421,62 @@ impl PipelineConfig {
             _ => Err(fail(errors)),
         }
     }
+}
+
+/// `[upcast]` with its `[[upcast.steps]]`, each reported under its own key path.
+fn upcast_section(table: &toml::Table, errors: &mut Vec<String>) -> Option<UpcastConfig> {
+    let value = table.get("upcast")?;
+    let Some(upcast) = value.as_table() else {
+        errors.push(format!(
+            "upcast: expected a table ([upcast]), found a {}",
+            value.type_str()
+        ));
+        return None;
+    };
+    let before = errors.len();
+    for key in upcast.keys() {
+        if key != "version_field" && key != "steps" {
+            errors.push(format!(
+                "upcast.{key}: unknown key (expected one of version_field, steps)"
+            ));
+        }
+    }
+    let version_field = match upcast.get("version_field") {
+        None => {
+            errors.push("upcast.version_field: missing".into());
+            None
+        }
+        Some(toml::Value::String(s)) => Some(s.clone()),
+        Some(other) => {
+            errors.push(format!(
+                "upcast.version_field: expected a string, found a {}",
+                other.type_str()
+            ));
+            None
+        }
+    };
+    let steps: Vec<UpcastStepConfig> = match upcast.get("steps") {
+        None => {
+            errors.push("upcast.steps: missing (add [[upcast.steps]] tables)".into());
+            Vec::new()
+        }
+        Some(toml::Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, v)| section(v.clone(), &format!("upcast.steps[{i}]"), errors))
+            .collect(),
+        Some(other) => {
+            errors.push(format!(
+                "upcast.steps: expected an array of tables ([[upcast.steps]]), found a {}",
+                other.type_str()
+            ));
+            Vec::new()
+        }
+    };
+    (errors.len() == before).then(|| UpcastConfig {
+        version_field: version_field.expect("invariant: no error means it was read"),
+        steps,
+    })
 }
 
 fn one_line(s: &str) -> String {

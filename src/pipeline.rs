@@ -15,6 +15,7 @@ use weir_operators::{
     ProjectOperator, SchemaConfig, SqlOptions, SqlPlan, TumbleConfig, TwoPhaseShared,
     UpcastOperator, Upcasters, WindowConfig,
 };
+use weir_operators::{ConfigUpcastOperator, UpcastConfig};
 use weir_runtime::error::{Result, WeirError};
 use weir_runtime::executor::TaskFactory;
 use weir_runtime::{
@@ -37,6 +38,8 @@ enum OpSpec {
     PartialWindow(WindowConfig, Arc<TwoPhaseShared>),
     Custom(String, OperatorFactory),
     Upcast(Upcasters),
+    /// `[upcast]` of a pipeline file, with the current schema it leads to.
+    ConfigUpcast(Box<(UpcastConfig, SchemaConfig)>),
 }
 
 /// A pipeline under construction: source → decode → operators → sinks, with a DLQ and a
@@ -142,7 +145,8 @@ impl Pipeline {
     /// order, so no projection ever sees an old version; a second call replaces the first.
     /// Events with a missing, unknown or too new version go to the DLQ with the reason.
     pub fn upcast(mut self, upcasters: Upcasters) -> Self {
-        self.ops.retain(|op| !matches!(op, OpSpec::Upcast(_)));
+        self.ops
+            .retain(|op| !matches!(op, OpSpec::Upcast(_) | OpSpec::ConfigUpcast(_)));
         self.ops.insert(0, OpSpec::Upcast(upcasters));
         self
     }
@@ -307,6 +311,14 @@ impl Pipeline {
         if let Some(q) = &cfg.sql {
             p = p.sql(q, &cfg.watermark.sql_options())?;
         }
+        if let Some(u) = &cfg.upcast {
+            // Decode reads every version; the chain (and the SQL plan above) sees the current one.
+            p.schema = Some(u.decoded_schema(&cfg.schema));
+            p.ops.insert(
+                0,
+                OpSpec::ConfigUpcast(Box::new((u.clone(), cfg.schema.clone()))),
+            );
+        }
         for (i, s) in cfg.sinks.iter().enumerate() {
             let name = format!("sinks[{i}]");
             p = match s {
@@ -452,6 +464,8 @@ fn build_ops(
             OpSpec::Upcast(u) => {
                 UpcastOperator::new(&name, u.clone(), input.clone()).map(|o| Box::new(o) as _)
             }
+            OpSpec::ConfigUpcast(u) => ConfigUpcastOperator::new(&name, &u.0, &u.1, input.clone())
+                .map(|o| Box::new(o) as _),
         };
         match built {
             Ok(op) => {
@@ -502,5 +516,7 @@ fn spec(op: &OperatorConfig) -> OpSpec {
                 .collect(),
         ),
         OperatorConfig::Tumble(t) => OpSpec::Window(WindowConfig::from(t)),
+        OperatorConfig::Hop(h) => OpSpec::Window(WindowConfig::from(h)),
+        OperatorConfig::Session(c) => OpSpec::Window(WindowConfig::from(c)),
     }
 }

@@ -9,6 +9,8 @@ use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::DFSchema;
 use datafusion::execution::context::SessionContext;
+use datafusion::logical_expr::simplify::SimplifyContext;
+use datafusion::optimizer::simplify_expressions::ExprSimplifier;
 use datafusion::physical_expr::PhysicalExpr;
 use weir_runtime::error::{Result, WeirError};
 use weir_runtime::operator::{Emit, Operator, OFFSET_COLUMN};
@@ -19,6 +21,17 @@ pub fn compile_expr(sql: &str, schema: &SchemaRef) -> Result<Arc<dyn PhysicalExp
     let df_schema = DFSchema::try_from(schema.as_ref().clone()).map_err(|e| e.to_string())?;
     let expr = ctx
         .parse_sql_expr(sql, &df_schema)
+        .map_err(|e| format!("`{sql}`: {}", strip(e.to_string())))?;
+    // Simplified as a query's expressions are: some functions (coalesce, nvl, ...) exist
+    // only as rewrites and fail when evaluated unsimplified.
+    let simplify = SimplifyContext::builder()
+        .with_schema(Arc::new(df_schema.clone()))
+        .with_config_options(Arc::clone(ctx.state().config_options()))
+        .build();
+    let simplifier = ExprSimplifier::new(simplify);
+    let expr = simplifier
+        .coerce(expr, &df_schema)
+        .and_then(|e| simplifier.simplify(e))
         .map_err(|e| format!("`{sql}`: {}", strip(e.to_string())))?;
     ctx.create_physical_expr(expr, &df_schema)
         .map_err(|e| format!("`{sql}`: {}", strip(e.to_string())))

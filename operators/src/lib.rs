@@ -7,7 +7,8 @@
 //!   [`upsert`]: GROUP BY without a window, as an upsert stream;
 //! - [`two_phase`]: windows whose groups span partitions, partials merged by a global stage;
 //! - [`projection`]: keyed folds for read models (CQRS projections);
-//! - [`upcast`]: event versioning, older event versions mapped to the current shape.
+//! - [`upcast`]: event versioning, older event versions mapped to the current shape;
+//!   [`upcast_config`]: the same declared in `pipeline.toml` (SQL expressions per step).
 
 pub mod decode;
 pub mod expr;
@@ -17,6 +18,7 @@ pub mod session;
 pub mod sql;
 pub mod two_phase;
 pub mod upcast;
+pub mod upcast_config;
 pub mod upsert;
 pub mod window;
 
@@ -28,7 +30,9 @@ pub use session::SessionWindow;
 pub use sql::{plan_sql, SqlOptions, SqlPlan};
 pub use two_phase::{partial_window, GlobalWindow, TwoPhaseShared};
 pub use upcast::{UpcastOperator, UpcastStep, Upcasters};
+pub use upcast_config::{ConfigUpcastOperator, UpcastConfig, UpcastStepConfig};
 pub use upsert::GroupUpsert;
 pub use window::{
-    build_window, AggregateConfig, LatePolicy, TumbleConfig, TumbleWindow, WindowConfig, WindowKind,
+    build_window, AggregateConfig, HopConfig, LatePolicy, SessionConfig, TumbleConfig,
+    TumbleWindow, WindowConfig, WindowKind,
 };

@@ -118,36 +118,165 @@ impl TumbleConfig {
     /// Value checks that need no schema; each error names its key.
     pub fn validate(&self, prefix: &str) -> Vec<String> {
         let mut e = Vec::new();
-        if self.size_ms <= 0 {
-            e.push(format!(
-                "{prefix}.size_ms: must be positive, got {}",
-                self.size_ms
-            ));
-        }
-        if self.max_out_of_orderness_ms < 0 {
-            e.push(format!(
-                "{prefix}.max_out_of_orderness_ms: must not be negative, got {}",
-                self.max_out_of_orderness_ms
-            ));
-        }
-        if self.allowed_lateness_ms < 0 {
-            e.push(format!(
-                "{prefix}.allowed_lateness_ms: must not be negative, got {}",
-                self.allowed_lateness_ms
-            ));
-        }
-        if self.keys.is_empty() {
-            e.push(format!(
-                "{prefix}.keys: at least one key column is required"
-            ));
-        }
-        if self.aggregates.is_empty() {
-            e.push(format!(
-                "{prefix}.aggregates: at least one aggregate is required"
-            ));
-        }
+        positive_ms(&mut e, prefix, "size_ms", self.size_ms);
+        e.extend(validate_common(
+            prefix,
+            &self.keys,
+            self.max_out_of_orderness_ms,
+            self.allowed_lateness_ms,
+            &self.aggregates,
+        ));
         e
     }
+}
+
+/// `type = "hop"`: windows of `size_ms` starting every `slide_ms` (aligned to the epoch),
+/// per key; an event counts in every window that holds it.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HopConfig {
+    /// Time between window starts in milliseconds.
+    pub slide_ms: i64,
+    /// Window length in milliseconds (at least `slide_ms`).
+    pub size_ms: i64,
+    /// Group keys (one or more columns).
+    pub keys: Vec<String>,
+    /// Event-time column (default: the schema's `event_time`).
+    #[serde(default)]
+    pub time_column: Option<String>,
+    /// Bound on disorder: watermark = max event time seen − this.
+    #[serde(default)]
+    pub max_out_of_orderness_ms: i64,
+    /// How long past its end (in watermark time) a window still accepts events.
+    #[serde(default)]
+    pub allowed_lateness_ms: i64,
+    /// What to do with late events (default `dlq`).
+    #[serde(default)]
+    pub late_policy: LatePolicy,
+    /// The aggregates computed per key and window.
+    pub aggregates: Vec<AggregateConfig>,
+}
+
+/// Most windows one event may fall into (`size_ms / slide_ms`): each is a bin update per
+/// event, so a hop of a day every millisecond would multiply the work by 86 million.
+pub const MAX_HOPS_PER_EVENT: i64 = 1_000;
+
+impl HopConfig {
+    /// Value checks that need no schema; each error names its key.
+    pub fn validate(&self, prefix: &str) -> Vec<String> {
+        let mut e = Vec::new();
+        positive_ms(&mut e, prefix, "slide_ms", self.slide_ms);
+        positive_ms(&mut e, prefix, "size_ms", self.size_ms);
+        if self.slide_ms > 0 && self.size_ms > 0 {
+            if self.size_ms < self.slide_ms {
+                e.push(format!(
+                    "{prefix}.size_ms: {} ms is shorter than slide_ms ({} ms), which would leave \
+                     events in no window; the size must be at least the slide",
+                    self.size_ms, self.slide_ms
+                ));
+            } else if hops_per_event(self.slide_ms, self.size_ms) > MAX_HOPS_PER_EVENT {
+                e.push(format!(
+                    "{prefix}.slide_ms: {} ms puts each event in {} windows of {} ms; at most \
+                     {MAX_HOPS_PER_EVENT} are allowed (raise slide_ms)",
+                    self.slide_ms,
+                    hops_per_event(self.slide_ms, self.size_ms),
+                    self.size_ms
+                ));
+            }
+        }
+        e.extend(validate_common(
+            prefix,
+            &self.keys,
+            self.max_out_of_orderness_ms,
+            self.allowed_lateness_ms,
+            &self.aggregates,
+        ));
+        e
+    }
+}
+
+/// `type = "session"`: per key, events closer than `gap_ms` to each other form one session
+/// `[first event, last event + gap_ms)`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SessionConfig {
+    /// Longest quiet time inside a session, in milliseconds.
+    pub gap_ms: i64,
+    /// Group keys (one or more columns).
+    pub keys: Vec<String>,
+    /// Event-time column (default: the schema's `event_time`).
+    #[serde(default)]
+    pub time_column: Option<String>,
+    /// Bound on disorder: watermark = max event time seen − this.
+    #[serde(default)]
+    pub max_out_of_orderness_ms: i64,
+    /// How long past its end (in watermark time) a session still accepts events.
+    #[serde(default)]
+    pub allowed_lateness_ms: i64,
+    /// What to do with late events (default `dlq`).
+    #[serde(default)]
+    pub late_policy: LatePolicy,
+    /// The aggregates computed per key and session.
+    pub aggregates: Vec<AggregateConfig>,
+}
+
+impl SessionConfig {
+    /// Value checks that need no schema; each error names its key.
+    pub fn validate(&self, prefix: &str) -> Vec<String> {
+        let mut e = Vec::new();
+        positive_ms(&mut e, prefix, "gap_ms", self.gap_ms);
+        e.extend(validate_common(
+            prefix,
+            &self.keys,
+            self.max_out_of_orderness_ms,
+            self.allowed_lateness_ms,
+            &self.aggregates,
+        ));
+        e
+    }
+}
+
+/// How many hopping windows hold one event, at most (both positive).
+fn hops_per_event(slide_ms: i64, size_ms: i64) -> i64 {
+    (size_ms + slide_ms - 1) / slide_ms
+}
+
+fn positive_ms(e: &mut Vec<String>, prefix: &str, key: &str, v: i64) {
+    if v <= 0 {
+        e.push(format!("{prefix}.{key}: must be positive, got {v}"));
+    }
+}
+
+/// The checks every window config shares.
+fn validate_common(
+    prefix: &str,
+    keys: &[String],
+    max_out_of_orderness_ms: i64,
+    allowed_lateness_ms: i64,
+    aggregates: &[AggregateConfig],
+) -> Vec<String> {
+    let mut e = Vec::new();
+    if max_out_of_orderness_ms < 0 {
+        e.push(format!(
+            "{prefix}.max_out_of_orderness_ms: must not be negative, got {max_out_of_orderness_ms}"
+        ));
+    }
+    if allowed_lateness_ms < 0 {
+        e.push(format!(
+            "{prefix}.allowed_lateness_ms: must not be negative, got {allowed_lateness_ms}"
+        ));
+    }
+    if keys.is_empty() {
+        e.push(format!(
+            "{prefix}.keys: at least one key column is required"
+        ));
+    }
+    if aggregates.is_empty() {
+        e.push(format!(
+            "{prefix}.aggregates: at least one aggregate is required"
+        ));
+    }
+    e
 }
 
 /// The kind of event-time window and its sizes, in milliseconds.
@@ -180,6 +309,12 @@ impl WindowKind {
             WindowKind::Hop { slide_ms, size_ms } => {
                 positive("hop slide", slide_ms);
                 positive("hop size", size_ms);
+                if slide_ms > 0 && size_ms > 0 && size_ms < slide_ms {
+                    e.push(format!(
+                        "hop size {size_ms} ms is shorter than its slide {slide_ms} ms, which \
+                         would leave events in no window"
+                    ));
+                }
             }
             WindowKind::Session { gap_ms } => positive("session gap", gap_ms),
             WindowKind::Continuous => {}
@@ -230,6 +365,37 @@ impl From<&TumbleConfig> for WindowConfig {
             allowed_lateness_ms: t.allowed_lateness_ms,
             late_policy: t.late_policy,
             aggregates: t.aggregates.clone(),
+        }
+    }
+}
+
+impl From<&HopConfig> for WindowConfig {
+    fn from(h: &HopConfig) -> Self {
+        WindowConfig {
+            kind: WindowKind::Hop {
+                slide_ms: h.slide_ms,
+                size_ms: h.size_ms,
+            },
+            keys: h.keys.clone(),
+            time_column: h.time_column.clone(),
+            max_out_of_orderness_ms: h.max_out_of_orderness_ms,
+            allowed_lateness_ms: h.allowed_lateness_ms,
+            late_policy: h.late_policy,
+            aggregates: h.aggregates.clone(),
+        }
+    }
+}
+
+impl From<&SessionConfig> for WindowConfig {
+    fn from(c: &SessionConfig) -> Self {
+        WindowConfig {
+            kind: WindowKind::Session { gap_ms: c.gap_ms },
+            keys: c.keys.clone(),
+            time_column: c.time_column.clone(),
+            max_out_of_orderness_ms: c.max_out_of_orderness_ms,
+            allowed_lateness_ms: c.allowed_lateness_ms,
+            late_policy: c.late_policy,
+            aggregates: c.aggregates.clone(),
         }
     }
 }

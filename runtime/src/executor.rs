@@ -562,6 +562,7 @@ impl Executor {
                         partition,
                         batch,
                         &outcome.rejected,
+                        out.source.as_deref(),
                     ));
                 }
             }
@@ -734,20 +735,76 @@ fn retry<T>(shutdown: &Shutdown, what: String, mut f: impl FnMut() -> Result<T>)
     }
 }
 
+/// Keeps the step's messages with its output when its rows still carry their source offset
+/// (no stateful operator), so that `sink_rejects` can dead-letter a row's message. The batch
+/// is moved, not copied; it lives until the sink stage has written the output.
+fn with_source(mut out: TaskOutput, raw: RawBatch) -> TaskOutput {
+    if out
+        .batches
+        .iter()
+        .any(|b| b.schema().index_of(crate::OFFSET_COLUMN).is_ok())
+    {
+        out.source = Some(Arc::new(raw));
+    }
+    out
+}
+
+/// Dead letters for the rows a sink refused for good. A row that carries its source offset
+/// (rows of a chain without a stateful operator are source events) gets its message: offset,
+/// key and original payload, like a decode reject. A row of a window or projection derives
+/// from many messages: it has no offset (-1) and its payload is the row as JSON.
 fn sink_rejects(
     pipeline: &Arc<str>,
     sink: &str,
     partition: i32,
     batch: &RecordBatch,
     rejected: &[(usize, String)],
+    source: Option<&RawBatch>,
 ) -> Vec<DeadLetter> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or_default();
+    let offsets = batch
+        .schema()
+        .index_of(crate::OFFSET_COLUMN)
+        .ok()
+        .and_then(|i| {
+            batch
+                .column(i)
+                .as_any()
+                .downcast_ref::<crate::arrow::array::Int64Array>()
+                .cloned()
+        });
     rejected
         .iter()
         .map(|(row, reason)| {
+            let letter = |topic, offset, key, payload| DeadLetter {
+                pipeline: pipeline.clone(),
+                topic,
+                partition,
+                offset,
+                key,
+                payload,
+                kind: ErrorKind::SinkRejected,
+                message: reason.clone(),
+                stage: Stage::Sink(sink.to_string()),
+                attempts: 1,
+                time_ms: now,
+            };
+            let message = offsets
+                .as_ref()
+                .filter(|o| *row < o.len() && crate::arrow::array::Array::is_valid(*o, *row))
+                .and_then(|o| Some((source?, o.value(*row))))
+                .and_then(|(raw, offset)| Some((raw, raw.find(offset)?)));
+            if let Some((raw, m)) = message {
+                return letter(
+                    raw.topic.clone(),
+                    m.offset,
+                    m.key.clone(),
+                    m.payload.clone(),
+                );
+            }
             let row_batch = batch.slice(*row, 1);
             let mut buf = Vec::new();
             let mut w = crate::arrow::json::LineDelimitedWriter::new(&mut buf);
@@ -756,19 +813,7 @@ fn sink_rejects(
                 .and_then(|_| w.finish())
                 .ok()
                 .map(|_| buf);
-            DeadLetter {
-                pipeline: pipeline.clone(),
-                topic: Arc::from(""),
-                partition,
-                offset: -1,
-                key: None,
-                payload,
-                kind: ErrorKind::SinkRejected,
-                message: reason.clone(),
-                stage: Stage::Sink(sink.to_string()),
-                attempts: 1,
-                time_ms: now,
-            }
+            letter(Arc::from(""), -1, None, payload)
         })
         .collect()
 }
@@ -851,7 +896,7 @@ fn run_worker(
             let (out, finished) = match msg {
                 Ok(ReaderMsg::Batch(raw)) => {
                     lane.last_input = Instant::now();
-                    (lane.task.process(&raw), None)
+                    (lane.task.process(&raw).map(|o| with_source(o, raw)), None)
                 }
                 Ok(ReaderMsg::End) => (lane.task.end_of_input(), Some(true)),
                 // The reader stopped (shutdown, revocation or error) and everything it sent

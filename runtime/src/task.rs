@@ -20,6 +20,12 @@ pub struct TaskOutput {
     pub delta: Counters,
     /// The watermark an operator reported ([`Emit::report_watermark`]) in this step.
     pub watermark: Option<i64>,
+    /// The messages of this step, kept when `batches` still carry the [`OFFSET_COLUMN`]
+    /// (a chain without a stateful operator): a row a sink refuses is then dead-lettered
+    /// with its source message (executor `sink_rejects`).
+    ///
+    /// [`OFFSET_COLUMN`]: crate::OFFSET_COLUMN
+    pub source: Option<Arc<RawBatch>>,
 }
 
 /// What a step of the chain is besides its input batches.

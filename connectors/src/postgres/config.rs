@@ -1,7 +1,6 @@
 //! Configuration of the `postgres` sink and checkpoint store, and the redacting URL type.
 
 use std::fmt;
-use std::str::FromStr;
 
 use serde::Deserialize;
 use weir_runtime::OFFSET_COLUMN;
@@ -158,8 +157,9 @@ fn redact(url: &str) -> String {
 #[serde(deny_unknown_fields)]
 pub struct PostgresSinkConfig {
     /// Where to connect: `postgres://user:password@host:port/database` or the key/value form
-    /// (`host=... user=... password=...`). The password is hidden from logs and errors. TLS is
-    /// not supported yet, so `sslmode=require` is refused.
+    /// (`host=... user=... password=...`). The password is hidden from logs and errors. TLS as
+    /// in libpq: `sslmode` (disable, prefer (default), require, verify-ca, verify-full),
+    /// `sslrootcert`, `sslcert` + `sslkey` (see `postgres::tls`).
     pub url: PostgresUrl,
     /// The table to upsert into (created from the first batch when absent and
     /// `create_table` is true).
@@ -189,24 +189,14 @@ impl PostgresSinkConfig {
         if self.url.expose().trim().is_empty() {
             errors.push(format!("{}: must not be empty", key("url")));
         } else {
-            match postgres::Config::from_str(self.url.expose()) {
-                Err(e) => errors.push(format!(
-                    "{}: not a PostgreSQL connection string ({e}): {}",
-                    key("url"),
-                    self.url
-                )),
-                Ok(c) => {
+            match super::tls::parse(self.url.expose()) {
+                Err(e) => errors.push(format!("{}: {e}: {}", key("url"), self.url)),
+                Ok((c, _)) => {
                     if c.get_hosts().is_empty() && c.get_hostaddrs().is_empty() {
                         errors.push(format!(
                             "{}: names no host (e.g. postgres://user@127.0.0.1:5432/db): {}",
                             key("url"),
                             self.url
-                        ));
-                    }
-                    if c.get_ssl_mode() == postgres::config::SslMode::Require {
-                        errors.push(format!(
-                            "{}: sslmode=require, but this sink does not support TLS yet",
-                            key("url")
                         ));
                     }
                 }
@@ -334,7 +324,7 @@ mod tests {
     fn a_bad_url_is_reported_without_its_password() {
         for url in [
             "postgres://weir:s3cret@127.0.0.1:notaport/db",
-            "postgres://weir:s3cret@127.0.0.1/db?sslmode=require",
+            "postgres://weir:s3cret@127.0.0.1/db?sslmode=required",
         ] {
             let cfg = PostgresSinkConfig {
                 url: PostgresUrl::new(url),

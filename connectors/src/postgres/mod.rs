@@ -46,7 +46,8 @@
 //! its entity id does). A timeout with no other lane open (an outside writer) is `Transient`.
 //!
 //! Connections: one per partition that wrote to the sink, plus one control connection (DDL,
-//! `load`, lost-commit checks).
+//! `load`, lost-commit checks). TLS follows the URL's `sslmode`, `sslrootcert`, `sslcert` and
+//! `sslkey` as in libpq ([`tls`]); the certificate files are read once, at start.
 //!
 //! When the object is used as a sink only (another checkpoint store), nothing calls `load` or
 //! `save` and rows commit at `prepare`, before the other store saves the checkpoint:
@@ -82,10 +83,12 @@ mod config;
 pub mod errors;
 mod sql;
 mod store;
+pub mod tls;
 pub mod types;
 
 pub use config::{PostgresSinkConfig, PostgresUrl, MAX_IDENTIFIER_BYTES};
 pub use errors::{classify, classify_sqlstate, describe, SQLSTATE_CLASSIFICATION};
 pub use sql::CHECKPOINT_TABLE;
 pub use store::PostgresStore;
+pub use tls::{PgConnect, SslMode, TlsOptions};
 pub use types::{pg_type, PgType};

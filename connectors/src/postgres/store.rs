@@ -3,13 +3,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::str::FromStr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use postgres::error::Severity;
 use postgres::types::ToSql;
-use postgres::{Client, NoTls, Statement};
+use postgres::{Client, Statement};
 use tracing::{debug, info, warn};
 use weir_runtime::arrow::array::ArrayRef;
 use weir_runtime::arrow::datatypes::SchemaRef;
@@ -24,6 +23,7 @@ use weir_runtime::{
 use super::config::{check_identifier, PostgresSinkConfig};
 use super::errors::{classify, describe};
 use super::sql::{self, SqlColumn, CHECKPOINT_TABLE};
+use super::tls::PgConnect;
 use super::types::{self, ArrayParam, Column, RowsParam};
 use crate::sink_rows;
 
@@ -149,7 +149,8 @@ struct Inner {
     name: String,
     pipeline: String,
     config: PostgresSinkConfig,
-    connect: postgres::Config,
+    /// The parsed URL with its TLS connector.
+    connect: PgConnect,
     /// The target table, qualified and quoted.
     table: String,
     /// The checkpoint table, qualified and quoted.
@@ -193,16 +194,16 @@ fn application_name(pipeline: &str, sink: &str, lane: Option<i32>) -> String {
 }
 
 fn open_client(
-    connect: &postgres::Config,
+    connect: &PgConnect,
     application: &str,
     lock_timeout_ms: u64,
 ) -> Result<Client, postgres::Error> {
-    let mut config = connect.clone();
+    let mut config = connect.config.clone();
     config.application_name(application);
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(CONNECT_TIMEOUT);
     }
-    let mut client = config.connect(NoTls)?;
+    let mut client = connect.connect_with(&config)?;
     client.batch_execute(&format!("SET lock_timeout = '{lock_timeout_ms}ms'"))?;
     Ok(client)
 }
@@ -860,8 +861,11 @@ impl PostgresStore {
                 class: ErrorClass::Fatal,
             });
         }
-        let connect = postgres::Config::from_str(config.url.expose())
-            .map_err(|e| WeirError::sink(&name, format!("url {}: {}", config.url, describe(&e))))?;
+        let connect = PgConnect::new(config.url.expose()).map_err(|e| WeirError::Sink {
+            sink: name.clone(),
+            message: format!("url {}: {e}", config.url),
+            class: ErrorClass::Fatal,
+        })?;
         let schema = config.schema.as_deref();
         let mut inner = Inner {
             name: name.clone(),
