@@ -46,6 +46,9 @@ use crate::sink::SinkWriter;
 use crate::source::{Assignment, PartitionReader, ReadResult, Source, TopicPartition};
 use crate::task::{PartitionTask, TaskOutput};
 
+/// How often an idle partition's task is told it is idle.
+const IDLE_EVERY: Duration = Duration::from_millis(100);
+
 /// A reader blocked this long on a full channel pauses its partition.
 const PAUSE_AFTER: Duration = Duration::from_millis(100);
 
@@ -840,6 +843,8 @@ struct Lane {
     last_checkpoint: Instant,
     /// When the last batch arrived (or the lane started).
     last_input: Instant,
+    /// When the task was last told it is idle.
+    last_idle: Instant,
     dirty: bool,
 }
 
@@ -887,6 +892,7 @@ fn run_worker(
                 rx,
                 last_checkpoint: Instant::now(),
                 last_input: Instant::now(),
+                last_idle: Instant::now(),
                 dirty: false,
             });
         }
@@ -937,7 +943,12 @@ fn run_worker(
             }
         }
         for lane in lanes.iter_mut() {
-            if lane.last_input.elapsed() >= idle_timeout {
+            // Idle means nothing to read, not a backlog the worker has not reached yet.
+            if lane.last_input.elapsed() >= idle_timeout
+                && lane.last_idle.elapsed() >= IDLE_EVERY.min(idle_timeout)
+                && lane.rx.is_empty()
+            {
+                lane.last_idle = Instant::now();
                 match lane.task.idle() {
                     Ok(out) if out.batches.is_empty() && out.watermark.is_none() => {}
                     Ok(out) => {
