@@ -32,7 +32,29 @@ const CORPUS: &[&str] = &[
     "SELECT upper(key) AS k, window_start, round(avg(x), 2) AS a FROM events GROUP BY key, {W}",
     "SELECT key, window_start, CASE WHEN sum(v) > 0 THEN 'up' ELSE 'down' END AS trend FROM events GROUP BY key, {W}",
     "SELECT key, window_end, sum(v) AS s FROM events WHERE region <> 'r3' AND x > -100 GROUP BY key, {W} HAVING sum(v) <> 0",
+    // Groups spanning partitions (the partition key is `key`): two phases.
+    "SELECT region, window_start, count(*) AS n, avg(x) AS a, count(DISTINCT key) AS keys FROM events GROUP BY region, {W}",
+    "SELECT region, window_end, sum(v) AS s FROM events WHERE v > 0 GROUP BY region, {W} HAVING count(*) > 5",
 ];
+
+#[test]
+fn explain_shows_when_a_window_runs_in_two_phases() {
+    let plan = |q: &str| {
+        weir::operators::plan_sql(&streaming(q), "events", &schema(), &SqlOptions::default())
+            .unwrap()
+    };
+    let by_region = plan("SELECT region, count(*) AS n FROM events GROUP BY region, {W}");
+    assert!(by_region.two_phase);
+    assert!(
+        by_region.explain().contains(
+            "two-phase: each partition sends a closed window's partial state; a global stage"
+        ),
+        "{}",
+        by_region.explain()
+    );
+    let by_key = plan("SELECT key, count(*) AS n FROM events GROUP BY key, {W}");
+    assert!(!by_key.two_phase && !by_key.explain().contains("two-phase"));
+}
 
 fn streaming(q: &str) -> String {
     q.replace("{W}", W)
