@@ -2,27 +2,17 @@
 //! a worker SIGKILLed at random points that, restarted, ends with exactly the output of an
 //! uninterrupted run.
 
+mod common;
+
 use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
+use common::cli::{stderr, weir};
 use weir::connectors::{
     read_dlq_dir, read_jsonl_dir, read_parquet_dir, EventGenerator, GeneratorConfig,
 };
-
-fn weir(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(args)
-        .current_dir(cwd)
-        .env("WEIR_LOG", "warn")
-        .output()
-        .expect("run weir")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 const BAD: &str = r#"
 name = "iot"

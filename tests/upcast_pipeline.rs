@@ -2,9 +2,12 @@
 //! the projection as v2 events with the default currency, and events of an unknown version go
 //! to the DLQ with the reason while the others are folded.
 
+mod common;
+
 use std::io::Write;
 use std::sync::Arc;
 
+use common::cli::weir;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -213,15 +216,6 @@ path = "dlq"
 [checkpoint]
 dir = "checkpoints"
 "#;
-
-fn weir(args: &[&str], cwd: &std::path::Path) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(args)
-        .current_dir(cwd)
-        .env("WEIR_LOG", "warn")
-        .output()
-        .expect("run weir")
-}
 
 #[test]
 fn a_pipeline_file_upcasts_v1_and_v2_events_and_dead_letters_unknown_versions() {

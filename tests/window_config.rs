@@ -2,23 +2,10 @@
 //! the rows of the same window written as SQL (`HOP(...)`, `SESSION(...)`), and impossible
 //! settings are refused with the file and key.
 
-use std::path::Path;
-use std::process::{Command, Output};
+mod common;
 
+use common::cli::{stderr, weir};
 use weir::connectors::{read_dlq_dir, read_jsonl_dir};
-
-fn weir(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(args)
-        .current_dir(cwd)
-        .env("WEIR_LOG", "warn")
-        .output()
-        .expect("run weir")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 /// The same generated input for every run: some disorder, some late and some poison events.
 const COMMON: &str = r#"

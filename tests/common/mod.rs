@@ -2,6 +2,7 @@
 //! rows as comparable JSON, and DataFusion batch SQL as the oracle.
 #![allow(dead_code)]
 
+pub mod cli;
 pub mod kafka;
 
 use std::collections::BTreeMap;
