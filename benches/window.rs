@@ -1,11 +1,12 @@
-//! Tumbling-window update and emit at 10, 10k and 1M keys.
+//! Tumbling-window update and emit at 10, 10k and 1M keys; the continuous GROUP BY (upsert
+//! stream) per batch with 10k and 1M groups.
 
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use datafusion::arrow::array::{Float64Array, Int64Array, StringArray, TimestampMillisecondArray};
 use datafusion::arrow::record_batch::RecordBatch;
-use weir::operators::{JsonDecoder, TumbleWindow};
+use weir::operators::{build_window, JsonDecoder, TumbleWindow, WindowConfig, WindowKind};
 use weir_runtime::{Decoder, Emit, Operator};
 
 fn batch(
@@ -14,7 +15,18 @@ fn batch(
     start: i64,
     schema: &datafusion::arrow::datatypes::SchemaRef,
 ) -> RecordBatch {
-    let names: Vec<String> = (0..rows)
+    keyed_batch(keys, rows, 0, start, schema)
+}
+
+/// Rows `first..first + rows` of a stream spreading over `keys` keys.
+fn keyed_batch(
+    keys: usize,
+    rows: usize,
+    first: usize,
+    start: i64,
+    schema: &datafusion::arrow::datatypes::SchemaRef,
+) -> RecordBatch {
+    let names: Vec<String> = (first..first + rows)
         .map(|i| format!("sensor-{}", (i * 7919) % keys))
         .collect();
     RecordBatch::try_new(
@@ -97,5 +109,43 @@ fn window(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, window);
+/// A GROUP BY without a window holding `groups` groups: the cost of one 8192-row batch
+/// (its updates, and the upsert rows of the groups it changed).
+fn upsert(c: &mut Criterion) {
+    let schema = JsonDecoder::new(&weir::iot_schema()).schema();
+    let mut g = c.benchmark_group("upsert");
+    g.sample_size(10);
+    let rows = 8192;
+    for groups in [10_000usize, 1_000_000] {
+        let cfg = WindowConfig {
+            kind: WindowKind::Continuous,
+            ..WindowConfig::from(&weir::demo_window(60_000))
+        };
+        let mut op = build_window("u", &cfg, schema.clone(), "event_time").unwrap();
+        let mut emit = Emit::default();
+        for i in 0..groups.div_ceil(rows) {
+            op.process(keyed_batch(groups, rows, i * rows, 0, &schema), &mut emit)
+                .unwrap();
+        }
+        let mut next = 0usize;
+        g.throughput(Throughput::Elements(rows as u64));
+        g.bench_function(BenchmarkId::new("batch_8192_rows", groups), |bench| {
+            bench.iter_batched(
+                || {
+                    next += rows;
+                    keyed_batch(groups, rows, next, 0, &schema)
+                },
+                |b| {
+                    let mut emit = Emit::default();
+                    op.process(b, &mut emit).unwrap();
+                    emit
+                },
+                BatchSize::LargeInput,
+            )
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, window, upsert);
 criterion_main!(benches);

@@ -1,15 +1,21 @@
-//! A non-windowed `GROUP BY key`: every group is aggregated for ever, and each batch emits
-//! the current values of the groups it changed, an upsert stream keyed by the group keys (the
+//! A non-windowed `GROUP BY key`: every group is aggregated for ever, and the current values
+//! of the groups that changed are emitted as an upsert stream keyed by the group keys (the
 //! last row of a key is its value now). This is how a read model is written in SQL.
 //!
 //! Aggregation is DataFusion's `GroupsAccumulator`s, as in the windows. A `GroupsAccumulator`
-//! can only evaluate by giving its state away, so after each batch the state is taken out
-//! (`state`) and merged back (`merge_batch`), and the changed groups' rows of it are merged
-//! into a scratch accumulator that is evaluated. That costs time proportional to all groups
-//! per batch: fine for thousands of keys, not for millions.
+//! can only evaluate by giving its state away, so an emission takes every group's state out
+//! (`state`), merges it back (`merge_batch`), and merges the changed groups' rows of it into a
+//! scratch accumulator that is evaluated: it costs time proportional to all groups. So
+//! emissions are amortised: the changed groups are collected across batches and emitted once
+//! a quarter of all groups changed, or [`EMIT_EVERY`] after the first pending change, or when
+//! the partition is idle or its input ends. Each emission is thus paid for by as many changes
+//! as a quarter of the groups, or lasts at most [`EMIT_EVERY`] of processing time; updates of
+//! a key in between coalesce into its latest value, which is all an upsert sink keeps.
+//! Pending changes are part of the checkpoint, so a restart emits them too.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::{ArrayRef, UInt32Array};
 use datafusion::arrow::compute::take;
@@ -25,6 +31,9 @@ use crate::window::{
     merge_states, state_batch, update_accumulators, window_columns, AggregateSet, WindowConfig,
 };
 
+/// The longest a changed group waits, in processing time, before its row is emitted.
+pub const EMIT_EVERY: Duration = Duration::from_millis(200);
+
 /// The continuously updated aggregation of one partition.
 pub struct GroupUpsert {
     name: String,
@@ -36,6 +45,10 @@ pub struct GroupUpsert {
     /// Group id → key (row format), and back.
     keys: Vec<Box<[u8]>>,
     ids: HashMap<Box<[u8]>, usize>,
+    /// Groups changed since the last emission, in order of first change; `is_pending[g]`.
+    pending: Vec<usize>,
+    is_pending: Vec<bool>,
+    pending_since: Option<Instant>,
 }
 
 impl GroupUpsert {
@@ -68,7 +81,52 @@ impl GroupUpsert {
             accs,
             keys: Vec::new(),
             ids: HashMap::new(),
+            pending: Vec::new(),
+            is_pending: Vec::new(),
+            pending_since: None,
         })
+    }
+
+    /// Emit the current values of the pending groups, in order of first change.
+    fn flush(&mut self, emit: &mut Emit) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let changed = std::mem::take(&mut self.pending);
+        for &g in &changed {
+            self.is_pending[g] = false;
+        }
+        self.pending_since = None;
+        let states = self.states()?;
+        let idx = UInt32Array::from_iter_values(changed.iter().map(|&g| g as u32));
+        let picked = states
+            .iter()
+            .map(|c| take(c.as_ref(), &idx, None).map_err(|e| self.err(e)))
+            .collect::<Result<Vec<_>>>()?;
+        let mut scratch = self.aggs.accumulators().map_err(|e| self.err(e))?;
+        let ids: Vec<usize> = (0..changed.len()).collect();
+        merge_states(
+            &mut scratch,
+            &self.aggs.state_counts,
+            &picked,
+            &ids,
+            changed.len(),
+        )
+        .map_err(|e| self.err(e))?;
+        let mut columns = self.key_columns(&changed)?;
+        for acc in &mut scratch {
+            columns.push(acc.evaluate(EmitTo::All).map_err(|e| self.err(e))?);
+        }
+        emit.emit(RecordBatch::try_new(self.output.clone(), columns).map_err(|e| self.err(e))?);
+        Ok(())
+    }
+
+    /// Mark a group changed.
+    fn touch(&mut self, g: usize) {
+        if !self.is_pending[g] {
+            self.is_pending[g] = true;
+            self.pending.push(g);
+        }
     }
 
     fn err(&self, e: impl std::fmt::Display) -> WeirError {
@@ -134,8 +192,6 @@ impl Operator for GroupUpsert {
             .convert_columns(&keys)
             .map_err(|e| self.err(e))?;
         let mut group_ids = Vec::with_capacity(n);
-        let mut changed = Vec::new();
-        let mut seen = vec![false; self.keys.len()];
         for i in 0..n {
             let key = rows.row(i);
             let g = match self.ids.get(key.as_ref()) {
@@ -144,44 +200,30 @@ impl Operator for GroupUpsert {
                     let g = self.keys.len();
                     self.keys.push(key.as_ref().into());
                     self.ids.insert(key.as_ref().into(), g);
-                    seen.push(false);
+                    self.is_pending.push(false);
                     g
                 }
             };
-            if !seen[g] {
-                seen[g] = true;
-                changed.push(g);
-            }
+            self.touch(g);
             group_ids.push(g);
         }
         emit.count_absorbed(n as u64);
         let args = self.aggs.evaluate(&batch).map_err(|e| self.err(e))?;
         update_accumulators(&mut self.accs, &args, &group_ids, self.keys.len())
             .map_err(|e| WeirError::operator(&self.name, e))?;
-
-        // The changed groups' current values, in order of first change in this batch.
-        let states = self.states()?;
-        let idx = UInt32Array::from_iter_values(changed.iter().map(|&g| g as u32));
-        let picked = states
-            .iter()
-            .map(|c| take(c.as_ref(), &idx, None).map_err(|e| self.err(e)))
-            .collect::<Result<Vec<_>>>()?;
-        let mut scratch = self.aggs.accumulators().map_err(|e| self.err(e))?;
-        let ids: Vec<usize> = (0..changed.len()).collect();
-        merge_states(
-            &mut scratch,
-            &self.aggs.state_counts,
-            &picked,
-            &ids,
-            changed.len(),
-        )
-        .map_err(|e| self.err(e))?;
-        let mut columns = self.key_columns(&changed)?;
-        for acc in &mut scratch {
-            columns.push(acc.evaluate(EmitTo::All).map_err(|e| self.err(e))?);
+        let since = *self.pending_since.get_or_insert_with(Instant::now);
+        if self.pending.len() * 4 >= self.keys.len() || since.elapsed() >= EMIT_EVERY {
+            self.flush(emit)?;
         }
-        emit.emit(RecordBatch::try_new(self.output.clone(), columns).map_err(|e| self.err(e))?);
         Ok(())
+    }
+
+    fn on_idle(&mut self, emit: &mut Emit) -> Result<()> {
+        self.flush(emit)
+    }
+
+    fn on_end_of_input(&mut self, emit: &mut Emit) -> Result<()> {
+        self.flush(emit)
     }
 
     fn snapshot(&mut self) -> Result<OperatorState> {
@@ -192,7 +234,7 @@ impl Operator for GroupUpsert {
         let mut columns = self.key_columns(&all)?;
         columns.extend(self.states()?);
         Ok(OperatorState {
-            meta: serde_json::Value::Null,
+            meta: serde_json::json!({ "pending": self.pending }),
             batches: vec![state_batch(columns).map_err(|e| self.err(e))?],
         })
     }
@@ -201,6 +243,9 @@ impl Operator for GroupUpsert {
         self.accs = self.aggs.accumulators().map_err(|e| self.err(e))?;
         self.keys.clear();
         self.ids.clear();
+        self.pending.clear();
+        self.is_pending.clear();
+        self.pending_since = None;
         let b = match state.batches.as_slice() {
             [] => return Ok(()),
             [b] => b,
@@ -236,7 +281,20 @@ impl Operator for GroupUpsert {
             &ids,
             b.num_rows(),
         )
-        .map_err(|e| self.err(e))
+        .map_err(|e| self.err(e))?;
+        // Changes not emitted before the checkpoint are emitted after the restart.
+        self.is_pending = vec![false; self.keys.len()];
+        let pending = state.meta.get("pending").and_then(|v| v.as_array());
+        for g in pending.into_iter().flatten() {
+            match g.as_u64().map(|g| g as usize) {
+                Some(g) if g < self.keys.len() => self.touch(g),
+                _ => return Err(self.err(format!("checkpointed pending group {g} is not a group"))),
+            }
+        }
+        if !self.pending.is_empty() {
+            self.pending_since = Some(Instant::now());
+        }
+        Ok(())
     }
 }
 
@@ -317,6 +375,40 @@ mod tests {
             process(&mut op, &[("c", 7), ("a", 1)]),
             vec![("c".into(), 7), ("a".into(), 4)]
         );
+    }
+
+    #[test]
+    fn changes_of_few_groups_coalesce_until_a_quarter_changed_or_the_partition_is_idle() {
+        let mut op = upsert();
+        let many: Vec<(String, i64)> = (0..100).map(|i| (format!("k{i}"), 1)).collect();
+        let rows: Vec<(&str, i64)> = many.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        assert_eq!(process(&mut op, &rows).len(), 100);
+        // 2 of 100 groups changed: held back, then coalesced into their latest values.
+        assert!(process(&mut op, &[("k1", 5), ("k2", 1)]).is_empty());
+        assert!(process(&mut op, &[("k1", 5)]).is_empty());
+        let state = op.snapshot().unwrap();
+        let mut emit = Emit::default();
+        op.on_idle(&mut emit).unwrap();
+        let flushed = |emit: &Emit| -> Vec<(String, i64)> {
+            let mut out = Vec::new();
+            for b in emit.batches() {
+                let k = b.column(0).as_any().downcast_ref::<StringArray>().unwrap();
+                let s = b.column(1).as_any().downcast_ref::<Int64Array>().unwrap();
+                out.extend((0..b.num_rows()).map(|r| (k.value(r).to_string(), s.value(r))));
+            }
+            out
+        };
+        let want = vec![("k1".to_string(), 11), ("k2".to_string(), 2)];
+        assert_eq!(flushed(&emit), want);
+        // The pending changes were in the checkpoint: a restart emits them too.
+        let mut restored = upsert();
+        restored.restore(state).unwrap();
+        let mut emit = Emit::default();
+        restored.on_end_of_input(&mut emit).unwrap();
+        assert_eq!(flushed(&emit), want);
+        // 25 of 100 changed: emitted with the batch.
+        let quarter: Vec<(&str, i64)> = rows[..25].to_vec();
+        assert_eq!(process(&mut restored, &quarter).len(), 25);
     }
 
     #[test]
