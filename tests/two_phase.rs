@@ -188,3 +188,34 @@ fn a_window_spanning_partitions_over_a_consumer_group_is_refused_with_the_fix() 
         "{err}"
     );
 }
+
+#[test]
+fn a_bounded_input_run_again_when_longer_goes_on_with_the_later_windows() {
+    // The second half of the stream comes an hour later: its windows all follow the first
+    // run's, which its end of input emitted in full.
+    let mut events = stream(11, 3, 30, 4_000, DISORDER_MS as u64);
+    let half = |e: &Event| e.offset >= 600;
+    for e in events.iter_mut().filter(|e| half(e)) {
+        e.ts += 3_600_000;
+    }
+    let (sink, dlq) = (MemorySink::default(), MemoryDlq::default());
+    let dir = tempfile::tempdir().unwrap();
+    let first: Vec<Event> = events.iter().filter(|e| !half(e)).cloned().collect();
+    for input in [&first, &events] {
+        let src = MemorySource::new(
+            "events",
+            by_partition(input, |e| Some(e.json().into_bytes())),
+        );
+        let summary = pipeline(src, &sink, &dlq)
+            .checkpoint_dir(dir.path())
+            .run(Shutdown::new())
+            .unwrap();
+        assert!(summary.finished);
+    }
+    let all: Vec<&Event> = events.iter().collect();
+    assert_eq!(
+        windows(&rows(&sink.committed())),
+        windows(&rows(&batch_sql(&all, ORACLE)))
+    );
+    assert!(dlq.committed.lock().unwrap().is_empty());
+}

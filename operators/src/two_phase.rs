@@ -333,7 +333,7 @@ impl GlobalStage for GlobalWindow {
         if self.frontier.is_some_and(|f| f >= min) {
             return Ok(());
         }
-        self.frontier = Some(min);
+        let mut emitted_until = self.frontier;
         while let Some((&start, _)) = self.partials.first_key_value() {
             if !self.covered(start, Some(min)) {
                 break;
@@ -344,7 +344,16 @@ impl GlobalStage for GlobalWindow {
                 .expect("invariant: first key exists");
             let rows = self.finish(start, parts)?;
             self.run_then(rows, emit)?;
+            let end = start + self.size_ms + self.allowed_lateness_ms;
+            emitted_until = Some(emitted_until.map_or(end, |e| e.max(end)));
         }
+        // Every input ended: the frontier is what was emitted, not +infinity, so that the
+        // pipeline run again over a longer input goes on with the windows after it.
+        self.frontier = if min == i64::MAX {
+            emitted_until
+        } else {
+            Some(min)
+        };
         Ok(())
     }
 
