@@ -22,7 +22,11 @@ use common::kafka::{brokers, create_topic, produce_part, unique};
 use common::pg_url;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::ClientConfig;
-use weir::connectors::{EventGenerator, GeneratorConfig};
+use weir::connectors::postgres::{LockMode, PipelineLock, ReplayTarget};
+use weir::connectors::{
+    read_dlq_dir, EventGenerator, GeneratorConfig, PostgresSinkConfig, PostgresStore, PostgresUrl,
+};
+use weir_runtime::{Checkpoint, CheckpointStore, Counters, EpochParticipant};
 
 const PARTITIONS: i32 = 4;
 
@@ -334,6 +338,49 @@ fn a_replay_rebuilds_the_table_swaps_it_in_and_the_live_run_goes_on_without_gap_
     let got = windows(&mut db, &table);
     assert_eq!(got.len(), want.len(), "rows after replay + run");
     assert_eq!(got, want, "table after replay + run");
+
+    // Dead letters (poison events and the end markers), by Kafka offset: the live DLQ holds
+    // those of the live runs (slices 0 and 2) once each: after the swap the live pipeline's
+    // DLQ files go on from its own epochs, so none was overwritten. The replay's DLQ holds
+    // those of what it read (slices 0 and 1).
+    let poison_of = |slices: &[usize]| -> Vec<(i32, i64)> {
+        let mut out = Vec::new();
+        for p in 0..PARTITIONS {
+            let n = truth.events_in_partition(p).unwrap() as usize;
+            for &k in slices {
+                let (from, to) = (n * k / 3, n * (k + 1) / 3);
+                // k end markers precede slice k; slice 2 also ends with the flush event.
+                let shift = k as i64;
+                for o in from..to {
+                    if truth.event(p, o as i64).unwrap().poison.is_some() {
+                        out.push((p, o as i64 + shift));
+                    }
+                }
+                out.push((p, to as i64 + shift + i64::from(k == 2)));
+            }
+        }
+        out.sort();
+        out
+    };
+    let dead = |dir: &Path| -> Vec<(i32, i64)> {
+        let mut v: Vec<(i32, i64)> = read_dlq_dir(dir)
+            .unwrap()
+            .iter()
+            .map(|r| (r.partition, r.offset))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        dead(&dir.path().join("dlq")),
+        poison_of(&[0, 2]),
+        "live DLQ"
+    );
+    assert_eq!(
+        dead(&dir.path().join("dlq__replay")),
+        poison_of(&[0, 1]),
+        "replay DLQ"
+    );
 }
 
 #[test]
@@ -380,25 +427,44 @@ fn a_replay_killed_midway_leaves_the_live_table_and_checkpoints_untouched() {
     worker.kill().unwrap();
     worker.wait().unwrap();
 
-    // A replay SIGKILLed once its own checkpoints show progress, before it caught up.
+    // A replay that has made progress, then is stopped before it caught up: by SIGTERM
+    // (drains, then refuses to swap, exit 1), then by SIGKILL.
     let replay_name = format!("{name}__replay");
-    let mut replay = spawn(&["replay", "p.toml", "--from", "earliest"], dir.path());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        assert!(Instant::now() < deadline, "the replay made no progress");
-        if let Some(status) = replay.try_wait().unwrap() {
-            let out = replay.wait_with_output().unwrap();
-            panic!(
-                "the replay ended before it was killed ({status}): {}",
-                text(&out.stderr)
-            );
+    let started = |db: &mut postgres::Client| -> Child {
+        db.execute(
+            "DELETE FROM weir_checkpoints WHERE pipeline = $1",
+            &[&replay_name],
+        )
+        .unwrap();
+        let mut replay = spawn(&["replay", "p.toml", "--from", "earliest"], dir.path());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            assert!(Instant::now() < deadline, "the replay made no progress");
+            if let Some(status) = replay.try_wait().unwrap() {
+                let out = replay.wait_with_output().unwrap();
+                panic!(
+                    "the replay ended before it was stopped ({status}): {}",
+                    text(&out.stderr)
+                );
+            }
+            if stored(db, &replay_name).values().sum::<i64>() > 0 {
+                return replay;
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
-        let progress: i64 = stored(&mut db, &replay_name).values().sum();
-        if progress > 0 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    };
+    let total: i64 = ends.values().sum();
+    let untouched = |db: &mut postgres::Client, how: &str| {
+        assert!(
+            stored(db, &replay_name).values().sum::<i64>() < total,
+            "the replay caught up before {how}: make it slower"
+        );
+        assert_eq!(windows(db, &table), before, "live table after {how}");
+        assert_eq!(epochs(db), checkpoints, "live checkpoints after {how}");
+        assert!(!table_exists(db, &format!("{table}__replaced")), "{how}");
+    };
+
+    let replay = started(&mut db);
     // Meanwhile a worker refuses to start.
     let out = weir(&["run", "p.toml"], dir.path());
     assert_eq!(out.status.code(), Some(1));
@@ -407,25 +473,24 @@ fn a_replay_killed_midway_leaves_the_live_table_and_checkpoints_untouched() {
         err.contains("a `weir replay` of this pipeline is rebuilding its table"),
         "{err}"
     );
-    let progress: i64 = stored(&mut db, &replay_name).values().sum();
+    Command::new("kill")
+        .args(["-TERM", &replay.id().to_string()])
+        .status()
+        .unwrap();
+    let out = replay.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
     assert!(
-        progress < ends.values().sum::<i64>(),
-        "the replay finished before the kill: make it slower"
+        err.contains("error: replay interrupted before the swap: the live table")
+            && err.contains("are untouched"),
+        "{err}"
     );
+    untouched(&mut db, "SIGTERM");
+
+    let mut replay = started(&mut db);
     replay.kill().unwrap();
     replay.wait().unwrap();
-
-    assert_eq!(
-        windows(&mut db, &table),
-        before,
-        "live table after the kill"
-    );
-    assert_eq!(
-        epochs(&mut db),
-        checkpoints,
-        "live checkpoints after the kill"
-    );
-    assert!(!table_exists(&mut db, &format!("{table}__replaced")));
+    untouched(&mut db, "SIGKILL");
 
     // The next replay starts over and swaps in the same table a live run produced.
     let out = weir(&["replay", "p.toml", "--from", "earliest"], dir.path());
@@ -618,4 +683,102 @@ fn replay_refuses_bad_input_with_a_clear_error() {
         err.contains("--from: a time needs a `kafka` source"),
         "{err}"
     );
+}
+
+fn sink_config(table: &str) -> PostgresSinkConfig {
+    PostgresSinkConfig {
+        url: PostgresUrl::new(pg_url()),
+        table: table.into(),
+        key_columns: vec!["k".into()],
+        create_table: true,
+        schema: None,
+        lock_timeout_ms: 10_000,
+    }
+}
+
+fn save(store: &mut PostgresStore, pipeline: &str, partition: i32, epoch: u64, next_offset: i64) {
+    let c = Checkpoint {
+        pipeline: pipeline.into(),
+        topic: "t".into(),
+        partition,
+        epoch,
+        next_offset,
+        counters: Counters::default(),
+        operators: Vec::new(),
+    };
+    CheckpointStore::save(store, &c).unwrap();
+    EpochParticipant::commit(store, partition, epoch).unwrap();
+}
+
+#[test]
+fn the_swap_hands_the_replay_checkpoints_to_the_live_pipeline_under_its_name_and_epochs() {
+    let (name, table) = names("replay-swap");
+    let config = sink_config(&table);
+    // Live: partitions 0 and 1 at epochs 50 and 7.
+    let mut live = PostgresStore::connect("pg", &config, &name).unwrap();
+    save(&mut live, &name, 0, 50, 100);
+    save(&mut live, &name, 1, 7, 10);
+    drop(live);
+
+    let mut target = ReplayTarget::open(&config, &name).unwrap();
+    target.reset_shadow().unwrap();
+    let replay_name = target.replay_pipeline().to_string();
+    let mut replay = PostgresStore::connect("pg", &target.shadow_config(), &replay_name).unwrap();
+    // The replay went further with fewer epochs on 0, more on 1, and has a partition 2.
+    save(&mut replay, &replay_name, 0, 3, 200);
+    save(&mut replay, &replay_name, 1, 9, 20);
+    save(&mut replay, &replay_name, 2, 4, 30);
+    drop(replay);
+    let summary = target.swap().unwrap();
+    assert_eq!(summary.replaced, None, "no live table existed");
+    drop(target);
+
+    let live = PostgresStore::connect("pg", &config, &name).unwrap();
+    let loaded: Vec<(String, u64, i64)> = (0..3)
+        .map(|p| {
+            let c = CheckpointStore::load(&live, "t", p).unwrap().unwrap();
+            (c.pipeline, c.epoch, c.next_offset)
+        })
+        .collect();
+    // Offsets are the replay's; epochs never go back for a partition the live pipeline had
+    // (its epoch-numbered DLQ files go on after its own), and the name is the live one.
+    assert_eq!(
+        loaded,
+        [
+            (name.clone(), 50, 200),
+            (name.clone(), 7, 20),
+            (name.clone(), 4, 30)
+        ]
+    );
+    let mut db = client();
+    assert!(stored(&mut db, &replay_name).is_empty());
+}
+
+#[test]
+fn workers_share_the_pipeline_lock_and_a_replay_takes_it_alone() {
+    let (name, table) = names("replay-lock");
+    let config = sink_config(&table);
+    let a = PipelineLock::acquire(&config, &name, LockMode::Shared).unwrap();
+    let b = PipelineLock::acquire(&config, &name, LockMode::Shared).unwrap();
+    let err = ReplayTarget::open(&config, &name).unwrap_err().to_string();
+    assert!(
+        err.contains(&format!("pipeline {name:?} looks like it is running"))
+            && err.contains("weir run"),
+        "{err}"
+    );
+    // Another pipeline name is another lock.
+    let other = ReplayTarget::open(&config, &format!("{name}_other")).unwrap();
+    drop(other);
+    drop((a, b));
+    let replay = ReplayTarget::open(&config, &name).unwrap();
+    let err = PipelineLock::acquire(&config, &name, LockMode::Shared)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("a `weir replay` of this pipeline is rebuilding its table")
+            && err.contains(&format!("\"weir replay {name}\"")),
+        "{err}"
+    );
+    drop(replay);
+    PipelineLock::acquire(&config, &name, LockMode::Shared).unwrap();
 }
