@@ -782,3 +782,126 @@ fn workers_share_the_pipeline_lock_and_a_replay_takes_it_alone() {
     drop(replay);
     PipelineLock::acquire(&config, &name, LockMode::Shared).unwrap();
 }
+
+/// A file source and a `tumble` operator (not SQL) into PostgreSQL.
+fn jsonl_pipeline(name: &str, table: &str) -> String {
+    format!(
+        r#"
+name = "{name}"
+[source]
+type = "jsonl"
+path = "in.jsonl"
+partitions = 3
+key_field = "sensor_id"
+
+[schema]
+event_time = "event_time"
+partition_key = "sensor_id"
+fields = [
+  {{ name = "event_id", type = "string" }},
+  {{ name = "sensor_id", type = "string" }},
+  {{ name = "temperature", type = "float64" }},
+  {{ name = "humidity", type = "float64", nullable = true }},
+  {{ name = "event_time", type = "timestamp" }},
+]
+
+[[operators]]
+type = "tumble"
+size_ms = 10000
+keys = ["sensor_id"]
+max_out_of_orderness_ms = 2000
+aggregates = [
+  {{ function = "count", alias = "readings" }},
+  {{ function = "max", column = "temperature", alias = "max_temp" }},
+]
+
+[[sinks]]
+type = "postgres"
+url = "{url}"
+table = "{table}"
+key_columns = ["sensor_id", "window_start"]
+
+[dlq]
+type = "jsonl"
+path = "dlq"
+
+[checkpoint]
+interval_ms = 20
+
+[batch]
+max_rows = 500
+linger_ms = 5
+"#,
+        url = pg_url()
+    )
+}
+
+#[test]
+fn a_bounded_file_source_replays_to_its_end_and_a_terminal_gets_a_redrawn_progress_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let truth = EventGenerator::new(&generator(6_000));
+    let mut lines = String::new();
+    for p in 0..PARTITIONS {
+        let n = truth.events_in_partition(p).unwrap() as usize;
+        for m in truth.messages(p, 0, n) {
+            let payload = m.payload.unwrap_or_default();
+            let line = String::from_utf8_lossy(&payload).replace('\n', " ");
+            lines.push_str(&line);
+            lines.push('\n');
+        }
+    }
+    std::fs::write(dir.path().join("in.jsonl"), lines).unwrap();
+    let (name, table) = names("replay-file");
+    std::fs::write(dir.path().join("p.toml"), jsonl_pipeline(&name, &table)).unwrap();
+    let mut db = client();
+
+    // The live run reads the file to its end (and emits every window there).
+    let out = weir(&["run", "p.toml"], dir.path());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let live = windows(&mut db, &table);
+    assert!(!live.is_empty());
+    let offsets = stored(&mut db, &name);
+    db.execute(&format!("DELETE FROM \"{table}\""), &[])
+        .unwrap();
+
+    let out = weir(&["replay", "p.toml", "--from", "earliest"], dir.path());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("(bounded input: no ETA)"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(windows(&mut db, &table), live);
+    assert_eq!(stored(&mut db, &name), offsets);
+    assert!(windows(&mut db, &format!("{table}__replaced")).is_empty());
+
+    // On a terminal (`script` gives the replay one) the line is redrawn in place.
+    let command = format!(
+        "{} replay p.toml --from earliest",
+        env!("CARGO_BIN_EXE_weir")
+    );
+    let out = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .current_dir(dir.path())
+        .env("WEIR_LOG", "warn")
+        .output()
+        .expect("run script(1)");
+    let shown = text(&out.stdout);
+    assert!(out.status.success(), "{shown}");
+    assert!(
+        shown.contains(&format!("\r\x1b[2Kreplay {name}: ")),
+        "{shown:?}"
+    );
+    assert!(shown.contains("swapped in"), "{shown}");
+    assert_eq!(windows(&mut db, &table), live);
+
+    // A worker started afterwards has nothing left to read.
+    let out = weir(&["run", "p.toml"], dir.path());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains(": 0 events in"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(windows(&mut db, &table), live);
+}
