@@ -781,6 +781,16 @@ fn workers_share_the_pipeline_lock_and_a_replay_takes_it_alone() {
     );
     drop(replay);
     PipelineLock::acquire(&config, &name, LockMode::Shared).unwrap();
+
+    // A sink of the pipeline connected without the lock (a pipeline built in Rust).
+    let store = PostgresStore::connect("pg", &config, &name).unwrap();
+    let err = ReplayTarget::open(&config, &name).unwrap_err().to_string();
+    assert!(
+        err.contains(&format!("pipeline {name:?} looks like it is running: its sink is connected to PostgreSQL (\"weir {name}/pg control\" (pid ")),
+        "{err}"
+    );
+    drop(store);
+    ReplayTarget::open(&config, &name).unwrap();
 }
 
 /// A file source and a `tumble` operator (not SQL) into PostgreSQL.

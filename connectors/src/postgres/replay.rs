@@ -5,8 +5,10 @@
 //!   workers of one pipeline share its partitions), `weir replay` *exclusive*: a replay refuses
 //!   to start while a worker of the pipeline runs, and a worker refuses to start during a
 //!   replay. The server drops the lock with the connection, so a SIGKILLed process never
-//!   leaves it behind. Only processes that take the lock are seen: a pipeline run through the
-//!   Rust builder without it is not.
+//!   leaves it behind. A pipeline run through the Rust builder does not take the lock, so an
+//!   exclusive taker also refuses while a session named like the pipeline's sink connections
+//!   (`weir <pipeline>/...`) is connected. Both checks allow a second for a process that just
+//!   stopped (its session ends when the server notices).
 //! - [`ReplayTarget`]: holds the exclusive lock for the whole replay; starts the shadow table
 //!   `<table>__replay` over (dropped, then created `LIKE` the live table when there is one),
 //!   with the checkpoints of the pipeline `<name>__replay`; reads those checkpoints back; and
@@ -40,6 +42,11 @@ pub fn replay_pipeline_name(pipeline: &str) -> String {
 }
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a lock or a session of a process that just stopped may take to go away:
+/// `SETTLE_TRIES` more looks, `SETTLE_PAUSE` apart.
+const SETTLE_TRIES: u32 = 10;
+const SETTLE_PAUSE: Duration = Duration::from_millis(100);
 
 fn error(message: impl std::fmt::Display) -> WeirError {
     WeirError::Sink {
@@ -111,10 +118,21 @@ impl PipelineLock {
             &sql::qualified(config.schema.as_deref(), CHECKPOINT_TABLE),
             pipeline,
         );
-        let got: bool = client
-            .query_one(sql::try_advisory_lock(mode == LockMode::Shared), &[&key])
-            .map_err(|e| pg("take the pipeline lock", &e))?
-            .get(0);
+        // A process that just exited may still hold the lock for a moment (its server
+        // session ends when the server notices the closed connection): try for a while.
+        let mut got = false;
+        for attempt in 0..=SETTLE_TRIES {
+            if attempt > 0 {
+                std::thread::sleep(SETTLE_PAUSE);
+            }
+            got = client
+                .query_one(sql::try_advisory_lock(mode == LockMode::Shared), &[&key])
+                .map_err(|e| pg("take the pipeline lock", &e))?
+                .get(0);
+            if got {
+                break;
+            }
+        }
         if !got {
             let holders: Vec<String> = client
                 .query(sql::ADVISORY_LOCK_HOLDERS, &[&key])
@@ -146,6 +164,36 @@ impl PipelineLock {
                      every worker of the pipeline before replaying it"
                 ),
             }));
+        }
+        if mode == LockMode::Exclusive {
+            // Sinks of the pipeline that run without the lock (a pipeline built in Rust, an
+            // older worker) still name their connections after it.
+            let prefix = sql::store_application_prefix(pipeline);
+            let mut sessions = Vec::new();
+            for attempt in 0..=SETTLE_TRIES {
+                if attempt > 0 {
+                    std::thread::sleep(SETTLE_PAUSE);
+                }
+                sessions = client
+                    .query(sql::SESSIONS_NAMED, &[&prefix])
+                    .map_err(|e| pg("look for sessions of the pipeline", &e))?
+                    .iter()
+                    .map(|r| {
+                        let app: String = r.get(0);
+                        let pid: i32 = r.get(1);
+                        format!("{app:?} (pid {pid})")
+                    })
+                    .collect::<Vec<String>>();
+                if sessions.is_empty() {
+                    break;
+                }
+            }
+            if !sessions.is_empty() {
+                return Err(error(format!(
+                    "pipeline {pipeline:?} looks like it is running: its sink is connected to PostgreSQL ({}); stop it before replaying it",
+                    sessions.join(", ")
+                )));
+            }
         }
         info!(pipeline, ?mode, "took the pipeline lock");
         Ok(Self {

@@ -197,6 +197,20 @@ pub const ADVISORY_LOCK_HOLDERS: &str = "SELECT coalesce(a.application_name, '')
      AND l.objid::int8 = hashtextextended($1, 0) & 4294967295 \
      AND l.pid <> pg_backend_pid() ORDER BY l.pid";
 
+/// The start of the `application_name` of every connection of a `postgres` sink of
+/// `pipeline` (`weir <pipeline>/<sink> ...`, see the store), cut to PostgreSQL's 63 bytes.
+pub fn store_application_prefix(pipeline: &str) -> String {
+    let mut prefix = format!("weir {pipeline}/");
+    while prefix.len() > 63 {
+        prefix.pop();
+    }
+    prefix
+}
+
+/// Other sessions whose `application_name` starts with $1: name and pid.
+pub const SESSIONS_NAMED: &str = "SELECT application_name, pid FROM pg_stat_activity \
+     WHERE left(application_name, length($1)) = $1 AND pid <> pg_backend_pid() ORDER BY pid";
+
 /// An empty copy of `live` (columns, defaults, constraints, indexes) named `shadow`.
 pub fn create_table_like(shadow: &str, live: &str) -> String {
     format!("CREATE TABLE {shadow} (LIKE {live} INCLUDING ALL)")
@@ -315,6 +329,8 @@ mod tests {
             "ALTER TABLE IF EXISTS \"rm\".\"t\" RENAME TO \"t__re\"\"placed\""
         );
         assert!(try_advisory_lock(true).contains("pg_try_advisory_lock_shared("));
+        assert_eq!(store_application_prefix("orders"), "weir orders/");
+        assert_eq!(store_application_prefix(&"é".repeat(40)).len(), 63);
         assert!(try_advisory_lock(false).contains("pg_try_advisory_lock("));
     }
 }
