@@ -287,9 +287,35 @@ fn a_replay_rebuilds_the_table_swaps_it_in_and_the_live_run_goes_on_without_gap_
     )
     .unwrap();
 
+    // A reader queries the table all along the replay: every query succeeds and sees the
+    // old table (with the tampered row) or the new one.
+    let stop_reading = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (stop, query) = (
+            stop_reading.clone(),
+            format!("SELECT count(*), coalesce(bool_or(sensor_id = 'tampered'), false) FROM \"{table}\""),
+        );
+        std::thread::spawn(move || {
+            let mut db = client();
+            let mut seen = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let row = db.query_one(&query, &[]).expect("a reader's query failed");
+                let (rows, tampered): (i64, bool) = (row.get(0), row.get(1));
+                if seen.last() != Some(&(rows, tampered)) {
+                    seen.push((rows, tampered));
+                }
+            }
+            seen
+        })
+    };
     let out = weir(&["replay", "p.toml", "--from", "earliest"], dir.path());
+    stop_reading.store(true, std::sync::atomic::Ordering::Relaxed);
+    let seen = reader.join().expect("the reader saw an error");
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert!(out.status.success(), "replay failed: {stderr}");
+    // Old table first (one state), then the new one (one state, without the tampered row).
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(seen[0].1 && !seen[1].1, "{seen:?}");
     assert!(
         stdout.contains(&format!(
             "table {table} swapped in; the previous one is now {table}__replaced"
@@ -313,6 +339,7 @@ fn a_replay_rebuilds_the_table_swaps_it_in_and_the_live_run_goes_on_without_gap_
     assert!(replaced.keys().any(|(s, _)| s == "tampered"));
     let replayed = windows(&mut db, &table);
     assert!(!replayed.keys().any(|(s, _)| s == "tampered"));
+    assert_eq!(seen[1].0, replayed.len() as i64);
     assert!(!table_exists(&mut db, &format!("{table}__replay")));
 
     // What a live run over the same offsets produces: another pipeline, same topic.
