@@ -298,11 +298,16 @@ fn a_replay_rebuilds_the_table_swaps_it_in_and_the_live_run_goes_on_without_gap_
         std::thread::spawn(move || {
             let mut db = client();
             let mut seen = Vec::new();
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            loop {
+                // The last query starts after the replay has exited.
+                let last = stop.load(std::sync::atomic::Ordering::Relaxed);
                 let row = db.query_one(&query, &[]).expect("a reader's query failed");
                 let (rows, tampered): (i64, bool) = (row.get(0), row.get(1));
                 if seen.last() != Some(&(rows, tampered)) {
                     seen.push((rows, tampered));
+                }
+                if last {
+                    break;
                 }
             }
             seen
@@ -410,6 +415,56 @@ fn a_replay_rebuilds_the_table_swaps_it_in_and_the_live_run_goes_on_without_gap_
     );
 }
 
+/// Starts a replay and holds it midway: once every partition has a checkpoint, the test
+/// locks those rows (FOR UPDATE), so the replay can store no further checkpoint, and
+/// therefore neither catch up nor swap, until the returned transaction ends.
+fn held<'a>(
+    db: &mut postgres::Client,
+    locker: &'a mut postgres::Client,
+    dir: &Path,
+    replay_name: &str,
+    total: i64,
+) -> (Child, postgres::Transaction<'a>) {
+    db.execute(
+        "DELETE FROM weir_checkpoints WHERE pipeline = $1",
+        &[&replay_name],
+    )
+    .unwrap();
+    let mut replay = spawn(&["replay", "p.toml", "--from", "earliest"], dir);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while stored(db, replay_name).len() < PARTITIONS as usize {
+        assert!(Instant::now() < deadline, "the replay made no progress");
+        if let Some(status) = replay.try_wait().unwrap() {
+            let out = replay.wait_with_output().unwrap();
+            panic!(
+                "the replay ended before it was stopped ({status}): {}",
+                text(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut tx = locker.transaction().unwrap();
+    let at: Vec<i64> = tx
+        .query(
+            "SELECT next_offset FROM weir_checkpoints WHERE pipeline = $1 FOR UPDATE",
+            &[&replay_name],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        at.len(),
+        PARTITIONS as usize,
+        "the replay swapped before it was held"
+    );
+    assert!(
+        at.iter().sum::<i64>() < total,
+        "the replay caught up before it was held"
+    );
+    (replay, tx)
+}
+
 #[test]
 fn a_replay_killed_midway_leaves_the_live_table_and_checkpoints_untouched() {
     let truth = EventGenerator::new(&generator(60_000));
@@ -457,41 +512,19 @@ fn a_replay_killed_midway_leaves_the_live_table_and_checkpoints_untouched() {
     // A replay that has made progress, then is stopped before it caught up: by SIGTERM
     // (drains, then refuses to swap, exit 1), then by SIGKILL.
     let replay_name = format!("{name}__replay");
-    let started = |db: &mut postgres::Client| -> Child {
-        db.execute(
-            "DELETE FROM weir_checkpoints WHERE pipeline = $1",
-            &[&replay_name],
-        )
-        .unwrap();
-        let mut replay = spawn(&["replay", "p.toml", "--from", "earliest"], dir.path());
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            assert!(Instant::now() < deadline, "the replay made no progress");
-            if let Some(status) = replay.try_wait().unwrap() {
-                let out = replay.wait_with_output().unwrap();
-                panic!(
-                    "the replay ended before it was stopped ({status}): {}",
-                    text(&out.stderr)
-                );
-            }
-            if stored(db, &replay_name).values().sum::<i64>() > 0 {
-                return replay;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    };
     let total: i64 = ends.values().sum();
     let untouched = |db: &mut postgres::Client, how: &str| {
         assert!(
             stored(db, &replay_name).values().sum::<i64>() < total,
-            "the replay caught up before {how}: make it slower"
+            "the replay caught up before {how}"
         );
         assert_eq!(windows(db, &table), before, "live table after {how}");
         assert_eq!(epochs(db), checkpoints, "live checkpoints after {how}");
         assert!(!table_exists(db, &format!("{table}__replaced")), "{how}");
     };
 
-    let replay = started(&mut db);
+    let mut locker = client();
+    let (replay, hold) = held(&mut db, &mut locker, dir.path(), &replay_name, total);
     // Meanwhile a worker refuses to start.
     let out = weir(&["run", "p.toml"], dir.path());
     assert_eq!(out.status.code(), Some(1));
@@ -500,10 +533,14 @@ fn a_replay_killed_midway_leaves_the_live_table_and_checkpoints_untouched() {
         err.contains("a `weir replay` of this pipeline is rebuilding its table"),
         "{err}"
     );
+    // SIGTERM: the replay drains (its last checkpoints wait for the held rows), then refuses
+    // to swap.
     Command::new("kill")
         .args(["-TERM", &replay.id().to_string()])
         .status()
         .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    hold.commit().unwrap();
     let out = replay.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     let err = text(&out.stderr);
@@ -514,9 +551,10 @@ fn a_replay_killed_midway_leaves_the_live_table_and_checkpoints_untouched() {
     );
     untouched(&mut db, "SIGTERM");
 
-    let mut replay = started(&mut db);
+    let (mut replay, hold) = held(&mut db, &mut locker, dir.path(), &replay_name, total);
     replay.kill().unwrap();
     replay.wait().unwrap();
+    hold.commit().unwrap();
     untouched(&mut db, "SIGKILL");
 
     // The next replay starts over and swaps in the same table a live run produced.
