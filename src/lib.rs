@@ -11,6 +11,7 @@ pub mod bench_postgres;
 pub mod config;
 pub mod demo;
 pub mod pipeline;
+pub mod replay;
 pub mod sql_cli;
 
 pub use weir_connectors as connectors;

@@ -29,6 +29,30 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// Rebuild the read model of a pipeline whose sink is `postgres` into a fresh table
+    /// (`<table>__replay`), then swap it in atomically once caught up.
+    ///
+    /// The replay reads every partition from `--from` up to the end offsets recorded when it
+    /// starts, with its own checkpoints (pipeline `<name>__replay`). Once every partition's
+    /// checkpoint has reached its end, one PostgreSQL transaction renames the live table to
+    /// `<table>__replaced` (dropping an older one), renames the shadow table to the live name
+    /// and makes the replay's checkpoints the live pipeline's: a `weir run` started afterwards
+    /// resumes where the replay stopped. The replay refuses to start while a `weir run` of the
+    /// pipeline holds the pipeline's PostgreSQL advisory lock (and `weir run` refuses during a
+    /// replay). An interrupted replay (signal, kill, error) changes nothing live; the next one
+    /// starts the shadow table over. Dead letters of the replay go to `<dlq path>__replay`.
+    Replay {
+        /// Path of the pipeline file.
+        pipeline: PathBuf,
+        /// `earliest`: the first offset of every partition. An RFC 3339 time
+        /// (2026-01-31T12:00:00Z, 2026-01-31T13:00:00+01:00): the first offset whose Kafka
+        /// timestamp is at or after it (kafka sources only). The operators' state starts
+        /// EMPTY at that point, so use a time only for a read model whose state can restart
+        /// there (e.g. windows that start after it, or keys whose first event follows it);
+        /// a projection that needs earlier events must replay from `earliest`.
+        #[arg(long, value_name = "earliest|TIME")]
+        from: weir::replay::ReplayFrom,
+    },
     /// Generator → 1-minute windows per sensor → SQLite, with no external service.
     Demo {
         /// Events to generate.
@@ -140,6 +164,8 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 println!("{}: ok", pipeline.display());
                 return Ok(ExitCode::SUCCESS);
             }
+            // Held until the run ends: a `weir replay` of the pipeline refuses to start meanwhile.
+            let _lock = weir::replay::run_lock(&cfg)?;
             weir::install_signal_handlers(shutdown.clone())?;
             let summary = Pipeline::from_config(&cfg)?.run(shutdown)?;
             let c = summary.counters;
@@ -157,6 +183,27 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 summary.checkpoints,
                 if summary.finished { "; input finished" } else { "; stopped, resume with the same command" }
             );
+        }
+        Command::Replay { pipeline, from } => {
+            let cfg = match PipelineConfig::load(&pipeline) {
+                Ok(cfg) => cfg,
+                Err(e) => {
+                    eprint!("{e}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            if let Err(errors) = weir::replay::check(&cfg, from) {
+                let e = weir::config::ConfigError {
+                    file: pipeline.clone(),
+                    errors,
+                };
+                eprint!("{e}");
+                return Ok(ExitCode::from(2));
+            }
+            weir::install_signal_handlers(shutdown.clone())?;
+            let mode = weir::replay::ProgressMode::detect();
+            let report = weir::replay::run(&cfg, from, shutdown, mode)?;
+            print!("{report}");
         }
         Command::Sql {
             query,

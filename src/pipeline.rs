@@ -68,6 +68,8 @@ pub struct Pipeline {
     dlq: Option<Box<dyn DlqWriter>>,
     checkpoint_dir: Option<PathBuf>,
     checkpoint_store: Option<Arc<dyn CheckpointStore>>,
+    /// Where partitions without a checkpoint start (`weir replay`); others start at 0.
+    start_offsets: Option<Arc<crate::replay::StartOffsets>>,
     exec: ExecutorConfig,
 }
 
@@ -82,12 +84,27 @@ impl Pipeline {
             dlq: None,
             checkpoint_dir: None,
             checkpoint_store: None,
+            start_offsets: None,
             exec: ExecutorConfig::new(name),
         }
     }
 
     pub fn source(mut self, source: impl Source + 'static) -> Self {
         self.source = Some(Box::new(source));
+        self
+    }
+
+    /// Replace the source by `f(source)`, e.g. a wrapper that bounds it (`weir replay`).
+    /// Without a source, nothing changes.
+    pub fn map_source(mut self, f: impl FnOnce(Box<dyn Source>) -> Box<dyn Source>) -> Self {
+        self.source = self.source.take().map(f);
+        self
+    }
+
+    /// Partitions without a checkpoint start at these offsets instead of the source's own
+    /// start (a checkpoint still wins).
+    pub fn start_offsets(mut self, offsets: crate::replay::StartOffsets) -> Self {
+        self.start_offsets = Some(Arc::new(offsets));
         self
     }
 
@@ -252,16 +269,25 @@ impl Pipeline {
             None => (ops, None),
         };
         let pipeline: Arc<str> = self.name.as_str().into();
+        let starts = self.start_offsets;
         let tasks: TaskFactory = Box::new(move |topic, partition| {
             let decoder = JsonDecoder::new(&schema);
             let chain = build_chain(&schema, &ops).map_err(|e| WeirError::Config(e.join("; ")))?;
-            Ok(PartitionTask::new(
+            let mut task = PartitionTask::new(
                 pipeline.clone(),
                 topic.clone(),
                 partition,
                 Box::new(decoder),
                 chain,
-            ))
+            );
+            // The executor restores a checkpoint over this when there is one.
+            if let Some(start) = starts
+                .as_ref()
+                .and_then(|s| s.get(&(topic.clone(), partition)))
+            {
+                task.set_next_offset(*start);
+            }
+            Ok(task)
         });
         let executor = Executor::new(self.exec, source, tasks, self.sinks, dlq, store);
         Ok(match global {

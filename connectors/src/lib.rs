@@ -39,7 +39,7 @@ pub use jsonl_sink::{read_jsonl_dir, JsonlSink, JsonlSinkConfig};
 pub use jsonl_source::{JsonlFileSource, JsonlSourceConfig};
 pub use kafka::{
     AssignmentMode, KafkaDlq, KafkaDlqConfig, KafkaOffsetCommitter, KafkaSink, KafkaSinkConfig,
-    KafkaSource, KafkaSourceConfig, KafkaTxnOptions, KafkaTxnStore,
+    KafkaSource, KafkaSourceConfig, KafkaTxnOptions, KafkaTxnStore, PartitionRange,
 };
 pub use parquet_sink::{read_parquet_dir, ParquetSink, ParquetSinkConfig};
 pub use postgres::{PostgresSinkConfig, PostgresStore, PostgresUrl};

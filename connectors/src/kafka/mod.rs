@@ -32,5 +32,7 @@ pub use committer::KafkaOffsetCommitter;
 pub use dlq::{dlq_header_values, stage_text, KafkaDlq, KafkaDlqConfig, DLQ_HEADERS};
 pub use errors::{classify, classify_code, CLASSIFICATION};
 pub use sink::{KafkaSink, KafkaSinkConfig};
-pub use source::{AssignmentMode, KafkaPartitionReader, KafkaSource, KafkaSourceConfig, StartFrom};
+pub use source::{
+    AssignmentMode, KafkaPartitionReader, KafkaSource, KafkaSourceConfig, PartitionRange, StartFrom,
+};
 pub use txn::{KafkaTxnOptions, KafkaTxnStore};

@@ -390,6 +390,155 @@ impl KafkaSource {
     }
 }
 
+/// The offsets `[start, end)` of one partition for a bounded read (`weir replay`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionRange {
+    pub topic: Arc<str>,
+    pub partition: i32,
+    pub start: i64,
+    pub end: i64,
+}
+
+impl KafkaSource {
+    /// For every partition of the configured topics: where a read from `from_ms` starts (the
+    /// first offset whose timestamp is at or after it, `offsets_for_times`; the partition's
+    /// first offset when `None`) and its end now (the high watermark). A partition with no
+    /// message at or after `from_ms` starts at its end. Every request is bounded by
+    /// `connect_timeout_ms`: an unreachable broker or a missing topic is an error.
+    pub fn ranges(&mut self, from_ms: Option<i64>) -> Result<Vec<PartitionRange>> {
+        let timeout = self.config.connect_timeout();
+        let partitions = self.partitions()?;
+        let mut ranges = Vec::with_capacity(partitions.len());
+        for (topic, partition) in &partitions {
+            let (low, high) = self
+                .consumer
+                .fetch_watermarks(topic, *partition, timeout)
+                .map_err(|e| {
+                    self.error(
+                        format!("cannot read the offsets of {topic}/{partition}: {e}"),
+                        classify(&e),
+                    )
+                })?;
+            ranges.push(PartitionRange {
+                topic: topic.clone(),
+                partition: *partition,
+                start: low,
+                end: high,
+            });
+        }
+        let Some(from_ms) = from_ms else {
+            return Ok(ranges);
+        };
+        let mut tpl = TopicPartitionList::new();
+        for r in &ranges {
+            tpl.add_partition_offset(&r.topic, r.partition, Offset::Offset(from_ms))
+                .map_err(|e| {
+                    self.error(format!("{}/{}: {e}", r.topic, r.partition), classify(&e))
+                })?;
+        }
+        let found = self.consumer.offsets_for_times(tpl, timeout).map_err(|e| {
+            self.error(
+                format!("cannot look up the offsets at {from_ms} ms (offsets_for_times): {e}"),
+                classify(&e),
+            )
+        })?;
+        for r in &mut ranges {
+            let element = found.find_partition(&r.topic, r.partition).ok_or_else(|| {
+                self.error(
+                    format!(
+                        "offsets_for_times gave no answer for {}/{}",
+                        r.topic, r.partition
+                    ),
+                    ErrorClass::Fatal,
+                )
+            })?;
+            if let Err(e) = element.error() {
+                return Err(self.error(
+                    format!("offsets_for_times for {}/{}: {e}", r.topic, r.partition),
+                    classify(&e),
+                ));
+            }
+            let answer = match element.offset() {
+                Offset::Offset(n) => n.clamp(r.start, r.end),
+                // No message at or after the time: nothing to read.
+                _ => r.end,
+            };
+            r.start = self.first_at_or_after(r, answer, from_ms)?;
+        }
+        Ok(ranges)
+    }
+
+    /// The first offset in `[from, range.end)` whose message timestamp is at or after
+    /// `from_ms`, reading from `from` (the broker's `offsets_for_times` answer); `range.end`
+    /// when there is none. With a broker that answers exactly, the first message read is the
+    /// one: one fetch. Brokers that answer coarsely (per record batch, or the first offset:
+    /// tansu, librdkafka's mock cluster) get the exact offset anyway. A message without a
+    /// timestamp counts as at or after.
+    fn first_at_or_after(&self, range: &PartitionRange, from: i64, from_ms: i64) -> Result<i64> {
+        if from >= range.end {
+            return Ok(range.end);
+        }
+        let timeout = self.config.connect_timeout();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&range.topic, range.partition, Offset::Offset(from))
+            .map_err(|e| {
+                self.error(
+                    format!("{}/{}: {e}", range.topic, range.partition),
+                    classify(&e),
+                )
+            })?;
+        self.consumer.assign(&tpl).map_err(|e| {
+            self.error(
+                format!("cannot assign {}/{}: {e}", range.topic, range.partition),
+                classify(&e),
+            )
+        })?;
+        let result = (|| {
+            let mut deadline = Instant::now() + timeout;
+            loop {
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                if remaining.is_zero() {
+                    return Err(self.error(
+                        format!(
+                            "{}/{}: no message arrived within {} ms while looking for the first offset at or after {from_ms} ms",
+                            range.topic,
+                            range.partition,
+                            timeout.as_millis()
+                        ),
+                        ErrorClass::Transient,
+                    ));
+                }
+                let Some(polled) = self.consumer.poll(remaining) else {
+                    continue;
+                };
+                let m = match polled {
+                    Ok(m) => m,
+                    Err(KafkaError::PartitionEOF(_)) => continue,
+                    Err(e) => match classify(&e) {
+                        ErrorClass::Transient => continue,
+                        class => {
+                            return Err(self
+                                .error(format!("{}/{}: {e}", range.topic, range.partition), class))
+                        }
+                    },
+                };
+                if m.offset() >= range.end {
+                    return Ok(range.end);
+                }
+                match m.timestamp().to_millis() {
+                    Some(ts) if ts < from_ms && m.offset() + 1 >= range.end => return Ok(range.end),
+                    Some(ts) if ts < from_ms => deadline = Instant::now() + timeout,
+                    _ => return Ok(m.offset()),
+                }
+            }
+        })();
+        if let Err(e) = self.consumer.unassign() {
+            warn!(source = %self.name, error = %e, "cannot unassign after the offset lookup");
+        }
+        result
+    }
+}
+
 impl Source for KafkaSource {
     fn name(&self) -> &str {
         &self.name

@@ -81,6 +81,7 @@
 
 mod config;
 pub mod errors;
+pub mod replay;
 mod sql;
 mod store;
 pub mod tls;
@@ -88,6 +89,7 @@ pub mod types;
 
 pub use config::{PostgresSinkConfig, PostgresUrl, MAX_IDENTIFIER_BYTES};
 pub use errors::{classify, classify_sqlstate, describe, SQLSTATE_CLASSIFICATION};
+pub use replay::{LockMode, PipelineLock, ReplayTarget, SwapSummary};
 pub use sql::CHECKPOINT_TABLE;
 pub use store::PostgresStore;
 pub use tls::{PgConnect, SslMode, TlsOptions};

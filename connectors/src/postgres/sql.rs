@@ -171,6 +171,69 @@ pub fn load_checkpoint(table: &str) -> String {
     )
 }
 
+/// The text an advisory lock of a pipeline is keyed by (hashed server-side with
+/// `hashtextextended`): the checkpoint table, which is the pipeline's checkpoint namespace,
+/// and the pipeline name. `weir run` holds it shared, `weir replay` exclusive.
+pub fn pipeline_lock_key(checkpoints: &str, pipeline: &str) -> String {
+    format!("weir pipeline {checkpoints} {pipeline}")
+}
+
+/// Try to take the advisory lock of $1 (a [`pipeline_lock_key`]): shared or exclusive,
+/// session-level (released when the connection closes, whatever the way the process ends).
+pub fn try_advisory_lock(shared: bool) -> &'static str {
+    if shared {
+        "SELECT pg_try_advisory_lock_shared(hashtextextended($1, 0))"
+    } else {
+        "SELECT pg_try_advisory_lock(hashtextextended($1, 0))"
+    }
+}
+
+/// Who holds the advisory lock of $1: `application_name` and pid of each session (a bigint
+/// advisory lock shows as classid = high 32 bits, objid = low 32 bits, objsubid = 1).
+pub const ADVISORY_LOCK_HOLDERS: &str = "SELECT coalesce(a.application_name, ''), l.pid, l.mode \
+     FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid \
+     WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
+     AND l.classid::int8 = (hashtextextended($1, 0) >> 32) & 4294967295 \
+     AND l.objid::int8 = hashtextextended($1, 0) & 4294967295 \
+     AND l.pid <> pg_backend_pid() ORDER BY l.pid";
+
+/// The start of the `application_name` of every connection of a `postgres` sink of
+/// `pipeline` (`weir <pipeline>/<sink> ...`, see the store), cut to PostgreSQL's 63 bytes.
+pub fn store_application_prefix(pipeline: &str) -> String {
+    let mut prefix = format!("weir {pipeline}/");
+    while prefix.len() > 63 {
+        prefix.pop();
+    }
+    prefix
+}
+
+/// Other sessions whose `application_name` starts with $1: name and pid.
+pub const SESSIONS_NAMED: &str = "SELECT application_name, pid FROM pg_stat_activity \
+     WHERE left(application_name, length($1)) = $1 AND pid <> pg_backend_pid() ORDER BY pid";
+
+/// An empty copy of `live` (columns, defaults, constraints, indexes) named `shadow`.
+pub fn create_table_like(shadow: &str, live: &str) -> String {
+    format!("CREATE TABLE {shadow} (LIKE {live} INCLUDING ALL)")
+}
+
+/// Every checkpoint row of pipeline $1: `topic`, `partition`, `epoch`, `next_offset`, `state`.
+pub fn pipeline_checkpoints(table: &str) -> String {
+    format!(
+        "SELECT topic, partition, epoch, next_offset, state FROM {table} \
+         WHERE pipeline = $1 ORDER BY topic, partition FOR UPDATE"
+    )
+}
+
+/// Delete every checkpoint row of pipeline $1.
+pub fn delete_checkpoints(table: &str) -> String {
+    format!("DELETE FROM {table} WHERE pipeline = $1")
+}
+
+/// `ALTER TABLE IF EXISTS <from> RENAME TO <to>`: `to` is a bare name (it stays in the schema).
+pub fn rename_table(from: &str, to: &str) -> String {
+    format!("ALTER TABLE IF EXISTS {from} RENAME TO {}", quote(to))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,5 +312,25 @@ mod tests {
                 .contains("DISTINCT ON (c1, c0, (CASE WHEN c1 IS NULL OR c0 IS NULL THEN r END))"),
             "{keys_only}"
         );
+    }
+
+    #[test]
+    fn replay_statements_quote_names_and_keep_renames_in_the_schema() {
+        assert_eq!(
+            pipeline_lock_key("\"rm\".\"weir_checkpoints\"", "orders"),
+            "weir pipeline \"rm\".\"weir_checkpoints\" orders"
+        );
+        assert_eq!(
+            create_table_like("\"rm\".\"t__replay\"", "\"rm\".\"t\""),
+            "CREATE TABLE \"rm\".\"t__replay\" (LIKE \"rm\".\"t\" INCLUDING ALL)"
+        );
+        assert_eq!(
+            rename_table("\"rm\".\"t\"", "t__re\"placed"),
+            "ALTER TABLE IF EXISTS \"rm\".\"t\" RENAME TO \"t__re\"\"placed\""
+        );
+        assert!(try_advisory_lock(true).contains("pg_try_advisory_lock_shared("));
+        assert_eq!(store_application_prefix("orders"), "weir orders/");
+        assert_eq!(store_application_prefix(&"é".repeat(40)).len(), 63);
+        assert!(try_advisory_lock(false).contains("pg_try_advisory_lock("));
     }
 }
