@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::kafka::{brokers, create_topic, produce, unique};
-use common::pg_url;
+use common::{pg_url, IOT_SCHEMA};
 use weir::connectors::{EventGenerator, GeneratorConfig};
 
 const PARTITIONS: i32 = 4;
@@ -42,18 +42,7 @@ topics = ["{topic}"]
 group_id = "{name}"
 options = {{ "session.timeout.ms" = "1000", "heartbeat.interval.ms" = "300" }}
 
-[schema]
-table = "sensors"
-event_time = "event_time"
-partition_key = "sensor_id"
-fields = [
-  {{ name = "event_id", type = "string" }},
-  {{ name = "sensor_id", type = "string" }},
-  {{ name = "temperature", type = "float64" }},
-  {{ name = "humidity", type = "float64" }},
-  {{ name = "event_time", type = "timestamp" }},
-]
-
+{IOT_SCHEMA}
 [watermark]
 max_out_of_orderness_ms = 2000
 

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::pg_url;
+use common::{pg_url, IOT_SCHEMA};
 
 /// Per sensor (the partition key) as SQL, or per temperature band (spanning partitions) as
 /// operators: SQL can only group by columns.
@@ -60,18 +60,7 @@ max_out_of_orderness_ms = 2000
 poison_ratio = 0.001
 late_ratio = 0.001
 
-[schema]
-table = "sensors"
-event_time = "event_time"
-partition_key = "sensor_id"
-fields = [
-  {{ name = "event_id", type = "string" }},
-  {{ name = "sensor_id", type = "string" }},
-  {{ name = "temperature", type = "float64" }},
-  {{ name = "humidity", type = "float64" }},
-  {{ name = "event_time", type = "timestamp" }},
-]
-
+{IOT_SCHEMA}
 {operators}
 [[sinks]]
 type = "postgres"

@@ -15,11 +15,12 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::cli::weir;
 use common::kafka::{brokers, create_topic, produce_part, unique};
-use common::pg_url;
+use common::{pg_url, IOT_SCHEMA};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::ClientConfig;
 use weir::connectors::postgres::{LockMode, PipelineLock, ReplayTarget};
@@ -58,18 +59,7 @@ group_id = "{name}"
 connect_timeout_ms = 5000
 options = {{ "session.timeout.ms" = "3000", "heartbeat.interval.ms" = "500" }}
 
-[schema]
-table = "sensors"
-event_time = "event_time"
-partition_key = "sensor_id"
-fields = [
-  {{ name = "event_id", type = "string" }},
-  {{ name = "sensor_id", type = "string" }},
-  {{ name = "temperature", type = "float64" }},
-  {{ name = "humidity", type = "float64" }},
-  {{ name = "event_time", type = "timestamp" }},
-]
-
+{IOT_SCHEMA}
 [watermark]
 max_out_of_orderness_ms = 2000
 
@@ -93,15 +83,6 @@ linger_ms = 5
         brokers = brokers(),
         url = pg_url()
     )
-}
-
-fn weir(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(args)
-        .current_dir(cwd)
-        .env("WEIR_LOG", "warn")
-        .output()
-        .expect("run weir")
 }
 
 fn spawn(args: &[&str], cwd: &Path) -> Child {

@@ -17,6 +17,21 @@ use datafusion::arrow::record_batch::RecordBatch;
 use weir::operators::{FieldConfig, FieldType, SchemaConfig};
 use weir_runtime::RawMessage;
 
+/// The `[schema]` of the generator's IoT readings in a pipeline file (insert it with `{IOT_SCHEMA}`
+/// in a `format!`).
+pub const IOT_SCHEMA: &str = r#"[schema]
+table = "sensors"
+event_time = "event_time"
+partition_key = "sensor_id"
+fields = [
+  { name = "event_id", type = "string" },
+  { name = "sensor_id", type = "string" },
+  { name = "temperature", type = "float64" },
+  { name = "humidity", type = "float64" },
+  { name = "event_time", type = "timestamp" },
+]
+"#;
+
 /// splitmix64: the tests' own deterministic randomness.
 pub struct Rng(pub u64);
 
