@@ -80,6 +80,7 @@ pub fn run(opts: &PostgresBenchOptions) -> Result<PostgresBenchReport> {
         create_table: true,
         schema: Some(schema_name.clone()),
         lock_timeout_ms: 10_000,
+        fillfactor: 30,
     };
     let keys: Vec<String> = (0..opts.keys).map(|k| format!("key-{k:06}")).collect();
     let partition_of: Vec<i32> = keys

@@ -245,6 +245,7 @@ fn run(dir: &Path, input: &Path, schema_name: &str) -> RunSummary {
             create_table: true,
             schema: Some(schema_name.into()),
             lock_timeout_ms: 10_000,
+            fillfactor: 30,
         },
         "orders",
     )

@@ -739,6 +739,7 @@ fn sink_config(table: &str) -> PostgresSinkConfig {
         create_table: true,
         schema: None,
         lock_timeout_ms: 10_000,
+        fillfactor: 30,
     }
 }
 

@@ -93,6 +93,7 @@ fn a_crash_and_restart_apply_every_event_exactly_once_and_store_the_end_offsets(
         create_table: false,
         schema: Some(schema.clone()),
         lock_timeout_ms: 10_000,
+        fillfactor: 30,
     };
     let generator = GeneratorConfig {
         sensors: 40,

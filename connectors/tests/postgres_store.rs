@@ -69,6 +69,7 @@ fn config(schema: &str, keys: &[&str]) -> PostgresSinkConfig {
         create_table: true,
         schema: Some(schema.to_string()),
         lock_timeout_ms: 10_000,
+        fillfactor: 30,
     }
 }
 
@@ -773,6 +774,7 @@ fn two_partitions_writing_one_key_is_a_fatal_error_not_a_hang() {
     let schema = unique("samekey");
     let cfg = PostgresSinkConfig {
         lock_timeout_ms: 200,
+        fillfactor: 30,
         ..config(&schema, &["k"])
     };
     let mut store = PostgresStore::connect("pg", &cfg, &schema).unwrap();

@@ -375,6 +375,7 @@ fn sslmode_and_sslrootcert_are_honoured_by_a_tls_only_server() {
         create_table: true,
         schema: None,
         lock_timeout_ms: 10_000,
+        fillfactor: 30,
     };
     let store = PostgresStore::connect(
         "pg",

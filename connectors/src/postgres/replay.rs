@@ -336,7 +336,7 @@ impl ReplayTarget {
             .map_err(|e| pg("delete the checkpoints of a previous replay", &e))?;
         let live = self.live.clone();
         if self.exists(&live)? {
-            let like = sql::create_table_like(&self.shadow, &self.live);
+            let like = sql::create_table_like(&self.shadow, &self.live, self.config.fillfactor);
             self.client()
                 .batch_execute(&like)
                 .map_err(|e| pg("create the shadow table", &e))?;

@@ -26,8 +26,9 @@ pub struct SqlColumn {
     pub pg: PgType,
 }
 
-/// `CREATE TABLE IF NOT EXISTS` with the key columns as primary key (hence NOT NULL).
-pub fn create_table(table: &str, columns: &[SqlColumn], keys: &[usize]) -> String {
+/// `CREATE TABLE IF NOT EXISTS` with the key columns as primary key (hence NOT NULL), pages
+/// filled to `fillfactor` percent.
+pub fn create_table(table: &str, columns: &[SqlColumn], keys: &[usize], fillfactor: u8) -> String {
     let defs: Vec<String> = columns
         .iter()
         .enumerate()
@@ -38,7 +39,7 @@ pub fn create_table(table: &str, columns: &[SqlColumn], keys: &[usize]) -> Strin
         .collect();
     let keys: Vec<String> = keys.iter().map(|k| quote(&columns[*k].name)).collect();
     format!(
-        "CREATE TABLE IF NOT EXISTS {table} ({}, PRIMARY KEY ({}))",
+        "CREATE TABLE IF NOT EXISTS {table} ({}, PRIMARY KEY ({})) WITH (fillfactor = {fillfactor})",
         defs.join(", "),
         keys.join(", ")
     )
@@ -211,9 +212,10 @@ pub fn store_application_prefix(pipeline: &str) -> String {
 pub const SESSIONS_NAMED: &str = "SELECT application_name, pid FROM pg_stat_activity \
      WHERE left(application_name, length($1)) = $1 AND pid <> pg_backend_pid() ORDER BY pid";
 
-/// An empty copy of `live` (columns, defaults, constraints, indexes) named `shadow`.
-pub fn create_table_like(shadow: &str, live: &str) -> String {
-    format!("CREATE TABLE {shadow} (LIKE {live} INCLUDING ALL)")
+/// An empty copy of `live` (columns, defaults, constraints, indexes) named `shadow`, pages
+/// filled to `fillfactor` percent (`LIKE` does not copy storage parameters).
+pub fn create_table_like(shadow: &str, live: &str, fillfactor: u8) -> String {
+    format!("CREATE TABLE {shadow} (LIKE {live} INCLUDING ALL) WITH (fillfactor = {fillfactor})")
 }
 
 /// Every checkpoint row of pipeline $1: `topic`, `partition`, `epoch`, `next_offset`, `state`.
@@ -266,10 +268,10 @@ mod tests {
     #[test]
     fn the_table_is_created_with_the_keys_as_primary_key() {
         assert_eq!(
-            create_table("\"t\"", &columns(), &[0, 1]),
+            create_table("\"t\"", &columns(), &[0, 1], 30),
             "CREATE TABLE IF NOT EXISTS \"t\" (\"order_id\" text NOT NULL, \
              \"line \"\"no\"\"\" int4 NOT NULL, \"total\" float8, \
-             PRIMARY KEY (\"order_id\", \"line \"\"no\"\"\"))"
+             PRIMARY KEY (\"order_id\", \"line \"\"no\"\"\")) WITH (fillfactor = 30)"
         );
     }
 
@@ -321,8 +323,8 @@ mod tests {
             "weir pipeline \"rm\".\"weir_checkpoints\" orders"
         );
         assert_eq!(
-            create_table_like("\"rm\".\"t__replay\"", "\"rm\".\"t\""),
-            "CREATE TABLE \"rm\".\"t__replay\" (LIKE \"rm\".\"t\" INCLUDING ALL)"
+            create_table_like("\"rm\".\"t__replay\"", "\"rm\".\"t\"", 30),
+            "CREATE TABLE \"rm\".\"t__replay\" (LIKE \"rm\".\"t\" INCLUDING ALL) WITH (fillfactor = 30)"
         );
         assert_eq!(
             rename_table("\"rm\".\"t\"", "t__re\"placed"),

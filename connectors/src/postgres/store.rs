@@ -439,7 +439,7 @@ impl Inner {
             self.create_schema()?;
             self.ddl(
                 "create the table",
-                &sql::create_table(&table, &columns, &keys),
+                &sql::create_table(&table, &columns, &keys, self.config.fillfactor),
             )?;
         } else {
             let exists = self.on_control("look up the table", |c| {
