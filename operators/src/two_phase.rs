@@ -22,12 +22,9 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use datafusion::arrow::array::{ArrayRef, Int64Array, TimestampMillisecondArray};
+use datafusion::arrow::array::Int64Array;
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::logical_expr::EmitTo;
-use datafusion::physical_plan::aggregates::group_values::new_group_values;
-use datafusion::physical_plan::aggregates::order::GroupOrdering;
 use serde_json::json;
 use weir_runtime::error::{Result, WeirError};
 use weir_runtime::operator::{Emit, Operator};
@@ -35,8 +32,7 @@ use weir_runtime::watermark::is_closed;
 use weir_runtime::{GlobalStage, OperatorState};
 
 use crate::window::{
-    merge_states, window_bound_fields, window_columns, AggregateSet, TumbleWindow, WindowConfig,
-    WindowKind,
+    window_bound_fields, window_columns, AggregateSet, Bin, TumbleWindow, WindowConfig, WindowKind,
 };
 
 /// "No value yet" in the atomics below.
@@ -142,10 +138,13 @@ impl GlobalWindow {
         default_time: &str,
         shared: Arc<TwoPhaseShared>,
     ) -> Result<Self, String> {
-        check_two_phase(cfg)?;
         let size_ms = match cfg.kind {
             WindowKind::Tumble { size_ms } | WindowKind::Hop { size_ms, .. } => size_ms,
-            _ => unreachable!("checked by check_two_phase"),
+            kind => {
+                return Err(check_two_phase_kind(&kind)
+                    .err()
+                    .unwrap_or_else(|| format!("{kind} cannot run in two phases")))
+            }
         };
         let (_, key_idx, key_fields) = window_columns(cfg, input, default_time)?;
         let aggs = AggregateSet::new(&cfg.aggregates, input)?;
@@ -195,39 +194,16 @@ impl GlobalWindow {
         is_closed(start + self.size_ms, self.allowed_lateness_ms, watermark)
     }
 
-    /// Merge the partials of window `start` and evaluate its rows.
+    /// Merge the partials of window `start` (in partition order) and evaluate its rows.
     fn finish(&self, start: i64, parts: BTreeMap<i32, Vec<RecordBatch>>) -> Result<RecordBatch> {
-        let k = self.keys;
-        let mut groups = new_group_values(self.key_schema.clone(), &GroupOrdering::None)
-            .map_err(|e| self.err(e))?;
-        let mut accs = self.aggs.accumulators().map_err(|e| self.err(e))?;
-        let mut ids = Vec::new();
-        for batch in parts.values().flatten() {
-            ids.clear();
-            groups
-                .intern(&batch.columns()[1..=k], &mut ids)
-                .map_err(|e| self.err(e))?;
-            let total = groups.len();
-            merge_states(
-                &mut accs,
-                &self.aggs.state_counts,
-                &batch.columns()[1 + k..],
-                &ids,
-                total,
-            )
-            .map_err(|e| self.err(e))?;
-        }
-        let n = groups.len();
-        let mut columns: Vec<ArrayRef> = groups.emit(EmitTo::All).map_err(|e| self.err(e))?;
-        columns.push(Arc::new(TimestampMillisecondArray::from_value(start, n)));
-        columns.push(Arc::new(TimestampMillisecondArray::from_value(
-            start + self.size_ms,
-            n,
-        )));
-        for acc in &mut accs {
-            columns.push(acc.evaluate(EmitTo::All).map_err(|e| self.err(e))?);
-        }
-        RecordBatch::try_new(self.window_output.clone(), columns).map_err(|e| self.err(e))
+        let merged = || -> datafusion::common::Result<RecordBatch> {
+            let mut bin = Bin::new(&self.key_schema, &self.aggs)?;
+            for batch in parts.values().flatten() {
+                bin.merge_state(batch, self.keys, &self.aggs.state_counts)?;
+            }
+            bin.finish(start, start + self.size_ms, &self.window_output)
+        };
+        merged().map_err(|e| self.err(e))
     }
 
     /// Run the operators of [`Self::then`] over merged rows.

@@ -672,9 +672,59 @@ fn aggregate_from_sql(
     Ok((lowered.aggregate, lowered.filter))
 }
 
-struct Bin {
+/// One window's groups and their accumulators.
+pub(crate) struct Bin {
     groups: Box<dyn GroupValues>,
     accs: Vec<Box<dyn GroupsAccumulator>>,
+}
+
+impl Bin {
+    pub(crate) fn new(
+        key_schema: &SchemaRef,
+        aggs: &AggregateSet,
+    ) -> datafusion::common::Result<Self> {
+        Ok(Bin {
+            groups: new_group_values(key_schema.clone(), &GroupOrdering::None)?,
+            accs: aggs.accumulators()?,
+        })
+    }
+
+    /// Merge a state batch (window start, the `keys` key columns, every aggregate's state
+    /// columns: what a snapshot or a partial phase takes out) into this bin.
+    pub(crate) fn merge_state(
+        &mut self,
+        state: &RecordBatch,
+        keys: usize,
+        state_counts: &[usize],
+    ) -> datafusion::common::Result<()> {
+        let mut ids = Vec::new();
+        self.groups.intern(&state.columns()[1..=keys], &mut ids)?;
+        let total = self.groups.len();
+        merge_states(
+            &mut self.accs,
+            state_counts,
+            &state.columns()[1 + keys..],
+            &ids,
+            total,
+        )
+    }
+
+    /// The window's rows: keys, `window_start`, `window_end`, each aggregate's value.
+    pub(crate) fn finish(
+        mut self,
+        start: i64,
+        end: i64,
+        output: &SchemaRef,
+    ) -> datafusion::common::Result<RecordBatch> {
+        let n = self.groups.len();
+        let mut columns = self.groups.emit(EmitTo::All)?;
+        columns.push(Arc::new(TimestampMillisecondArray::from_value(start, n)));
+        columns.push(Arc::new(TimestampMillisecondArray::from_value(end, n)));
+        for acc in &mut self.accs {
+            columns.push(acc.evaluate(EmitTo::All)?);
+        }
+        Ok(RecordBatch::try_new(output.clone(), columns)?)
+    }
 }
 
 /// The partial phase of a two-phase aggregation (see [`crate::two_phase`]): closed windows
@@ -794,10 +844,7 @@ impl TumbleWindow {
     }
 
     fn new_bin(&self) -> Result<Bin> {
-        let groups = new_group_values(self.key_schema.clone(), &GroupOrdering::None)
-            .map_err(|e| self.err(e))?;
-        let accs = self.aggs.accumulators().map_err(|e| self.err(e))?;
-        Ok(Bin { groups, accs })
+        Bin::new(&self.key_schema, &self.aggs).map_err(|e| self.err(e))
     }
 
     /// Update the bin of `start` with these rows (already selected for it).
@@ -876,18 +923,9 @@ impl TumbleWindow {
         }
     }
 
-    fn finish(&self, start: i64, mut bin: Bin) -> Result<RecordBatch> {
-        let n = bin.groups.len();
-        let mut columns = bin.groups.emit(EmitTo::All).map_err(|e| self.err(e))?;
-        columns.push(Arc::new(TimestampMillisecondArray::from_value(start, n)));
-        columns.push(Arc::new(TimestampMillisecondArray::from_value(
-            start + self.size_ms,
-            n,
-        )));
-        for acc in &mut bin.accs {
-            columns.push(acc.evaluate(EmitTo::All).map_err(|e| self.err(e))?);
-        }
-        RecordBatch::try_new(self.output.clone(), columns).map_err(|e| self.err(e))
+    fn finish(&self, start: i64, bin: Bin) -> Result<RecordBatch> {
+        bin.finish(start, start + self.size_ms, &self.output)
+            .map_err(|e| self.err(e))
     }
 
     /// Take a bin's state out as one batch: window start, keys, accumulator states.
@@ -917,22 +955,11 @@ impl TumbleWindow {
             .downcast_ref::<Int64Array>()
             .ok_or_else(|| self.err("checkpointed window start is not Int64"))?
             .value(0);
-        let bin = self.new_bin()?;
+        let mut bin = self.new_bin()?;
+        bin.merge_state(state, k, &self.aggs.state_counts)
+            .map_err(|e| self.err(e))?;
         self.bins.insert(start, bin);
-        let bin = self.bins.get_mut(&start).expect("invariant: just inserted");
-        let mut ids = Vec::new();
-        bin.groups
-            .intern(&state.columns()[1..=k], &mut ids)
-            .map_err(|e| WeirError::operator(&self.name, e))?;
-        let total = bin.groups.len();
-        merge_states(
-            &mut bin.accs,
-            &self.aggs.state_counts,
-            &state.columns()[1 + k..],
-            &ids,
-            total,
-        )
-        .map_err(|e| WeirError::operator(&self.name, e))
+        Ok(())
     }
 }
 
