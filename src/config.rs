@@ -368,11 +368,7 @@ impl PipelineConfig {
         // The operator chain against the schema: columns, expressions, aggregate functions.
         if let (Some(schema), true) = (&schema, errors.iter().all(|e| !e.starts_with("schema"))) {
             errors.extend(crate::pipeline::check_operators(schema, &operators));
-            let mut spans = operators.iter().any(|op| match op {
-                OperatorConfig::Tumble(t) => schema.spans_partitions(&t.keys),
-                OperatorConfig::Hop(h) => schema.spans_partitions(&h.keys),
-                _ => false,
-            });
+            let mut spans = crate::pipeline::runs_in_two_phases(schema, &operators);
             if let Some(q) = &sql {
                 match weir_operators::plan_sql(q, &schema.table, schema, &watermark.sql_options()) {
                     Ok(plan) => spans |= plan.two_phase,

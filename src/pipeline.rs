@@ -11,8 +11,8 @@ use weir_connectors::{
     KafkaTxnOptions, KafkaTxnStore, ParquetSink, PostgresStore, SqliteSink, TerminalSink,
 };
 use weir_operators::{
-    build_window, partial_window, plan_sql, FilterOperator, GlobalWindow, JsonDecoder,
-    ProjectOperator, SchemaConfig, SqlOptions, SqlPlan, TumbleConfig, TwoPhaseShared,
+    build_window, check_two_phase, partial_window, plan_sql, FilterOperator, GlobalWindow,
+    JsonDecoder, ProjectOperator, SchemaConfig, SqlOptions, SqlPlan, TumbleConfig, TwoPhaseShared,
     UpcastOperator, Upcasters, WindowConfig,
 };
 use weir_operators::{ConfigUpcastOperator, UpcastConfig};
@@ -404,11 +404,14 @@ impl Pipeline {
     }
 }
 
-/// The index of the first window whose groups span partitions, if any: it runs in two
-/// phases (partials per partition task, merged by a global stage).
+/// The index of the first window whose groups span partitions and that can run in two
+/// phases (partials per partition task, merged by a global stage), if any. Other windows
+/// whose groups span partitions are refused when the chain is built.
 fn two_phase(schema: &SchemaConfig, ops: &[OpSpec]) -> Option<usize> {
-    ops.iter()
-        .position(|op| matches!(op, OpSpec::Window(w) if schema.spans_partitions(&w.keys)))
+    ops.iter().position(|op| {
+        matches!(op, OpSpec::Window(w)
+            if schema.spans_partitions(&w.keys) && check_two_phase(w).is_ok())
+    })
 }
 
 /// Split a chain at its two-phase window `at`: the task chain ends with the window's partial
@@ -515,6 +518,13 @@ fn build_ops(
 pub(crate) fn check_operators(schema: &SchemaConfig, ops: &[OperatorConfig]) -> Vec<String> {
     let specs: Vec<OpSpec> = ops.iter().map(spec).collect();
     build_chain(schema, &specs).err().unwrap_or_default()
+}
+
+/// Whether the chain has a window whose groups span partitions (the same rule the builder
+/// splits the chain by).
+pub(crate) fn runs_in_two_phases(schema: &SchemaConfig, ops: &[OperatorConfig]) -> bool {
+    let specs: Vec<OpSpec> = ops.iter().map(spec).collect();
+    two_phase(schema, &specs).is_some()
 }
 
 /// The operators of a planned query.

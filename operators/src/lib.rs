@@ -28,7 +28,7 @@ pub use projection::{Projection, ProjectionOperator};
 pub use schema::{FieldConfig, FieldType, SchemaConfig};
 pub use session::SessionWindow;
 pub use sql::{plan_sql, SqlOptions, SqlPlan};
-pub use two_phase::{partial_window, GlobalWindow, TwoPhaseShared};
+pub use two_phase::{check_two_phase, partial_window, GlobalWindow, TwoPhaseShared};
 pub use upcast::{UpcastOperator, UpcastStep, Upcasters};
 pub use upcast_config::{ConfigUpcastOperator, UpcastConfig, UpcastStepConfig};
 pub use upsert::GroupUpsert;
