@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, StringArray};
+use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, StringArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::json::{LineDelimitedWriter, ReaderBuilder};
@@ -138,13 +138,7 @@ impl<P: Projection> Operator for ProjectionOperator<P> {
 
     fn process(&mut self, batch: RecordBatch, emit: &mut Emit) -> Result<()> {
         let json = self.rows_as_json(&batch)?;
-        let offsets = self.offset_idx.and_then(|i| {
-            batch
-                .column(i)
-                .as_any()
-                .downcast_ref::<Int64Array>()
-                .cloned()
-        });
+        let offsets = weir_runtime::offset_column(&batch, self.offset_idx);
         let offset = |i: usize| offsets.as_ref().map_or(-1, |o| o.value(i));
         // Keys in the order they first changed in this batch; the last state of keys deleted
         // in this batch (their row is emitted as a delete).
@@ -297,7 +291,7 @@ impl<P: Projection> Operator for ProjectionOperator<P> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::array::{AsArray, Int64Array};
     use serde::Deserialize;
 
     #[derive(Deserialize)]

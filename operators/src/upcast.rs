@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, Int64Array};
+use datafusion::arrow::array::ArrayRef;
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::json::{LineDelimitedWriter, ReaderBuilder};
@@ -251,13 +251,7 @@ impl Operator for UpcastOperator {
 
     fn process(&mut self, batch: RecordBatch, emit: &mut Emit) -> Result<()> {
         let json = self.rows_as_json(&batch)?;
-        let offsets = self.offset_idx.and_then(|i| {
-            batch
-                .column(i)
-                .as_any()
-                .downcast_ref::<Int64Array>()
-                .cloned()
-        });
+        let offsets = weir_runtime::offset_column(&batch, self.offset_idx);
         let offset = |i: usize| offsets.as_ref().map_or(-1, |o| o.value(i));
         // (offset, upcast line) of the rows that upcast.
         let mut good: Vec<(i64, Vec<u8>)> = Vec::with_capacity(batch.num_rows());
@@ -309,7 +303,9 @@ impl Operator for UpcastOperator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use datafusion::arrow::array::{AsArray, StringArray, TimestampMillisecondArray};
+    use datafusion::arrow::array::{
+        Array, AsArray, Int64Array, StringArray, TimestampMillisecondArray,
+    };
     use datafusion::arrow::datatypes::TimeUnit;
     use serde_json::json;
 

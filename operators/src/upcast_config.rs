@@ -484,13 +484,7 @@ impl Operator for ConfigUpcastOperator {
     }
 
     fn process(&mut self, batch: RecordBatch, emit: &mut Emit) -> Result<()> {
-        let offsets = self.offset_idx.and_then(|i| {
-            batch
-                .column(i)
-                .as_any()
-                .downcast_ref::<Int64Array>()
-                .cloned()
-        });
+        let offsets = weir_runtime::offset_column(&batch, self.offset_idx);
         let offset = |i: usize| offsets.as_ref().map_or(-1, |o| o.value(i));
         let work_columns: Vec<ArrayRef> = batch
             .columns()

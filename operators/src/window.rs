@@ -1014,14 +1014,7 @@ pub(crate) fn event_columns(
         .downcast_ref::<TimestampMillisecondArray>()
         .ok_or("time column is not a millisecond timestamp")?
         .clone();
-    let offsets = offset_idx.and_then(|i| {
-        batch
-            .column(i)
-            .as_any()
-            .downcast_ref::<Int64Array>()
-            .cloned()
-    });
-    Ok((ts, offsets))
+    Ok((ts, weir_runtime::offset_column(batch, offset_idx)))
 }
 
 fn first_line(s: &str) -> &str {

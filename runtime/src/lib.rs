@@ -35,7 +35,7 @@ pub use executor::{Executor, ExecutorConfig, RunSummary};
 pub use global::{GlobalStage, GLOBAL_PARTITION, GLOBAL_TOPIC};
 pub use metrics::{Counters, Metrics};
 pub use offsets::OffsetTracker;
-pub use operator::{Decoded, Decoder, Emit, Operator, RowReject, OFFSET_COLUMN};
+pub use operator::{offset_column, Decoded, Decoder, Emit, Operator, RowReject, OFFSET_COLUMN};
 pub use shutdown::Shutdown;
 pub use sink::{EpochParticipant, Guarantee, NullSink, SinkWriter, WriteOutcome, DELETED_COLUMN};
 pub use source::{Assignment, PartitionReader, ReadResult, Source, TopicPartition};

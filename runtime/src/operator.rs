@@ -4,6 +4,7 @@
 //! Operators are synchronous: they run on the CPU pool, one instance per partition task, and
 //! are cheap to test and benchmark without any runtime around them.
 
+use crate::arrow::array::Int64Array;
 use crate::arrow::datatypes::SchemaRef;
 use crate::arrow::record_batch::RecordBatch;
 use crate::batch::RawBatch;
@@ -15,6 +16,18 @@ use crate::error::Result;
 /// row. Stateless operators carry it through, so a row rejected anywhere in the chain reaches
 /// the DLQ with its original bytes.
 pub const OFFSET_COLUMN: &str = "__offset";
+
+/// The [`OFFSET_COLUMN`] of a batch, at `index` (where the operator found it in its input
+/// schema); `None` when the input has none.
+pub fn offset_column(batch: &RecordBatch, index: Option<usize>) -> Option<Int64Array> {
+    index.and_then(|i| {
+        batch
+            .column(i)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .cloned()
+    })
+}
 
 /// A row that could not be processed, identified by its source offset.
 #[derive(Debug, Clone, PartialEq)]
