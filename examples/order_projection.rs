@@ -101,6 +101,7 @@ fn main() -> anyhow::Result<()> {
         table: "events".into(),
         event_time: "time".into(),
         partition_key: None,
+        partition_key_check: Default::default(),
         fields: vec![
             field("order_id", FieldType::String, false),
             field("kind", FieldType::String, false),

@@ -1,7 +1,8 @@
 //! `weir bench`: pre-encoded JSON in memory → decode → the demo's window → null sink, on one
 //! thread. From the same run and the same input it reports decode-only events/s, whole-path
-//! events/s with the window built by hand (a `TumbleWindow`) and with the same window written
-//! as SQL ([`DEMO_SQL`], planned by `Pipeline::sql`), and the process's peak memory.
+//! events/s with the window built by hand (a `TumbleWindow`), the same with the run-time
+//! `partition_key` check in front of it, and with the window written as SQL ([`DEMO_SQL`],
+//! planned by `Pipeline::sql`), and the process's peak memory.
 //!
 //! Input is encoded batch by batch by the deterministic generator, outside the timed region
 //! (so memory stays bounded for any event count); only decode, operators and the sink are timed.
@@ -9,7 +10,7 @@
 use std::time::{Duration, Instant};
 
 use weir_connectors::{EventGenerator, GeneratorConfig};
-use weir_operators::{JsonDecoder, TumbleWindow};
+use weir_operators::{JsonDecoder, KeyCheckOperator, KeyPlacement, TumbleWindow};
 use weir_runtime::error::{Result, WeirError};
 use weir_runtime::{Decoder, NullSink, PartitionTask, SinkWriter};
 
@@ -43,6 +44,9 @@ pub struct BenchReport {
     pub whole_secs: f64,
     /// The whole path with the window planned from [`DEMO_SQL`].
     pub sql_secs: f64,
+    /// The whole path with the run-time check of `[schema] partition_key` in front of the
+    /// window (what a Kafka source with a declared partition key runs).
+    pub key_check_secs: f64,
     pub windows_out: u64,
     pub sql_windows_out: u64,
     pub peak_rss_bytes: Option<u64>,
@@ -59,6 +63,10 @@ impl BenchReport {
 
     pub fn sql_eps(&self) -> f64 {
         self.events as f64 / self.sql_secs.max(1e-9)
+    }
+
+    pub fn key_check_eps(&self) -> f64 {
+        self.events as f64 / self.key_check_secs.max(1e-9)
     }
 }
 
@@ -105,7 +113,32 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
     );
     let (whole, windows_out) = run_task(&mut task, &generator, opts)?;
 
-    // Pass 3: the same window written as SQL.
+    // Pass 3: the whole path with the partition key check in front of the window (right
+    // after pass 2, so the two are measured back to back).
+    let decoder = JsonDecoder::new(&schema);
+    let placement = std::sync::Arc::new(KeyPlacement::new(
+        schema.partition_key.as_deref().unwrap_or("sensor_id"),
+        weir_operators::PartitionKeyCheck::Warn,
+    ));
+    let check = KeyCheckOperator::new(placement, "bench".into(), 0, decoder.schema())
+        .map_err(WeirError::Config)?;
+    let window = TumbleWindow::new(
+        "window",
+        &crate::demo_window(60_000),
+        decoder.schema(),
+        &schema.event_time,
+    )
+    .map_err(WeirError::Config)?;
+    let mut checked = PartitionTask::new(
+        "bench".into(),
+        "bench".into(),
+        0,
+        Box::new(decoder),
+        vec![Box::new(check), Box::new(window)],
+    );
+    let (key_check, _) = run_task(&mut checked, &generator, opts)?;
+
+    // Pass 4: the same window written as SQL.
     let mut sql_task = crate::pipeline::Pipeline::new("bench")
         .schema(schema.clone())
         .sql(
@@ -124,6 +157,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
         decode_secs: decode.as_secs_f64(),
         whole_secs: whole.as_secs_f64(),
         sql_secs: sql.as_secs_f64(),
+        key_check_secs: key_check.as_secs_f64(),
         windows_out,
         sql_windows_out,
         peak_rss_bytes: peak_rss(),

@@ -8,6 +8,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
+
+use crate::toml_de::{section, tagged_section};
 use serde::Deserialize;
 use weir_connectors::{
     GeneratorConfig, JsonlDlqConfig, JsonlSinkConfig, JsonlSourceConfig, KafkaDlqConfig,
@@ -20,16 +22,31 @@ use weir_operators::{
 
 /// `[source]`, tagged by `type`.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+// Read as an externally tagged enum, the section's `type` naming the variant
+// (`crate::toml_de::tagged_section`), so its fields' errors keep their key paths.
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum SourceConfig {
     Generator(GeneratorConfig),
     Jsonl(JsonlSourceConfig),
     Kafka(KafkaSourceConfig),
 }
 
+impl SourceConfig {
+    /// How the source spreads messages over partitions (what co-locates keys).
+    pub fn partitioning(&self) -> weir_runtime::Partitioning {
+        match self {
+            SourceConfig::Generator(g) => g.partitioning(),
+            SourceConfig::Jsonl(j) => j.partitioning(),
+            SourceConfig::Kafka(_) => weir_runtime::Partitioning::ByMessageKey,
+        }
+    }
+}
+
 /// One entry of `[[operators]]`, tagged by `type`.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+// Read as an externally tagged enum, the section's `type` naming the variant
+// (`crate::toml_de::tagged_section`), so its fields' errors keep their key paths.
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum OperatorConfig {
     /// Keep rows for which a SQL predicate is true.
     Filter {
@@ -61,7 +78,9 @@ pub struct ProjectColumn {
 
 /// One entry of `[[sinks]]`, tagged by `type`.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+// Read as an externally tagged enum, the section's `type` naming the variant
+// (`crate::toml_de::tagged_section`), so its fields' errors keep their key paths.
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum SinkConfig {
     Sqlite(SqliteSinkConfig),
     Jsonl(JsonlSinkConfig),
@@ -76,7 +95,9 @@ pub enum SinkConfig {
 
 /// `[dlq]`, tagged by `type`.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+// Read as an externally tagged enum, the section's `type` naming the variant
+// (`crate::toml_de::tagged_section`), so its fields' errors keep their key paths.
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum DlqConfig {
     Jsonl(JsonlDlqConfig),
     Kafka(KafkaDlqConfig),
@@ -181,6 +202,7 @@ impl WatermarkConfig {
             max_out_of_orderness_ms: self.max_out_of_orderness_ms,
             allowed_lateness_ms: self.allowed_lateness_ms,
             late_policy: self.late_policy,
+            colocation: None,
         }
     }
 }
@@ -257,17 +279,18 @@ impl PipelineConfig {
                 ));
             }
         }
-        let name: Option<String> = required(&table, "name", &mut errors);
-        let source: Option<SourceConfig> = required(&table, "source", &mut errors);
-        let schema: Option<SchemaConfig> = required(&table, "schema", &mut errors);
+        let name: Option<String> = required(&table, "name", section, &mut errors);
+        let source: Option<SourceConfig> = required(&table, "source", tagged_section, &mut errors);
+        let schema: Option<SchemaConfig> = required(&table, "schema", section, &mut errors);
         let upcast = upcast_section(&table, &mut errors);
-        let operators: Vec<OperatorConfig> = list(&table, "operators", &mut errors);
+        let operators: Vec<OperatorConfig> = list(&table, "operators", tagged_section, &mut errors);
         let sql: Option<String> = optional(&table, "sql", &mut errors);
         let watermark: WatermarkConfig =
             optional(&table, "watermark", &mut errors).unwrap_or_default();
-        let sinks: Vec<SinkConfig> = list(&table, "sinks", &mut errors);
-        let dlq: Option<DlqConfig> = required(&table, "dlq", &mut errors);
-        let checkpoint: Option<CheckpointConfig> = required(&table, "checkpoint", &mut errors);
+        let sinks: Vec<SinkConfig> = list(&table, "sinks", tagged_section, &mut errors);
+        let dlq: Option<DlqConfig> = required(&table, "dlq", tagged_section, &mut errors);
+        let checkpoint: Option<CheckpointConfig> =
+            required(&table, "checkpoint", section, &mut errors);
         let batch: BatchConfig = optional(&table, "batch", &mut errors).unwrap_or_default();
         let worker: WorkerConfig = optional(&table, "worker", &mut errors).unwrap_or_default();
         if table.contains_key("sinks")
@@ -365,23 +388,76 @@ impl PipelineConfig {
         if worker.channel_capacity == Some(0) {
             errors.push("worker.channel_capacity: must be positive, got 0".into());
         }
-        // The operator chain against the schema: columns, expressions, aggregate functions.
+        // The operator chain against the schema: columns, expressions, aggregate functions,
+        // and whether its keys are co-located by the source.
         if let (Some(schema), true) = (&schema, errors.iter().all(|e| !e.starts_with("schema"))) {
-            errors.extend(crate::pipeline::check_operators(schema, &operators));
-            let mut spans = crate::pipeline::runs_in_two_phases(schema, &operators);
+            let colocation = match &source {
+                Some(src) => schema.colocation(&src.partitioning()),
+                None => Ok(schema.declared_colocation()),
+            };
+            let colocation = match colocation {
+                Ok(c) => c,
+                Err(e) => {
+                    errors.push(format!("schema.partition_key: {e}"));
+                    schema.declared_colocation()
+                }
+            };
+            errors.extend(crate::pipeline::check_operators(
+                schema,
+                &colocation,
+                &operators,
+            ));
+            let mut spans = crate::pipeline::runs_in_two_phases(&colocation, &operators);
+            let mut plan = None;
             if let Some(q) = &sql {
-                match weir_operators::plan_sql(q, &schema.table, schema, &watermark.sql_options()) {
-                    Ok(plan) => spans |= plan.two_phase,
+                let options = weir_operators::SqlOptions {
+                    colocation: Some(colocation.clone()),
+                    ..watermark.sql_options()
+                };
+                // Positions in errors count from the start of the file, not of the query.
+                let in_file = sql_origin(text).map_or_else(
+                    || q.clone(),
+                    |(line, col)| format!("{}{}{q}", "\n".repeat(line - 1), " ".repeat(col - 1)),
+                );
+                match weir_operators::plan_sql(&in_file, &schema.table, schema, &options) {
+                    Ok(p) => {
+                        spans |= p.two_phase;
+                        plan = Some(p);
+                    }
                     Err(e) => errors.push(format!("sql: {e}")),
+                }
+            }
+            // What the sinks cannot store of the output, before any output exists.
+            if sql.is_none() || plan.is_some() {
+                if let Some(out) =
+                    crate::pipeline::output_schema(schema, &colocation, &operators, plan.as_ref())
+                {
+                    for (i, s) in sinks.iter().enumerate() {
+                        let at = format!("sinks[{i}]");
+                        errors.extend(match s {
+                            SinkConfig::Sqlite(c) => c.check_columns(&out, &at),
+                            SinkConfig::Postgres(c) => c.check_columns(&out, &at),
+                            _ => Vec::new(),
+                        });
+                    }
                 }
             }
             if let (true, Some(SourceConfig::Kafka(k))) = (spans, &source) {
                 if k.assignment == weir_connectors::AssignmentMode::Group {
+                    let why = match &colocation {
+                        weir_operators::Colocation::Key(pk) => {
+                            format!("the window's keys leave out the partition key `{pk}`")
+                        }
+                        weir_operators::Colocation::Unknown(why) => format!(
+                            "the window's keys are not known to be co-located ({why}; declare \
+                             `[schema] partition_key`, the field the topic is keyed by)"
+                        ),
+                        weir_operators::Colocation::All => String::new(),
+                    };
                     errors.push(format!(
-                        "source.assignment: the window's keys leave out the partition key `{}`, so \
-                         its groups span partitions and every partition must be read by this \
-                         worker; set assignment = \"manual\" (or group by the partition key)",
-                        schema.partition_key.as_deref().unwrap_or_default()
+                        "source.assignment: {why}, so its groups span partitions and every \
+                         partition must be read by this worker; set assignment = \"manual\" (or \
+                         group by the partition key)"
                     ));
                 }
             }
@@ -479,9 +555,13 @@ fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// How a section is read: [`section`], or [`tagged_section`] for one tagged by `type`.
+type Reader<T> = fn(toml::Value, &str, &mut Vec<String>) -> Option<T>;
+
 fn required<T: DeserializeOwned>(
     table: &toml::Table,
     key: &str,
+    read: Reader<T>,
     errors: &mut Vec<String>,
 ) -> Option<T> {
     match table.get(key) {
@@ -489,7 +569,7 @@ fn required<T: DeserializeOwned>(
             errors.push(format!("{key}: missing"));
             None
         }
-        Some(v) => section(v.clone(), key, errors),
+        Some(v) => read(v.clone(), key, errors),
     }
 }
 
@@ -501,13 +581,18 @@ fn optional<T: DeserializeOwned>(
     table.get(key).and_then(|v| section(v.clone(), key, errors))
 }
 
-fn list<T: DeserializeOwned>(table: &toml::Table, key: &str, errors: &mut Vec<String>) -> Vec<T> {
+fn list<T: DeserializeOwned>(
+    table: &toml::Table,
+    key: &str,
+    read: Reader<T>,
+    errors: &mut Vec<String>,
+) -> Vec<T> {
     match table.get(key) {
         None => Vec::new(),
         Some(toml::Value::Array(items)) => items
             .iter()
             .enumerate()
-            .filter_map(|(i, v)| section(v.clone(), &format!("{key}[{i}]"), errors))
+            .filter_map(|(i, v)| read(v.clone(), &format!("{key}[{i}]"), errors))
             .collect(),
         Some(other) => {
             errors.push(format!(
@@ -519,85 +604,33 @@ fn list<T: DeserializeOwned>(table: &toml::Table, key: &str, errors: &mut Vec<St
     }
 }
 
-/// Deserialize one section, reporting every unknown key and then the first other problem,
-/// each under its full key path.
-fn section<T: DeserializeOwned>(
-    mut value: toml::Value,
-    path: &str,
-    errors: &mut Vec<String>,
-) -> Option<T> {
-    if !matches!(value, toml::Value::Table(_)) {
-        return match value.try_into::<T>() {
-            Ok(v) => Some(v),
-            Err(e) => {
-                errors.push(format!("{path}: {}", one_line(e.message())));
-                None
-            }
-        };
+/// Where the text of the `sql` value starts in `text`: (line, column), both from 1.
+fn sql_origin(text: &str) -> Option<(usize, usize)> {
+    #[derive(Deserialize)]
+    struct Sql {
+        sql: Option<toml::Spanned<String>>,
     }
-    for _ in 0..32 {
-        let text = match &value {
-            toml::Value::Table(t) => toml::to_string(t).unwrap_or_default(),
-            _ => String::new(),
-        };
-        let err = match toml::from_str::<T>(&text) {
-            Ok(v) => return Some(v),
-            Err(e) => e,
-        };
-        let message = one_line(err.message());
-        // `unknown field `x`, expected ...`: report, drop the key, look for more problems.
-        if let Some(field) = quoted_after(&message, "unknown field `") {
-            if let toml::Value::Table(t) = &mut value {
-                if t.remove(&field).is_some() {
-                    let expected = message
-                        .split_once(", expected")
-                        .map(|(_, e)| e.trim())
-                        .unwrap_or("");
-                    errors.push(format!("{path}.{field}: unknown key (expected {expected})"));
-                    continue;
-                }
-            }
+    let span = toml::from_str::<Sql>(text).ok()?.sql?.span();
+    let value = text.get(span.start..)?;
+    let mut start = span.start;
+    if value.starts_with("\"\"\"") || value.starts_with("'''") {
+        // A newline right after the opening delimiter is not part of the string.
+        start += 3;
+        if text[start..].starts_with("\r\n") {
+            start += 2;
+        } else if text[start..].starts_with('\n') {
+            start += 1;
         }
-        if let Some(field) = quoted_after(&message, "missing field `") {
-            errors.push(format!("{path}.{field}: missing"));
-            return None;
-        }
-        if message.starts_with("unknown variant") {
-            errors.push(format!("{path}.type: {message}"));
-            return None;
-        }
-        if message.starts_with("missing field `type`") || message.contains("missing field `type`") {
-            errors.push(format!("{path}.type: missing"));
-            return None;
-        }
-        let key = err
-            .span()
-            .and_then(|span| key_at(&text, span.start))
-            .or_else(|| culprit::<T>(&value))
-            .map(|k| format!("{path}.{k}"))
-            .unwrap_or_else(|| path.to_string());
-        errors.push(format!("{key}: {message}"));
-        return None;
+    } else {
+        start += 1;
     }
-    errors.push(format!("{path}: too many problems"));
-    None
-}
-
-/// The key whose value is wrong, when serde lost the position (tagged enums buffer their
-/// content): the one whose removal leaves only "missing field" for it, or no error.
-fn culprit<T: DeserializeOwned>(value: &toml::Value) -> Option<String> {
-    let toml::Value::Table(table) = value else {
-        return None;
-    };
-    table.keys().filter(|k| k.as_str() != "type").find_map(|k| {
-        let mut t = table.clone();
-        t.remove(k);
-        match toml::Value::Table(t).try_into::<T>() {
-            Ok(_) => Some(k.clone()),
-            Err(e) if e.message().contains(&format!("missing field `{k}`")) => Some(k.clone()),
-            Err(_) => None,
-        }
-    })
+    let before = &text[..start];
+    let line = before.matches('\n').count() + 1;
+    let col = before[before.rfind('\n').map_or(0, |i| i + 1)..]
+        .chars()
+        .count()
+        + 1;
+    Some((line, col))
 }
 
 /// "line L, column C: " of byte `pos` in `text`.
@@ -606,22 +639,4 @@ fn line_col(text: &str, pos: usize) -> String {
     let line = before.matches('\n').count() + 1;
     let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
     format!("line {line}, column {col}: ")
-}
-
-fn quoted_after(message: &str, prefix: &str) -> Option<String> {
-    let rest = &message[message.find(prefix)? + prefix.len()..];
-    Some(rest[..rest.find('`')?].to_string())
-}
-
-/// The key of the `key = value` whose value covers byte `pos` of `text`.
-fn key_at(text: &str, pos: usize) -> Option<String> {
-    let line_start = text[..pos.min(text.len())].rfind('\n').map_or(0, |i| i + 1);
-    let before = &text[line_start..pos.min(text.len())];
-    let eq = before.rfind('=')?;
-    let key = before[..eq]
-        .rsplit(['{', ','])
-        .next()?
-        .trim()
-        .trim_matches('"');
-    (!key.is_empty()).then(|| key.to_string())
 }

@@ -11,8 +11,10 @@ pub mod bench_postgres;
 pub mod config;
 pub mod demo;
 pub mod pipeline;
+pub mod preflight;
 pub mod replay;
 pub mod sql_cli;
+pub mod toml_de;
 
 pub use weir_connectors as connectors;
 pub use weir_operators as operators;
@@ -49,6 +51,7 @@ pub fn iot_schema() -> SchemaConfig {
         table: "sensors".into(),
         event_time: "event_time".into(),
         partition_key: Some("sensor_id".into()),
+        partition_key_check: Default::default(),
         fields: vec![
             f("event_id", FieldType::String),
             f("sensor_id", FieldType::String),

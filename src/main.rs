@@ -143,10 +143,24 @@ fn main() -> ExitCode {
     match run(cli.command) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", describe(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes, each cause only when the messages before it do not already
+/// say it (most of weir's errors include their cause's text).
+fn describe(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+    }
+    out
 }
 
 fn run(command: Command) -> anyhow::Result<ExitCode> {
@@ -160,6 +174,15 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::from(2));
                 }
             };
+            let errors = weir::preflight::check(&cfg);
+            if !errors.is_empty() {
+                let e = weir::config::ConfigError {
+                    file: pipeline.clone(),
+                    errors,
+                };
+                eprint!("{e}");
+                return Ok(ExitCode::from(2));
+            }
             if check {
                 println!("{}: ok", pipeline.display());
                 return Ok(ExitCode::SUCCESS);
@@ -183,6 +206,14 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 summary.checkpoints,
                 if summary.finished { "; input finished" } else { "; stopped, resume with the same command" }
             );
+            if summary.misplaced_keys > 0 {
+                println!(
+                    "{}: warning: {} value(s) of partition_key `{}` were seen in more than one partition: results keyed by it are split between partitions",
+                    cfg.name,
+                    summary.misplaced_keys,
+                    cfg.schema.partition_key.as_deref().unwrap_or_default()
+                );
+            }
         }
         Command::Replay { pipeline, from } => {
             let cfg = match PipelineConfig::load(&pipeline) {
@@ -369,6 +400,11 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 r.sql_eps(),
                 100.0 * r.sql_eps() / r.whole_eps(),
                 r.sql_windows_out
+            );
+            println!(
+                "  + key check     {:>10.0} events/s  ({:.1} % of the whole path: partition_key checked per event)",
+                r.key_check_eps(),
+                100.0 * r.key_check_eps() / r.whole_eps()
             );
             println!("  windows out     {:>10}", r.windows_out);
             match r.peak_rss_bytes {

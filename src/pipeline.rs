@@ -11,16 +11,16 @@ use weir_connectors::{
     KafkaTxnOptions, KafkaTxnStore, ParquetSink, PostgresStore, SqliteSink, TerminalSink,
 };
 use weir_operators::{
-    build_window, check_two_phase, partial_window, plan_sql, FilterOperator, GlobalWindow,
-    JsonDecoder, ProjectOperator, SchemaConfig, SqlOptions, SqlPlan, TumbleConfig, TwoPhaseShared,
-    UpcastOperator, Upcasters, WindowConfig,
+    build_window, check_two_phase, partial_window, plan_sql, Colocation, FilterOperator,
+    GlobalWindow, JsonDecoder, KeyCheckOperator, KeyPlacement, ProjectOperator, SchemaConfig,
+    SqlOptions, SqlPlan, TumbleConfig, TwoPhaseShared, UpcastOperator, Upcasters, WindowConfig,
 };
 use weir_operators::{ConfigUpcastOperator, UpcastConfig};
 use weir_runtime::error::{Result, WeirError};
 use weir_runtime::executor::TaskFactory;
 use weir_runtime::{
     CheckpointStore, Decoder, DlqWriter, Executor, ExecutorConfig, LocalCheckpointStore, NullSink,
-    Operator, PartitionTask, RunSummary, Shutdown, SinkWriter, Source,
+    Operator, PartitionTask, Partitioning, RunSummary, Shutdown, SinkWriter, Source,
 };
 
 use crate::config::{DlqConfig, OperatorConfig, PipelineConfig, SinkConfig, SourceConfig};
@@ -152,7 +152,13 @@ impl Pipeline {
                 self.name
             ))
         })?;
-        let plan = plan_sql(query, &schema.table, schema, options).map_err(WeirError::Config)?;
+        // Whether the keys are co-located depends on the source, which may be set later:
+        // `build` decides (two phases, or the refusal) with the source's partitioning.
+        let options = SqlOptions {
+            colocation: Some(Colocation::All),
+            ..options.clone()
+        };
+        let plan = plan_sql(query, &schema.table, schema, &options).map_err(WeirError::Config)?;
         self.ops.extend(sql_specs(&plan));
         Ok(self)
     }
@@ -232,6 +238,12 @@ impl Pipeline {
 
     /// Check the chain and assemble the executor.
     pub fn build(self) -> Result<Executor> {
+        Ok(self.assemble()?.0)
+    }
+
+    /// [`Pipeline::build`], and the shared record of where each partition key value was
+    /// seen when the run checks it.
+    fn assemble(self) -> Result<(Executor, Option<Arc<KeyPlacement>>)> {
         let missing =
             |what: &str| WeirError::Config(format!("pipeline `{}` has no {what}", self.name));
         let schema = self.schema.clone().ok_or_else(|| missing("schema"))?;
@@ -258,21 +270,50 @@ impl Pipeline {
                 )))
             }
         };
+        let partitioning = source.partitioning();
+        let colocation = schema
+            .colocation(&partitioning)
+            .map_err(|e| WeirError::Config(format!("schema.partition_key: {e}")))?;
         let ops = self.ops;
-        build_chain(&schema, &ops).map_err(|e| WeirError::Config(e.join("; ")))?;
-        let (ops, global) = match two_phase(&schema, &ops) {
+        build_chain(&schema, &colocation, &ops).map_err(|e| WeirError::Config(e.join("; ")))?;
+        let (ops, global) = match two_phase(&colocation, &ops) {
             Some(i) => {
-                let (task_ops, global) = split_two_phase(&schema, &ops, i, self.exec.idle_timeout)
-                    .map_err(|e| WeirError::Config(e.join("; ")))?;
+                let (task_ops, global) =
+                    split_two_phase(&schema, &colocation, &ops, i, self.exec.idle_timeout)
+                        .map_err(|e| WeirError::Config(e.join("; ")))?;
                 (task_ops, Some(global))
             }
             None => (ops, None),
         };
+        // A key the source does not route itself (Kafka: the producer chose the message
+        // key) is checked at run time against the declaration.
+        let placement = match (&schema.partition_key, &partitioning) {
+            (Some(key), Partitioning::ByMessageKey) => {
+                Some(Arc::new(KeyPlacement::new(key, schema.partition_key_check)))
+            }
+            _ => None,
+        };
         let pipeline: Arc<str> = self.name.as_str().into();
         let starts = self.start_offsets;
+        let check = placement.clone();
         let tasks: TaskFactory = Box::new(move |topic, partition| {
             let decoder = JsonDecoder::new(&schema);
-            let chain = build_chain(&schema, &ops).map_err(|e| WeirError::Config(e.join("; ")))?;
+            let mut chain = build_chain(&schema, &colocation, &ops)
+                .map_err(|e| WeirError::Config(e.join("; ")))?;
+            if let Some(placement) = &check {
+                // After the upcasters: the key is a column of the current event version.
+                let at = ops
+                    .iter()
+                    .take_while(|op| matches!(op, OpSpec::Upcast(_) | OpSpec::ConfigUpcast(_)))
+                    .count();
+                let input = match at {
+                    0 => decoder.schema(),
+                    n => chain[n - 1].output_schema(),
+                };
+                let op = KeyCheckOperator::new(placement.clone(), topic.clone(), partition, input)
+                    .map_err(|e| WeirError::Config(format!("schema.partition_key: {e}")))?;
+                chain.insert(at, Box::new(op));
+            }
             let mut task = PartitionTask::new(
                 pipeline.clone(),
                 topic.clone(),
@@ -290,10 +331,11 @@ impl Pipeline {
             Ok(task)
         });
         let executor = Executor::new(self.exec, source, tasks, self.sinks, dlq, store);
-        Ok(match global {
+        let executor = match global {
             Some(g) => executor.with_global(Box::new(g)),
             None => executor,
-        })
+        };
+        Ok((executor, placement))
     }
 
     /// The task this pipeline runs for one partition: the decoder of its schema and its
@@ -303,14 +345,18 @@ impl Pipeline {
             .schema
             .clone()
             .ok_or_else(|| WeirError::Config(format!("pipeline `{}` has no schema", self.name)))?;
-        if two_phase(&schema, &self.ops).is_some() {
+        // One task reads the partition alone: only the schema's declaration says what is
+        // co-located.
+        let colocation = schema.declared_colocation();
+        if two_phase(&colocation, &self.ops).is_some() {
             return Err(WeirError::Config(format!(
                 "pipeline `{}`: its window's groups span partitions; one partition task alone \
                  computes only partials",
                 self.name
             )));
         }
-        let chain = build_chain(&schema, &self.ops).map_err(|e| WeirError::Config(e.join("; ")))?;
+        let chain = build_chain(&schema, &colocation, &self.ops)
+            .map_err(|e| WeirError::Config(e.join("; ")))?;
         Ok(PartitionTask::new(
             self.name.as_str().into(),
             topic.clone(),
@@ -322,7 +368,20 @@ impl Pipeline {
 
     /// Build and run until the input ends or `shutdown` is triggered.
     pub fn run(self, shutdown: Shutdown) -> Result<RunSummary> {
-        self.build()?.run(shutdown)
+        let (executor, placement) = self.assemble()?;
+        let mut summary = executor.run(shutdown)?;
+        if let Some(p) = placement {
+            summary.misplaced_keys = p.misplaced();
+            if summary.misplaced_keys > 0 {
+                tracing::warn!(
+                    "{} value(s) of partition_key `{}` were seen in more than one partition: \
+                     results keyed by it are split between partitions",
+                    summary.misplaced_keys,
+                    p.column()
+                );
+            }
+        }
+        Ok(summary)
     }
 
     /// A pipeline from a validated config: opens the source, sinks and DLQ.
@@ -347,10 +406,12 @@ impl Pipeline {
         }
         for (i, s) in cfg.sinks.iter().enumerate() {
             let name = format!("sinks[{i}]");
+            // Errors opening a file sink name its key (and the path, which the error has).
+            let at_path = |e: WeirError| WeirError::Config(format!("sinks[{i}].path: {e}"));
             p = match s {
-                SinkConfig::Sqlite(c) => p.sink(SqliteSink::new(name, c)?),
-                SinkConfig::Jsonl(c) => p.sink(JsonlSink::new(name, c)?),
-                SinkConfig::Parquet(c) => p.sink(ParquetSink::new(name, c)?),
+                SinkConfig::Sqlite(c) => p.sink(SqliteSink::new(name, c).map_err(at_path)?),
+                SinkConfig::Jsonl(c) => p.sink(JsonlSink::new(name, c).map_err(at_path)?),
+                SinkConfig::Parquet(c) => p.sink(ParquetSink::new(name, c).map_err(at_path)?),
                 SinkConfig::Terminal(c) => p.sink(TerminalSink::new(name, c)),
                 SinkConfig::Kafka(c) if c.transactional_id.is_some() => {
                     let SourceConfig::Kafka(source) = &cfg.source else {
@@ -379,7 +440,9 @@ impl Pipeline {
             };
         }
         p = match &cfg.dlq {
-            DlqConfig::Jsonl(d) => p.dlq(JsonlDlq::new(d)?),
+            DlqConfig::Jsonl(d) => {
+                p.dlq(JsonlDlq::new(d).map_err(|e| WeirError::Config(format!("dlq.path: {e}")))?)
+            }
             DlqConfig::Kafka(d) => p.dlq(KafkaDlq::new(d)?),
         };
         if let Some(dir) = &cfg.checkpoint.dir {
@@ -407,10 +470,10 @@ impl Pipeline {
 /// The index of the first window whose groups span partitions and that can run in two
 /// phases (partials per partition task, merged by a global stage), if any. Other windows
 /// whose groups span partitions are refused when the chain is built.
-fn two_phase(schema: &SchemaConfig, ops: &[OpSpec]) -> Option<usize> {
+fn two_phase(colocation: &Colocation, ops: &[OpSpec]) -> Option<usize> {
     ops.iter().position(|op| {
         matches!(op, OpSpec::Window(w)
-            if schema.spans_partitions(&w.keys) && check_two_phase(w).is_ok())
+            if colocation.spans_partitions(&w.keys) && check_two_phase(w).is_ok())
     })
 }
 
@@ -418,6 +481,7 @@ fn two_phase(schema: &SchemaConfig, ops: &[OpSpec]) -> Option<usize> {
 /// phase; the global stage merges the partials and runs what follows the window.
 fn split_two_phase(
     schema: &SchemaConfig,
+    colocation: &Colocation,
     ops: &[OpSpec],
     at: usize,
     idle_timeout: Duration,
@@ -437,7 +501,7 @@ fn split_two_phase(
              projections can follow (they run on the merged rows)"
         )]);
     }
-    let before = build_chain(schema, &ops[..at])?;
+    let before = build_chain(schema, colocation, &ops[..at])?;
     let input = before.last().map_or_else(
         || JsonDecoder::new(schema).schema(),
         |op| op.output_schema(),
@@ -448,6 +512,7 @@ fn split_two_phase(
         .idle_timeout(idle_timeout);
     global.then(build_ops(
         schema,
+        colocation,
         global.window_schema(),
         &ops[at + 1..],
         at + 1,
@@ -460,14 +525,22 @@ fn split_two_phase(
 /// Build the operator chain for one partition; every error is "operators[i]: reason".
 fn build_chain(
     schema: &SchemaConfig,
+    colocation: &Colocation,
     ops: &[OpSpec],
 ) -> Result<Vec<Box<dyn Operator>>, Vec<String>> {
-    build_ops(schema, JsonDecoder::new(schema).schema(), ops, 0)
+    build_ops(
+        schema,
+        colocation,
+        JsonDecoder::new(schema).schema(),
+        ops,
+        0,
+    )
 }
 
 /// Build `ops` over `input`, naming them from `operators[first]` on.
 fn build_ops(
     schema: &SchemaConfig,
+    colocation: &Colocation,
     mut input: SchemaRef,
     ops: &[OpSpec],
     first: usize,
@@ -483,13 +556,22 @@ fn build_ops(
             OpSpec::Project(cols) => {
                 ProjectOperator::new(&name, cols, input.clone()).map(|o| Box::new(o) as _)
             }
-            OpSpec::Window(w) => schema
+            OpSpec::Window(w) => colocation
                 .check_window_keys(&w.keys, &w.kind)
                 .and_then(|_| build_window(&name, w, input.clone(), &schema.event_time)),
             OpSpec::PartialWindow(w, shared) => {
                 partial_window(&name, w, input.clone(), &schema.event_time, shared.clone())
             }
-            OpSpec::Custom(label, f) => f(input.clone()).map_err(|e| format!("{label}: {e}")),
+            OpSpec::Custom(label, f) => f(input.clone())
+                .map_err(|e| format!("{label}: {e}"))
+                .and_then(|op| {
+                    // A stateful operator of the user's keeps state per key of its own
+                    // choosing (a projection): it needs co-located keys.
+                    if op.is_stateful() {
+                        colocation.check_keyed_state(&format!("`{label}`"))?;
+                    }
+                    Ok(op)
+                }),
             OpSpec::Upcast(u) => {
                 UpcastOperator::new(&name, u.clone(), input.clone()).map(|o| Box::new(o) as _)
             }
@@ -515,16 +597,47 @@ fn build_ops(
 }
 
 /// Config-time check of the operator chain (columns, expressions, aggregate functions).
-pub(crate) fn check_operators(schema: &SchemaConfig, ops: &[OperatorConfig]) -> Vec<String> {
+pub(crate) fn check_operators(
+    schema: &SchemaConfig,
+    colocation: &Colocation,
+    ops: &[OperatorConfig],
+) -> Vec<String> {
     let specs: Vec<OpSpec> = ops.iter().map(spec).collect();
-    build_chain(schema, &specs).err().unwrap_or_default()
+    build_chain(schema, colocation, &specs)
+        .err()
+        .unwrap_or_default()
 }
 
 /// Whether the chain has a window whose groups span partitions (the same rule the builder
 /// splits the chain by).
-pub(crate) fn runs_in_two_phases(schema: &SchemaConfig, ops: &[OperatorConfig]) -> bool {
+pub(crate) fn runs_in_two_phases(colocation: &Colocation, ops: &[OperatorConfig]) -> bool {
     let specs: Vec<OpSpec> = ops.iter().map(spec).collect();
-    two_phase(schema, &specs).is_some()
+    two_phase(colocation, &specs).is_some()
+}
+
+/// The schema of the rows the sinks receive from `ops` (or the planned query), after the
+/// global stage when the chain runs in two phases; `None` when the chain does not build
+/// (its errors are reported by [`check_operators`] or the planner).
+pub(crate) fn output_schema(
+    schema: &SchemaConfig,
+    colocation: &Colocation,
+    ops: &[OperatorConfig],
+    plan: Option<&SqlPlan>,
+) -> Option<SchemaRef> {
+    let specs: Vec<OpSpec> = match plan {
+        Some(p) => sql_specs(p),
+        None => ops.iter().map(spec).collect(),
+    };
+    let (rest, input, first) = match two_phase(colocation, &specs) {
+        Some(at) => {
+            let (_, global) =
+                split_two_phase(schema, colocation, &specs, at, Duration::from_secs(1)).ok()?;
+            (&specs[at + 1..], global.window_schema(), at + 1)
+        }
+        None => (&specs[..], JsonDecoder::new(schema).schema(), 0),
+    };
+    let chain = build_ops(schema, colocation, input.clone(), rest, first).ok()?;
+    Some(chain.last().map_or(input, |op| op.output_schema()))
 }
 
 /// The operators of a planned query.

@@ -391,6 +391,10 @@ impl Source for BoundedSource {
         self.inner.name()
     }
 
+    fn partitioning(&self) -> weir_runtime::Partitioning {
+        self.inner.partitioning()
+    }
+
     fn partitions(&mut self) -> Result<Vec<TopicPartition>> {
         let parts = self.inner.partitions()?;
         for tp in &parts {

@@ -263,6 +263,7 @@ fn run(dir: &Path, input: &Path, schema_name: &str) -> RunSummary {
             table: "events".into(),
             event_time: "time".into(),
             partition_key: Some("order_id".into()),
+            partition_key_check: Default::default(),
             fields: vec![
                 field("order_id", FieldType::String, false),
                 field("kind", FieldType::String, false),

@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use weir_runtime::error::{Result, WeirError};
-use weir_runtime::{ErrorKind, PartitionReader, RawBatch, RawMessage, ReadResult, Source};
+use weir_runtime::{
+    ErrorKind, PartitionReader, Partitioning, RawBatch, RawMessage, ReadResult, Source,
+};
 
 use crate::{config_key, partition_for_key};
 
@@ -76,6 +78,15 @@ impl Default for GeneratorConfig {
 }
 
 impl GeneratorConfig {
+    /// Each sensor lives in one partition: the events are partitioned by `sensor_id`.
+    pub fn partitioning(&self) -> Partitioning {
+        if self.partitions <= 1 {
+            Partitioning::Single
+        } else {
+            Partitioning::ByField("sensor_id".into())
+        }
+    }
+
     /// Every impossible value, as `"<key>: <problem>"` lines.
     pub fn validate(&self, key_prefix: &str) -> Vec<String> {
         let key = |k: &str| config_key(key_prefix, k);
@@ -487,6 +498,10 @@ impl GeneratorSource {
 impl Source for GeneratorSource {
     fn name(&self) -> &str {
         GENERATOR_TOPIC
+    }
+
+    fn partitioning(&self) -> Partitioning {
+        self.generator.config().partitioning()
     }
 
     fn partitions(&mut self) -> Result<Vec<(Arc<str>, i32)>> {

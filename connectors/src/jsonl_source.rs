@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use weir_runtime::error::{Result, WeirError};
-use weir_runtime::{PartitionReader, RawBatch, RawMessage, ReadResult, Source};
+use weir_runtime::{PartitionReader, Partitioning, RawBatch, RawMessage, ReadResult, Source};
 
 use crate::{config_key, partition_for_key};
 
@@ -44,6 +44,17 @@ pub struct JsonlSourceConfig {
 }
 
 impl JsonlSourceConfig {
+    /// One partition holds every key; with `key_field` the lines are routed by that field;
+    /// without it, line `n` goes to partition `n % partitions` (round-robin: no key is
+    /// co-located).
+    pub fn partitioning(&self) -> Partitioning {
+        match (&self.key_field, self.partitions) {
+            (_, 0 | 1) => Partitioning::Single,
+            (Some(field), _) => Partitioning::ByField(field.clone()),
+            (None, _) => Partitioning::Spread,
+        }
+    }
+
     /// Every impossible value, as `"<key>: <problem>"` lines.
     pub fn validate(&self, key_prefix: &str) -> Vec<String> {
         let key = |k: &str| config_key(key_prefix, k);
@@ -115,6 +126,10 @@ impl JsonlFileSource {
 impl Source for JsonlFileSource {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn partitioning(&self) -> Partitioning {
+        self.config.partitioning()
     }
 
     fn partitions(&mut self) -> Result<Vec<(Arc<str>, i32)>> {

@@ -34,12 +34,12 @@ use serde::Deserialize;
 use weir_runtime::arrow::array::{Array, ArrayRef, AsArray};
 use weir_runtime::arrow::compute::kernels::cast::{cast_with_options, CastOptions};
 use weir_runtime::arrow::datatypes::{
-    DataType, Float64Type, Int64Type, SchemaRef, TimeUnit, UInt64Type,
+    DataType, Field, Float64Type, Int64Type, Schema, SchemaRef, TimeUnit, UInt64Type,
 };
 use weir_runtime::arrow::record_batch::RecordBatch;
 use weir_runtime::error::{ErrorClass, Result, WeirError};
 use weir_runtime::sink::EpochParticipant;
-use weir_runtime::{Guarantee, SinkWriter, WriteOutcome, OFFSET_COLUMN};
+use weir_runtime::{Guarantee, SinkWriter, WriteOutcome, DELETED_COLUMN, OFFSET_COLUMN};
 
 use crate::{config_key, sink_rows};
 
@@ -64,6 +64,40 @@ pub struct SqliteSinkConfig {
 }
 
 impl SqliteSinkConfig {
+    /// What this sink cannot store of rows with `schema` (the pipeline's output), as
+    /// `"<key>: <problem>"` lines: `weir run --check` reports them before any output exists.
+    pub fn check_columns(&self, schema: &Schema, key_prefix: &str) -> Vec<String> {
+        let key = |k: &str| config_key(key_prefix, k);
+        let mut errors = Vec::new();
+        let written: Vec<&Field> = schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref())
+            .filter(|f| f.name() != OFFSET_COLUMN && f.name() != DELETED_COLUMN)
+            .collect();
+        for f in &written {
+            if sql_type(f.data_type()).is_none() {
+                errors.push(format!(
+                    "{key_prefix}: column `{}` has type {}, which the SQLite sink cannot store \
+                     (cast it to DOUBLE, BIGINT or VARCHAR)",
+                    f.name(),
+                    f.data_type()
+                ));
+            }
+        }
+        for (i, column) in self.key_columns.iter().enumerate() {
+            if !written.iter().any(|f| f.name() == column) {
+                let names: Vec<&str> = written.iter().map(|f| f.name().as_str()).collect();
+                errors.push(format!(
+                    "{}[{i}]: `{column}` is not a column of the pipeline's output ({})",
+                    key("key_columns"),
+                    names.join(", ")
+                ));
+            }
+        }
+        errors
+    }
+
     /// Every impossible value, as `"<key>: <problem>"` lines.
     pub fn validate(&self, key_prefix: &str) -> Vec<String> {
         let key = |k: &str| config_key(key_prefix, k);

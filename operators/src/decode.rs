@@ -196,6 +196,7 @@ mod tests {
             table: "events".into(),
             event_time: "ts".into(),
             partition_key: None,
+            partition_key_check: Default::default(),
             fields: vec![
                 FieldConfig {
                     name: "id".into(),

@@ -6,12 +6,14 @@
 //!   `GroupsAccumulator`s; [`session`]: session windows on the same accumulators;
 //!   [`upsert`]: GROUP BY without a window, as an upsert stream;
 //! - [`two_phase`]: windows whose groups span partitions, partials merged by a global stage;
+//! - [`key_check`]: the run-time check that `[schema] partition_key` co-locates each key;
 //! - [`projection`]: keyed folds for read models (CQRS projections);
 //! - [`upcast`]: event versioning, older event versions mapped to the current shape;
 //!   [`upcast_config`]: the same declared in `pipeline.toml` (SQL expressions per step).
 
 pub mod decode;
 pub mod expr;
+pub mod key_check;
 pub mod projection;
 pub mod schema;
 pub mod session;
@@ -24,8 +26,9 @@ pub mod window;
 
 pub use decode::JsonDecoder;
 pub use expr::{FilterOperator, ProjectOperator};
+pub use key_check::{KeyCheckOperator, KeyPlacement};
 pub use projection::{Projection, ProjectionOperator};
-pub use schema::{FieldConfig, FieldType, SchemaConfig};
+pub use schema::{Colocation, FieldConfig, FieldType, PartitionKeyCheck, SchemaConfig};
 pub use session::SessionWindow;
 pub use sql::{plan_sql, SqlOptions, SqlPlan};
 pub use two_phase::{check_two_phase, partial_window, GlobalWindow, TwoPhaseShared};

@@ -18,7 +18,7 @@ use datafusion::sql::sqlparser::ast::{
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 
-use crate::schema::{FieldConfig, FieldType, SchemaConfig};
+use crate::schema::{Colocation, FieldConfig, FieldType, SchemaConfig};
 use crate::window::{
     find_aggregate, AggregateConfig, AggregateSet, LatePolicy, WindowConfig, WindowKind,
 };
@@ -29,6 +29,9 @@ pub struct SqlOptions {
     pub max_out_of_orderness_ms: i64,
     pub allowed_lateness_ms: i64,
     pub late_policy: LatePolicy,
+    /// Which keys the source co-locates (from its partitioning); `None`: what the schema's
+    /// `partition_key` declares.
+    pub colocation: Option<Colocation>,
 }
 
 /// A query as weir's operators. Expressions are SQL text over the previous step's columns.
@@ -262,8 +265,12 @@ pub fn plan_sql(
     if keys.is_empty() {
         return Err("GROUP BY needs at least one key column besides the window".into());
     }
-    schema.check_window_keys(&keys, &kind)?;
-    let two_phase = schema.spans_partitions(&keys);
+    let colocation = options
+        .colocation
+        .clone()
+        .unwrap_or_else(|| schema.declared_colocation());
+    colocation.check_window_keys(&keys, &kind)?;
+    let two_phase = colocation.spans_partitions(&keys);
 
     // Aggregates anywhere in SELECT or HAVING become window outputs `__agg<i>`.
     let mut aggs = Aggregates::default();

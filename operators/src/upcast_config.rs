@@ -643,6 +643,7 @@ mod tests {
             table: "orders".into(),
             event_time: "time".into(),
             partition_key: None,
+            partition_key_check: Default::default(),
             fields: vec![
                 field("order_id", FieldType::String, false),
                 field("version", FieldType::Int64, false),

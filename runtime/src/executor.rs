@@ -97,6 +97,9 @@ pub struct RunSummary {
     pub partitions: usize,
     /// Every partition reached the end of a bounded input.
     pub finished: bool,
+    /// Values of the declared partition key seen in more than one partition of a topic
+    /// (filled in by the pipeline that checks them; 0 when nothing checks).
+    pub misplaced_keys: u64,
 }
 
 enum ReaderMsg {
@@ -308,6 +311,7 @@ impl Executor {
             checkpoints: self.metrics.checkpoints(),
             partitions: running.lifetime.len(),
             finished: fixed.is_some() && running.all_ended,
+            misplaced_keys: 0,
         })
     }
 

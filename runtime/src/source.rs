@@ -66,9 +66,30 @@ pub trait PartitionReader: Send {
     }
 }
 
+/// How a source spreads messages over its partitions, which decides whether every event of
+/// a key is read by one partition task (ARCHITECTURE.md, "Co-location").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Partitioning {
+    /// One partition: every key is in it.
+    Single,
+    /// The source itself routes each message by the value of this payload field.
+    ByField(String),
+    /// By the message key, chosen by whoever produced the messages (Kafka). Which payload
+    /// field that key is only the pipeline can declare (`[schema] partition_key`); weir
+    /// checks the declaration at run time.
+    ByMessageKey,
+    /// Round-robin, or by no key at all: no key is co-located.
+    Spread,
+}
+
 /// A partitioned input.
 pub trait Source: Send {
     fn name(&self) -> &str;
+
+    /// How messages are spread over the partitions (default: by the message key).
+    fn partitioning(&self) -> Partitioning {
+        Partitioning::ByMessageKey
+    }
     /// The (topic, partition) pairs this worker reads, for a source with a fixed assignment.
     fn partitions(&mut self) -> Result<Vec<TopicPartition>>;
 

@@ -80,6 +80,7 @@ pub fn schema() -> SchemaConfig {
         table: "events".into(),
         event_time: "ts".into(),
         partition_key: Some("key".into()),
+        partition_key_check: Default::default(),
         fields: vec![
             f("key", FieldType::String),
             f("region", FieldType::String),
@@ -271,4 +272,31 @@ pub fn pg_url() -> String {
     std::env::var("WEIR_PG_URL").unwrap_or_else(|_| {
         panic!("WEIR_PG_URL is not set: start PostgreSQL with `export \"$(scripts/postgres.sh start)\"` (scripts/test.sh does it)")
     })
+}
+
+/// Epoch millis of a timestamp as the JSONL sink writes it: a number, or arrow's
+/// "YYYY-MM-DDTHH:MM:SS[.fff]" in UTC.
+pub fn epoch_millis(v: &serde_json::Value) -> i64 {
+    let s = match v {
+        serde_json::Value::Number(n) => return n.as_i64().unwrap(),
+        serde_json::Value::String(s) => s,
+        other => panic!("not a timestamp: {other}"),
+    };
+    let (date, time) = s.trim_end_matches('Z').split_once('T').unwrap();
+    let d: Vec<i64> = date.split('-').map(|x| x.parse().unwrap()).collect();
+    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
+    let t: Vec<i64> = hms.split(':').map(|x| x.parse().unwrap()).collect();
+    // Days from the civil date (Howard Hinnant's days_from_civil).
+    let (y, m) = if d[1] <= 2 {
+        (d[0] - 1, d[1] + 9)
+    } else {
+        (d[0], d[1] - 3)
+    };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + d[2] - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let ms: i64 = format!("{frac:0<3}")[..3].parse().unwrap();
+    ((days * 24 + t[0]) * 60 + t[1]) * 60_000 + t[2] * 1000 + ms
 }

@@ -197,6 +197,29 @@ pub struct PostgresSinkConfig {
 }
 
 impl PostgresSinkConfig {
+    /// What this sink cannot store of rows with `schema` (the pipeline's output), as
+    /// `"<key>: <problem>"` lines: `weir run --check` reports them before any output exists.
+    pub fn check_columns(
+        &self,
+        schema: &weir_runtime::arrow::datatypes::Schema,
+        key_prefix: &str,
+    ) -> Vec<String> {
+        schema
+            .fields()
+            .iter()
+            .filter(|f| {
+                f.name() != weir_runtime::OFFSET_COLUMN && f.name() != weir_runtime::DELETED_COLUMN
+            })
+            .filter(|f| super::types::pg_type(f.data_type()).is_none())
+            .map(|f| {
+                format!(
+                    "{key_prefix}: {}",
+                    super::types::unsupported(f.name(), f.data_type())
+                )
+            })
+            .collect()
+    }
+
     /// Every impossible value, as `"<key>: <problem>"` lines. Pure: nothing is connected.
     pub fn validate(&self, key_prefix: &str) -> Vec<String> {
         let key = |k: &str| config_key(key_prefix, k);

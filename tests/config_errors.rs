@@ -1,0 +1,190 @@
+//! Errors at the right place and time: a mistake in a pipeline file is reported at its own
+//! key (and SQL at its line in the file) by `weir run --check`, including what only the disk
+//! or the output's column types reveal; a run-time I/O error names its config key and says
+//! the OS error once.
+
+mod common;
+
+use std::path::Path;
+
+use common::cli::{stderr, weir};
+use common::IOT_SCHEMA;
+
+/// A valid pipeline file with `body` (operators or sql) and the given sink, DLQ and
+/// checkpoint sections.
+fn pipeline(body: &str, sink: &str, dlq_path: &str, checkpoint_dir: &str) -> String {
+    // `sql = ...` is a top-level key: it goes before the first table.
+    let (top, ops) = if body.starts_with("sql") {
+        (body, "")
+    } else {
+        ("", body)
+    };
+    format!(
+        r#"name = "errors"
+{top}
+[source]
+type = "generator"
+partitions = 2
+sensors = 10
+events = 2000
+
+{IOT_SCHEMA}
+{ops}
+
+[[sinks]]
+{sink}
+
+[dlq]
+type = "jsonl"
+path = "{dlq_path}"
+
+[checkpoint]
+dir = "{checkpoint_dir}"
+"#
+    )
+}
+
+const TUMBLE: &str = r#"[[operators]]
+type = "filter"
+predicate = "temperature > -50"
+
+[[operators]]
+type = "tumble"
+size_ms = 60000
+keys = ["sensor_id"]
+aggregates = [{ function = "count", alias = "n" }]
+"#;
+
+fn check(dir: &Path, text: &str) -> (Option<i32>, String) {
+    std::fs::write(dir.join("p.toml"), text).unwrap();
+    let out = weir(&["run", "--check", "p.toml"], dir);
+    (out.status.code(), stderr(&out))
+}
+
+#[test]
+fn an_unknown_late_policy_is_reported_at_late_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = TUMBLE.replace(
+        "size_ms = 60000",
+        "size_ms = 60000\nlate_policy = \"ignore\"",
+    );
+    let (code, err) = check(dir.path(), &pipeline(&body, "type = \"null\"", "dlq", "c"));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("p.toml: operators[1].late_policy: unknown variant `ignore`"),
+        "{err}"
+    );
+    assert!(!err.contains("operators[1].type"), "{err}");
+}
+
+#[test]
+fn an_unknown_assignment_is_reported_at_source_assignment() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = pipeline(TUMBLE, "type = \"null\"", "dlq", "c").replace(
+        "type = \"generator\"\npartitions = 2\nsensors = 10\nevents = 2000",
+        "type = \"kafka\"\nbrokers = \"127.0.0.1:1\"\ntopics = [\"t\"]\ngroup_id = \"g\"\nassignment = \"auto\"",
+    );
+    let (code, err) = check(dir.path(), &text);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("p.toml: source.assignment: unknown variant `auto`"),
+        "{err}"
+    );
+    assert!(!err.contains("source.type"), "{err}");
+}
+
+#[test]
+fn an_unknown_field_type_is_reported_at_that_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = pipeline(TUMBLE, "type = \"null\"", "dlq", "c").replace(
+        "{ name = \"humidity\", type = \"float64\" }",
+        "{ name = \"humidity\", type = \"percent\" }",
+    );
+    let (code, err) = check(dir.path(), &text);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("p.toml: schema.fields[3].type: unknown variant `percent`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_sql_error_position_counts_from_the_start_of_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = "sql = \"SELECT sensor_id, window_start, count(*) AS n FROM sensors GROUP BY sensor_id, TUMBLE(event_time, INTERVAL '1' MINUTE) ORDER BY n\"";
+    let text = pipeline(body, "type = \"null\"", "dlq", "c");
+    let (line, sql_line) = text
+        .lines()
+        .enumerate()
+        .find(|(_, l)| l.starts_with("sql = "))
+        .unwrap();
+    let line = line + 1;
+    // The planner points at the first ORDER BY expression.
+    let column = sql_line.find("ORDER BY n").unwrap() + "ORDER BY ".len() + 1;
+    let (code, err) = check(dir.path(), &text);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains(&format!("ORDER BY (line {line}, column {column})")),
+        "line {line}, column {column}: {err}"
+    );
+}
+
+#[test]
+fn a_checkpoint_directory_that_is_a_file_fails_the_check_naming_checkpoint_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ckpt"), "not a directory").unwrap();
+    let (code, err) = check(
+        dir.path(),
+        &pipeline(TUMBLE, "type = \"null\"", "dlq", "ckpt"),
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("p.toml: checkpoint.dir: `ckpt` exists and is not a directory"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_dlq_path_that_is_a_file_fails_the_check_naming_dlq_path() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("dead"), "not a directory").unwrap();
+    let (code, err) = check(
+        dir.path(),
+        &pipeline(TUMBLE, "type = \"null\"", "dead", "c"),
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("p.toml: dlq.path: `dead` exists and is not a directory"),
+        "{err}"
+    );
+    // Nothing was created: the check looked, it did not write.
+    assert!(!dir.path().join("c").exists());
+}
+
+#[test]
+fn a_column_type_the_sqlite_sink_cannot_store_fails_the_check_naming_the_sink() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = "sql = \"SELECT sensor_id, window_start, CAST(avg(temperature) AS DECIMAL(10, 2)) AS t FROM sensors GROUP BY sensor_id, TUMBLE(event_time, INTERVAL '1' MINUTE)\"";
+    let sink = "type = \"sqlite\"\npath = \"out.sqlite\"\ntable = \"w\"\nkey_columns = [\"sensor_id\", \"window_start\"]";
+    let (code, err) = check(dir.path(), &pipeline(body, sink, "dlq", "c"));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("p.toml: sinks[0]: column `t` has type Decimal128(10, 2), which the SQLite sink cannot store"),
+        "{err}"
+    );
+    assert!(!dir.path().join("out.sqlite").exists());
+}
+
+#[test]
+fn a_run_time_io_error_names_the_key_and_says_the_os_error_once() {
+    let dir = tempfile::tempdir().unwrap();
+    // /proc exists, so the check passes, but nothing can be created in it, even by root.
+    let text = pipeline(TUMBLE, "type = \"null\"", "/proc/weir-dlq-test", "c");
+    std::fs::write(dir.path().join("p.toml"), &text).unwrap();
+    let out = weir(&["run", "p.toml"], dir.path());
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("dlq.path: "), "{err}");
+    assert!(err.contains("/proc/weir-dlq-test"), "{err}");
+    assert_eq!(err.matches("os error").count(), 1, "{err}");
+}
