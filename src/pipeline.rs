@@ -20,7 +20,7 @@ use weir_runtime::error::{Result, WeirError};
 use weir_runtime::executor::TaskFactory;
 use weir_runtime::{
     CheckpointStore, Decoder, DlqWriter, Executor, ExecutorConfig, LocalCheckpointStore, NullSink,
-    Operator, PartitionTask, RunSummary, Shutdown, SinkWriter, Source,
+    Operator, PartitionTask, RunSummary, Shutdown, SinkWriter, Source, WatermarkGuards,
 };
 
 use crate::config::{DlqConfig, OperatorConfig, PipelineConfig, SinkConfig, SourceConfig};
@@ -230,6 +230,17 @@ impl Pipeline {
         self
     }
 
+    /// `[watermark] idle_advance_ms` and `max_future_ms` for every window of the pipeline so
+    /// far (tumble, hop, session; ARCHITECTURE.md, "Windows").
+    pub fn watermark_guards(mut self, guards: WatermarkGuards) -> Self {
+        for op in &mut self.ops {
+            if let OpSpec::Window(w) = op {
+                w.guards = guards;
+            }
+        }
+        self
+    }
+
     /// Check the chain and assemble the executor.
     pub fn build(self) -> Result<Executor> {
         let missing =
@@ -260,9 +271,19 @@ impl Pipeline {
         };
         let ops = self.ops;
         build_chain(&schema, &ops).map_err(|e| WeirError::Config(e.join("; ")))?;
+        // The executor's idle notice drives `idle_advance_ms`: it must come in time.
+        let mut exec = self.exec;
+        for op in &ops {
+            if let OpSpec::Window(w) = op {
+                if let Some(ms) = w.guards.idle_advance_ms {
+                    let advance = Duration::from_millis(ms.max(1) as u64);
+                    exec.idle_timeout = exec.idle_timeout.min(advance);
+                }
+            }
+        }
         let (ops, global) = match two_phase(&schema, &ops) {
             Some(i) => {
-                let (task_ops, global) = split_two_phase(&schema, &ops, i, self.exec.idle_timeout)
+                let (task_ops, global) = split_two_phase(&schema, &ops, i, exec.idle_timeout)
                     .map_err(|e| WeirError::Config(e.join("; ")))?;
                 (task_ops, Some(global))
             }
@@ -289,7 +310,7 @@ impl Pipeline {
             }
             Ok(task)
         });
-        let executor = Executor::new(self.exec, source, tasks, self.sinks, dlq, store);
+        let executor = Executor::new(exec, source, tasks, self.sinks, dlq, store);
         Ok(match global {
             Some(g) => executor.with_global(Box::new(g)),
             None => executor,
@@ -337,6 +358,7 @@ impl Pipeline {
         if let Some(q) = &cfg.sql {
             p = p.sql(q, &cfg.watermark.sql_options())?;
         }
+        p = p.watermark_guards(cfg.watermark.guards());
         if let Some(u) = &cfg.upcast {
             // Decode reads every version; the chain (and the SQL plan above) sees the current one.
             p.schema = Some(u.decoded_schema(&cfg.schema));
