@@ -189,8 +189,11 @@ pub struct WatermarkConfig {
 }
 
 /// The `[watermark]` keys that only a `sql` query reads.
-const SQL_ONLY_WATERMARK_KEYS: &[&str] =
-    &["max_out_of_orderness_ms", "allowed_lateness_ms", "late_policy"];
+const SQL_ONLY_WATERMARK_KEYS: &[&str] = &[
+    "max_out_of_orderness_ms",
+    "allowed_lateness_ms",
+    "late_policy",
+];
 
 impl WatermarkConfig {
     pub fn sql_options(&self) -> weir_operators::SqlOptions {

@@ -42,8 +42,9 @@ fn produce(topic: &str, messages: &[(i32, String)]) {
         .create()
         .unwrap();
     for (p, payload) in messages {
-        let mut record: BaseRecord<'_, [u8], [u8]> =
-            BaseRecord::to(topic).partition(*p).payload(payload.as_bytes());
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic)
+            .partition(*p)
+            .payload(payload.as_bytes());
         loop {
             match producer.send(record) {
                 Ok(()) => break,
@@ -171,7 +172,11 @@ fn start_ms(v: &serde_json::Value) -> i64 {
         .split(':')
         .map(|x| x.parse().unwrap())
         .collect();
-    let (y, m) = if d[1] <= 2 { (d[0] - 1, d[1]) } else { (d[0], d[1]) };
+    let (y, m) = if d[1] <= 2 {
+        (d[0] - 1, d[1])
+    } else {
+        (d[0], d[1])
+    };
     let era = y.div_euclid(400);
     let yoe = y - era * 400;
     let doy = (153 * ((m + 9) % 12) + 2) / 5 + d[2] - 1;
@@ -242,9 +247,9 @@ fn trades_stamped_far_ahead_of_the_wall_clock_go_to_the_dlq_and_no_valid_trade_i
     let now = weir_runtime::watermark::wall_clock_ms();
     // 373 valid trades, one a second over the last minutes, and three malformed ones
     // stamped 10 minutes ahead among them (after the 10th, 100th and 200th).
-    let start = now - 400_000;
+    let first = now - 400_000;
     let mut messages: Vec<(i32, String)> = (0..373)
-        .map(|i| (0, trade("AAA", 1, start + i * 1_000)))
+        .map(|i| (0, trade("AAA", 1, first + i * 1_000)))
         .collect();
     for at in [200, 100, 10] {
         messages.insert(at, (0, trade("AAA", 1_000_000, now + 600_000)));
@@ -268,7 +273,8 @@ max_future_ms = 60000
     for d in &dlq {
         assert_eq!(d.kind, ErrorKind::FutureEventTime);
         assert!(
-            d.message.contains(&format!("event time {} ms", now + 600_000))
+            d.message
+                .contains(&format!("event time {} ms", now + 600_000))
                 && d.message.contains("max_future_ms = 60000 ms"),
             "{}",
             d.message
@@ -279,5 +285,8 @@ max_future_ms = 60000
         vec![10, 101, 202]
     );
     assert_eq!(summary.counters.late, 0, "{:?}", summary.counters);
-    assert_eq!(summary.counters.aggregated, 373, "every valid trade counted");
+    assert_eq!(
+        summary.counters.aggregated, 373,
+        "every valid trade counted"
+    );
 }

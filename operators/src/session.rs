@@ -413,7 +413,10 @@ impl Operator for SessionWindow {
     /// last input plus the idle time ([`WatermarkGuards::idle_watermark`]), and the sessions
     /// it passes close; later events behind it are late.
     fn on_idle(&mut self, idle_for: std::time::Duration, emit: &mut Emit) -> Result<()> {
-        match self.guards.idle_watermark(self.idle_base, idle_ms(idle_for)) {
+        match self
+            .guards
+            .idle_watermark(self.idle_base, idle_ms(idle_for))
+        {
             Some(w) if self.watermark.advance_to(w) => self.close(false, emit),
             _ => Ok(()),
         }
@@ -725,7 +728,10 @@ mod tests {
             .unwrap();
         w.on_idle(ms(4_999), &mut emit).unwrap();
         w.on_idle(ms(29_999), &mut emit).unwrap();
-        assert!(emitted(&emit).is_empty(), "watermark 10 s + 29.999 s < 40 s");
+        assert!(
+            emitted(&emit).is_empty(),
+            "watermark 10 s + 29.999 s < 40 s"
+        );
         w.on_idle(ms(30_000), &mut emit).unwrap();
         assert_eq!(emitted(&emit), vec![("a".into(), 0, 40_000, 2, 2)]);
         assert_eq!(w.open_sessions(), 0);
@@ -751,8 +757,7 @@ mod tests {
     }
 
     #[test]
-    fn session_events_far_ahead_of_the_wall_clock_go_to_the_dlq_and_leave_the_valid_ones_on_time(
-    ) {
+    fn session_events_far_ahead_of_the_wall_clock_go_to_the_dlq_and_leave_the_valid_ones_on_time() {
         const NOW: i64 = 1_767_624_000_000;
         let guards = WatermarkGuards {
             idle_advance_ms: None,
@@ -778,7 +783,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(kinds(&emit), vec![ErrorKind::FutureEventTime; 3]);
-        assert!(emit.rejects()[0].message.contains("max_future_ms = 60000 ms"));
+        assert!(emit.rejects()[0]
+            .message
+            .contains("max_future_ms = 60000 ms"));
         assert_eq!(emit.absorbed(), 4, "no valid event is late");
         w.on_end_of_input(&mut emit).unwrap();
         assert_eq!(

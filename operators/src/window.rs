@@ -1203,7 +1203,9 @@ impl Operator for TumbleWindow {
             .partial
             .as_ref()
             .and_then(|p| p.shared.active_watermark());
-        let own = self.guards.idle_watermark(self.idle_base, idle_ms(idle_for));
+        let own = self
+            .guards
+            .idle_watermark(self.idle_base, idle_ms(idle_for));
         let target = hint.max(own);
         if self.partial.is_none() && target.is_none() {
             return Ok(());
@@ -1405,10 +1407,16 @@ mod tests {
         let mut emit = Emit::default();
         w.process(batch(&[10_000, 50_000], 0), &mut emit).unwrap();
         w.on_idle(ms(4_999), &mut emit).unwrap();
-        assert!(emitted(&emit).is_empty(), "not idle for idle_advance_ms yet");
+        assert!(
+            emitted(&emit).is_empty(),
+            "not idle for idle_advance_ms yet"
+        );
         // Idle for 5 s: the watermark is 50 s + 5 s, not the wall clock (this is old data).
         w.on_idle(ms(5_000), &mut emit).unwrap();
-        assert!(emitted(&emit).is_empty(), "watermark 55 s < window end 60 s");
+        assert!(
+            emitted(&emit).is_empty(),
+            "watermark 55 s < window end 60 s"
+        );
         w.on_idle(ms(10_000), &mut emit).unwrap();
         assert_eq!(emitted(&emit), vec![(0, 2)]);
         assert_eq!(w.open_windows(), 0);
@@ -1461,9 +1469,16 @@ mod tests {
         restarted.restore(state).unwrap();
         let mut after = Emit::default();
         restarted.process(batch(&[59_000], 1), &mut after).unwrap();
-        assert_eq!(kinds(&after), vec![ErrorKind::Late], "the closed window stays closed");
+        assert_eq!(
+            kinds(&after),
+            vec![ErrorKind::Late],
+            "the closed window stays closed"
+        );
         restarted.on_end_of_input(&mut after).unwrap();
-        assert!(emitted(&after).is_empty(), "window [0, 60 s) is not emitted twice");
+        assert!(
+            emitted(&after).is_empty(),
+            "window [0, 60 s) is not emitted twice"
+        );
     }
 
     #[test]

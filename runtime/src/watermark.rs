@@ -164,7 +164,11 @@ mod tests {
             idle_advance_ms: Some(5_000),
             max_future_ms: None,
         };
-        assert_eq!(g.idle_watermark(Some(60_000), 4_999), None, "not idle long enough");
+        assert_eq!(
+            g.idle_watermark(Some(60_000), 4_999),
+            None,
+            "not idle long enough"
+        );
         assert_eq!(g.idle_watermark(Some(60_000), 5_000), Some(65_000));
         assert_eq!(g.idle_watermark(Some(60_000), 90_000), Some(150_000));
         assert_eq!(g.idle_watermark(None, 90_000), None, "never had an event");
@@ -178,7 +182,10 @@ mod tests {
     #[test]
     fn advancing_the_watermark_never_moves_it_back_and_keeps_it_in_the_max_event_time() {
         let mut w = WatermarkTracker::new(5_000);
-        assert!(w.advance_to(1_000), "a partition without events gets a watermark");
+        assert!(
+            w.advance_to(1_000),
+            "a partition without events gets a watermark"
+        );
         assert_eq!(w.watermark(), Some(1_000));
         w.observe(20_000);
         assert!(!w.advance_to(10_000));
