@@ -137,7 +137,8 @@ pub struct WorkerConfig {
     /// Capacity, in batches, of each channel between stages (default 4).
     pub channel_capacity: Option<usize>,
     /// A partition with no input this long is idle: a window whose groups span partitions
-    /// stops waiting for it (default 5000).
+    /// stops waiting for it (default 5000; lowered to `[watermark] idle_advance_ms` when that
+    /// is shorter, so the idle advance starts in time).
     pub idle_timeout_ms: Option<u64>,
 }
 
