@@ -158,7 +158,8 @@ pub struct WorkerConfig {
     /// Capacity, in batches, of each channel between stages (default 4).
     pub channel_capacity: Option<usize>,
     /// A partition with no input this long is idle: a window whose groups span partitions
-    /// stops waiting for it (default 5000).
+    /// stops waiting for it (default 5000; lowered to `[watermark] idle_advance_ms` when that
+    /// is shorter, so the idle advance starts in time).
     pub idle_timeout_ms: Option<u64>,
 }
 
@@ -181,7 +182,9 @@ pub struct PipelineConfig {
     pub worker: WorkerConfig,
 }
 
-/// `[watermark]`: event-time settings of a `sql` query.
+/// `[watermark]`: event-time settings of a `sql` query; `idle_advance_ms` and
+/// `max_future_ms` apply to the windows of `[[operators]]` too (the other keys are each
+/// window operator's own there).
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct WatermarkConfig {
@@ -194,7 +197,25 @@ pub struct WatermarkConfig {
     /// What to do with late events: `dlq` (default) or `drop`.
     #[serde(default)]
     pub late_policy: weir_operators::LatePolicy,
+    /// Opt-in (default off): a partition with no input for this long advances its watermark
+    /// with processing time, so its open windows close: it becomes the watermark at its last
+    /// input plus the time since that input. Events that arrive later behind it are late.
+    #[serde(default)]
+    pub idle_advance_ms: Option<i64>,
+    /// Opt-in (default off): an event whose time is more than this ahead of the wall clock
+    /// (when weir processes it) goes to the DLQ as `future_event_time` instead of advancing
+    /// its partition's watermark. The wall clock, not the watermark: the first event of a
+    /// partition is checked too, and a replay of old data is never refused.
+    #[serde(default)]
+    pub max_future_ms: Option<i64>,
 }
+
+/// The `[watermark]` keys that only a `sql` query reads.
+const SQL_ONLY_WATERMARK_KEYS: &[&str] = &[
+    "max_out_of_orderness_ms",
+    "allowed_lateness_ms",
+    "late_policy",
+];
 
 impl WatermarkConfig {
     pub fn sql_options(&self) -> weir_operators::SqlOptions {
@@ -204,6 +225,40 @@ impl WatermarkConfig {
             late_policy: self.late_policy,
             colocation: None,
         }
+    }
+
+    pub fn guards(&self) -> weir_runtime::WatermarkGuards {
+        weir_runtime::WatermarkGuards {
+            idle_advance_ms: self.idle_advance_ms,
+            max_future_ms: self.max_future_ms,
+        }
+    }
+
+    /// Value checks; `keys` are the keys the file sets, `sql` whether the pipeline has a
+    /// query and `windows` whether its `[[operators]]` hold a window.
+    fn validate(&self, keys: &[&String], sql: bool, windows: bool) -> Vec<String> {
+        let mut e = Vec::new();
+        for (key, v) in [
+            ("idle_advance_ms", self.idle_advance_ms),
+            ("max_future_ms", self.max_future_ms),
+        ] {
+            match v {
+                Some(v) if v <= 0 => e.push(format!("watermark.{key}: must be positive, got {v}")),
+                Some(_) if !sql && !windows => e.push(format!(
+                    "watermark.{key}: the pipeline has no window (tumble, hop, session) to apply it to"
+                )),
+                _ => {}
+            }
+        }
+        for key in keys {
+            if !sql && SQL_ONLY_WATERMARK_KEYS.contains(&key.as_str()) {
+                e.push(format!(
+                    "watermark.{key}: only used with `sql`; a window operator has its own \
+                     (operators[i].{key})"
+                ));
+            }
+        }
+        e
     }
 }
 
@@ -465,10 +520,15 @@ impl PipelineConfig {
         if sql.is_some() && !operators.is_empty() {
             errors.push("sql: a pipeline has either `sql` or [[operators]], not both".into());
         }
-        if sql.is_none() && table.contains_key("watermark") {
-            errors.push(
-                "watermark: only used with `sql` (a window operator has its own keys)".into(),
-            );
+        if let Some(w) = table.get("watermark").and_then(|w| w.as_table()) {
+            let windows = operators.iter().any(|o| {
+                matches!(
+                    o,
+                    OperatorConfig::Tumble(_) | OperatorConfig::Hop(_) | OperatorConfig::Session(_)
+                )
+            });
+            let keys: Vec<&String> = w.keys().collect();
+            errors.extend(watermark.validate(&keys, sql.is_some(), windows));
         }
 
         match (name, source, schema, dlq, checkpoint) {

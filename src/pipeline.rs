@@ -21,6 +21,7 @@ use weir_runtime::executor::TaskFactory;
 use weir_runtime::{
     CheckpointStore, Decoder, DlqWriter, Executor, ExecutorConfig, LocalCheckpointStore, NullSink,
     Operator, PartitionTask, Partitioning, RunSummary, Shutdown, SinkWriter, Source,
+    WatermarkGuards,
 };
 
 use crate::config::{DlqConfig, OperatorConfig, PipelineConfig, SinkConfig, SourceConfig};
@@ -236,6 +237,17 @@ impl Pipeline {
         self
     }
 
+    /// `[watermark] idle_advance_ms` and `max_future_ms` for every window of the pipeline so
+    /// far (tumble, hop, session; ARCHITECTURE.md, "Windows").
+    pub fn watermark_guards(mut self, guards: WatermarkGuards) -> Self {
+        for op in &mut self.ops {
+            if let OpSpec::Window(w) = op {
+                w.guards = guards;
+            }
+        }
+        self
+    }
+
     /// Check the chain and assemble the executor.
     pub fn build(self) -> Result<Executor> {
         Ok(self.assemble()?.0)
@@ -276,10 +288,20 @@ impl Pipeline {
             .map_err(|e| WeirError::Config(format!("schema.partition_key: {e}")))?;
         let ops = self.ops;
         build_chain(&schema, &colocation, &ops).map_err(|e| WeirError::Config(e.join("; ")))?;
+        // The executor's idle notice drives `idle_advance_ms`: it must come in time.
+        let mut exec = self.exec;
+        for op in &ops {
+            if let OpSpec::Window(w) = op {
+                if let Some(ms) = w.guards.idle_advance_ms {
+                    let advance = Duration::from_millis(ms.max(1) as u64);
+                    exec.idle_timeout = exec.idle_timeout.min(advance);
+                }
+            }
+        }
         let (ops, global) = match two_phase(&colocation, &ops) {
             Some(i) => {
                 let (task_ops, global) =
-                    split_two_phase(&schema, &colocation, &ops, i, self.exec.idle_timeout)
+                    split_two_phase(&schema, &colocation, &ops, i, exec.idle_timeout)
                         .map_err(|e| WeirError::Config(e.join("; ")))?;
                 (task_ops, Some(global))
             }
@@ -330,7 +352,7 @@ impl Pipeline {
             }
             Ok(task)
         });
-        let executor = Executor::new(self.exec, source, tasks, self.sinks, dlq, store);
+        let executor = Executor::new(exec, source, tasks, self.sinks, dlq, store);
         let executor = match global {
             Some(g) => executor.with_global(Box::new(g)),
             None => executor,
@@ -396,6 +418,7 @@ impl Pipeline {
         if let Some(q) = &cfg.sql {
             p = p.sql(q, &cfg.watermark.sql_options())?;
         }
+        p = p.watermark_guards(cfg.watermark.guards());
         if let Some(u) = &cfg.upcast {
             // Decode reads every version; the chain (and the SQL plan above) sees the current one.
             p.schema = Some(u.decoded_schema(&cfg.schema));

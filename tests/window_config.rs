@@ -156,3 +156,57 @@ fn impossible_hop_and_session_settings_are_named_with_file_and_key() {
         assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
     }
 }
+
+/// `weir run --check` of `pipeline` (after the name, before [`COMMON`]): exit code, stderr.
+fn check(pipeline: &str) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!("name = \"w\"\n{pipeline}\n{COMMON}");
+    std::fs::write(dir.path().join("p.toml"), text).unwrap();
+    let out = weir(&["run", "--check", "p.toml"], dir.path());
+    (out.status.code(), stderr(&out))
+}
+
+#[test]
+fn watermark_guards_apply_to_operator_windows_too() {
+    let tumble = format!(
+        "[[operators]]\ntype = \"tumble\"\nsize_ms = 60000\nkeys = [\"sensor_id\"]\n{AGGREGATES}\n"
+    );
+    let guards = "[watermark]\nidle_advance_ms = 5000\nmax_future_ms = 60000\n";
+    let (code, err) = check(&format!("{guards}{tumble}"));
+    assert_eq!(code, Some(0), "{err}");
+    let (code, err) = check(&format!(
+        "sql = \"SELECT sensor_id, window_start, count(*) AS n FROM sensors GROUP BY sensor_id, \
+         TUMBLE(event_time, INTERVAL '1' MINUTE)\"\n{guards}"
+    ));
+    assert_eq!(code, Some(0), "{err}");
+}
+
+#[test]
+fn watermark_keys_that_a_window_operator_has_itself_are_refused_with_the_operator_key() {
+    let tumble = format!(
+        "[[operators]]\ntype = \"tumble\"\nsize_ms = 60000\nkeys = [\"sensor_id\"]\n{AGGREGATES}\n"
+    );
+    let (code, err) = check(&format!(
+        "[watermark]\nmax_out_of_orderness_ms = 2000\nidle_advance_ms = 0\nmax_future_ms = -1\n{tumble}"
+    ));
+    assert_eq!(code, Some(2), "{err}");
+    for expected in [
+        "p.toml: watermark.max_out_of_orderness_ms: only used with `sql`; a window operator has \
+         its own (operators[i].max_out_of_orderness_ms)",
+        "p.toml: watermark.idle_advance_ms: must be positive, got 0",
+        "p.toml: watermark.max_future_ms: must be positive, got -1",
+    ] {
+        assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+    }
+    let (code, err) = check(
+        "[watermark]\nidle_advance_ms = 5000\n[[operators]]\ntype = \"filter\"\npredicate = \"temperature > 0\"\n",
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains(
+            "p.toml: watermark.idle_advance_ms: the pipeline has no window (tumble, hop, session) \
+             to apply it to"
+        ),
+        "{err}"
+    );
+}

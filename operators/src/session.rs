@@ -29,12 +29,13 @@ use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
 use weir_runtime::dlq::ErrorKind;
 use weir_runtime::error::{Result, WeirError};
 use weir_runtime::operator::{Emit, Operator, OFFSET_COLUMN};
-use weir_runtime::watermark::{is_closed, WatermarkTracker};
+use weir_runtime::watermark::{is_closed, wall_clock_ms, WatermarkGuards, WatermarkTracker};
 use weir_runtime::OperatorState;
 
 use crate::window::{
-    event_columns, merge_states, state_batch, update_accumulators, window_bound_fields,
-    window_columns, AggregateSet, LatePolicy, WindowConfig, WindowKind,
+    event_columns, future_bound, idle_ms, merge_states, reject_future, state_batch,
+    update_accumulators, window_bound_fields, window_columns, AggregateSet, LatePolicy,
+    WindowConfig, WindowKind,
 };
 
 /// One session: its group in the accumulators and its event-time extent.
@@ -60,6 +61,11 @@ pub struct SessionWindow {
     aggs: AggregateSet,
     output: SchemaRef,
     watermark: WatermarkTracker,
+    guards: WatermarkGuards,
+    /// The watermark after the last input: where an idle advance starts from.
+    idle_base: Option<i64>,
+    /// The wall clock `max_future_ms` is measured against (epoch ms).
+    clock: fn() -> i64,
     accs: Vec<Box<dyn GroupsAccumulator>>,
     /// Indexed by accumulator group id.
     sessions: Vec<Session>,
@@ -109,6 +115,9 @@ impl SessionWindow {
             aggs,
             output: Arc::new(Schema::new(out_fields)),
             watermark: WatermarkTracker::new(cfg.max_out_of_orderness_ms),
+            guards: cfg.guards,
+            idle_base: None,
+            clock: wall_clock_ms,
             accs,
             sessions: Vec::new(),
             by_key: HashMap::new(),
@@ -119,6 +128,12 @@ impl SessionWindow {
     /// Sessions open now.
     pub fn open_sessions(&self) -> usize {
         self.by_key.values().map(Vec::len).sum()
+    }
+
+    /// Measure `max_future_ms` against this clock (epoch ms) instead of the wall clock.
+    pub fn with_clock(mut self, clock: fn() -> i64) -> Self {
+        self.clock = clock;
+        self
     }
 
     fn err(&self, e: impl std::fmt::Display) -> WeirError {
@@ -336,6 +351,7 @@ impl Operator for SessionWindow {
 
         let mut accepted: Vec<u32> = Vec::with_capacity(n);
         let mut group_ids: Vec<usize> = Vec::with_capacity(n);
+        let future = future_bound(&self.guards, self.clock);
         for i in 0..n {
             if ts.is_null(i) {
                 if let Some(o) = &offsets {
@@ -344,6 +360,10 @@ impl Operator for SessionWindow {
                 continue;
             }
             let t = ts.value(i);
+            if let Some((_, now)) = future.filter(|(bound, _)| t > *bound) {
+                reject_future(emit, &offsets, i, t, now, &self.guards);
+                continue;
+            }
             let wm = self.watermark.watermark();
             match self.assign(rows.row(i).as_ref(), t, wm) {
                 Some(g) => {
@@ -381,11 +401,25 @@ impl Operator for SessionWindow {
             update_accumulators(&mut self.accs, &args, &group_ids, total)
                 .map_err(|e| WeirError::operator(&self.name, e))?;
         }
+        self.idle_base = self.watermark.watermark();
         self.close(false, emit)
     }
 
     fn on_end_of_input(&mut self, emit: &mut Emit) -> Result<()> {
         self.close(true, emit)
+    }
+
+    /// With `idle_advance_ms`, an idle partition's watermark becomes its watermark at the
+    /// last input plus the idle time ([`WatermarkGuards::idle_watermark`]), and the sessions
+    /// it passes close; later events behind it are late.
+    fn on_idle(&mut self, idle_for: std::time::Duration, emit: &mut Emit) -> Result<()> {
+        match self
+            .guards
+            .idle_watermark(self.idle_base, idle_ms(idle_for))
+        {
+            Some(w) if self.watermark.advance_to(w) => self.close(false, emit),
+            _ => Ok(()),
+        }
     }
 
     fn snapshot(&mut self) -> Result<OperatorState> {
@@ -426,6 +460,7 @@ impl Operator for SessionWindow {
     fn restore(&mut self, state: OperatorState) -> Result<()> {
         let max = state.meta.get("max_event_time").and_then(|v| v.as_i64());
         self.watermark = self.watermark.with_max_event_time(max);
+        self.idle_base = self.watermark.watermark();
         self.accs = self.aggs.accumulators().map_err(|e| self.err(e))?;
         self.set_sessions(Vec::new());
         match state.batches.as_slice() {
@@ -527,6 +562,10 @@ mod tests {
     }
 
     fn session(gap_ms: i64, ooo: i64, lateness: i64) -> SessionWindow {
+        guarded(gap_ms, ooo, lateness, WatermarkGuards::default())
+    }
+
+    fn guarded(gap_ms: i64, ooo: i64, lateness: i64, guards: WatermarkGuards) -> SessionWindow {
         let agg = |function: &str, sql: Option<&str>, alias: &str| AggregateConfig {
             function: function.into(),
             column: None,
@@ -545,6 +584,7 @@ mod tests {
                 agg("count", None, "n"),
                 agg("last_value", Some("last_value(v ORDER BY ts)"), "last_v"),
             ],
+            guards,
         };
         SessionWindow::new("session", &cfg, input(), "ts").unwrap()
     }
@@ -666,5 +706,94 @@ mod tests {
         after.on_end_of_input(&mut e2).unwrap();
         assert_eq!(emitted(&e2), emitted(&e1));
         assert_eq!(emitted(&e1).len(), 4);
+    }
+
+    fn ms(ms: u64) -> std::time::Duration {
+        std::time::Duration::from_millis(ms)
+    }
+
+    fn kinds(emit: &Emit) -> Vec<ErrorKind> {
+        emit.rejects().iter().map(|r| r.kind).collect()
+    }
+
+    #[test]
+    fn an_idle_partitions_open_session_closes_after_idle_advance_ms_with_no_further_input() {
+        let idle = WatermarkGuards {
+            idle_advance_ms: Some(5_000),
+            max_future_ms: None,
+        };
+        let mut w = guarded(30_000, 0, 0, idle);
+        let mut emit = Emit::default();
+        w.process(batch(&[("a", 0, 1), ("a", 10_000, 2)], 0), &mut emit)
+            .unwrap();
+        w.on_idle(ms(4_999), &mut emit).unwrap();
+        w.on_idle(ms(29_999), &mut emit).unwrap();
+        assert!(
+            emitted(&emit).is_empty(),
+            "watermark 10 s + 29.999 s < 40 s"
+        );
+        w.on_idle(ms(30_000), &mut emit).unwrap();
+        assert_eq!(emitted(&emit), vec![("a".into(), 0, 40_000, 2, 2)]);
+        assert_eq!(w.open_sessions(), 0);
+        // An event of the closed session's time range arriving now is late, after a restart too.
+        let state = w.snapshot().unwrap();
+        let mut restarted = guarded(30_000, 0, 0, idle);
+        restarted.restore(state).unwrap();
+        let mut after = Emit::default();
+        restarted
+            .process(batch(&[("a", 5_000, 3)], 2), &mut after)
+            .unwrap();
+        assert_eq!(kinds(&after), vec![ErrorKind::Late]);
+    }
+
+    #[test]
+    fn without_idle_advance_an_idle_partitions_session_stays_open() {
+        let mut w = session(30_000, 0, 0);
+        let mut emit = Emit::default();
+        w.process(batch(&[("a", 0, 1)], 0), &mut emit).unwrap();
+        w.on_idle(ms(3_600_000), &mut emit).unwrap();
+        assert!(emitted(&emit).is_empty());
+        assert_eq!(w.open_sessions(), 1);
+    }
+
+    #[test]
+    fn session_events_far_ahead_of_the_wall_clock_go_to_the_dlq_and_leave_the_valid_ones_on_time() {
+        const NOW: i64 = 1_767_624_000_000;
+        let guards = WatermarkGuards {
+            idle_advance_ms: None,
+            max_future_ms: Some(60_000),
+        };
+        let mut w = guarded(10_000, 0, 0, guards).with_clock(|| NOW);
+        let mut emit = Emit::default();
+        let ahead = NOW + 600_000;
+        w.process(
+            batch(
+                &[
+                    ("a", NOW - 5_000, 1),
+                    ("a", ahead, 2),
+                    ("a", NOW - 4_000, 3),
+                    ("b", ahead, 4),
+                    ("b", NOW - 3_000, 5),
+                    ("a", ahead, 6),
+                    ("a", NOW - 2_000, 7),
+                ],
+                0,
+            ),
+            &mut emit,
+        )
+        .unwrap();
+        assert_eq!(kinds(&emit), vec![ErrorKind::FutureEventTime; 3]);
+        assert!(emit.rejects()[0]
+            .message
+            .contains("max_future_ms = 60000 ms"));
+        assert_eq!(emit.absorbed(), 4, "no valid event is late");
+        w.on_end_of_input(&mut emit).unwrap();
+        assert_eq!(
+            emitted(&emit),
+            vec![
+                ("a".into(), NOW - 5_000, NOW + 8_000, 3, 7),
+                ("b".into(), NOW - 3_000, NOW + 7_000, 1, 5),
+            ]
+        );
     }
 }

@@ -328,6 +328,8 @@ pub fn plan_sql(
             allowed_lateness_ms: options.allowed_lateness_ms,
             late_policy: options.late_policy,
             aggregates: aggs.configs,
+            // `[watermark]`'s guards are set on every window by the pipeline.
+            guards: Default::default(),
         },
         having,
         output,

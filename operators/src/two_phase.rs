@@ -354,3 +354,119 @@ impl GlobalStage for GlobalWindow {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::window::{AggregateConfig, LatePolicy};
+    use datafusion::arrow::array::{StringArray, TimestampMillisecondArray};
+    use datafusion::arrow::datatypes::{DataType, Field, TimeUnit};
+    use weir_runtime::watermark::WatermarkGuards;
+    use weir_runtime::OFFSET_COLUMN;
+
+    fn input() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("region", DataType::Utf8, false),
+            Field::new(
+                "ts",
+                DataType::Timestamp(TimeUnit::Millisecond, None),
+                false,
+            ),
+            Field::new(OFFSET_COLUMN, DataType::Int64, false),
+        ]))
+    }
+
+    fn batch(ts: &[i64]) -> RecordBatch {
+        RecordBatch::try_new(
+            input(),
+            vec![
+                Arc::new(StringArray::from_iter_values(ts.iter().map(|_| "eu"))),
+                Arc::new(TimestampMillisecondArray::from_iter_values(
+                    ts.iter().copied(),
+                )),
+                Arc::new(Int64Array::from_iter_values(0..ts.len() as i64)),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn config(guards: WatermarkGuards) -> WindowConfig {
+        WindowConfig {
+            kind: WindowKind::Tumble { size_ms: 60_000 },
+            keys: vec!["region".into()],
+            time_column: None,
+            max_out_of_orderness_ms: 0,
+            allowed_lateness_ms: 0,
+            late_policy: LatePolicy::Dlq,
+            aggregates: vec![AggregateConfig {
+                function: "count".into(),
+                column: None,
+                alias: Some("n".into()),
+                distinct: false,
+                sql: None,
+            }],
+            guards,
+        }
+    }
+
+    /// Rows the global stage emitted: (window_start, n).
+    fn rows(emit: &Emit) -> Vec<(i64, i64)> {
+        let mut out = Vec::new();
+        for b in emit.batches() {
+            let s = b
+                .column(1)
+                .as_any()
+                .downcast_ref::<TimestampMillisecondArray>()
+                .unwrap();
+            let n = b.column(3).as_any().downcast_ref::<Int64Array>().unwrap();
+            out.extend((0..b.num_rows()).map(|r| (s.value(r), n.value(r))));
+        }
+        out
+    }
+
+    /// Two partitions of a two-phase window that both stopped: the merged window is emitted
+    /// once each partition was idle long enough to pass its end.
+    fn run_idle(guards: WatermarkGuards) -> Vec<(i64, i64)> {
+        let shared = Arc::new(TwoPhaseShared::default());
+        let cfg = config(guards);
+        let mut parts: Vec<Box<dyn Operator>> = (0..2)
+            .map(|_| partial_window("w", &cfg, input(), "ts", shared.clone()).unwrap())
+            .collect();
+        let mut global = GlobalWindow::new("w", &cfg, &input(), "ts", shared).unwrap();
+        global.start(&[0, 1]);
+        let mut out = Emit::default();
+        for (p, ts) in [(0, 10_000), (1, 20_000)] {
+            let mut e = Emit::default();
+            parts[p].process(batch(&[ts]), &mut e).unwrap();
+            let w = e.watermark();
+            global
+                .absorb(p as i32, e.take_batches(), w, &mut out)
+                .unwrap();
+        }
+        for (p, idle) in [(0, 50_000), (1, 40_000)] {
+            let mut e = Emit::default();
+            parts[p]
+                .on_idle(Duration::from_millis(idle), &mut e)
+                .unwrap();
+            let w = e.watermark();
+            global
+                .absorb(p as i32, e.take_batches(), w, &mut out)
+                .unwrap();
+        }
+        rows(&out)
+    }
+
+    #[test]
+    fn idle_partitions_of_a_two_phase_window_close_it_after_idle_advance_ms() {
+        let idle = WatermarkGuards {
+            idle_advance_ms: Some(5_000),
+            max_future_ms: None,
+        };
+        assert_eq!(run_idle(idle), vec![(0, 2)]);
+    }
+
+    #[test]
+    fn without_idle_advance_idle_partitions_of_a_two_phase_window_keep_it_open() {
+        assert_eq!(run_idle(WatermarkGuards::default()), vec![]);
+    }
+}

@@ -218,7 +218,7 @@ impl Operator for GroupUpsert {
         Ok(())
     }
 
-    fn on_idle(&mut self, emit: &mut Emit) -> Result<()> {
+    fn on_idle(&mut self, _idle_for: std::time::Duration, emit: &mut Emit) -> Result<()> {
         self.flush(emit)
     }
 
@@ -346,6 +346,7 @@ mod tests {
                 distinct: false,
                 sql: None,
             }],
+            guards: Default::default(),
         };
         GroupUpsert::new("upsert", &cfg, input(), "ts").unwrap()
     }
@@ -388,7 +389,8 @@ mod tests {
         assert!(process(&mut op, &[("k1", 5)]).is_empty());
         let state = op.snapshot().unwrap();
         let mut emit = Emit::default();
-        op.on_idle(&mut emit).unwrap();
+        op.on_idle(std::time::Duration::from_secs(5), &mut emit)
+            .unwrap();
         let flushed = |emit: &Emit| -> Vec<(String, i64)> {
             let mut out = Vec::new();
             for b in emit.batches() {

@@ -43,7 +43,9 @@ use serde::Deserialize;
 use weir_runtime::dlq::ErrorKind;
 use weir_runtime::error::{Result, WeirError};
 use weir_runtime::operator::{Emit, Operator, OFFSET_COLUMN};
-use weir_runtime::watermark::{hop_starts, is_closed, tumble_start, WatermarkTracker};
+use weir_runtime::watermark::{
+    hop_starts, is_closed, tumble_start, wall_clock_ms, WatermarkGuards, WatermarkTracker,
+};
 use weir_runtime::OperatorState;
 
 use crate::two_phase::TwoPhaseShared;
@@ -353,6 +355,8 @@ pub struct WindowConfig {
     pub allowed_lateness_ms: i64,
     pub late_policy: LatePolicy,
     pub aggregates: Vec<AggregateConfig>,
+    /// `[watermark] idle_advance_ms` and `max_future_ms` (off by default).
+    pub guards: WatermarkGuards,
 }
 
 impl From<&TumbleConfig> for WindowConfig {
@@ -365,6 +369,7 @@ impl From<&TumbleConfig> for WindowConfig {
             allowed_lateness_ms: t.allowed_lateness_ms,
             late_policy: t.late_policy,
             aggregates: t.aggregates.clone(),
+            guards: WatermarkGuards::default(),
         }
     }
 }
@@ -382,6 +387,7 @@ impl From<&HopConfig> for WindowConfig {
             allowed_lateness_ms: h.allowed_lateness_ms,
             late_policy: h.late_policy,
             aggregates: h.aggregates.clone(),
+            guards: WatermarkGuards::default(),
         }
     }
 }
@@ -396,6 +402,7 @@ impl From<&SessionConfig> for WindowConfig {
             allowed_lateness_ms: c.allowed_lateness_ms,
             late_policy: c.late_policy,
             aggregates: c.aggregates.clone(),
+            guards: WatermarkGuards::default(),
         }
     }
 }
@@ -754,7 +761,11 @@ pub struct TumbleWindow {
     aggs: AggregateSet,
     output: SchemaRef,
     watermark: WatermarkTracker,
-    max_out_of_orderness_ms: i64,
+    guards: WatermarkGuards,
+    /// The watermark after the last input: where an idle advance starts from.
+    idle_base: Option<i64>,
+    /// The wall clock `max_future_ms` is measured against (epoch ms).
+    clock: fn() -> i64,
     bins: BTreeMap<i64, Bin>,
     partial: Option<PartialMode>,
     // scratch, reused across batches
@@ -809,7 +820,9 @@ impl TumbleWindow {
             aggs,
             output: Arc::new(Schema::new(out_fields)),
             watermark: WatermarkTracker::new(cfg.max_out_of_orderness_ms),
-            max_out_of_orderness_ms: cfg.max_out_of_orderness_ms,
+            guards: cfg.guards,
+            idle_base: None,
+            clock: wall_clock_ms,
             bins: BTreeMap::new(),
             partial: None,
             group_ids: Vec::new(),
@@ -837,6 +850,12 @@ impl TumbleWindow {
     /// Windows open now.
     pub fn open_windows(&self) -> usize {
         self.bins.len()
+    }
+
+    /// Measure `max_future_ms` against this clock (epoch ms) instead of the wall clock.
+    pub fn with_clock(mut self, clock: fn() -> i64) -> Self {
+        self.clock = clock;
+        self
     }
 
     fn err(&self, e: impl std::fmt::Display) -> WeirError {
@@ -1001,6 +1020,39 @@ pub(crate) fn merge_states(
     Ok(())
 }
 
+/// The latest event time a window accepts in this batch and the wall-clock reading it comes
+/// from (`max_future_ms`), read once per batch; `None` when the guard is off.
+pub(crate) fn future_bound(guards: &WatermarkGuards, clock: fn() -> i64) -> Option<(i64, i64)> {
+    guards.max_future_ms?;
+    let now = clock();
+    guards.future_bound(now).map(|bound| (bound, now))
+}
+
+/// Dead-letter row `i`, at event time `t`, for being past the `max_future_ms` bound of wall
+/// clock `now` (counted as filtered when the input has no offsets to dead-letter).
+pub(crate) fn reject_future(
+    emit: &mut Emit,
+    offsets: &Option<Int64Array>,
+    i: usize,
+    t: i64,
+    now: i64,
+    guards: &WatermarkGuards,
+) {
+    match offsets {
+        Some(o) => emit.reject(
+            o.value(i),
+            ErrorKind::FutureEventTime,
+            guards.future_message(t, now),
+        ),
+        None => emit.count_filtered(1),
+    }
+}
+
+/// An idle time in milliseconds.
+pub(crate) fn idle_ms(idle_for: std::time::Duration) -> i64 {
+    i64::try_from(idle_for.as_millis()).unwrap_or(i64::MAX)
+}
+
 /// The event-time column and, when the batch carries it, the offset column of a window's
 /// input batch.
 pub(crate) fn event_columns(
@@ -1049,6 +1101,7 @@ impl Operator for TumbleWindow {
         let mut bins: Vec<(i64, Vec<u32>)> = Vec::with_capacity(2);
         let mut cur = usize::MAX;
         let mut accepted = 0u64;
+        let future = future_bound(&self.guards, self.clock);
         for i in 0..n {
             if ts.is_null(i) {
                 if let Some(o) = &offsets {
@@ -1057,6 +1110,10 @@ impl Operator for TumbleWindow {
                 continue;
             }
             let t = ts.value(i);
+            if let Some((_, now)) = future.filter(|(bound, _)| t > *bound) {
+                reject_future(emit, &offsets, i, t, now, &self.guards);
+                continue;
+            }
             let wm = self.watermark.watermark();
             let newest = tumble_start(t, self.slide_ms);
             if is_closed(newest + self.size_ms, self.allowed_lateness_ms, wm) {
@@ -1124,6 +1181,7 @@ impl Operator for TumbleWindow {
         }
         self.close(false, emit)?;
         let wm = self.watermark.watermark();
+        self.idle_base = wm;
         self.partial_end(emit, wm);
         Ok(())
     }
@@ -1135,19 +1193,26 @@ impl Operator for TumbleWindow {
         Ok(())
     }
 
-    /// Partial mode: an idle partition follows the watermark of the partitions that have
-    /// input, so it does not hold the global stage back; its own later events behind that
-    /// watermark are late, as they would be in a single partition.
-    fn on_idle(&mut self, emit: &mut Emit) -> Result<()> {
-        let Some(p) = &self.partial else {
+    /// An idle partition advances its watermark to the later of: with `idle_advance_ms`, its
+    /// watermark at the last input plus the idle time ([`WatermarkGuards::idle_watermark`]);
+    /// in partial mode, the watermark of the partitions that have input, so it does not hold
+    /// the global stage back. Its open windows the advance passes close; its own later events
+    /// behind that watermark are late, as they would be after a newer event.
+    fn on_idle(&mut self, idle_for: std::time::Duration, emit: &mut Emit) -> Result<()> {
+        let hint = self
+            .partial
+            .as_ref()
+            .and_then(|p| p.shared.active_watermark());
+        let own = self
+            .guards
+            .idle_watermark(self.idle_base, idle_ms(idle_for));
+        let target = hint.max(own);
+        if self.partial.is_none() && target.is_none() {
             return Ok(());
-        };
-        let hint = p.shared.active_watermark();
+        }
         self.partial_begin(emit);
-        if let Some(h) = hint {
-            if self.watermark.watermark().is_none_or(|w| w < h) {
-                let max = h.saturating_add(self.max_out_of_orderness_ms);
-                self.watermark = self.watermark.with_max_event_time(Some(max));
+        if let Some(t) = target {
+            if self.watermark.advance_to(t) {
                 self.close(false, emit)?;
             }
         }
@@ -1184,6 +1249,7 @@ impl Operator for TumbleWindow {
     fn restore(&mut self, state: OperatorState) -> Result<()> {
         let max = state.meta.get("max_event_time").and_then(|v| v.as_i64());
         self.watermark = self.watermark.with_max_event_time(max);
+        self.idle_base = self.watermark.watermark();
         self.bins.clear();
         // Before partials were kept, every batch was an open window.
         let open = state
@@ -1258,8 +1324,16 @@ mod tests {
     }
 
     fn hop(slide_ms: i64, size_ms: i64) -> TumbleWindow {
+        window(
+            WindowKind::Hop { slide_ms, size_ms },
+            WatermarkGuards::default(),
+        )
+    }
+
+    fn window(kind: WindowKind, guards: WatermarkGuards) -> TumbleWindow {
         let cfg = WindowConfig {
-            kind: WindowKind::Hop { slide_ms, size_ms },
+            kind,
+            guards,
             keys: vec!["key".into()],
             time_column: None,
             max_out_of_orderness_ms: 0,
@@ -1273,7 +1347,25 @@ mod tests {
                 sql: None,
             }],
         };
-        TumbleWindow::with_config("hop", &cfg, input(), "ts").unwrap()
+        TumbleWindow::with_config("window", &cfg, input(), "ts").unwrap()
+    }
+
+    fn idle_after(ms: i64) -> WatermarkGuards {
+        WatermarkGuards {
+            idle_advance_ms: Some(ms),
+            max_future_ms: None,
+        }
+    }
+
+    fn ms(ms: u64) -> std::time::Duration {
+        std::time::Duration::from_millis(ms)
+    }
+
+    /// The wall clock of the `max_future_ms` tests: 2026-01-05T14:40:00Z.
+    const NOW: i64 = 1_767_624_000_000;
+
+    fn kinds(emit: &Emit) -> Vec<ErrorKind> {
+        emit.rejects().iter().map(|r| r.kind).collect()
     }
 
     /// (window_start, count) of every emitted row.
@@ -1307,6 +1399,148 @@ mod tests {
         assert_eq!(emit.absorbed(), 3);
         w.on_end_of_input(&mut emit).unwrap();
         assert_eq!(emitted(&emit), vec![(10, 1), (20, 3), (30, 3), (40, 1)]);
+    }
+
+    #[test]
+    fn an_idle_partitions_open_window_closes_after_idle_advance_ms_with_no_further_input() {
+        let mut w = window(WindowKind::Tumble { size_ms: 60_000 }, idle_after(5_000));
+        let mut emit = Emit::default();
+        w.process(batch(&[10_000, 50_000], 0), &mut emit).unwrap();
+        w.on_idle(ms(4_999), &mut emit).unwrap();
+        assert!(
+            emitted(&emit).is_empty(),
+            "not idle for idle_advance_ms yet"
+        );
+        // Idle for 5 s: the watermark is 50 s + 5 s, not the wall clock (this is old data).
+        w.on_idle(ms(5_000), &mut emit).unwrap();
+        assert!(
+            emitted(&emit).is_empty(),
+            "watermark 55 s < window end 60 s"
+        );
+        w.on_idle(ms(10_000), &mut emit).unwrap();
+        assert_eq!(emitted(&emit), vec![(0, 2)]);
+        assert_eq!(w.open_windows(), 0);
+    }
+
+    #[test]
+    fn an_idle_partitions_hopping_windows_close_as_its_idle_time_grows() {
+        let mut w = window(
+            WindowKind::Hop {
+                slide_ms: 10,
+                size_ms: 30,
+            },
+            idle_after(5),
+        );
+        let mut emit = Emit::default();
+        // 35 is in [10, 40), [20, 50), [30, 60).
+        w.process(batch(&[35], 0), &mut emit).unwrap();
+        w.on_idle(ms(5), &mut emit).unwrap();
+        assert_eq!(emitted(&emit), vec![(10, 1)]);
+        w.on_idle(ms(25), &mut emit).unwrap();
+        assert_eq!(emitted(&emit), vec![(10, 1), (20, 1), (30, 1)]);
+    }
+
+    #[test]
+    fn without_idle_advance_an_idle_partition_keeps_its_window_open() {
+        let mut w = window(
+            WindowKind::Tumble { size_ms: 60_000 },
+            WatermarkGuards::default(),
+        );
+        let mut emit = Emit::default();
+        w.process(batch(&[10_000], 0), &mut emit).unwrap();
+        w.on_idle(ms(3_600_000), &mut emit).unwrap();
+        assert!(emitted(&emit).is_empty());
+        assert_eq!(w.open_windows(), 1);
+    }
+
+    #[test]
+    fn an_event_behind_the_idle_advanced_watermark_is_late_also_after_a_restart() {
+        let mut w = window(WindowKind::Tumble { size_ms: 60_000 }, idle_after(5_000));
+        let mut emit = Emit::default();
+        w.process(batch(&[50_000], 0), &mut emit).unwrap();
+        w.on_idle(ms(10_000), &mut emit).unwrap();
+        assert_eq!(emitted(&emit), vec![(0, 1)]);
+        let state = w.snapshot().unwrap();
+
+        w.process(batch(&[59_000], 1), &mut emit).unwrap();
+        assert_eq!(kinds(&emit), vec![ErrorKind::Late]);
+
+        let mut restarted = window(WindowKind::Tumble { size_ms: 60_000 }, idle_after(5_000));
+        restarted.restore(state).unwrap();
+        let mut after = Emit::default();
+        restarted.process(batch(&[59_000], 1), &mut after).unwrap();
+        assert_eq!(
+            kinds(&after),
+            vec![ErrorKind::Late],
+            "the closed window stays closed"
+        );
+        restarted.on_end_of_input(&mut after).unwrap();
+        assert!(
+            emitted(&after).is_empty(),
+            "window [0, 60 s) is not emitted twice"
+        );
+    }
+
+    #[test]
+    fn events_far_ahead_of_the_wall_clock_go_to_the_dlq_and_leave_the_valid_ones_on_time() {
+        let guards = WatermarkGuards {
+            idle_advance_ms: None,
+            max_future_ms: Some(60_000),
+        };
+        let mut w = window(WindowKind::Tumble { size_ms: 60_000 }, guards).with_clock(|| NOW);
+        let mut emit = Emit::default();
+        let ahead = NOW + 600_000;
+        let start = NOW - 120_000;
+        // Valid trades over two minutes with three stamped 10 minutes ahead among them.
+        let mut rows: Vec<i64> = (0..120).map(|i| start + i * 1_000).collect();
+        for at in [10, 50, 90] {
+            rows.insert(at, ahead);
+        }
+        w.process(batch(&rows, 0), &mut emit).unwrap();
+        assert_eq!(kinds(&emit), vec![ErrorKind::FutureEventTime; 3]);
+        assert_eq!(
+            emit.rejects().iter().map(|r| r.offset).collect::<Vec<_>>(),
+            vec![10, 50, 90]
+        );
+        let message = &emit.rejects()[0].message;
+        assert!(
+            message.contains(&format!("event time {ahead} ms"))
+                && message.contains("max_future_ms = 60000 ms"),
+            "{message}"
+        );
+        assert_eq!(emit.absorbed(), 120, "no valid trade is late");
+        w.on_end_of_input(&mut emit).unwrap();
+        assert_eq!(emitted(&emit), vec![(start, 60), (start + 60_000, 60)]);
+    }
+
+    #[test]
+    fn the_first_event_of_a_partition_is_checked_against_the_wall_clock() {
+        let guards = WatermarkGuards {
+            idle_advance_ms: None,
+            max_future_ms: Some(60_000),
+        };
+        let mut w = window(WindowKind::Tumble { size_ms: 60_000 }, guards).with_clock(|| NOW);
+        let mut emit = Emit::default();
+        w.process(batch(&[NOW + 600_000, NOW - 30_000], 0), &mut emit)
+            .unwrap();
+        assert_eq!(kinds(&emit), vec![ErrorKind::FutureEventTime]);
+        assert_eq!(emit.absorbed(), 1);
+    }
+
+    #[test]
+    fn max_future_never_refuses_a_replay_of_old_data() {
+        let guards = WatermarkGuards {
+            idle_advance_ms: None,
+            max_future_ms: Some(1),
+        };
+        let mut w = window(WindowKind::Tumble { size_ms: 60_000 }, guards).with_clock(|| NOW);
+        let mut emit = Emit::default();
+        // A year-old stream with a jump of a day in it.
+        let old = NOW - 365 * 86_400_000;
+        w.process(batch(&[old, old + 1_000, old + 86_400_000], 0), &mut emit)
+            .unwrap();
+        assert!(emit.rejects().is_empty());
+        assert_eq!(emit.absorbed(), 3);
     }
 
     #[test]

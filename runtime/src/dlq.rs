@@ -23,6 +23,8 @@ pub enum ErrorKind {
     EmptyMessage,
     /// The event's window had already closed.
     Late,
+    /// The event's time is further ahead of the wall clock than `[watermark] max_future_ms`.
+    FutureEventTime,
     /// A user operator returned an error or panicked on this event.
     OperatorError,
     /// A sink refused this row permanently (e.g. a constraint violation).
@@ -38,6 +40,7 @@ impl ErrorKind {
             ErrorKind::NullPayload => "null_payload",
             ErrorKind::EmptyMessage => "empty_message",
             ErrorKind::Late => "late",
+            ErrorKind::FutureEventTime => "future_event_time",
             ErrorKind::OperatorError => "operator_error",
             ErrorKind::SinkRejected => "sink_rejected",
         }

@@ -953,7 +953,7 @@ fn run_worker(
                 && lane.rx.is_empty()
             {
                 lane.last_idle = Instant::now();
-                match lane.task.idle() {
+                match lane.task.idle(lane.last_input.elapsed()) {
                     Ok(out) if out.batches.is_empty() && out.watermark.is_none() => {}
                     Ok(out) => {
                         lane.dirty = true;

@@ -40,3 +40,4 @@ pub use shutdown::Shutdown;
 pub use sink::{EpochParticipant, Guarantee, NullSink, SinkWriter, WriteOutcome, DELETED_COLUMN};
 pub use source::{Assignment, PartitionReader, Partitioning, ReadResult, Source, TopicPartition};
 pub use task::{PartitionTask, TaskOutput};
+pub use watermark::WatermarkGuards;

@@ -4,6 +4,8 @@
 //! Operators are synchronous: they run on the CPU pool, one instance per partition task, and
 //! are cheap to test and benchmark without any runtime around them.
 
+use std::time::Duration;
+
 use crate::arrow::array::Int64Array;
 use crate::arrow::datatypes::SchemaRef;
 use crate::arrow::record_batch::RecordBatch;
@@ -157,11 +159,13 @@ pub trait Operator: Send {
         Ok(())
     }
 
-    /// The partition has had no input for the executor's idle timeout (called again every
-    /// timeout while it stays idle). An operator whose progress depends on event time may
-    /// advance it here, e.g. the partial stage of a two-phase aggregation follows the other
-    /// partitions' watermark so an idle partition does not hold the whole stream back.
-    fn on_idle(&mut self, _emit: &mut Emit) -> Result<()> {
+    /// The partition has had no input for the executor's idle timeout (called again, about
+    /// every 100 ms, while it stays idle); `idle_for` is the time since its last input. An
+    /// operator whose progress depends on event time may advance it here, e.g. the partial
+    /// stage of a two-phase aggregation follows the other partitions' watermark so an idle
+    /// partition does not hold the whole stream back, and a window with `idle_advance_ms`
+    /// advances its watermark by `idle_for` (ARCHITECTURE.md, "Windows").
+    fn on_idle(&mut self, _idle_for: Duration, _emit: &mut Emit) -> Result<()> {
         Ok(())
     }
 

@@ -1,7 +1,7 @@
 //! The partition task: the one owner of a partition's decoder, operator chain and offset.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::arrow::record_batch::RecordBatch;
 use crate::batch::RawBatch;
@@ -32,8 +32,8 @@ pub struct TaskOutput {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Flush {
     None,
-    /// The partition has been idle for the idle timeout.
-    Idle,
+    /// The partition has been idle for the idle timeout; it has had no input for this long.
+    Idle(Duration),
     /// The input ended.
     End,
 }
@@ -151,12 +151,12 @@ impl PartitionTask {
         Ok(out)
     }
 
-    /// The partition has had no input for the idle timeout: operators that follow event time
-    /// may advance it ([`Operator::on_idle`]).
-    pub fn idle(&mut self) -> Result<TaskOutput> {
+    /// The partition has had no input for `idle_for` (at least the idle timeout): operators
+    /// that follow event time may advance it ([`Operator::on_idle`]).
+    pub fn idle(&mut self, idle_for: Duration) -> Result<TaskOutput> {
         let mut out = TaskOutput::default();
         let empty = RawBatch::new(self.topic.clone(), self.partition, Vec::new());
-        self.run_chain(&empty, Vec::new(), Flush::Idle, &mut out)?;
+        self.run_chain(&empty, Vec::new(), Flush::Idle(idle_for), &mut out)?;
         self.counters.add(&out.delta);
         Ok(out)
     }
@@ -203,7 +203,7 @@ impl PartitionTask {
                 }
                 match flush {
                     Flush::None => {}
-                    Flush::Idle => op.on_idle(&mut emit)?,
+                    Flush::Idle(idle_for) => op.on_idle(idle_for, &mut emit)?,
                     Flush::End => op.on_end_of_input(&mut emit)?,
                 }
             }
