@@ -394,8 +394,10 @@ fn a_committed_offset_is_where_a_reader_without_checkpoint_starts_and_a_checkpoi
     committer.commit(&topic, 1, 9).unwrap();
     assert_eq!(committer.committed(&topic, 0).unwrap(), Some(6));
     assert_eq!(committer.committed(&topic, 1).unwrap(), Some(9));
-    // Committing again moves it (the executor only ever moves it forward).
+    // A commit never moves it backwards; only an explicit reset does.
     committer.commit(&topic, 1, 8).unwrap();
+    assert_eq!(committer.committed(&topic, 1).unwrap(), Some(9));
+    committer.reset(&[(&topic, 1, 8)]).unwrap();
     assert_eq!(committer.committed(&topic, 1).unwrap(), Some(8));
 
     // A new consumer of the group, without checkpoint (next_offset 0), starts there.

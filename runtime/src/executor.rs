@@ -12,18 +12,23 @@
 //!   assignment: it starts the partitions it is given and stops the ones taken away.
 //!
 //! The set of partitions is fixed ([`Source::partitions`]) or follows a consumer group
-//! ([`Source::assignments`]). A partition is started by restoring its checkpoint, recovering
-//! the sinks' staged epochs, opening its reader and handing its task to the least loaded
-//! worker. It is stopped (revoked, shutdown, or end of input) by stopping its reader: the
-//! worker drains what was read, stores a last checkpoint, and the sink stage commits it and
-//! acknowledges it to the source before the partition is reported as released.
+//! ([`Source::assignments`]). A partition is started by restoring its checkpoint (without one:
+//! at the source's start, [`Source::upstream`]), recovering the sinks' staged epochs, opening
+//! its reader and handing its task to the least loaded worker; the run logs where it resumed.
+//! It is stopped (revoked, shutdown, or end of input) by stopping its reader: the worker
+//! drains what was read, stores a last checkpoint, and the sink stage commits it and
+//! acknowledges it to the source before the partition is reported as released. A checkpoint
+//! is acknowledged only when its next offset is above what upstream has and above where the
+//! partition started, so upstream never moves backwards. When the run stops, the last
+//! checkpoints are acknowledged together at the end ([`Source::acknowledge_all`], bounded by
+//! the source); if that fails the run still succeeds and warns that upstream lags.
 //!
 //! When a sink is slow the channels fill, workers block on send, readers block on send and
 //! pause their partition ([`PartitionReader::set_paused`]): the source stops fetching
 //! (backpressure). On shutdown readers stop, workers drain what was read, checkpoint every
 //! partition, and the sink stage commits those checkpoints before returning.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -43,7 +48,9 @@ use crate::metrics::{Counters, Metrics};
 use crate::operator::Emit;
 use crate::shutdown::Shutdown;
 use crate::sink::SinkWriter;
-use crate::source::{Assignment, PartitionReader, ReadResult, Source, TopicPartition};
+use crate::source::{
+    Assignment, PartitionReader, ReadResult, ResumeFrom, Source, TopicPartition,
+};
 use crate::task::{PartitionTask, TaskOutput};
 
 /// How often an idle partition's task is told it is idle.
@@ -100,6 +107,11 @@ pub struct RunSummary {
     /// Values of the declared partition key seen in more than one partition of a topic
     /// (filled in by the pipeline that checks them; 0 when nothing checks).
     pub misplaced_keys: u64,
+    /// The last checkpoints of the stop that upstream did not acknowledge within the source's
+    /// bound (a Kafka group commit with the broker down): (partition, checkpoint's next
+    /// offset). The checkpoints are stored and the next run resumes from them; only the
+    /// group's committed offsets lag.
+    pub unacknowledged: Vec<(TopicPartition, i64)>,
 }
 
 enum ReaderMsg {
@@ -132,6 +144,11 @@ struct Owned {
     revoking: bool,
     /// Revoked as lost: its last checkpoints are not stored.
     lost: bool,
+    /// Only a checkpoint whose next offset is above this is acknowledged upstream: the
+    /// offset upstream already has, or where a partition without a checkpoint started. So
+    /// an acknowledgement never moves backwards, and a partition that read nothing makes
+    /// none.
+    floor: i64,
 }
 
 /// A revocation waiting for its partitions to be released.
@@ -149,6 +166,11 @@ struct Running {
     /// Latest lifetime accounting of every partition owned during this run.
     lifetime: HashMap<TopicPartition, Counters>,
     all_ended: bool,
+    /// Acknowledgements of checkpoints stored while the run stops, made together at the end
+    /// ([`Source::acknowledge_all`]): the latest next offset of each partition.
+    final_acks: BTreeMap<TopicPartition, i64>,
+    /// What upstream acknowledged of each partition, as far as this run knows.
+    upstream_at: HashMap<TopicPartition, Option<i64>>,
 }
 
 pub struct Executor {
@@ -244,6 +266,8 @@ impl Executor {
             revokes: Vec::new(),
             lifetime: HashMap::new(),
             all_ended: true,
+            final_acks: BTreeMap::new(),
+            upstream_at: HashMap::new(),
         };
         let mut worker_handles = Vec::new();
         for n in 0..cpu_threads {
@@ -275,6 +299,7 @@ impl Executor {
         if result.is_ok() {
             result = self.checkpoint_global(&shutdown);
         }
+        let unacknowledged = self.acknowledge_final(&mut running);
         if result.is_err() {
             shutdown.trigger();
         }
@@ -312,7 +337,49 @@ impl Executor {
             partitions: running.lifetime.len(),
             finished: fixed.is_some() && running.all_ended,
             misplaced_keys: 0,
+            unacknowledged,
         })
+    }
+
+    /// Acknowledge the checkpoints stored while stopping, together, within the source's bound.
+    /// When that fails the run still succeeds (the checkpoints are the truth) and a warning
+    /// names what lags; the lagging partitions are returned.
+    fn acknowledge_final(&mut self, running: &mut Running) -> Vec<(TopicPartition, i64)> {
+        let offsets: Vec<(TopicPartition, i64)> =
+            std::mem::take(&mut running.final_acks).into_iter().collect();
+        if offsets.is_empty() {
+            return Vec::new();
+        }
+        let started = Instant::now();
+        match self.source.acknowledge_all(&offsets) {
+            Ok(()) => {
+                debug!(
+                    partitions = offsets.len(),
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "last checkpoints acknowledged"
+                );
+                Vec::new()
+            }
+            Err(err) => {
+                self.metrics.acknowledge_failed();
+                let lagging: Vec<String> = offsets
+                    .iter()
+                    .map(|(tp, next)| {
+                        let at = match running.upstream_at.get(tp).copied().flatten() {
+                            Some(n) => format!("committed {n}"),
+                            None => "nothing committed".to_string(),
+                        };
+                        format!("{}/{} checkpoint at {next} ({at})", tp.0, tp.1)
+                    })
+                    .collect();
+                warn!(
+                    "the group's committed offsets lag the checkpoints: {}; the checkpoints are \
+                     stored and the next run resumes from them ({err})",
+                    lagging.join(", ")
+                );
+                offsets
+            }
+        }
     }
 
     /// Restore a partition from its checkpoint, recover the sinks' staged epochs of it, open
@@ -331,10 +398,36 @@ impl Executor {
         for sink in &mut self.sinks {
             sink.recover(partition, committed)?;
         }
-        if let Some(c) = checkpoint {
-            info!(topic = %topic, partition, epoch = c.epoch, next_offset = c.next_offset, "restored checkpoint");
-            task.restore(c)?;
-        }
+        let upstream = self.source.upstream(topic, partition)?;
+        let resume = match checkpoint {
+            Some(c) => {
+                let (epoch, offset) = (c.epoch, c.next_offset);
+                task.restore(c)?;
+                if offset == 0 && upstream.initial.offset() > 0 {
+                    // A checkpoint at 0 has processed nothing (an older weir wrote one for a
+                    // partition that read nothing): the source's start is where it would be.
+                    info!(topic = %topic, partition, epoch, "the checkpoint holds offset 0 (it read nothing): the source's start applies");
+                    task.set_next_offset(upstream.initial.offset());
+                    ResumeFrom::Source(upstream.initial)
+                } else {
+                    ResumeFrom::Checkpoint { epoch, offset }
+                }
+            }
+            None if task.start_given() => ResumeFrom::Requested(task.next_offset()),
+            None => {
+                task.set_next_offset(upstream.initial.offset());
+                ResumeFrom::Source(upstream.initial)
+            }
+        };
+        info!("resuming topic {topic} partition {partition} from {resume}");
+        let acknowledged = upstream.acknowledged.unwrap_or(-1);
+        let floor = match resume {
+            ResumeFrom::Checkpoint { .. } => acknowledged,
+            other => other.offset().max(acknowledged),
+        };
+        running
+            .upstream_at
+            .insert(tp.clone(), upstream.acknowledged);
         let reader = self.source.open(topic, partition, task.next_offset())?;
         let (tx, rx) = bounded(self.config.channel_capacity.max(1));
         let stop = Shutdown::new();
@@ -361,6 +454,7 @@ impl Executor {
                 worker,
                 revoking: false,
                 lost: false,
+                floor,
             },
         );
         self.metrics.partition_started();
@@ -489,6 +583,23 @@ impl Executor {
                     return Ok(());
                 }
                 self.commit_checkpoint(&checkpoint, shutdown)?;
+                if let Some(owned) = running.owned.get_mut(&tp) {
+                    let next = checkpoint.next_offset;
+                    if next > owned.floor {
+                        if shutdown.is_triggered() && !owned.revoking {
+                            // Stopping: acknowledged with every partition's last one, under one
+                            // bound, once all are stored.
+                            running.final_acks.insert(tp, next);
+                        } else {
+                            // The next owner of a revoked partition starts at the group's offset.
+                            running.final_acks.remove(&tp);
+                            if self.acknowledge(&tp, next) {
+                                owned.floor = next;
+                                running.upstream_at.insert(tp, Some(next));
+                            }
+                        }
+                    }
+                }
                 // The global stage's rows become durable at the pace of the partitions'.
                 self.checkpoint_global(shutdown)
             }
@@ -648,6 +759,22 @@ impl Executor {
         Ok(())
     }
 
+    /// Acknowledge a durable checkpoint upstream. The checkpoint is the truth; an upstream
+    /// commit that fails is retried with the next checkpoint and is corrected on restart
+    /// (the checkpoint's offset wins). Whether it succeeded.
+    fn acknowledge(&mut self, tp: &TopicPartition, next_offset: i64) -> bool {
+        match self.source.acknowledge(&tp.0, tp.1, next_offset) {
+            Ok(()) => true,
+            Err(err) => {
+                self.metrics.acknowledge_failed();
+                warn!(topic = %tp.0, partition = tp.1, next_offset, error = %err, "source did not acknowledge a durable checkpoint");
+                false
+            }
+        }
+    }
+
+    /// The epoch protocol of one checkpoint: sinks and DLQ prepare, the store saves, sinks
+    /// and DLQ commit. Acknowledging it upstream is the caller's.
     fn commit_checkpoint(&mut self, c: &Checkpoint, shutdown: &Shutdown) -> Result<()> {
         let started = Instant::now();
         let (p, e) = (c.partition, c.epoch);
@@ -663,12 +790,6 @@ impl Executor {
         }
         let dlq = &mut self.dlq;
         retry(shutdown, "dlq".into(), || dlq.commit(p, e))?;
-        // The checkpoint is the truth; an upstream commit that fails is retried with the next
-        // checkpoint and is corrected on restart (the checkpoint's offset wins).
-        if let Err(err) = self.source.acknowledge(&c.topic, p, c.next_offset) {
-            self.metrics.acknowledge_failed();
-            warn!(partition = p, next_offset = c.next_offset, error = %err, "source did not acknowledge a durable checkpoint");
-        }
         self.metrics.checkpoint_stored();
         debug!(
             partition = p,

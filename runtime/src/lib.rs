@@ -38,6 +38,9 @@ pub use offsets::OffsetTracker;
 pub use operator::{offset_column, Decoded, Decoder, Emit, Operator, RowReject, OFFSET_COLUMN};
 pub use shutdown::Shutdown;
 pub use sink::{EpochParticipant, Guarantee, NullSink, SinkWriter, WriteOutcome, DELETED_COLUMN};
-pub use source::{Assignment, PartitionReader, Partitioning, ReadResult, Source, TopicPartition};
+pub use source::{
+    Assignment, InitialOffset, PartitionReader, Partitioning, ReadResult, ResumeFrom, Source,
+    TopicPartition, Upstream,
+};
 pub use task::{PartitionTask, TaskOutput};
 pub use watermark::WatermarkGuards;

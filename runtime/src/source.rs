@@ -43,6 +43,84 @@ pub enum Assignment {
     Failed(crate::error::WeirError),
 }
 
+/// Where a partition that has no checkpoint starts, as its source resolved it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InitialOffset {
+    /// The source's own beginning, offset 0 (a file, a generator).
+    Beginning,
+    /// The consumer group's committed offset.
+    Committed(i64),
+    /// No committed offset: the partition's first offset (Kafka `auto.offset.reset = earliest`).
+    Earliest(i64),
+    /// No committed offset: the partition's end (Kafka `auto.offset.reset = latest`).
+    Latest(i64),
+}
+
+impl InitialOffset {
+    pub fn offset(self) -> i64 {
+        match self {
+            InitialOffset::Beginning => 0,
+            InitialOffset::Committed(n) | InitialOffset::Earliest(n) | InitialOffset::Latest(n) => n,
+        }
+    }
+}
+
+/// What a source knows of a partition before the executor opens it ([`Source::upstream`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Upstream {
+    /// Where reading starts when the partition has no checkpoint.
+    pub initial: InitialOffset,
+    /// The next offset upstream already acknowledged (a consumer group's committed offset):
+    /// the executor never acknowledges an offset at or below it, so upstream never moves
+    /// backwards and a partition that read nothing acknowledges nothing.
+    pub acknowledged: Option<i64>,
+}
+
+/// Where a partition's reading resumed, as a run reports it for every partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResumeFrom {
+    /// The partition's checkpoint.
+    Checkpoint { epoch: u64, offset: i64 },
+    /// No checkpoint: the offset the pipeline was given for it (`weir replay`).
+    Requested(i64),
+    /// No checkpoint: where the source starts.
+    Source(InitialOffset),
+}
+
+impl ResumeFrom {
+    pub fn offset(self) -> i64 {
+        match self {
+            ResumeFrom::Checkpoint { offset, .. } | ResumeFrom::Requested(offset) => offset,
+            ResumeFrom::Source(initial) => initial.offset(),
+        }
+    }
+}
+
+impl std::fmt::Display for ResumeFrom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ResumeFrom::Checkpoint { epoch, offset } => {
+                write!(f, "checkpoint epoch {epoch} at offset {offset}")
+            }
+            ResumeFrom::Requested(n) => write!(f, "the requested offset {n} (no checkpoint)"),
+            ResumeFrom::Source(InitialOffset::Beginning) => {
+                write!(f, "the beginning (no checkpoint)")
+            }
+            ResumeFrom::Source(InitialOffset::Committed(n)) => {
+                write!(f, "the group's committed offset {n} (no checkpoint)")
+            }
+            ResumeFrom::Source(InitialOffset::Earliest(n)) => write!(
+                f,
+                "the earliest offset {n} (no checkpoint, no committed offset)"
+            ),
+            ResumeFrom::Source(InitialOffset::Latest(n)) => write!(
+                f,
+                "the latest offset {n} (no checkpoint, no committed offset)"
+            ),
+        }
+    }
+}
+
 /// What a partition reader returned.
 #[derive(Debug)]
 pub enum ReadResult {
@@ -112,6 +190,27 @@ pub trait Source: Send {
     /// `next_offset` is in its sink, the DLQ or stored state. The source may now acknowledge
     /// them upstream (a Kafka consumer group commit). Never called before that point.
     fn acknowledge(&mut self, _topic: &Arc<str>, _partition: i32, _next_offset: i64) -> Result<()> {
+        Ok(())
+    }
+
+    /// Where `topic/partition` starts without a checkpoint, and what upstream has already
+    /// acknowledged of it. Called before [`Source::open`] for every partition, with or
+    /// without a checkpoint. The default: the beginning, nothing acknowledged.
+    fn upstream(&mut self, _topic: &Arc<str>, _partition: i32) -> Result<Upstream> {
+        Ok(Upstream {
+            initial: InitialOffset::Beginning,
+            acknowledged: None,
+        })
+    }
+
+    /// The last checkpoints of a stopping run are durable: acknowledge them together, within
+    /// one bound of the source's own (a stop must not wait on an unreachable broker once per
+    /// partition). An error means upstream lags those checkpoints; the checkpoints stay the
+    /// truth. The default acknowledges them one by one.
+    fn acknowledge_all(&mut self, offsets: &[(TopicPartition, i64)]) -> Result<()> {
+        for ((topic, partition), next_offset) in offsets {
+            self.acknowledge(topic, *partition, *next_offset)?;
+        }
         Ok(())
     }
 }

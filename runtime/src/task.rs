@@ -46,6 +46,8 @@ pub struct PartitionTask {
     decoder: Box<dyn Decoder>,
     operators: Vec<Box<dyn Operator>>,
     next_offset: i64,
+    /// `next_offset` was given ([`PartitionTask::set_next_offset`]), not left at 0.
+    start_given: bool,
     epoch: u64,
     counters: Counters,
 }
@@ -65,6 +67,7 @@ impl PartitionTask {
             decoder,
             operators,
             next_offset: 0,
+            start_given: false,
             epoch: 0,
             counters: Counters::default(),
         }
@@ -89,6 +92,13 @@ impl PartitionTask {
     /// Start reading at `offset` (when there is no checkpoint).
     pub fn set_next_offset(&mut self, offset: i64) {
         self.next_offset = offset;
+        self.start_given = true;
+    }
+
+    /// The start was given with [`PartitionTask::set_next_offset`] (else the source's own
+    /// start applies when there is no checkpoint).
+    pub fn start_given(&self) -> bool {
+        self.start_given
     }
 
     /// Resume from a stored checkpoint.

@@ -2,9 +2,9 @@
 //! weir owns), a client context that remembers the last broker error so that errors can say
 //! why a broker is unreachable, metadata checks, and redaction of secret options.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::client::{Client, ClientContext};
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
@@ -167,10 +167,143 @@ pub(crate) struct FailedDelivery {
     pub error: KafkaError,
 }
 
-/// Client context of every weir Kafka client: logs through `tracing`, remembers the last
-/// broker error (for error messages), and collects failed deliveries of producers.
+/// Repeats of a client log line within this window are counted, not logged.
+const LOG_REPEAT_WINDOW: Duration = Duration::from_secs(10);
+
+/// At most this many distinct lines are tracked; older ones are forgotten past the window.
+const LOG_LINES_TRACKED: usize = 256;
+
+/// What to do with one client log line ([`LogCollapse::observe`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum LogVerdict {
+    /// Log it; `repeated` earlier repeats of it were counted and not logged.
+    Log { repeated: u64 },
+    /// A repeat within the window: counted only.
+    Count,
+}
+
+/// A line seen, and its repeats not logged since.
+#[derive(Debug, Clone)]
+struct Seen {
+    logged_at: Instant,
+    repeats: u64,
+    level: RDKafkaLogLevel,
+    fac: String,
+    message: String,
+}
+
+/// Collapses repeated client log lines (librdkafka logs a refused connection on every
+/// reconnect, and the lines queue up until the client's queue is served, so a start against
+/// an unreachable broker printed 195 of them at once). The first occurrence of a line is
+/// logged; its repeats within [`LOG_REPEAT_WINDOW`] are counted, and the first occurrence
+/// after the window is logged with that count. Lines are the same when they differ only in
+/// numbers (librdkafka appends "after 12ms", "3 identical error(s) suppressed"). Pure: the
+/// caller passes the time.
+#[derive(Debug, Default)]
+pub(crate) struct LogCollapse {
+    lines: HashMap<String, Seen>,
+}
+
+/// The line with every run of digits replaced by `#`.
+fn log_key(level: RDKafkaLogLevel, fac: &str, message: &str) -> String {
+    let mut key = format!("{}|{fac}|", level as i32);
+    let mut digits = false;
+    for c in message.chars() {
+        if c.is_ascii_digit() {
+            if !digits {
+                key.push('#');
+            }
+            digits = true;
+        } else {
+            key.push(c);
+            digits = false;
+        }
+    }
+    key
+}
+
+impl LogCollapse {
+    pub fn observe(
+        &mut self,
+        level: RDKafkaLogLevel,
+        fac: &str,
+        message: &str,
+        now: Instant,
+    ) -> LogVerdict {
+        let key = log_key(level, fac, message);
+        if let Some(seen) = self.lines.get_mut(&key) {
+            if now.saturating_duration_since(seen.logged_at) < LOG_REPEAT_WINDOW {
+                seen.repeats += 1;
+                return LogVerdict::Count;
+            }
+            let repeated = seen.repeats;
+            seen.logged_at = now;
+            seen.repeats = 0;
+            return LogVerdict::Log { repeated };
+        }
+        if self.lines.len() >= LOG_LINES_TRACKED {
+            self.lines.retain(|_, s| {
+                s.repeats > 0 || now.saturating_duration_since(s.logged_at) < LOG_REPEAT_WINDOW
+            });
+        }
+        if self.lines.len() < LOG_LINES_TRACKED {
+            self.lines.insert(
+                key,
+                Seen {
+                    logged_at: now,
+                    repeats: 0,
+                    level,
+                    fac: fac.to_string(),
+                    message: message.to_string(),
+                },
+            );
+        }
+        LogVerdict::Log { repeated: 0 }
+    }
+
+    /// The lines with repeats not reported yet, with their count (when the client goes away).
+    pub fn drain(&mut self) -> Vec<(RDKafkaLogLevel, String, String, u64)> {
+        let mut out: Vec<_> = self
+            .lines
+            .drain()
+            .filter(|(_, s)| s.repeats > 0)
+            .map(|(_, s)| (s.level, s.fac, s.message, s.repeats))
+            .collect();
+        out.sort_by(|a, b| a.2.cmp(&b.2));
+        out
+    }
+}
+
+/// Log one client line through `tracing` at its level.
+fn emit_log(level: RDKafkaLogLevel, fac: &str, message: &str) {
+    match level {
+        RDKafkaLogLevel::Emerg
+        | RDKafkaLogLevel::Alert
+        | RDKafkaLogLevel::Critical
+        | RDKafkaLogLevel::Error => error!(target: "librdkafka", facility = fac, "{message}"),
+        RDKafkaLogLevel::Warning => warn!(target: "librdkafka", facility = fac, "{message}"),
+        RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+            info!(target: "librdkafka", facility = fac, "{message}")
+        }
+        RDKafkaLogLevel::Debug => debug!(target: "librdkafka", facility = fac, "{message}"),
+    }
+}
+
+/// `message`, followed by how often it repeated unlogged.
+fn with_repeats(message: &str, repeated: u64, since: &str) -> String {
+    match repeated {
+        0 => message.to_string(),
+        1 => format!("{message} (repeated 1 time {since})"),
+        n => format!("{message} (repeated {n} times {since})"),
+    }
+}
+
+/// Client context of every weir Kafka client: logs through `tracing` (repeated lines
+/// collapsed, [`LogCollapse`]), remembers the last broker error (for error messages), and
+/// collects failed deliveries of producers.
 #[derive(Default)]
 pub(crate) struct KafkaContext {
+    log_lines: Mutex<LogCollapse>,
     last_error: Mutex<Option<String>>,
     failed: Mutex<Vec<FailedDelivery>>,
     /// A consumer's link to the executor when it follows a group (unused otherwise).
@@ -197,30 +330,41 @@ impl KafkaContext {
     }
 }
 
+impl Drop for KafkaContext {
+    fn drop(&mut self) {
+        for (level, fac, message, repeats) in lock(&self.log_lines).drain() {
+            emit_log(level, &fac, &with_repeats(&message, repeats, "since it was logged"));
+        }
+    }
+}
+
 impl ClientContext for KafkaContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
-        match level {
-            RDKafkaLogLevel::Emerg
-            | RDKafkaLogLevel::Alert
-            | RDKafkaLogLevel::Critical
-            | RDKafkaLogLevel::Error => {
-                error!(target: "librdkafka", facility = fac, "{message}");
-                self.remember(message.to_string());
-            }
-            RDKafkaLogLevel::Warning => {
-                warn!(target: "librdkafka", facility = fac, "{message}");
-                self.remember(message.to_string());
-            }
-            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
-                info!(target: "librdkafka", facility = fac, "{message}")
-            }
-            RDKafkaLogLevel::Debug => debug!(target: "librdkafka", facility = fac, "{message}"),
+        if level as i32 <= RDKafkaLogLevel::Warning as i32 {
+            self.remember(message.to_string());
+        }
+        let verdict = lock(&self.log_lines).observe(level, fac, message, Instant::now());
+        if let LogVerdict::Log { repeated } = verdict {
+            emit_log(
+                level,
+                fac,
+                &with_repeats(message, repeated, "in the window before"),
+            );
         }
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        warn!(target: "librdkafka", error = %error, "{reason}");
-        self.remember(format!("{error}: {reason}"));
+        let message = format!("{error}: {reason}");
+        let verdict =
+            lock(&self.log_lines).observe(RDKafkaLogLevel::Warning, "error", &message, Instant::now());
+        if let LogVerdict::Log { repeated } = verdict {
+            emit_log(
+                RDKafkaLogLevel::Warning,
+                "error",
+                &with_repeats(&message, repeated, "in the window before"),
+            );
+        }
+        self.remember(message);
     }
 }
 
@@ -370,6 +514,87 @@ mod tests {
                 "source.options.\"group.id\": weir owns this librdkafka option: set `group_id` instead",
             ]
         );
+    }
+
+    fn refused(after_ms: u64) -> String {
+        format!(
+            "127.0.0.1:1/bootstrap: Connect to ipv4#127.0.0.1:1 failed: Connection refused \
+             (after {after_ms}ms in state CONNECT)"
+        )
+    }
+
+    fn drained(c: &mut LogCollapse) -> Vec<(i32, String, String, u64)> {
+        c.drain()
+            .into_iter()
+            .map(|(l, f, m, n)| (l as i32, f, m, n))
+            .collect()
+    }
+
+    #[test]
+    fn the_first_of_a_repeated_log_line_is_logged_and_its_repeats_only_counted() {
+        let mut c = LogCollapse::default();
+        let t0 = Instant::now();
+        let w = RDKafkaLogLevel::Warning;
+        assert_eq!(
+            c.observe(w, "FAIL", &refused(0), t0),
+            LogVerdict::Log { repeated: 0 }
+        );
+        // 194 repeats in 2 ms, differing only in their numbers: counted.
+        for i in 1..195u64 {
+            let at = t0 + Duration::from_micros(10 * i);
+            assert_eq!(c.observe(w, "FAIL", &refused(i), at), LogVerdict::Count);
+        }
+        // When the client goes away, the count is reported with the first line's text.
+        assert_eq!(
+            drained(&mut c),
+            [(w as i32, "FAIL".to_string(), refused(0), 194)]
+        );
+    }
+
+    #[test]
+    fn a_repeat_after_the_window_is_logged_with_the_count_of_the_window_before() {
+        let mut c = LogCollapse::default();
+        let t0 = Instant::now();
+        let w = RDKafkaLogLevel::Warning;
+        c.observe(w, "FAIL", &refused(0), t0);
+        c.observe(w, "FAIL", &refused(1), t0 + Duration::from_secs(1));
+        c.observe(w, "FAIL", &refused(2), t0 + Duration::from_secs(2));
+        let later = t0 + LOG_REPEAT_WINDOW + Duration::from_millis(1);
+        assert_eq!(
+            c.observe(w, "FAIL", &refused(3), later),
+            LogVerdict::Log { repeated: 2 }
+        );
+        assert_eq!(
+            c.observe(w, "FAIL", &refused(4), later + Duration::from_millis(1)),
+            LogVerdict::Count
+        );
+        assert_eq!(
+            drained(&mut c),
+            [(w as i32, "FAIL".to_string(), refused(0), 1)]
+        );
+    }
+
+    #[test]
+    fn different_lines_levels_and_facilities_are_each_logged() {
+        let mut c = LogCollapse::default();
+        let t0 = Instant::now();
+        let first = LogVerdict::Log { repeated: 0 };
+        assert_eq!(c.observe(RDKafkaLogLevel::Warning, "FAIL", "a", t0), first);
+        assert_eq!(c.observe(RDKafkaLogLevel::Warning, "FAIL", "b", t0), first);
+        assert_eq!(c.observe(RDKafkaLogLevel::Error, "FAIL", "a", t0), first);
+        assert_eq!(c.observe(RDKafkaLogLevel::Warning, "REQTMOUT", "a", t0), first);
+        assert!(drained(&mut c).is_empty(), "nothing repeated");
+    }
+
+    #[test]
+    fn the_tracked_lines_are_bounded() {
+        let mut c = LogCollapse::default();
+        let t0 = Instant::now();
+        for i in 0..10 * LOG_LINES_TRACKED {
+            let line = format!("line {}", "x".repeat(i % 50 + 1)) + &"y".repeat(i / 50);
+            c.observe(RDKafkaLogLevel::Info, "F", &line, t0);
+        }
+        assert!(c.lines.len() <= LOG_LINES_TRACKED);
     }
 
     #[test]

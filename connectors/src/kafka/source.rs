@@ -16,12 +16,16 @@
 //! partition, so librdkafka stops prefetching it. With manual assignment the readers also
 //! serve the shared queue (errors, logs) with a zero timeout; in a group the group thread does.
 //!
-//! Where a reader starts (see [`StartFrom::for_next_offset`]): a checkpoint's next offset when
-//! there is one (`next_offset > 0`); else (`next_offset == 0`, "no checkpoint") the group's
-//! committed offset; else `auto.offset.reset`, which weir sets to `earliest` unless the options
-//! say otherwise. weir never commits on read: `enable.auto.commit` and
+//! Where a reader starts: a checkpoint's next offset when there is one; else the group's
+//! committed offset; else `auto.offset.reset` (weir sets `earliest` unless the options say
+//! otherwise). The executor asks [`Source::upstream`] first, which reads the group's committed
+//! offset (and without one the partition's first offset or end) within `connect_timeout_ms`,
+//! so the task starts at the real offset, and its checkpoints and commits never claim less;
+//! the reader then opens at that exact offset. (`open` at 0 still means the group's offset,
+//! see [`StartFrom::for_next_offset`].) weir never commits on read: `enable.auto.commit` and
 //! `enable.auto.offset.store` are off, and offsets are committed by the
-//! [`KafkaOffsetCommitter`](super::KafkaOffsetCommitter) once the output is durable.
+//! [`KafkaOffsetCommitter`](super::KafkaOffsetCommitter) once the output is durable, never
+//! below the group's committed offset, and within `commit_timeout_ms`.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,8 +41,8 @@ use serde::Deserialize;
 use tracing::{debug, info, warn};
 use weir_runtime::error::{Result, WeirError};
 use weir_runtime::{
-    Assignment, ErrorClass, PartitionReader, RawBatch, RawMessage, ReadResult, Source,
-    TopicPartition,
+    Assignment, ErrorClass, InitialOffset, PartitionReader, RawBatch, RawMessage, ReadResult,
+    Source, TopicPartition, Upstream,
 };
 
 use super::client::{
@@ -55,6 +59,10 @@ pub(crate) fn default_connect_timeout_ms() -> u64 {
 
 fn default_revoke_timeout_ms() -> u64 {
     20_000
+}
+
+pub(crate) fn default_commit_timeout_ms() -> u64 {
+    10_000
 }
 
 /// How the source gets its partitions.
@@ -119,6 +127,12 @@ pub struct KafkaSourceConfig {
     /// partitions it gives up. Keep it below librdkafka's `max.poll.interval.ms`.
     #[serde(default = "default_revoke_timeout_ms")]
     pub revoke_timeout_ms: u64,
+    /// How long a group commit may wait for the group coordinator. When a run stops, the
+    /// commits of all its partitions run together under this one bound; past it the run
+    /// still ends successfully (the checkpoints are stored and are the truth) and warns that
+    /// the group's committed offsets lag them.
+    #[serde(default = "default_commit_timeout_ms")]
+    pub commit_timeout_ms: u64,
 }
 
 impl KafkaSourceConfig {
@@ -132,6 +146,7 @@ impl KafkaSourceConfig {
             connect_timeout_ms: default_connect_timeout_ms(),
             assignment: AssignmentMode::default(),
             revoke_timeout_ms: default_revoke_timeout_ms(),
+            commit_timeout_ms: default_commit_timeout_ms(),
         }
     }
 
@@ -146,6 +161,9 @@ impl KafkaSourceConfig {
         );
         if self.revoke_timeout_ms == 0 {
             errors.push(format!("{}: must be at least 1", key("revoke_timeout_ms")));
+        }
+        if self.commit_timeout_ms == 0 {
+            errors.push(format!("{}: must be at least 1", key("commit_timeout_ms")));
         }
         if self.topics.is_empty() {
             errors.push(format!("{}: must list at least one topic", key("topics")));
@@ -246,6 +264,8 @@ pub struct KafkaSource {
     config: KafkaSourceConfig,
     name: String,
     consumer: Arc<BaseConsumer<KafkaContext>>,
+    /// Commits through `consumer`, forward only; knows the group's offsets.
+    committer: KafkaOffsetCommitter,
     /// Partitions of each topic, from the last metadata fetch.
     partitions: BTreeMap<String, Vec<i32>>,
     /// The source follows the group's assignment ([`Source::assignments`] was called).
@@ -274,10 +294,12 @@ impl KafkaSource {
             return Err(WeirError::Config(errors.join("; ")));
         }
         let consumer = config.consumer(&name)?;
+        let committer = KafkaOffsetCommitter::from_consumer(consumer.clone(), name.clone(), &config);
         Ok(Self {
             config,
             name,
             consumer,
+            committer,
             partitions: BTreeMap::new(),
             following: false,
             group_thread: None,
@@ -289,13 +311,33 @@ impl KafkaSource {
         &self.config
     }
 
-    /// A committer that commits through this source's consumer (the group member that reads).
+    /// A committer that commits through this source's consumer (the group member that reads),
+    /// sharing what the source knows of the group's offsets.
     pub fn committer(&self) -> KafkaOffsetCommitter {
-        KafkaOffsetCommitter::from_consumer(
-            self.consumer.clone(),
-            self.name.clone(),
-            self.config.connect_timeout(),
-        )
+        self.committer.clone()
+    }
+
+    /// Where a partition without a committed offset starts: `auto.offset.reset` (weir's
+    /// default `earliest`).
+    fn reset_policy(&self, topic: &str, partition: i32) -> Result<bool> {
+        let policy = self
+            .config
+            .options
+            .iter()
+            .find(|(k, _)| k.trim() == "auto.offset.reset")
+            .map_or("earliest", |(_, v)| v.trim());
+        match policy {
+            "earliest" | "smallest" | "beginning" => Ok(true),
+            "latest" | "largest" | "end" => Ok(false),
+            other => Err(self.error(
+                format!(
+                    "{topic}/{partition} has no checkpoint and no committed offset in group {:?}, \
+                     and options.\"auto.offset.reset\" is {other:?}: nothing says where to start",
+                    self.config.group_id
+                ),
+                ErrorClass::Fatal,
+            )),
+        }
     }
 
     fn error(&self, message: impl std::fmt::Display, class: ErrorClass) -> WeirError {
@@ -618,9 +660,50 @@ impl Source for KafkaSource {
     }
 
     /// Commit `next_offset` to the consumer group: called only once the partition's
-    /// checkpoint, and with it every output below `next_offset`, is durable.
+    /// checkpoint, and with it every output below `next_offset`, is durable. Never below the
+    /// group's committed offset, and waiting at most `commit_timeout_ms`.
     fn acknowledge(&mut self, topic: &Arc<str>, partition: i32, next_offset: i64) -> Result<()> {
-        self.committer().commit(topic, partition, next_offset)
+        self.committer.commit(topic, partition, next_offset)
+    }
+
+    /// The commit of a stop: every partition's last checkpoint in one request, under one
+    /// `commit_timeout_ms`.
+    fn acknowledge_all(&mut self, offsets: &[(TopicPartition, i64)]) -> Result<()> {
+        let offsets: Vec<(&str, i32, i64)> = offsets
+            .iter()
+            .map(|((topic, partition), next)| (&**topic, *partition, *next))
+            .collect();
+        self.committer.commit_all(&offsets)
+    }
+
+    /// The group's committed offset of the partition; without one, its first offset or its
+    /// end, as `auto.offset.reset` says. Bounded by `connect_timeout_ms`.
+    fn upstream(&mut self, topic: &Arc<str>, partition: i32) -> Result<Upstream> {
+        let committed = self.committer.committed(topic, partition)?;
+        let initial = match committed {
+            Some(n) => InitialOffset::Committed(n),
+            None => {
+                let earliest = self.reset_policy(topic, partition)?;
+                let (low, high) = self
+                    .consumer
+                    .fetch_watermarks(topic, partition, self.config.connect_timeout())
+                    .map_err(|e| {
+                        self.error(
+                            format!("cannot read the offsets of {topic}/{partition}: {e}"),
+                            classify(&e),
+                        )
+                    })?;
+                if earliest {
+                    InitialOffset::Earliest(low)
+                } else {
+                    InitialOffset::Latest(high)
+                }
+            }
+        };
+        Ok(Upstream {
+            initial,
+            acknowledged: committed,
+        })
     }
 }
 
@@ -873,6 +956,7 @@ mod tests {
             connect_timeout_ms: 0,
             assignment: AssignmentMode::Group,
             revoke_timeout_ms: 20_000,
+            commit_timeout_ms: 10_000,
         };
         assert_eq!(
             cfg.validate("source"),
