@@ -30,11 +30,11 @@ use weir_runtime::dlq::ErrorKind;
 use weir_runtime::error::{Result, WeirError};
 use weir_runtime::operator::{Emit, Operator, OFFSET_COLUMN};
 use weir_runtime::watermark::{is_closed, WatermarkTracker};
-use weir_runtime::OperatorState;
+use weir_runtime::{Fingerprint, OperatorState};
 
 use crate::window::{
     event_columns, merge_states, state_batch, update_accumulators, window_bound_fields,
-    window_columns, AggregateSet, LatePolicy, WindowConfig, WindowKind,
+    window_columns, window_fingerprint, AggregateSet, LatePolicy, WindowConfig, WindowKind,
 };
 
 /// One session: its group in the accumulators and its event-time extent.
@@ -66,6 +66,7 @@ pub struct SessionWindow {
     /// Key (row format) → ids of its sessions that no other session absorbed.
     by_key: HashMap<Box<[u8]>, Vec<usize>>,
     merged: bool,
+    fingerprint: Fingerprint,
 }
 
 impl SessionWindow {
@@ -91,6 +92,7 @@ impl SessionWindow {
         )
         .map_err(|e| format!("session keys: {e}"))?;
         let aggs = AggregateSet::new(&cfg.aggregates, &input)?;
+        let fingerprint = window_fingerprint(cfg, &input, default_time, &aggs, None);
         let accs = aggs
             .accumulators()
             .map_err(|e| format!("session aggregates: {e}"))?;
@@ -113,6 +115,7 @@ impl SessionWindow {
             sessions: Vec::new(),
             by_key: HashMap::new(),
             merged: false,
+            fingerprint,
         })
     }
 
@@ -317,6 +320,10 @@ impl Operator for SessionWindow {
         true
     }
 
+    fn fingerprint(&self) -> Option<Fingerprint> {
+        Some(self.fingerprint.clone())
+    }
+
     fn process(&mut self, batch: RecordBatch, emit: &mut Emit) -> Result<()> {
         let n = batch.num_rows();
         if n == 0 {
@@ -394,6 +401,7 @@ impl Operator for SessionWindow {
             return Ok(OperatorState {
                 meta,
                 batches: Vec::new(),
+                config: None,
             });
         }
         // `process` resolves merges before it returns, so every session here is open and its
@@ -420,6 +428,7 @@ impl Operator for SessionWindow {
         Ok(OperatorState {
             meta,
             batches: vec![state],
+            config: None,
         })
     }
 
