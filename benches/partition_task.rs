@@ -9,7 +9,7 @@ fn partition_task(c: &mut Criterion) {
     let gen = EventGenerator::new(&GeneratorConfig {
         sensors: 10_000,
         partitions: 1,
-        max_out_of_orderness_ms: 5_000,
+        disorder_ms: 5_000,
         ..Default::default()
     });
     let batches: Vec<RawBatch> = (0..64)

@@ -22,7 +22,7 @@ fn main() -> anyhow::Result<()> {
             sensors: 1_000,
             partitions: 4,
             events: Some(1_000_000),
-            max_out_of_orderness_ms: 5_000,
+            disorder_ms: 5_000,
             poison_ratio: 0.001,
             late_ratio: 0.001,
             ..Default::default()

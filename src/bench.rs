@@ -17,7 +17,7 @@ use weir_runtime::{Decoder, NullSink, PartitionTask, SinkWriter};
 /// The demo's window as SQL: what the SQL pass of the benchmark runs.
 pub const DEMO_SQL: &str = "SELECT sensor_id, window_start, window_end, \
     avg(temperature) AS avg_temp, max(temperature) AS max_temp, count(*) AS readings \
-    FROM sensors GROUP BY sensor_id, TUMBLE(event_time, INTERVAL '1' MINUTE)";
+    FROM events GROUP BY sensor_id, TUMBLE(event_time, INTERVAL '1' MINUTE)";
 
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
@@ -81,7 +81,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
         sensors: opts.sensors,
         partitions: 1,
         events: Some(opts.events),
-        max_out_of_orderness_ms: 5_000,
+        disorder_ms: 5_000,
         ..Default::default()
     });
     let schema = crate::iot_schema();

@@ -102,7 +102,7 @@ pub fn run(opts: &KafkaBenchOptions) -> Result<KafkaBenchReport> {
         sensors: opts.sensors,
         partitions: opts.partitions as u32,
         events: Some(opts.events),
-        max_out_of_orderness_ms: 5_000,
+        disorder_ms: 5_000,
         ..Default::default()
     });
     let producer: BaseProducer = ClientConfig::new()

@@ -163,6 +163,7 @@ pub fn run(opts: &PostgresBenchOptions) -> Result<PostgresBenchReport> {
                 next_offset: *next_offset,
                 counters: Counters::default(),
                 operators: Vec::new(),
+                reset: false,
             })?;
             store.commit(*p, *epoch)?;
             commits += 1;

@@ -184,11 +184,13 @@ pub struct PipelineConfig {
 
 /// `[watermark]`: event-time settings of a `sql` query; `idle_advance_ms` and
 /// `max_future_ms` apply to the windows of `[[operators]]` too (the other keys are each
-/// window operator's own there).
+/// window operator's own there). The defaults are the same as `weir sql`'s and a window
+/// operator's own keys: no disorder allowed (0 ms), no lateness, late events to the DLQ;
+/// `weir run --check` prints the ones a pipeline runs with.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct WatermarkConfig {
-    /// Bound on disorder: watermark = max event time seen − this.
+    /// Bound on disorder: watermark = max event time seen − this (default 0).
     #[serde(default)]
     pub max_out_of_orderness_ms: i64,
     /// How long past its end (in watermark time) a window still accepts events.
@@ -259,6 +261,59 @@ impl WatermarkConfig {
             }
         }
         e
+    }
+}
+
+impl PipelineConfig {
+    /// The watermark each event-time part of the pipeline runs with, one line each (`weir
+    /// run --check`): the `[watermark]` of a `sql` query, or each window operator's own.
+    pub fn watermark_summary(&self) -> Vec<String> {
+        let line = |ooo: i64, lateness: i64, policy: weir_operators::LatePolicy| {
+            format!(
+                "max_out_of_orderness_ms = {ooo}, allowed_lateness_ms = {lateness}, late_policy = {}",
+                match policy {
+                    weir_operators::LatePolicy::Dlq => "dlq",
+                    weir_operators::LatePolicy::Drop => "drop",
+                }
+            )
+        };
+        let mut out = Vec::new();
+        if self.sql.is_some() {
+            let w = &self.watermark;
+            out.push(format!(
+                "watermark: {}",
+                line(
+                    w.max_out_of_orderness_ms,
+                    w.allowed_lateness_ms,
+                    w.late_policy
+                )
+            ));
+        }
+        for (i, op) in self.operators.iter().enumerate() {
+            let (ooo, lateness, policy) = match op {
+                OperatorConfig::Tumble(c) => (
+                    c.max_out_of_orderness_ms,
+                    c.allowed_lateness_ms,
+                    c.late_policy,
+                ),
+                OperatorConfig::Hop(c) => (
+                    c.max_out_of_orderness_ms,
+                    c.allowed_lateness_ms,
+                    c.late_policy,
+                ),
+                OperatorConfig::Session(c) => (
+                    c.max_out_of_orderness_ms,
+                    c.allowed_lateness_ms,
+                    c.late_policy,
+                ),
+                OperatorConfig::Filter { .. } | OperatorConfig::Project { .. } => continue,
+            };
+            out.push(format!(
+                "watermark (operators[{i}]): {}",
+                line(ooo, lateness, policy)
+            ));
+        }
+        out
     }
 }
 

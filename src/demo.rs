@@ -49,7 +49,7 @@ pub fn run(opts: &DemoOptions, shutdown: Shutdown) -> Result<RunSummary> {
         sensors: opts.sensors,
         partitions: opts.partitions,
         events: Some(opts.events),
-        max_out_of_orderness_ms: 5_000,
+        disorder_ms: 5_000,
         poison_ratio: opts.poison_ratio,
         late_ratio: opts.late_ratio,
         ..Default::default()

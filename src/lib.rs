@@ -13,6 +13,7 @@ pub mod demo;
 pub mod pipeline;
 pub mod preflight;
 pub mod replay;
+pub mod reset;
 pub mod sql_cli;
 pub mod toml_de;
 
@@ -40,7 +41,8 @@ pub mod prelude {
     pub use weir_runtime::{NullSink, RunSummary, Shutdown};
 }
 
-/// The schema of the generator's IoT readings.
+/// The schema of the generator's IoT readings (table `events`, the default table name of a
+/// pipeline file's `[schema]`).
 pub fn iot_schema() -> SchemaConfig {
     let f = |name: &str, field_type| FieldConfig {
         name: name.into(),
@@ -48,7 +50,7 @@ pub fn iot_schema() -> SchemaConfig {
         nullable: false,
     };
     SchemaConfig {
-        table: "sensors".into(),
+        table: "events".into(),
         event_time: "event_time".into(),
         partition_key: Some("sensor_id".into()),
         partition_key_check: Default::default(),

@@ -1,4 +1,5 @@
-//! The weir worker binary: `weir run`, `weir demo`, `weir bench`.
+//! The weir worker binary: `weir run`, `weir reset`, `weir replay`, `weir sql`, `weir demo`,
+//! `weir bench`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -53,6 +54,30 @@ enum Command {
         #[arg(long, value_name = "earliest|TIME")]
         from: weir::replay::ReplayFrom,
     },
+    /// Discard a pipeline's state so that its next run starts over (e.g. after a change its
+    /// checkpoints no longer fit, which `weir run` refuses naming what changed).
+    ///
+    /// Replaces every stored checkpoint of the pipeline, in its store (the local directory,
+    /// the PostgreSQL checkpoint rows of this pipeline, or the checkpoint topic of a
+    /// transactional kafka sink), by a reset marker: no state, no offset, only the epoch
+    /// number, so file outputs go on with new names and never replace published files. For
+    /// a kafka source it sets the consumer group's committed offsets as --to says. Sink
+    /// output (tables, files, topics) is kept. Refuses while the pipeline runs (the local
+    /// store's lock, the PostgreSQL advisory lock, members in the consumer group). Without
+    /// --yes it prints what it would do and changes nothing.
+    Reset {
+        /// Path of the pipeline file.
+        pipeline: PathBuf,
+        /// Where a kafka source's consumer group starts over (required for one):
+        /// `earliest`, `latest`, `committed` (keep the group's offsets), or an RFC 3339 time
+        /// (the first offset whose timestamp is at or after it). Other sources start over at
+        /// their beginning.
+        #[arg(long, value_name = "earliest|latest|committed|TIME")]
+        to: Option<weir::reset::ResetTo>,
+        /// Do it (without: print what would be done, change nothing).
+        #[arg(long)]
+        yes: bool,
+    },
     /// Generator → 1-minute windows per sensor → SQLite, with no external service.
     Demo {
         /// Events to generate.
@@ -70,8 +95,14 @@ enum Command {
     },
     /// Run a streaming SQL query: SELECT ... GROUP BY keys, TUMBLE(ts, size) | HOP(ts, slide,
     /// size) | SESSION(ts, gap), sizes as INTERVAL '1' MINUTE.
+    ///
+    /// Without --dir every run starts fresh: checkpoints live in a temporary directory,
+    /// removed at exit; dead letters, if any, are kept and their directory is printed. With
+    /// --dir the state is kept there and the next run with the same --dir resumes from it
+    /// (and says so).
     Sql {
-        /// The query; the input is the table named by the schema (`sensors` by default).
+        /// The query; the input is the table named by the schema (`events` by default, as in
+        /// a pipeline file).
         query: String,
         /// generator[:key=value,...] | jsonl:PATH | kafka:BROKERS/TOPIC
         #[arg(long, default_value = "generator:events=100000")]
@@ -82,12 +113,15 @@ enum Command {
         /// A TOML file with a [schema] table (default: the generator's IoT readings).
         #[arg(long)]
         schema: Option<PathBuf>,
-        /// Bound on event-time disorder, in milliseconds.
-        #[arg(long, default_value_t = 5_000)]
+        /// Bound on event-time disorder, in milliseconds (the default of `[watermark]` in a
+        /// pipeline file too).
+        #[arg(long, default_value_t = weir_operators::SqlOptions::default().max_out_of_orderness_ms)]
         max_out_of_orderness_ms: i64,
-        /// Directory for the DLQ and checkpoints.
-        #[arg(long, default_value = "weir-sql")]
-        dir: PathBuf,
+        /// Directory for the DLQ (`DIR/dlq`) and checkpoints (`DIR/checkpoints`), kept
+        /// between runs: a run resumes from the checkpoints of the previous one. Default: a
+        /// temporary directory, removed at exit (dead letters are kept and named).
+        #[arg(long)]
+        dir: Option<PathBuf>,
         /// Print the streaming plan and exit.
         #[arg(long)]
         explain: bool,
@@ -185,9 +219,14 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
             if check {
                 println!("{}: ok", pipeline.display());
+                for line in cfg.watermark_summary() {
+                    println!("  {line}");
+                }
                 return Ok(ExitCode::SUCCESS);
             }
-            // Held until the run ends: a `weir replay` of the pipeline refuses to start meanwhile.
+            // Held until the run ends: a second worker on the same checkpoint directory, a
+            // `weir reset` and a `weir replay` of the pipeline refuse to start meanwhile.
+            let _local_lock = weir::reset::local_run_lock(&cfg)?;
             let _lock = weir::replay::run_lock(&cfg)?;
             weir::install_signal_handlers(shutdown.clone())?;
             let summary = Pipeline::from_config(&cfg)?.run(shutdown)?;
@@ -214,6 +253,23 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     cfg.schema.partition_key.as_deref().unwrap_or_default()
                 );
             }
+        }
+        Command::Reset { pipeline, to, yes } => {
+            let cfg = match PipelineConfig::load(&pipeline) {
+                Ok(cfg) => cfg,
+                Err(e) => {
+                    eprint!("{e}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            let to = match weir::reset::check(&cfg, to) {
+                Ok(to) => to,
+                Err(why) => {
+                    eprintln!("error: {why}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            print!("{}", weir::reset::run(&cfg, &pipeline, to, yes)?);
         }
         Command::Replay { pipeline, from } => {
             let cfg = match PipelineConfig::load(&pipeline) {
@@ -262,10 +318,14 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             weir::install_signal_handlers(shutdown.clone())?;
-            let p = Pipeline::new("sql").schema(schema);
-            let p = weir::sql_cli::with_source(p, &source, &dir)?.sql(&query, &options)?;
+            let state = weir::sql_cli::SqlState::new(dir)?;
+            if let Some(resumed) = state.resumed()? {
+                eprintln!("{resumed}");
+            }
+            let p = Pipeline::new(weir::sql_cli::PIPELINE).schema(schema);
+            let p = weir::sql_cli::with_source(p, &source, &state)?.sql(&query, &options)?;
             let p = weir::sql_cli::with_sink(p, &sink, &plan)?;
-            let summary = weir::sql_cli::with_state(p, &dir)?.run(shutdown)?;
+            let summary = weir::sql_cli::with_state(p, &state)?.run(shutdown)?;
             let c = summary.counters;
             eprintln!(
                 "{} events: {} aggregated, {} rows out, {} dead-lettered ({} late) in {:.2}s",
@@ -276,6 +336,9 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 c.late,
                 summary.elapsed.as_secs_f64()
             );
+            if let Some(kept) = state.finish(c.dlq)? {
+                eprintln!("{kept}");
+            }
         }
         Command::Demo {
             events,

@@ -88,7 +88,7 @@ impl FromStr for ReplayFrom {
 
 /// Epoch millis of an RFC 3339 time; the offset (`Z` or `±HH:MM`) is required, so that no
 /// local time zone is guessed.
-fn parse_rfc3339_ms(s: &str) -> std::result::Result<i64, String> {
+pub(crate) fn parse_rfc3339_ms(s: &str) -> std::result::Result<i64, String> {
     let b = s.as_bytes();
     let digits = |r: std::ops::Range<usize>| -> Option<i64> {
         let part = s.get(r)?;

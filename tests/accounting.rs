@@ -28,7 +28,7 @@ fn every_poison_message_is_dead_lettered_with_its_bytes_and_reason_and_the_count
         sensors: 300,
         partitions: 3,
         events: Some(30_000),
-        max_out_of_orderness_ms: 2_000,
+        disorder_ms: 2_000,
         late_ratio: 0.01,
         poison_ratio: 0.03,
         ..Default::default()

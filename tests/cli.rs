@@ -261,7 +261,7 @@ fn write_input(path: &Path, events: u64) -> EventGenerator {
         sensors: 500,
         partitions: 1,
         events: Some(events),
-        max_out_of_orderness_ms: 1_000,
+        disorder_ms: 1_000,
         late_ratio: 0.002,
         poison_ratio: 0.002,
         ..Default::default()
@@ -677,7 +677,7 @@ interval_ms = 60000
 fn weir_sql_explains_runs_and_refuses_with_position() {
     let dir = tempfile::tempdir().unwrap();
     let q =
-        "SELECT sensor_id, window_start, avg(temperature) AS avg_temp, count(*) AS n FROM sensors \
+        "SELECT sensor_id, window_start, avg(temperature) AS avg_temp, count(*) AS n FROM events \
              WHERE temperature > -50 GROUP BY sensor_id, TUMBLE(event_time, INTERVAL '1' MINUTE)";
     let out = weir(&["sql", q, "--explain"], dir.path());
     assert!(out.status.success(), "{}", stderr(&out));
@@ -699,7 +699,7 @@ fn weir_sql_explains_runs_and_refuses_with_position() {
     ] {
         let q = format!(
             "SELECT sensor_id, window_start, window_end, last_value(temperature ORDER BY event_time) AS last_t \
-             FROM sensors GROUP BY sensor_id, {window}"
+             FROM events GROUP BY sensor_id, {window}"
         );
         let out = weir(&["sql", &q, "--explain"], dir.path());
         assert!(out.status.success(), "{}", stderr(&out));
@@ -733,7 +733,7 @@ fn weir_sql_explains_runs_and_refuses_with_position() {
     let out = weir(
         &[
             "sql",
-            "SELECT sensor_id, count(*) AS n FROM sensors GROUP BY sensor_id",
+            "SELECT sensor_id, count(*) AS n FROM events GROUP BY sensor_id",
             "--source",
             "generator:events=20000,sensors=20,partitions=2",
             "--sink",
@@ -752,11 +752,11 @@ fn weir_sql_explains_runs_and_refuses_with_position() {
         .unwrap();
     assert_eq!((rows, n), (20, 20_000));
 
-    let out = weir(&["sql", "SELECT sensor_id, count(*) FROM sensors GROUP BY sensor_id, TUMBLE(humidity, INTERVAL '1' MINUTE)"], dir.path());
+    let out = weir(&["sql", "SELECT sensor_id, count(*) FROM events GROUP BY sensor_id, TUMBLE(humidity, INTERVAL '1' MINUTE)"], dir.path());
     assert_eq!(out.status.code(), Some(2));
     assert!(
         stderr(&out).contains(
-            "TUMBLE on `humidity` (line 1, column 68): a window needs a timestamp column"
+            "TUMBLE on `humidity` (line 1, column 67): a window needs a timestamp column"
         ),
         "{}",
         stderr(&out)
@@ -787,7 +787,7 @@ type = "generator"
 sensors = 30
 partitions = 3
 events = 9000
-max_out_of_orderness_ms = 2000
+disorder_ms = 2000
 [schema]
 table = "sensors"
 event_time = "event_time"

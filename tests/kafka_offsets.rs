@@ -27,7 +27,7 @@ fn topic_with_events(seed: u64) -> (String, EventGenerator) {
         sensors: 40,
         partitions: PARTITIONS as u32,
         events: Some(2_000),
-        max_out_of_orderness_ms: 1_000,
+        disorder_ms: 1_000,
         poison_ratio: 0.0,
         ..Default::default()
     });

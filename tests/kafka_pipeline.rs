@@ -57,7 +57,7 @@ fn topic_to_window_equals_batch_sql_across_a_stop_and_restart_and_commits_offset
         sensors: 400,
         partitions: partitions as u32,
         events: Some(200_000),
-        max_out_of_orderness_ms: 5_000,
+        disorder_ms: 5_000,
         poison_ratio: 0.002,
         ..Default::default()
     };
@@ -361,7 +361,7 @@ fn two_workers_share_the_partitions_and_one_takes_over_from_the_others_checkpoin
         sensors: 300,
         partitions: partitions as u32,
         events: Some(90_000),
-        max_out_of_orderness_ms: 5_000,
+        disorder_ms: 5_000,
         poison_ratio: 0.002,
         ..Default::default()
     };

@@ -23,7 +23,7 @@ fn generator() -> GeneratorConfig {
         sensors: 2_000,
         partitions: PARTITIONS as u32,
         events: Some(1_000_000),
-        max_out_of_orderness_ms: 2_000,
+        disorder_ms: 2_000,
         poison_ratio: 0.0005,
         ..Default::default()
     }

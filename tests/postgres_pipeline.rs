@@ -56,7 +56,7 @@ type = "generator"
 sensors = 300
 partitions = 3
 events = 600000
-max_out_of_orderness_ms = 2000
+disorder_ms = 2000
 poison_ratio = 0.001
 late_ratio = 0.001
 

@@ -37,7 +37,7 @@ fn generator(events: u64) -> GeneratorConfig {
         sensors: 300,
         partitions: PARTITIONS as u32,
         events: Some(events),
-        max_out_of_orderness_ms: 2_000,
+        disorder_ms: 2_000,
         poison_ratio: 0.001,
         ..Default::default()
     }
@@ -752,6 +752,7 @@ fn save(store: &mut PostgresStore, pipeline: &str, partition: i32, epoch: u64, n
         next_offset,
         counters: Counters::default(),
         operators: Vec::new(),
+        reset: false,
     };
     CheckpointStore::save(store, &c).unwrap();
     EpochParticipant::commit(store, partition, epoch).unwrap();

@@ -16,7 +16,7 @@ sensors = 20
 partitions = 3
 events = 6000
 event_interval_ms = 150
-max_out_of_orderness_ms = 2000
+disorder_ms = 2000
 late_ratio = 0.01
 poison_ratio = 0.01
 

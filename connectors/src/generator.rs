@@ -9,7 +9,7 @@
 //! A valid event is the JSON object
 //! `{"event_id":"<partition>-<offset>","sensor_id":"sensor-<n>","temperature":<f64>,"humidity":<f64>,"event_time":<epoch millis>}`.
 //! Event times advance by `event_interval_ms` per offset and go back by at most
-//! `max_out_of_orderness_ms`, except for the `late_ratio` share of late events, which go back
+//! `disorder_ms`, except for the `late_ratio` share of late events, which go back
 //! by more than twice the bound plus a minute. A `poison_ratio` share of messages is poison
 //! (see [`PoisonKind`]).
 
@@ -46,9 +46,17 @@ pub struct GeneratorConfig {
     /// Rate limit for the whole source, split evenly across partitions; absent: as fast as
     /// possible.
     pub events_per_sec: Option<u64>,
-    /// How far, in milliseconds, an event's time may go back behind later events of its
-    /// partition. Disorder of events that are not late stays within this bound.
-    pub max_out_of_orderness_ms: u64,
+    /// How far, in milliseconds, the generator lets an event's time go back behind later
+    /// events of its partition: the disorder of the generated data (events that are not late
+    /// stay within it). It does not set any watermark: that is `[watermark]
+    /// max_out_of_orderness_ms` (for `sql`) or a window operator's own
+    /// `max_out_of_orderness_ms`, which should be at least this for no event to be late.
+    pub disorder_ms: u64,
+    /// The old name of `disorder_ms`, refused by [`GeneratorConfig::validate`] with a message
+    /// pointing to the new name (it looked like a watermark setting and was not one).
+    #[doc(hidden)]
+    #[serde(rename = "max_out_of_orderness_ms")]
+    pub renamed_max_out_of_orderness_ms: Option<u64>,
     /// Fraction (0 to 1) of events whose time goes back further than the bound (late events).
     pub late_ratio: f64,
     /// Fraction (0 to 1) of messages that are poison (invalid JSON, missing or wrongly typed
@@ -68,7 +76,8 @@ impl Default for GeneratorConfig {
             partitions: 4,
             events: None,
             events_per_sec: None,
-            max_out_of_orderness_ms: 0,
+            disorder_ms: 0,
+            renamed_max_out_of_orderness_ms: None,
             late_ratio: 0.0,
             poison_ratio: 0.0,
             start_time_ms: 1_700_000_000_000,
@@ -91,6 +100,15 @@ impl GeneratorConfig {
     pub fn validate(&self, key_prefix: &str) -> Vec<String> {
         let key = |k: &str| config_key(key_prefix, k);
         let mut errors = Vec::new();
+        if self.renamed_max_out_of_orderness_ms.is_some() {
+            errors.push(format!(
+                "{}: renamed to `{}`: it is the disorder the generator puts into event times and \
+                 never set the watermark (that is `[watermark] max_out_of_orderness_ms` for a \
+                 `sql` query, or a window operator's own `max_out_of_orderness_ms`)",
+                key("max_out_of_orderness_ms"),
+                key("disorder_ms")
+            ));
+        }
         if self.partitions == 0 {
             errors.push(format!("{}: must be at least 1, got 0", key("partitions")));
         } else if i32::try_from(self.partitions).is_err() {
@@ -124,7 +142,7 @@ impl GeneratorConfig {
         // Keep every event-time computation far from i64 overflow.
         const MAX_MS: u64 = 1 << 52;
         for (name, ms) in [
-            ("max_out_of_orderness_ms", self.max_out_of_orderness_ms),
+            ("disorder_ms", self.disorder_ms),
             ("event_interval_ms", self.event_interval_ms),
         ] {
             if ms > MAX_MS {
@@ -183,7 +201,7 @@ pub struct GeneratedEvent {
     /// Relative humidity in tenths of a percent, in `[0, 1000)`.
     pub humidity_deci: u32,
     pub event_time_ms: i64,
-    /// The event time lies further back than `max_out_of_orderness_ms` allows.
+    /// The event time lies further back than `disorder_ms` allows.
     pub late: bool,
     /// `Some` when the message is poison (its other fields are then not in the payload, or
     /// not all of them).
@@ -318,7 +336,7 @@ impl EventGenerator {
         let sensor = sensors[rng.below(sensors.len() as u64) as usize];
         let temperature_centi = rng.below(6500) as i32 - 2000;
         let humidity_deci = rng.below(1000) as u32;
-        let jitter = rng.below(c.max_out_of_orderness_ms.saturating_add(1));
+        let jitter = rng.below(c.disorder_ms.saturating_add(1));
         let late = rng.unit() < c.late_ratio;
         let late_extra = rng.below(LATE_EXTRA_MS + 1);
         let poisoned = rng.unit() < c.poison_ratio;
@@ -327,7 +345,7 @@ impl EventGenerator {
         let base = base_time(c, offset);
         let back = if late {
             // Further back than the bound allows: 2x the bound plus at least a minute.
-            c.max_out_of_orderness_ms
+            c.disorder_ms
                 .saturating_mul(2)
                 .saturating_add(LATE_EXTRA_MS)
                 .saturating_add(late_extra)
@@ -634,7 +652,7 @@ mod tests {
             sensors: 50,
             partitions: 3,
             events: Some(3001),
-            max_out_of_orderness_ms: 500,
+            disorder_ms: 500,
             late_ratio: 0.05,
             poison_ratio: 0.1,
             ..Default::default()
@@ -737,7 +755,7 @@ mod tests {
     fn disorder_never_exceeds_the_bound_for_events_that_are_not_late() {
         let cfg = config();
         let g = EventGenerator::new(&cfg);
-        let bound = cfg.max_out_of_orderness_ms as i64;
+        let bound = cfg.disorder_ms as i64;
         let mut late = 0;
         for p in 0..3 {
             let mut max_seen = i64::MIN;

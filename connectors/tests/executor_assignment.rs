@@ -62,7 +62,7 @@ fn generator() -> GeneratorConfig {
         sensors: 30,
         partitions: 3,
         events: Some(30_000),
-        max_out_of_orderness_ms: 200,
+        disorder_ms: 200,
         poison_ratio: 0.01,
         ..Default::default()
     }

@@ -58,7 +58,7 @@ fn a_crash_and_restart_leaves_every_event_exactly_once_in_the_sink_or_the_dlq() 
         sensors: 40,
         partitions: 3,
         events: Some(3000),
-        max_out_of_orderness_ms: 200,
+        disorder_ms: 200,
         poison_ratio: 0.05,
         ..Default::default()
     };

@@ -49,7 +49,7 @@ fn fetch_and_commit_errors_and_a_broker_outage_lose_and_duplicate_nothing() {
         sensors: 60,
         partitions: partitions as u32,
         events: Some(12_000),
-        max_out_of_orderness_ms: 200,
+        disorder_ms: 200,
         poison_ratio: 0.01,
         ..Default::default()
     };

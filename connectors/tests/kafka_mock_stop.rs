@@ -30,7 +30,7 @@ fn a_stop_with_the_broker_down_ends_within_the_commit_bound_and_says_the_group_l
         sensors: 40,
         partitions: PARTITIONS as u32,
         events: Some(4_000),
-        max_out_of_orderness_ms: 200,
+        disorder_ms: 200,
         poison_ratio: 0.0,
         ..Default::default()
     };

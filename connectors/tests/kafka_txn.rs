@@ -184,7 +184,7 @@ fn crashes_inside_transactions(brokers: &str, names: &Names) {
         sensors: 40,
         partitions: partitions as u32,
         events: Some(12_000),
-        max_out_of_orderness_ms: 200,
+        disorder_ms: 200,
         poison_ratio: 0.01,
         ..Default::default()
     };

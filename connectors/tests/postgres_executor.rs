@@ -99,7 +99,7 @@ fn a_crash_and_restart_apply_every_event_exactly_once_and_store_the_end_offsets(
         sensors: 40,
         partitions: 3,
         events: Some(3000),
-        max_out_of_orderness_ms: 200,
+        disorder_ms: 200,
         poison_ratio: 0.05,
         ..Default::default()
     };

@@ -159,8 +159,10 @@ fn checkpoint(pipeline: &str, partition: i32, epoch: u64, next_offset: i64) -> C
             OperatorState {
                 meta: serde_json::json!({"max_event_time": 1234}),
                 batches: vec![state],
+                config: None,
             },
         ],
+        reset: false,
     }
 }
 

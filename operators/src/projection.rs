@@ -23,7 +23,7 @@ use serde::Serialize;
 use weir_runtime::dlq::ErrorKind;
 use weir_runtime::error::{Result, WeirError};
 use weir_runtime::operator::{Emit, Operator, OFFSET_COLUMN};
-use weir_runtime::{OperatorState, DELETED_COLUMN};
+use weir_runtime::{Fingerprint, OperatorState, DELETED_COLUMN};
 
 /// A read model: how one event changes the state of its key, and the row a state shows as.
 pub trait Projection: Send + 'static {
@@ -49,6 +49,13 @@ pub trait Projection: Send + 'static {
     fn row<'a>(&'a self, key: &'a str, state: &'a Self::State) -> Self::Row<'a>;
     /// Schema of [`Projection::row`] as Arrow.
     fn row_schema(&self) -> SchemaRef;
+    /// What the meaning of [`Projection::State`] depends on, beyond the row schema (which is
+    /// part of the operator's fingerprint anyway): change it when a new version of the code
+    /// cannot read the states an older one checkpointed, so a restore of them is refused
+    /// (`weir_runtime::fingerprint`). Empty by default.
+    fn state_version(&self) -> String {
+        String::new()
+    }
 }
 
 pub struct ProjectionOperator<P: Projection> {
@@ -134,6 +141,24 @@ impl<P: Projection> Operator for ProjectionOperator<P> {
 
     fn is_stateful(&self) -> bool {
         true
+    }
+
+    fn fingerprint(&self) -> Option<Fingerprint> {
+        let rows: Vec<String> = self
+            .rows
+            .fields()
+            .iter()
+            .map(|f| format!("{} {}", f.name(), f.data_type()))
+            .collect();
+        Some(
+            Fingerprint::new("projection")
+                .set("rows", rows.join(", "))
+                .set_unless(
+                    "state_version",
+                    self.projection.state_version(),
+                    String::new(),
+                ),
+        )
     }
 
     fn process(&mut self, batch: RecordBatch, emit: &mut Emit) -> Result<()> {
@@ -262,6 +287,7 @@ impl<P: Projection> Operator for ProjectionOperator<P> {
         Ok(OperatorState {
             meta: serde_json::Value::Null,
             batches: vec![batch],
+            config: None,
         })
     }
 

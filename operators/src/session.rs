@@ -30,12 +30,12 @@ use weir_runtime::dlq::ErrorKind;
 use weir_runtime::error::{Result, WeirError};
 use weir_runtime::operator::{Emit, Operator, OFFSET_COLUMN};
 use weir_runtime::watermark::{is_closed, wall_clock_ms, WatermarkGuards, WatermarkTracker};
-use weir_runtime::OperatorState;
+use weir_runtime::{Fingerprint, OperatorState};
 
 use crate::window::{
     event_columns, future_bound, idle_ms, merge_states, reject_future, state_batch,
-    update_accumulators, window_bound_fields, window_columns, AggregateSet, LatePolicy,
-    WindowConfig, WindowKind,
+    update_accumulators, window_bound_fields, window_columns, window_fingerprint, AggregateSet,
+    LatePolicy, WindowConfig, WindowKind,
 };
 
 /// One session: its group in the accumulators and its event-time extent.
@@ -72,6 +72,7 @@ pub struct SessionWindow {
     /// Key (row format) → ids of its sessions that no other session absorbed.
     by_key: HashMap<Box<[u8]>, Vec<usize>>,
     merged: bool,
+    fingerprint: Fingerprint,
 }
 
 impl SessionWindow {
@@ -97,6 +98,7 @@ impl SessionWindow {
         )
         .map_err(|e| format!("session keys: {e}"))?;
         let aggs = AggregateSet::new(&cfg.aggregates, &input)?;
+        let fingerprint = window_fingerprint(cfg, &input, default_time, &aggs, None);
         let accs = aggs
             .accumulators()
             .map_err(|e| format!("session aggregates: {e}"))?;
@@ -122,6 +124,7 @@ impl SessionWindow {
             sessions: Vec::new(),
             by_key: HashMap::new(),
             merged: false,
+            fingerprint,
         })
     }
 
@@ -332,6 +335,10 @@ impl Operator for SessionWindow {
         true
     }
 
+    fn fingerprint(&self) -> Option<Fingerprint> {
+        Some(self.fingerprint.clone())
+    }
+
     fn process(&mut self, batch: RecordBatch, emit: &mut Emit) -> Result<()> {
         let n = batch.num_rows();
         if n == 0 {
@@ -428,6 +435,7 @@ impl Operator for SessionWindow {
             return Ok(OperatorState {
                 meta,
                 batches: Vec::new(),
+                config: None,
             });
         }
         // `process` resolves merges before it returns, so every session here is open and its
@@ -454,6 +462,7 @@ impl Operator for SessionWindow {
         Ok(OperatorState {
             meta,
             batches: vec![state],
+            config: None,
         })
     }
 

@@ -29,10 +29,11 @@ use serde_json::json;
 use weir_runtime::error::{Result, WeirError};
 use weir_runtime::operator::{Emit, Operator};
 use weir_runtime::watermark::is_closed;
-use weir_runtime::{GlobalStage, OperatorState};
+use weir_runtime::{Fingerprint, GlobalStage, OperatorState};
 
 use crate::window::{
-    window_bound_fields, window_columns, AggregateSet, Bin, TumbleWindow, WindowConfig, WindowKind,
+    window_bound_fields, window_columns, window_fingerprint, AggregateSet, Bin, TumbleWindow,
+    WindowConfig, WindowKind,
 };
 
 /// "No value yet" in the atomics below.
@@ -126,6 +127,7 @@ pub struct GlobalWindow {
     frontier: Option<i64>,
     /// The frontier of the last snapshot.
     snapshot_frontier: Option<i64>,
+    fingerprint: Fingerprint,
 }
 
 impl GlobalWindow {
@@ -148,6 +150,7 @@ impl GlobalWindow {
         };
         let (_, key_idx, key_fields) = window_columns(cfg, input, default_time)?;
         let aggs = AggregateSet::new(&cfg.aggregates, input)?;
+        let fingerprint = window_fingerprint(cfg, input, default_time, &aggs, Some("global"));
         let mut fields = key_fields.clone();
         fields.extend(window_bound_fields());
         fields.extend(aggs.fields.iter().cloned());
@@ -166,6 +169,7 @@ impl GlobalWindow {
             inputs: BTreeMap::new(),
             frontier: None,
             snapshot_frontier: None,
+            fingerprint,
         })
     }
 
@@ -338,10 +342,21 @@ impl GlobalStage for GlobalWindow {
         Ok(OperatorState {
             meta: json!({ "frontier": self.frontier }),
             batches: Vec::new(),
+            config: Some(self.fingerprint.clone()),
         })
     }
 
+    /// Refuses a frontier stored under another configuration (see
+    /// [`weir_runtime::fingerprint`]); one from before fingerprints is restored.
     fn restore(&mut self, state: OperatorState) -> Result<()> {
+        let fit =
+            weir_runtime::fingerprint::fit(&self.name, state.config.as_ref(), &self.fingerprint);
+        if let weir_runtime::fingerprint::Fit::Changed(why) = fit {
+            return Err(weir_runtime::state_mismatch(
+                "the global stage of the window whose groups span partitions",
+                &[why],
+            ));
+        }
         self.frontier = state.meta.get("frontier").and_then(|v| v.as_i64());
         self.snapshot_frontier = self.frontier;
         self.partials.clear();

@@ -25,10 +25,11 @@ use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
 use weir_runtime::error::{Result, WeirError};
 use weir_runtime::operator::{Emit, Operator};
-use weir_runtime::OperatorState;
+use weir_runtime::{Fingerprint, OperatorState};
 
 use crate::window::{
-    merge_states, state_batch, update_accumulators, window_columns, AggregateSet, WindowConfig,
+    merge_states, state_batch, update_accumulators, window_columns, window_fingerprint,
+    AggregateSet, WindowConfig,
 };
 
 /// The longest a changed group waits, in processing time, before its row is emitted.
@@ -49,6 +50,7 @@ pub struct GroupUpsert {
     pending: Vec<usize>,
     is_pending: Vec<bool>,
     pending_since: Option<Instant>,
+    fingerprint: Fingerprint,
 }
 
 impl GroupUpsert {
@@ -67,6 +69,7 @@ impl GroupUpsert {
         )
         .map_err(|e| format!("group keys: {e}"))?;
         let aggs = AggregateSet::new(&cfg.aggregates, &input)?;
+        let fingerprint = window_fingerprint(cfg, &input, default_time, &aggs, None);
         let accs = aggs
             .accumulators()
             .map_err(|e| format!("aggregates: {e}"))?;
@@ -84,6 +87,7 @@ impl GroupUpsert {
             pending: Vec::new(),
             is_pending: Vec::new(),
             pending_since: None,
+            fingerprint,
         })
     }
 
@@ -177,6 +181,10 @@ impl Operator for GroupUpsert {
         true
     }
 
+    fn fingerprint(&self) -> Option<Fingerprint> {
+        Some(self.fingerprint.clone())
+    }
+
     fn process(&mut self, batch: RecordBatch, emit: &mut Emit) -> Result<()> {
         let n = batch.num_rows();
         if n == 0 {
@@ -236,6 +244,7 @@ impl Operator for GroupUpsert {
         Ok(OperatorState {
             meta: serde_json::json!({ "pending": self.pending }),
             batches: vec![state_batch(columns).map_err(|e| self.err(e))?],
+            config: None,
         })
     }
 

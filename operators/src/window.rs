@@ -46,7 +46,7 @@ use weir_runtime::operator::{Emit, Operator, OFFSET_COLUMN};
 use weir_runtime::watermark::{
     hop_starts, is_closed, tumble_start, wall_clock_ms, WatermarkGuards, WatermarkTracker,
 };
-use weir_runtime::OperatorState;
+use weir_runtime::{Fingerprint, OperatorState};
 
 use crate::two_phase::TwoPhaseShared;
 
@@ -474,6 +474,107 @@ pub(crate) fn window_columns(
     Ok((time_idx, key_idx, key_fields))
 }
 
+/// The fingerprint of a window's state ([`weir_runtime::fingerprint`]): what its state
+/// means. Kind and sizes, keys with their types, the time column, every aggregate as
+/// configured and the types of the aggregates' state columns. Not the watermark settings
+/// (`max_out_of_orderness_ms`, `allowed_lateness_ms`, `late_policy`): they decide when open
+/// windows are emitted, not what their state holds, so a change applies from the restore
+/// on. `phase` names the half of a two-phase window (`partial`, `global`).
+pub(crate) fn window_fingerprint(
+    cfg: &WindowConfig,
+    input: &SchemaRef,
+    default_time: &str,
+    aggs: &AggregateSet,
+    phase: Option<&str>,
+) -> Fingerprint {
+    let mut f = match cfg.kind {
+        WindowKind::Tumble { size_ms } => Fingerprint::new("tumble").set("size_ms", size_ms),
+        WindowKind::Hop { slide_ms, size_ms } => Fingerprint::new("hop")
+            .set("slide_ms", slide_ms)
+            .set("size_ms", size_ms),
+        WindowKind::Session { gap_ms } => Fingerprint::new("session").set("gap_ms", gap_ms),
+        WindowKind::Continuous => Fingerprint::new("aggregate"),
+    };
+    if let Some(phase) = phase {
+        f = f.set("phase", phase);
+    }
+    let typed = |name: &str| match input.field_with_name(name) {
+        Ok(field) => format!("{name} {}", type_name(field.data_type())),
+        Err(_) => name.to_string(),
+    };
+    let keys: Vec<String> = cfg.keys.iter().map(|k| typed(k)).collect();
+    f = f.set("keys", keys.join(", "));
+    if cfg.kind != WindowKind::Continuous {
+        f = f.set(
+            "time_column",
+            cfg.time_column.as_deref().unwrap_or(default_time),
+        );
+    }
+    for (i, a) in cfg.aggregates.iter().enumerate() {
+        let call = match (&a.sql, &a.column) {
+            (Some(sql), _) => sql.trim().to_string(),
+            (None, Some(c)) if a.distinct => format!("{}(DISTINCT {})", a.function, typed(c)),
+            (None, Some(c)) => format!("{}({})", a.function, typed(c)),
+            (None, None) => format!("{}(*)", a.function),
+        };
+        f = f.set(
+            &format!("aggregates[{i}]"),
+            format!("{call} AS {}", a.output_name()),
+        );
+    }
+    let state: Vec<String> = aggs
+        .state_fields()
+        .unwrap_or_default()
+        .iter()
+        .map(|field| type_name(field.data_type()))
+        .collect();
+    f.set("state_types", state.join(", "))
+}
+
+/// weir's own names of Arrow types in fingerprints (Arrow's `Display` may change between
+/// releases; these do not).
+fn type_name(t: &DataType) -> String {
+    match t {
+        DataType::Boolean => "bool".into(),
+        DataType::Int8 => "int8".into(),
+        DataType::Int16 => "int16".into(),
+        DataType::Int32 => "int32".into(),
+        DataType::Int64 => "int64".into(),
+        DataType::UInt8 => "uint8".into(),
+        DataType::UInt16 => "uint16".into(),
+        DataType::UInt32 => "uint32".into(),
+        DataType::UInt64 => "uint64".into(),
+        DataType::Float32 => "float32".into(),
+        DataType::Float64 => "float64".into(),
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => "string".into(),
+        DataType::Binary | DataType::LargeBinary | DataType::BinaryView => "binary".into(),
+        DataType::Timestamp(unit, tz) => {
+            let unit = match unit {
+                TimeUnit::Second => "s",
+                TimeUnit::Millisecond => "ms",
+                TimeUnit::Microsecond => "us",
+                TimeUnit::Nanosecond => "ns",
+            };
+            match tz {
+                Some(tz) => format!("timestamp_{unit} {tz}"),
+                None => format!("timestamp_{unit}"),
+            }
+        }
+        DataType::Decimal128(p, s) | DataType::Decimal256(p, s) => format!("decimal({p}, {s})"),
+        DataType::List(item) | DataType::LargeList(item) => {
+            format!("list<{}>", type_name(item.data_type()))
+        }
+        DataType::Struct(fields) => {
+            let inner: Vec<String> = fields
+                .iter()
+                .map(|f| format!("{} {}", f.name(), type_name(f.data_type())))
+                .collect();
+            format!("struct<{}>", inner.join(", "))
+        }
+        other => other.to_string(),
+    }
+}
+
 /// The aggregates of a window: DataFusion's aggregate expressions, the physical expressions
 /// that feed each one (arguments, then its `ORDER BY` expressions) and its `FILTER`.
 pub(crate) struct AggregateSet {
@@ -768,6 +869,7 @@ pub struct TumbleWindow {
     clock: fn() -> i64,
     bins: BTreeMap<i64, Bin>,
     partial: Option<PartialMode>,
+    fingerprint: Fingerprint,
     // scratch, reused across batches
     group_ids: Vec<usize>,
 }
@@ -804,11 +906,13 @@ impl TumbleWindow {
         let (time_idx, key_idx, key_fields) = window_columns(cfg, &input, default_time)?;
         let key_schema = Arc::new(Schema::new(key_fields.clone()));
         let aggs = AggregateSet::new(&cfg.aggregates, &input)?;
+        let fingerprint = window_fingerprint(cfg, &input, default_time, &aggs, None);
         let mut out_fields = key_fields;
         out_fields.extend(window_bound_fields());
         out_fields.extend(aggs.fields.iter().cloned());
         Ok(Self {
             name: name.to_string(),
+            fingerprint,
             size_ms,
             slide_ms,
             allowed_lateness_ms: cfg.allowed_lateness_ms,
@@ -838,6 +942,7 @@ impl TumbleWindow {
         fields.extend(self.key_schema.fields().iter().map(|f| f.as_ref().clone()));
         fields.extend(self.aggs.state_fields()?);
         self.output = Arc::new(Schema::new(fields));
+        self.fingerprint = self.fingerprint.clone().set("phase", "partial");
         self.partial = Some(PartialMode {
             shared,
             sent: BTreeMap::new(),
@@ -1086,6 +1191,10 @@ impl Operator for TumbleWindow {
         true
     }
 
+    fn fingerprint(&self) -> Option<Fingerprint> {
+        Some(self.fingerprint.clone())
+    }
+
     fn process(&mut self, batch: RecordBatch, emit: &mut Emit) -> Result<()> {
         let n = batch.num_rows();
         if n == 0 {
@@ -1243,6 +1352,7 @@ impl Operator for TumbleWindow {
                 "open": open,
             }),
             batches,
+            config: None,
         })
     }
 
@@ -1366,6 +1476,41 @@ mod tests {
 
     fn kinds(emit: &Emit) -> Vec<ErrorKind> {
         emit.rejects().iter().map(|r| r.kind).collect()
+    }
+
+    #[test]
+    fn the_fingerprint_holds_sizes_keys_time_and_aggregates_but_not_the_watermark() {
+        let f = hop(1_000, 3_000).fingerprint().unwrap();
+        assert_eq!(
+            f.description(),
+            "kind = hop\nslide_ms = 1000\nsize_ms = 3000\nkeys = key string\n\
+             time_column = ts\naggregates[0] = count(*) AS n\nstate_types = int64\n"
+        );
+        let mut cfg = WindowConfig::from(&TumbleConfig {
+            size_ms: 3_000,
+            keys: vec!["key".into()],
+            time_column: None,
+            max_out_of_orderness_ms: 0,
+            allowed_lateness_ms: 0,
+            late_policy: LatePolicy::Dlq,
+            aggregates: vec![AggregateConfig {
+                function: "count".into(),
+                column: None,
+                alias: Some("n".into()),
+                distinct: false,
+                sql: None,
+            }],
+        });
+        let before = TumbleWindow::with_config("w", &cfg, input(), "ts")
+            .unwrap()
+            .fingerprint();
+        cfg.max_out_of_orderness_ms = 5_000;
+        cfg.allowed_lateness_ms = 1_000;
+        cfg.late_policy = LatePolicy::Drop;
+        let after = TumbleWindow::with_config("w", &cfg, input(), "ts")
+            .unwrap()
+            .fingerprint();
+        assert_eq!(before, after);
     }
 
     /// (window_start, count) of every emitted row.

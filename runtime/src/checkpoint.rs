@@ -3,7 +3,12 @@
 //! The local store writes one file per partition: a JSON header, then each operator state
 //! batch as an Arrow IPC stream, then a checksum. It is written to a temporary file, fsynced,
 //! renamed over the old one, and the directory fsynced: a reader sees the old checkpoint or
-//! the new one, never a torn one.
+//! the new one, never a torn one. Each operator's entry carries the fingerprint of its
+//! configuration ([`crate::fingerprint`]) in the header, so every store that keeps
+//! [`encode`]d checkpoints (local, PostgreSQL, Kafka) carries it too.
+//!
+//! A running worker holds an exclusive lock on `<dir>/<pipeline>/.lock`
+//! ([`LocalCheckpointStore::try_lock`]): `weir reset` refuses while it is held.
 
 use std::fs::{self, File};
 use std::io::Write;
@@ -16,6 +21,7 @@ use crate::arrow::ipc::reader::StreamReader;
 use crate::arrow::ipc::writer::StreamWriter;
 use crate::arrow::record_batch::RecordBatch;
 use crate::error::{Result, WeirError};
+use crate::fingerprint::Fingerprint;
 use crate::metrics::Counters;
 
 /// An operator's checkpointed state: scalar metadata plus Arrow batches.
@@ -23,6 +29,9 @@ use crate::metrics::Counters;
 pub struct OperatorState {
     pub meta: serde_json::Value,
     pub batches: Vec<RecordBatch>,
+    /// The configuration this state was built under ([`crate::fingerprint`]); the partition
+    /// task fills it in. `None` in a checkpoint written before fingerprints existed.
+    pub config: Option<Fingerprint>,
 }
 
 /// The checkpoint of one partition at a batch boundary.
@@ -39,6 +48,26 @@ pub struct Checkpoint {
     pub counters: Counters,
     /// One entry per operator, in chain order.
     pub operators: Vec<OperatorState>,
+    /// Written by `weir reset`: the partition starts over, like one without a checkpoint (no
+    /// state, no offset: the source's start position, no counters), but its epochs go on from
+    /// `epoch`, so epoch-numbered outputs (file sinks, the JSONL DLQ) never reuse a name.
+    pub reset: bool,
+}
+
+impl Checkpoint {
+    /// The marker `weir reset` stores for a partition whose last epoch was `epoch`.
+    pub fn reset_marker(pipeline: &str, topic: &str, partition: i32, epoch: u64) -> Self {
+        Checkpoint {
+            pipeline: pipeline.to_string(),
+            topic: topic.into(),
+            partition,
+            epoch,
+            next_offset: 0,
+            counters: Counters::default(),
+            operators: Vec::new(),
+            reset: true,
+        }
+    }
 }
 
 /// Where checkpoints live. Shared by every partition of a worker.
@@ -58,6 +87,9 @@ struct Header {
     next_offset: i64,
     counters: Counters,
     operators: Vec<OperatorHeader>,
+    /// See [`Checkpoint::reset`]; absent (false) in older checkpoints.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    reset: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -65,6 +97,17 @@ struct OperatorHeader {
     meta: serde_json::Value,
     /// Byte length of each state batch's IPC stream, in order.
     batch_bytes: Vec<u64>,
+    /// The operator's configuration; absent in checkpoints from before fingerprints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    config: Option<StoredConfig>,
+}
+
+/// A [`Fingerprint`] as stored: its hash, and its description so that a mismatch can say
+/// what changed.
+#[derive(Serialize, Deserialize)]
+struct StoredConfig {
+    fingerprint: String,
+    description: String,
 }
 
 /// Checkpoints in a local directory: `<dir>/<pipeline>/<topic>/<partition>.ckpt`.
@@ -87,6 +130,66 @@ impl LocalCheckpointStore {
             .join(sanitize(&self.pipeline))
             .join(sanitize(topic))
             .join(format!("{partition}.ckpt"))
+    }
+}
+
+impl LocalCheckpointStore {
+    /// The directory of this pipeline's checkpoints.
+    pub fn pipeline_dir(&self) -> PathBuf {
+        self.dir.join(sanitize(&self.pipeline))
+    }
+
+    /// Every stored checkpoint of the pipeline (every topic, the global stage's too), with
+    /// its file, ordered by path.
+    pub fn load_all(&self) -> Result<Vec<(PathBuf, Checkpoint)>> {
+        let root = self.pipeline_dir();
+        let mut files = Vec::new();
+        let topics = match fs::read_dir(&root) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(WeirError::io(&root, e)),
+        };
+        for topic in topics {
+            let topic = topic.map_err(|e| WeirError::io(&root, e))?.path();
+            if !topic.is_dir() {
+                continue;
+            }
+            for f in fs::read_dir(&topic).map_err(|e| WeirError::io(&topic, e))? {
+                let path = f.map_err(|e| WeirError::io(&topic, e))?.path();
+                if path.extension().is_some_and(|x| x == "ckpt") {
+                    files.push(path);
+                }
+            }
+        }
+        files.sort();
+        files
+            .into_iter()
+            .map(|path| {
+                let bytes = fs::read(&path).map_err(|e| WeirError::io(&path, e))?;
+                let c = decode(&bytes, &path)?;
+                Ok((path, c))
+            })
+            .collect()
+    }
+
+    /// Take the pipeline's run lock (`<dir>/<pipeline>/.lock`, exclusive, released when the
+    /// file is dropped or the process ends, however it ends). `None`: another process holds
+    /// it.
+    pub fn try_lock(&self) -> Result<Option<File>> {
+        let root = self.pipeline_dir();
+        fs::create_dir_all(&root).map_err(|e| WeirError::io(&root, e))?;
+        let path = root.join(".lock");
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| WeirError::io(&path, e))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(file)),
+            Err(fs::TryLockError::WouldBlock) => Ok(None),
+            Err(fs::TryLockError::Error(e)) => Err(WeirError::io(&path, e)),
+        }
     }
 }
 
@@ -127,6 +230,10 @@ pub fn encode(checkpoint: &Checkpoint) -> Result<Vec<u8>> {
         operators.push(OperatorHeader {
             meta: op.meta.clone(),
             batch_bytes,
+            config: op.config.as_ref().map(|f| StoredConfig {
+                fingerprint: f.hash(),
+                description: f.description(),
+            }),
         });
     }
     let header = Header {
@@ -137,6 +244,7 @@ pub fn encode(checkpoint: &Checkpoint) -> Result<Vec<u8>> {
         next_offset: checkpoint.next_offset,
         counters: checkpoint.counters,
         operators,
+        reset: checkpoint.reset,
     };
     let header = serde_json::to_vec(&header)
         .map_err(|e| WeirError::Internal(format!("checkpoint header: {e}")))?;
@@ -189,9 +297,24 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<Checkpoint> {
             }
             cursor = end;
         }
+        let config = match op.config {
+            None => None,
+            Some(c) => {
+                let f = Fingerprint::parse(&c.description)
+                    .map_err(|e| bad(format!("operator configuration: {e}")))?;
+                if f.hash() != c.fingerprint {
+                    return Err(bad(format!(
+                        "operator configuration: fingerprint {} does not match its description",
+                        c.fingerprint
+                    )));
+                }
+                Some(f)
+            }
+        };
         operators.push(OperatorState {
             meta: op.meta,
             batches,
+            config,
         });
     }
     Ok(Checkpoint {
@@ -202,6 +325,7 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<Checkpoint> {
         next_offset: header.next_offset,
         counters: header.counters,
         operators,
+        reset: header.reset,
     })
 }
 
@@ -272,13 +396,63 @@ mod tests {
                 ..Default::default()
             },
             operators: vec![
-                OperatorState::default(),
+                OperatorState {
+                    config: Some(Fingerprint::default()),
+                    ..Default::default()
+                },
                 OperatorState {
                     meta: serde_json::json!({"max_event_time": 10}),
                     batches: vec![batch.clone(), batch],
+                    config: Some(Fingerprint::new("tumble").set("size_ms", 60_000)),
                 },
             ],
+            reset: false,
         }
+    }
+
+    #[test]
+    fn a_checkpoint_from_before_fingerprints_loads_without_them() {
+        let mut c = sample();
+        for op in &mut c.operators {
+            op.config = None;
+        }
+        let bytes = encode(&c).unwrap();
+        let header = String::from_utf8_lossy(&bytes);
+        assert!(!header.contains("fingerprint"), "{header}");
+        assert_eq!(decode(&bytes, Path::new("x")).unwrap(), c);
+    }
+
+    #[test]
+    fn a_reset_marker_loads_back_as_one() {
+        let m = Checkpoint::reset_marker("p", "t", 2, 9);
+        let back = decode(&encode(&m).unwrap(), Path::new("x")).unwrap();
+        assert!(back.reset);
+        assert_eq!(back, m);
+    }
+
+    #[test]
+    fn the_run_lock_is_exclusive() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalCheckpointStore::new(dir.path(), "p");
+        let held = store.try_lock().unwrap();
+        assert!(held.is_some());
+        assert!(store.try_lock().unwrap().is_none());
+        drop(held);
+        assert!(store.try_lock().unwrap().is_some());
+    }
+
+    #[test]
+    fn load_all_finds_every_topic_and_partition() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalCheckpointStore::new(dir.path(), "p");
+        let mut c = sample();
+        store.save(&c).unwrap();
+        c.topic = "other".into();
+        c.partition = 0;
+        store.save(&c).unwrap();
+        let all = store.load_all().unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(&*all[0].1.topic, "other");
     }
 
     #[test]

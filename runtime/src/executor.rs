@@ -710,11 +710,14 @@ impl Executor {
             sink.recover(GLOBAL_PARTITION, committed)?;
         }
         if let Some(mut c) = checkpoint {
-            info!(epoch = c.epoch, "restored the global stage's checkpoint");
             g.epoch = c.epoch;
-            let state = c.operators.pop().unwrap_or_default();
-            g.stage.restore(state)?;
-            g.stage.committed();
+            // A `weir reset` marker keeps only the epoch.
+            if !c.reset {
+                info!(epoch = c.epoch, "restored the global stage's checkpoint");
+                let state = c.operators.pop().unwrap_or_default();
+                g.stage.restore(state)?;
+                g.stage.committed();
+            }
         }
         g.stage.start(partitions);
         Ok(())
@@ -739,6 +742,7 @@ impl Executor {
             next_offset: 0,
             counters: Counters::default(),
             operators: vec![state],
+            reset: false,
         };
         let (p, e) = (GLOBAL_PARTITION, g.epoch);
         for sink in &mut self.sinks {

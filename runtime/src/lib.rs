@@ -14,6 +14,7 @@ pub mod checkpoint;
 pub mod dlq;
 pub mod error;
 pub mod executor;
+pub mod fingerprint;
 pub mod global;
 pub mod metrics;
 pub mod offsets;
@@ -32,6 +33,7 @@ pub use checkpoint::{Checkpoint, CheckpointStore, LocalCheckpointStore, Operator
 pub use dlq::{DeadLetter, DlqWriter, ErrorKind, Stage};
 pub use error::{ErrorClass, WeirError};
 pub use executor::{Executor, ExecutorConfig, RunSummary};
+pub use fingerprint::Fingerprint;
 pub use global::{GlobalStage, GLOBAL_PARTITION, GLOBAL_TOPIC};
 pub use metrics::{Counters, Metrics};
 pub use offsets::OffsetTracker;
@@ -42,5 +44,5 @@ pub use source::{
     Assignment, InitialOffset, PartitionReader, Partitioning, ReadResult, ResumeFrom, Source,
     TopicPartition, Upstream,
 };
-pub use task::{PartitionTask, TaskOutput};
+pub use task::{state_mismatch, PartitionTask, TaskOutput};
 pub use watermark::WatermarkGuards;

@@ -13,6 +13,7 @@ use crate::batch::RawBatch;
 use crate::checkpoint::OperatorState;
 use crate::dlq::ErrorKind;
 use crate::error::Result;
+use crate::fingerprint::Fingerprint;
 
 /// Name of the Int64 column the decoder appends to every batch: the source offset of each
 /// row. Stateless operators carry it through, so a row rejected anywhere in the chain reaches
@@ -167,6 +168,14 @@ pub trait Operator: Send {
     /// advances its watermark by `idle_for` (ARCHITECTURE.md, "Windows").
     fn on_idle(&mut self, _idle_for: Duration, _emit: &mut Emit) -> Result<()> {
         Ok(())
+    }
+
+    /// The configuration the operator's state depends on ([`crate::fingerprint`]), stored
+    /// with its state in every checkpoint; a restore into an operator whose fingerprint
+    /// differs is refused with what changed. `None` (the default): no such state (a
+    /// stateless operator, or one that checks its own state on restore).
+    fn fingerprint(&self) -> Option<Fingerprint> {
+        None
     }
 
     /// State to store in the checkpoint. Must not change what the operator emits later.

@@ -8,8 +8,10 @@ use crate::batch::RawBatch;
 use crate::checkpoint::Checkpoint;
 use crate::dlq::{DeadLetter, Stage};
 use crate::error::{Result, WeirError};
+use crate::fingerprint::{self, Fit};
 use crate::metrics::Counters;
 use crate::operator::{Decoder, Emit, Operator, RowReject};
+use tracing::warn;
 
 /// What one step of a partition task produced for the sink stage.
 #[derive(Debug, Default)]
@@ -36,6 +38,18 @@ enum Flush {
     Idle(Duration),
     /// The input ended.
     End,
+}
+
+/// The error of a checkpoint whose state no longer fits the pipeline: what changed and the
+/// two ways out.
+pub fn state_mismatch(place: &str, changes: &[String]) -> WeirError {
+    WeirError::Config(format!(
+        "the checkpoint of {place} does not fit the pipeline any more: {}. Its state \
+         would give wrong results, so the run stops. Either give the pipeline a new `name` \
+         (it starts from empty state and its own offsets; the old checkpoints stay), or \
+         discard the old state with `weir reset <pipeline file>` (see `weir reset --help`)",
+        changes.join("; ")
+    ))
 }
 
 /// Processes one partition in offset order: decode, then each operator in turn.
@@ -101,16 +115,52 @@ impl PartitionTask {
         self.start_given
     }
 
-    /// Resume from a stored checkpoint.
+    /// Resume from a stored checkpoint. A [`Checkpoint::reset`] marker keeps only its epoch.
+    /// State whose operator configuration changed since it was stored is refused, naming
+    /// what changed and the two ways out ([`crate::fingerprint`]); a checkpoint from before
+    /// fingerprints is restored with a warning (nothing to compare; the next checkpoint
+    /// records them).
     pub fn restore(&mut self, checkpoint: Checkpoint) -> Result<()> {
+        if checkpoint.reset {
+            self.epoch = checkpoint.epoch;
+            return Ok(());
+        }
+        let place = format!(
+            "partition {}/{} of pipeline `{}`",
+            self.topic, self.partition, self.pipeline
+        );
         if checkpoint.operators.len() != self.operators.len() {
-            return Err(WeirError::Internal(format!(
-                "checkpoint of partition {} has {} operator states but the pipeline has {} operators: \
-                 the pipeline changed shape; start it with a fresh checkpoint directory",
-                self.partition,
-                checkpoint.operators.len(),
-                self.operators.len()
-            )));
+            return Err(state_mismatch(
+                &place,
+                &[format!(
+                    "the checkpoint holds the state of {} operators, the pipeline has {}",
+                    checkpoint.operators.len(),
+                    self.operators.len()
+                )],
+            ));
+        }
+        let mut changed = Vec::new();
+        let mut unchecked = false;
+        for (op, state) in self.operators.iter().zip(&checkpoint.operators) {
+            let current = op.fingerprint().unwrap_or_default();
+            match fingerprint::fit(op.name(), state.config.as_ref(), &current) {
+                Fit::Fits => {}
+                Fit::Unchecked => unchecked = true,
+                Fit::Changed(why) => changed.push(why),
+            }
+        }
+        if !changed.is_empty() {
+            return Err(state_mismatch(&place, &changed));
+        }
+        if unchecked {
+            warn!(
+                pipeline = %self.pipeline,
+                topic = %self.topic,
+                partition = self.partition,
+                "the checkpoint was written before weir stored operator configuration \
+                 fingerprints: its state is restored without checking that the operators' \
+                 configuration is unchanged (the next checkpoint records it)"
+            );
         }
         for (op, state) in self.operators.iter_mut().zip(checkpoint.operators) {
             op.restore(state)?;
@@ -176,7 +226,11 @@ impl PartitionTask {
         let operators = self
             .operators
             .iter_mut()
-            .map(|op| op.snapshot())
+            .map(|op| {
+                let mut state = op.snapshot()?;
+                state.config = Some(op.fingerprint().unwrap_or_default());
+                Ok(state)
+            })
             .collect::<Result<Vec<_>>>()?;
         self.epoch += 1;
         Ok(Checkpoint {
@@ -187,6 +241,7 @@ impl PartitionTask {
             next_offset: self.next_offset,
             counters: self.counters,
             operators,
+            reset: false,
         })
     }
 

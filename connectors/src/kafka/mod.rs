@@ -23,6 +23,7 @@ mod dlq;
 mod errors;
 mod group;
 mod producer;
+pub mod reset;
 mod sink;
 mod source;
 mod txn;

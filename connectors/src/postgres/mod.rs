@@ -82,6 +82,7 @@
 mod config;
 pub mod errors;
 pub mod replay;
+pub mod reset;
 mod sql;
 mod store;
 pub mod tls;
@@ -90,6 +91,7 @@ pub mod types;
 pub use config::{PostgresSinkConfig, PostgresUrl, MAX_IDENTIFIER_BYTES};
 pub use errors::{classify, classify_sqlstate, describe, SQLSTATE_CLASSIFICATION};
 pub use replay::{LockMode, PipelineLock, ReplayTarget, SwapSummary};
+pub use reset::ResetCheckpoints;
 pub use sql::CHECKPOINT_TABLE;
 pub use store::PostgresStore;
 pub use tls::{PgConnect, SslMode, TlsOptions};

@@ -48,7 +48,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const SETTLE_TRIES: u32 = 10;
 const SETTLE_PAUSE: Duration = Duration::from_millis(100);
 
-fn error(message: impl std::fmt::Display) -> WeirError {
+pub(super) fn error(message: impl std::fmt::Display) -> WeirError {
     WeirError::Sink {
         sink: "postgres".into(),
         message: message.to_string(),
@@ -56,7 +56,7 @@ fn error(message: impl std::fmt::Display) -> WeirError {
     }
 }
 
-fn pg(doing: &str, e: &postgres::Error) -> WeirError {
+pub(super) fn pg(doing: &str, e: &postgres::Error) -> WeirError {
     error(format!("{doing}: {}", describe(e)))
 }
 
@@ -76,16 +76,18 @@ fn connect(config: &PostgresSinkConfig, application: &str) -> Result<Client> {
     })
 }
 
-/// Shared (`weir run`) or exclusive (`weir replay`).
+/// Shared (`weir run`) or exclusive (`weir replay`, `weir reset`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LockMode {
     Shared,
     Exclusive,
+    /// Exclusive, for `weir reset` (the errors say so).
+    Reset,
 }
 
 /// The advisory lock of a pipeline, held as long as this value (its connection) lives.
 pub struct PipelineLock {
-    client: Client,
+    pub(super) client: Client,
     pipeline: String,
 }
 
@@ -108,6 +110,7 @@ impl PipelineLock {
         let role = match mode {
             LockMode::Shared => "run",
             LockMode::Exclusive => "replay",
+            LockMode::Reset => "reset",
         };
         let mut app = format!("weir {role} {pipeline}");
         while app.len() > 63 {
@@ -163,9 +166,14 @@ impl PipelineLock {
                      (or another replay) holds the pipeline's PostgreSQL advisory lock{who}; stop \
                      every worker of the pipeline before replaying it"
                 ),
+                LockMode::Reset => format!(
+                    "pipeline {pipeline:?} looks like it is running: a `weir run` worker of it \
+                     (or a replay) holds the pipeline's PostgreSQL advisory lock{who}; stop \
+                     every worker of the pipeline before resetting it"
+                ),
             }));
         }
-        if mode == LockMode::Exclusive {
+        if mode != LockMode::Shared {
             // Sinks of the pipeline that run without the lock (a pipeline built in Rust, an
             // older worker) still name their connections after it.
             let prefix = sql::store_application_prefix(pipeline);
@@ -190,8 +198,9 @@ impl PipelineLock {
             }
             if !sessions.is_empty() {
                 return Err(error(format!(
-                    "pipeline {pipeline:?} looks like it is running: its sink is connected to PostgreSQL ({}); stop it before replaying it",
-                    sessions.join(", ")
+                    "pipeline {pipeline:?} looks like it is running: its sink is connected to PostgreSQL ({}); stop it before {}",
+                    sessions.join(", "),
+                    if mode == LockMode::Reset { "resetting it" } else { "replaying it" }
                 )));
             }
         }
