@@ -337,10 +337,14 @@ pub fn run(cfg: &PipelineConfig, file: &Path, to: ResetTo, yes: bool) -> Result<
     }
     if let SourceConfig::Kafka(k) = &cfg.source {
         if !changes.is_empty() {
+            // The committer never moves an offset back on its own: a reset is the explicit
+            // way back.
             let committer = KafkaOffsetCommitter::new(k)?;
-            for c in &changes {
-                committer.commit(&c.topic, c.partition, c.to)?;
-            }
+            let offsets: Vec<(&str, i32, i64)> = changes
+                .iter()
+                .map(|c| (c.topic.as_str(), c.partition, c.to))
+                .collect();
+            committer.reset(&offsets)?;
         }
     }
     let _ = writeln!(

@@ -288,7 +288,13 @@ impl Executor {
             // Restore every partition before any reading starts.
             for tp in parts {
                 if let Err(e) = self.start_partition(tp, &mut running, &shutdown) {
-                    result = Err(e);
+                    // A worker that is gone failed on a partition started before this one:
+                    // its error, waiting on the sink channel, is the cause to report.
+                    let failed = sink_rx.try_iter().find_map(|m| match m {
+                        SinkMsg::Failed(cause) => Some(cause),
+                        _ => None,
+                    });
+                    result = Err(failed.unwrap_or(e));
                     break;
                 }
             }
