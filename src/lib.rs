@@ -40,11 +40,7 @@ pub mod prelude {
 
 /// The schema of the generator's IoT readings.
 pub fn iot_schema() -> SchemaConfig {
-    let f = |name: &str, field_type| FieldConfig {
-        name: name.into(),
-        field_type,
-        nullable: false,
-    };
+    let f = |name: &str, field_type| FieldConfig::new(name, field_type);
     SchemaConfig {
         table: "sensors".into(),
         event_time: "event_time".into(),

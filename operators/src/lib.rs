@@ -25,7 +25,7 @@ pub mod window;
 pub use decode::JsonDecoder;
 pub use expr::{FilterOperator, ProjectOperator};
 pub use projection::{Projection, ProjectionOperator};
-pub use schema::{FieldConfig, FieldType, SchemaConfig};
+pub use schema::{EpochUnit, FieldConfig, FieldType, SchemaConfig, PLAUSIBLE_EPOCH_SECS};
 pub use session::SessionWindow;
 pub use sql::{plan_sql, SqlOptions, SqlPlan};
 pub use two_phase::{check_two_phase, partial_window, GlobalWindow, TwoPhaseShared};
