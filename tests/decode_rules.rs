@@ -51,14 +51,43 @@ fn values_that_do_not_fit_their_declared_type_reach_the_dlq_and_the_valid_ones_t
     let dir = tempfile::tempdir().unwrap();
     // (payload, Some((field, value shown)) when it must be dead-lettered as wrong_type)
     let lines: Vec<(String, Option<(&str, &str)>)> = vec![
-        (format!(r#"{{"id":"ok-1","qty":3,"price":12.5,"event_time":{T}}}"#), None),
-        (format!(r#"{{"id":"frac","qty":3.7,"price":1.0,"event_time":{T}}}"#), Some(("qty", "3.7"))),
-        (format!(r#"{{"id":"str","qty":1,"price":"12.5","event_time":{T}}}"#), Some(("price", "\"12.5\""))),
-        (r#"{"id":"secs","qty":1,"price":1.0,"event_time":1767624000}"#.to_string(), Some(("event_time", "1767624000"))),
-        (format!(r#"{{"id":"big","qty":1,"price":1.0,"lots":"3000000000","event_time":{T}}}"#), Some(("lots", "\"3000000000\""))),
-        (format!(r#"{{"id":"nested","qty":{{"n":1}},"price":1.0,"event_time":{T}}}"#), Some(("qty", "an object"))),
-        (format!(r#"{{"id":"ok-2","qty":4,"price":2,"lots":"7","event_time":"2026-01-05T14:40:01Z"}}"#), None),
-        (format!(r#"{{"id":"ok-3","qty":5.0,"price":-0.25,"event_time":{}}}"#, T + 2000), None),
+        (
+            format!(r#"{{"id":"ok-1","qty":3,"price":12.5,"event_time":{T}}}"#),
+            None,
+        ),
+        (
+            format!(r#"{{"id":"frac","qty":3.7,"price":1.0,"event_time":{T}}}"#),
+            Some(("qty", "3.7")),
+        ),
+        (
+            format!(r#"{{"id":"str","qty":1,"price":"12.5","event_time":{T}}}"#),
+            Some(("price", "\"12.5\"")),
+        ),
+        (
+            r#"{"id":"secs","qty":1,"price":1.0,"event_time":1767624000}"#.to_string(),
+            Some(("event_time", "1767624000")),
+        ),
+        (
+            format!(r#"{{"id":"big","qty":1,"price":1.0,"lots":"3000000000","event_time":{T}}}"#),
+            Some(("lots", "\"3000000000\"")),
+        ),
+        (
+            format!(r#"{{"id":"nested","qty":{{"n":1}},"price":1.0,"event_time":{T}}}"#),
+            Some(("qty", "an object")),
+        ),
+        (
+            format!(
+                r#"{{"id":"ok-2","qty":4,"price":2,"lots":"7","event_time":"2026-01-05T14:40:01Z"}}"#
+            ),
+            None,
+        ),
+        (
+            format!(
+                r#"{{"id":"ok-3","qty":5.0,"price":-0.25,"event_time":{}}}"#,
+                T + 2000
+            ),
+            None,
+        ),
     ];
     let duplicate = format!(r#"{{"id":"dup","qty":1,"qty":2,"price":1.0,"event_time":{T}}}"#);
     let mut input = String::new();
@@ -90,7 +119,9 @@ fn values_that_do_not_fit_their_declared_type_reach_the_dlq_and_the_valid_ones_t
         match poison {
             None => assert!(!by_id.contains_key(id), "{id} dead-lettered: {by_id:?}"),
             Some((field, value)) => {
-                let (kind, message) = by_id.get(id).unwrap_or_else(|| panic!("{id} not in the DLQ: {by_id:?}"));
+                let (kind, message) = by_id
+                    .get(id)
+                    .unwrap_or_else(|| panic!("{id} not in the DLQ: {by_id:?}"));
                 assert_eq!(kind, "wrong_type", "{id}: {message}");
                 assert!(message.contains(&format!("`{field}`")), "{id}: {message}");
                 assert!(message.contains(value), "{id}: {value} not in {message}");

@@ -49,7 +49,11 @@ impl JsonDecoder {
         let events = schema.arrow_schema();
         let mut fields: Vec<Arc<Field>> = events.fields().iter().cloned().collect();
         fields.push(Arc::new(Field::new(OFFSET_COLUMN, DataType::Int64, false)));
-        let columns: Vec<Column> = schema.fields.iter().map(|f| Column::new(FieldRule::new(f))).collect();
+        let columns: Vec<Column> = schema
+            .fields
+            .iter()
+            .map(|f| Column::new(FieldRule::new(f)))
+            .collect();
         Self {
             output: Arc::new(Schema::new(fields)),
             set_in: vec![0; columns.len()],
@@ -138,10 +142,16 @@ impl Decoder for JsonDecoder {
         }
         for m in &raw.messages {
             match m.payload.as_deref() {
-                None => rejects.push(reject(m, ErrorKind::NullPayload, "message has no payload (tombstone)".into())),
-                Some(p) if p.iter().all(u8::is_ascii_whitespace) => {
-                    rejects.push(reject(m, ErrorKind::EmptyMessage, "payload is empty".into()))
-                }
+                None => rejects.push(reject(
+                    m,
+                    ErrorKind::NullPayload,
+                    "message has no payload (tombstone)".into(),
+                )),
+                Some(p) if p.iter().all(u8::is_ascii_whitespace) => rejects.push(reject(
+                    m,
+                    ErrorKind::EmptyMessage,
+                    "payload is empty".into(),
+                )),
                 Some(p) => match self.decode_message(p) {
                     Ok(()) => offsets.push(m.offset),
                     Err(f) => rejects.push(reject(m, f.kind, f.message)),
@@ -171,7 +181,10 @@ struct Column {
 
 enum Values {
     /// `offsets` has one more entry than there are rows, starting at 0.
-    Str { offsets: Vec<i32>, bytes: Vec<u8> },
+    Str {
+        offsets: Vec<i32>,
+        bytes: Vec<u8>,
+    },
     I32(Vec<i32>),
     I64(Vec<i64>),
     F32(Vec<f32>),
@@ -286,9 +299,10 @@ impl Column {
                 BooleanBuffer::from_iter(std::mem::take(v)),
                 nulls,
             )),
-            Values::TimestampMs(v) => {
-                Arc::new(TimestampMillisecondArray::new(std::mem::take(v).into(), nulls))
-            }
+            Values::TimestampMs(v) => Arc::new(TimestampMillisecondArray::new(
+                std::mem::take(v).into(),
+                nulls,
+            )),
         }
     }
 }
@@ -492,7 +506,11 @@ mod tests {
         let fields: Vec<String> = fields
             .iter()
             .map(|(f, t, nullable)| {
-                let more = if *f == name { format!(",{extra}") } else { String::new() };
+                let more = if *f == name {
+                    format!(",{extra}")
+                } else {
+                    String::new()
+                };
                 format!(r#"{{"name":"{f}","type":"{t}","nullable":{nullable}{more}}}"#)
             })
             .collect();
@@ -516,7 +534,9 @@ mod tests {
     /// One event `{"id":"a", <field>, "ts":T}` through a decoder of `schema`.
     fn one(schema: &SchemaConfig, field: &str) -> Decoded {
         let payload = format!(r#"{{"id":"a",{field},"ts":{T}}}"#);
-        JsonDecoder::new(schema).decode(&raw(&[Some(&payload)])).unwrap()
+        JsonDecoder::new(schema)
+            .decode(&raw(&[Some(&payload)]))
+            .unwrap()
     }
 
     /// The single reject of `out`: its kind and message.
@@ -535,7 +555,10 @@ mod tests {
     }
 
     fn i64_of(a: &ArrayRef) -> i64 {
-        a.as_any().downcast_ref::<Int64Array>().expect("int64").value(0)
+        a.as_any()
+            .downcast_ref::<Int64Array>()
+            .expect("int64")
+            .value(0)
     }
 
     fn ts_of(a: &ArrayRef) -> i64 {
@@ -623,8 +646,14 @@ mod tests {
 
     #[test]
     fn a_whole_number_written_with_a_fraction_or_exponent_fits_an_integer_field() {
-        assert_eq!(i64_of(&accepted(&one(&typed("", ""), r#""qty":3.0"#), "qty")), 3);
-        assert_eq!(i64_of(&accepted(&one(&typed("", ""), r#""qty":1e3"#), "qty")), 1000);
+        assert_eq!(
+            i64_of(&accepted(&one(&typed("", ""), r#""qty":3.0"#), "qty")),
+            3
+        );
+        assert_eq!(
+            i64_of(&accepted(&one(&typed("", ""), r#""qty":1e3"#), "qty")),
+            1000
+        );
     }
 
     #[test]
@@ -740,7 +769,9 @@ mod tests {
             format!(r#"{{"id":"a","qty":1,"qty":2,"ts":{T}}}"#),
             format!(r#"{{"id":"a","extra":1,"ts":{T},"extra":2}}"#),
         ] {
-            let out = JsonDecoder::new(&s).decode(&raw(&[Some(&payload)])).unwrap();
+            let out = JsonDecoder::new(&s)
+                .decode(&raw(&[Some(&payload)]))
+                .unwrap();
             let (kind, message) = rejected(&out);
             assert_eq!(kind, ErrorKind::InvalidJson, "{payload}");
             assert!(message.contains("duplicate key"), "{message}");
@@ -782,12 +813,12 @@ mod tests {
         for (unit, value) in [
             ("ms", "0"),
             ("ms", "-1000"),
-            ("ms", "99999999999"),         // 1973-03-03 minus 1 ms
-            ("ms", "10000000000000"),      // 2286-11-20
-            ("ms", "1767624000000000"),    // microseconds
-            ("s", "1767624000000"),        // milliseconds
-            ("us", "1767624000000"),       // milliseconds
-            ("ns", "1767624000000000"),    // microseconds
+            ("ms", "99999999999"),          // 1973-03-03 minus 1 ms
+            ("ms", "10000000000000"),       // 2286-11-20
+            ("ms", "1767624000000000"),     // microseconds
+            ("s", "1767624000000"),         // milliseconds
+            ("us", "1767624000000"),        // milliseconds
+            ("ns", "1767624000000000"),     // microseconds
             ("ns", "18446744073709551615"), // u64::MAX
         ] {
             let s = typed("ts", &format!(r#""unit":"{unit}""#));
@@ -814,7 +845,9 @@ mod tests {
     fn an_rfc3339_string_is_read_whatever_the_unit() {
         let s = typed("ts", r#""unit":"s""#);
         let out = JsonDecoder::new(&s)
-            .decode(&raw(&[Some(r#"{"id":"a","ts":"2026-01-05T15:40:00+01:00"}"#)]))
+            .decode(&raw(&[Some(
+                r#"{"id":"a","ts":"2026-01-05T15:40:00+01:00"}"#,
+            )]))
             .unwrap();
         assert_eq!(ts_of(&accepted(&out, "ts")), T);
     }
@@ -888,11 +921,29 @@ mod tests {
     /// Per field of [`valid_event`], JSON values that do not fit it.
     const MISFITS: [&[&str]; 6] = [
         &["12", "true", "{}", "[\"a\"]"],
-        &["3.5", "\"12\"", "true", "{}", "[1]", "1e400", "-0.5", "99999999999999999999"],
+        &[
+            "3.5",
+            "\"12\"",
+            "true",
+            "{}",
+            "[1]",
+            "1e400",
+            "-0.5",
+            "99999999999999999999",
+        ],
         &["3000000000", "-2147483649", "3.5", "\"1\"", "false", "[]"],
         &["\"12.5\"", "true", "{}", "[1.5]", "9007199254740993"],
         &["1", "0", "\"true\"", "{}", "[true]"],
-        &["1767624000", "0", "-5", "3.5", "\"12\"", "\"x\"", "true", "1767624000000000"],
+        &[
+            "1767624000",
+            "0",
+            "-5",
+            "3.5",
+            "\"12\"",
+            "\"x\"",
+            "true",
+            "1767624000000000",
+        ],
     ];
 
     fn mutation() -> impl Strategy<Value = Mutation> {

@@ -382,16 +382,38 @@ mod tests {
         let mut r = Reader::new(b"[-0.50e+3, 9007199254740993.0]").unwrap();
         assert_eq!(r.value().unwrap(), Token::Array);
         for n in ["-0.50e+3", "9007199254740993.0", "0", "-12"] {
-            assert_eq!(Reader::new(n.as_bytes()).unwrap().value().unwrap(), Token::Number(n));
+            assert_eq!(
+                Reader::new(n.as_bytes()).unwrap().value().unwrap(),
+                Token::Number(n)
+            );
         }
     }
 
     #[test]
     fn what_rfc_8259_refuses_is_refused() {
         for bad in [
-            "01", "1.", ".5", "-", "1e", "+1", "[1,]", "{\"a\":1,}", "{\"a\" 1}", "{1:2}",
-            "\"\\x\"", "\"\\ud800\"", "\"\\udc00\"", "\"a\u{1}\"", "tru", "nul", "[1 2]",
-            "{\"a\":[}", "NaN", "Infinity", "[", "\"abc",
+            "01",
+            "1.",
+            ".5",
+            "-",
+            "1e",
+            "+1",
+            "[1,]",
+            "{\"a\":1,}",
+            "{\"a\" 1}",
+            "{1:2}",
+            "\"\\x\"",
+            "\"\\ud800\"",
+            "\"\\udc00\"",
+            "\"a\u{1}\"",
+            "tru",
+            "nul",
+            "[1 2]",
+            "{\"a\":[}",
+            "NaN",
+            "Infinity",
+            "[",
+            "\"abc",
         ] {
             assert!(!valid(bad.as_bytes()), "{bad:?} accepted");
         }

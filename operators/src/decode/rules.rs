@@ -85,7 +85,9 @@ impl FieldRule {
             unit: f.epoch_unit(),
             any_epoch: f.any_epoch,
             type_name,
-            utc: "+00:00".parse().expect("invariant: +00:00 is a valid offset"),
+            utc: "+00:00"
+                .parse()
+                .expect("invariant: +00:00 is a valid offset"),
         }
     }
 
@@ -200,10 +202,7 @@ impl FieldRule {
                 }
             },
             other => {
-                return Err(self.wrong(
-                    other,
-                    "is neither an epoch number nor an RFC 3339 string",
-                ))
+                return Err(self.wrong(other, "is neither an epoch number nor an RFC 3339 string"))
             }
         };
         let epoch = epoch_of(text);
@@ -437,8 +436,7 @@ fn as_date(epoch: Num, unit: EpochUnit) -> Option<String> {
     if !ms.is_finite() || ms.abs() >= i64::MAX as f64 {
         return None;
     }
-    timestamp_ms_to_datetime(ms.floor() as i64)
-        .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+    timestamp_ms_to_datetime(ms.floor() as i64).map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
 }
 
 fn date_of_secs(secs: i64) -> String {
@@ -490,11 +488,26 @@ mod tests {
     #[test]
     fn epochs_convert_to_milliseconds_by_flooring() {
         let t = 1_767_624_000_000i64;
-        assert_eq!(epoch_to_ms(Num::Int(1_767_624_000), EpochUnit::Seconds), Some(t));
-        assert_eq!(epoch_to_ms(Num::Int(i128::from(t) * 1000 + 999), EpochUnit::Micros), Some(t));
-        assert_eq!(epoch_to_ms(Num::Float(1_767_624_000.5), EpochUnit::Seconds), Some(t + 500));
-        assert_eq!(epoch_to_ms(Num::Int(1_767_624_000), EpochUnit::Millis), None);
+        assert_eq!(
+            epoch_to_ms(Num::Int(1_767_624_000), EpochUnit::Seconds),
+            Some(t)
+        );
+        assert_eq!(
+            epoch_to_ms(Num::Int(i128::from(t) * 1000 + 999), EpochUnit::Micros),
+            Some(t)
+        );
+        assert_eq!(
+            epoch_to_ms(Num::Float(1_767_624_000.5), EpochUnit::Seconds),
+            Some(t + 500)
+        );
+        assert_eq!(
+            epoch_to_ms(Num::Int(1_767_624_000), EpochUnit::Millis),
+            None
+        );
         assert_eq!(epoch_to_ms(Num::Float(f64::NAN), EpochUnit::Millis), None);
-        assert_eq!(epoch_to_ms(Num::Float(f64::INFINITY), EpochUnit::Millis), None);
+        assert_eq!(
+            epoch_to_ms(Num::Float(f64::INFINITY), EpochUnit::Millis),
+            None
+        );
     }
 }
