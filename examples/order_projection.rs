@@ -93,9 +93,8 @@ impl Projection for Orders {
 
 fn main() -> anyhow::Result<()> {
     let field = |name: &str, field_type, nullable| FieldConfig {
-        name: name.into(),
-        field_type,
         nullable,
+        ..FieldConfig::new(name, field_type)
     };
     let schema = SchemaConfig {
         table: "events".into(),

@@ -44,11 +44,7 @@ pub mod prelude {
 /// The schema of the generator's IoT readings (table `events`, the default table name of a
 /// pipeline file's `[schema]`).
 pub fn iot_schema() -> SchemaConfig {
-    let f = |name: &str, field_type| FieldConfig {
-        name: name.into(),
-        field_type,
-        nullable: false,
-    };
+    let f = |name: &str, field_type| FieldConfig::new(name, field_type);
     SchemaConfig {
         table: "events".into(),
         event_time: "event_time".into(),

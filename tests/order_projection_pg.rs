@@ -232,9 +232,8 @@ fn generate(path: &Path, seed: u64) -> (BTreeMap<String, Expected>, usize, BTree
 
 fn run(dir: &Path, input: &Path, schema_name: &str) -> RunSummary {
     let field = |name: &str, field_type, nullable| FieldConfig {
-        name: name.into(),
-        field_type,
         nullable,
+        ..FieldConfig::new(name, field_type)
     };
     let store = PostgresStore::connect(
         "pg",

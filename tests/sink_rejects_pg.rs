@@ -68,7 +68,7 @@ event_time = "time"
 fields = [
   {{ name = "order_id", type = "string" }},
   {{ name = "amount", type = "int64" }},
-  {{ name = "time", type = "timestamp" }},
+  {{ name = "time", type = "timestamp", any_epoch = true }},
 ]
 
 [[sinks]]

@@ -90,9 +90,8 @@ fn v1_events_reach_the_projection_upcast_and_unknown_versions_go_to_the_dlq() {
     }
     drop(f);
     let field = |name: &str, field_type, nullable| FieldConfig {
-        name: name.into(),
-        field_type,
         nullable,
+        ..FieldConfig::new(name, field_type)
     };
     let schema = SchemaConfig {
         table: "payments".into(),
@@ -104,7 +103,11 @@ fn v1_events_reach_the_projection_upcast_and_unknown_versions_go_to_the_dlq() {
             field("version", FieldType::Int64, true),
             field("currency", FieldType::String, true),
             field("amount", FieldType::Float64, false),
-            field("time", FieldType::Timestamp, false),
+            // The events are stamped a few ms after the epoch.
+            FieldConfig {
+                any_epoch: true,
+                ..field("time", FieldType::Timestamp, false)
+            },
         ],
     };
     let upcasters = Upcasters::new("version", 2, current()).step(1, |e| {
@@ -184,7 +187,7 @@ fields = [
   { name = "version", type = "int64" },
   { name = "currency", type = "string" },
   { name = "amount_cents", type = "int64" },
-  { name = "time", type = "timestamp" },
+  { name = "time", type = "timestamp", any_epoch = true },
 ]
 
 [upcast]

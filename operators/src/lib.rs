@@ -28,7 +28,10 @@ pub use decode::JsonDecoder;
 pub use expr::{FilterOperator, ProjectOperator};
 pub use key_check::{KeyCheckOperator, KeyPlacement};
 pub use projection::{Projection, ProjectionOperator};
-pub use schema::{Colocation, FieldConfig, FieldType, PartitionKeyCheck, SchemaConfig};
+pub use schema::{
+    Colocation, EpochUnit, FieldConfig, FieldType, PartitionKeyCheck, SchemaConfig,
+    PLAUSIBLE_EPOCH_SECS,
+};
 pub use session::SessionWindow;
 pub use sql::{plan_sql, SqlOptions, SqlPlan};
 pub use two_phase::{check_two_phase, partial_window, GlobalWindow, TwoPhaseShared};

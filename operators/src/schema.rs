@@ -63,7 +63,135 @@ pub struct FieldConfig {
     /// Whether the field may be absent or null (default false: absent is a poison message).
     #[serde(default)]
     pub nullable: bool,
+    /// Whether a JSON string holding the value is accepted too (default false): `"12.5"` for
+    /// a number field, `"true"` for a bool, `"1767624000"` for an epoch timestamp. The value
+    /// inside the string follows the same rules as an unquoted one. Not for `string` fields.
+    #[serde(default)]
+    pub coerce: bool,
+    /// For a `timestamp` field: the unit of an epoch number, `s`, `ms`, `us` or `ns`
+    /// (default `ms`). RFC 3339 strings are accepted whatever the unit. Only for `timestamp`
+    /// fields. See ARCHITECTURE.md, "Decode rules", for the plausible range of each unit.
+    #[serde(default)]
+    pub unit: Option<EpochUnit>,
+    /// For a `timestamp` field: accept every epoch number of the unit (default false: only
+    /// those in the plausible range, 1973 to 2286, so that a number in the wrong unit is
+    /// dead-lettered instead of read as a date in 1970 or in the year 50000). For times
+    /// outside that range, such as synthetic test data near the epoch.
+    #[serde(default)]
+    pub any_epoch: bool,
 }
+
+impl FieldConfig {
+    /// A required field of `field_type` with the default rules (no coercion, epoch millis).
+    pub fn new(name: impl Into<String>, field_type: FieldType) -> Self {
+        Self {
+            name: name.into(),
+            field_type,
+            nullable: false,
+            coerce: false,
+            unit: None,
+            any_epoch: false,
+        }
+    }
+
+    /// The unit of this field's epoch numbers (`ms` unless declared).
+    pub fn epoch_unit(&self) -> EpochUnit {
+        self.unit.unwrap_or_default()
+    }
+
+    /// Every problem with this field's keys, each as "`<at>.<key>`: reason" (`at` is the
+    /// field's own key, e.g. `schema.fields[2]`).
+    pub fn validate(&self, at: &str) -> Vec<String> {
+        let mut errors = Vec::new();
+        if self.unit.is_some() && self.field_type != FieldType::Timestamp {
+            errors.push(format!(
+                "{at}.unit: only a `timestamp` field has a unit; `{}` is {:?}",
+                self.name, self.field_type
+            ));
+        }
+        if self.any_epoch && self.field_type != FieldType::Timestamp {
+            errors.push(format!(
+                "{at}.any_epoch: only a `timestamp` field has epoch numbers; `{}` is {:?}",
+                self.name, self.field_type
+            ));
+        }
+        if self.coerce && self.field_type == FieldType::String {
+            errors.push(format!(
+                "{at}.coerce: `{}` is a string field: coerce reads numbers and booleans \
+                 written as strings, it does not turn other values into text",
+                self.name
+            ));
+        }
+        errors
+    }
+}
+
+/// The unit of an epoch number in a `timestamp` field. Decoded times are stored as
+/// milliseconds (finer units are floored to the millisecond).
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+pub enum EpochUnit {
+    /// Seconds since 1970-01-01T00:00:00Z.
+    #[serde(rename = "s")]
+    Seconds,
+    /// Milliseconds since the epoch: the default.
+    #[default]
+    #[serde(rename = "ms")]
+    Millis,
+    /// Microseconds since the epoch.
+    #[serde(rename = "us")]
+    Micros,
+    /// Nanoseconds since the epoch.
+    #[serde(rename = "ns")]
+    Nanos,
+}
+
+impl EpochUnit {
+    pub const ALL: [EpochUnit; 4] = [
+        EpochUnit::Seconds,
+        EpochUnit::Millis,
+        EpochUnit::Micros,
+        EpochUnit::Nanos,
+    ];
+
+    /// How it is written in a pipeline file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EpochUnit::Seconds => "s",
+            EpochUnit::Millis => "ms",
+            EpochUnit::Micros => "us",
+            EpochUnit::Nanos => "ns",
+        }
+    }
+
+    /// Units of this kind in one second.
+    pub fn per_second(self) -> i64 {
+        match self {
+            EpochUnit::Seconds => 1,
+            EpochUnit::Millis => 1_000,
+            EpochUnit::Micros => 1_000_000,
+            EpochUnit::Nanos => 1_000_000_000,
+        }
+    }
+
+    /// The epoch values this unit accepts, `[low, high)`: the times from
+    /// [`PLAUSIBLE_EPOCH_SECS`]`.0` to `.1` seconds, in this unit.
+    pub fn plausible_range(self) -> (i128, i128) {
+        let per = i128::from(self.per_second());
+        (
+            i128::from(PLAUSIBLE_EPOCH_SECS.0) * per,
+            i128::from(PLAUSIBLE_EPOCH_SECS.1) * per,
+        )
+    }
+}
+
+/// The event times an epoch number may denote, in seconds, `[low, high)`:
+/// 1973-03-03T09:46:40Z (10^8 s) to 2286-11-20T17:46:40Z (10^10 s). In any unit that is
+/// a band of exactly two decimal orders of magnitude (seconds have 9 or 10 digits,
+/// milliseconds 12 or 13, microseconds 15 or 16, nanoseconds 18 or 19), and the bands of
+/// neighbouring units (a factor of 1000 apart) never overlap: a value in the wrong unit is
+/// outside the band of the declared one, so it is dead-lettered, never read as a date in
+/// 1970 or in the year 50000.
+pub const PLAUSIBLE_EPOCH_SECS: (i64, i64) = (100_000_000, 10_000_000_000);
 
 /// Column types a JSON field can be decoded to.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -75,7 +203,8 @@ pub enum FieldType {
     Float32,
     Float64,
     Bool,
-    /// Epoch milliseconds (a JSON number) or an RFC 3339 string, stored as milliseconds.
+    /// An epoch number in the field's `unit` (default milliseconds) or an RFC 3339 string,
+    /// stored as milliseconds.
     Timestamp,
 }
 
@@ -111,6 +240,7 @@ impl SchemaConfig {
                     f.name
                 ));
             }
+            errors.extend(f.validate(&format!("{prefix}.fields[{i}]")));
             if !seen.insert(f.name.as_str()) {
                 errors.push(format!(
                     "{prefix}.fields[{i}].name: duplicate field `{}`",

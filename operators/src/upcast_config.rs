@@ -204,6 +204,7 @@ impl UpcastConfig {
         let mut old_types: HashMap<&str, &FieldConfig> = HashMap::new();
         for (i, step) in self.steps.iter().enumerate() {
             for (j, f) in step.fields.iter().enumerate() {
+                errors.extend(f.validate(&key(&format!("steps[{i}].fields[{j}]"))));
                 let at = key(&format!("steps[{i}].fields[{j}].name"));
                 if f.name.is_empty() || f.name == OFFSET_COLUMN {
                     errors.push(format!("{at}: `{}` is not a usable field name", f.name));
@@ -631,9 +632,8 @@ mod tests {
 
     fn field(name: &str, field_type: FieldType, nullable: bool) -> FieldConfig {
         FieldConfig {
-            name: name.into(),
-            field_type,
             nullable,
+            ..FieldConfig::new(name, field_type)
         }
     }
 
@@ -649,7 +649,11 @@ mod tests {
                 field("version", FieldType::Int64, false),
                 field("currency", FieldType::String, false),
                 field("amount_cents", FieldType::Int64, false),
-                field("time", FieldType::Timestamp, false),
+                // The events here are stamped a few ms after the epoch.
+                FieldConfig {
+                    any_epoch: true,
+                    ..field("time", FieldType::Timestamp, false)
+                },
             ],
         }
     }

@@ -71,11 +71,7 @@ impl Event {
 }
 
 pub fn schema() -> SchemaConfig {
-    let f = |name: &str, field_type| FieldConfig {
-        name: name.into(),
-        field_type,
-        nullable: false,
-    };
+    let f = |name: &str, field_type| FieldConfig::new(name, field_type);
     SchemaConfig {
         table: "events".into(),
         event_time: "ts".into(),
@@ -87,7 +83,11 @@ pub fn schema() -> SchemaConfig {
             f("seq", FieldType::Int64),
             f("v", FieldType::Int64),
             f("x", FieldType::Float64),
-            f("ts", FieldType::Timestamp),
+            // Some SQL corpus cases are stamped near the epoch (windows before 0).
+            FieldConfig {
+                any_epoch: true,
+                ..f("ts", FieldType::Timestamp)
+            },
         ],
     }
 }

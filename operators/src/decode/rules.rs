@@ -1,0 +1,513 @@
+//! The decode rules: which JSON value a declared field accepts, and what it becomes.
+//!
+//! A value is accepted only when it fits the declared type exactly (ARCHITECTURE.md, "Decode
+//! rules"); everything else is a [`Fault`] naming the field, its type and the value. These
+//! are pure functions of one value, so every rule is tested on its own.
+
+use std::fmt::Write as _;
+
+use datafusion::arrow::array::timezone::Tz;
+use datafusion::arrow::compute::kernels::cast_utils::string_to_datetime;
+use datafusion::arrow::temporal_conversions::timestamp_ms_to_datetime;
+use weir_runtime::dlq::ErrorKind;
+
+use super::json::is_number;
+use crate::schema::{EpochUnit, FieldConfig, FieldType, PLAUSIBLE_EPOCH_SECS};
+
+/// A string value longer than this (in characters) is cut in messages.
+const SHOWN_CHARS: usize = 80;
+
+/// One JSON value as the parser hands it over.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Scalar<'s> {
+    Null,
+    Bool(bool),
+    /// A number, as written (it follows the JSON number grammar).
+    Number(&'s str),
+    Str(&'s str),
+    Object,
+    Array,
+}
+
+/// What an accepted value becomes in its column.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Value<'s> {
+    Null,
+    Str(&'s str),
+    I32(i32),
+    I64(i64),
+    F32(f32),
+    F64(f64),
+    Bool(bool),
+    /// Epoch milliseconds.
+    TimestampMs(i64),
+}
+
+/// Why a message is dead-lettered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fault {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl Fault {
+    pub fn new(kind: ErrorKind, message: String) -> Self {
+        Self { kind, message }
+    }
+}
+
+/// One declared field's rules, resolved once per decoder.
+#[derive(Debug, Clone)]
+pub struct FieldRule {
+    pub name: String,
+    pub field_type: FieldType,
+    pub nullable: bool,
+    coerce: bool,
+    unit: EpochUnit,
+    /// Every epoch number of the unit is accepted, not only the plausible ones.
+    any_epoch: bool,
+    /// How the type is named in messages, e.g. `int64` or `timestamp, unit ms`.
+    type_name: String,
+    utc: Tz,
+}
+
+impl FieldRule {
+    pub fn new(f: &FieldConfig) -> Self {
+        let type_name = match f.field_type {
+            FieldType::Timestamp => format!("timestamp, unit {}", f.epoch_unit().as_str()),
+            t => type_word(t).to_string(),
+        };
+        Self {
+            name: f.name.clone(),
+            field_type: f.field_type,
+            nullable: f.nullable,
+            coerce: f.coerce,
+            unit: f.epoch_unit(),
+            any_epoch: f.any_epoch,
+            type_name,
+            utc: "+00:00"
+                .parse()
+                .expect("invariant: +00:00 is a valid offset"),
+        }
+    }
+
+    /// The fault of a required field that is absent or null.
+    pub fn missing(&self) -> Fault {
+        Fault::new(
+            ErrorKind::MissingField,
+            format!("required field `{}` is missing or null", self.name),
+        )
+    }
+
+    /// `value` as this field's column value, or why it does not fit.
+    pub fn convert<'s>(&self, value: Scalar<'s>) -> Result<Value<'s>, Fault> {
+        if value == Scalar::Null {
+            return if self.nullable {
+                Ok(Value::Null)
+            } else {
+                Err(self.missing())
+            };
+        }
+        match self.field_type {
+            FieldType::String => match value {
+                Scalar::Str(s) => Ok(Value::Str(s)),
+                other => Err(self.wrong(other, "is not a string")),
+            },
+            FieldType::Bool => match value {
+                Scalar::Bool(b) => Ok(Value::Bool(b)),
+                Scalar::Str(s) if self.coerce => match s {
+                    "true" => Ok(Value::Bool(true)),
+                    "false" => Ok(Value::Bool(false)),
+                    _ => Err(self.wrong(value, "is not \"true\" or \"false\"")),
+                },
+                other => Err(self.wrong(other, "is not a boolean (true or false)")),
+            },
+            FieldType::Int32 | FieldType::Int64 => {
+                let n = match whole(self.number(value)?) {
+                    Whole::Int(n) => n,
+                    Whole::Fraction => return Err(self.wrong(value, "is not a whole number")),
+                    Whole::Huge => return Err(self.wrong(value, "is out of range")),
+                };
+                if self.field_type == FieldType::Int32 {
+                    i32::try_from(n)
+                        .map(Value::I32)
+                        .map_err(|_| self.wrong(value, "is out of range for int32"))
+                } else {
+                    i64::try_from(n)
+                        .map(Value::I64)
+                        .map_err(|_| self.wrong(value, "is out of range for int64"))
+                }
+            }
+            FieldType::Float64 => {
+                let text = self.number(value)?;
+                match integer(text) {
+                    Some(n) if (n as f64) as i128 == n => Ok(Value::F64(n as f64)),
+                    None if !is_integer(text) => match text.parse::<f64>() {
+                        Ok(f) if f.is_finite() => Ok(Value::F64(f)),
+                        _ => Err(self.wrong(value, "is out of range for float64")),
+                    },
+                    _ => Err(self.wrong(value, "is an integer that float64 cannot hold exactly")),
+                }
+            }
+            FieldType::Float32 => {
+                let text = self.number(value)?;
+                match integer(text) {
+                    Some(n) if (n as f32) as i128 == n => Ok(Value::F32(n as f32)),
+                    None if !is_integer(text) => match text.parse::<f32>() {
+                        Ok(f) if f.is_finite() => Ok(Value::F32(f)),
+                        _ => Err(self.wrong(value, "is out of range for float32")),
+                    },
+                    _ => Err(self.wrong(value, "is an integer that float32 cannot hold exactly")),
+                }
+            }
+            FieldType::Timestamp => self.timestamp(value),
+        }
+    }
+
+    /// The text of a number, or of a numeric string when the field coerces; anything else
+    /// is a fault.
+    fn number<'s>(&self, value: Scalar<'s>) -> Result<&'s str, Fault> {
+        match value {
+            Scalar::Number(text) => Ok(text),
+            Scalar::Str(s) => match is_number(s) {
+                true if self.coerce => Ok(s),
+                false if self.coerce => Err(self.wrong(value, "is not a JSON number")),
+                true => Err(self.wrong(
+                    value,
+                    "is a string, not a number (set `coerce = true` on the field to read \
+                     numbers written as strings)",
+                )),
+                false => Err(self.wrong(value, "is not a number")),
+            },
+            other => Err(self.wrong(other, "is not a number")),
+        }
+    }
+
+    fn timestamp<'s>(&self, value: Scalar<'s>) -> Result<Value<'s>, Fault> {
+        let text = match value {
+            Scalar::Number(text) => text,
+            Scalar::Str(s) => match is_number(s) {
+                true if self.coerce => s,
+                true => {
+                    return Err(self.wrong(
+                        value,
+                        "is a string, not an epoch number (set `coerce = true` on the field \
+                         to read epoch numbers written as strings)",
+                    ))
+                }
+                false => {
+                    return string_to_datetime(&self.utc, s)
+                        .map(|t| Value::TimestampMs(t.timestamp_millis()))
+                        .map_err(|_| self.wrong(value, "is not an RFC 3339 time"))
+                }
+            },
+            other => {
+                return Err(self.wrong(other, "is neither an epoch number nor an RFC 3339 string"))
+            }
+        };
+        let epoch = epoch_of(text);
+        if self.any_epoch {
+            return any_epoch_to_ms(epoch, self.unit)
+                .map(Value::TimestampMs)
+                .ok_or_else(|| self.wrong(value, "is beyond the range of timestamps"));
+        }
+        epoch_to_ms(epoch, self.unit)
+            .map(Value::TimestampMs)
+            .ok_or_else(|| self.implausible(value, epoch))
+    }
+
+    fn wrong(&self, value: Scalar<'_>, why: &str) -> Fault {
+        Fault::new(
+            ErrorKind::WrongType,
+            format!(
+                "field `{}` ({}): {} {why}",
+                self.name,
+                self.type_name,
+                show(value)
+            ),
+        )
+    }
+
+    /// The fault of an epoch number outside its unit's plausible range, with the unit it
+    /// would fit.
+    fn implausible(&self, shown: Scalar<'_>, epoch: Num) -> Fault {
+        let (lo, hi) = self.unit.plausible_range();
+        let mut message = format!(
+            "field `{}` ({}): {} is not a plausible epoch time in {}",
+            self.name,
+            self.type_name,
+            show(shown),
+            unit_words(self.unit),
+        );
+        if let Some(at) = as_date(epoch, self.unit) {
+            let _ = write!(message, " (it would be {at})");
+        }
+        let _ = write!(
+            message,
+            ": epoch {} lie in [{lo}, {hi}), {} to {}",
+            unit_words(self.unit),
+            date_of_secs(PLAUSIBLE_EPOCH_SECS.0),
+            date_of_secs(PLAUSIBLE_EPOCH_SECS.1),
+        );
+        if let Some(u) = EpochUnit::ALL
+            .into_iter()
+            .find(|&u| u != self.unit && epoch_to_ms(epoch, u).is_some())
+        {
+            let _ = write!(
+                message,
+                "; in {} it would be {}: declare `unit = \"{}\"`",
+                unit_words(u),
+                as_date(epoch, u).unwrap_or_default(),
+                u.as_str()
+            );
+        }
+        Fault::new(ErrorKind::WrongType, message)
+    }
+}
+
+/// An epoch number: an integer, or a float when written with a fraction or an exponent.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Num {
+    Int(i128),
+    Float(f64),
+}
+
+/// The epoch number `text` (a JSON number) holds; an integer beyond i128 is infinite.
+fn epoch_of(text: &str) -> Num {
+    match integer(text) {
+        Some(n) => Num::Int(n),
+        None if is_integer(text) => Num::Float(f64::INFINITY),
+        None => Num::Float(text.parse::<f64>().unwrap_or(f64::NAN)),
+    }
+}
+
+/// `value` in `unit` as epoch milliseconds (floored), when it lies in the unit's plausible
+/// range.
+pub fn epoch_to_ms(value: Num, unit: EpochUnit) -> Option<i64> {
+    let (lo, hi) = unit.plausible_range();
+    let per = i128::from(unit.per_second());
+    match value {
+        Num::Int(n) if (lo..hi).contains(&n) => i64::try_from((n * 1000).div_euclid(per)).ok(),
+        Num::Float(f) if f >= lo as f64 && f < hi as f64 => {
+            Some((f * 1000.0 / per as f64).floor() as i64)
+        }
+        _ => None,
+    }
+}
+
+/// `value` in `unit` as epoch milliseconds (floored), whatever its magnitude, when the
+/// milliseconds fit an i64.
+fn any_epoch_to_ms(value: Num, unit: EpochUnit) -> Option<i64> {
+    let per = i128::from(unit.per_second());
+    match value {
+        Num::Int(n) => n
+            .checked_mul(1000)
+            .and_then(|ms| i64::try_from(ms.div_euclid(per)).ok()),
+        Num::Float(f) => {
+            let ms = (f * 1000.0 / per as f64).floor();
+            (ms.is_finite() && ms.abs() < i64::MAX as f64).then_some(ms as i64)
+        }
+    }
+}
+
+/// Whether the JSON number `text` is written without fraction and exponent.
+fn is_integer(text: &str) -> bool {
+    !text.bytes().any(|b| matches!(b, b'.' | b'e' | b'E'))
+}
+
+/// The JSON number `text` as an integer, when written as one and within i128.
+fn integer(text: &str) -> Option<i128> {
+    if is_integer(text) {
+        text.parse().ok()
+    } else {
+        None
+    }
+}
+
+/// What a JSON number is as an integer, from its decimal text (no float in between).
+#[derive(Debug, PartialEq, Eq)]
+enum Whole {
+    Int(i128),
+    /// It has a non-zero fractional part.
+    Fraction,
+    /// A whole number beyond i128.
+    Huge,
+}
+
+/// `text` (the JSON number grammar) as an exact integer: `3.0`, `30e-1` and `1e3` are whole,
+/// `3.7` and `1e-400` are not.
+fn whole(text: &str) -> Whole {
+    if is_integer(text) {
+        return text.parse().map_or(Whole::Huge, Whole::Int);
+    }
+    let (negative, unsigned) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let (mantissa, exponent) = match unsigned.find(['e', 'E']) {
+        Some(i) => (&unsigned[..i], &unsigned[i + 1..]),
+        None => (unsigned, "0"),
+    };
+    let (int_part, frac_part) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    // An exponent too long for i64 is far beyond any i128 either way.
+    let exponent: i64 = match exponent.parse() {
+        Ok(e) => e,
+        Err(_) if exponent.starts_with('-') => i64::MIN / 2,
+        Err(_) => i64::MAX / 2,
+    };
+    let digits: String = format!("{int_part}{frac_part}");
+    let digits = digits.trim_start_matches('0');
+    let significant = digits.trim_end_matches('0');
+    if significant.is_empty() {
+        return Whole::Int(0);
+    }
+    // value = significant * 10^scale
+    let scale = exponent - frac_part.len() as i64 + (digits.len() - significant.len()) as i64;
+    if scale < 0 {
+        return Whole::Fraction;
+    }
+    if significant.len() as i64 + scale > 39 {
+        return Whole::Huge;
+    }
+    let mut n: i128 = match significant.parse() {
+        Ok(n) => n,
+        Err(_) => return Whole::Huge,
+    };
+    for _ in 0..scale {
+        n = match n.checked_mul(10) {
+            Some(n) => n,
+            None => return Whole::Huge,
+        };
+    }
+    Whole::Int(if negative { -n } else { n })
+}
+
+/// The value as a message shows it: JSON text (strings quoted and cut), or what it is.
+fn show(value: Scalar<'_>) -> String {
+    match value {
+        Scalar::Null => "null".into(),
+        Scalar::Bool(b) => b.to_string(),
+        Scalar::Number(text) => cut(text),
+        Scalar::Str(s) => serde_json::to_string(&cut(s)).unwrap_or_default(),
+        Scalar::Object => "an object".into(),
+        Scalar::Array => "an array".into(),
+    }
+}
+
+/// `s`, cut to [`SHOWN_CHARS`] characters (marked with `...`).
+fn cut(s: &str) -> String {
+    let mut out: String = s.chars().take(SHOWN_CHARS).collect();
+    if out.len() < s.len() {
+        out.push_str("...");
+    }
+    out
+}
+
+/// The type as a pipeline file writes it.
+fn type_word(t: FieldType) -> &'static str {
+    match t {
+        FieldType::String => "string",
+        FieldType::Int32 => "int32",
+        FieldType::Int64 => "int64",
+        FieldType::Float32 => "float32",
+        FieldType::Float64 => "float64",
+        FieldType::Bool => "bool",
+        FieldType::Timestamp => "timestamp",
+    }
+}
+
+fn unit_words(u: EpochUnit) -> &'static str {
+    match u {
+        EpochUnit::Seconds => "seconds",
+        EpochUnit::Millis => "milliseconds",
+        EpochUnit::Micros => "microseconds",
+        EpochUnit::Nanos => "nanoseconds",
+    }
+}
+
+/// The UTC time an epoch number in `unit` denotes, whatever its range (`None` beyond what
+/// milliseconds in an i64 hold).
+fn as_date(epoch: Num, unit: EpochUnit) -> Option<String> {
+    let per = unit.per_second() as f64;
+    let ms = match epoch {
+        Num::Int(n) => n as f64 * 1000.0 / per,
+        Num::Float(f) => f * 1000.0 / per,
+    };
+    if !ms.is_finite() || ms.abs() >= i64::MAX as f64 {
+        return None;
+    }
+    timestamp_ms_to_datetime(ms.floor() as i64).map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+}
+
+fn date_of_secs(secs: i64) -> String {
+    as_date(Num::Int(i128::from(secs)), EpochUnit::Seconds).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whole_numbers_are_read_from_their_decimal_text() {
+        for (text, want) in [
+            ("3", Whole::Int(3)),
+            ("-3", Whole::Int(-3)),
+            ("3.0", Whole::Int(3)),
+            ("3.000", Whole::Int(3)),
+            ("30e-1", Whole::Int(3)),
+            ("1e3", Whole::Int(1000)),
+            ("1E+3", Whole::Int(1000)),
+            ("-0.0", Whole::Int(0)),
+            ("0e999999999999999999999", Whole::Int(0)),
+            ("9007199254740993.0", Whole::Int(9_007_199_254_740_993)),
+            ("3.7", Whole::Fraction),
+            ("3.0000000000000001", Whole::Fraction),
+            ("1e-400", Whole::Fraction),
+            ("1e39", Whole::Huge),
+            ("1e999999999999999999999", Whole::Huge),
+            ("1000000000000000000000000000000000000000", Whole::Huge),
+        ] {
+            assert_eq!(whole(text), want, "{text}");
+        }
+    }
+
+    #[test]
+    fn the_plausible_bands_of_the_units_never_overlap_and_each_spans_two_decades() {
+        for (i, a) in EpochUnit::ALL.iter().enumerate() {
+            let (lo, hi) = a.plausible_range();
+            assert_eq!(hi, lo * 100, "{a:?}");
+            for b in &EpochUnit::ALL[i + 1..] {
+                let (lo_b, _) = b.plausible_range();
+                assert!(hi < lo_b, "{a:?} and {b:?} overlap");
+            }
+        }
+        // ns still fits i64 milliseconds once converted, and its band's top is past i64.
+        assert!(EpochUnit::Nanos.plausible_range().1 > i128::from(i64::MAX));
+    }
+
+    #[test]
+    fn epochs_convert_to_milliseconds_by_flooring() {
+        let t = 1_767_624_000_000i64;
+        assert_eq!(
+            epoch_to_ms(Num::Int(1_767_624_000), EpochUnit::Seconds),
+            Some(t)
+        );
+        assert_eq!(
+            epoch_to_ms(Num::Int(i128::from(t) * 1000 + 999), EpochUnit::Micros),
+            Some(t)
+        );
+        assert_eq!(
+            epoch_to_ms(Num::Float(1_767_624_000.5), EpochUnit::Seconds),
+            Some(t + 500)
+        );
+        assert_eq!(
+            epoch_to_ms(Num::Int(1_767_624_000), EpochUnit::Millis),
+            None
+        );
+        assert_eq!(epoch_to_ms(Num::Float(f64::NAN), EpochUnit::Millis), None);
+        assert_eq!(
+            epoch_to_ms(Num::Float(f64::INFINITY), EpochUnit::Millis),
+            None
+        );
+    }
+}
