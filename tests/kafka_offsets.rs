@@ -297,7 +297,10 @@ fn runs_without_checkpoints_resume_from_the_group_offsets_and_process_exactly_th
     let n = outputs.len();
     outputs.dedup();
     assert_eq!(n, outputs.len(), "an event was processed twice");
-    assert_eq!(outputs, want, "exactly the events after the group's offsets");
+    assert_eq!(
+        outputs, want,
+        "exactly the events after the group's offsets"
+    );
     assert_eq!(
         committed(&topic, &group),
         (0..PARTITIONS)

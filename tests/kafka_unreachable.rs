@@ -56,8 +56,14 @@ dir = "checkpoints"
         stderr.contains("cannot fetch metadata of topic \"events\""),
         "{stderr}"
     );
-    let client_lines: Vec<&str> = stderr.lines().filter(|l| l.contains("librdkafka")).collect();
-    assert!(!client_lines.is_empty(), "the refused connection is logged: {stderr}");
+    let client_lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("librdkafka"))
+        .collect();
+    assert!(
+        !client_lines.is_empty(),
+        "the refused connection is logged: {stderr}"
+    );
     assert!(
         client_lines.len() <= 6,
         "{} librdkafka lines; repeats must be collapsed:\n{stderr}",

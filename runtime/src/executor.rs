@@ -48,9 +48,7 @@ use crate::metrics::{Counters, Metrics};
 use crate::operator::Emit;
 use crate::shutdown::Shutdown;
 use crate::sink::SinkWriter;
-use crate::source::{
-    Assignment, PartitionReader, ReadResult, ResumeFrom, Source, TopicPartition,
-};
+use crate::source::{Assignment, PartitionReader, ReadResult, ResumeFrom, Source, TopicPartition};
 use crate::task::{PartitionTask, TaskOutput};
 
 /// How often an idle partition's task is told it is idle.
@@ -351,8 +349,9 @@ impl Executor {
     /// When that fails the run still succeeds (the checkpoints are the truth) and a warning
     /// names what lags; the lagging partitions are returned.
     fn acknowledge_final(&mut self, running: &mut Running) -> Vec<(TopicPartition, i64)> {
-        let offsets: Vec<(TopicPartition, i64)> =
-            std::mem::take(&mut running.final_acks).into_iter().collect();
+        let offsets: Vec<(TopicPartition, i64)> = std::mem::take(&mut running.final_acks)
+            .into_iter()
+            .collect();
         if offsets.is_empty() {
             return Vec::new();
         }

@@ -60,7 +60,9 @@ impl InitialOffset {
     pub fn offset(self) -> i64 {
         match self {
             InitialOffset::Beginning => 0,
-            InitialOffset::Committed(n) | InitialOffset::Earliest(n) | InitialOffset::Latest(n) => n,
+            InitialOffset::Committed(n) | InitialOffset::Earliest(n) | InitialOffset::Latest(n) => {
+                n
+            }
         }
     }
 }

@@ -197,7 +197,7 @@ struct Seen {
 /// an unreachable broker printed 195 of them at once). The first occurrence of a line is
 /// logged; its repeats within [`LOG_REPEAT_WINDOW`] are counted, and the first occurrence
 /// after the window is logged with that count. Lines are the same when they differ only in
-/// numbers (librdkafka appends "after 12ms", "3 identical error(s) suppressed"). Pure: the
+/// numbers or in librdkafka's own "N identical error(s) suppressed". Pure: the
 /// caller passes the time.
 #[derive(Debug, Default)]
 pub(crate) struct LogCollapse {
@@ -219,7 +219,8 @@ fn log_key(level: RDKafkaLogLevel, fac: &str, message: &str) -> String {
             digits = false;
         }
     }
-    key
+    // librdkafka's own count of suppressed repeats is not a different line.
+    key.replace(", # identical error(s) suppressed", "")
 }
 
 impl LogCollapse {
@@ -333,7 +334,11 @@ impl KafkaContext {
 impl Drop for KafkaContext {
     fn drop(&mut self) {
         for (level, fac, message, repeats) in lock(&self.log_lines).drain() {
-            emit_log(level, &fac, &with_repeats(&message, repeats, "since it was logged"));
+            emit_log(
+                level,
+                &fac,
+                &with_repeats(&message, repeats, "since it was logged"),
+            );
         }
     }
 }
@@ -355,8 +360,12 @@ impl ClientContext for KafkaContext {
 
     fn error(&self, error: KafkaError, reason: &str) {
         let message = format!("{error}: {reason}");
-        let verdict =
-            lock(&self.log_lines).observe(RDKafkaLogLevel::Warning, "error", &message, Instant::now());
+        let verdict = lock(&self.log_lines).observe(
+            RDKafkaLogLevel::Warning,
+            "error",
+            &message,
+            Instant::now(),
+        );
         if let LogVerdict::Log { repeated } = verdict {
             emit_log(
                 RDKafkaLogLevel::Warning,
@@ -582,7 +591,10 @@ mod tests {
         assert_eq!(c.observe(RDKafkaLogLevel::Warning, "FAIL", "a", t0), first);
         assert_eq!(c.observe(RDKafkaLogLevel::Warning, "FAIL", "b", t0), first);
         assert_eq!(c.observe(RDKafkaLogLevel::Error, "FAIL", "a", t0), first);
-        assert_eq!(c.observe(RDKafkaLogLevel::Warning, "REQTMOUT", "a", t0), first);
+        assert_eq!(
+            c.observe(RDKafkaLogLevel::Warning, "REQTMOUT", "a", t0),
+            first
+        );
         assert!(drained(&mut c).is_empty(), "nothing repeated");
     }
 

@@ -294,7 +294,8 @@ impl KafkaSource {
             return Err(WeirError::Config(errors.join("; ")));
         }
         let consumer = config.consumer(&name)?;
-        let committer = KafkaOffsetCommitter::from_consumer(consumer.clone(), name.clone(), &config);
+        let committer =
+            KafkaOffsetCommitter::from_consumer(consumer.clone(), name.clone(), &config);
         Ok(Self {
             config,
             name,
