@@ -76,9 +76,8 @@ fn values_that_do_not_fit_their_declared_type_reach_the_dlq_and_the_valid_ones_t
             Some(("qty", "an object")),
         ),
         (
-            format!(
-                r#"{{"id":"ok-2","qty":4,"price":2,"lots":"7","event_time":"2026-01-05T14:40:01Z"}}"#
-            ),
+            r#"{"id":"ok-2","qty":4,"price":2,"lots":"7","event_time":"2026-01-05T14:40:01Z"}"#
+                .to_string(),
             None,
         ),
         (
