@@ -96,46 +96,16 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
     })?;
 
     // Pass 2: the whole path of a partition task.
-    let decoder = JsonDecoder::new(&schema);
-    let window = TumbleWindow::new(
-        "window",
-        &crate::demo_window(60_000),
-        decoder.schema(),
-        &schema.event_time,
-    )
-    .map_err(WeirError::Config)?;
-    let mut task = PartitionTask::new(
-        "bench".into(),
-        "bench".into(),
-        0,
-        Box::new(decoder),
-        vec![Box::new(window)],
-    );
+    let mut task = window_task(&schema, None)?;
     let (whole, windows_out) = run_task(&mut task, &generator, opts)?;
 
     // Pass 3: the whole path with the partition key check in front of the window (right
     // after pass 2, so the two are measured back to back).
-    let decoder = JsonDecoder::new(&schema);
     let placement = std::sync::Arc::new(KeyPlacement::new(
         schema.partition_key.as_deref().unwrap_or("sensor_id"),
         weir_operators::PartitionKeyCheck::Warn,
     ));
-    let check = KeyCheckOperator::new(placement, "bench".into(), 0, decoder.schema())
-        .map_err(WeirError::Config)?;
-    let window = TumbleWindow::new(
-        "window",
-        &crate::demo_window(60_000),
-        decoder.schema(),
-        &schema.event_time,
-    )
-    .map_err(WeirError::Config)?;
-    let mut checked = PartitionTask::new(
-        "bench".into(),
-        "bench".into(),
-        0,
-        Box::new(decoder),
-        vec![Box::new(check), Box::new(window)],
-    );
+    let mut checked = window_task(&schema, Some(placement))?;
     let (key_check, _) = run_task(&mut checked, &generator, opts)?;
 
     // Pass 4: the same window written as SQL.
@@ -162,6 +132,36 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
         sql_windows_out,
         peak_rss_bytes: peak_rss(),
     })
+}
+
+/// The demo's window as a partition task, with the partition key check in front of it when
+/// `placement` is given.
+fn window_task(
+    schema: &weir_operators::SchemaConfig,
+    placement: Option<std::sync::Arc<KeyPlacement>>,
+) -> Result<PartitionTask> {
+    let decoder = JsonDecoder::new(schema);
+    let mut chain: Vec<Box<dyn weir_runtime::Operator>> = Vec::new();
+    if let Some(p) = placement {
+        let check = KeyCheckOperator::new(p, "bench".into(), 0, decoder.schema())
+            .map_err(WeirError::Config)?;
+        chain.push(Box::new(check));
+    }
+    let window = TumbleWindow::new(
+        "window",
+        &crate::demo_window(60_000),
+        decoder.schema(),
+        &schema.event_time,
+    )
+    .map_err(WeirError::Config)?;
+    chain.push(Box::new(window));
+    Ok(PartitionTask::new(
+        "bench".into(),
+        "bench".into(),
+        0,
+        Box::new(decoder),
+        chain,
+    ))
 }
 
 /// The input, batch by batch (encoded outside the timed region), through `f`, which returns
