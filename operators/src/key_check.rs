@@ -150,6 +150,18 @@ impl KeyCheckOperator {
         }
         Ok(())
     }
+
+    /// [`Self::check`] for an integer key: hashed from its bytes, written out as text only
+    /// the first time this partition sees it (never per event).
+    fn check_int(&mut self, key: i64) -> Result<()> {
+        let hash = self.placement.hasher.hash_one(key);
+        if self.seen.insert(hash) {
+            let text = key.to_string();
+            self.placement
+                .register(&self.topic, self.partition, text.as_bytes(), hash)?;
+        }
+        Ok(())
+    }
 }
 
 impl Operator for KeyCheckOperator {
@@ -179,13 +191,13 @@ impl Operator for KeyCheckOperator {
             DataType::Int32 => {
                 let a = col.as_primitive::<Int32Type>();
                 for i in (0..a.len()).filter(|&i| a.is_valid(i)) {
-                    self.check(a.value(i).to_string().as_bytes())?;
+                    self.check_int(i64::from(a.value(i)))?;
                 }
             }
             DataType::Int64 => {
                 let a = col.as_primitive::<Int64Type>();
                 for i in (0..a.len()).filter(|&i| a.is_valid(i)) {
-                    self.check(a.value(i).to_string().as_bytes())?;
+                    self.check_int(a.value(i))?;
                 }
             }
             other => {
@@ -293,6 +305,29 @@ mod tests {
             "{err}"
         );
         assert!(err.contains("strict"), "{err}");
+    }
+
+    #[test]
+    fn an_integer_key_in_two_partitions_is_named_by_its_value() {
+        use datafusion::arrow::array::Int64Array;
+        let placement = Arc::new(KeyPlacement::new("k", PartitionKeyCheck::Strict));
+        let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false)]));
+        let b = |v: Vec<i64>| {
+            let col: ArrayRef = Arc::new(Int64Array::from(v));
+            RecordBatch::try_new(schema.clone(), vec![col]).unwrap()
+        };
+        let op = |p| KeyCheckOperator::new(placement.clone(), "t".into(), p, schema.clone());
+        let mut emit = Emit::default();
+        op(0)
+            .unwrap()
+            .process(b(vec![42, 7, 42]), &mut emit)
+            .unwrap();
+        let err = op(1)
+            .unwrap()
+            .process(b(vec![42]), &mut emit)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`k` = 42 is in partitions 0 and 1"), "{err}");
     }
 
     #[test]
