@@ -219,3 +219,84 @@ fn a_bounded_input_run_again_when_longer_goes_on_with_the_later_windows() {
     );
     assert!(dlq.committed.lock().unwrap().is_empty());
 }
+
+/// A source whose partition `slow` takes `delay` for every read, as a reader thread does that
+/// a loaded machine leaves without a core: it always has more to give, it is just late.
+struct SlowPartition {
+    inner: MemorySource,
+    slow: i32,
+    delay: Duration,
+}
+
+impl Source for SlowPartition {
+    fn name(&self) -> &str {
+        "slow"
+    }
+    fn partitions(&mut self) -> Result<Vec<TopicPartition>> {
+        self.inner.partitions()
+    }
+    fn open(
+        &mut self,
+        topic: &Arc<str>,
+        partition: i32,
+        from: i64,
+    ) -> Result<Box<dyn PartitionReader>> {
+        let reader = self.inner.open(topic, partition, from)?;
+        Ok(if partition == self.slow {
+            Box::new(SlowReader(reader, self.delay))
+        } else {
+            reader
+        })
+    }
+}
+
+struct SlowReader(Box<dyn PartitionReader>, Duration);
+
+impl PartitionReader for SlowReader {
+    fn read(&mut self, max_rows: usize, linger: Duration) -> Result<weir_runtime::ReadResult> {
+        thread::sleep(self.1);
+        self.0.read(max_rows, linger)
+    }
+}
+
+#[test]
+fn a_partition_whose_reader_is_slow_but_never_caught_up_is_not_idle() {
+    // Partition 1 takes longer than the idle timeout for every batch, but never reports
+    // that it has nothing to read: it is behind, not idle, so the window waits for it and
+    // none of its events is late. (Declared idle, its watermark would follow partition 0's
+    // and its own events would fall behind it.)
+    let events = stream(23, 2, 10, 1_500, DISORDER_MS as u64);
+    let parts = by_partition(&events, |e| Some(e.json().into_bytes()));
+    let source = SlowPartition {
+        inner: MemorySource::new("events", parts),
+        slow: 1,
+        delay: Duration::from_millis(120),
+    };
+    let (sink, dlq) = (MemorySink::default(), MemoryDlq::default());
+    let dir = tempfile::tempdir().unwrap();
+    let summary = pipeline(source, &sink, &dlq)
+        .idle_timeout(Duration::from_millis(50))
+        .batch(64, Duration::from_millis(1))
+        .checkpoint_dir(dir.path())
+        .run(Shutdown::new())
+        .unwrap();
+    assert!(summary.finished);
+    let letters: Vec<(i32, i64, String)> = dlq
+        .committed
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|l| (l.partition, l.offset, l.kind.as_str().to_string()))
+        .collect();
+    assert!(
+        letters.is_empty(),
+        "{} events late, the first {:?}",
+        letters.len(),
+        letters.first()
+    );
+    let all: Vec<&Event> = events.iter().collect();
+    assert_eq!(
+        windows(&rows(&sink.committed())),
+        windows(&rows(&batch_sql(&all, ORACLE)))
+    );
+}

@@ -115,6 +115,9 @@ pub struct RunSummary {
 enum ReaderMsg {
     Batch(RawBatch),
     End,
+    /// The reader found nothing to read (its source said so): the partition may be idle.
+    /// Sent once per stretch without input; a reader that is merely slow never sends it.
+    CaughtUp,
 }
 
 enum SinkMsg {
@@ -825,11 +828,21 @@ fn spawn_reader(
         .name(format!("weir-read-{partition}"))
         .spawn(move || -> Result<()> {
             let stopped = || stops.iter().any(Shutdown::is_triggered);
+            let mut caught_up = false;
             while !stopped() {
                 let msg = match reader.read(max_rows, linger)? {
                     ReadResult::Batch(b) if b.is_empty() => continue,
-                    ReadResult::Batch(b) => ReaderMsg::Batch(b),
-                    ReadResult::Idle => continue,
+                    ReadResult::Batch(b) => {
+                        caught_up = false;
+                        ReaderMsg::Batch(b)
+                    }
+                    ReadResult::Idle if caught_up => continue,
+                    ReadResult::Idle => {
+                        // A full channel means a backlog, which is not idleness: say it
+                        // on the next empty read instead.
+                        caught_up = tx.try_send(ReaderMsg::CaughtUp).is_ok();
+                        continue;
+                    }
                     ReadResult::End => ReaderMsg::End,
                 };
                 let end = matches!(msg, ReaderMsg::End);
@@ -979,6 +992,8 @@ struct Lane {
     last_input: Instant,
     /// When the task was last told it is idle.
     last_idle: Instant,
+    /// Since when the reader has had nothing to read (`None` while it delivers).
+    caught_up_since: Option<Instant>,
     dirty: bool,
 }
 
@@ -1027,6 +1042,7 @@ fn run_worker(
                 last_checkpoint: Instant::now(),
                 last_input: Instant::now(),
                 last_idle: Instant::now(),
+                caught_up_since: None,
                 dirty: false,
             });
         }
@@ -1034,8 +1050,13 @@ fn run_worker(
             let lane = &mut lanes[idx];
             let partition = lane.task.partition();
             let (out, finished) = match msg {
+                Ok(ReaderMsg::CaughtUp) => {
+                    lane.caught_up_since.get_or_insert_with(Instant::now);
+                    continue;
+                }
                 Ok(ReaderMsg::Batch(raw)) => {
                     lane.last_input = Instant::now();
+                    lane.caught_up_since = None;
                     (lane.task.process(&raw).map(|o| with_source(o, raw)), None)
                 }
                 Ok(ReaderMsg::End) => (lane.task.end_of_input(), Some(true)),
@@ -1077,8 +1098,11 @@ fn run_worker(
             }
         }
         for lane in lanes.iter_mut() {
-            // Idle means nothing to read, not a backlog the worker has not reached yet.
+            // Idle means the source had nothing to read for the whole timeout: not a backlog
+            // the worker has not reached yet, nor a reader a loaded machine left behind.
+            let caught_up_for = lane.caught_up_since.map_or(Duration::ZERO, |t| t.elapsed());
             if lane.last_input.elapsed() >= idle_timeout
+                && caught_up_for >= idle_timeout
                 && lane.last_idle.elapsed() >= IDLE_EVERY.min(idle_timeout)
                 && lane.rx.is_empty()
             {
