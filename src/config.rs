@@ -1,6 +1,6 @@
 //! `pipeline.toml`: the pipeline a worker runs.
 //!
-//! Loading has two phases (STYLE.md): [`PipelineConfig::load`] parses and validates without
+//! Loading has two phases: [`ValidatedPipeline::load`] parses and validates without
 //! any I/O beyond reading the file, and reports every problem at once, each with the file, the
 //! key and the reason; [`crate::pipeline::Pipeline::from_config`] then opens sources and sinks.
 
@@ -9,61 +9,27 @@ use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 
+use crate::rules;
 use crate::toml_de::{section, tagged_section};
 use serde::Deserialize;
-use weir_connectors::{
-    GeneratorConfig, JsonlDlqConfig, JsonlSinkConfig, JsonlSourceConfig, KafkaDlqConfig,
-    KafkaSinkConfig, KafkaSourceConfig, ParquetSinkConfig, PostgresSinkConfig, SqliteSinkConfig,
-    TerminalSinkConfig,
-};
-use weir_operators::{
-    HopConfig, SchemaConfig, SessionConfig, TumbleConfig, UpcastConfig, UpcastStepConfig,
-};
+use weir_operators::{SchemaConfig, UpcastConfig, UpcastStepConfig};
 
-/// `[source]`, tagged by `type`.
+pub use crate::registry::{DlqConfig, OperatorConfig, SinkConfig, SourceConfig};
+
+/// `type = "filter"`: keep rows for which a SQL predicate is true.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
-// Read as an externally tagged enum, the section's `type` naming the variant
-// (`crate::toml_de::tagged_section`), so its fields' errors keep their key paths.
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
-pub enum SourceConfig {
-    Generator(GeneratorConfig),
-    Jsonl(JsonlSourceConfig),
-    Kafka(KafkaSourceConfig),
+#[serde(deny_unknown_fields)]
+pub struct FilterConfig {
+    /// A SQL boolean expression over the input columns.
+    pub predicate: String,
 }
 
-impl SourceConfig {
-    /// How the source spreads messages over partitions (what co-locates keys).
-    pub fn partitioning(&self) -> weir_runtime::Partitioning {
-        match self {
-            SourceConfig::Generator(g) => g.partitioning(),
-            SourceConfig::Jsonl(j) => j.partitioning(),
-            SourceConfig::Kafka(_) => weir_runtime::Partitioning::ByMessageKey,
-        }
-    }
-}
-
-/// One entry of `[[operators]]`, tagged by `type`.
+/// `type = "project"`: compute new columns from SQL expressions.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
-// Read as an externally tagged enum, the section's `type` naming the variant
-// (`crate::toml_de::tagged_section`), so its fields' errors keep their key paths.
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
-pub enum OperatorConfig {
-    /// Keep rows for which a SQL predicate is true.
-    Filter {
-        /// A SQL boolean expression over the input columns.
-        predicate: String,
-    },
-    /// Compute new columns from SQL expressions.
-    Project {
-        /// The output columns, in order.
-        columns: Vec<ProjectColumn>,
-    },
-    /// Tumbling event-time window aggregation.
-    Tumble(TumbleConfig),
-    /// Hopping (sliding) event-time window aggregation: `slide_ms`, `size_ms`.
-    Hop(HopConfig),
-    /// Session window aggregation per key: `gap_ms`.
-    Session(SessionConfig),
+#[serde(deny_unknown_fields)]
+pub struct ProjectConfig {
+    /// The output columns, in order.
+    pub columns: Vec<ProjectColumn>,
 }
 
 /// One output column of a `project` operator.
@@ -76,32 +42,10 @@ pub struct ProjectColumn {
     pub name: String,
 }
 
-/// One entry of `[[sinks]]`, tagged by `type`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-// Read as an externally tagged enum, the section's `type` naming the variant
-// (`crate::toml_de::tagged_section`), so its fields' errors keep their key paths.
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
-pub enum SinkConfig {
-    Sqlite(SqliteSinkConfig),
-    Jsonl(JsonlSinkConfig),
-    /// Parquet files per partition and checkpoint epoch, published on commit (exactly-once).
-    Parquet(ParquetSinkConfig),
-    Terminal(TerminalSinkConfig),
-    Kafka(KafkaSinkConfig),
-    /// Upserts in PostgreSQL; also the pipeline's checkpoint store (exactly-once).
-    Postgres(PostgresSinkConfig),
-    Null {},
-}
-
-/// `[dlq]`, tagged by `type`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-// Read as an externally tagged enum, the section's `type` naming the variant
-// (`crate::toml_de::tagged_section`), so its fields' errors keep their key paths.
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
-pub enum DlqConfig {
-    Jsonl(JsonlDlqConfig),
-    Kafka(KafkaDlqConfig),
-}
+/// `type = "null"`: discards rows (benchmarks, dry runs).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NullSinkConfig {}
 
 /// `[checkpoint]`.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -163,7 +107,8 @@ pub struct WorkerConfig {
     pub idle_timeout_ms: Option<u64>,
 }
 
-/// A whole pipeline.
+/// The sections of a pipeline file, as read. Only validation turns them into a
+/// [`ValidatedPipeline`], the one thing a pipeline is built from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PipelineConfig {
     pub name: String,
@@ -290,23 +235,8 @@ impl PipelineConfig {
             ));
         }
         for (i, op) in self.operators.iter().enumerate() {
-            let (ooo, lateness, policy) = match op {
-                OperatorConfig::Tumble(c) => (
-                    c.max_out_of_orderness_ms,
-                    c.allowed_lateness_ms,
-                    c.late_policy,
-                ),
-                OperatorConfig::Hop(c) => (
-                    c.max_out_of_orderness_ms,
-                    c.allowed_lateness_ms,
-                    c.late_policy,
-                ),
-                OperatorConfig::Session(c) => (
-                    c.max_out_of_orderness_ms,
-                    c.allowed_lateness_ms,
-                    c.late_policy,
-                ),
-                OperatorConfig::Filter { .. } | OperatorConfig::Project { .. } => continue,
+            let Some((ooo, lateness, policy)) = op.component().watermark() else {
+                continue;
             };
             out.push(format!(
                 "watermark (operators[{i}]): {}",
@@ -357,7 +287,40 @@ const TOP_LEVEL: &[&str] = &[
     "worker",
 ];
 
-impl PipelineConfig {
+/// A pipeline file that parsed and passed every check: the only input of
+/// [`crate::pipeline::Pipeline::from_config`]. Its sections are read through `Deref`; a
+/// changed copy (`weir replay`'s shadow pipeline) is checked again by [`Self::derive`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidatedPipeline {
+    config: PipelineConfig,
+}
+
+impl std::ops::Deref for ValidatedPipeline {
+    type Target = PipelineConfig;
+
+    fn deref(&self) -> &PipelineConfig {
+        &self.config
+    }
+}
+
+/// The sections that were read, for the checks (a section with errors is `None`).
+struct Sections<'a> {
+    source: Option<&'a SourceConfig>,
+    schema: Option<&'a SchemaConfig>,
+    upcast: Option<&'a UpcastConfig>,
+    operators: &'a [OperatorConfig],
+    sql: Option<&'a String>,
+    watermark: &'a WatermarkConfig,
+    sinks: &'a [SinkConfig],
+    dlq: Option<&'a DlqConfig>,
+    checkpoint: Option<&'a CheckpointConfig>,
+    batch: &'a BatchConfig,
+    worker: &'a WorkerConfig,
+    /// The file's text, so SQL errors count positions from its start.
+    text: Option<&'a str>,
+}
+
+impl ValidatedPipeline {
     /// Read, parse and validate `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
@@ -411,177 +374,30 @@ impl PipelineConfig {
         } else if !table.contains_key("sinks") {
             errors.push("sinks: missing (add at least one [[sinks]] table)".into());
         }
-
         if let Some(name) = &name {
             if name.trim().is_empty() {
                 errors.push("name: must not be empty".into());
             }
         }
-        match &source {
-            Some(SourceConfig::Generator(g)) => errors.extend(g.validate("source")),
-            Some(SourceConfig::Jsonl(j)) => errors.extend(j.validate("source")),
-            Some(SourceConfig::Kafka(k)) => errors.extend(k.validate("source")),
-            None => {}
-        }
-        if let Some(s) = &schema {
-            errors.extend(s.validate("schema"));
-            if let (Some(u), true) = (&upcast, errors.iter().all(|e| !e.starts_with("schema"))) {
-                errors.extend(u.validate("upcast", s));
-            }
-        }
-        for (i, op) in operators.iter().enumerate() {
-            let at = format!("operators[{i}]");
-            errors.extend(match op {
-                OperatorConfig::Tumble(c) => c.validate(&at),
-                OperatorConfig::Hop(c) => c.validate(&at),
-                OperatorConfig::Session(c) => c.validate(&at),
-                OperatorConfig::Filter { .. } | OperatorConfig::Project { .. } => Vec::new(),
-            });
-        }
-        for (i, s) in sinks.iter().enumerate() {
-            let p = format!("sinks[{i}]");
-            errors.extend(match s {
-                SinkConfig::Sqlite(c) => c.validate(&p),
-                SinkConfig::Jsonl(c) => c.validate(&p),
-                SinkConfig::Parquet(c) => c.validate(&p),
-                SinkConfig::Terminal(c) => c.validate(&p),
-                SinkConfig::Kafka(c) => c.validate(&p),
-                SinkConfig::Postgres(c) => c.validate(&p),
-                SinkConfig::Null {} => Vec::new(),
-            });
-        }
-        match &dlq {
-            Some(DlqConfig::Jsonl(d)) => errors.extend(d.validate("dlq")),
-            Some(DlqConfig::Kafka(d)) => errors.extend(d.validate("dlq")),
-            None => {}
-        }
-        // Sinks that are also the checkpoint store: a postgres sink, a transactional kafka sink.
-        let storing_sinks = sinks
-            .iter()
-            .filter(|s| match s {
-                SinkConfig::Postgres(_) => true,
-                SinkConfig::Kafka(k) => k.transactional_id.is_some(),
-                _ => false,
-            })
-            .count();
-        if storing_sinks > 1 {
-            errors.push(
-                "sinks: at most one postgres or transactional kafka sink (it is the pipeline's checkpoint store)".into(),
-            );
-        }
-        for (i, s) in sinks.iter().enumerate() {
-            if let SinkConfig::Kafka(k) = s {
-                if k.transactional_id.is_some()
-                    && !matches!(source, Some(SourceConfig::Kafka(_)) | None)
-                {
-                    errors.push(format!("sinks[{i}].transactional_id: the exactly-once kafka sink commits the source's offsets in its transactions: it needs a kafka source"));
-                }
-            }
-        }
-        if let Some(c) = &checkpoint {
-            if c.dir.is_none() && storing_sinks == 0 {
-                errors.push("checkpoint.dir: missing (only a pipeline with a postgres or transactional kafka sink stores checkpoints elsewhere)".into());
-            }
-            if c.interval_ms == 0 {
-                errors.push("checkpoint.interval_ms: must be positive, got 0".into());
-            }
-        }
-        if batch.max_rows == 0 {
-            errors.push("batch.max_rows: must be positive, got 0".into());
-        }
-        if worker.cpu_threads == Some(0) {
-            errors.push("worker.cpu_threads: must be positive, got 0".into());
-        }
-        if worker.idle_timeout_ms == Some(0) {
-            errors.push("worker.idle_timeout_ms: must be positive, got 0".into());
-        }
-        if worker.channel_capacity == Some(0) {
-            errors.push("worker.channel_capacity: must be positive, got 0".into());
-        }
-        // The operator chain against the schema: columns, expressions, aggregate functions,
-        // and whether its keys are co-located by the source.
-        if let (Some(schema), true) = (&schema, errors.iter().all(|e| !e.starts_with("schema"))) {
-            let colocation = match &source {
-                Some(src) => schema.colocation(&src.partitioning()),
-                None => Ok(schema.declared_colocation()),
-            };
-            let colocation = match colocation {
-                Ok(c) => c,
-                Err(e) => {
-                    errors.push(format!("schema.partition_key: {e}"));
-                    schema.declared_colocation()
-                }
-            };
-            errors.extend(crate::pipeline::check_operators(
-                schema,
-                &colocation,
-                &operators,
-            ));
-            let mut spans = crate::pipeline::runs_in_two_phases(&colocation, &operators);
-            let mut plan = None;
-            if let Some(q) = &sql {
-                let options = weir_operators::SqlOptions {
-                    colocation: Some(colocation.clone()),
-                    ..watermark.sql_options()
-                };
-                // Positions in errors count from the start of the file, not of the query.
-                let in_file = sql_origin(text).map_or_else(
-                    || q.clone(),
-                    |(line, col)| format!("{}{}{q}", "\n".repeat(line - 1), " ".repeat(col - 1)),
-                );
-                match weir_operators::plan_sql(&in_file, &schema.table, schema, &options) {
-                    Ok(p) => {
-                        spans |= p.two_phase;
-                        plan = Some(p);
-                    }
-                    Err(e) => errors.push(format!("sql: {e}")),
-                }
-            }
-            // What the sinks cannot store of the output, before any output exists.
-            if sql.is_none() || plan.is_some() {
-                if let Some(out) =
-                    crate::pipeline::output_schema(schema, &colocation, &operators, plan.as_ref())
-                {
-                    for (i, s) in sinks.iter().enumerate() {
-                        let at = format!("sinks[{i}]");
-                        errors.extend(match s {
-                            SinkConfig::Sqlite(c) => c.check_columns(&out, &at),
-                            SinkConfig::Postgres(c) => c.check_columns(&out, &at),
-                            _ => Vec::new(),
-                        });
-                    }
-                }
-            }
-            if let (true, Some(SourceConfig::Kafka(k))) = (spans, &source) {
-                if k.assignment == weir_connectors::AssignmentMode::Group {
-                    let why = match &colocation {
-                        weir_operators::Colocation::Key(pk) => {
-                            format!("the window's keys leave out the partition key `{pk}`")
-                        }
-                        weir_operators::Colocation::Unknown(why) => format!(
-                            "the window's keys are not known to be co-located ({why}; declare \
-                             `[schema] partition_key`, the field the topic is keyed by)"
-                        ),
-                        weir_operators::Colocation::All => String::new(),
-                    };
-                    errors.push(format!(
-                        "source.assignment: {why}, so its groups span partitions and every \
-                         partition must be read by this worker; set assignment = \"manual\" (or \
-                         group by the partition key)"
-                    ));
-                }
-            }
-        }
-        if sql.is_some() && !operators.is_empty() {
-            errors.push("sql: a pipeline has either `sql` or [[operators]], not both".into());
-        }
+        let section_errors = errors.iter().any(|e| e.starts_with("schema"));
+        errors.extend(check(Sections {
+            source: source.as_ref(),
+            schema: schema.as_ref().filter(|_| !section_errors),
+            upcast: upcast.as_ref(),
+            operators: &operators,
+            sql: sql.as_ref(),
+            watermark: &watermark,
+            sinks: &sinks,
+            dlq: dlq.as_ref(),
+            checkpoint: checkpoint.as_ref(),
+            batch: &batch,
+            worker: &worker,
+            text: Some(text),
+        }));
         if let Some(w) = table.get("watermark").and_then(|w| w.as_table()) {
-            let windows = operators.iter().any(|o| {
-                matches!(
-                    o,
-                    OperatorConfig::Tumble(_) | OperatorConfig::Hop(_) | OperatorConfig::Session(_)
-                )
-            });
+            let windows = operators
+                .iter()
+                .any(|o| o.component().watermark().is_some());
             let keys: Vec<&String> = w.keys().collect();
             errors.extend(watermark.validate(&keys, sql.is_some(), windows));
         }
@@ -591,23 +407,166 @@ impl PipelineConfig {
                 if errors.is_empty() =>
             {
                 Ok(Self {
-                    name,
-                    source,
-                    schema,
-                    upcast,
-                    operators,
-                    sql,
-                    watermark,
-                    sinks,
-                    dlq,
-                    checkpoint,
-                    batch,
-                    worker,
+                    config: PipelineConfig {
+                        name,
+                        source,
+                        schema,
+                        upcast,
+                        operators,
+                        sql,
+                        watermark,
+                        sinks,
+                        dlq,
+                        checkpoint,
+                        batch,
+                        worker,
+                    },
                 })
             }
             _ => Err(fail(errors)),
         }
     }
+
+    /// A copy changed by `change` (e.g. `weir replay`'s shadow pipeline), checked again as a
+    /// whole: the errors it has, as `"<key>: <reason>"` lines.
+    pub fn derive(&self, change: impl FnOnce(&mut PipelineConfig)) -> Result<Self, Vec<String>> {
+        let mut config = self.config.clone();
+        change(&mut config);
+        let c = &config;
+        let mut errors = Vec::new();
+        if c.name.trim().is_empty() {
+            errors.push("name: must not be empty".into());
+        }
+        if c.sinks.is_empty() {
+            errors.push("sinks: at least one sink is required".into());
+        }
+        errors.extend(check(Sections {
+            source: Some(&c.source),
+            schema: Some(&c.schema),
+            upcast: c.upcast.as_ref(),
+            operators: &c.operators,
+            sql: c.sql.as_ref(),
+            watermark: &c.watermark,
+            sinks: &c.sinks,
+            dlq: Some(&c.dlq),
+            checkpoint: Some(&c.checkpoint),
+            batch: &c.batch,
+            worker: &c.worker,
+            text: None,
+        }));
+        if errors.is_empty() {
+            Ok(Self { config })
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+/// Every check of a pipeline beyond reading its sections: each component's values (its
+/// registry entry's `validate`), the rules between components ([`crate::rules`]), and the
+/// operator chain or query against the schema.
+fn check(s: Sections<'_>) -> Vec<String> {
+    let mut errors = Vec::new();
+    if let Some(src) = s.source {
+        errors.extend(src.component().validate("source"));
+    }
+    let mut schema_ok = s.schema.is_some();
+    if let Some(schema) = s.schema {
+        let before = errors.len();
+        errors.extend(schema.validate("schema"));
+        schema_ok = errors.len() == before;
+        if let (Some(u), true) = (s.upcast, schema_ok) {
+            errors.extend(u.validate("upcast", schema));
+        }
+    }
+    for (i, op) in s.operators.iter().enumerate() {
+        errors.extend(op.component().validate(&format!("operators[{i}]")));
+    }
+    for (i, sink) in s.sinks.iter().enumerate() {
+        errors.extend(sink.component().validate(&format!("sinks[{i}]")));
+    }
+    if let Some(d) = s.dlq {
+        errors.extend(d.component().validate("dlq"));
+    }
+    errors.extend(rules::one_storing_sink(s.sinks));
+    errors.extend(rules::transactional_kafka_needs_kafka_source(
+        s.source, s.sinks,
+    ));
+    if let Some(c) = s.checkpoint {
+        errors.extend(rules::checkpoints_have_a_store(c, s.sinks));
+    }
+    if s.batch.max_rows == 0 {
+        errors.push("batch.max_rows: must be positive, got 0".into());
+    }
+    for (key, v) in [
+        ("cpu_threads", s.worker.cpu_threads.map(|n| n as u64)),
+        ("idle_timeout_ms", s.worker.idle_timeout_ms),
+        (
+            "channel_capacity",
+            s.worker.channel_capacity.map(|n| n as u64),
+        ),
+    ] {
+        if v == Some(0) {
+            errors.push(format!("worker.{key}: must be positive, got 0"));
+        }
+    }
+    // The operator chain against the schema: columns, expressions, aggregate functions,
+    // and whether its keys are co-located by the source.
+    if let (Some(schema), true) = (s.schema, schema_ok) {
+        let colocation = match s.source {
+            Some(src) => schema.colocation(&src.component().partitioning()),
+            None => Ok(schema.declared_colocation()),
+        };
+        let colocation = match colocation {
+            Ok(c) => c,
+            Err(e) => {
+                errors.push(format!("schema.partition_key: {e}"));
+                schema.declared_colocation()
+            }
+        };
+        errors.extend(crate::pipeline::check_operators(
+            schema,
+            &colocation,
+            s.operators,
+        ));
+        let mut two_phase = crate::pipeline::runs_in_two_phases(&colocation, s.operators);
+        let mut plan = None;
+        if let Some(q) = s.sql {
+            let options = weir_operators::SqlOptions {
+                colocation: Some(colocation.clone()),
+                ..s.watermark.sql_options()
+            };
+            // Positions in errors count from the start of the file, not of the query.
+            let in_file = s.text.and_then(sql_origin).map_or_else(
+                || q.clone(),
+                |(line, col)| format!("{}{}{q}", "\n".repeat(line - 1), " ".repeat(col - 1)),
+            );
+            match weir_operators::plan_sql(&in_file, &schema.table, schema, &options) {
+                Ok(p) => {
+                    two_phase |= p.two_phase;
+                    plan = Some(p);
+                }
+                Err(e) => errors.push(format!("sql: {e}")),
+            }
+        }
+        // What the sinks cannot store of the output, before any output exists.
+        if s.sql.is_none() || plan.is_some() {
+            if let Some(out) =
+                crate::pipeline::output_schema(schema, &colocation, s.operators, plan.as_ref())
+            {
+                for (i, sink) in s.sinks.iter().enumerate() {
+                    errors.extend(sink.component().check_columns(&out, &format!("sinks[{i}]")));
+                }
+            }
+        }
+        errors.extend(rules::two_phase_needs_manual_assignment(
+            two_phase,
+            s.source,
+            &colocation,
+        ));
+    }
+    errors.extend(rules::sql_or_operators(s.sql.is_some(), s.operators.len()));
+    errors
 }
 
 /// `[upcast]` with its `[[upcast.steps]]`, each reported under its own key path.

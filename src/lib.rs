@@ -12,8 +12,10 @@ pub mod config;
 pub mod demo;
 pub mod pipeline;
 pub mod preflight;
+pub mod registry;
 pub mod replay;
 pub mod reset;
+pub mod rules;
 pub mod sql_cli;
 pub mod toml_de;
 
@@ -27,7 +29,7 @@ use weir_operators::{
 
 /// Everything a pipeline written in Rust needs.
 pub mod prelude {
-    pub use crate::config::PipelineConfig;
+    pub use crate::config::ValidatedPipeline;
     pub use crate::pipeline::Pipeline;
     pub use weir_connectors::{
         GeneratorConfig, GeneratorSource, JsonlDlq, JsonlDlqConfig, JsonlFileSource, JsonlSink,

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use weir::config::PipelineConfig;
+use weir::config::ValidatedPipeline;
 use weir::pipeline::Pipeline;
 use weir_runtime::Shutdown;
 
@@ -201,7 +201,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
     let shutdown = Shutdown::new();
     match command {
         Command::Run { pipeline, check } => {
-            let cfg = match PipelineConfig::load(&pipeline) {
+            let cfg = match ValidatedPipeline::load(&pipeline) {
                 Ok(cfg) => cfg,
                 Err(e) => {
                     eprint!("{e}");
@@ -255,7 +255,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Reset { pipeline, to, yes } => {
-            let cfg = match PipelineConfig::load(&pipeline) {
+            let cfg = match ValidatedPipeline::load(&pipeline) {
                 Ok(cfg) => cfg,
                 Err(e) => {
                     eprint!("{e}");
@@ -272,7 +272,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             print!("{}", weir::reset::run(&cfg, &pipeline, to, yes)?);
         }
         Command::Replay { pipeline, from } => {
-            let cfg = match PipelineConfig::load(&pipeline) {
+            let cfg = match ValidatedPipeline::load(&pipeline) {
                 Ok(cfg) => cfg,
                 Err(e) => {
                     eprint!("{e}");
@@ -322,9 +322,9 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             if let Some(resumed) = state.resumed()? {
                 eprintln!("{resumed}");
             }
-            let p = Pipeline::new(weir::sql_cli::PIPELINE).schema(schema);
+            let p = Pipeline::new(weir::sql_cli::PIPELINE).schema(schema.clone());
             let p = weir::sql_cli::with_source(p, &source, &state)?.sql(&query, &options)?;
-            let p = weir::sql_cli::with_sink(p, &sink, &plan)?;
+            let p = weir::sql_cli::with_sink(p, &sink, &schema, &plan)?;
             let summary = weir::sql_cli::with_state(p, &state)?.run(shutdown)?;
             let c = summary.counters;
             eprintln!(

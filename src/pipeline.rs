@@ -1,15 +1,11 @@
 //! The fluent builder for pipelines written as Rust code, and the bridge from
-//! [`PipelineConfig`] to it. Both end in the runtime's [`Executor`].
+//! [`ValidatedPipeline`] to it. Both end in the runtime's [`Executor`].
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use datafusion::arrow::datatypes::SchemaRef;
-use weir_connectors::{
-    GeneratorSource, JsonlDlq, JsonlFileSource, JsonlSink, KafkaDlq, KafkaSink, KafkaSource,
-    KafkaTxnOptions, KafkaTxnStore, ParquetSink, PostgresStore, SqliteSink, TerminalSink,
-};
 use weir_operators::{
     build_window, check_two_phase, partial_window, plan_sql, Colocation, FilterOperator,
     GlobalWindow, JsonDecoder, KeyCheckOperator, KeyPlacement, ProjectOperator, SchemaConfig,
@@ -19,12 +15,12 @@ use weir_operators::{ConfigUpcastOperator, UpcastConfig};
 use weir_runtime::error::{Result, WeirError};
 use weir_runtime::executor::TaskFactory;
 use weir_runtime::{
-    CheckpointStore, Decoder, DlqWriter, Executor, ExecutorConfig, LocalCheckpointStore, NullSink,
-    Operator, PartitionTask, Partitioning, RunSummary, Shutdown, SinkWriter, Source,
-    WatermarkGuards,
+    CheckpointStore, Decoder, DlqWriter, Executor, ExecutorConfig, LocalCheckpointStore, Operator,
+    PartitionTask, Partitioning, RunSummary, Shutdown, SinkWriter, Source, WatermarkGuards,
 };
 
-use crate::config::{DlqConfig, OperatorConfig, PipelineConfig, SinkConfig, SourceConfig};
+use crate::config::ValidatedPipeline;
+use crate::registry::{OperatorConfig, SinkContext};
 
 /// Builds a custom operator against its input schema.
 pub type OperatorFactory =
@@ -90,9 +86,8 @@ impl Pipeline {
         }
     }
 
-    pub fn source(mut self, source: impl Source + 'static) -> Self {
-        self.source = Some(Box::new(source));
-        self
+    pub fn source(self, source: impl Source + 'static) -> Self {
+        self.boxed_source(Box::new(source))
     }
 
     /// Replace the source by `f(source)`, e.g. a wrapper that bounds it (`weir replay`).
@@ -187,13 +182,29 @@ impl Pipeline {
         self
     }
 
-    pub fn sink(mut self, sink: impl SinkWriter + 'static) -> Self {
-        self.sinks.push(Box::new(sink));
+    pub fn sink(self, sink: impl SinkWriter + 'static) -> Self {
+        self.boxed_sink(Box::new(sink))
+    }
+
+    pub fn dlq(self, dlq: impl DlqWriter + 'static) -> Self {
+        self.boxed_dlq(Box::new(dlq))
+    }
+
+    /// [`Pipeline::source`] for a source already boxed (as the registry opens them).
+    pub fn boxed_source(mut self, source: Box<dyn Source>) -> Self {
+        self.source = Some(source);
         self
     }
 
-    pub fn dlq(mut self, dlq: impl DlqWriter + 'static) -> Self {
-        self.dlq = Some(Box::new(dlq));
+    /// [`Pipeline::sink`] for a sink already boxed.
+    pub fn boxed_sink(mut self, sink: Box<dyn SinkWriter>) -> Self {
+        self.sinks.push(sink);
+        self
+    }
+
+    /// [`Pipeline::dlq`] for a DLQ already boxed.
+    pub fn boxed_dlq(mut self, dlq: Box<dyn DlqWriter>) -> Self {
+        self.dlq = Some(dlq);
         self
     }
 
@@ -406,15 +417,15 @@ impl Pipeline {
         Ok(summary)
     }
 
-    /// A pipeline from a validated config: opens the source, sinks and DLQ.
-    pub fn from_config(cfg: &PipelineConfig) -> Result<Self> {
+    /// A pipeline from a validated config: opens the source, sinks and DLQ, each through
+    /// the registry ([`crate::registry`]).
+    pub fn from_config(cfg: &ValidatedPipeline) -> Result<Self> {
         let mut p = Pipeline::new(&cfg.name).schema(cfg.schema.clone());
-        p = match &cfg.source {
-            SourceConfig::Generator(g) => p.source(GeneratorSource::new(g.clone())?),
-            SourceConfig::Jsonl(j) => p.source(JsonlFileSource::new(j.clone())?),
-            SourceConfig::Kafka(k) => p.source(KafkaSource::new(k.clone())?),
-        };
-        p.ops.extend(cfg.operators.iter().map(spec));
+        p.source = Some(cfg.source.component().open()?);
+        p = cfg
+            .operators
+            .iter()
+            .fold(p, |p, op| op.component().add_to(p));
         if let Some(q) = &cfg.sql {
             p = p.sql(q, &cfg.watermark.sql_options())?;
         }
@@ -428,46 +439,17 @@ impl Pipeline {
             );
         }
         for (i, s) in cfg.sinks.iter().enumerate() {
-            let name = format!("sinks[{i}]");
-            // Errors opening a file sink name its key (and the path, which the error has).
-            let at_path = |e: WeirError| WeirError::Config(format!("sinks[{i}].path: {e}"));
-            p = match s {
-                SinkConfig::Sqlite(c) => p.sink(SqliteSink::new(name, c).map_err(at_path)?),
-                SinkConfig::Jsonl(c) => p.sink(JsonlSink::new(name, c).map_err(at_path)?),
-                SinkConfig::Parquet(c) => p.sink(ParquetSink::new(name, c).map_err(at_path)?),
-                SinkConfig::Terminal(c) => p.sink(TerminalSink::new(name, c)),
-                SinkConfig::Kafka(c) if c.transactional_id.is_some() => {
-                    let SourceConfig::Kafka(source) = &cfg.source else {
-                        return Err(WeirError::Config(format!(
-                            "{name}.transactional_id: needs a kafka source"
-                        )));
-                    };
-                    let store = KafkaTxnStore::connect(
-                        name,
-                        c,
-                        KafkaTxnOptions {
-                            group_id: source.group_id.clone(),
-                            pipeline: cfg.name.clone(),
-                        },
-                    )?;
-                    p = p.checkpoint_store(store.checkpoint_store());
-                    p.sink(store)
-                }
-                SinkConfig::Kafka(c) => p.sink(KafkaSink::new(name, c)?),
-                SinkConfig::Postgres(c) => {
-                    let store = PostgresStore::connect(name, c, &cfg.name)?;
-                    p = p.checkpoint_store(store.checkpoint_store()?);
-                    p.sink(store)
-                }
-                SinkConfig::Null {} => p.sink(NullSink::default()),
-            };
-        }
-        p = match &cfg.dlq {
-            DlqConfig::Jsonl(d) => {
-                p.dlq(JsonlDlq::new(d).map_err(|e| WeirError::Config(format!("dlq.path: {e}")))?)
+            let opened = s.component().open(&SinkContext {
+                name: format!("sinks[{i}]"),
+                pipeline: &cfg.name,
+                source: &cfg.source,
+            })?;
+            if let Some(store) = opened.store {
+                p = p.checkpoint_store(store);
             }
-            DlqConfig::Kafka(d) => p.dlq(KafkaDlq::new(d)?),
-        };
+            p.sinks.push(opened.writer);
+        }
+        p.dlq = Some(cfg.dlq.component().open()?);
         if let Some(dir) = &cfg.checkpoint.dir {
             p = p.checkpoint_dir(dir);
         }
@@ -625,7 +607,7 @@ pub(crate) fn check_operators(
     colocation: &Colocation,
     ops: &[OperatorConfig],
 ) -> Vec<String> {
-    let specs: Vec<OpSpec> = ops.iter().map(spec).collect();
+    let specs = specs(ops);
     build_chain(schema, colocation, &specs)
         .err()
         .unwrap_or_default()
@@ -634,7 +616,7 @@ pub(crate) fn check_operators(
 /// Whether the chain has a window whose groups span partitions (the same rule the builder
 /// splits the chain by).
 pub(crate) fn runs_in_two_phases(colocation: &Colocation, ops: &[OperatorConfig]) -> bool {
-    let specs: Vec<OpSpec> = ops.iter().map(spec).collect();
+    let specs = specs(ops);
     two_phase(colocation, &specs).is_some()
 }
 
@@ -649,7 +631,7 @@ pub(crate) fn output_schema(
 ) -> Option<SchemaRef> {
     let specs: Vec<OpSpec> = match plan {
         Some(p) => sql_specs(p),
-        None => ops.iter().map(spec).collect(),
+        None => specs(ops),
     };
     let (rest, input, first) = match two_phase(colocation, &specs) {
         Some(at) => {
@@ -677,18 +659,9 @@ fn sql_specs(plan: &SqlPlan) -> Vec<OpSpec> {
     specs
 }
 
-/// The one place a config `type` becomes an operator spec.
-fn spec(op: &OperatorConfig) -> OpSpec {
-    match op {
-        OperatorConfig::Filter { predicate } => OpSpec::Filter(predicate.clone()),
-        OperatorConfig::Project { columns } => OpSpec::Project(
-            columns
-                .iter()
-                .map(|c| (c.expr.clone(), c.name.clone()))
-                .collect(),
-        ),
-        OperatorConfig::Tumble(t) => OpSpec::Window(WindowConfig::from(t)),
-        OperatorConfig::Hop(h) => OpSpec::Window(WindowConfig::from(h)),
-        OperatorConfig::Session(c) => OpSpec::Window(WindowConfig::from(c)),
-    }
+/// What the builder makes of `ops` (through each operator's registry entry).
+fn specs(ops: &[OperatorConfig]) -> Vec<OpSpec> {
+    ops.iter()
+        .fold(Pipeline::new("check"), |p, op| op.component().add_to(p))
+        .ops
 }

@@ -8,33 +8,21 @@
 
 use std::path::Path;
 
-use crate::config::{DlqConfig, PipelineConfig, SinkConfig};
-
-/// What the path at `key` must be.
-#[derive(Clone, Copy)]
-enum Kind {
-    /// A directory, created when absent.
-    Dir,
-    /// A file, created when absent.
-    File,
-}
+use crate::config::ValidatedPipeline;
+use crate::registry::PathKind as Kind;
 
 /// Every path problem of `cfg`, as `"<key>: <problem>"` lines.
-pub fn check(cfg: &PipelineConfig) -> Vec<String> {
+pub fn check(cfg: &ValidatedPipeline) -> Vec<String> {
     let mut paths: Vec<(String, &Path, Kind)> = Vec::new();
     if let Some(dir) = &cfg.checkpoint.dir {
         paths.push(("checkpoint.dir".into(), dir, Kind::Dir));
     }
-    if let DlqConfig::Jsonl(d) = &cfg.dlq {
-        paths.push(("dlq.path".into(), &d.path, Kind::Dir));
+    for (key, path, kind) in cfg.dlq.component().paths() {
+        paths.push((format!("dlq.{key}"), path, kind));
     }
     for (i, s) in cfg.sinks.iter().enumerate() {
-        let key = format!("sinks[{i}].path");
-        match s {
-            SinkConfig::Jsonl(c) => paths.push((key, &c.path, Kind::Dir)),
-            SinkConfig::Parquet(c) => paths.push((key, &c.path, Kind::Dir)),
-            SinkConfig::Sqlite(c) => paths.push((key, &c.path, Kind::File)),
-            _ => {}
+        for (key, path, kind) in s.component().paths() {
+            paths.push((format!("sinks[{i}].{key}"), path, kind));
         }
     }
     paths

@@ -47,7 +47,7 @@ use weir_runtime::error::{Result, WeirError};
 use weir_runtime::metrics::Metrics;
 use weir_runtime::{PartitionReader, ReadResult, Shutdown, Source, TopicPartition};
 
-use crate::config::{DlqConfig, PipelineConfig, SinkConfig, SourceConfig};
+use crate::config::{DlqConfig, SinkConfig, SourceConfig, ValidatedPipeline};
 use crate::pipeline::Pipeline;
 
 /// Where a replay starts reading.
@@ -176,7 +176,7 @@ pub(crate) fn parse_rfc3339_ms(s: &str) -> std::result::Result<i64, String> {
 
 /// The pipeline's postgres sink, or every reason it cannot be replayed (pure: no I/O).
 pub fn check(
-    cfg: &PipelineConfig,
+    cfg: &ValidatedPipeline,
     from: ReplayFrom,
 ) -> std::result::Result<&PostgresSinkConfig, Vec<String>> {
     let mut errors = Vec::new();
@@ -188,7 +188,7 @@ pub fn check(
             other => errors.push(format!(
                 "sinks[{i}].type: replay rebuilds a PostgreSQL read model: the pipeline's only \
                  sink must be `postgres`, found `{}`",
-                sink_type(other)
+                other.type_name()
             )),
         }
     }
@@ -200,11 +200,7 @@ pub fn check(
         (other, ReplayFrom::Time(_)) => errors.push(format!(
             "--from: a time needs a `kafka` source (message timestamps); source.type is `{}`, \
              which only replays from `earliest`",
-            match other {
-                SourceConfig::Generator(_) => "generator",
-                SourceConfig::Jsonl(_) => "jsonl",
-                SourceConfig::Kafka(_) => "kafka",
-            }
+            other.type_name()
         )),
     }
     if let SourceConfig::Generator(g) = &cfg.source {
@@ -220,21 +216,9 @@ pub fn check(
     }
 }
 
-fn sink_type(s: &SinkConfig) -> &'static str {
-    match s {
-        SinkConfig::Sqlite(_) => "sqlite",
-        SinkConfig::Jsonl(_) => "jsonl",
-        SinkConfig::Parquet(_) => "parquet",
-        SinkConfig::Terminal(_) => "terminal",
-        SinkConfig::Kafka(_) => "kafka",
-        SinkConfig::Postgres(_) => "postgres",
-        SinkConfig::Null {} => "null",
-    }
-}
-
 /// The lock a `weir run` worker holds while it runs a pipeline whose sink is `postgres`
 /// (shared with the other workers of the pipeline; a replay takes it exclusively).
-pub fn run_lock(cfg: &PipelineConfig) -> Result<Option<PipelineLock>> {
+pub fn run_lock(cfg: &ValidatedPipeline) -> Result<Option<PipelineLock>> {
     cfg.sinks
         .iter()
         .find_map(|s| match s {
@@ -319,27 +303,35 @@ impl std::fmt::Display for ReplayReport {
 /// table, a Kafka source that reads every partition without touching the live group, and
 /// its own JSONL DLQ directory.
 fn replay_config(
-    cfg: &PipelineConfig,
+    cfg: &ValidatedPipeline,
     shadow: PostgresSinkConfig,
-) -> (PipelineConfig, Option<PathBuf>) {
-    let mut r = cfg.clone();
-    r.name = replay_pipeline_name(&cfg.name);
-    r.sinks = vec![SinkConfig::Postgres(shadow)];
-    if let SourceConfig::Kafka(k) = &mut r.source {
-        k.assignment = AssignmentMode::Manual;
-        k.group_id = format!("{}.weir-replay", k.group_id.trim());
-        // Partitions without a start offset (next offset 0) start at their first offset.
-        k.options
-            .insert("auto.offset.reset".into(), "earliest".into());
-    }
+) -> Result<(ValidatedPipeline, Option<PathBuf>)> {
     let mut dlq_dir = None;
-    if let DlqConfig::Jsonl(d) = &mut r.dlq {
-        let path = d.path.to_string_lossy();
-        let dir = PathBuf::from(format!("{}__replay", path.trim_end_matches('/')));
-        *d = JsonlDlqConfig { path: dir.clone() };
-        dlq_dir = Some(dir);
-    }
-    (r, dlq_dir)
+    let r = cfg
+        .derive(|r| {
+            r.name = replay_pipeline_name(&cfg.name);
+            r.sinks = vec![SinkConfig::Postgres(shadow)];
+            if let SourceConfig::Kafka(k) = &mut r.source {
+                k.assignment = AssignmentMode::Manual;
+                k.group_id = format!("{}.weir-replay", k.group_id.trim());
+                // Partitions without a start offset (next offset 0) start at their first offset.
+                k.options
+                    .insert("auto.offset.reset".into(), "earliest".into());
+            }
+            if let DlqConfig::Jsonl(d) = &mut r.dlq {
+                let path = d.path.to_string_lossy();
+                let dir = PathBuf::from(format!("{}__replay", path.trim_end_matches('/')));
+                *d = JsonlDlqConfig { path: dir.clone() };
+                dlq_dir = Some(dir);
+            }
+        })
+        .map_err(|e| {
+            WeirError::Config(format!(
+                "the replay's pipeline is invalid: {}",
+                e.join("; ")
+            ))
+        })?;
+    Ok((r, dlq_dir))
 }
 
 /// Read positions of the bounded partitions, for the stop decision and the progress line.
@@ -500,7 +492,7 @@ fn format_duration(d: Duration) -> String {
 /// Runs the replay of `cfg` (see the module docs). `interrupt` is triggered by signals; an
 /// interrupted replay returns an error and swaps nothing.
 pub fn run(
-    cfg: &PipelineConfig,
+    cfg: &ValidatedPipeline,
     from: ReplayFrom,
     interrupt: Shutdown,
     mode: ProgressMode,
@@ -508,7 +500,7 @@ pub fn run(
     let sink = check(cfg, from).map_err(|e| anyhow::anyhow!("{}", e.join("; ")))?;
     let started = Instant::now();
     let mut target = ReplayTarget::open(sink, &cfg.name)?;
-    let (rcfg, dlq_dir) = replay_config(cfg, target.shadow_config());
+    let (rcfg, dlq_dir) = replay_config(cfg, target.shadow_config())?;
     // Record the ranges before anything is dropped: an unreachable source fails here.
     let ranges = match &rcfg.source {
         SourceConfig::Kafka(k) => {
@@ -682,6 +674,83 @@ pub type StartOffsets = BTreeMap<TopicPartition, i64>;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
+
+    /// A pipeline file with this `[source]` body and these `[[sinks]]` bodies.
+    fn pipeline(source: &str, sinks: &[&str]) -> ValidatedPipeline {
+        let sinks: String = sinks.iter().map(|s| format!("[[sinks]]\n{s}\n")).collect();
+        let text = format!(
+            r#"name = "orders"
+[source]
+{source}
+[schema]
+table = "events"
+event_time = "t"
+fields = [{{ name = "k", type = "string" }}, {{ name = "t", type = "timestamp" }}]
+{sinks}
+[dlq]
+type = "jsonl"
+path = "dead/"
+[checkpoint]
+dir = "checkpoints"
+"#
+        );
+        ValidatedPipeline::parse(&text, Path::new("p.toml"))
+            .unwrap_or_else(|e| panic!("the test's pipeline is valid: {e}"))
+    }
+
+    const KAFKA: &str =
+        "type = \"kafka\"\nbrokers = \"127.0.0.1:9092\"\ntopics = [\"o\"]\ngroup_id = \"live\"";
+    const POSTGRES: &str = "type = \"postgres\"\nurl = \"postgres://127.0.0.1/x\"\ntable = \"t\"\nkey_columns = [\"k\"]";
+
+    #[test]
+    fn replay_rebuilds_one_postgres_sink_and_nothing_else() {
+        let cfg = pipeline(KAFKA, &[POSTGRES]);
+        assert!(check(&cfg, ReplayFrom::Earliest).is_ok());
+        let cfg = pipeline(KAFKA, &["type = \"jsonl\"\npath = \"out\""]);
+        assert_eq!(
+            check(&cfg, ReplayFrom::Earliest).unwrap_err(),
+            [
+                "sinks[0].type: replay rebuilds a PostgreSQL read model: the pipeline's only sink \
+              must be `postgres`, found `jsonl`"
+            ]
+        );
+        let cfg = pipeline(KAFKA, &[POSTGRES, "type = \"null\""]);
+        let e = check(&cfg, ReplayFrom::Earliest).unwrap_err();
+        assert!(e[0].contains("found `null`"), "{e:?}");
+    }
+
+    #[test]
+    fn replay_from_a_time_needs_a_kafka_source_and_a_generator_must_end() {
+        let generator = "type = \"generator\"";
+        let cfg = pipeline(generator, &[POSTGRES]);
+        let e = check(&cfg, ReplayFrom::Time(0)).unwrap_err();
+        assert!(
+            e.iter()
+                .any(|e| e.contains("--from: a time needs a `kafka` source")
+                    && e.contains("source.type is `generator`")),
+            "{e:?}"
+        );
+        assert!(e.iter().any(|e| e.starts_with("source.events:")), "{e:?}");
+        let cfg = pipeline("type = \"generator\"\nevents = 100", &[POSTGRES]);
+        assert!(check(&cfg, ReplayFrom::Earliest).is_ok());
+    }
+
+    #[test]
+    fn the_replay_pipeline_reads_every_partition_outside_the_live_group() {
+        let cfg = pipeline(KAFKA, &[POSTGRES]);
+        let sink = check(&cfg, ReplayFrom::Earliest)
+            .expect("replayable")
+            .clone();
+        let (r, dlq) = replay_config(&cfg, sink).expect("the shadow pipeline is valid");
+        let SourceConfig::Kafka(k) = &r.source else {
+            panic!("{:?}", r.source)
+        };
+        assert_eq!(k.assignment, AssignmentMode::Manual);
+        assert_eq!(k.group_id, "live.weir-replay");
+        assert_eq!(r.name, replay_pipeline_name("orders"));
+        assert_eq!(dlq, Some(PathBuf::from("dead__replay")));
+    }
 
     #[test]
     fn from_accepts_earliest_and_rfc3339_with_an_offset() {

@@ -34,7 +34,7 @@ use weir_connectors::{
 use weir_runtime::error::{Result, WeirError};
 use weir_runtime::{Checkpoint, CheckpointStore, LocalCheckpointStore};
 
-use crate::config::{DlqConfig, PipelineConfig, SinkConfig, SourceConfig};
+use crate::config::{DlqConfig, SinkConfig, SourceConfig, ValidatedPipeline};
 
 /// Where the source starts over after a reset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,7 +80,7 @@ impl FromStr for ResetTo {
 }
 
 /// Where the source starts over, or why `--to` does not fit the source (pure).
-pub fn check(cfg: &PipelineConfig, to: Option<ResetTo>) -> std::result::Result<ResetTo, String> {
+pub fn check(cfg: &ValidatedPipeline, to: Option<ResetTo>) -> std::result::Result<ResetTo, String> {
     match (&cfg.source, to) {
         (SourceConfig::Kafka(_), None) => Err(
             "--to: a kafka source needs it: where should the consumer group start over? \
@@ -92,10 +92,7 @@ pub fn check(cfg: &PipelineConfig, to: Option<ResetTo>) -> std::result::Result<R
         (_, None | Some(ResetTo::Earliest)) => Ok(ResetTo::Earliest),
         (_, Some(other)) => Err(format!(
             "--to {other}: a {} source always starts over at its beginning (`earliest`)",
-            match cfg.source {
-                SourceConfig::Generator(_) => "generator",
-                _ => "jsonl",
-            }
+            cfg.source.type_name()
         )),
     }
 }
@@ -107,7 +104,7 @@ enum Store {
     Kafka(KafkaSinkConfig),
 }
 
-fn store_of(cfg: &PipelineConfig) -> Result<Store> {
+fn store_of(cfg: &ValidatedPipeline) -> Result<Store> {
     for s in &cfg.sinks {
         match s {
             SinkConfig::Postgres(c) => {
@@ -132,7 +129,7 @@ fn store_of(cfg: &PipelineConfig) -> Result<Store> {
 /// The lock a `weir run` worker holds on its local checkpoint store while it runs (`None`
 /// for a pipeline whose checkpoints live in a sink): a second worker on the same directory
 /// and `weir reset` refuse meanwhile.
-pub fn local_run_lock(cfg: &PipelineConfig) -> Result<Option<std::fs::File>> {
+pub fn local_run_lock(cfg: &ValidatedPipeline) -> Result<Option<std::fs::File>> {
     let Some(store) = local_store(cfg) else {
         return Ok(None);
     };
@@ -147,12 +144,8 @@ pub fn local_run_lock(cfg: &PipelineConfig) -> Result<Option<std::fs::File>> {
 }
 
 /// The local checkpoint store, when the pipeline's checkpoints are not kept by a sink.
-fn local_store(cfg: &PipelineConfig) -> Option<LocalCheckpointStore> {
-    let sink_stores = cfg.sinks.iter().any(|s| match s {
-        SinkConfig::Postgres(_) => true,
-        SinkConfig::Kafka(k) => k.transactional_id.is_some(),
-        _ => false,
-    });
+fn local_store(cfg: &ValidatedPipeline) -> Option<LocalCheckpointStore> {
+    let sink_stores = cfg.sinks.iter().any(|s| s.component().stores_checkpoints());
     match (&cfg.checkpoint.dir, sink_stores) {
         (Some(dir), false) => Some(LocalCheckpointStore::new(dir, &cfg.name)),
         _ => None,
@@ -169,7 +162,7 @@ struct OffsetChange {
 
 /// Reset the pipeline of `cfg` (read from `file`): see the module docs. Returns the report
 /// (what was done, or with `yes = false` what would be done).
-pub fn run(cfg: &PipelineConfig, file: &Path, to: ResetTo, yes: bool) -> Result<String> {
+pub fn run(cfg: &ValidatedPipeline, file: &Path, to: ResetTo, yes: bool) -> Result<String> {
     let mut report = String::new();
     let mut warnings = Vec::new();
     let verb = |done: &str, would: &str| {
@@ -295,7 +288,7 @@ pub fn run(cfg: &PipelineConfig, file: &Path, to: ResetTo, yes: bool) -> Result<
         }
     }
     for (i, s) in cfg.sinks.iter().enumerate() {
-        if let Some(note) = sink_note(s) {
+        if let Some(note) = s.component().reset_note() {
             let _ = writeln!(report, "  sinks[{i}]: {note}");
         }
     }
@@ -381,32 +374,4 @@ fn offset_changes(k: &KafkaSourceConfig, to: ResetTo) -> Result<Vec<OffsetChange
             })
         })
         .collect()
-}
-
-/// What a reset means for a sink's output, when it has something to say.
-fn sink_note(s: &SinkConfig) -> Option<String> {
-    match s {
-        SinkConfig::Jsonl(c) => Some(format!(
-            "the files published in {} stay; output after the reset goes on at the next epoch",
-            c.path.display()
-        )),
-        SinkConfig::Parquet(c) => Some(format!(
-            "the files published in {} stay; output after the reset goes on at the next epoch",
-            c.path.display()
-        )),
-        SinkConfig::Sqlite(c) => Some(format!(
-            "the rows in {} stay; results written again replace those of the same key",
-            c.path.display()
-        )),
-        SinkConfig::Postgres(_) => Some(
-            "the table's rows stay; results written again replace those of the same key \
-             (`weir replay` rebuilds it in a fresh table instead)"
-                .into(),
-        ),
-        SinkConfig::Kafka(c) => Some(format!(
-            "the messages in topic {} stay; results written again are appended",
-            c.topic
-        )),
-        SinkConfig::Terminal(_) | SinkConfig::Null {} => None,
-    }
 }

@@ -1,9 +1,12 @@
 //! `weir sql "<query>" --source <spec> --sink <spec>`: a streaming query with no pipeline file.
 //!
-//! Source specs: `generator[:key=value,...]` (GeneratorConfig keys), `jsonl:PATH`,
-//! `kafka:BROKERS/TOPIC`. Sink specs: `terminal` (default), `jsonl:DIR`, `sqlite:PATH` (table
-//! `results`, upserted by the group keys and `window_start`, or by the keys alone for a
-//! GROUP BY without a window), `null`. The input schema is the
+//! A spec is `TYPE[:ARG]`, read through the registry ([`crate::registry`]) into the same
+//! config as a pipeline file's section of that `type`, so it is checked and opened the same
+//! way. ARG is `key=value,...` (that type's config keys) or a shorthand. Source specs:
+//! `generator[:key=value,...]`, `jsonl:PATH`, `kafka:BROKERS/TOPIC`. Sink specs: `terminal`
+//! (default), `jsonl:DIR`, `parquet:DIR`, `sqlite:PATH` (table `results`, upserted by the
+//! group keys and `window_start`, or by the keys alone for a GROUP BY without a window),
+//! `null`. Sinks that store checkpoints (postgres, transactional kafka) need a pipeline file. The input schema is the
 //! generator's IoT readings (table `events`, as in a pipeline file) unless `--schema FILE`
 //! names a TOML file with a `[schema]` table. The watermark defaults are those of a pipeline
 //! file's `[watermark]` ([`SqlOptions::default`]).
@@ -16,16 +19,12 @@
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use weir_connectors::{
-    GeneratorConfig, GeneratorSource, JsonlDlq, JsonlDlqConfig, JsonlFileSource, JsonlSink,
-    JsonlSinkConfig, JsonlSourceConfig, KafkaSource, KafkaSourceConfig, SqliteSink,
-    SqliteSinkConfig, TerminalSink, TerminalSinkConfig,
-};
+use weir_connectors::JsonlDlqConfig;
 use weir_operators::{plan_sql, SchemaConfig, SqlOptions, SqlPlan};
 use weir_runtime::error::{Result, WeirError};
-use weir_runtime::NullSink;
 
 use crate::pipeline::Pipeline;
+use crate::registry::{DlqConfig, Shorthand, SinkConfig, SinkContext, SourceConfig};
 
 fn bad(flag: &str, msg: impl std::fmt::Display) -> WeirError {
     WeirError::Config(format!("{flag}: {msg}"))
@@ -174,107 +173,62 @@ impl Drop for SqlState {
     }
 }
 
-/// Add the source named by `spec` to `p`.
-pub fn with_source(p: Pipeline, spec: &str, state: &SqlState) -> Result<Pipeline> {
-    let dir = state.dir();
-    let (kind, arg) = spec.split_once(':').unwrap_or((spec, ""));
-    Ok(match kind {
-        "generator" => {
-            let mut table = toml::Table::new();
-            for kv in arg.split(',').filter(|s| !s.is_empty()) {
-                let (k, v) = kv
-                    .split_once('=')
-                    .ok_or_else(|| bad("--source", format!("`{kv}` is not key=value")))?;
-                let value: toml::Value = v
-                    .parse::<i64>()
-                    .map(toml::Value::Integer)
-                    .or_else(|_| v.parse::<f64>().map(toml::Value::Float))
-                    .unwrap_or_else(|_| toml::Value::String(v.to_string()));
-                table.insert(k.to_string(), value);
-            }
-            let cfg: GeneratorConfig = toml::Value::Table(table)
-                .try_into()
-                .map_err(|e: toml::de::Error| bad("--source generator", e.message().to_string()))?;
-            let errors = cfg.validate("");
-            if !errors.is_empty() {
-                return Err(bad("--source generator", errors.join("; ")));
-            }
-            p.source(GeneratorSource::new(cfg)?)
-        }
-        "jsonl" if !arg.is_empty() => p.source(JsonlFileSource::new(JsonlSourceConfig {
-            path: arg.into(),
-            partitions: 1,
-            key_field: None,
-        })?),
-        "kafka" => {
-            let (brokers, topic) = arg
-                .rsplit_once('/')
-                .filter(|(b, t)| !b.is_empty() && !t.is_empty())
-                .ok_or_else(|| bad("--source", "kafka needs kafka:BROKERS/TOPIC"))?;
-            let group = format!("weir-sql-{}", dir.display());
-            p.source(KafkaSource::new(KafkaSourceConfig::new(brokers, &[topic], group))?)
-        }
-        other => {
-            return Err(bad(
-                "--source",
-                format!("unknown source `{other}` (expected generator[:k=v,...], jsonl:PATH or kafka:BROKERS/TOPIC)"),
-            ))
-        }
-    })
+/// Add the source named by `spec` (`TYPE[:ARG]`) to `p`, read, checked and opened through
+/// the registry as a `[source]` section of that type would be.
+pub fn with_source(mut p: Pipeline, spec: &str, state: &SqlState) -> Result<Pipeline> {
+    let ctx = Shorthand {
+        group_id: format!("weir-sql-{}", state.dir().display()),
+        key_columns: Vec::new(),
+    };
+    let source = SourceConfig::from_spec(spec, &ctx)?;
+    p = p.boxed_source(source.component().open()?);
+    Ok(p)
 }
 
-/// Add the sink named by `spec` to `p`.
-pub fn with_sink(p: Pipeline, spec: &str, plan: &SqlPlan) -> Result<Pipeline> {
-    let (kind, arg) = spec.split_once(':').unwrap_or((spec, ""));
-    Ok(match kind {
-        "terminal" => p.sink(TerminalSink::new(
-            "terminal",
-            &TerminalSinkConfig { max_rows: 20 },
-        )),
-        "null" => p.sink(NullSink::default()),
-        "jsonl" if !arg.is_empty() => p.sink(JsonlSink::new(
-            "jsonl",
-            &JsonlSinkConfig { path: arg.into() },
-        )?),
-        "sqlite" if !arg.is_empty() => {
-            let names: Vec<&str> = plan.output.iter().map(|(_, n)| n.as_str()).collect();
-            let mut keys: Vec<String> = plan.window.keys.clone();
-            let windowed = plan.window.kind != weir_operators::WindowKind::Continuous;
-            if windowed {
-                keys.push("window_start".into());
-            }
-            if let Some(missing) = keys.iter().find(|k| !names.contains(&k.as_str())) {
-                return Err(bad(
-                    "--sink",
-                    format!(
-                        "sqlite upserts by the group keys{}: select `{missing}`",
-                        if windowed { " and window_start" } else { "" }
-                    ),
-                ));
-            }
-            p.sink(SqliteSink::new(
-                "sqlite",
-                &SqliteSinkConfig {
-                    path: PathBuf::from(arg),
-                    table: "results".into(),
-                    key_columns: keys,
-                    create_table: true,
-                },
-            )?)
-        }
-        other => {
+/// Add the sink named by `spec` (`TYPE[:ARG]`) to `p`, through the registry as for
+/// [`with_source`]. A keyed sink upserts by the query's group keys (and `window_start`).
+pub fn with_sink(
+    p: Pipeline,
+    spec: &str,
+    schema: &SchemaConfig,
+    plan: &SqlPlan,
+) -> Result<Pipeline> {
+    let mut key_columns: Vec<String> = plan.window.keys.clone();
+    let windowed = plan.window.kind != weir_operators::WindowKind::Continuous;
+    if windowed {
+        key_columns.push("window_start".into());
+    }
+    let ctx = Shorthand {
+        group_id: String::new(),
+        key_columns,
+    };
+    let sink = SinkConfig::from_spec(spec, &ctx)?;
+    let colocation = schema.declared_colocation();
+    if let Some(out) = crate::pipeline::output_schema(schema, &colocation, &[], Some(plan)) {
+        let errors = sink.component().check_columns(&out, "");
+        if !errors.is_empty() {
             return Err(bad(
-                "--sink",
+                &format!("--sink {}", sink.type_name()),
                 format!(
-                    "unknown sink `{other}` (expected terminal, jsonl:DIR, sqlite:PATH or null)"
+                    "{} (it upserts by the query's group keys{}: select them)",
+                    errors.join("; "),
+                    if windowed { " and window_start" } else { "" }
                 ),
-            ))
+            ));
         }
-    })
+    }
+    let source = SourceConfig::Generator(Default::default());
+    let opened = sink.component().open(&SinkContext {
+        name: sink.type_name().to_string(),
+        pipeline: PIPELINE,
+        source: &source,
+    })?;
+    Ok(p.boxed_sink(opened.writer))
 }
 
 /// The DLQ and checkpoints of a `weir sql` run live in its [`SqlState`].
 pub fn with_state(p: Pipeline, state: &SqlState) -> Result<Pipeline> {
-    Ok(p.dlq(JsonlDlq::new(&JsonlDlqConfig { path: state.dlq() })?)
+    let dlq = DlqConfig::Jsonl(JsonlDlqConfig { path: state.dlq() });
+    Ok(p.boxed_dlq(dlq.component().open()?)
         .checkpoint_dir(state.checkpoints()))
 }

@@ -16,7 +16,7 @@ use common::{assert_rows_match, batch_sql, rows, schema, Event, Rng};
 use datafusion::arrow::datatypes::SchemaRef;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::ClientConfig;
-use weir::config::PipelineConfig;
+use weir::config::ValidatedPipeline;
 use weir::connectors::{read_jsonl_dir, JsonlFileSource, JsonlSourceConfig};
 use weir::operators::{Projection, ProjectionOperator, SqlOptions};
 use weir::pipeline::Pipeline;
@@ -68,7 +68,7 @@ partitions = 4
 "#;
 
 fn check(text: &str) -> Vec<String> {
-    match PipelineConfig::parse(text, Path::new("pipeline.toml")) {
+    match ValidatedPipeline::parse(text, Path::new("pipeline.toml")) {
         Ok(_) => Vec::new(),
         Err(e) => e.errors,
     }

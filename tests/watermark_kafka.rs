@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use common::kafka::{brokers, create_topic, unique};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::ClientConfig;
-use weir::config::PipelineConfig;
+use weir::config::ValidatedPipeline;
 use weir::connectors::{read_dlq_dir, read_jsonl_dir};
 use weir::pipeline::Pipeline;
 use weir_runtime::{ErrorKind, RunSummary, Shutdown};
@@ -106,7 +106,7 @@ struct Run {
 }
 
 fn start(toml: &str) -> Run {
-    let cfg = PipelineConfig::parse(toml, Path::new("pipeline.toml")).unwrap_or_else(|e| {
+    let cfg = ValidatedPipeline::parse(toml, Path::new("pipeline.toml")).unwrap_or_else(|e| {
         panic!("{e}");
     });
     let executor = Pipeline::from_config(&cfg).unwrap().build().unwrap();
