@@ -1,9 +1,12 @@
 //! weir-connectors: where events come from and where results go.
 //!
-//! Sources: a deterministic IoT [generator](generator) (for tests, examples and `weir bench`)
-//! and a newline-delimited [JSON file](jsonl_source). Sinks: [JSONL files](jsonl_sink) and
-//! [Parquet files](parquet_sink) (exactly-once by the epoch protocol), [SQLite](sqlite_sink) (idempotent upserts) and the
-//! [terminal](terminal_sink) (at-least-once). Dead letters: [JSONL files](dlq_file).
+//! Sources: [Kafka](kafka) topics, a deterministic IoT [generator](generator) (for tests,
+//! examples and `weir bench`) and a newline-delimited [JSON file](jsonl_source). Sinks:
+//! [JSONL files](jsonl_sink) and [Parquet files](parquet_sink) (exactly-once by the epoch
+//! protocol), [PostgreSQL](postgres) (upserts, and the checkpoint store in the same
+//! transaction: exactly-once), [SQLite](sqlite_sink) (idempotent upserts), [Kafka](kafka)
+//! (at-least-once, or exactly-once in transactions) and the [terminal](terminal_sink)
+//! (at-least-once). Dead letters: [JSONL files](dlq_file) or a [Kafka](kafka) topic.
 //!
 //! Every config struct has a pure `validate(key_prefix)` that reports all impossible values at
 //! once; constructors (`new`) do the I/O.

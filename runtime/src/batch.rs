@@ -1,15 +1,6 @@
-//! The units of data: raw messages as read from a partition, and their source position.
+//! The units of data: raw messages as read from a partition.
 
 use std::sync::Arc;
-
-/// Where a batch came from: one partition of one topic, offsets `first..=last`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SourcePos {
-    pub topic: Arc<str>,
-    pub partition: i32,
-    pub first: i64,
-    pub last: i64,
-}
 
 /// One message as the source delivered it. The payload and key are the original bytes, so a
 /// message that cannot be processed reaches the DLQ exactly as it was read.
@@ -47,16 +38,6 @@ impl RawBatch {
 
     pub fn is_empty(&self) -> bool {
         self.messages.is_empty()
-    }
-
-    /// The position of this batch, `None` when it is empty.
-    pub fn pos(&self) -> Option<SourcePos> {
-        Some(SourcePos {
-            topic: self.topic.clone(),
-            partition: self.partition,
-            first: self.messages.first()?.offset,
-            last: self.messages.last()?.offset,
-        })
     }
 
     /// The message at `offset` (binary search: offsets are increasing).

@@ -17,7 +17,6 @@ pub mod executor;
 pub mod fingerprint;
 pub mod global;
 pub mod metrics;
-pub mod offsets;
 pub mod operator;
 pub mod shutdown;
 pub mod sink;
@@ -28,7 +27,7 @@ pub mod watermark;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 
-pub use batch::{RawBatch, RawMessage, SourcePos};
+pub use batch::{RawBatch, RawMessage};
 pub use checkpoint::{Checkpoint, CheckpointStore, LocalCheckpointStore, OperatorState};
 pub use dlq::{DeadLetter, DlqWriter, ErrorKind, Stage};
 pub use error::{ErrorClass, WeirError};
@@ -36,7 +35,6 @@ pub use executor::{Executor, ExecutorConfig, RunSummary};
 pub use fingerprint::Fingerprint;
 pub use global::{GlobalStage, GLOBAL_PARTITION, GLOBAL_TOPIC};
 pub use metrics::{Counters, Metrics};
-pub use offsets::OffsetTracker;
 pub use operator::{offset_column, Decoded, Decoder, Emit, Operator, RowReject, OFFSET_COLUMN};
 pub use shutdown::Shutdown;
 pub use sink::{EpochParticipant, Guarantee, NullSink, SinkWriter, WriteOutcome, DELETED_COLUMN};

@@ -1,4 +1,4 @@
-//! Accounting counters (DESIGN.md §6).
+//! Accounting counters (ARCHITECTURE.md, "Checkpoint protocol": the accounting identity).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -36,7 +36,7 @@ impl Counters {
         self.rows_out += other.rows_out;
     }
 
-    /// The accounting identity of DESIGN.md §6.
+    /// The accounting identity (ARCHITECTURE.md, "Checkpoint protocol").
     pub fn balanced(&self) -> bool {
         self.consumed == self.aggregated + self.dlq + self.late_dropped + self.filtered
     }

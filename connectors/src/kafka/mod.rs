@@ -1,8 +1,9 @@
 //! Kafka through rdkafka (librdkafka 2.12, built from source and linked statically).
 //!
-//! - [`KafkaSource`]: every partition of some topics, one blocking reader per partition
-//!   (explicit assignment, for the static executor), starting at a checkpoint's offset or the
-//!   group's committed offset; it never commits by itself.
+//! - [`KafkaSource`]: the partitions of some topics, one blocking reader per partition, either
+//!   all of them (`assignment = "manual"`) or those the consumer group assigns this worker
+//!   (`"group"`, with rebalances), starting at a checkpoint's offset or the group's committed
+//!   offset; it never commits by itself.
 //! - [`KafkaOffsetCommitter`]: commits a partition's next offset to the group, once the
 //!   checkpoint that covers it is durable.
 //! - [`KafkaSink`]: output rows as JSON messages keyed by a column, idempotent producer,
