@@ -451,14 +451,7 @@ struct Output {
 }
 
 fn output(sink: &MemorySink, dlq: &MemoryDlq) -> Output {
-    let mut letters: Vec<(i32, i64, String)> = dlq
-        .committed
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|l| (l.partition, l.offset, l.kind.as_str().to_string()))
-        .collect();
-    letters.sort();
+    let letters = dead_letters(dlq);
     Output {
         rows: rows(&sink.committed()),
         letters,
@@ -571,13 +564,12 @@ fn bless(path: &Path, rows: &[Row]) {
     std::fs::write(path, text).unwrap();
 }
 
-#[test]
-fn every_corpus_query_gives_its_expected_rows_straight_and_after_a_restart() {
-    let files = corpus("sql_corpus");
-    assert!(files.len() >= 30, "the corpus has {} queries", files.len());
-    for (n, path) in files.iter().enumerate() {
+/// Case `file` of the corpus gives its expected rows, straight and after a restart.
+fn expected_rows_straight_and_after_a_restart(file: &str) {
+    let (n, path) = case_path("sql_corpus", file);
+    {
         let name = path.file_name().unwrap().to_string_lossy();
-        let case: Case = toml::from_str(&std::fs::read_to_string(path).unwrap())
+        let case: Case = toml::from_str(&std::fs::read_to_string(&path).unwrap())
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         let q = case.query.trim();
         let plan = plan_sql(q, "events", &schema(), &SqlOptions::default())
@@ -587,8 +579,8 @@ fn every_corpus_query_gives_its_expected_rows_straight_and_after_a_restart() {
         assert!(!want.is_empty(), "{name}: the oracle gives no rows");
         let Some(expected) = &case.expected else {
             if std::env::var("WEIR_BLESS").is_ok() {
-                bless(path, &want);
-                continue;
+                bless(&path, &want);
+                return;
             }
             panic!("{name}: no `expected` rows (WEIR_BLESS=1 writes the oracle's)");
         };
@@ -623,11 +615,12 @@ fn every_corpus_query_gives_its_expected_rows_straight_and_after_a_restart() {
 /// 50 of their partition, so the watermark is well past every window or session they could
 /// join): those and only those are dead-lettered as late, straight and after a restart, and
 /// the windows equal the oracle over the other events.
-#[test]
-fn every_corpus_query_equals_the_oracle_over_a_larger_generated_stream_with_late_events() {
-    for (n, path) in corpus("sql_corpus").iter().enumerate() {
+/// Case `file` over a larger generated stream with late events.
+fn equals_the_oracle_over_a_larger_generated_stream_with_late_events(file: &str) {
+    let (n, path) = case_path("sql_corpus", file);
+    {
         let name = path.file_name().unwrap().to_string_lossy();
-        let case: Case = toml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let case: Case = toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         let q = case.query.trim();
         let plan = plan_sql(q, "events", &schema(), &SqlOptions::default()).unwrap();
         let mut rng = Rng(0xb16 + n as u64);
@@ -683,32 +676,165 @@ struct ErrorCase {
     error: String,
 }
 
-#[test]
-fn every_refused_query_gives_its_exact_error() {
-    let files = corpus("sql_errors");
-    assert!(
-        files.len() >= 10,
-        "the error corpus has {} queries",
-        files.len()
-    );
-    let mut wrong = Vec::new();
-    for path in &files {
-        let name = path.file_name().unwrap().to_string_lossy();
-        let case: ErrorCase = toml::from_str(&std::fs::read_to_string(path).unwrap())
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
-        let expected = case.error.trim();
-        match plan_sql(
-            case.query.trim(),
-            "events",
-            &schema(),
-            &SqlOptions::default(),
-        ) {
-            Ok(_) => wrong.push(format!("{name}: planned, expected: {expected}")),
-            Err(e) if e != expected => {
-                wrong.push(format!("{name}:\n  got:      {e}\n  expected: {expected}"))
-            }
-            Err(_) => {}
-        }
+/// Case `file` of the error corpus is refused with its exact error.
+fn refused_with_its_exact_error(file: &str) {
+    let (_, path) = case_path("sql_errors", file);
+    let case: ErrorCase = toml::from_str(&std::fs::read_to_string(&path).unwrap())
+        .unwrap_or_else(|e| panic!("{file}: {e}"));
+    let expected = case.error.trim();
+    match plan_sql(
+        case.query.trim(),
+        "events",
+        &schema(),
+        &SqlOptions::default(),
+    ) {
+        Ok(_) => panic!("{file}: planned, expected: {expected}"),
+        Err(e) => assert_eq!(e, expected, "{file}"),
     }
-    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// The path of `file` in `tests/<dir>` and its index in the sorted directory (the seed of
+/// its random batch sizes and generated stream).
+fn case_path(dir: &str, file: &str) -> (usize, PathBuf) {
+    let files = corpus(dir);
+    let n = files
+        .iter()
+        .position(|p| p.file_name().is_some_and(|f| f == file))
+        .unwrap_or_else(|| panic!("tests/{dir}/{file} does not exist"));
+    (n, files[n].clone())
+}
+
+/// The file names in `tests/<dir>` that `listed` leaves out.
+fn unlisted(dir: &str, listed: &[&str]) -> Vec<String> {
+    corpus(dir)
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .filter(|f| !listed.contains(&f.as_str()))
+        .collect()
+}
+
+/// One test module per corpus file, so a failure names its case.
+macro_rules! corpus_cases {
+    ($($name:ident => $file:literal,)+) => {
+        $(
+            mod $name {
+                #[test]
+                fn gives_its_expected_rows_straight_and_after_a_restart() {
+                    super::expected_rows_straight_and_after_a_restart($file);
+                }
+
+                #[test]
+                fn equals_the_oracle_over_a_larger_stream_with_late_events() {
+                    super::equals_the_oracle_over_a_larger_generated_stream_with_late_events($file);
+                }
+            }
+        )+
+
+        #[test]
+        fn every_corpus_file_has_its_test_case() {
+            let listed = [$($file),+];
+            assert!(listed.len() >= 30, "the corpus has {} queries", listed.len());
+            let missing = unlisted("sql_corpus", &listed);
+            assert!(missing.is_empty(), "add to corpus_cases!: {missing:?}");
+        }
+    };
+}
+
+/// One test per refused query.
+macro_rules! error_cases {
+    ($($name:ident => $file:literal,)+) => {
+        mod refused {
+            $(
+                #[test]
+                fn $name() {
+                    super::refused_with_its_exact_error($file);
+                }
+            )+
+        }
+
+        #[test]
+        fn every_error_file_has_its_test_case() {
+            let listed = [$($file),+];
+            assert!(listed.len() >= 10, "the error corpus has {} queries", listed.len());
+            let missing = unlisted("sql_errors", &listed);
+            assert!(missing.is_empty(), "add to error_cases!: {missing:?}");
+        }
+    };
+}
+
+corpus_cases! {
+    q01_tumble_count => "01_tumble_count.toml",
+    q02_tumble_sum_min_max => "02_tumble_sum_min_max.toml",
+    q03_tumble_where_avg => "03_tumble_where_avg.toml",
+    q04_tumble_two_keys => "04_tumble_two_keys.toml",
+    q05_tumble_having => "05_tumble_having.toml",
+    q06_tumble_computed_arg => "06_tumble_computed_arg.toml",
+    q07_tumble_count_distinct => "07_tumble_count_distinct.toml",
+    q08_tumble_stddev_var => "08_tumble_stddev_var.toml",
+    q09_tumble_percentile => "09_tumble_percentile.toml",
+    q10_tumble_approx_distinct => "10_tumble_approx_distinct.toml",
+    q11_tumble_first_last => "11_tumble_first_last.toml",
+    q12_tumble_bool => "12_tumble_bool.toml",
+    q13_tumble_case => "13_tumble_case.toml",
+    q14_tumble_scalar_functions => "14_tumble_scalar_functions.toml",
+    q15_tumble_window_end_only => "15_tumble_window_end_only.toml",
+    q16_tumble_spread => "16_tumble_spread.toml",
+    q17_tumble_filter_clause => "17_tumble_filter_clause.toml",
+    q18_tumble_minute => "18_tumble_minute.toml",
+    q19_hop_count => "19_hop_count.toml",
+    q20_hop_sum_avg => "20_hop_sum_avg.toml",
+    q21_hop_where_min_max => "21_hop_where_min_max.toml",
+    q22_hop_non_multiple => "22_hop_non_multiple.toml",
+    q23_hop_having => "23_hop_having.toml",
+    q24_hop_last_value => "24_hop_last_value.toml",
+    q25_hop_distinct => "25_hop_distinct.toml",
+    q26_hop_stddev_bool => "26_hop_stddev_bool.toml",
+    q27_session_count => "27_session_count.toml",
+    q28_session_sum_avg => "28_session_sum_avg.toml",
+    q29_session_where => "29_session_where.toml",
+    q30_session_having => "30_session_having.toml",
+    q31_session_first_last => "31_session_first_last.toml",
+    q32_session_two_keys => "32_session_two_keys.toml",
+    q33_session_stats => "33_session_stats.toml",
+    q34_session_bridge_inline => "34_session_bridge_inline.toml",
+    q35_hop_inline => "35_hop_inline.toml",
+    q36_group_upsert_count => "36_group_upsert_count.toml",
+    q37_group_upsert_read_model => "37_group_upsert_read_model.toml",
+    q38_tumble_region_two_phase => "38_tumble_region_two_phase.toml",
+    q39_hop_region_having_two_phase => "39_hop_region_having_two_phase.toml",
+    q40_tumble_region_stats_two_phase => "40_tumble_region_stats_two_phase.toml",
+}
+
+error_cases! {
+    q01_order_by => "01_order_by.toml",
+    q02_limit => "02_limit.toml",
+    q03_join => "03_join.toml",
+    q04_unknown_group_column => "04_unknown_group_column.toml",
+    q05_unknown_function => "05_unknown_function.toml",
+    q06_tumble_non_timestamp => "06_tumble_non_timestamp.toml",
+    q07_no_window => "07_no_window.toml",
+    q08_ungrouped_column => "08_ungrouped_column.toml",
+    q09_wildcard => "09_wildcard.toml",
+    q10_unknown_table => "10_unknown_table.toml",
+    q11_syntax => "11_syntax.toml",
+    q12_size_not_interval => "12_size_not_interval.toml",
+    q13_over => "13_over.toml",
+    q14_delete => "14_delete.toml",
+    q15_without_partition_key => "15_without_partition_key.toml",
+    q16_hop_size_below_slide => "16_hop_size_below_slide.toml",
+    q17_hop_non_timestamp => "17_hop_non_timestamp.toml",
+    q18_hop_zero_slide => "18_hop_zero_slide.toml",
+    q19_hop_two_arguments => "19_hop_two_arguments.toml",
+    q20_session_zero_gap => "20_session_zero_gap.toml",
+    q21_session_non_timestamp => "21_session_non_timestamp.toml",
+    q22_session_gap_not_interval => "22_session_gap_not_interval.toml",
+    q23_two_windows => "23_two_windows.toml",
+    q24_window_on_expression => "24_window_on_expression.toml",
+    q25_unknown_column_in_aggregate => "25_unknown_column_in_aggregate.toml",
+    q26_nested_aggregate => "26_nested_aggregate.toml",
+    q27_aggregate_wrong_argument_type => "27_aggregate_wrong_argument_type.toml",
+    q28_unknown_interval_unit => "28_unknown_interval_unit.toml",
+    q29_having_without_window => "29_having_without_window.toml",
+    q30_no_group_by => "30_no_group_by.toml",
+    q31_upsert_without_partition_key => "31_upsert_without_partition_key.toml",
 }

@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -144,14 +144,7 @@ fn an_idle_partition_does_not_hold_back_windows_that_span_partitions_and_its_lat
         .unwrap();
     assert!(summary.finished);
     assert_eq!(windows(&rows(&sink.committed())), oracle);
-    let letters: BTreeSet<(i32, i64, String)> = dlq
-        .committed
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|l| (l.partition, l.offset, l.kind.as_str().to_string()))
-        .collect();
-    assert_eq!(letters, BTreeSet::from([(2, 0, "late".to_string())]));
+    assert_eq!(dead_letters(&dlq), [(2, 0, "late".to_string())]);
 }
 
 /// A source that follows a consumer group.
@@ -281,13 +274,7 @@ fn a_partition_whose_reader_is_slow_but_never_caught_up_is_not_idle() {
         .run(Shutdown::new())
         .unwrap();
     assert!(summary.finished);
-    let letters: Vec<(i32, i64, String)> = dlq
-        .committed
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|l| (l.partition, l.offset, l.kind.as_str().to_string()))
-        .collect();
+    let letters = dead_letters(&dlq);
     assert!(
         letters.is_empty(),
         "{} events late, the first {:?}",

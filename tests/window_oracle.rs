@@ -286,17 +286,7 @@ fn stop_or_crash_and_restart_from_checkpoint_gives_the_uninterrupted_output() {
         // Integers exact, floats within 1e-9 relative (stddev's state merge at a checkpoint
         // changes the order of float operations); any window missing or twice fails.
         assert_same_windows(&rows(&sink.committed()), &rows(&straight.committed()), key);
-        let letters = |d: &MemoryDlq| {
-            let mut v: Vec<(i32, i64, String)> = d
-                .committed
-                .lock()
-                .unwrap()
-                .iter()
-                .map(|l| (l.partition, l.offset, l.kind.as_str().to_string()))
-                .collect();
-            v.sort();
-            v
-        };
+        let letters = dead_letters;
         let late = letters(&straight_dlq);
         assert!(
             !late.is_empty(),

@@ -15,6 +15,7 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::arrow::record_batch::RecordBatch;
 use weir::operators::{FieldConfig, FieldType, SchemaConfig};
+use weir_runtime::testkit::MemoryDlq;
 use weir_runtime::RawMessage;
 
 /// The `[schema]` of the generator's IoT readings in a pipeline file (insert it with `{IOT_SCHEMA}`
@@ -299,4 +300,17 @@ pub fn epoch_millis(v: &serde_json::Value) -> i64 {
     let days = era * 146_097 + doe - 719_468;
     let ms: i64 = format!("{frac:0<3}")[..3].parse().unwrap();
     ((days * 24 + t[0]) * 60 + t[1]) * 60_000 + t[2] * 1000 + ms
+}
+
+/// The committed dead letters of `dlq` as (partition, offset, kind), sorted.
+pub fn dead_letters(dlq: &MemoryDlq) -> Vec<(i32, i64, String)> {
+    let mut v: Vec<(i32, i64, String)> = dlq
+        .committed
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|l| (l.partition, l.offset, l.kind.as_str().to_string()))
+        .collect();
+    v.sort();
+    v
 }
