@@ -161,6 +161,13 @@ pub struct WorkerConfig {
     /// stops waiting for it (default 5000; lowered to `[watermark] idle_advance_ms` when that
     /// is shorter, so the idle advance starts in time).
     pub idle_timeout_ms: Option<u64>,
+    /// Attempts in all (the first included) at a sink write, prepare or commit or a
+    /// checkpoint save that fails with a transient error, before the run stops with the
+    /// last error (default 30; ARCHITECTURE.md, "Errors and retries").
+    pub retry_max_attempts: Option<u32>,
+    /// Time from the first attempt after which such a step is not tried again and the run
+    /// stops with the last error (default 120000).
+    pub retry_max_elapsed_ms: Option<u64>,
 }
 
 /// A whole pipeline.
@@ -497,6 +504,12 @@ impl PipelineConfig {
         }
         if worker.channel_capacity == Some(0) {
             errors.push("worker.channel_capacity: must be positive, got 0".into());
+        }
+        if worker.retry_max_attempts == Some(0) {
+            errors.push("worker.retry_max_attempts: must be positive, got 0".into());
+        }
+        if worker.retry_max_elapsed_ms == Some(0) {
+            errors.push("worker.retry_max_elapsed_ms: must be positive, got 0".into());
         }
         // The operator chain against the schema: columns, expressions, aggregate functions,
         // and whether its keys are co-located by the source.

@@ -20,7 +20,7 @@ use weir_runtime::error::{Result, WeirError};
 use weir_runtime::executor::TaskFactory;
 use weir_runtime::{
     CheckpointStore, Decoder, DlqWriter, Executor, ExecutorConfig, LocalCheckpointStore, NullSink,
-    Operator, PartitionTask, Partitioning, RunSummary, Shutdown, SinkWriter, Source,
+    Operator, PartitionTask, Partitioning, RetryBudget, RunSummary, Shutdown, SinkWriter, Source,
     WatermarkGuards,
 };
 
@@ -234,6 +234,14 @@ impl Pipeline {
     /// partitions stops waiting for it (it follows the other partitions' watermark).
     pub fn idle_timeout(mut self, timeout: Duration) -> Self {
         self.exec.idle_timeout = timeout;
+        self
+    }
+
+    /// How long a sink write, prepare or commit or a checkpoint save that fails with a
+    /// transient error is retried before the run stops with the error (default
+    /// [`RetryBudget::default`]).
+    pub fn retry_budget(mut self, budget: RetryBudget) -> Self {
+        self.exec.retry = budget;
         self
     }
 
@@ -486,6 +494,14 @@ impl Pipeline {
         if let Some(ms) = cfg.worker.idle_timeout_ms {
             p = p.idle_timeout(Duration::from_millis(ms));
         }
+        let mut budget = RetryBudget::default();
+        if let Some(n) = cfg.worker.retry_max_attempts {
+            budget.max_attempts = n;
+        }
+        if let Some(ms) = cfg.worker.retry_max_elapsed_ms {
+            budget.max_elapsed = Duration::from_millis(ms);
+        }
+        p = p.retry_budget(budget);
         Ok(p)
     }
 }

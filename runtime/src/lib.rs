@@ -19,6 +19,7 @@ pub mod global;
 pub mod metrics;
 pub mod offsets;
 pub mod operator;
+pub mod retry;
 pub mod shutdown;
 pub mod sink;
 pub mod source;
@@ -38,6 +39,7 @@ pub use global::{GlobalStage, GLOBAL_PARTITION, GLOBAL_TOPIC};
 pub use metrics::{Counters, Metrics};
 pub use offsets::OffsetTracker;
 pub use operator::{offset_column, Decoded, Decoder, Emit, Operator, RowReject, OFFSET_COLUMN};
+pub use retry::RetryBudget;
 pub use shutdown::Shutdown;
 pub use sink::{EpochParticipant, Guarantee, NullSink, SinkWriter, WriteOutcome, DELETED_COLUMN};
 pub use source::{
