@@ -233,9 +233,10 @@ impl SessionConfig {
     }
 }
 
-/// How many hopping windows hold one event, at most (both positive).
+/// How many hopping windows hold one event, at most (both positive; no overflow near
+/// `i64::MAX`).
 fn hops_per_event(slide_ms: i64, size_ms: i64) -> i64 {
-    (size_ms + slide_ms - 1) / slide_ms
+    size_ms / slide_ms + i64::from(size_ms % slide_ms != 0)
 }
 
 /// The window rules `kind` breaks, in pipeline.toml's words: each names its key under
@@ -1830,6 +1831,30 @@ mod tests {
                 slide_ms: 60,
                 size_ms: 60_001,
                 hops: 1001
+            }]
+        );
+    }
+
+    #[test]
+    fn the_largest_sizes_are_checked_without_overflow() {
+        assert_eq!(
+            WindowKind::Hop {
+                slide_ms: i64::MAX - 1,
+                size_ms: i64::MAX
+            }
+            .check(),
+            vec![]
+        );
+        assert_eq!(
+            WindowKind::Hop {
+                slide_ms: 1,
+                size_ms: i64::MAX
+            }
+            .check(),
+            vec![WindowRuleError::TooManyHops {
+                slide_ms: 1,
+                size_ms: i64::MAX,
+                hops: i64::MAX
             }]
         );
     }
