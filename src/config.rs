@@ -105,6 +105,13 @@ pub struct WorkerConfig {
     /// stops waiting for it (default 5000; lowered to `[watermark] idle_advance_ms` when that
     /// is shorter, so the idle advance starts in time).
     pub idle_timeout_ms: Option<u64>,
+    /// Attempts in all (the first included) at a sink write, prepare or commit or a
+    /// checkpoint save that fails with a transient error, before the run stops with the
+    /// last error (default 30; ARCHITECTURE.md, "Errors and retries").
+    pub retry_max_attempts: Option<u32>,
+    /// Time from the first attempt after which such a step is not tried again and the run
+    /// stops with the last error (default 120000).
+    pub retry_max_elapsed_ms: Option<u64>,
 }
 
 /// The sections of a pipeline file, as read. Only validation turns them into a
@@ -505,6 +512,11 @@ fn check(s: Sections<'_>) -> Vec<String> {
             "channel_capacity",
             s.worker.channel_capacity.map(|n| n as u64),
         ),
+        (
+            "retry_max_attempts",
+            s.worker.retry_max_attempts.map(u64::from),
+        ),
+        ("retry_max_elapsed_ms", s.worker.retry_max_elapsed_ms),
     ] {
         if v == Some(0) {
             errors.push(format!("worker.{key}: must be positive, got 0"));

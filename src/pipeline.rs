@@ -16,7 +16,8 @@ use weir_runtime::error::{Result, WeirError};
 use weir_runtime::executor::TaskFactory;
 use weir_runtime::{
     CheckpointStore, Decoder, DlqWriter, Executor, ExecutorConfig, LocalCheckpointStore, Operator,
-    PartitionTask, Partitioning, RunSummary, Shutdown, SinkWriter, Source, WatermarkGuards,
+    PartitionTask, Partitioning, RetryBudget, RunSummary, Shutdown, SinkWriter, Source,
+    WatermarkGuards,
 };
 
 use crate::config::ValidatedPipeline;
@@ -248,6 +249,14 @@ impl Pipeline {
         self
     }
 
+    /// How long a sink write, prepare or commit or a checkpoint save that fails with a
+    /// transient error is retried before the run stops with the error (default
+    /// [`RetryBudget::default`]).
+    pub fn retry_budget(mut self, budget: RetryBudget) -> Self {
+        self.exec.retry = budget;
+        self
+    }
+
     /// `[watermark] idle_advance_ms` and `max_future_ms` for every window of the pipeline so
     /// far (tumble, hop, session; ARCHITECTURE.md, "Windows").
     pub fn watermark_guards(mut self, guards: WatermarkGuards) -> Self {
@@ -468,6 +477,14 @@ impl Pipeline {
         if let Some(ms) = cfg.worker.idle_timeout_ms {
             p = p.idle_timeout(Duration::from_millis(ms));
         }
+        let mut budget = RetryBudget::default();
+        if let Some(n) = cfg.worker.retry_max_attempts {
+            budget.max_attempts = n;
+        }
+        if let Some(ms) = cfg.worker.retry_max_elapsed_ms {
+            budget.max_elapsed = Duration::from_millis(ms);
+        }
+        p = p.retry_budget(budget);
         Ok(p)
     }
 }

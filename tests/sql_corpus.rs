@@ -837,4 +837,6 @@ error_cases! {
     q29_having_without_window => "29_having_without_window.toml",
     q30_no_group_by => "30_no_group_by.toml",
     q31_upsert_without_partition_key => "31_upsert_without_partition_key.toml",
+    q32_hop_too_many_windows => "32_hop_too_many_windows.toml",
+    q33_interval_too_large => "33_interval_too_large.toml",
 }

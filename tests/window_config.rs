@@ -5,7 +5,10 @@
 mod common;
 
 use common::cli::{stderr, weir};
-use weir::connectors::{read_dlq_dir, read_jsonl_dir};
+use weir::connectors::{read_dlq_dir, read_jsonl_dir, GeneratorConfig, GeneratorSource};
+use weir::operators::{AggregateConfig, HopConfig, LatePolicy, SqlOptions, WindowConfig};
+use weir::pipeline::Pipeline;
+use weir_runtime::testkit::{MemoryDlq, MemorySink};
 
 /// The same generated input for every run: some disorder, some late and some poison events.
 const COMMON: &str = r#"
@@ -155,6 +158,96 @@ fn impossible_hop_and_session_settings_are_named_with_file_and_key() {
     ] {
         assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
     }
+}
+
+/// A hop of a day every millisecond: 86.4M windows per event.
+const DAY_EVERY_MS: &str = "HOP(event_time, INTERVAL '1' MILLISECOND, INTERVAL '1' DAY)";
+
+#[test]
+fn a_sql_hop_in_a_pipeline_file_with_too_many_windows_per_event_is_refused_with_its_position() {
+    let (code, err) = check(&sql(DAY_EVERY_MS));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains(
+            "p.toml: sql: HOP (line 3, column 152): slide 1 ms puts each event in 86400000 windows of \
+             86400000 ms; at most 1000 are allowed (raise the slide)"
+        ),
+        "{err}"
+    );
+}
+
+/// The generator's readings, as a builder source.
+fn builder() -> Pipeline {
+    let schema: weir::operators::SchemaConfig = toml::from_str::<toml::Table>(COMMON)
+        .unwrap()
+        .remove("schema")
+        .unwrap()
+        .try_into()
+        .unwrap();
+    Pipeline::new("w")
+        .source(
+            GeneratorSource::new(GeneratorConfig {
+                events: Some(100),
+                ..Default::default()
+            })
+            .unwrap(),
+        )
+        .schema(schema)
+}
+
+#[test]
+fn a_builder_hop_with_too_many_windows_per_event_is_refused() {
+    let hop = HopConfig {
+        slide_ms: 1,
+        size_ms: 86_400_000,
+        keys: vec!["sensor_id".into()],
+        time_column: None,
+        max_out_of_orderness_ms: 0,
+        allowed_lateness_ms: 0,
+        late_policy: LatePolicy::Dlq,
+        aggregates: vec![AggregateConfig {
+            function: "count".into(),
+            column: None,
+            alias: None,
+            distinct: false,
+            sql: None,
+        }],
+    };
+    let checkpoints = tempfile::tempdir().unwrap();
+    let built = builder()
+        .window(WindowConfig::from(&hop))
+        .sink(MemorySink::default())
+        .dlq(MemoryDlq::default())
+        .checkpoint_dir(checkpoints.path())
+        .build();
+    let err = match built {
+        Ok(_) => panic!("a hop of 86400000 windows per event was built"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains(
+            "operators[0]: hop slide 1 ms puts each event in 86400000 windows of 86400000 ms; \
+             at most 1000 are allowed"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_builder_sql_hop_with_too_many_windows_per_event_is_refused_with_its_position() {
+    let query =
+        format!("SELECT sensor_id, count(*) AS n FROM sensors GROUP BY sensor_id, {DAY_EVERY_MS}");
+    let err = match builder().sql(&query, &SqlOptions::default()) {
+        Ok(_) => panic!("a hop of 86400000 windows per event was planned"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains(
+            "HOP (line 1, column 66): slide 1 ms puts each event in 86400000 windows of \
+             86400000 ms; at most 1000 are allowed (raise the slide)"
+        ),
+        "{err}"
+    );
 }
 
 /// `weir run --check` of `pipeline` (after the name, before [`COMMON`]): exit code, stderr.

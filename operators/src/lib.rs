@@ -40,5 +40,5 @@ pub use upcast_config::{ConfigUpcastOperator, UpcastConfig, UpcastStepConfig};
 pub use upsert::GroupUpsert;
 pub use window::{
     build_window, AggregateConfig, HopConfig, LatePolicy, SessionConfig, TumbleConfig,
-    TumbleWindow, WindowConfig, WindowKind,
+    TumbleWindow, WindowConfig, WindowKind, WindowRuleError, WindowSetting, MAX_HOPS_PER_EVENT,
 };

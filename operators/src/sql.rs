@@ -21,6 +21,7 @@ use datafusion::sql::sqlparser::parser::Parser;
 use crate::schema::{Colocation, FieldConfig, FieldType, SchemaConfig};
 use crate::window::{
     find_aggregate, AggregateConfig, AggregateSet, LatePolicy, WindowConfig, WindowKind,
+    WindowRuleError, WindowSetting, MAX_HOPS_PER_EVENT,
 };
 
 /// Watermark settings a query does not state.
@@ -382,21 +383,39 @@ fn window_call(
         "tumble" => WindowKind::Tumble {
             size_ms: interval_ms(&args[1], "window size")?,
         },
-        "hop" => {
-            let slide_ms = interval_ms(&args[1], "hop slide")?;
-            let size_ms = interval_ms(&args[2], "hop size")?;
-            if size_ms < slide_ms {
-                return Err(format!(
-                    "HOP{}: size {size_ms} ms is shorter than slide {slide_ms} ms, which would leave events in no window; the size must be at least the slide",
-                    at(g)
-                ));
-            }
-            WindowKind::Hop { slide_ms, size_ms }
-        }
+        "hop" => WindowKind::Hop {
+            slide_ms: interval_ms(&args[1], "hop slide")?,
+            size_ms: interval_ms(&args[2], "hop size")?,
+        },
         _ => WindowKind::Session {
             gap_ms: interval_ms(&args[1], "session gap")?,
         },
     };
+    // The window rules are the kind's own (`WindowKind::check`, shared with pipeline.toml and
+    // the builder); here each is told at its argument or at the call.
+    if let Some(rule) = kind.check().into_iter().next() {
+        return Err(match rule {
+            WindowRuleError::NotPositive { setting, .. } => {
+                let arg = match setting {
+                    WindowSetting::HopSize => &args[2],
+                    _ => &args[1],
+                };
+                format!("{} `{arg}`{} must be positive", setting.name(), at(arg))
+            }
+            WindowRuleError::SizeBelowSlide { size_ms, slide_ms } => format!(
+                "HOP{}: size {size_ms} ms is shorter than slide {slide_ms} ms, which would leave events in no window; the size must be at least the slide",
+                at(g)
+            ),
+            WindowRuleError::TooManyHops {
+                slide_ms,
+                size_ms,
+                hops,
+            } => format!(
+                "HOP{}: slide {slide_ms} ms puts each event in {hops} windows of {size_ms} ms; at most {MAX_HOPS_PER_EVENT} are allowed (raise the slide)",
+                at(g)
+            ),
+        });
+    }
     Ok((ts_field.name.clone(), kind))
 }
 
@@ -470,10 +489,13 @@ fn interval_ms(e: &Expr, what: &str) -> Result<i64, String> {
         "day" => 86_400_000,
         other => return Err(format!("{what} `{e}`{}: unknown unit `{other}`", at(e))),
     };
-    if n <= 0 {
-        return Err(format!("{what} `{e}`{} must be positive", at(e)));
-    }
-    Ok(n * unit_ms)
+    n.checked_mul(unit_ms).ok_or_else(|| {
+        format!(
+            "{what} `{e}`{}: {n} {} does not fit in milliseconds",
+            at(e),
+            unit.unwrap_or("second")
+        )
+    })
 }
 
 #[derive(Default)]

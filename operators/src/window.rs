@@ -119,8 +119,12 @@ pub struct TumbleConfig {
 impl TumbleConfig {
     /// Value checks that need no schema; each error names its key.
     pub fn validate(&self, prefix: &str) -> Vec<String> {
-        let mut e = Vec::new();
-        positive_ms(&mut e, prefix, "size_ms", self.size_ms);
+        let mut e = config_errors(
+            prefix,
+            WindowKind::Tumble {
+                size_ms: self.size_ms,
+            },
+        );
         e.extend(validate_common(
             prefix,
             &self.keys,
@@ -166,26 +170,13 @@ pub const MAX_HOPS_PER_EVENT: i64 = 1_000;
 impl HopConfig {
     /// Value checks that need no schema; each error names its key.
     pub fn validate(&self, prefix: &str) -> Vec<String> {
-        let mut e = Vec::new();
-        positive_ms(&mut e, prefix, "slide_ms", self.slide_ms);
-        positive_ms(&mut e, prefix, "size_ms", self.size_ms);
-        if self.slide_ms > 0 && self.size_ms > 0 {
-            if self.size_ms < self.slide_ms {
-                e.push(format!(
-                    "{prefix}.size_ms: {} ms is shorter than slide_ms ({} ms), which would leave \
-                     events in no window; the size must be at least the slide",
-                    self.size_ms, self.slide_ms
-                ));
-            } else if hops_per_event(self.slide_ms, self.size_ms) > MAX_HOPS_PER_EVENT {
-                e.push(format!(
-                    "{prefix}.slide_ms: {} ms puts each event in {} windows of {} ms; at most \
-                     {MAX_HOPS_PER_EVENT} are allowed (raise slide_ms)",
-                    self.slide_ms,
-                    hops_per_event(self.slide_ms, self.size_ms),
-                    self.size_ms
-                ));
-            }
-        }
+        let mut e = config_errors(
+            prefix,
+            WindowKind::Hop {
+                slide_ms: self.slide_ms,
+                size_ms: self.size_ms,
+            },
+        );
         e.extend(validate_common(
             prefix,
             &self.keys,
@@ -225,8 +216,12 @@ pub struct SessionConfig {
 impl SessionConfig {
     /// Value checks that need no schema; each error names its key.
     pub fn validate(&self, prefix: &str) -> Vec<String> {
-        let mut e = Vec::new();
-        positive_ms(&mut e, prefix, "gap_ms", self.gap_ms);
+        let mut e = config_errors(
+            prefix,
+            WindowKind::Session {
+                gap_ms: self.gap_ms,
+            },
+        );
         e.extend(validate_common(
             prefix,
             &self.keys,
@@ -238,15 +233,38 @@ impl SessionConfig {
     }
 }
 
-/// How many hopping windows hold one event, at most (both positive).
+/// How many hopping windows hold one event, at most (both positive; no overflow near
+/// `i64::MAX`).
 fn hops_per_event(slide_ms: i64, size_ms: i64) -> i64 {
-    (size_ms + slide_ms - 1) / slide_ms
+    size_ms / slide_ms + i64::from(size_ms % slide_ms != 0)
 }
 
-fn positive_ms(e: &mut Vec<String>, prefix: &str, key: &str, v: i64) {
-    if v <= 0 {
-        e.push(format!("{prefix}.{key}: must be positive, got {v}"));
-    }
+/// The window rules `kind` breaks, in pipeline.toml's words: each names its key under
+/// `prefix` (`operators[2].slide_ms: ...`).
+fn config_errors(prefix: &str, kind: WindowKind) -> Vec<String> {
+    kind.check()
+        .into_iter()
+        .map(|rule| match rule {
+            WindowRuleError::NotPositive { setting, value_ms } => {
+                format!(
+                    "{prefix}.{}: must be positive, got {value_ms}",
+                    setting.key()
+                )
+            }
+            WindowRuleError::SizeBelowSlide { size_ms, slide_ms } => format!(
+                "{prefix}.size_ms: {size_ms} ms is shorter than slide_ms ({slide_ms} ms), which \
+                 would leave events in no window; the size must be at least the slide"
+            ),
+            WindowRuleError::TooManyHops {
+                slide_ms,
+                size_ms,
+                hops,
+            } => format!(
+                "{prefix}.slide_ms: {slide_ms} ms puts each event in {hops} windows of {size_ms} \
+                 ms; at most {MAX_HOPS_PER_EVENT} are allowed (raise slide_ms)"
+            ),
+        })
+        .collect()
 }
 
 /// The checks every window config shares.
@@ -297,31 +315,118 @@ pub enum WindowKind {
     Continuous,
 }
 
+/// A size, slide or gap of a [`WindowKind`], as the paths that set it name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowSetting {
+    TumbleSize,
+    HopSlide,
+    HopSize,
+    SessionGap,
+}
+
+impl WindowSetting {
+    /// Its name in errors of the builder and of SQL (`hop slide`).
+    pub fn name(self) -> &'static str {
+        match self {
+            WindowSetting::TumbleSize => "window size",
+            WindowSetting::HopSlide => "hop slide",
+            WindowSetting::HopSize => "hop size",
+            WindowSetting::SessionGap => "session gap",
+        }
+    }
+
+    /// Its key in pipeline.toml (`slide_ms`).
+    pub fn key(self) -> &'static str {
+        match self {
+            WindowSetting::TumbleSize | WindowSetting::HopSize => "size_ms",
+            WindowSetting::HopSlide => "slide_ms",
+            WindowSetting::SessionGap => "gap_ms",
+        }
+    }
+}
+
+/// A window rule that a [`WindowKind`] breaks ([`WindowKind::check`]). Each path reports it
+/// in its own words and place: pipeline.toml with the key, SQL with the construct and its
+/// position, the builder with the operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowRuleError {
+    /// A size, slide or gap of zero or less.
+    NotPositive {
+        setting: WindowSetting,
+        value_ms: i64,
+    },
+    /// A hop shorter than its slide: events between two windows would be in none.
+    SizeBelowSlide { size_ms: i64, slide_ms: i64 },
+    /// A hop that puts each event in more than [`MAX_HOPS_PER_EVENT`] windows.
+    TooManyHops {
+        slide_ms: i64,
+        size_ms: i64,
+        hops: i64,
+    },
+}
+
+impl std::fmt::Display for WindowRuleError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            WindowRuleError::NotPositive { setting, value_ms } => {
+                write!(f, "{} must be positive, got {value_ms} ms", setting.name())
+            }
+            WindowRuleError::SizeBelowSlide { size_ms, slide_ms } => write!(
+                f,
+                "hop size {size_ms} ms is shorter than its slide {slide_ms} ms, which would \
+                 leave events in no window"
+            ),
+            WindowRuleError::TooManyHops {
+                slide_ms,
+                size_ms,
+                hops,
+            } => write!(
+                f,
+                "hop slide {slide_ms} ms puts each event in {hops} windows of {size_ms} ms; at \
+                 most {MAX_HOPS_PER_EVENT} are allowed (raise the slide)"
+            ),
+        }
+    }
+}
+
 impl WindowKind {
-    /// Value checks; each error names the setting.
-    pub fn validate(&self) -> Vec<String> {
+    /// The window rules, in one place: every size, slide and gap is positive, a hop is at
+    /// least its slide and puts an event in at most [`MAX_HOPS_PER_EVENT`] windows.
+    /// pipeline.toml's window operators, the SQL planner and [`build_window`] (the builder)
+    /// all call it. Every rule broken, in order.
+    pub fn check(&self) -> Vec<WindowRuleError> {
         let mut e = Vec::new();
-        let mut positive = |name: &str, v: i64| {
-            if v <= 0 {
-                e.push(format!("{name} must be positive, got {v} ms"));
+        let mut positive = |setting: WindowSetting, value_ms: i64| {
+            if value_ms <= 0 {
+                e.push(WindowRuleError::NotPositive { setting, value_ms });
             }
         };
         match *self {
-            WindowKind::Tumble { size_ms } => positive("window size", size_ms),
+            WindowKind::Tumble { size_ms } => positive(WindowSetting::TumbleSize, size_ms),
             WindowKind::Hop { slide_ms, size_ms } => {
-                positive("hop slide", slide_ms);
-                positive("hop size", size_ms);
-                if slide_ms > 0 && size_ms > 0 && size_ms < slide_ms {
-                    e.push(format!(
-                        "hop size {size_ms} ms is shorter than its slide {slide_ms} ms, which \
-                         would leave events in no window"
-                    ));
+                positive(WindowSetting::HopSlide, slide_ms);
+                positive(WindowSetting::HopSize, size_ms);
+                if slide_ms > 0 && size_ms > 0 {
+                    if size_ms < slide_ms {
+                        e.push(WindowRuleError::SizeBelowSlide { size_ms, slide_ms });
+                    } else if hops_per_event(slide_ms, size_ms) > MAX_HOPS_PER_EVENT {
+                        e.push(WindowRuleError::TooManyHops {
+                            slide_ms,
+                            size_ms,
+                            hops: hops_per_event(slide_ms, size_ms),
+                        });
+                    }
                 }
             }
-            WindowKind::Session { gap_ms } => positive("session gap", gap_ms),
+            WindowKind::Session { gap_ms } => positive(WindowSetting::SessionGap, gap_ms),
             WindowKind::Continuous => {}
         }
         e
+    }
+
+    /// [`check`](Self::check) in words; each error names the setting.
+    pub fn validate(&self) -> Vec<String> {
+        self.check().iter().map(ToString::to_string).collect()
     }
 }
 
@@ -1704,6 +1809,149 @@ mod tests {
         assert_eq!(
             WindowKind::Session { gap_ms: 0 }.validate(),
             vec!["session gap must be positive, got 0 ms".to_string()]
+        );
+    }
+
+    #[test]
+    fn a_hop_may_put_an_event_in_max_hops_per_event_windows_and_no_more() {
+        // 60 s every 60 ms: exactly 1000 windows; a millisecond longer: 1001.
+        assert!(WindowKind::Hop {
+            slide_ms: 60,
+            size_ms: 60_000
+        }
+        .check()
+        .is_empty());
+        assert_eq!(
+            WindowKind::Hop {
+                slide_ms: 60,
+                size_ms: 60_001
+            }
+            .check(),
+            vec![WindowRuleError::TooManyHops {
+                slide_ms: 60,
+                size_ms: 60_001,
+                hops: 1001
+            }]
+        );
+    }
+
+    #[test]
+    fn the_largest_sizes_are_checked_without_overflow() {
+        assert_eq!(
+            WindowKind::Hop {
+                slide_ms: i64::MAX - 1,
+                size_ms: i64::MAX
+            }
+            .check(),
+            vec![]
+        );
+        assert_eq!(
+            WindowKind::Hop {
+                slide_ms: 1,
+                size_ms: i64::MAX
+            }
+            .check(),
+            vec![WindowRuleError::TooManyHops {
+                slide_ms: 1,
+                size_ms: i64::MAX,
+                hops: i64::MAX
+            }]
+        );
+    }
+
+    #[test]
+    fn a_hop_shorter_than_its_slide_is_refused() {
+        assert_eq!(
+            WindowKind::Hop {
+                slide_ms: 30_000,
+                size_ms: 10_000
+            }
+            .check(),
+            vec![WindowRuleError::SizeBelowSlide {
+                size_ms: 10_000,
+                slide_ms: 30_000
+            }]
+        );
+    }
+
+    #[test]
+    fn each_window_setting_must_be_positive() {
+        let not_positive = |setting, value_ms| WindowRuleError::NotPositive { setting, value_ms };
+        let cases = [
+            (
+                WindowKind::Tumble { size_ms: 0 },
+                vec![not_positive(WindowSetting::TumbleSize, 0)],
+            ),
+            (
+                WindowKind::Hop {
+                    slide_ms: -1,
+                    size_ms: 0,
+                },
+                vec![
+                    not_positive(WindowSetting::HopSlide, -1),
+                    not_positive(WindowSetting::HopSize, 0),
+                ],
+            ),
+            (
+                WindowKind::Session { gap_ms: -3 },
+                vec![not_positive(WindowSetting::SessionGap, -3)],
+            ),
+            (WindowKind::Tumble { size_ms: 1 }, vec![]),
+            (WindowKind::Session { gap_ms: 1 }, vec![]),
+            (WindowKind::Continuous, vec![]),
+        ];
+        for (kind, expected) in cases {
+            assert_eq!(kind.check(), expected, "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn the_builder_and_the_file_refuse_a_hop_of_a_day_every_millisecond() {
+        let day_every_ms = WindowKind::Hop {
+            slide_ms: 1,
+            size_ms: 86_400_000,
+        };
+        let cfg = WindowConfig {
+            kind: day_every_ms,
+            guards: WatermarkGuards::default(),
+            keys: vec!["key".into()],
+            time_column: None,
+            max_out_of_orderness_ms: 0,
+            allowed_lateness_ms: 0,
+            late_policy: LatePolicy::Dlq,
+            aggregates: vec![AggregateConfig {
+                function: "count".into(),
+                column: None,
+                alias: None,
+                distinct: false,
+                sql: None,
+            }],
+        };
+        let err = build_window("w", &cfg, input(), "ts").err();
+        assert_eq!(
+            err.as_deref(),
+            Some(
+                "hop slide 1 ms puts each event in 86400000 windows of 86400000 ms; at most 1000 \
+                 are allowed (raise the slide)"
+            )
+        );
+        let file = HopConfig {
+            slide_ms: 1,
+            size_ms: 86_400_000,
+            keys: cfg.keys.clone(),
+            time_column: None,
+            max_out_of_orderness_ms: 0,
+            allowed_lateness_ms: 0,
+            late_policy: LatePolicy::Dlq,
+            aggregates: cfg.aggregates.clone(),
+        };
+        assert_eq!(
+            file.validate("operators[2]"),
+            vec![
+                "operators[2].slide_ms: 1 ms puts each event in 86400000 windows of 86400000 ms; \
+                 at most 1000 are allowed (raise slide_ms)"
+                    .to_string()
+            ]
         );
     }
 }

@@ -42,10 +42,11 @@ use crate::arrow::record_batch::RecordBatch;
 use crate::batch::RawBatch;
 use crate::checkpoint::{Checkpoint, CheckpointStore};
 use crate::dlq::{DeadLetter, DlqWriter, ErrorKind, Stage};
-use crate::error::{ErrorClass, Result, WeirError};
+use crate::error::{Result, WeirError};
 use crate::global::{GlobalStage, GLOBAL_PARTITION, GLOBAL_TOPIC};
 use crate::metrics::{Counters, Metrics};
 use crate::operator::Emit;
+use crate::retry::{retry, RetryBudget};
 use crate::shutdown::Shutdown;
 use crate::sink::SinkWriter;
 use crate::source::{Assignment, PartitionReader, ReadResult, ResumeFrom, Source, TopicPartition};
@@ -71,6 +72,9 @@ pub struct ExecutorConfig {
     /// A partition with no input for this long is idle: its operators may advance event
     /// time ([`crate::Operator::on_idle`]), so it does not hold back a two-phase aggregation.
     pub idle_timeout: Duration,
+    /// How long the sink stage retries a step that fails with a transient error
+    /// ([`crate::retry`]).
+    pub retry: RetryBudget,
 }
 
 impl ExecutorConfig {
@@ -83,6 +87,7 @@ impl ExecutorConfig {
             linger: Duration::from_millis(100),
             checkpoint_interval: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(5),
+            retry: RetryBudget::default(),
         }
     }
 }
@@ -678,9 +683,12 @@ impl Executor {
         };
         for batch in &batches {
             for sink in &mut self.sinks {
-                let outcome = retry(shutdown, sink.name().to_string(), || {
-                    sink.write(partition, batch)
-                })?;
+                let outcome = retry(
+                    &self.config.retry,
+                    shutdown,
+                    sink.name().to_string(),
+                    || sink.write(partition, batch),
+                )?;
                 if !outcome.rejected.is_empty() {
                     letters.extend(sink_rejects(
                         &self.config.pipeline,
@@ -699,7 +707,9 @@ impl Executor {
         }
         if !letters.is_empty() {
             let dlq = &mut self.dlq;
-            retry(shutdown, "dlq".into(), || dlq.write(&letters))?;
+            retry(&self.config.retry, shutdown, "dlq".into(), || {
+                dlq.write(&letters)
+            })?;
         }
         self.metrics.add(&out.delta);
         Ok(())
@@ -754,17 +764,33 @@ impl Executor {
         };
         let (p, e) = (GLOBAL_PARTITION, g.epoch);
         for sink in &mut self.sinks {
-            retry(shutdown, sink.name().to_string(), || sink.prepare(p, e))?;
+            retry(
+                &self.config.retry,
+                shutdown,
+                sink.name().to_string(),
+                || sink.prepare(p, e),
+            )?;
         }
         let dlq = &mut self.dlq;
-        retry(shutdown, "dlq".into(), || dlq.prepare(p, e))?;
+        retry(&self.config.retry, shutdown, "dlq".into(), || {
+            dlq.prepare(p, e)
+        })?;
         let store = &self.store;
-        retry(shutdown, "checkpoint".into(), || store.save(&c))?;
+        retry(&self.config.retry, shutdown, "checkpoint".into(), || {
+            store.save(&c)
+        })?;
         for sink in &mut self.sinks {
-            retry(shutdown, sink.name().to_string(), || sink.commit(p, e))?;
+            retry(
+                &self.config.retry,
+                shutdown,
+                sink.name().to_string(),
+                || sink.commit(p, e),
+            )?;
         }
         let dlq = &mut self.dlq;
-        retry(shutdown, "dlq".into(), || dlq.commit(p, e))?;
+        retry(&self.config.retry, shutdown, "dlq".into(), || {
+            dlq.commit(p, e)
+        })?;
         g.stage.committed();
         g.dirty = false;
         debug!(epoch = e, "global checkpoint committed");
@@ -791,17 +817,33 @@ impl Executor {
         let started = Instant::now();
         let (p, e) = (c.partition, c.epoch);
         for sink in &mut self.sinks {
-            retry(shutdown, sink.name().to_string(), || sink.prepare(p, e))?;
+            retry(
+                &self.config.retry,
+                shutdown,
+                sink.name().to_string(),
+                || sink.prepare(p, e),
+            )?;
         }
         let dlq = &mut self.dlq;
-        retry(shutdown, "dlq".into(), || dlq.prepare(p, e))?;
+        retry(&self.config.retry, shutdown, "dlq".into(), || {
+            dlq.prepare(p, e)
+        })?;
         let store = &self.store;
-        retry(shutdown, "checkpoint".into(), || store.save(c))?;
+        retry(&self.config.retry, shutdown, "checkpoint".into(), || {
+            store.save(c)
+        })?;
         for sink in &mut self.sinks {
-            retry(shutdown, sink.name().to_string(), || sink.commit(p, e))?;
+            retry(
+                &self.config.retry,
+                shutdown,
+                sink.name().to_string(),
+                || sink.commit(p, e),
+            )?;
         }
         let dlq = &mut self.dlq;
-        retry(shutdown, "dlq".into(), || dlq.commit(p, e))?;
+        retry(&self.config.retry, shutdown, "dlq".into(), || {
+            dlq.commit(p, e)
+        })?;
         self.metrics.checkpoint_stored();
         debug!(
             partition = p,
@@ -864,25 +906,6 @@ fn spawn_reader(
             Ok(())
         })
         .map_err(|e| WeirError::Internal(format!("spawn reader: {e}")))
-}
-
-/// Retry transient errors with exponential backoff (input pauses meanwhile, because the
-/// channels fill). Gives up when shutdown is requested.
-fn retry<T>(shutdown: &Shutdown, what: String, mut f: impl FnMut() -> Result<T>) -> Result<T> {
-    let mut backoff = Duration::from_millis(50);
-    let mut attempt = 1u32;
-    loop {
-        match f() {
-            Ok(v) => return Ok(v),
-            Err(e) if e.class() == ErrorClass::Transient && !shutdown.is_triggered() => {
-                warn!(component = %what, attempt, error = %e, backoff_ms = backoff.as_millis() as u64, "transient error, retrying");
-                thread::sleep(backoff);
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-                attempt += 1;
-            }
-            Err(e) => return Err(e),
-        }
-    }
 }
 
 /// Keeps the step's messages with its output when its rows still carry their source offset

@@ -18,6 +18,7 @@ pub mod fingerprint;
 pub mod global;
 pub mod metrics;
 pub mod operator;
+pub mod retry;
 pub mod shutdown;
 pub mod sink;
 pub mod source;
@@ -36,6 +37,7 @@ pub use fingerprint::Fingerprint;
 pub use global::{GlobalStage, GLOBAL_PARTITION, GLOBAL_TOPIC};
 pub use metrics::{Counters, Metrics};
 pub use operator::{offset_column, Decoded, Decoder, Emit, Operator, RowReject, OFFSET_COLUMN};
+pub use retry::RetryBudget;
 pub use shutdown::Shutdown;
 pub use sink::{EpochParticipant, Guarantee, NullSink, SinkWriter, WriteOutcome, DELETED_COLUMN};
 pub use source::{

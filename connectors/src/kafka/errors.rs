@@ -1,4 +1,4 @@
-//! librdkafka error codes → [`ErrorClass`]: a table, tested row by row (ARCHITECTURE.md, "Errors").
+//! librdkafka error codes → [`ErrorClass`]: a table, tested row by row (ARCHITECTURE.md, "Errors and retries").
 //!
 //! - `Transient`: the broker, the network or the group coordinator is unavailable for now;
 //!   librdkafka or weir retries with backoff and nothing is lost by waiting.

@@ -1,5 +1,5 @@
 //! PostgreSQL errors → [`ErrorClass`]: SQLSTATE codes in a table, tested row by row
-//! (ARCHITECTURE.md, "Errors").
+//! (ARCHITECTURE.md, "Errors and retries").
 //!
 //! - `Transient`: the server or the connection is unavailable for now, or the transaction lost
 //!   a race (serialization failure, deadlock, lock timeout); the open transaction is gone, the
