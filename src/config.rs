@@ -37,7 +37,7 @@ impl SourceConfig {
         match self {
             SourceConfig::Generator(g) => g.partitioning(),
             SourceConfig::Jsonl(j) => j.partitioning(),
-            SourceConfig::Kafka(_) => weir_runtime::Partitioning::ByMessageKey,
+            SourceConfig::Kafka(k) => k.partitioning(),
         }
     }
 }
@@ -561,6 +561,10 @@ impl PipelineConfig {
                         weir_operators::Colocation::Unknown(why) => format!(
                             "the window's keys are not known to be co-located ({why}; declare \
                              `[schema] partition_key`, the field the topic is keyed by)"
+                        ),
+                        weir_operators::Colocation::AcrossTopics(topics) => format!(
+                            "the window's keys may be in more than one of the topics {}",
+                            topics.join(", ")
                         ),
                         weir_operators::Colocation::All => String::new(),
                     };

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use datafusion::arrow::datatypes::SchemaRef;
 use weir_connectors::{
-    GeneratorSource, JsonlDlq, JsonlFileSource, JsonlSink, KafkaDlq, KafkaSink, KafkaSource,
-    KafkaTxnOptions, KafkaTxnStore, ParquetSink, PostgresStore, SqliteSink, TerminalSink,
+    CheckpointRole, GeneratorSource, JsonlDlq, JsonlFileSource, JsonlSink, KafkaDlq, KafkaSink,
+    KafkaSource, KafkaTxnOptions, KafkaTxnStore, ParquetSink, PostgresStore, SqliteSink,
+    TerminalSink,
 };
 use weir_operators::{
     build_window, check_two_phase, partial_window, plan_sql, Colocation, FilterOperator,
@@ -310,7 +311,7 @@ impl Pipeline {
         // A key the source does not route itself (Kafka: the producer chose the message
         // key) is checked at run time against the declaration.
         let placement = match (&schema.partition_key, &partitioning) {
-            (Some(key), Partitioning::ByMessageKey) => {
+            (Some(key), Partitioning::ByMessageKey | Partitioning::ByMessageKeyPerTopic(_)) => {
                 Some(Arc::new(KeyPlacement::new(key, schema.partition_key_check)))
             }
             _ => None,
@@ -455,7 +456,10 @@ impl Pipeline {
                 }
                 SinkConfig::Kafka(c) => p.sink(KafkaSink::new(name, c)?),
                 SinkConfig::Postgres(c) => {
-                    let store = PostgresStore::connect(name, c, &cfg.name)?;
+                    // The builder's choice: this sink stores the checkpoints (the config
+                    // allows at most one storing sink).
+                    let store =
+                        PostgresStore::connect_as(name, c, &cfg.name, CheckpointRole::Store)?;
                     p = p.checkpoint_store(store.checkpoint_store()?);
                     p.sink(store)
                 }
