@@ -78,13 +78,13 @@ impl Input {
     /// Every valid event: event id → (sensor id, temperature).
     fn events(&self) -> BTreeMap<String, (String, f64)> {
         let mut out = BTreeMap::new();
-        for i in 0..2 {
+        for (truth, tag) in self.truths.iter().zip(TAGS) {
             for p in 0..PARTITIONS {
-                for o in 0..self.truths[i].events_in_partition(p).unwrap() as i64 {
-                    let e = self.truths[i].event(p, o).unwrap();
+                for o in 0..truth.events_in_partition(p).unwrap() as i64 {
+                    let e = truth.event(p, o).unwrap();
                     if e.poison.is_none() {
-                        let id = tagged(TAGS[i], &format!("{p}-{o}"));
-                        out.insert(id, (tagged(TAGS[i], &e.sensor_id()), e.temperature()));
+                        let id = tagged(tag, &format!("{p}-{o}"));
+                        out.insert(id, (tagged(tag, &e.sensor_id()), e.temperature()));
                     }
                 }
             }
@@ -111,16 +111,16 @@ impl Input {
     /// Every 10-second window of every sensor: (sensor, start) → (count, max temperature).
     fn windows(&self) -> BTreeMap<(String, i64), (i64, f64)> {
         let mut want: BTreeMap<(String, i64), (i64, f64)> = BTreeMap::new();
-        for i in 0..2 {
+        for (truth, tag) in self.truths.iter().zip(TAGS) {
             for p in 0..PARTITIONS {
-                for o in 0..self.truths[i].events_in_partition(p).unwrap() as i64 {
-                    let e = self.truths[i].event(p, o).unwrap();
+                for o in 0..truth.events_in_partition(p).unwrap() as i64 {
+                    let e = truth.event(p, o).unwrap();
                     if e.poison.is_some() {
                         continue;
                     }
                     let start = e.event_time_ms - e.event_time_ms.rem_euclid(10_000);
                     let w = want
-                        .entry((tagged(TAGS[i], &e.sensor_id()), start))
+                        .entry((tagged(tag, &e.sensor_id()), start))
                         .or_insert((0, f64::MIN));
                     w.0 += 1;
                     w.1 = w.1.max(e.temperature());

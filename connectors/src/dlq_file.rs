@@ -259,7 +259,7 @@ mod tests {
     fn a_round_trip_preserves_arbitrary_payload_bytes() {
         let tmp = tempfile::tempdir().unwrap();
         let mut d = dlq(tmp.path());
-        let letters = vec![
+        let letters = [
             letter(0, 7, Some(b"\xff\xfe\x00not utf8\n")),
             letter(1, 3, Some(b"{\"ok\": \"text\"}")),
             letter(0, 9, None),

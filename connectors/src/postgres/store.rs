@@ -727,7 +727,7 @@ impl Inner {
         };
         if !accepted.is_empty() {
             self.lanes
-                .get_mut(&p)
+                .get_mut(p)
                 .expect("invariant: applied in this lane")
                 .staged
                 .push(Staged {
