@@ -138,7 +138,7 @@ fn a_staged_file_of_the_old_layout_is_refused_naming_it_over_two_topics() {
     let (ta, tb) = (create_topic(2), create_topic(2));
     let dir = tempfile::tempdir().unwrap();
     let source = format!(
-        "[source]\ntype = \"kafka\"\nbrokers = \"{}\"\ntopics = [\"{ta}\", \"{tb}\"]\ngroup_id = \"upgrade-{ta}\"",
+        "[source]\ntype = \"kafka\"\nbrokers = \"{}\"\ntopics = [\"{ta}\", \"{tb}\"]\ngroup_id = \"upgrade-{ta}\"\nassignment = \"manual\"",
         brokers()
     );
     fs::write(dir.path().join("p.toml"), pipeline(&source)).unwrap();
