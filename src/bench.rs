@@ -197,7 +197,7 @@ fn run_task(
     let mut sink = NullSink::default();
     let mut write = |out: weir_runtime::TaskOutput| -> Result<()> {
         for b in &out.batches {
-            sink.write(0, b)?;
+            sink.write(&weir_runtime::Lane::new("bench", 0), b)?;
         }
         Ok(())
     };

@@ -21,9 +21,11 @@ use datafusion::arrow::array::{ArrayRef, Float64Array, Int64Array, StringArray, 
 use datafusion::arrow::compute::take_record_batch;
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::arrow::record_batch::RecordBatch;
-use weir_connectors::{partition_for_key, PostgresSinkConfig, PostgresStore, PostgresUrl};
+use weir_connectors::{
+    partition_for_key, CheckpointRole, PostgresSinkConfig, PostgresStore, PostgresUrl,
+};
 use weir_runtime::error::{Result, WeirError};
-use weir_runtime::{Checkpoint, Counters, EpochParticipant, SinkWriter};
+use weir_runtime::{Checkpoint, Counters, EpochParticipant, Lane, SinkWriter};
 
 #[derive(Debug, Clone)]
 pub struct PostgresBenchOptions {
@@ -141,7 +143,7 @@ pub fn run(opts: &PostgresBenchOptions) -> Result<PostgresBenchReport> {
         row += n;
     }
 
-    let mut store = PostgresStore::connect("bench", &config, "bench")?;
+    let mut store = PostgresStore::connect_as("bench", &config, "bench", CheckpointRole::Store)?;
     let checkpoints = store.checkpoint_store()?;
     let topic: Arc<str> = Arc::from("bench");
     let mut epochs: BTreeMap<i32, u64> = BTreeMap::new();
@@ -154,7 +156,8 @@ pub fn run(opts: &PostgresBenchOptions) -> Result<PostgresBenchReport> {
         for (p, next_offset) in offsets {
             let epoch = epochs.entry(*p).or_default();
             *epoch += 1;
-            store.prepare(*p, *epoch)?;
+            let lane = Lane::new(topic.clone(), *p);
+            store.prepare(&lane, *epoch)?;
             checkpoints.save(&Checkpoint {
                 pipeline: "bench".into(),
                 topic: topic.clone(),
@@ -165,7 +168,7 @@ pub fn run(opts: &PostgresBenchOptions) -> Result<PostgresBenchReport> {
                 operators: Vec::new(),
                 reset: false,
             })?;
-            store.commit(*p, *epoch)?;
+            store.commit(&lane, *epoch)?;
             commits += 1;
         }
         Ok(())
@@ -174,7 +177,7 @@ pub fn run(opts: &PostgresBenchOptions) -> Result<PostgresBenchReport> {
     let started = Instant::now();
     for (i, parts) in batches.iter().enumerate() {
         for (p, b) in parts {
-            let outcome = store.write(*p, b)?;
+            let outcome = store.write(&Lane::new(topic.clone(), *p), b)?;
             if !outcome.rejected.is_empty() {
                 return Err(WeirError::sink(
                     "bench",

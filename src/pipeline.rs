@@ -330,7 +330,7 @@ impl Pipeline {
         // A key the source does not route itself (Kafka: the producer chose the message
         // key) is checked at run time against the declaration.
         let placement = match (&schema.partition_key, &partitioning) {
-            (Some(key), Partitioning::ByMessageKey) => {
+            (Some(key), Partitioning::ByMessageKey | Partitioning::ByMessageKeyPerTopic(_)) => {
                 Some(Arc::new(KeyPlacement::new(key, schema.partition_key_check)))
             }
             _ => None,

@@ -15,11 +15,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use weir_connectors::{
-    GeneratorConfig, GeneratorSource, JsonlDlq, JsonlDlqConfig, JsonlFileSource, JsonlSink,
-    JsonlSinkConfig, JsonlSourceConfig, KafkaDlq, KafkaDlqConfig, KafkaSink, KafkaSinkConfig,
-    KafkaSource, KafkaSourceConfig, KafkaTxnOptions, KafkaTxnStore, ParquetSink, ParquetSinkConfig,
-    PostgresSinkConfig, PostgresStore, SqliteSink, SqliteSinkConfig, TerminalSink,
-    TerminalSinkConfig,
+    CheckpointRole, GeneratorConfig, GeneratorSource, JsonlDlq, JsonlDlqConfig, JsonlFileSource,
+    JsonlSink, JsonlSinkConfig, JsonlSourceConfig, KafkaDlq, KafkaDlqConfig, KafkaSink,
+    KafkaSinkConfig, KafkaSource, KafkaSourceConfig, KafkaTxnOptions, KafkaTxnStore, ParquetSink,
+    ParquetSinkConfig, PostgresSinkConfig, PostgresStore, SqliteSink, SqliteSinkConfig,
+    TerminalSink, TerminalSinkConfig,
 };
 use weir_operators::{HopConfig, LatePolicy, SessionConfig, TumbleConfig, WindowConfig};
 use weir_runtime::arrow::datatypes::Schema;
@@ -239,7 +239,7 @@ impl SourceKind for KafkaSourceConfig {
         KafkaSourceConfig::validate(self, at)
     }
     fn partitioning(&self) -> Partitioning {
-        Partitioning::ByMessageKey
+        KafkaSourceConfig::partitioning(self)
     }
     fn open(&self) -> Result<Box<dyn Source>> {
         Ok(Box::new(KafkaSource::new(self.clone())?))
@@ -520,7 +520,10 @@ impl SinkKind for PostgresSinkConfig {
         )
     }
     fn open(&self, ctx: &SinkContext) -> Result<OpenedSink> {
-        let store = PostgresStore::connect(ctx.name.clone(), self, ctx.pipeline)?;
+        // The builder's choice: this sink stores the checkpoints (the rules allow at most one
+        // storing sink).
+        let store =
+            PostgresStore::connect_as(ctx.name.clone(), self, ctx.pipeline, CheckpointRole::Store)?;
         Ok(OpenedSink {
             store: Some(store.checkpoint_store()?),
             writer: Box::new(store),

@@ -74,6 +74,10 @@ pub fn two_phase_needs_manual_assignment(
             "the window's keys are not known to be co-located ({why}; declare \
              `[schema] partition_key`, the field the topic is keyed by)"
         ),
+        Colocation::AcrossTopics(topics) => format!(
+            "the window's keys may be in more than one of the topics {}",
+            topics.join(", ")
+        ),
         Colocation::All => String::new(),
     };
     Some(format!(

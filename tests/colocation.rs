@@ -519,3 +519,82 @@ fn a_partition_key_the_topic_is_not_keyed_by_is_reported_and_strict_mode_fails_t
         "{err}"
     );
 }
+
+const KAFKA_TWO_TOPICS: &str = r#"[source]
+type = "kafka"
+brokers = "127.0.0.1:1"
+topics = ["ta", "tb"]
+group_id = "g"
+"#;
+
+const SCHEMA_KEYED: &str = r#"[schema]
+event_time = "ts"
+partition_key = "key"
+fields = [
+  { name = "key", type = "string" },
+  { name = "region", type = "string" },
+  { name = "seq", type = "int64" },
+  { name = "v", type = "int64" },
+  { name = "x", type = "float64" },
+  { name = "ts", type = "timestamp" },
+]
+"#;
+
+#[test]
+fn a_window_by_the_partition_key_over_two_topics_in_a_group_is_refused_naming_the_topics() {
+    let errors = check(&file_with(
+        KAFKA_TWO_TOPICS,
+        r#"sql = "SELECT key, window_start, count(*) AS n FROM events GROUP BY key, TUMBLE(ts, INTERVAL '1' MINUTE)""#,
+        SCHEMA_KEYED,
+    ));
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.starts_with("source.assignment: ") && e.contains("topics ta, tb")),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn a_window_by_the_partition_key_over_two_manually_assigned_topics_passes_check_in_two_phases() {
+    let source = KAFKA_TWO_TOPICS.replace(
+        "group_id = \"g\"",
+        "group_id = \"g\"\nassignment = \"manual\"",
+    );
+    let errors = check(&file_with(
+        &source,
+        r#"sql = "SELECT key, window_start, count(*) AS n FROM events GROUP BY key, TUMBLE(ts, INTERVAL '1' MINUTE)""#,
+        SCHEMA_KEYED,
+    ));
+    assert!(errors.is_empty(), "{errors:?}");
+}
+
+#[test]
+fn a_session_by_the_partition_key_over_two_topics_is_refused_naming_the_topics() {
+    let errors = check(&file_with(
+        KAFKA_TWO_TOPICS,
+        r#"sql = "SELECT key, window_start, count(*) AS n FROM events GROUP BY key, SESSION(ts, INTERVAL '1' MINUTE)""#,
+        SCHEMA_KEYED,
+    ));
+    assert!(
+        errors.iter().any(|e| e.starts_with("sql: ")
+            && e.contains("several topics (ta, tb)")
+            && e.contains("session")),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn a_group_by_without_a_window_over_two_topics_is_refused_naming_the_topics() {
+    let errors = check(&file_with(
+        KAFKA_TWO_TOPICS,
+        r#"sql = "SELECT key, count(*) AS n FROM events GROUP BY key""#,
+        SCHEMA_KEYED,
+    ));
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.starts_with("sql: ") && e.contains("several topics (ta, tb)")),
+        "{errors:?}"
+    );
+}

@@ -196,7 +196,7 @@ struct GatedSink {
 }
 
 impl weir_runtime::EpochParticipant for GatedSink {
-    fn prepare(&mut self, _p: i32, _e: u64) -> weir_runtime::error::Result<()> {
+    fn prepare(&mut self, _p: &weir_runtime::Lane, _e: u64) -> weir_runtime::error::Result<()> {
         self.prepares
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.gate
@@ -214,7 +214,7 @@ impl weir_runtime::SinkWriter for GatedSink {
     }
     fn write(
         &mut self,
-        _p: i32,
+        _p: &weir_runtime::Lane,
         b: &datafusion::arrow::record_batch::RecordBatch,
     ) -> weir_runtime::error::Result<weir_runtime::WriteOutcome> {
         Ok(weir_runtime::WriteOutcome {

@@ -17,7 +17,9 @@ use postgres::{Client, NoTls};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use weir::connectors::dlq_file::read_dlq_dir;
-use weir::connectors::{partition_for_key, PostgresSinkConfig, PostgresStore, PostgresUrl};
+use weir::connectors::{
+    partition_for_key, CheckpointRole, PostgresSinkConfig, PostgresStore, PostgresUrl,
+};
 use weir::prelude::*;
 
 const PARTITIONS: u32 = 4;
@@ -235,7 +237,7 @@ fn run(dir: &Path, input: &Path, schema_name: &str) -> RunSummary {
         nullable,
         ..FieldConfig::new(name, field_type)
     };
-    let store = PostgresStore::connect(
+    let store = PostgresStore::connect_as(
         "pg",
         &PostgresSinkConfig {
             url: PostgresUrl::new(url()),
@@ -247,6 +249,7 @@ fn run(dir: &Path, input: &Path, schema_name: &str) -> RunSummary {
             fillfactor: 30,
         },
         "orders",
+        CheckpointRole::Store,
     )
     .unwrap();
     Pipeline::new("orders")

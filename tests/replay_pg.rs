@@ -25,9 +25,10 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::ClientConfig;
 use weir::connectors::postgres::{LockMode, PipelineLock, ReplayTarget};
 use weir::connectors::{
-    read_dlq_dir, EventGenerator, GeneratorConfig, PostgresSinkConfig, PostgresStore, PostgresUrl,
+    read_dlq_dir, CheckpointRole, EventGenerator, GeneratorConfig, PostgresSinkConfig,
+    PostgresStore, PostgresUrl,
 };
-use weir_runtime::{Checkpoint, CheckpointStore, Counters, EpochParticipant};
+use weir_runtime::{Checkpoint, CheckpointStore, Counters, EpochParticipant, Lane};
 
 const PARTITIONS: i32 = 4;
 
@@ -755,7 +756,7 @@ fn save(store: &mut PostgresStore, pipeline: &str, partition: i32, epoch: u64, n
         reset: false,
     };
     CheckpointStore::save(store, &c).unwrap();
-    EpochParticipant::commit(store, partition, epoch).unwrap();
+    EpochParticipant::commit(store, &Lane::new("t", partition), epoch).unwrap();
 }
 
 #[test]
@@ -763,7 +764,7 @@ fn the_swap_hands_the_replay_checkpoints_to_the_live_pipeline_under_its_name_and
     let (name, table) = names("replay-swap");
     let config = sink_config(&table);
     // Live: partitions 0 and 1 at epochs 50 and 7.
-    let mut live = PostgresStore::connect("pg", &config, &name).unwrap();
+    let mut live = PostgresStore::connect_as("pg", &config, &name, CheckpointRole::Store).unwrap();
     save(&mut live, &name, 0, 50, 100);
     save(&mut live, &name, 1, 7, 10);
     drop(live);
@@ -771,7 +772,13 @@ fn the_swap_hands_the_replay_checkpoints_to_the_live_pipeline_under_its_name_and
     let mut target = ReplayTarget::open(&config, &name).unwrap();
     target.reset_shadow().unwrap();
     let replay_name = target.replay_pipeline().to_string();
-    let mut replay = PostgresStore::connect("pg", &target.shadow_config(), &replay_name).unwrap();
+    let mut replay = PostgresStore::connect_as(
+        "pg",
+        &target.shadow_config(),
+        &replay_name,
+        CheckpointRole::Store,
+    )
+    .unwrap();
     // The replay went further with fewer epochs on 0, more on 1, and has a partition 2.
     save(&mut replay, &replay_name, 0, 3, 200);
     save(&mut replay, &replay_name, 1, 9, 20);
@@ -781,7 +788,7 @@ fn the_swap_hands_the_replay_checkpoints_to_the_live_pipeline_under_its_name_and
     assert_eq!(summary.replaced, None, "no live table existed");
     drop(target);
 
-    let live = PostgresStore::connect("pg", &config, &name).unwrap();
+    let live = PostgresStore::connect_as("pg", &config, &name, CheckpointRole::Store).unwrap();
     let loaded: Vec<(String, u64, i64)> = (0..3)
         .map(|p| {
             let c = CheckpointStore::load(&live, "t", p).unwrap().unwrap();

@@ -160,13 +160,13 @@ struct Interrupt {
 }
 
 impl EpochParticipant for Interrupt {
-    fn recover(&mut self, p: i32, c: Option<u64>) -> Result<()> {
+    fn recover(&mut self, p: &weir_runtime::Lane, c: Option<u64>) -> Result<()> {
         self.inner.recover(p, c)
     }
-    fn prepare(&mut self, p: i32, e: u64) -> Result<()> {
+    fn prepare(&mut self, p: &weir_runtime::Lane, e: u64) -> Result<()> {
         self.inner.prepare(p, e)
     }
-    fn commit(&mut self, p: i32, e: u64) -> Result<()> {
+    fn commit(&mut self, p: &weir_runtime::Lane, e: u64) -> Result<()> {
         self.inner.commit(p, e)
     }
 }
@@ -178,7 +178,7 @@ impl SinkWriter for Interrupt {
     fn guarantee(&self) -> Guarantee {
         Guarantee::ExactlyOnce
     }
-    fn write(&mut self, p: i32, batch: &RecordBatch) -> Result<WriteOutcome> {
+    fn write(&mut self, p: &weir_runtime::Lane, batch: &RecordBatch) -> Result<WriteOutcome> {
         self.writes += 1;
         if self.writes == self.at {
             if self.crash {

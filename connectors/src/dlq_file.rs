@@ -5,17 +5,17 @@
 //! Each line holds `pipeline`, `topic`, `partition`, `offset`, `key_b64` and `payload_b64`
 //! (the original bytes in base64, or null), `payload_utf8` (the payload as text when it is
 //! valid UTF-8, else null), `kind`, `message`, `stage`, `attempts` and `time_ms`. Published
-//! files are `<path>/dlq-p<partition>-e<epoch:010>.jsonl`; [`read_dlq_dir`] reads them back.
+//! files are `<path>/dlq-t<topic>-p<partition>-e<epoch:010>.jsonl` (`dlq-global-...` for rows of
+//! the global stage; layout in [`crate::epoch_files`]); [`read_dlq_dir`] reads them back.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use weir_runtime::error::{Result, WeirError};
-use weir_runtime::sink::EpochParticipant;
-use weir_runtime::{DeadLetter, DlqWriter, ErrorKind, Stage};
+use weir_runtime::sink::{EpochParticipant, SourceTopics};
+use weir_runtime::{DeadLetter, DlqWriter, ErrorKind, Lane, Stage};
 
 use crate::epoch_files::EpochFiles;
 use crate::{base64, config_key};
@@ -163,40 +163,34 @@ fn encode_line(letter: &DeadLetter, out: &mut Vec<u8>) -> Result<()> {
 }
 
 impl EpochParticipant for JsonlDlq {
-    fn recover(&mut self, partition: i32, committed_epoch: Option<u64>) -> Result<()> {
-        self.files.recover(partition, committed_epoch)
+    fn source_topics(&mut self, topics: &SourceTopics) {
+        self.files.set_source_topics(topics);
     }
 
-    fn prepare(&mut self, partition: i32, epoch: u64) -> Result<()> {
-        self.files.prepare(partition, epoch)
+    fn recover(&mut self, lane: &Lane, committed_epoch: Option<u64>) -> Result<()> {
+        self.files.recover(lane, committed_epoch)
     }
 
-    fn commit(&mut self, partition: i32, epoch: u64) -> Result<()> {
-        self.files.commit(partition, epoch)
+    fn prepare(&mut self, lane: &Lane, epoch: u64) -> Result<()> {
+        self.files.prepare(lane, epoch)
+    }
+
+    fn commit(&mut self, lane: &Lane, epoch: u64) -> Result<()> {
+        self.files.commit(lane, epoch)
     }
 }
 
 impl DlqWriter for JsonlDlq {
-    fn write(&mut self, letters: &[DeadLetter]) -> Result<()> {
-        let mut by_partition: BTreeMap<i32, Vec<&DeadLetter>> = BTreeMap::new();
+    fn write(&mut self, lane: &Lane, letters: &[DeadLetter]) -> Result<()> {
+        self.buf.clear();
         for letter in letters {
-            by_partition
-                .entry(letter.partition)
-                .or_default()
-                .push(letter);
+            encode_line(letter, &mut self.buf)?;
         }
-        for (partition, letters) in by_partition {
-            self.buf.clear();
-            for letter in letters {
-                encode_line(letter, &mut self.buf)?;
-            }
-            self.files.append(partition, &self.buf)?;
-        }
-        Ok(())
+        self.files.append(lane, &self.buf)
     }
 }
 
-/// Every dead letter of the published files in `dir`, by partition, then epoch, then line.
+/// Every dead letter of the published files in `dir`, by lane, then epoch, then line.
 pub fn read_dlq_dir(dir: impl AsRef<Path>) -> Result<Vec<DeadLetterRecord>> {
     let mut records = Vec::new();
     for path in EpochFiles::committed_files(dir.as_ref(), PREFIX)? {
@@ -233,6 +227,11 @@ pub fn read_dlq_dir(dir: impl AsRef<Path>) -> Result<Vec<DeadLetterRecord>> {
 mod tests {
     use super::*;
 
+    /// Partition `p` of the letters' topic.
+    fn l(p: i32) -> Lane {
+        Lane::new("readings", p)
+    }
+
     fn letter(partition: i32, offset: i64, payload: Option<&[u8]>) -> DeadLetter {
         DeadLetter {
             pipeline: Arc::from("iot"),
@@ -260,7 +259,7 @@ mod tests {
     fn a_round_trip_preserves_arbitrary_payload_bytes() {
         let tmp = tempfile::tempdir().unwrap();
         let mut d = dlq(tmp.path());
-        let letters = vec![
+        let letters = [
             letter(0, 7, Some(b"\xff\xfe\x00not utf8\n")),
             letter(1, 3, Some(b"{\"ok\": \"text\"}")),
             letter(0, 9, None),
@@ -271,10 +270,17 @@ mod tests {
                 ..letter(0, 10, Some(b""))
             },
         ];
-        d.write(&letters).unwrap();
         for p in [0, 1] {
-            d.prepare(p, 1).unwrap();
-            d.commit(p, 1).unwrap();
+            let mine: Vec<DeadLetter> = letters
+                .iter()
+                .filter(|l| l.partition == p)
+                .cloned()
+                .collect();
+            d.write(&l(p), &mine).unwrap();
+        }
+        for p in [0, 1] {
+            d.prepare(&l(p), 1).unwrap();
+            d.commit(&l(p), 1).unwrap();
         }
         let back = read_dlq_dir(tmp.path()).unwrap();
         let expected: Vec<DeadLetter> = [0, 2, 3, 1].iter().map(|i| letters[*i].clone()).collect();
@@ -290,14 +296,18 @@ mod tests {
     fn lines_hold_the_documented_fields() {
         let tmp = tempfile::tempdir().unwrap();
         let mut d = dlq(tmp.path());
-        d.write(&[
-            letter(2, 5, Some(b"caf\xc3\xa9")),
-            letter(2, 6, Some(b"\xc3")),
-        ])
+        d.write(
+            &l(2),
+            &[
+                letter(2, 5, Some(b"caf\xc3\xa9")),
+                letter(2, 6, Some(b"\xc3")),
+            ],
+        )
         .unwrap();
-        d.prepare(2, 4).unwrap();
-        d.commit(2, 4).unwrap();
-        let text = fs::read_to_string(tmp.path().join("dlq-p2-e0000000004.jsonl")).unwrap();
+        d.prepare(&l(2), 4).unwrap();
+        d.commit(&l(2), 4).unwrap();
+        let text =
+            fs::read_to_string(tmp.path().join("dlq-treadings-p2-e0000000004.jsonl")).unwrap();
         let lines: Vec<serde_json::Value> = text
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
@@ -320,13 +330,13 @@ mod tests {
     fn dead_letters_follow_the_checkpoint_of_their_partition() {
         let tmp = tempfile::tempdir().unwrap();
         let mut d = dlq(tmp.path());
-        d.write(&[letter(0, 1, Some(b"a"))]).unwrap();
-        d.prepare(0, 1).unwrap();
-        d.write(&[letter(0, 2, Some(b"b"))]).unwrap();
-        d.prepare(0, 2).unwrap();
+        d.write(&l(0), &[letter(0, 1, Some(b"a"))]).unwrap();
+        d.prepare(&l(0), 1).unwrap();
+        d.write(&l(0), &[letter(0, 2, Some(b"b"))]).unwrap();
+        d.prepare(&l(0), 2).unwrap();
         drop(d); // crash after storing the checkpoint of epoch 1 only
         let mut d = dlq(tmp.path());
-        d.recover(0, Some(1)).unwrap();
+        d.recover(&l(0), Some(1)).unwrap();
         let offsets: Vec<i64> = read_dlq_dir(tmp.path())
             .unwrap()
             .iter()

@@ -1,17 +1,26 @@
-//! Files written per partition and checkpoint epoch, published when the checkpoint commits:
-//! the one implementation of the epoch protocol ([`weir_runtime::sink`]) for file outputs,
-//! shared by the JSONL and Parquet sinks and the JSONL dead-letter queue. Files end in
-//! `.jsonl` unless made with [`EpochFiles::with_extension`].
+//! Files written per lane and checkpoint epoch, published when the checkpoint commits: the
+//! one implementation of the epoch protocol ([`weir_runtime::sink`]) for file outputs, shared
+//! by the JSONL and Parquet sinks and the JSONL dead-letter queue. Files end in `.jsonl`
+//! unless made with [`EpochFiles::with_extension`].
 //!
-//! Layout under the output directory, for a file prefix such as `part`:
-//! - `.staging/part-p<p>-open.jsonl`: bytes of partition `p` since its last prepare;
-//! - `.staging/part-p<p>-e<E>.jsonl`: what `prepare(p, E)` made durable (fsynced, renamed);
-//! - `part-p<p>-e<E:010>.jsonl`: what `commit(p, E)` published (renamed out of staging).
+//! Layout under the output directory, for a file prefix such as `part` and a lane named
+//! `t<topic>-p<partition>` (the topic with every byte outside `[A-Za-z0-9._-]` written as
+//! `%XX`) or `global` (the global stage of a two-phase aggregation):
+//! - `.staging/part-<lane>-open.jsonl`: bytes of the lane since its last prepare;
+//! - `.staging/part-<lane>-e<E>.jsonl`: what `prepare(lane, E)` made durable (fsynced, renamed);
+//! - `part-<lane>-e<E:010>.jsonl`: what `commit(lane, E)` published (renamed out of staging).
 //!
-//! `recover(p, committed)` publishes staged epochs `<= committed` (a commit that a crash
+//! `recover(lane, committed)` publishes staged epochs `<= committed` (a commit that a crash
 //! interrupted) and deletes newer staged epochs and the open file (their input is replayed
 //! from the checkpoint). An epoch with no bytes produces no file. Every step is idempotent,
 //! so the executor may retry it after a transient failure.
+//!
+//! Older weir named files by partition number alone (`part-p<p>-...`; the global stage as
+//! partition 2147483647). Published files of that layout stay where they are and are read
+//! with the others. On `recover` of a lane, an old open file of its partition number is
+//! discarded like its own, and an old *staged* epoch is settled as the lane's own (published
+//! under the new name, or deleted) when the source reads one topic; when it reads several,
+//! which topic staged it is unknown and `recover` refuses, naming the file.
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap};
@@ -21,11 +30,13 @@ use std::path::{Path, PathBuf};
 
 use tracing::{debug, warn};
 use weir_runtime::error::{Result, WeirError};
+use weir_runtime::sink::SourceTopics;
+use weir_runtime::{Lane, GLOBAL_PARTITION};
 
 const STAGING: &str = ".staging";
 const JSONL: &str = ".jsonl";
 
-/// The bytes of one partition since its last prepare.
+/// The bytes of one lane since its last prepare.
 #[derive(Debug)]
 struct OpenFile {
     file: File,
@@ -34,7 +45,25 @@ struct OpenFile {
     torn: bool,
 }
 
-/// Per-partition, per-epoch files in one directory. See the module docs.
+/// Whose an epoch file is, by its name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Owner {
+    Lane(Lane),
+    /// The partition number of a file named before lanes carried their topic.
+    Legacy(i32),
+}
+
+impl Owner {
+    /// Order of published files: the old layout first (older epochs), then by lane.
+    fn order(&self) -> (u8, Option<&Lane>, i32) {
+        match self {
+            Owner::Legacy(p) => (0, None, *p),
+            Owner::Lane(l) => (1, Some(l), 0),
+        }
+    }
+}
+
+/// Per-lane, per-epoch files in one directory. See the module docs.
 #[derive(Debug)]
 pub struct EpochFiles {
     dir: PathBuf,
@@ -42,18 +71,66 @@ pub struct EpochFiles {
     prefix: String,
     /// The file name extension, with its dot.
     ext: String,
-    open: HashMap<i32, OpenFile>,
-    /// Epochs prepared (staged) and not yet committed, per partition.
-    prepared: HashMap<i32, BTreeSet<u64>>,
+    open: HashMap<Lane, OpenFile>,
+    /// Epochs prepared (staged) and not yet committed, per lane.
+    prepared: HashMap<Lane, BTreeSet<u64>>,
+    /// What the source reads: decides whose a file of the old layout is.
+    topics: SourceTopics,
+}
+
+/// `t<topic>-p<partition>` or `global`: see the module docs.
+pub fn lane_file_name(lane: &Lane) -> String {
+    match lane {
+        Lane::Global => "global".to_string(),
+        Lane::Partition { topic, partition } => {
+            let mut out = String::with_capacity(topic.len() + 8);
+            out.push('t');
+            for b in topic.bytes() {
+                if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-') {
+                    out.push(char::from(b));
+                } else {
+                    out.push_str(&format!("%{b:02X}"));
+                }
+            }
+            out.push_str(&format!("-p{partition}"));
+            out
+        }
+    }
+}
+
+/// The owner named by the part of a file name between the prefix and the epoch.
+fn parse_owner(name: &str) -> Option<Owner> {
+    if name == "global" {
+        return Some(Owner::Lane(Lane::Global));
+    }
+    if let Some(p) = name.strip_prefix('p') {
+        return p.parse().ok().map(Owner::Legacy);
+    }
+    let (topic, partition) = name.strip_prefix('t')?.rsplit_once("-p")?;
+    let partition: i32 = partition.parse().ok()?;
+    let mut bytes = Vec::with_capacity(topic.len());
+    let mut rest = topic.as_bytes();
+    while let Some((&b, tail)) = rest.split_first() {
+        if b == b'%' {
+            let hex = std::str::from_utf8(tail.get(..2)?).ok()?;
+            bytes.push(u8::from_str_radix(hex, 16).ok()?);
+            rest = &tail[2..];
+        } else {
+            bytes.push(b);
+            rest = tail;
+        }
+    }
+    let topic = String::from_utf8(bytes).ok()?;
+    Some(Owner::Lane(Lane::new(topic, partition)))
 }
 
 impl EpochFiles {
-    /// Files named `<prefix>-p<p>-...` in `dir`, which is created if absent.
+    /// Files named `<prefix>-<lane>-...` in `dir`, which is created if absent.
     pub fn new(dir: impl Into<PathBuf>, prefix: &str) -> Result<Self> {
         Self::with_extension(dir, prefix, JSONL)
     }
 
-    /// Files named `<prefix>-p<p>-...<ext>` (`ext` with its dot, e.g. `.parquet`) in `dir`.
+    /// Files named `<prefix>-<lane>-...<ext>` (`ext` with its dot, e.g. `.parquet`) in `dir`.
     pub fn with_extension(dir: impl Into<PathBuf>, prefix: &str, ext: &str) -> Result<Self> {
         let dir = dir.into();
         let staging = dir.join(STAGING);
@@ -65,6 +142,7 @@ impl EpochFiles {
             ext: ext.to_string(),
             open: HashMap::new(),
             prepared: HashMap::new(),
+            topics: SourceTopics::One,
         })
     }
 
@@ -73,32 +151,48 @@ impl EpochFiles {
         &self.dir
     }
 
-    fn open_path(&self, partition: i32) -> PathBuf {
-        self.staging
-            .join(format!("{}-p{partition}-open{}", self.prefix, self.ext))
+    /// What the source reads, which decides whose a staged file of the old layout is (see
+    /// the module docs). Until told, one topic.
+    pub fn set_source_topics(&mut self, topics: &SourceTopics) {
+        self.topics = topics.clone();
     }
 
-    fn staged_path(&self, partition: i32, epoch: u64) -> PathBuf {
-        self.staging
-            .join(format!("{}-p{partition}-e{epoch}{}", self.prefix, self.ext))
-    }
-
-    fn committed_path(&self, partition: i32, epoch: u64) -> PathBuf {
-        self.dir.join(format!(
-            "{}-p{partition}-e{epoch:010}{}",
-            self.prefix, self.ext
+    fn open_path(&self, lane: &Lane) -> PathBuf {
+        self.staging.join(format!(
+            "{}-{}-open{}",
+            self.prefix,
+            lane_file_name(lane),
+            self.ext
         ))
     }
 
-    /// Append `bytes` (whole lines) to the open file of `partition`. Not durable before
+    fn staged_path(&self, lane: &Lane, epoch: u64) -> PathBuf {
+        self.staging.join(format!(
+            "{}-{}-e{epoch}{}",
+            self.prefix,
+            lane_file_name(lane),
+            self.ext
+        ))
+    }
+
+    fn committed_path(&self, lane: &Lane, epoch: u64) -> PathBuf {
+        self.dir.join(format!(
+            "{}-{}-e{epoch:010}{}",
+            self.prefix,
+            lane_file_name(lane),
+            self.ext
+        ))
+    }
+
+    /// Append `bytes` (whole lines) to the open file of `lane`. Not durable before
     /// [`prepare`](Self::prepare). After a failed append, the next one first cuts the file
     /// back to the last complete append, so a retried write never leaves a torn line.
-    pub fn append(&mut self, partition: i32, bytes: &[u8]) -> Result<()> {
+    pub fn append(&mut self, lane: &Lane, bytes: &[u8]) -> Result<()> {
         if bytes.is_empty() {
             return Ok(());
         }
-        let path = self.open_path(partition);
-        let open = match self.open.entry(partition) {
+        let path = self.open_path(lane);
+        let open = match self.open.entry(lane.clone()) {
             Entry::Occupied(entry) => entry.into_mut(),
             Entry::Vacant(entry) => {
                 let file = OpenOptions::new()
@@ -129,11 +223,11 @@ impl EpochFiles {
         Ok(())
     }
 
-    /// Make everything appended for `partition` durable as epoch `epoch`: fsync the open file,
+    /// Make everything appended for `lane` durable as epoch `epoch`: fsync the open file,
     /// rename it to its staged name, fsync the staging directory. No bytes, no file.
-    pub fn prepare(&mut self, partition: i32, epoch: u64) -> Result<()> {
-        let open_path = self.open_path(partition);
-        if let Some(open) = self.open.remove(&partition) {
+    pub fn prepare(&mut self, lane: &Lane, epoch: u64) -> Result<()> {
+        let open_path = self.open_path(lane);
+        if let Some(open) = self.open.remove(lane) {
             let synced = if open.torn {
                 open.file.set_len(open.good_len)
             } else {
@@ -141,7 +235,7 @@ impl EpochFiles {
             }
             .and_then(|_| open.file.sync_all());
             if let Err(e) = synced {
-                self.open.insert(partition, open);
+                self.open.insert(lane.clone(), open);
                 return Err(WeirError::io(&open_path, e));
             }
         }
@@ -152,9 +246,9 @@ impl EpochFiles {
                 fs::remove_file(&open_path).map_err(|e| WeirError::io(&open_path, e))?;
             }
             Ok(_) => {
-                let staged = self.staged_path(partition, epoch);
+                let staged = self.staged_path(lane, epoch);
                 fs::rename(&open_path, &staged).map_err(|e| WeirError::io(&staged, e))?;
-                self.prepared.entry(partition).or_default().insert(epoch);
+                self.prepared.entry(lane.clone()).or_default().insert(epoch);
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(WeirError::io(&open_path, e)),
@@ -162,9 +256,9 @@ impl EpochFiles {
         sync_dir(&self.staging)
     }
 
-    /// Publish the staged epochs of `partition` up to `epoch` (normally just `epoch`).
-    pub fn commit(&mut self, partition: i32, epoch: u64) -> Result<()> {
-        let Some(pending) = self.prepared.get_mut(&partition) else {
+    /// Publish the staged epochs of `lane` up to `epoch` (normally just `epoch`).
+    pub fn commit(&mut self, lane: &Lane, epoch: u64) -> Result<()> {
+        let Some(pending) = self.prepared.get_mut(lane) else {
             return Ok(());
         };
         let due: Vec<u64> = pending.range(..=epoch).copied().collect();
@@ -172,8 +266,8 @@ impl EpochFiles {
             return Ok(());
         }
         for e in &due {
-            let staged = self.staged_path(partition, *e);
-            let target = self.committed_path(partition, *e);
+            let staged = self.staged_path(lane, *e);
+            let target = self.committed_path(lane, *e);
             match fs::rename(&staged, &target) {
                 Ok(()) => {}
                 // Renamed by an earlier attempt whose directory sync failed.
@@ -185,7 +279,7 @@ impl EpochFiles {
         sync_dir(&self.staging)?;
         let pending = self
             .prepared
-            .get_mut(&partition)
+            .get_mut(lane)
             .expect("invariant: present above");
         for e in due {
             pending.remove(&e);
@@ -193,38 +287,78 @@ impl EpochFiles {
         Ok(())
     }
 
-    /// Bring the files of `partition` in line with the stored checkpoint of epoch
-    /// `committed` (`None`: no checkpoint yet). See the module docs.
-    pub fn recover(&mut self, partition: i32, committed: Option<u64>) -> Result<()> {
-        self.open.remove(&partition);
-        self.prepared.remove(&partition);
-        let open_path = self.open_path(partition);
-        match fs::remove_file(&open_path) {
-            Ok(()) => debug!(path = %open_path.display(), "discarded unprepared output"),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(WeirError::io(&open_path, e)),
+    /// Whether a file of the old layout, named by partition number `legacy`, may be `lane`'s.
+    fn legacy_matches(lane: &Lane, legacy: i32) -> bool {
+        match lane {
+            Lane::Global => legacy == GLOBAL_PARTITION,
+            Lane::Partition { partition, .. } => *partition == legacy,
         }
-        for (p, epoch, path) in self.list(&self.staging)? {
-            if p != partition {
-                continue;
+    }
+
+    /// Bring the files of `lane` in line with the stored checkpoint of epoch `committed`
+    /// (`None`: no checkpoint yet). See the module docs.
+    pub fn recover(&mut self, lane: &Lane, committed: Option<u64>) -> Result<()> {
+        self.open.remove(lane);
+        self.prepared.remove(lane);
+        let mut open_paths = vec![self.open_path(lane)];
+        let legacy_partition = match lane {
+            Lane::Global => GLOBAL_PARTITION,
+            Lane::Partition { partition, .. } => *partition,
+        };
+        // Unprepared bytes of the old layout: discarded whichever topic wrote them, since
+        // every lane discards its own.
+        open_paths.push(self.staging.join(format!(
+            "{}-p{legacy_partition}-open{}",
+            self.prefix, self.ext
+        )));
+        for open_path in open_paths {
+            match fs::remove_file(&open_path) {
+                Ok(()) => debug!(path = %open_path.display(), "discarded unprepared output"),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(WeirError::io(&open_path, e)),
+            }
+        }
+        for (owner, epoch, path) in self.list(&self.staging)? {
+            match owner {
+                Owner::Lane(l) if l == *lane => {}
+                Owner::Legacy(p) if Self::legacy_matches(lane, p) => {
+                    if let (SourceTopics::Several(topics), Lane::Partition { .. }) =
+                        (&self.topics, lane)
+                    {
+                        return Err(WeirError::Internal(format!(
+                            "{}: staged by an older weir, which named files by partition \
+                             number only, and the source reads several topics ({}), so which \
+                             topic's partition {p} wrote it is unknown. Its rows may belong to \
+                             a stored checkpoint (deleting it could lose them) or not \
+                             (publishing it could repeat them): stop weir, move the file out \
+                             of {}, compare its rows with the published output, and start \
+                             again",
+                            path.display(),
+                            topics.join(", "),
+                            self.staging.display()
+                        )));
+                    }
+                }
+                _ => continue,
             }
             if committed.is_some_and(|c| epoch <= c) {
-                let target = self.committed_path(partition, epoch);
+                let target = self.committed_path(lane, epoch);
                 fs::rename(&path, &target).map_err(|e| WeirError::io(&target, e))?;
-                debug!(
-                    partition,
-                    epoch, "published output of an interrupted commit"
-                );
+                debug!(%lane, epoch, "published output of an interrupted commit");
             } else {
                 fs::remove_file(&path).map_err(|e| WeirError::io(&path, e))?;
-                debug!(
-                    partition,
-                    epoch, "discarded output newer than the checkpoint"
-                );
+                debug!(%lane, epoch, "discarded output newer than the checkpoint");
             }
         }
-        for (p, epoch, path) in self.list(&self.dir)? {
-            if p == partition && committed.is_none_or(|c| epoch > c) {
+        for (owner, epoch, path) in self.list(&self.dir)? {
+            let mine = match owner {
+                Owner::Lane(l) => l == *lane,
+                Owner::Legacy(p) => {
+                    Self::legacy_matches(lane, p)
+                        && (self.topics == SourceTopics::One || *lane == Lane::Global)
+                }
+            };
+            if mine && committed.is_none_or(|c| epoch > c) {
                 warn!(
                     path = %path.display(),
                     committed_epoch = ?committed,
@@ -237,38 +371,39 @@ impl EpochFiles {
         sync_dir(&self.dir)
     }
 
-    /// `(partition, epoch, path)` of the epoch files of this prefix in `dir`.
-    fn list(&self, dir: &Path) -> Result<Vec<(i32, u64, PathBuf)>> {
+    /// `(owner, epoch, path)` of the epoch files of this prefix in `dir`.
+    fn list(&self, dir: &Path) -> Result<Vec<(Owner, u64, PathBuf)>> {
         list_epoch_files(dir, &self.prefix, &self.ext)
     }
 
-    /// The published `.jsonl` files of `prefix` in `dir`, ordered by partition, then epoch.
+    /// The published `.jsonl` files of `prefix` in `dir`: those of the old layout first, then
+    /// by lane, then epoch.
     pub fn committed_files(dir: &Path, prefix: &str) -> Result<Vec<PathBuf>> {
         Self::committed_files_with_extension(dir, prefix, JSONL)
     }
 
-    /// The published files of `prefix` ending in `ext` in `dir`, ordered by partition, then
-    /// epoch.
+    /// The published files of `prefix` ending in `ext` in `dir`, ordered as
+    /// [`EpochFiles::committed_files`].
     pub fn committed_files_with_extension(
         dir: &Path,
         prefix: &str,
         ext: &str,
     ) -> Result<Vec<PathBuf>> {
         let mut files = list_epoch_files(dir, prefix, ext)?;
-        files.sort_by_key(|(p, e, _)| (*p, *e));
+        files.sort_by(|(a, ea, _), (b, eb, _)| (a.order(), ea).cmp(&(b.order(), eb)));
         Ok(files.into_iter().map(|(_, _, path)| path).collect())
     }
 }
 
-/// Parses `<prefix>-p<partition>-e<epoch><ext>`.
-fn parse_name(name: &str, prefix: &str, ext: &str) -> Option<(i32, u64)> {
-    let rest = name.strip_prefix(prefix)?.strip_prefix("-p")?;
+/// Parses `<prefix>-<lane>-e<epoch><ext>` (and the old `<prefix>-p<partition>-e<epoch><ext>`).
+fn parse_name(name: &str, prefix: &str, ext: &str) -> Option<(Owner, u64)> {
+    let rest = name.strip_prefix(prefix)?.strip_prefix('-')?;
     let rest = rest.strip_suffix(ext)?;
-    let (partition, epoch) = rest.rsplit_once("-e")?;
-    Some((partition.parse().ok()?, epoch.parse().ok()?))
+    let (owner, epoch) = rest.rsplit_once("-e")?;
+    Some((parse_owner(owner)?, epoch.parse().ok()?))
 }
 
-fn list_epoch_files(dir: &Path, prefix: &str, ext: &str) -> Result<Vec<(i32, u64, PathBuf)>> {
+fn list_epoch_files(dir: &Path, prefix: &str, ext: &str) -> Result<Vec<(Owner, u64, PathBuf)>> {
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -279,8 +414,8 @@ fn list_epoch_files(dir: &Path, prefix: &str, ext: &str) -> Result<Vec<(i32, u64
         let entry = entry.map_err(|e| WeirError::io(dir, e))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if let Some((p, e)) = parse_name(name, prefix, ext) {
-            out.push((p, e, entry.path()));
+        if let Some((owner, e)) = parse_name(name, prefix, ext) {
+            out.push((owner, e, entry.path()));
         }
     }
     Ok(out)
@@ -295,6 +430,11 @@ fn sync_dir(dir: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Partition `p` of topic `t`.
+    fn l(p: i32) -> Lane {
+        Lane::new("t", p)
+    }
 
     fn names(dir: &Path) -> Vec<String> {
         let mut v: Vec<String> = fs::read_dir(dir)
@@ -317,24 +457,24 @@ mod tests {
     fn appended_bytes_are_published_only_on_commit() {
         let tmp = tempfile::tempdir().unwrap();
         let mut f = EpochFiles::new(tmp.path(), "part").unwrap();
-        f.append(0, b"a\n").unwrap();
-        f.append(0, b"b\n").unwrap();
+        f.append(&l(0), b"a\n").unwrap();
+        f.append(&l(0), b"b\n").unwrap();
         assert_eq!(published(tmp.path()), "");
-        f.prepare(0, 1).unwrap();
+        f.prepare(&l(0), 1).unwrap();
         assert_eq!(published(tmp.path()), "");
-        assert_eq!(names(&tmp.path().join(STAGING)), ["part-p0-e1.jsonl"]);
-        f.commit(0, 1).unwrap();
+        assert_eq!(names(&tmp.path().join(STAGING)), ["part-tt-p0-e1.jsonl"]);
+        f.commit(&l(0), 1).unwrap();
         assert_eq!(published(tmp.path()), "a\nb\n");
-        assert!(names(tmp.path()).contains(&"part-p0-e0000000001.jsonl".to_string()));
+        assert!(names(tmp.path()).contains(&"part-tt-p0-e0000000001.jsonl".to_string()));
     }
 
     #[test]
     fn an_empty_epoch_produces_no_file() {
         let tmp = tempfile::tempdir().unwrap();
         let mut f = EpochFiles::new(tmp.path(), "part").unwrap();
-        f.append(0, b"").unwrap();
-        f.prepare(0, 1).unwrap();
-        f.commit(0, 1).unwrap();
+        f.append(&l(0), b"").unwrap();
+        f.prepare(&l(0), 1).unwrap();
+        f.commit(&l(0), 1).unwrap();
         assert_eq!(names(tmp.path()), [STAGING]);
         assert!(names(&tmp.path().join(STAGING)).is_empty());
     }
@@ -343,11 +483,11 @@ mod tests {
     fn prepare_and_commit_can_be_retried() {
         let tmp = tempfile::tempdir().unwrap();
         let mut f = EpochFiles::new(tmp.path(), "part").unwrap();
-        f.append(3, b"x\n").unwrap();
-        f.prepare(3, 4).unwrap();
-        f.prepare(3, 4).unwrap();
-        f.commit(3, 4).unwrap();
-        f.commit(3, 4).unwrap();
+        f.append(&l(3), b"x\n").unwrap();
+        f.prepare(&l(3), 4).unwrap();
+        f.prepare(&l(3), 4).unwrap();
+        f.commit(&l(3), 4).unwrap();
+        f.commit(&l(3), 4).unwrap();
         assert_eq!(published(tmp.path()), "x\n");
     }
 
@@ -355,20 +495,20 @@ mod tests {
     fn recover_publishes_old_epochs_and_deletes_newer_ones_of_that_partition_only() {
         let tmp = tempfile::tempdir().unwrap();
         let mut f = EpochFiles::new(tmp.path(), "part").unwrap();
-        f.append(0, b"e1\n").unwrap();
-        f.prepare(0, 1).unwrap();
-        f.append(0, b"e2\n").unwrap();
-        f.prepare(0, 2).unwrap();
-        f.append(0, b"open\n").unwrap();
-        f.append(1, b"other\n").unwrap();
-        f.prepare(1, 1).unwrap();
+        f.append(&l(0), b"e1\n").unwrap();
+        f.prepare(&l(0), 1).unwrap();
+        f.append(&l(0), b"e2\n").unwrap();
+        f.prepare(&l(0), 2).unwrap();
+        f.append(&l(0), b"open\n").unwrap();
+        f.append(&l(1), b"other\n").unwrap();
+        f.prepare(&l(1), 1).unwrap();
         drop(f); // crash: nothing committed
 
         let mut f = EpochFiles::new(tmp.path(), "part").unwrap();
-        f.recover(0, Some(1)).unwrap();
+        f.recover(&l(0), Some(1)).unwrap();
         assert_eq!(published(tmp.path()), "e1\n");
-        assert_eq!(names(&tmp.path().join(STAGING)), ["part-p1-e1.jsonl"]);
-        f.recover(1, None).unwrap();
+        assert_eq!(names(&tmp.path().join(STAGING)), ["part-tt-p1-e1.jsonl"]);
+        f.recover(&l(1), None).unwrap();
         assert!(names(&tmp.path().join(STAGING)).is_empty());
         assert_eq!(published(tmp.path()), "e1\n");
     }
@@ -378,12 +518,12 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let mut a = EpochFiles::new(tmp.path(), "part").unwrap();
         let mut b = EpochFiles::new(tmp.path(), "dlq").unwrap();
-        a.append(0, b"a\n").unwrap();
-        b.append(0, b"b\n").unwrap();
-        a.prepare(0, 1).unwrap();
-        b.prepare(0, 1).unwrap();
-        b.recover(0, None).unwrap();
-        a.commit(0, 1).unwrap();
+        a.append(&l(0), b"a\n").unwrap();
+        b.append(&l(0), b"b\n").unwrap();
+        a.prepare(&l(0), 1).unwrap();
+        b.prepare(&l(0), 1).unwrap();
+        b.recover(&l(0), None).unwrap();
+        a.commit(&l(0), 1).unwrap();
         assert_eq!(published(tmp.path()), "a\n");
         assert!(EpochFiles::committed_files(tmp.path(), "dlq")
             .unwrap()
@@ -395,29 +535,138 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let mut f = EpochFiles::new(tmp.path(), "part").unwrap();
         for (p, e) in [(10, 1), (2, 11), (2, 9), (0, 3)] {
-            f.append(p, format!("{p}/{e}\n").as_bytes()).unwrap();
-            f.prepare(p, e).unwrap();
-            f.commit(p, e).unwrap();
+            f.append(&l(p), format!("{p}/{e}\n").as_bytes()).unwrap();
+            f.prepare(&l(p), e).unwrap();
+            f.commit(&l(p), e).unwrap();
         }
         assert_eq!(published(tmp.path()), "0/3\n2/9\n2/11\n10/1\n");
     }
 
     #[test]
     fn file_names_parse_back() {
+        let lane = |t: &str, p| Some((Owner::Lane(Lane::new(t, p)), 12));
+        assert_eq!(
+            parse_name("part-tt-p3-e0000000012.jsonl", "part", JSONL),
+            lane("t", 3)
+        );
+        assert_eq!(
+            parse_name("part-tt-p-1-e12.jsonl", "part", JSONL),
+            lane("t", -1)
+        );
+        assert_eq!(parse_name("part-tt-p3-open.jsonl", "part", JSONL), None);
+        assert_eq!(parse_name("dlq-tt-p3-e1.jsonl", "part", JSONL), None);
+        assert_eq!(
+            parse_name("part-tt-p3-e0000000012.parquet", "part", ".parquet"),
+            lane("t", 3)
+        );
+        assert_eq!(parse_name("part-tt-p3-e12.parquet", "part", JSONL), None);
+        assert_eq!(
+            parse_name("part-global-e12.jsonl", "part", JSONL),
+            Some((Owner::Lane(Lane::Global), 12))
+        );
+        // The old layout: the partition number only.
         assert_eq!(
             parse_name("part-p3-e0000000012.jsonl", "part", JSONL),
-            Some((3, 12))
+            Some((Owner::Legacy(3), 12))
         );
-        assert_eq!(
-            parse_name("part-p-1-e5.jsonl", "part", JSONL),
-            Some((-1, 5))
-        );
-        assert_eq!(parse_name("part-p3-open.jsonl", "part", JSONL), None);
-        assert_eq!(parse_name("dlq-p3-e1.jsonl", "part", JSONL), None);
-        assert_eq!(
-            parse_name("part-p3-e0000000012.parquet", "part", ".parquet"),
-            Some((3, 12))
-        );
-        assert_eq!(parse_name("part-p3-e12.parquet", "part", JSONL), None);
+    }
+
+    #[test]
+    fn topics_with_any_bytes_name_files_that_parse_back_to_their_lane() {
+        for topic in [
+            "orders",
+            "a-p1-e2",
+            "x.y_z",
+            "with/slash",
+            "per%cent",
+            "ünï",
+            "-e5",
+        ] {
+            let l = Lane::new(topic, 7);
+            let name = format!("part-{}-e0000000003.jsonl", lane_file_name(&l));
+            assert!(!name.contains('/'), "{name}");
+            assert_eq!(
+                parse_name(&name, "part", JSONL),
+                Some((Owner::Lane(l), 3)),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn two_topics_with_one_partition_number_keep_their_files_apart() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut f = EpochFiles::new(tmp.path(), "part").unwrap();
+        let (a, b) = (Lane::new("ta", 0), Lane::new("tb", 0));
+        f.append(&a, b"a1\n").unwrap();
+        f.append(&b, b"b1\n").unwrap();
+        f.prepare(&a, 1).unwrap();
+        f.commit(&a, 1).unwrap();
+        f.prepare(&b, 1).unwrap();
+        f.commit(&b, 1).unwrap();
+        assert_eq!(published(tmp.path()), "a1\nb1\n");
+    }
+
+    /// Writes `name` with `text` into `dir`, as an older weir left it.
+    fn old_file(dir: &Path, name: &str, text: &str) {
+        fs::write(dir.join(name), text).unwrap();
+    }
+
+    #[test]
+    fn staged_files_of_the_old_layout_are_settled_as_their_lanes_when_the_source_reads_one_topic() {
+        let tmp = tempfile::tempdir().unwrap();
+        let staging = tmp.path().join(STAGING);
+        fs::create_dir_all(&staging).unwrap();
+        // Published, staged within the checkpoint, staged past it, and unprepared.
+        old_file(tmp.path(), "part-p0-e0000000001.jsonl", "e1\n");
+        old_file(&staging, "part-p0-e2.jsonl", "e2\n");
+        old_file(&staging, "part-p0-e3.jsonl", "e3\n");
+        old_file(&staging, "part-p0-open.jsonl", "open\n");
+        old_file(&staging, "part-p1-e2.jsonl", "other partition\n");
+        let mut f = EpochFiles::new(tmp.path(), "part").unwrap();
+        f.set_source_topics(&SourceTopics::One);
+        f.recover(&l(0), Some(2)).unwrap();
+        assert_eq!(published(tmp.path()), "e1\ne2\n");
+        assert!(tmp.path().join("part-tt-p0-e0000000002.jsonl").exists());
+        assert_eq!(names(&staging), ["part-p1-e2.jsonl"]);
+        // The lane goes on under the new names, after the old ones.
+        f.append(&l(0), b"e3 again\n").unwrap();
+        f.prepare(&l(0), 3).unwrap();
+        f.commit(&l(0), 3).unwrap();
+        assert_eq!(published(tmp.path()), "e1\ne2\ne3 again\n");
+    }
+
+    #[test]
+    fn a_staged_file_of_the_old_layout_is_refused_by_name_when_the_source_reads_two_topics() {
+        let tmp = tempfile::tempdir().unwrap();
+        let staging = tmp.path().join(STAGING);
+        fs::create_dir_all(&staging).unwrap();
+        old_file(&staging, "part-p0-e2.jsonl", "e2\n");
+        let mut f = EpochFiles::new(tmp.path(), "part").unwrap();
+        f.set_source_topics(&SourceTopics::Several(vec!["ta".into(), "tb".into()]));
+        let err = f
+            .recover(&Lane::new("ta", 0), Some(2))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("part-p0-e2.jsonl"), "{err}");
+        assert!(err.contains("several topics (ta, tb)"), "{err}");
+        assert!(err.contains("move the file out of"), "{err}");
+        // Nothing was touched: the file is still there for the user.
+        assert_eq!(names(&staging), ["part-p0-e2.jsonl"]);
+        // Other partitions are not concerned.
+        f.recover(&Lane::new("ta", 1), Some(2)).unwrap();
+    }
+
+    #[test]
+    fn the_global_stage_staged_under_the_old_partition_number_is_settled_as_the_global_lane() {
+        let tmp = tempfile::tempdir().unwrap();
+        let staging = tmp.path().join(STAGING);
+        fs::create_dir_all(&staging).unwrap();
+        old_file(&staging, "part-p2147483647-e4.jsonl", "merged\n");
+        let mut f = EpochFiles::new(tmp.path(), "part").unwrap();
+        f.set_source_topics(&SourceTopics::Several(vec!["ta".into(), "tb".into()]));
+        f.recover(&Lane::Global, Some(4)).unwrap();
+        assert_eq!(published(tmp.path()), "merged\n");
+        assert!(tmp.path().join("part-global-e0000000004.jsonl").exists());
     }
 }

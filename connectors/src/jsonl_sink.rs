@@ -3,7 +3,8 @@
 //!
 //! Rows are encoded by arrow's JSON writer (null fields left out, timestamps as the writer
 //! formats them), without the [`OFFSET_COLUMN`](weir_runtime::OFFSET_COLUMN). Published files
-//! are `<path>/part-p<partition>-e<epoch:010>.jsonl`.
+//! are `<path>/part-t<topic>-p<partition>-e<epoch:010>.jsonl` (`part-global-...` for the global
+//! stage; [`crate::epoch_files`] has the layout).
 //!
 //! Deletes ([`DELETED_COLUMN`] `true`, see [`weir_runtime::sink`]) are lines with
 //! `"__deleted": true`; upserts have no `__deleted` field. Read in order, the lines replay the
@@ -20,8 +21,8 @@ use weir_runtime::arrow::datatypes::{DataType, Field, Schema};
 use weir_runtime::arrow::json::LineDelimitedWriter;
 use weir_runtime::arrow::record_batch::RecordBatch;
 use weir_runtime::error::{Result, WeirError};
-use weir_runtime::sink::EpochParticipant;
-use weir_runtime::{Guarantee, SinkWriter, WriteOutcome, DELETED_COLUMN};
+use weir_runtime::sink::{EpochParticipant, SourceTopics};
+use weir_runtime::{Guarantee, Lane, SinkWriter, WriteOutcome, DELETED_COLUMN};
 
 use crate::epoch_files::EpochFiles;
 use crate::{config_key, sink_rows, SinkRows};
@@ -76,16 +77,20 @@ impl JsonlSink {
 }
 
 impl EpochParticipant for JsonlSink {
-    fn recover(&mut self, partition: i32, committed_epoch: Option<u64>) -> Result<()> {
-        self.files.recover(partition, committed_epoch)
+    fn source_topics(&mut self, topics: &SourceTopics) {
+        self.files.set_source_topics(topics);
     }
 
-    fn prepare(&mut self, partition: i32, epoch: u64) -> Result<()> {
-        self.files.prepare(partition, epoch)
+    fn recover(&mut self, lane: &Lane, committed_epoch: Option<u64>) -> Result<()> {
+        self.files.recover(lane, committed_epoch)
     }
 
-    fn commit(&mut self, partition: i32, epoch: u64) -> Result<()> {
-        self.files.commit(partition, epoch)
+    fn prepare(&mut self, lane: &Lane, epoch: u64) -> Result<()> {
+        self.files.prepare(lane, epoch)
+    }
+
+    fn commit(&mut self, lane: &Lane, epoch: u64) -> Result<()> {
+        self.files.commit(lane, epoch)
     }
 }
 
@@ -98,7 +103,7 @@ impl SinkWriter for JsonlSink {
         Guarantee::ExactlyOnce
     }
 
-    fn write(&mut self, partition: i32, batch: &RecordBatch) -> Result<WriteOutcome> {
+    fn write(&mut self, lane: &Lane, batch: &RecordBatch) -> Result<WriteOutcome> {
         if batch.num_rows() == 0 {
             return Ok(WriteOutcome::default());
         }
@@ -109,7 +114,7 @@ impl SinkWriter for JsonlSink {
             .write(&rows)
             .and_then(|_| writer.finish())
             .map_err(|e| WeirError::sink(&self.name, format!("encode rows as JSON: {e}")))?;
-        self.files.append(partition, &self.buf)?;
+        self.files.append(lane, &self.buf)?;
         Ok(WriteOutcome {
             accepted: batch.num_rows(),
             rejected: Vec::new(),
@@ -142,7 +147,7 @@ fn with_delete_marks(split: SinkRows) -> Result<RecordBatch> {
     )?)
 }
 
-/// Every row of the published files in `dir`, by partition, then epoch, then line.
+/// Every row of the published files in `dir`, by lane, then epoch, then line.
 pub fn read_jsonl_dir(dir: impl AsRef<Path>) -> Result<Vec<serde_json::Value>> {
     let mut rows = Vec::new();
     for path in EpochFiles::committed_files(dir.as_ref(), PREFIX)? {
@@ -163,6 +168,11 @@ mod tests {
     use serde_json::json;
     use weir_runtime::arrow::array::{Float64Array, Int64Array, StringArray};
     use weir_runtime::OFFSET_COLUMN;
+
+    /// Partition `p` of topic `t`.
+    fn l(p: i32) -> Lane {
+        Lane::new("t", p)
+    }
 
     fn batch(keys: &[&str], first_offset: i64) -> RecordBatch {
         let schema = Arc::new(Schema::new(vec![
@@ -208,13 +218,13 @@ mod tests {
     fn staged_rows_are_invisible_until_commit() {
         let tmp = tempfile::tempdir().unwrap();
         let mut s = sink(tmp.path());
-        s.recover(0, None).unwrap();
-        let outcome = s.write(0, &batch(&["a", "b"], 0)).unwrap();
+        s.recover(&l(0), None).unwrap();
+        let outcome = s.write(&l(0), &batch(&["a", "b"], 0)).unwrap();
         assert_eq!(outcome.accepted, 2);
         assert!(read_jsonl_dir(tmp.path()).unwrap().is_empty());
-        s.prepare(0, 1).unwrap();
+        s.prepare(&l(0), 1).unwrap();
         assert!(read_jsonl_dir(tmp.path()).unwrap().is_empty());
-        s.commit(0, 1).unwrap();
+        s.commit(&l(0), 1).unwrap();
         assert_eq!(
             read_jsonl_dir(tmp.path()).unwrap(),
             [
@@ -223,7 +233,7 @@ mod tests {
             ],
             "rows without the offset column"
         );
-        assert!(tmp.path().join("part-p0-e0000000001.jsonl").exists());
+        assert!(tmp.path().join("part-tt-p0-e0000000001.jsonl").exists());
     }
 
     #[test]
@@ -245,9 +255,9 @@ mod tests {
             None,
         ])));
         let b = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap();
-        assert_eq!(s.write(0, &b).unwrap().accepted, 3);
-        s.prepare(0, 1).unwrap();
-        s.commit(0, 1).unwrap();
+        assert_eq!(s.write(&l(0), &b).unwrap().accepted, 3);
+        s.prepare(&l(0), 1).unwrap();
+        s.commit(&l(0), 1).unwrap();
         assert_eq!(
             read_jsonl_dir(tmp.path()).unwrap(),
             [
@@ -263,18 +273,18 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let mut s = sink(tmp.path());
         for (epoch, key) in [(1, "e1"), (2, "e2"), (3, "e3")] {
-            s.write(0, &batch(&[key], 0)).unwrap();
-            s.prepare(0, epoch).unwrap();
+            s.write(&l(0), &batch(&[key], 0)).unwrap();
+            s.prepare(&l(0), epoch).unwrap();
         }
-        s.write(0, &batch(&["open"], 0)).unwrap();
+        s.write(&l(0), &batch(&["open"], 0)).unwrap();
         drop(s);
         let mut s = sink(tmp.path());
-        s.recover(0, Some(2)).unwrap();
+        s.recover(&l(0), Some(2)).unwrap();
         assert_eq!(ids(tmp.path()), ["e1", "e2"]);
         // Epoch 3 is replayed and written again under the same number.
-        s.write(0, &batch(&["e3-again"], 0)).unwrap();
-        s.prepare(0, 3).unwrap();
-        s.commit(0, 3).unwrap();
+        s.write(&l(0), &batch(&["e3-again"], 0)).unwrap();
+        s.prepare(&l(0), 3).unwrap();
+        s.commit(&l(0), 3).unwrap();
         assert_eq!(ids(tmp.path()), ["e1", "e2", "e3-again"]);
     }
 
@@ -283,19 +293,19 @@ mod tests {
         for (committed, expected) in [(Some(2), vec!["x", "y"]), (Some(1), vec!["x"])] {
             let tmp = tempfile::tempdir().unwrap();
             let mut s = sink(tmp.path());
-            s.recover(0, None).unwrap();
-            s.write(0, &batch(&["x"], 0)).unwrap();
-            s.prepare(0, 1).unwrap();
-            s.commit(0, 1).unwrap();
-            s.write(0, &batch(&["y"], 1)).unwrap();
-            s.prepare(0, 2).unwrap();
+            s.recover(&l(0), None).unwrap();
+            s.write(&l(0), &batch(&["x"], 0)).unwrap();
+            s.prepare(&l(0), 1).unwrap();
+            s.commit(&l(0), 1).unwrap();
+            s.write(&l(0), &batch(&["y"], 1)).unwrap();
+            s.prepare(&l(0), 2).unwrap();
             drop(s); // crash: the checkpoint of epoch 2 may or may not have been stored
 
             let mut s = sink(tmp.path());
-            s.recover(0, committed).unwrap();
+            s.recover(&l(0), committed).unwrap();
             assert_eq!(ids(tmp.path()), expected, "committed {committed:?}");
             // Recovering twice (a second restart) changes nothing.
-            s.recover(0, committed).unwrap();
+            s.recover(&l(0), committed).unwrap();
             assert_eq!(ids(tmp.path()), expected);
         }
     }
@@ -304,13 +314,13 @@ mod tests {
     fn partitions_are_staged_and_published_independently() {
         let tmp = tempfile::tempdir().unwrap();
         let mut s = sink(tmp.path());
-        s.write(0, &batch(&["p0"], 0)).unwrap();
-        s.write(1, &batch(&["p1"], 0)).unwrap();
-        s.prepare(1, 1).unwrap();
-        s.commit(1, 1).unwrap();
+        s.write(&l(0), &batch(&["p0"], 0)).unwrap();
+        s.write(&l(1), &batch(&["p1"], 0)).unwrap();
+        s.prepare(&l(1), 1).unwrap();
+        s.commit(&l(1), 1).unwrap();
         assert_eq!(ids(tmp.path()), ["p1"]);
-        s.prepare(0, 5).unwrap();
-        s.commit(0, 5).unwrap();
+        s.prepare(&l(0), 5).unwrap();
+        s.commit(&l(0), 5).unwrap();
         assert_eq!(ids(tmp.path()), ["p0", "p1"]);
     }
 

@@ -45,7 +45,7 @@ pub use kafka::{
     KafkaSource, KafkaSourceConfig, KafkaTxnOptions, KafkaTxnStore, PartitionRange,
 };
 pub use parquet_sink::{read_parquet_dir, ParquetSink, ParquetSinkConfig};
-pub use postgres::{PostgresSinkConfig, PostgresStore, PostgresUrl};
+pub use postgres::{CheckpointRole, PostgresSinkConfig, PostgresStore, PostgresUrl};
 pub use sqlite_sink::{SqliteSink, SqliteSinkConfig};
 pub use terminal_sink::{TerminalSink, TerminalSinkConfig};
 

@@ -1,14 +1,14 @@
-//! The `parquet` sink: result rows as Parquet files, one per partition and checkpoint epoch,
+//! The `parquet` sink: result rows as Parquet files, one per lane and checkpoint epoch,
 //! published when the checkpoint commits (exactly-once; the same protocol and code as the
 //! JSONL sink, [`crate::epoch_files`]).
 //!
-//! Each partition has an Arrow-to-Parquet writer over an in-memory buffer; the bytes it has
+//! Each lane (topic, partition) has an Arrow-to-Parquet writer over an in-memory buffer; the bytes it has
 //! encoded (whole row groups, flushed every `row_group_rows` rows or when the row group holds
 //! `row_group_bytes` of encoded data) are appended to the partition's open staging file as
 //! they come (past the writer's own 8 KiB buffer), so a partition holds at most one open row
 //! group in memory. `prepare(p, e)` writes the footer, so the staged file is a complete Parquet
 //! file, and makes it durable under its epoch's staging name; `commit` renames it to
-//! `<path>/part-p<partition>-e<epoch:010>.parquet`; `recover` publishes or discards staged
+//! `<path>/part-t<topic>-p<partition>-e<epoch:010>.parquet`; `recover` publishes or discards staged
 //! epochs as for JSONL. An epoch with no rows produces no file.
 //!
 //! Columns are the batch's, without the [`OFFSET_COLUMN`](weir_runtime::OFFSET_COLUMN); the
@@ -26,8 +26,8 @@ use serde::Deserialize;
 use weir_runtime::arrow::datatypes::SchemaRef;
 use weir_runtime::arrow::record_batch::RecordBatch;
 use weir_runtime::error::{Result, WeirError};
-use weir_runtime::sink::EpochParticipant;
-use weir_runtime::{Guarantee, SinkWriter, WriteOutcome};
+use weir_runtime::sink::{EpochParticipant, SourceTopics};
+use weir_runtime::{Guarantee, Lane, SinkWriter, WriteOutcome};
 
 use crate::epoch_files::EpochFiles;
 use crate::{config_key, without_offset_column};
@@ -85,7 +85,7 @@ impl ParquetSinkConfig {
     }
 }
 
-/// One partition's file of the current epoch.
+/// One lane's file of the current epoch.
 struct OpenWriter {
     writer: ArrowWriter<Vec<u8>>,
     schema: SchemaRef,
@@ -101,7 +101,7 @@ pub struct ParquetSink {
     name: String,
     config: ParquetSinkConfig,
     files: EpochFiles,
-    writers: HashMap<i32, OpenWriter>,
+    writers: HashMap<Lane, OpenWriter>,
 }
 
 impl std::fmt::Debug for ParquetSink {
@@ -137,41 +137,45 @@ impl ParquetSink {
 
     /// Appends the bytes the writer of `partition` has encoded so far (and any left from a
     /// failed append) to the partition's open file.
-    fn drain(files: &mut EpochFiles, partition: i32, open: &mut OpenWriter) -> Result<()> {
+    fn drain(files: &mut EpochFiles, lane: &Lane, open: &mut OpenWriter) -> Result<()> {
         let encoded = std::mem::take(open.writer.inner_mut());
         open.unwritten.extend_from_slice(&encoded);
-        files.append(partition, &open.unwritten)?;
+        files.append(lane, &open.unwritten)?;
         open.unwritten.clear();
         Ok(())
     }
 }
 
 impl EpochParticipant for ParquetSink {
-    fn recover(&mut self, partition: i32, committed_epoch: Option<u64>) -> Result<()> {
-        self.writers.remove(&partition);
-        self.files.recover(partition, committed_epoch)
+    fn source_topics(&mut self, topics: &SourceTopics) {
+        self.files.set_source_topics(topics);
+    }
+
+    fn recover(&mut self, lane: &Lane, committed_epoch: Option<u64>) -> Result<()> {
+        self.writers.remove(lane);
+        self.files.recover(lane, committed_epoch)
     }
 
     /// Finishes the partition's file (footer included) and stages it as epoch `epoch`.
-    fn prepare(&mut self, partition: i32, epoch: u64) -> Result<()> {
-        if let Some(mut open) = self.writers.remove(&partition) {
+    fn prepare(&mut self, lane: &Lane, epoch: u64) -> Result<()> {
+        if let Some(mut open) = self.writers.remove(lane) {
             if !open.finished {
                 if let Err(e) = open.writer.finish() {
                     return Err(self.parquet_error("finish the Parquet file", e));
                 }
                 open.finished = true;
             }
-            if let Err(e) = Self::drain(&mut self.files, partition, &mut open) {
+            if let Err(e) = Self::drain(&mut self.files, lane, &mut open) {
                 // Keep the bytes: a retried prepare appends them.
-                self.writers.insert(partition, open);
+                self.writers.insert(lane.clone(), open);
                 return Err(e);
             }
         }
-        self.files.prepare(partition, epoch)
+        self.files.prepare(lane, epoch)
     }
 
-    fn commit(&mut self, partition: i32, epoch: u64) -> Result<()> {
-        self.files.commit(partition, epoch)
+    fn commit(&mut self, lane: &Lane, epoch: u64) -> Result<()> {
+        self.files.commit(lane, epoch)
     }
 }
 
@@ -184,20 +188,20 @@ impl SinkWriter for ParquetSink {
         Guarantee::ExactlyOnce
     }
 
-    fn write(&mut self, partition: i32, batch: &RecordBatch) -> Result<WriteOutcome> {
+    fn write(&mut self, lane: &Lane, batch: &RecordBatch) -> Result<WriteOutcome> {
         if batch.num_rows() == 0 {
             return Ok(WriteOutcome::default());
         }
         let rows = without_offset_column(batch)?;
         let schema = rows.schema();
-        if !self.writers.contains_key(&partition) {
+        if !self.writers.contains_key(lane) {
             let props = WriterProperties::builder()
                 .set_max_row_group_row_count(Some(self.config.row_group_rows))
                 .build();
             let writer = ArrowWriter::try_new(Vec::new(), schema.clone(), Some(props))
                 .map_err(|e| self.parquet_error("start a Parquet file", e))?;
             self.writers.insert(
-                partition,
+                lane.clone(),
                 OpenWriter {
                     writer,
                     schema: schema.clone(),
@@ -208,13 +212,13 @@ impl SinkWriter for ParquetSink {
         }
         let open = self
             .writers
-            .get_mut(&partition)
+            .get_mut(lane)
             .expect("invariant: inserted above");
         if open.schema != schema {
             return Err(WeirError::sink(
                 &self.name,
                 format!(
-                    "partition {partition}: a batch with columns {} in a file of columns {}; one \
+                    "{lane}: a batch with columns {} in a file of columns {}; one \
                      Parquet file holds one schema",
                     schema_text(&schema),
                     schema_text(&open.schema)
@@ -229,7 +233,7 @@ impl SinkWriter for ParquetSink {
                 .flush()
                 .map_err(|e| WeirError::sink(&self.name, format!("close a row group: {e}")))?;
         }
-        Self::drain(&mut self.files, partition, open)?;
+        Self::drain(&mut self.files, lane, open)?;
         Ok(WriteOutcome {
             accepted: batch.num_rows(),
             rejected: Vec::new(),
@@ -246,7 +250,7 @@ fn schema_text(schema: &SchemaRef) -> String {
     format!("({})", fields.join(", "))
 }
 
-/// Every row of the published files in `dir`, by partition, then epoch, as Arrow batches.
+/// Every row of the published files in `dir`, by lane, then epoch, as Arrow batches.
 pub fn read_parquet_dir(dir: impl AsRef<Path>) -> Result<Vec<RecordBatch>> {
     let mut batches = Vec::new();
     for path in EpochFiles::committed_files_with_extension(dir.as_ref(), PREFIX, EXT)? {
@@ -268,6 +272,11 @@ pub fn read_parquet_dir(dir: impl AsRef<Path>) -> Result<Vec<RecordBatch>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Partition `p` of topic `t`.
+    fn l(p: i32) -> Lane {
+        Lane::new("t", p)
+    }
     use std::sync::Arc;
     use weir_runtime::arrow::array::{
         Array, AsArray, BooleanArray, Float64Array, Int64Array, StringArray,
@@ -334,15 +343,15 @@ mod tests {
     fn rows_round_trip_with_their_types_nulls_and_delete_flags_but_no_offsets() {
         let tmp = tempfile::tempdir().unwrap();
         let mut s = sink(tmp.path());
-        s.recover(0, None).unwrap();
+        s.recover(&l(0), None).unwrap();
         let b = batch(&["a", "b", "-c"], 7);
-        assert_eq!(s.write(0, &b).unwrap().accepted, 3);
-        s.write(0, &batch(&["d"], 10)).unwrap();
+        assert_eq!(s.write(&l(0), &b).unwrap().accepted, 3);
+        s.write(&l(0), &batch(&["d"], 10)).unwrap();
         assert!(read_parquet_dir(tmp.path()).unwrap().is_empty());
-        s.prepare(0, 1).unwrap();
+        s.prepare(&l(0), 1).unwrap();
         assert!(read_parquet_dir(tmp.path()).unwrap().is_empty());
-        s.commit(0, 1).unwrap();
-        assert!(tmp.path().join("part-p0-e0000000001.parquet").exists());
+        s.commit(&l(0), 1).unwrap();
+        assert!(tmp.path().join("part-tt-p0-e0000000001.parquet").exists());
         let read = read_parquet_dir(tmp.path()).unwrap();
         let expected = without_offset_column(&b).unwrap();
         assert_eq!(read[0].schema(), expected.schema());
@@ -357,19 +366,19 @@ mod tests {
         for (committed, expected) in [(Some(2), vec!["x", "y"]), (Some(1), vec!["x"])] {
             let tmp = tempfile::tempdir().unwrap();
             let mut s = sink(tmp.path());
-            s.recover(0, None).unwrap();
-            s.write(0, &batch(&["x"], 0)).unwrap();
-            s.prepare(0, 1).unwrap();
-            s.commit(0, 1).unwrap();
-            s.write(0, &batch(&["y"], 1)).unwrap();
-            s.prepare(0, 2).unwrap();
-            s.write(0, &batch(&["unprepared"], 2)).unwrap();
+            s.recover(&l(0), None).unwrap();
+            s.write(&l(0), &batch(&["x"], 0)).unwrap();
+            s.prepare(&l(0), 1).unwrap();
+            s.commit(&l(0), 1).unwrap();
+            s.write(&l(0), &batch(&["y"], 1)).unwrap();
+            s.prepare(&l(0), 2).unwrap();
+            s.write(&l(0), &batch(&["unprepared"], 2)).unwrap();
             drop(s); // crash: the checkpoint of epoch 2 may or may not have been stored
 
             let mut s = sink(tmp.path());
-            s.recover(0, committed).unwrap();
+            s.recover(&l(0), committed).unwrap();
             assert_eq!(ids(tmp.path()), expected, "committed {committed:?}");
-            s.recover(0, committed).unwrap();
+            s.recover(&l(0), committed).unwrap();
             assert_eq!(ids(tmp.path()), expected);
         }
     }
@@ -379,20 +388,20 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let mut s = sink(tmp.path());
         for (epoch, key) in [(1, "e1"), (2, "e2"), (3, "e3")] {
-            s.write(0, &batch(&[key], 0)).unwrap();
-            s.prepare(0, epoch).unwrap();
+            s.write(&l(0), &batch(&[key], 0)).unwrap();
+            s.prepare(&l(0), epoch).unwrap();
         }
-        s.write(1, &batch(&["p1"], 0)).unwrap();
-        s.prepare(1, 1).unwrap();
-        s.commit(1, 1).unwrap();
+        s.write(&l(1), &batch(&["p1"], 0)).unwrap();
+        s.prepare(&l(1), 1).unwrap();
+        s.commit(&l(1), 1).unwrap();
         drop(s);
         let mut s = sink(tmp.path());
-        s.recover(0, Some(2)).unwrap();
-        s.recover(1, Some(1)).unwrap();
+        s.recover(&l(0), Some(2)).unwrap();
+        s.recover(&l(1), Some(1)).unwrap();
         assert_eq!(ids(tmp.path()), ["e1", "e2", "p1"]);
-        s.write(0, &batch(&["e3-again", "more"], 0)).unwrap();
-        s.prepare(0, 3).unwrap();
-        s.commit(0, 3).unwrap();
+        s.write(&l(0), &batch(&["e3-again", "more"], 0)).unwrap();
+        s.prepare(&l(0), 3).unwrap();
+        s.commit(&l(0), 3).unwrap();
         assert_eq!(ids(tmp.path()), ["e1", "e2", "e3-again", "more", "p1"]);
     }
 
@@ -407,17 +416,17 @@ mod tests {
         let keys: Vec<String> = (0..27_000).map(|i| format!("key-{i:06}")).collect();
         for chunk in keys.chunks(3000) {
             let refs: Vec<&str> = chunk.iter().map(|k| k.as_str()).collect();
-            s.write(2, &batch(&refs, 0)).unwrap();
+            s.write(&l(2), &batch(&refs, 0)).unwrap();
         }
-        let staged = tmp.path().join(".staging/part-p2-open.parquet");
+        let staged = tmp.path().join(".staging/part-tt-p2-open.parquet");
         assert!(
             std::fs::metadata(&staged).unwrap().len() > 0,
             "closed row groups reach the open file before prepare"
         );
-        s.prepare(2, 1).unwrap();
-        s.commit(2, 1).unwrap();
+        s.prepare(&l(2), 1).unwrap();
+        s.commit(&l(2), 1).unwrap();
         assert_eq!(ids(tmp.path()), keys);
-        let file = File::open(tmp.path().join("part-p2-e0000000001.parquet")).unwrap();
+        let file = File::open(tmp.path().join("part-tt-p2-e0000000001.parquet")).unwrap();
         let meta = ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
         assert_eq!(meta.metadata().num_row_groups(), 14);
     }
@@ -426,9 +435,9 @@ mod tests {
     fn a_batch_of_another_schema_is_an_error_naming_both() {
         let tmp = tempfile::tempdir().unwrap();
         let mut s = sink(tmp.path());
-        s.write(0, &batch(&["a"], 0)).unwrap();
+        s.write(&l(0), &batch(&["a"], 0)).unwrap();
         let other = batch(&["b"], 1).project(&[0, 4]).unwrap();
-        let err = s.write(0, &other).unwrap_err().to_string();
+        let err = s.write(&l(0), &other).unwrap_err().to_string();
         assert!(
             err.contains("(sensor_id Utf8)") && err.contains("avg Float64"),
             "{err}"

@@ -39,7 +39,7 @@ use weir_runtime::arrow::datatypes::{
 use weir_runtime::arrow::record_batch::RecordBatch;
 use weir_runtime::error::{ErrorClass, Result, WeirError};
 use weir_runtime::sink::EpochParticipant;
-use weir_runtime::{Guarantee, SinkWriter, WriteOutcome, DELETED_COLUMN, OFFSET_COLUMN};
+use weir_runtime::{Guarantee, Lane, SinkWriter, WriteOutcome, DELETED_COLUMN, OFFSET_COLUMN};
 
 use crate::{config_key, sink_rows};
 
@@ -431,7 +431,7 @@ fn sql_error(sink: &str, doing: &str, e: rusqlite::Error) -> WeirError {
 
 impl EpochParticipant for SqliteSink {
     /// Commits the open transaction: every row written so far is durable.
-    fn prepare(&mut self, _partition: i32, _epoch: u64) -> Result<()> {
+    fn prepare(&mut self, _lane: &Lane, _epoch: u64) -> Result<()> {
         if self.in_transaction {
             self.conn
                 .execute_batch("COMMIT")
@@ -451,7 +451,7 @@ impl SinkWriter for SqliteSink {
         Guarantee::IdempotentUpsert
     }
 
-    fn write(&mut self, _partition: i32, batch: &RecordBatch) -> Result<WriteOutcome> {
+    fn write(&mut self, _lane: &Lane, batch: &RecordBatch) -> Result<WriteOutcome> {
         if batch.num_rows() == 0 {
             return Ok(WriteOutcome::default());
         }
@@ -549,6 +549,11 @@ fn column_is_null(column: &Column, row: usize) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Partition `p` of topic `t`.
+    fn l(p: i32) -> Lane {
+        Lane::new("t", p)
+    }
     use weir_runtime::arrow::array::{
         BooleanArray, Date32Array, Float32Array, Int32Array, Int64Array, StringArray,
         TimestampMicrosecondArray, UInt64Array,
@@ -608,11 +613,11 @@ mod tests {
         let cfg = config(tmp.path());
         let mut sink = SqliteSink::new("db", &cfg).unwrap();
         let first = batch(&[("a", 0, Some(1.0)), ("b", 0, Some(2.0)), ("a", 60, None)]);
-        assert_eq!(sink.write(0, &first).unwrap().accepted, 3);
-        assert_eq!(sink.write(0, &first).unwrap().accepted, 3);
+        assert_eq!(sink.write(&l(0), &first).unwrap().accepted, 3);
+        assert_eq!(sink.write(&l(0), &first).unwrap().accepted, 3);
         let update = batch(&[("a", 0, Some(9.5))]);
-        sink.write(1, &update).unwrap();
-        sink.prepare(0, 1).unwrap();
+        sink.write(&l(1), &update).unwrap();
+        sink.prepare(&l(0), 1).unwrap();
         assert_eq!(
             rows(&cfg.path),
             [
@@ -624,9 +629,9 @@ mod tests {
         // A restart replays the same output: nothing changes.
         drop(sink);
         let mut sink = SqliteSink::new("db", &cfg).unwrap();
-        sink.write(0, &first).unwrap();
-        sink.write(1, &update).unwrap();
-        sink.prepare(0, 2).unwrap();
+        sink.write(&l(0), &first).unwrap();
+        sink.write(&l(1), &update).unwrap();
+        sink.prepare(&l(0), 2).unwrap();
         assert_eq!(rows(&cfg.path).len(), 3);
     }
 
@@ -655,7 +660,7 @@ mod tests {
         let cfg = config(tmp.path());
         let mut sink = SqliteSink::new("db", &cfg).unwrap();
         sink.write(
-            0,
+            &l(0),
             &batch(&[
                 ("a", 0, Some(1.0)),
                 ("b", 0, Some(2.0)),
@@ -663,7 +668,7 @@ mod tests {
             ]),
         )
         .unwrap();
-        sink.prepare(0, 1).unwrap();
+        sink.prepare(&l(0), 1).unwrap();
         // a: deleted; b: deleted then upserted again; c: upserted then deleted; d: a delete
         // of a key that is not there.
         let changes = with_deletes(
@@ -677,15 +682,15 @@ mod tests {
             ],
             &[true, true, false, false, true, true],
         );
-        let outcome = sink.write(0, &changes).unwrap();
+        let outcome = sink.write(&l(0), &changes).unwrap();
         assert_eq!((outcome.accepted, outcome.rejected.len()), (6, 0));
-        sink.prepare(0, 2).unwrap();
+        sink.prepare(&l(0), 2).unwrap();
         assert_eq!(rows(&cfg.path), [("b".to_string(), 0, Some(20.0))]);
         // Replaying the same changes after a restart leaves the same table.
         drop(sink);
         let mut sink = SqliteSink::new("db", &cfg).unwrap();
-        sink.write(0, &changes).unwrap();
-        sink.prepare(0, 3).unwrap();
+        sink.write(&l(0), &changes).unwrap();
+        sink.prepare(&l(0), 3).unwrap();
         assert_eq!(rows(&cfg.path), [("b".to_string(), 0, Some(20.0))]);
         // The flag is never a column of the table.
         let conn = Connection::open(&cfg.path).unwrap();
@@ -704,15 +709,15 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let cfg = config(tmp.path());
         let mut sink = SqliteSink::new("db", &cfg).unwrap();
-        sink.write(0, &batch(&[("a", 0, Some(1.0))])).unwrap();
-        sink.prepare(0, 1).unwrap();
-        sink.write(0, &batch(&[("b", 0, Some(1.0))])).unwrap();
+        sink.write(&l(0), &batch(&[("a", 0, Some(1.0))])).unwrap();
+        sink.prepare(&l(0), 1).unwrap();
+        sink.write(&l(0), &batch(&[("b", 0, Some(1.0))])).unwrap();
         assert_eq!(
             rows(&cfg.path).len(),
             1,
             "the open transaction is not visible"
         );
-        sink.prepare(0, 2).unwrap();
+        sink.prepare(&l(0), 2).unwrap();
         assert_eq!(rows(&cfg.path).len(), 2);
     }
 
@@ -722,7 +727,7 @@ mod tests {
         let mut cfg = config(tmp.path());
         cfg.key_columns = vec!["sensor_id".into(), "window_end".into()];
         let mut sink = SqliteSink::new("db", &cfg).unwrap();
-        let err = sink.write(0, &batch(&[("a", 0, None)])).unwrap_err();
+        let err = sink.write(&l(0), &batch(&[("a", 0, None)])).unwrap_err();
         assert_eq!(err.class(), ErrorClass::Fatal);
         let text = err.to_string();
         assert!(text.contains("\"window_end\""), "{text}");
@@ -746,7 +751,7 @@ mod tests {
             ],
         )
         .unwrap();
-        let outcome = sink.write(0, &b).unwrap();
+        let outcome = sink.write(&l(0), &b).unwrap();
         assert_eq!(outcome.accepted, 2);
         assert_eq!(outcome.rejected.len(), 1);
         assert_eq!(outcome.rejected[0].0, 1);
@@ -794,10 +799,10 @@ mod tests {
             ],
         )
         .unwrap();
-        let outcome = sink.write(0, &b).unwrap();
+        let outcome = sink.write(&l(0), &b).unwrap();
         assert_eq!(outcome.accepted, 1);
         assert_eq!(outcome.rejected[0].0, 1, "u64::MAX does not fit");
-        sink.prepare(0, 1).unwrap();
+        sink.prepare(&l(0), 1).unwrap();
         let conn = Connection::open(&cfg.path).unwrap();
         let row: (i64, f64, i64, i64, String, i64) = conn
             .query_row("SELECT k, f, b, ts, d, u FROM t", [], |r| {
@@ -827,7 +832,7 @@ mod tests {
             ],
         )
         .unwrap();
-        let err = sink.write(0, &b).unwrap_err().to_string();
+        let err = sink.write(&l(0), &b).unwrap_err().to_string();
         assert!(err.contains("\"blob\"") && err.contains("Binary"), "{err}");
     }
 
@@ -840,7 +845,7 @@ mod tests {
         };
         let mut sink = SqliteSink::new("db", &cfg).unwrap();
         let err = sink
-            .write(0, &batch(&[("a", 0, None)]))
+            .write(&l(0), &batch(&[("a", 0, None)]))
             .unwrap_err()
             .to_string();
         assert!(err.contains("does not exist"), "{err}");
@@ -851,18 +856,18 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let cfg = config(tmp.path());
         let mut sink = SqliteSink::new("db", &cfg).unwrap();
-        sink.write(0, &batch(&[("a", 0, None)])).unwrap();
-        sink.prepare(0, 1).unwrap();
+        sink.write(&l(0), &batch(&[("a", 0, None)])).unwrap();
+        sink.prepare(&l(0), 1).unwrap();
         let other = Connection::open(&cfg.path).unwrap();
         other.execute_batch("BEGIN IMMEDIATE").unwrap();
         sink.conn.busy_timeout(Duration::from_millis(10)).unwrap();
         let err = sink
-            .write(0, &batch(&[("b", 0, None)]))
-            .and_then(|_| sink.prepare(0, 2));
+            .write(&l(0), &batch(&[("b", 0, None)]))
+            .and_then(|_| sink.prepare(&l(0), 2));
         assert_eq!(err.unwrap_err().class(), ErrorClass::Transient);
         other.execute_batch("ROLLBACK").unwrap();
-        sink.write(0, &batch(&[("b", 0, None)])).unwrap();
-        sink.prepare(0, 2).unwrap();
+        sink.write(&l(0), &batch(&[("b", 0, None)])).unwrap();
+        sink.prepare(&l(0), 2).unwrap();
         assert_eq!(rows(&cfg.path).len(), 2);
     }
 

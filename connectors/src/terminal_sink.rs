@@ -8,7 +8,7 @@ use weir_runtime::arrow::record_batch::RecordBatch;
 use weir_runtime::arrow::util::pretty::pretty_format_batches;
 use weir_runtime::error::{Result, WeirError};
 use weir_runtime::sink::EpochParticipant;
-use weir_runtime::{Guarantee, SinkWriter, WriteOutcome};
+use weir_runtime::{Guarantee, Lane, SinkWriter, WriteOutcome};
 
 use crate::without_offset_column;
 
@@ -82,7 +82,7 @@ impl TerminalSink {
 }
 
 impl EpochParticipant for TerminalSink {
-    fn prepare(&mut self, _partition: i32, _epoch: u64) -> Result<()> {
+    fn prepare(&mut self, _lane: &Lane, _epoch: u64) -> Result<()> {
         self.out.flush().map_err(|e| self.io_error(e))
     }
 }
@@ -96,14 +96,20 @@ impl SinkWriter for TerminalSink {
         Guarantee::AtLeastOnce
     }
 
-    fn write(&mut self, partition: i32, batch: &RecordBatch) -> Result<WriteOutcome> {
+    fn write(&mut self, lane: &Lane, batch: &RecordBatch) -> Result<WriteOutcome> {
         let rows = batch.num_rows();
         if rows == 0 {
             return Ok(WriteOutcome::default());
         }
         let shown = without_offset_column(batch)?.slice(0, rows.min(self.max_rows));
+        // Rows of a partition are headed by its number (a terminal shows one topic's output
+        // at a time), the global stage's by `global`.
+        let from = match lane.partition() {
+            Some(p) => format!("partition {p}"),
+            None => "global".to_string(),
+        };
         let mut text = format!(
-            "{} partition {partition}: {rows} row{}\n",
+            "{} {from}: {rows} row{}\n",
             self.name,
             if rows == 1 { "" } else { "s" }
         );
@@ -129,6 +135,11 @@ impl SinkWriter for TerminalSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Partition `p` of topic `t`.
+    fn l(p: i32) -> Lane {
+        Lane::new("t", p)
+    }
     use std::sync::{Arc, Mutex};
     use weir_runtime::arrow::array::{Int64Array, StringArray};
     use weir_runtime::arrow::datatypes::{DataType, Field, Schema};
@@ -173,8 +184,8 @@ mod tests {
             Box::new(out.clone()),
         );
         assert_eq!(sink.guarantee(), Guarantee::AtLeastOnce);
-        assert_eq!(sink.write(2, &batch(5)).unwrap().accepted, 5);
-        sink.prepare(2, 1).unwrap();
+        assert_eq!(sink.write(&l(2), &batch(5)).unwrap().accepted, 5);
+        sink.prepare(&l(2), 1).unwrap();
         let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
         assert!(text.starts_with("term partition 2: 5 rows\n"), "{text}");
         assert!(text.contains("sensor-2"));
@@ -191,7 +202,7 @@ mod tests {
             &TerminalSinkConfig::default(),
             Box::new(out.clone()),
         );
-        sink.write(0, &batch(1)).unwrap();
+        sink.write(&l(0), &batch(1)).unwrap();
         let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
         assert!(
             text.contains("sensor-0") && !text.contains("more rows"),

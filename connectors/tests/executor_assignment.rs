@@ -237,7 +237,7 @@ fn revocations_and_reassignments_mid_stream_lose_and_duplicate_nothing() {
 struct SlowSink(Duration);
 
 impl EpochParticipant for SlowSink {
-    fn prepare(&mut self, _partition: i32, _epoch: u64) -> Result<()> {
+    fn prepare(&mut self, _partition: &weir_runtime::Lane, _epoch: u64) -> Result<()> {
         Ok(())
     }
 }
@@ -251,7 +251,7 @@ impl SinkWriter for SlowSink {
     }
     fn write(
         &mut self,
-        _partition: i32,
+        _partition: &weir_runtime::Lane,
         batch: &weir_runtime::arrow::record_batch::RecordBatch,
     ) -> Result<WriteOutcome> {
         std::thread::sleep(self.0);

@@ -28,8 +28,8 @@ use weir_runtime::arrow::datatypes::{DataType, Field, Schema};
 use weir_runtime::arrow::record_batch::RecordBatch;
 use weir_runtime::sink::EpochParticipant;
 use weir_runtime::{
-    DeadLetter, DlqWriter, ErrorKind, PartitionReader, RawMessage, ReadResult, SinkWriter, Source,
-    Stage, OFFSET_COLUMN,
+    DeadLetter, DlqWriter, ErrorKind, Lane, PartitionReader, RawMessage, ReadResult, SinkWriter,
+    Source, Stage, OFFSET_COLUMN,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -470,14 +470,17 @@ fn sink_rows_come_back_as_json_messages_keyed_by_the_column() {
     let id_refs: Vec<Option<&str>> = ids.iter().map(|s| s.as_deref()).collect();
     let avgs: Vec<f64> = (0..40).map(|i| i as f64 / 2.0).collect();
     let batch = output_batch(&id_refs[..25], &avgs[..25]);
-    let out = sink.write(0, &batch).unwrap();
+    let out = sink.write(&Lane::new("t", 0), &batch).unwrap();
     assert_eq!((out.accepted, out.rejected.len()), (25, 0));
     let out = sink
-        .write(1, &output_batch(&id_refs[25..], &avgs[25..]))
+        .write(
+            &Lane::new("t", 1),
+            &output_batch(&id_refs[25..], &avgs[25..]),
+        )
         .unwrap();
     assert_eq!(out.accepted, 15);
-    sink.prepare(0, 1).unwrap();
-    sink.commit(0, 1).unwrap();
+    sink.prepare(&Lane::new("t", 0), 1).unwrap();
+    sink.commit(&Lane::new("t", 0), 1).unwrap();
 
     let messages = consume_all(&topic, 3, 40);
     let mut rows: Vec<(Option<String>, serde_json::Value, i32)> = messages
@@ -535,8 +538,8 @@ fn deleted_rows_become_tombstones_of_their_key() {
         true,
     ));
     let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap();
-    assert_eq!(sink.write(0, &batch).unwrap().accepted, 3);
-    sink.prepare(0, 1).unwrap();
+    assert_eq!(sink.write(&Lane::new("t", 0), &batch).unwrap().accepted, 3);
+    sink.prepare(&Lane::new("t", 0), 1).unwrap();
 
     let messages = consume_all(&topic, 1, 3);
     let got: Vec<(Vec<u8>, Option<serde_json::Value>)> = messages
@@ -562,7 +565,10 @@ fn deleted_rows_become_tombstones_of_their_key() {
         },
     )
     .unwrap();
-    let err = unkeyed.write(0, &batch).unwrap_err().to_string();
+    let err = unkeyed
+        .write(&Lane::new("t", 0), &batch)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("row 1 deletes its key"), "{err}");
 }
 
@@ -573,7 +579,7 @@ fn a_key_column_that_is_not_in_the_output_is_a_clear_error() {
     config.key_column = Some("device".into());
     let mut sink = KafkaSink::new("out", &config).unwrap();
     let err = sink
-        .write(0, &output_batch(&[Some("a")], &[1.0]))
+        .write(&Lane::new("t", 0), &output_batch(&[Some("a")], &[1.0]))
         .unwrap_err()
         .to_string();
     assert!(
@@ -619,8 +625,8 @@ fn dead_letters_come_back_with_original_key_payload_and_headers() {
             time_ms: 1_700_000_000_456,
         },
     ];
-    dlq.write(&letters).unwrap();
-    dlq.prepare(0, 1).unwrap();
+    dlq.write(&Lane::new("t", 0), &letters).unwrap();
+    dlq.prepare(&Lane::new("t", 0), 1).unwrap();
 
     let messages = consume_all(&topic, 1, 2);
     for (m, letter) in messages.iter().zip(&letters) {

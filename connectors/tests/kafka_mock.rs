@@ -16,7 +16,7 @@ use weir_runtime::arrow::array::{Int64Array, StringArray};
 use weir_runtime::arrow::datatypes::{DataType, Field, Schema};
 use weir_runtime::arrow::record_batch::RecordBatch;
 use weir_runtime::sink::EpochParticipant;
-use weir_runtime::{ErrorClass, PartitionReader, ReadResult, SinkWriter, Source};
+use weir_runtime::{ErrorClass, Lane, PartitionReader, ReadResult, SinkWriter, Source};
 
 const TOPIC: &str = "out";
 
@@ -92,8 +92,13 @@ fn produce_request_errors_are_retried_and_every_row_arrives_once() {
         RDKafkaApiKey::Produce,
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION; 3],
     );
-    assert_eq!(sink.write(0, &batch(0, 50)).unwrap().accepted, 50);
-    sink.prepare(0, 1)
+    assert_eq!(
+        sink.write(&Lane::new("t", 0), &batch(0, 50))
+            .unwrap()
+            .accepted,
+        50
+    );
+    sink.prepare(&Lane::new("t", 0), 1)
         .expect("librdkafka retries retriable request errors");
     // The idempotent producer writes each row exactly once despite the retries.
     assert_eq!(
@@ -122,7 +127,7 @@ fn a_row_too_large_for_kafka_is_rejected_and_the_others_are_written() {
         ],
     )
     .unwrap();
-    let out = sink.write(0, &batch).unwrap();
+    let out = sink.write(&Lane::new("t", 0), &batch).unwrap();
     assert_eq!(out.accepted, 2);
     assert_eq!(out.rejected.len(), 1);
     assert_eq!(out.rejected[0].0, 1, "the large row is the one rejected");
@@ -131,7 +136,7 @@ fn a_row_too_large_for_kafka_is_rejected_and_the_others_are_written() {
         "{}",
         out.rejected[0].1
     );
-    sink.prepare(0, 1).unwrap();
+    sink.prepare(&Lane::new("t", 0), 1).unwrap();
     assert_eq!(values_in_topic(&cluster.bootstrap_servers(), 2), [0, 2]);
 }
 
@@ -149,8 +154,15 @@ fn a_broker_down_makes_prepare_transient_and_nothing_is_lost_once_it_is_back() {
         5_000,
     );
     cluster.broker_down(1).unwrap();
-    assert_eq!(sink.write(0, &batch(0, 30)).unwrap().accepted, 30);
-    let err = sink.prepare(0, 1).expect_err("the broker is down");
+    assert_eq!(
+        sink.write(&Lane::new("t", 0), &batch(0, 30))
+            .unwrap()
+            .accepted,
+        30
+    );
+    let err = sink
+        .prepare(&Lane::new("t", 0), 1)
+        .expect_err("the broker is down");
     eprintln!("{err}");
     assert_eq!(err.class(), ErrorClass::Transient, "{err}");
 
@@ -158,7 +170,7 @@ fn a_broker_down_makes_prepare_transient_and_nothing_is_lost_once_it_is_back() {
     // What the executor does: retry a transient error until it passes.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        match sink.prepare(0, 1) {
+        match sink.prepare(&Lane::new("t", 0), 1) {
             Ok(()) => break,
             Err(e) if e.class() == ErrorClass::Transient && Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(200))

@@ -41,9 +41,10 @@ fn checkpoint(pipeline: &str, partition: i32, epoch: u64) -> Checkpoint {
 }
 
 fn save(store: &mut KafkaTxnStore, c: &Checkpoint) {
-    EpochParticipant::prepare(store, c.partition, c.epoch).unwrap();
+    let lane = weir_runtime::Lane::new(c.topic.clone(), c.partition);
+    EpochParticipant::prepare(store, &lane, c.epoch).unwrap();
     CheckpointStore::save(store, c).unwrap();
-    EpochParticipant::commit(store, c.partition, c.epoch).unwrap();
+    EpochParticipant::commit(store, &lane, c.epoch).unwrap();
 }
 
 #[test]

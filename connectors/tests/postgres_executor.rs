@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use postgres::{Client, NoTls};
 use support::tasks;
-use weir_connectors::postgres::{PostgresSinkConfig, PostgresStore, PostgresUrl};
+use weir_connectors::postgres::{CheckpointRole, PostgresSinkConfig, PostgresStore, PostgresUrl};
 use weir_connectors::{
     read_dlq_dir, EventGenerator, GeneratorConfig, GeneratorSource, JsonlDlq, JsonlDlqConfig,
 };
@@ -45,7 +45,7 @@ fn run(
     config.max_rows = 37;
     config.linger = Duration::from_millis(5);
     config.checkpoint_interval = Duration::from_millis(1);
-    let store = PostgresStore::connect("pg", sink, pipeline)?;
+    let store = PostgresStore::connect_as("pg", sink, pipeline, CheckpointRole::Store)?;
     let checkpoints = store.checkpoint_store()?;
     let mut sinks: Vec<Box<dyn SinkWriter>> = vec![Box::new(store)];
     if let Some(n) = fail_after_writes {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use postgres::{Client, NoTls};
-use weir_connectors::postgres::{PostgresSinkConfig, PostgresStore, PostgresUrl};
+use weir_connectors::postgres::{CheckpointRole, PostgresSinkConfig, PostgresStore, PostgresUrl};
 use weir_runtime::arrow::array::{
     ArrayRef, BinaryArray, BooleanArray, Date32Array, Decimal128Array, Float32Array, Float64Array,
     Int16Array, Int32Array, Int64Array, LargeStringArray, StringArray, StringViewArray,
@@ -129,6 +129,11 @@ fn changes(rows: &[(&str, Option<i64>)]) -> RecordBatch {
         rows.iter().map(|(_, v)| v.is_none()).collect::<Vec<_>>(),
     )));
     RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap()
+}
+
+/// Partition `p` of the checkpoints' topic.
+fn lane(p: i32) -> weir_runtime::Lane {
+    weir_runtime::Lane::new("orders", p)
 }
 
 fn checkpoint(pipeline: &str, partition: i32, epoch: u64, next_offset: i64) -> Checkpoint {
@@ -314,7 +319,7 @@ fn every_supported_type_round_trips_and_a_second_write_updates_by_key() {
         ])),
     ];
     let b = RecordBatch::try_new(Arc::new(Schema::new(fields.clone())), columns).unwrap();
-    let outcome = sink.write(0, &b).unwrap();
+    let outcome = sink.write(&lane(0), &b).unwrap();
     assert_eq!(outcome.accepted, 2);
     assert_eq!(outcome.rejected.len(), 1, "{:?}", outcome.rejected);
     assert_eq!(outcome.rejected[0].0, 2, "u64::MAX does not fit int8");
@@ -323,8 +328,8 @@ fn every_supported_type_round_trips_and_a_second_write_updates_by_key() {
         "{:?}",
         outcome.rejected
     );
-    sink.prepare(0, 1).unwrap();
-    sink.commit(0, 1).unwrap();
+    sink.prepare(&lane(0), 1).unwrap();
+    sink.commit(&lane(0), 1).unwrap();
 
     let mut c = client();
     let types: Vec<(String, String)> = c
@@ -426,10 +431,10 @@ fn every_supported_type_round_trips_and_a_second_write_updates_by_key() {
         ],
     )
     .unwrap();
-    let outcome = sink.write(0, &update).unwrap();
+    let outcome = sink.write(&lane(0), &update).unwrap();
     assert_eq!(outcome.accepted, 2, "{outcome:?}");
-    sink.prepare(0, 2).unwrap();
-    sink.commit(0, 2).unwrap();
+    sink.prepare(&lane(0), 2).unwrap();
+    sink.commit(&lane(0), 2).unwrap();
     let s: Vec<(i32, Option<String>)> = c
         .query(
             &format!("SELECT id, s FROM \"{schema}\".t ORDER BY id"),
@@ -464,7 +469,7 @@ fn every_supported_type_round_trips_and_a_second_write_updates_by_key() {
         ],
     )
     .unwrap();
-    let err = sink.write(0, &decimal).unwrap_err();
+    let err = sink.write(&lane(0), &decimal).unwrap_err();
     assert_eq!(err.class(), ErrorClass::Fatal);
     let text = err.to_string();
     assert!(
@@ -477,16 +482,22 @@ fn every_supported_type_round_trips_and_a_second_write_updates_by_key() {
 fn rows_and_checkpoint_of_a_partition_commit_together_and_alone() {
     let schema = unique("together");
     let pipeline = schema.clone();
-    let mut store = PostgresStore::connect("pg", &config(&schema, &["k"]), &pipeline).unwrap();
+    let mut store = PostgresStore::connect_as(
+        "pg",
+        &config(&schema, &["k"]),
+        &pipeline,
+        CheckpointRole::Store,
+    )
+    .unwrap();
     let checkpoints = store.checkpoint_store().unwrap();
     assert_eq!(store.guarantee(), Guarantee::ExactlyOnce);
     assert_eq!(checkpoints.load("orders", 0).unwrap(), None);
     let mut c = client();
 
-    store.write(0, &kv(&[("a", 1), ("b", 2)])).unwrap();
-    store.write(1, &kv(&[("q", 9)])).unwrap();
-    store.write(0, &kv(&[("a", 3)])).unwrap();
-    store.prepare(0, 1).unwrap();
+    store.write(&lane(0), &kv(&[("a", 1), ("b", 2)])).unwrap();
+    store.write(&lane(1), &kv(&[("q", 9)])).unwrap();
+    store.write(&lane(0), &kv(&[("a", 3)])).unwrap();
+    store.prepare(&lane(0), 1).unwrap();
     let c0 = checkpoint(&pipeline, 0, 1, 3);
     checkpoints.save(&c0).unwrap();
     assert_eq!(
@@ -496,7 +507,7 @@ fn rows_and_checkpoint_of_a_partition_commit_together_and_alone() {
     );
     assert_eq!(stored(&mut c, &schema, &pipeline, 0), None);
 
-    store.commit(0, 1).unwrap();
+    store.commit(&lane(0), 1).unwrap();
     assert_eq!(
         rows(&mut c, &schema),
         [("a".to_string(), 3), ("b".to_string(), 2)],
@@ -505,30 +516,42 @@ fn rows_and_checkpoint_of_a_partition_commit_together_and_alone() {
     assert_eq!(stored(&mut c, &schema, &pipeline, 0), Some((1, 3)));
     assert_eq!(stored(&mut c, &schema, &pipeline, 1), None);
 
-    store.prepare(1, 1).unwrap();
+    store.prepare(&lane(1), 1).unwrap();
     let c1 = checkpoint(&pipeline, 1, 1, 1);
     checkpoints.save(&c1).unwrap();
-    store.commit(1, 1).unwrap();
+    store.commit(&lane(1), 1).unwrap();
     assert_eq!(rows(&mut c, &schema).len(), 3);
     assert_eq!(stored(&mut c, &schema, &pipeline, 1), Some((1, 1)));
 
     // A checkpoint with no new rows still commits.
     let c0b = checkpoint(&pipeline, 0, 2, 5);
-    store.prepare(0, 2).unwrap();
+    store.prepare(&lane(0), 2).unwrap();
     checkpoints.save(&c0b).unwrap();
     assert_eq!(stored(&mut c, &schema, &pipeline, 0), Some((1, 3)));
-    store.commit(0, 2).unwrap();
+    store.commit(&lane(0), 2).unwrap();
     assert_eq!(stored(&mut c, &schema, &pipeline, 0), Some((2, 5)));
 
     // What was saved loads back equal, also through another connection (a restarted worker),
     // and other pipelines do not see it.
     assert_eq!(checkpoints.load("orders", 0).unwrap(), Some(c0b.clone()));
-    let restarted = PostgresStore::connect("pg", &config(&schema, &["k"]), &pipeline).unwrap();
+    let restarted = PostgresStore::connect_as(
+        "pg",
+        &config(&schema, &["k"]),
+        &pipeline,
+        CheckpointRole::Store,
+    )
+    .unwrap();
     assert_eq!(restarted.load("orders", 0).unwrap(), Some(c0b));
     assert_eq!(restarted.load("orders", 1).unwrap(), Some(c1));
     assert_eq!(restarted.load("orders", 2).unwrap(), None);
     assert_eq!(restarted.load("payments", 0).unwrap(), None);
-    let other = PostgresStore::connect("pg", &config(&schema, &["k"]), "other").unwrap();
+    let other = PostgresStore::connect_as(
+        "pg",
+        &config(&schema, &["k"]),
+        "other",
+        CheckpointRole::Store,
+    )
+    .unwrap();
     assert_eq!(other.load("orders", 0).unwrap(), None);
 }
 
@@ -536,27 +559,39 @@ fn rows_and_checkpoint_of_a_partition_commit_together_and_alone() {
 fn uncommitted_work_is_gone_after_a_crash_and_recover() {
     let schema = unique("crash");
     let pipeline = schema.clone();
-    let mut store = PostgresStore::connect("pg", &config(&schema, &["k"]), &pipeline).unwrap();
+    let mut store = PostgresStore::connect_as(
+        "pg",
+        &config(&schema, &["k"]),
+        &pipeline,
+        CheckpointRole::Store,
+    )
+    .unwrap();
     store.load("orders", 0).unwrap();
-    store.write(0, &kv(&[("a", 1)])).unwrap();
-    store.prepare(0, 1).unwrap();
+    store.write(&lane(0), &kv(&[("a", 1)])).unwrap();
+    store.prepare(&lane(0), 1).unwrap();
     store.save(&checkpoint(&pipeline, 0, 1, 1)).unwrap();
-    store.commit(0, 1).unwrap();
-    store.write(0, &kv(&[("b", 2)])).unwrap();
-    store.prepare(0, 2).unwrap();
+    store.commit(&lane(0), 1).unwrap();
+    store.write(&lane(0), &kv(&[("b", 2)])).unwrap();
+    store.prepare(&lane(0), 2).unwrap();
     store.save(&checkpoint(&pipeline, 0, 2, 2)).unwrap();
     drop(store); // a crash before commit
 
     let mut c = client();
     assert_eq!(rows(&mut c, &schema), [("a".to_string(), 1)]);
-    let mut store = PostgresStore::connect("pg", &config(&schema, &["k"]), &pipeline).unwrap();
+    let mut store = PostgresStore::connect_as(
+        "pg",
+        &config(&schema, &["k"]),
+        &pipeline,
+        CheckpointRole::Store,
+    )
+    .unwrap();
     let restored = store.load("orders", 0).unwrap().unwrap();
     assert_eq!(restored.epoch, 1);
-    store.recover(0, Some(1)).unwrap();
-    store.write(0, &kv(&[("b", 2)])).unwrap();
-    store.prepare(0, 2).unwrap();
+    store.recover(&lane(0), Some(1)).unwrap();
+    store.write(&lane(0), &kv(&[("b", 2)])).unwrap();
+    store.prepare(&lane(0), 2).unwrap();
     store.save(&checkpoint(&pipeline, 0, 2, 2)).unwrap();
-    store.commit(0, 2).unwrap();
+    store.commit(&lane(0), 2).unwrap();
     assert_eq!(rows(&mut c, &schema).len(), 2);
     assert_eq!(stored(&mut c, &schema, &pipeline, 0), Some((2, 2)));
 }
@@ -567,37 +602,43 @@ fn a_connection_killed_mid_transaction_is_retried_and_nothing_is_applied_twice()
     let pipeline = schema.clone();
     let mut c = client();
     audited_table(&mut c, &schema);
-    let mut store = PostgresStore::connect("pg", &config(&schema, &["k"]), &pipeline).unwrap();
+    let mut store = PostgresStore::connect_as(
+        "pg",
+        &config(&schema, &["k"]),
+        &pipeline,
+        CheckpointRole::Store,
+    )
+    .unwrap();
     let checkpoints = store.checkpoint_store().unwrap();
 
     // Killed after prepare: save fails, its retry replays the rows and saves.
-    store.write(0, &kv(&[("a", 1), ("b", 1)])).unwrap();
-    store.prepare(0, 1).unwrap();
+    store.write(&lane(0), &kv(&[("a", 1), ("b", 1)])).unwrap();
+    store.prepare(&lane(0), 1).unwrap();
     kill_lane(&mut c, &pipeline, 0);
     transient_then_ok("save", || checkpoints.save(&checkpoint(&pipeline, 0, 1, 2)));
-    store.commit(0, 1).unwrap();
+    store.commit(&lane(0), 1).unwrap();
     assert_eq!(rows(&mut c, &schema), [("a".into(), 1), ("b".into(), 1)]);
     assert_eq!(audit(&mut c, &schema), [("a".into(), 1), ("b".into(), 1)]);
     assert_eq!(stored(&mut c, &schema, &pipeline, 0), Some((1, 2)));
 
     // Killed between save and commit: the commit fails, the stored epoch says it did not
     // land, and its retry replays rows and checkpoint, then commits.
-    store.write(0, &kv(&[("c", 2)])).unwrap();
-    store.write(0, &kv(&[("a", 2)])).unwrap();
-    store.prepare(0, 2).unwrap();
+    store.write(&lane(0), &kv(&[("c", 2)])).unwrap();
+    store.write(&lane(0), &kv(&[("a", 2)])).unwrap();
+    store.prepare(&lane(0), 2).unwrap();
     checkpoints.save(&checkpoint(&pipeline, 0, 2, 4)).unwrap();
     kill_lane(&mut c, &pipeline, 0);
-    transient_then_ok("commit", || store.commit(0, 2));
+    transient_then_ok("commit", || store.commit(&lane(0), 2));
     assert_eq!(stored(&mut c, &schema, &pipeline, 0), Some((2, 4)));
 
     // Killed between two writes: the second write fails, its retry replays the first.
-    store.write(0, &kv(&[("d", 3)])).unwrap();
+    store.write(&lane(0), &kv(&[("d", 3)])).unwrap();
     kill_lane(&mut c, &pipeline, 0);
     let e = kv(&[("e", 3)]);
-    transient_then_ok("write", || store.write(0, &e));
-    store.prepare(0, 3).unwrap();
+    transient_then_ok("write", || store.write(&lane(0), &e));
+    store.prepare(&lane(0), 3).unwrap();
     checkpoints.save(&checkpoint(&pipeline, 0, 3, 6)).unwrap();
-    store.commit(0, 3).unwrap();
+    store.commit(&lane(0), 3).unwrap();
 
     assert_eq!(
         rows(&mut c, &schema),
@@ -639,19 +680,20 @@ fn deletes_commit_with_the_upserts_and_the_checkpoint_and_survive_a_killed_conne
         create_table: false,
         ..config(&schema, &["k"])
     };
-    let mut store = PostgresStore::connect("pg", &cfg, &pipeline).unwrap();
+    let mut store =
+        PostgresStore::connect_as("pg", &cfg, &pipeline, CheckpointRole::Store).unwrap();
     let checkpoints = store.checkpoint_store().unwrap();
     store
-        .write(0, &kv(&[("a", 1), ("b", 1), ("c", 1), ("d", 1)]))
+        .write(&lane(0), &kv(&[("a", 1), ("b", 1), ("c", 1), ("d", 1)]))
         .unwrap();
-    store.prepare(0, 1).unwrap();
+    store.prepare(&lane(0), 1).unwrap();
     checkpoints.save(&checkpoint(&pipeline, 0, 1, 4)).unwrap();
-    store.commit(0, 1).unwrap();
+    store.commit(&lane(0), 1).unwrap();
 
     // a deleted; b deleted then upserted; c upserted then deleted; x never existed.
     let outcome = store
         .write(
-            0,
+            &lane(0),
             &changes(&[
                 ("a", None),
                 ("b", None),
@@ -669,16 +711,16 @@ fn deletes_commit_with_the_upserts_and_the_checkpoint_and_survive_a_killed_conne
     );
     // Killed before the checkpoint: the retry replays upserts and deletes in a new transaction.
     kill_lane(&mut c, &pipeline, 0);
-    store.write(0, &kv(&[("e", 2)])).unwrap_err();
-    store.write(0, &kv(&[("e", 2)])).unwrap();
-    store.prepare(0, 2).unwrap();
+    store.write(&lane(0), &kv(&[("e", 2)])).unwrap_err();
+    store.write(&lane(0), &kv(&[("e", 2)])).unwrap();
+    store.prepare(&lane(0), 2).unwrap();
     checkpoints.save(&checkpoint(&pipeline, 0, 2, 11)).unwrap();
     assert_eq!(
         rows(&mut c, &schema).len(),
         4,
         "deletes are invisible before the commit, like upserts"
     );
-    store.commit(0, 2).unwrap();
+    store.commit(&lane(0), 2).unwrap();
     assert_eq!(
         rows(&mut c, &schema),
         [("b".into(), 2), ("d".into(), 1), ("e".into(), 2)]
@@ -686,8 +728,8 @@ fn deletes_commit_with_the_upserts_and_the_checkpoint_and_survive_a_killed_conne
     assert_eq!(stored(&mut c, &schema, &pipeline, 0), Some((2, 11)));
 
     // A crash before commit: the deletes of the lost transaction are not applied.
-    store.write(0, &changes(&[("d", None)])).unwrap();
-    store.prepare(0, 3).unwrap();
+    store.write(&lane(0), &changes(&[("d", None)])).unwrap();
+    store.prepare(&lane(0), 3).unwrap();
     checkpoints.save(&checkpoint(&pipeline, 0, 3, 12)).unwrap();
     drop(checkpoints);
     drop(store);
@@ -710,11 +752,12 @@ fn a_refused_row_is_rejected_with_its_sqlstate_and_the_others_are_written() {
         create_table: false,
         ..config(&schema, &["k"])
     };
-    let mut store = PostgresStore::connect("pg", &cfg, &pipeline).unwrap();
+    let mut store =
+        PostgresStore::connect_as("pg", &cfg, &pipeline, CheckpointRole::Store).unwrap();
     let checkpoints = store.checkpoint_store().unwrap();
 
     // A clean batch first: it must survive the rollback that finding the bad rows takes.
-    store.write(0, &kv(&[("before", 0)])).unwrap();
+    store.write(&lane(0), &kv(&[("before", 0)])).unwrap();
     let b = batch(&[
         (Some("a"), Some(1), Some("ok")),
         (Some("b"), Some(-1), Some("check")),
@@ -725,7 +768,7 @@ fn a_refused_row_is_rejected_with_its_sqlstate_and_the_others_are_written() {
         (None, Some(6), Some("null key")),
         (Some("f"), Some(6), Some("ok")),
     ]);
-    let outcome = store.write(0, &b).unwrap();
+    let outcome = store.write(&lane(0), &b).unwrap();
     assert_eq!(outcome.accepted, 3, "{outcome:?}");
     let rejected: Vec<usize> = outcome.rejected.iter().map(|r| r.0).collect();
     assert_eq!(rejected, [1, 2, 3, 5, 6], "{outcome:?}");
@@ -749,7 +792,7 @@ fn a_refused_row_is_rejected_with_its_sqlstate_and_the_others_are_written() {
     // Later batches of the same transaction (now isolated with savepoints) and of the next.
     let outcome = store
         .write(
-            0,
+            &lane(0),
             &batch(&[
                 (Some("g"), Some(-5), Some("x")),
                 (Some("h"), Some(7), Some("x")),
@@ -757,14 +800,14 @@ fn a_refused_row_is_rejected_with_its_sqlstate_and_the_others_are_written() {
         )
         .unwrap();
     assert_eq!((outcome.accepted, outcome.rejected.len()), (1, 1));
-    store.prepare(0, 1).unwrap();
+    store.prepare(&lane(0), 1).unwrap();
     checkpoints.save(&checkpoint(&pipeline, 0, 1, 10)).unwrap();
-    store.commit(0, 1).unwrap();
-    let outcome = store.write(0, &kv(&[("i", 8)])).unwrap();
+    store.commit(&lane(0), 1).unwrap();
+    let outcome = store.write(&lane(0), &kv(&[("i", 8)])).unwrap();
     assert_eq!(outcome.accepted, 1);
-    store.prepare(0, 2).unwrap();
+    store.prepare(&lane(0), 2).unwrap();
     checkpoints.save(&checkpoint(&pipeline, 0, 2, 11)).unwrap();
-    store.commit(0, 2).unwrap();
+    store.commit(&lane(0), 2).unwrap();
 
     let keys: Vec<String> = rows(&mut c, &schema).into_iter().map(|r| r.0).collect();
     assert_eq!(keys, ["a", "before", "d", "f", "h", "i"]);
@@ -779,10 +822,10 @@ fn two_partitions_writing_one_key_is_a_fatal_error_not_a_hang() {
         fillfactor: 30,
         ..config(&schema, &["k"])
     };
-    let mut store = PostgresStore::connect("pg", &cfg, &schema).unwrap();
+    let mut store = PostgresStore::connect_as("pg", &cfg, &schema, CheckpointRole::Store).unwrap();
     store.checkpoint_store().unwrap();
-    store.write(0, &kv(&[("a", 1)])).unwrap();
-    let err = store.write(1, &kv(&[("a", 2)])).unwrap_err();
+    store.write(&lane(0), &kv(&[("a", 1)])).unwrap();
+    let err = store.write(&lane(1), &kv(&[("a", 2)])).unwrap_err();
     assert_eq!(err.class(), ErrorClass::Fatal, "{err}");
     let text = err.to_string();
     assert!(
@@ -799,13 +842,13 @@ fn a_missing_table_or_key_column_is_a_fatal_error_naming_it() {
         ..config(&schema, &["k"])
     };
     let mut store = PostgresStore::connect("pg", &cfg, &schema).unwrap();
-    let err = store.write(0, &kv(&[("a", 1)])).unwrap_err();
+    let err = store.write(&lane(0), &kv(&[("a", 1)])).unwrap_err();
     assert_eq!(err.class(), ErrorClass::Fatal);
     assert!(err.to_string().contains("does not exist"), "{err}");
 
     let mut store =
         PostgresStore::connect("pg", &config(&schema, &["k", "window_end"]), &schema).unwrap();
-    let err = store.write(0, &kv(&[("a", 1)])).unwrap_err();
+    let err = store.write(&lane(0), &kv(&[("a", 1)])).unwrap_err();
     assert_eq!(err.class(), ErrorClass::Fatal);
     let text = err.to_string();
     assert!(

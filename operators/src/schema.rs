@@ -305,6 +305,10 @@ impl SchemaConfig {
             )),
             (Partitioning::ByField(f), _) => Ok(Colocation::Key(f.clone())),
             (Partitioning::ByMessageKey, _) => Ok(self.declared_colocation()),
+            // A partition key holds inside each topic only: the same value may be in several.
+            (Partitioning::ByMessageKeyPerTopic(topics), _) => {
+                Ok(Colocation::AcrossTopics(topics.clone()))
+            }
             (Partitioning::Spread, Some(d)) => Err(format!(
                 "`{d}` is declared, but the source spreads messages over its partitions \
                  round-robin (it has no key_field), so no key is co-located; set the source's \
@@ -315,6 +319,15 @@ impl SchemaConfig {
             )),
         }
     }
+}
+
+/// Why keys are not co-located over several topics.
+fn across_topics(topics: &[String]) -> String {
+    format!(
+        "the source reads several topics ({}), and the same key may be in more than one of \
+         them (a partition key holds inside one topic)",
+        topics.join(", ")
+    )
 }
 
 const UNDECLARED: &str =
@@ -330,6 +343,9 @@ pub enum Colocation {
     All,
     /// Keys that include this field.
     Key(String),
+    /// None: the source reads these topics (several), and a key may be in more than one of
+    /// them, whatever partitions each topic by. A group is complete in no one partition.
+    AcrossTopics(Vec<String>),
     /// None, and why.
     Unknown(String),
 }
@@ -341,7 +357,7 @@ impl Colocation {
         match self {
             Colocation::All => false,
             Colocation::Key(pk) => !keys.iter().any(|k| k == pk),
-            Colocation::Unknown(_) => true,
+            Colocation::AcrossTopics(_) | Colocation::Unknown(_) => true,
         }
     }
 
@@ -355,6 +371,11 @@ impl Colocation {
             Colocation::Key(pk) => format!(
                 "GROUP BY [{}] does not include the partition key `{pk}`: {reason}; add `{pk}` to the keys",
                 keys.join(", ")
+            ),
+            Colocation::AcrossTopics(topics) => format!(
+                "GROUP BY [{}] may span partitions: {}: {reason}; read one topic per pipeline",
+                keys.join(", "),
+                across_topics(topics)
             ),
             _ => format!(
                 "GROUP BY [{}] may span partitions ({}): {reason}; declare `[schema] partition_key` \
@@ -374,6 +395,11 @@ impl Colocation {
                  partition, but {why}; declare `[schema] partition_key` (the field the input \
                  is partitioned by), or read one partition"
             )),
+            Colocation::AcrossTopics(topics) => Err(format!(
+                "{operator} keeps state per key, which needs every event of a key in one \
+                 partition, but {}; read one topic per pipeline",
+                across_topics(topics)
+            )),
             _ => Ok(()),
         }
     }
@@ -383,5 +409,79 @@ impl Colocation {
             Colocation::Unknown(why) => why,
             _ => "",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schema(partition_key: Option<&str>) -> SchemaConfig {
+        SchemaConfig {
+            table: "events".into(),
+            event_time: "ts".into(),
+            partition_key: partition_key.map(str::to_string),
+            partition_key_check: PartitionKeyCheck::Warn,
+            fields: vec![
+                FieldConfig::new("sensor_id", FieldType::String),
+                FieldConfig::new("ts", FieldType::Timestamp),
+            ],
+        }
+    }
+
+    fn two_topics() -> Partitioning {
+        Partitioning::ByMessageKeyPerTopic(vec!["ta".into(), "tb".into()])
+    }
+
+    #[test]
+    fn a_partition_key_over_one_topic_co_locates_its_keys() {
+        let c = schema(Some("sensor_id"))
+            .colocation(&Partitioning::ByMessageKey)
+            .unwrap();
+        assert!(!c.spans_partitions(&["sensor_id".into()]));
+    }
+
+    #[test]
+    fn over_several_topics_even_the_partition_key_spans_partitions() {
+        for declared in [Some("sensor_id"), None] {
+            let c = schema(declared).colocation(&two_topics()).unwrap();
+            assert_eq!(c, Colocation::AcrossTopics(vec!["ta".into(), "tb".into()]));
+            assert!(c.spans_partitions(&["sensor_id".into()]));
+            // Tumbling and hopping windows run in two phases.
+            let tumble = WindowKind::Tumble { size_ms: 1000 };
+            assert_eq!(c.check_window_keys(&["sensor_id".into()], &tumble), Ok(()));
+        }
+    }
+
+    #[test]
+    fn a_session_over_several_topics_is_refused_naming_the_topics() {
+        let c = schema(Some("sensor_id")).colocation(&two_topics()).unwrap();
+        let err = c
+            .check_window_keys(&["sensor_id".into()], &WindowKind::Session { gap_ms: 10 })
+            .unwrap_err();
+        assert!(err.contains("several topics (ta, tb)"), "{err}");
+        assert!(
+            err.contains("sessions are built inside one partition"),
+            "{err}"
+        );
+        assert!(err.contains("read one topic per pipeline"), "{err}");
+    }
+
+    #[test]
+    fn a_group_by_without_a_window_over_several_topics_is_refused_naming_the_topics() {
+        let c = schema(Some("sensor_id")).colocation(&two_topics()).unwrap();
+        let err = c
+            .check_window_keys(&["sensor_id".into()], &WindowKind::Continuous)
+            .unwrap_err();
+        assert!(err.contains("several topics (ta, tb)"), "{err}");
+        assert!(err.contains("GROUP BY without a window"), "{err}");
+    }
+
+    #[test]
+    fn a_projection_over_several_topics_is_refused_naming_the_topics() {
+        let c = schema(Some("sensor_id")).colocation(&two_topics()).unwrap();
+        let err = c.check_keyed_state("`orders`").unwrap_err();
+        assert!(err.starts_with("`orders` keeps state per key"), "{err}");
+        assert!(err.contains("several topics (ta, tb)"), "{err}");
     }
 }

@@ -6,8 +6,8 @@
 //!   partition's events and, when its own watermark closes a window, emits the window's
 //!   accumulator states with that watermark.
 //! - Phase two, [`GlobalWindow`] on the sink stage: it keeps the partials per window and per
-//!   partition, and once the minimum watermark over all partitions has closed a window it
-//!   merges the partials (in partition order, so the result does not depend on arrival
+//!   lane (topic, partition), and once the minimum watermark over all lanes has closed a
+//!   window it merges the partials (in lane order, so the result does not depend on arrival
 //!   order) into fresh accumulators, evaluates them, and runs the rest of the chain (HAVING,
 //!   the SELECT list) over the rows.
 //! - Idle partitions: the global stage publishes the minimum watermark of the partitions
@@ -29,7 +29,7 @@ use serde_json::json;
 use weir_runtime::error::{Result, WeirError};
 use weir_runtime::operator::{Emit, Operator};
 use weir_runtime::watermark::is_closed;
-use weir_runtime::{Fingerprint, GlobalStage, OperatorState};
+use weir_runtime::{Fingerprint, GlobalStage, Lane, OperatorState};
 
 use crate::window::{
     window_bound_fields, window_columns, window_fingerprint, AggregateSet, Bin, TumbleWindow,
@@ -120,9 +120,9 @@ pub struct GlobalWindow {
     then: Vec<Box<dyn Operator>>,
     shared: Arc<TwoPhaseShared>,
     idle_timeout: Duration,
-    /// Partials by window start, then by partition, in arrival order.
-    partials: BTreeMap<i64, BTreeMap<i32, Vec<RecordBatch>>>,
-    inputs: BTreeMap<i32, Input>,
+    /// Partials by window start, then by lane (topic, partition), in arrival order.
+    partials: BTreeMap<i64, BTreeMap<Lane, Vec<RecordBatch>>>,
+    inputs: BTreeMap<Lane, Input>,
     /// Every window this closes was emitted.
     frontier: Option<i64>,
     /// The frontier of the last snapshot.
@@ -198,8 +198,8 @@ impl GlobalWindow {
         is_closed(start + self.size_ms, self.allowed_lateness_ms, watermark)
     }
 
-    /// Merge the partials of window `start` (in partition order) and evaluate its rows.
-    fn finish(&self, start: i64, parts: BTreeMap<i32, Vec<RecordBatch>>) -> Result<RecordBatch> {
+    /// Merge the partials of window `start` (in lane order) and evaluate its rows.
+    fn finish(&self, start: i64, parts: BTreeMap<Lane, Vec<RecordBatch>>) -> Result<RecordBatch> {
         let merged = || -> datafusion::common::Result<RecordBatch> {
             let mut bin = Bin::new(&self.key_schema, &self.aggs)?;
             for batch in parts.values().flatten() {
@@ -253,10 +253,10 @@ impl GlobalStage for GlobalWindow {
         &self.name
     }
 
-    fn start(&mut self, partitions: &[i32]) {
+    fn start(&mut self, lanes: &[Lane]) {
         let now = Instant::now();
-        for p in partitions {
-            self.inputs.entry(*p).or_insert(Input {
+        for lane in lanes {
+            self.inputs.entry(lane.clone()).or_insert(Input {
                 watermark: None,
                 last_report: now,
             });
@@ -265,7 +265,7 @@ impl GlobalStage for GlobalWindow {
 
     fn absorb(
         &mut self,
-        partition: i32,
+        lane: &Lane,
         partials: Vec<RecordBatch>,
         watermark: Option<i64>,
         emit: &mut Emit,
@@ -287,14 +287,14 @@ impl GlobalStage for GlobalWindow {
             self.partials
                 .entry(start)
                 .or_default()
-                .entry(partition)
+                .entry(lane.clone())
                 .or_default()
                 .push(batch);
         }
         let Some(w) = watermark else {
             return Ok(());
         };
-        let input = self.inputs.entry(partition).or_insert(Input {
+        let input = self.inputs.entry(lane.clone()).or_insert(Input {
             watermark: None,
             last_report: Instant::now(),
         });
@@ -448,14 +448,15 @@ mod tests {
             .map(|_| partial_window("w", &cfg, input(), "ts", shared.clone()).unwrap())
             .collect();
         let mut global = GlobalWindow::new("w", &cfg, &input(), "ts", shared).unwrap();
-        global.start(&[0, 1]);
+        let lanes = [Lane::new("t", 0), Lane::new("t", 1)];
+        global.start(&lanes);
         let mut out = Emit::default();
         for (p, ts) in [(0, 10_000), (1, 20_000)] {
             let mut e = Emit::default();
             parts[p].process(batch(&[ts]), &mut e).unwrap();
             let w = e.watermark();
             global
-                .absorb(p as i32, e.take_batches(), w, &mut out)
+                .absorb(&lanes[p], e.take_batches(), w, &mut out)
                 .unwrap();
         }
         for (p, idle) in [(0, 50_000), (1, 40_000)] {
@@ -465,7 +466,7 @@ mod tests {
                 .unwrap();
             let w = e.watermark();
             global
-                .absorb(p as i32, e.take_batches(), w, &mut out)
+                .absorb(&lanes[p], e.take_batches(), w, &mut out)
                 .unwrap();
         }
         rows(&out)

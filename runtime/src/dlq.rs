@@ -5,6 +5,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
+use crate::lane::Lane;
 use crate::sink::EpochParticipant;
 
 /// Why a message ended in the DLQ.
@@ -75,5 +76,8 @@ pub struct DeadLetter {
 /// Where dead letters go. Writes follow the checkpoint protocol of [`EpochParticipant`]:
 /// an offset is not committed before its dead letters are durable.
 pub trait DlqWriter: EpochParticipant {
-    fn write(&mut self, letters: &[DeadLetter]) -> Result<()>;
+    /// Dead letters of `lane`: they become durable with its next checkpoint. (A letter's
+    /// `topic`/`partition` say where its message was read; the global lane's letters, rows
+    /// merged from many lanes, have none.)
+    fn write(&mut self, lane: &Lane, letters: &[DeadLetter]) -> Result<()>;
 }

@@ -43,7 +43,8 @@ use crate::batch::RawBatch;
 use crate::checkpoint::{Checkpoint, CheckpointStore};
 use crate::dlq::{DeadLetter, DlqWriter, ErrorKind, Stage};
 use crate::error::{Result, WeirError};
-use crate::global::{GlobalStage, GLOBAL_PARTITION, GLOBAL_TOPIC};
+use crate::global::GlobalStage;
+use crate::lane::Lane;
 use crate::metrics::{Counters, Metrics};
 use crate::operator::Emit;
 use crate::retry::{retry, RetryBudget};
@@ -126,7 +127,7 @@ enum ReaderMsg {
 }
 
 enum SinkMsg {
-    Output(i32, TaskOutput),
+    Output(Lane, TaskOutput),
     Barrier(Checkpoint),
     /// The partition's task is done and its last checkpoint was sent before this.
     Finished {
@@ -245,6 +246,12 @@ impl Executor {
             Some(_) => None,
             None => Some(self.source.partitions()?),
         };
+        // Before any recovery: how sinks place output staged by an older weir (sink.rs).
+        let topics = self.source.partitioning().source_topics();
+        for sink in &mut self.sinks {
+            sink.source_topics(&topics);
+        }
+        self.dlq.source_topics(&topics);
         if let Some(g) = &self.global {
             let Some(parts) = &fixed else {
                 return Err(WeirError::Config(format!(
@@ -255,8 +262,8 @@ impl Executor {
                     self.source.name()
                 )));
             };
-            let parts: Vec<i32> = parts.iter().map(|tp| tp.1).collect();
-            self.restore_global(&parts)?;
+            let lanes: Vec<Lane> = parts.iter().map(Lane::of).collect();
+            self.restore_global(&lanes)?;
         }
         let cpu_threads = match &fixed {
             Some(parts) => self.config.cpu_threads.max(1).min(parts.len().max(1)),
@@ -407,9 +414,10 @@ impl Executor {
         let mut task = (self.tasks)(topic, partition)?;
         let checkpoint = self.store.load(topic, partition)?;
         let committed = checkpoint.as_ref().map(|c| c.epoch);
-        self.dlq.recover(partition, committed)?;
+        let lane = Lane::of(tp);
+        self.dlq.recover(&lane, committed)?;
         for sink in &mut self.sinks {
-            sink.recover(partition, committed)?;
+            sink.recover(&lane, committed)?;
         }
         let upstream = self.source.upstream(topic, partition)?;
         let resume = match checkpoint {
@@ -588,7 +596,7 @@ impl Executor {
         shutdown: &Shutdown,
     ) -> Result<()> {
         match msg {
-            SinkMsg::Output(partition, out) => self.write_output(partition, out, shutdown),
+            SinkMsg::Output(lane, out) => self.write_output(lane, out, shutdown),
             SinkMsg::Barrier(checkpoint) => {
                 let tp = (checkpoint.topic.clone(), checkpoint.partition);
                 if running.owned.get(&tp).is_some_and(|o| o.lost) {
@@ -656,20 +664,15 @@ impl Executor {
         }
     }
 
-    fn write_output(
-        &mut self,
-        partition: i32,
-        mut out: TaskOutput,
-        shutdown: &Shutdown,
-    ) -> Result<()> {
-        let mut letters = std::mem::take(&mut out.dead_letters);
+    fn write_output(&mut self, lane: Lane, mut out: TaskOutput, shutdown: &Shutdown) -> Result<()> {
+        let letters = std::mem::take(&mut out.dead_letters);
         // With a global stage the tasks' rows are partials: it merges them, and writes the
-        // final rows of the windows they close under the global partition.
-        let (partition, batches) = match &mut self.global {
+        // final rows of the windows they close in the global lane.
+        let (out_lane, batches) = match &mut self.global {
             Some(g) => {
                 let mut emit = Emit::default();
                 g.stage.absorb(
-                    partition,
+                    &lane,
                     std::mem::take(&mut out.batches),
                     out.watermark,
                     &mut emit,
@@ -677,23 +680,24 @@ impl Executor {
                 let batches = emit.take_batches();
                 out.delta.rows_out = batches.iter().map(|b| b.num_rows() as u64).sum();
                 g.dirty |= !batches.is_empty();
-                (GLOBAL_PARTITION, batches)
+                (Lane::Global, batches)
             }
-            None => (partition, std::mem::take(&mut out.batches)),
+            None => (lane.clone(), std::mem::take(&mut out.batches)),
         };
+        let mut rejects = Vec::new();
         for batch in &batches {
             for sink in &mut self.sinks {
                 let outcome = retry(
                     &self.config.retry,
                     shutdown,
                     sink.name().to_string(),
-                    || sink.write(partition, batch),
+                    || sink.write(&out_lane, batch),
                 )?;
                 if !outcome.rejected.is_empty() {
-                    letters.extend(sink_rejects(
+                    rejects.extend(sink_rejects(
                         &self.config.pipeline,
                         sink.name(),
-                        partition,
+                        &out_lane,
                         batch,
                         &outcome.rejected,
                         out.source.as_deref(),
@@ -701,14 +705,22 @@ impl Executor {
                 }
             }
         }
-        if let Some(g) = &mut self.global {
-            // Rows of the global stage a sink refused are its output too.
-            g.dirty |= letters.iter().any(|l| l.partition == GLOBAL_PARTITION);
+        // The task's dead letters belong to its lane; rows a sink refused, to the lane of the
+        // rows (the global stage's are its output too).
+        let mut per_lane = vec![(lane, letters)];
+        match per_lane.iter_mut().find(|(l, _)| *l == out_lane) {
+            Some((_, letters)) => letters.extend(rejects),
+            None => {
+                if let Some(g) = &mut self.global {
+                    g.dirty |= !rejects.is_empty();
+                }
+                per_lane.push((out_lane, rejects));
+            }
         }
-        if !letters.is_empty() {
+        for (lane, letters) in per_lane.iter().filter(|(_, l)| !l.is_empty()) {
             let dlq = &mut self.dlq;
             retry(&self.config.retry, shutdown, "dlq".into(), || {
-                dlq.write(&letters)
+                dlq.write(lane, letters)
             })?;
         }
         self.metrics.add(&out.delta);
@@ -717,15 +729,16 @@ impl Executor {
 
     /// Restore the global stage from its checkpoint and recover the sinks' staged epochs of
     /// its output, before any partition starts.
-    fn restore_global(&mut self, partitions: &[i32]) -> Result<()> {
+    fn restore_global(&mut self, lanes: &[Lane]) -> Result<()> {
         let Some(g) = &mut self.global else {
             return Ok(());
         };
-        let checkpoint = self.store.load(GLOBAL_TOPIC, GLOBAL_PARTITION)?;
+        let (topic, partition) = Lane::Global.checkpoint_key();
+        let checkpoint = self.store.load(topic, partition)?;
         let committed = checkpoint.as_ref().map(|c| c.epoch);
-        self.dlq.recover(GLOBAL_PARTITION, committed)?;
+        self.dlq.recover(&Lane::Global, committed)?;
         for sink in &mut self.sinks {
-            sink.recover(GLOBAL_PARTITION, committed)?;
+            sink.recover(&Lane::Global, committed)?;
         }
         if let Some(mut c) = checkpoint {
             g.epoch = c.epoch;
@@ -737,12 +750,12 @@ impl Executor {
                 g.stage.committed();
             }
         }
-        g.stage.start(partitions);
+        g.stage.start(lanes);
         Ok(())
     }
 
     /// Store the global stage's frontier with the rows it emitted (the epoch protocol, under
-    /// [`GLOBAL_PARTITION`]), then let partitions forget the partials it covers.
+    /// [`Lane::Global`]), then let partitions forget the partials it covers.
     fn checkpoint_global(&mut self, shutdown: &Shutdown) -> Result<()> {
         let Some(g) = &mut self.global else {
             return Ok(());
@@ -752,17 +765,18 @@ impl Executor {
         }
         let state = g.stage.snapshot()?;
         g.epoch += 1;
+        let (topic, partition) = Lane::Global.checkpoint_key();
         let c = Checkpoint {
             pipeline: self.config.pipeline.to_string(),
-            topic: Arc::from(GLOBAL_TOPIC),
-            partition: GLOBAL_PARTITION,
+            topic: Arc::from(topic),
+            partition,
             epoch: g.epoch,
             next_offset: 0,
             counters: Counters::default(),
             operators: vec![state],
             reset: false,
         };
-        let (p, e) = (GLOBAL_PARTITION, g.epoch);
+        let (p, e) = (&Lane::Global, g.epoch);
         for sink in &mut self.sinks {
             retry(
                 &self.config.retry,
@@ -815,7 +829,8 @@ impl Executor {
     /// and DLQ commit. Acknowledging it upstream is the caller's.
     fn commit_checkpoint(&mut self, c: &Checkpoint, shutdown: &Shutdown) -> Result<()> {
         let started = Instant::now();
-        let (p, e) = (c.partition, c.epoch);
+        let lane = Lane::new(c.topic.clone(), c.partition);
+        let (p, e) = (&lane, c.epoch);
         for sink in &mut self.sinks {
             retry(
                 &self.config.retry,
@@ -846,7 +861,7 @@ impl Executor {
         })?;
         self.metrics.checkpoint_stored();
         debug!(
-            partition = p,
+            lane = %p,
             epoch = e,
             next_offset = c.next_offset,
             took_ms = started.elapsed().as_millis() as u64,
@@ -929,7 +944,7 @@ fn with_source(mut out: TaskOutput, raw: RawBatch) -> TaskOutput {
 fn sink_rejects(
     pipeline: &Arc<str>,
     sink: &str,
-    partition: i32,
+    lane: &Lane,
     batch: &RecordBatch,
     rejected: &[(usize, String)],
     source: Option<&RawBatch>,
@@ -949,6 +964,8 @@ fn sink_rejects(
                 .downcast_ref::<crate::arrow::array::Int64Array>()
                 .cloned()
         });
+    // A row merged by the global stage was read from no one partition.
+    let partition = lane.partition().unwrap_or(-1);
     rejected
         .iter()
         .map(|(row, reason)| {
@@ -1007,7 +1024,7 @@ fn send_until_stopped<T>(tx: &Sender<T>, mut msg: T, stopped: &dyn Fn() -> bool)
     }
 }
 
-struct Lane {
+struct TaskLane {
     task: PartitionTask,
     rx: Receiver<ReaderMsg>,
     last_checkpoint: Instant,
@@ -1028,7 +1045,7 @@ fn run_worker(
     tx: Sender<SinkMsg>,
     (interval, idle_timeout): (Duration, Duration),
 ) {
-    let mut lanes: Vec<Lane> = Vec::new();
+    let mut lanes: Vec<TaskLane> = Vec::new();
     let mut ctl_open = true;
     let fail = |tx: &Sender<SinkMsg>, e: WeirError| {
         let _ = tx.send(SinkMsg::Failed(e));
@@ -1059,7 +1076,7 @@ fn run_worker(
             Err(_) => (usize::MAX, None),
         };
         if let Some((task, rx)) = new_lane {
-            lanes.push(Lane {
+            lanes.push(TaskLane {
                 task,
                 rx,
                 last_checkpoint: Instant::now(),
@@ -1072,6 +1089,7 @@ fn run_worker(
         if let Some(msg) = msg {
             let lane = &mut lanes[idx];
             let partition = lane.task.partition();
+            let output_lane = Lane::new(lane.task.topic().clone(), partition);
             let (out, finished) = match msg {
                 Ok(ReaderMsg::CaughtUp) => {
                     lane.caught_up_since.get_or_insert_with(Instant::now);
@@ -1090,7 +1108,7 @@ fn run_worker(
             match out {
                 Ok(out) => {
                     lane.dirty = true;
-                    if tx.send(SinkMsg::Output(partition, out)).is_err() {
+                    if tx.send(SinkMsg::Output(output_lane, out)).is_err() {
                         return;
                     }
                 }
@@ -1134,8 +1152,9 @@ fn run_worker(
                     Ok(out) if out.batches.is_empty() && out.watermark.is_none() => {}
                     Ok(out) => {
                         lane.dirty = true;
-                        let partition = lane.task.partition();
-                        if tx.send(SinkMsg::Output(partition, out)).is_err() {
+                        let output_lane =
+                            Lane::new(lane.task.topic().clone(), lane.task.partition());
+                        if tx.send(SinkMsg::Output(output_lane, out)).is_err() {
                             return;
                         }
                     }

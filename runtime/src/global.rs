@@ -11,37 +11,40 @@
 //! Checkpoints stay per partition, with no barrier alignment. A partition keeps the partials
 //! it sent in its own checkpoint until the global stage's output of that window is durable;
 //! the global stage checkpoints only its *frontier* (the watermark up to which it emitted)
-//! under [`GLOBAL_PARTITION`], in the same epoch protocol as a partition, so its rows and
-//! its frontier become durable together. After a restart each partition re-sends the
+//! in its own lane, [`Lane::Global`], by the same epoch protocol as a partition, so its rows
+//! and its frontier become durable together. After a restart each partition re-sends the
 //! partials it still keeps, the frontier tells which windows were already emitted, and the
 //! replayed input rebuilds the rest: the output equals an uninterrupted run's.
 
 use crate::arrow::record_batch::RecordBatch;
 use crate::checkpoint::OperatorState;
 use crate::error::Result;
+use crate::lane::Lane;
 use crate::operator::Emit;
 
-/// The partition number under which sinks and the checkpoint store see the global stage's
-/// output and checkpoint (no real partition has it).
+/// The partition number under which checkpoint stores (keyed by topic and partition) keep the
+/// checkpoint of [`Lane::Global`], with [`GLOBAL_TOPIC`]; only [`Lane::checkpoint_key`] uses
+/// it. Sinks and the DLQ see the global lane itself.
 pub const GLOBAL_PARTITION: i32 = i32::MAX;
 
-/// The topic name of the global stage's checkpoint.
+/// The topic name under which checkpoint stores keep the global stage's checkpoint.
 pub const GLOBAL_TOPIC: &str = "__weir_global";
 
 /// The second phase of an aggregation whose groups span partitions. See the module docs.
 pub trait GlobalStage: Send {
     fn name(&self) -> &str;
 
-    /// The partitions whose partials this stage merges: it emits nothing before each of them
-    /// reported a watermark. Called once, after [`GlobalStage::restore`], before any input.
-    fn start(&mut self, partitions: &[i32]);
+    /// The lanes (source partitions) whose partials this stage merges: it emits nothing
+    /// before each of them reported a watermark. Called once, after [`GlobalStage::restore`],
+    /// before any input.
+    fn start(&mut self, lanes: &[Lane]);
 
-    /// Partial rows a partition's task sent (the output of its last operator), then its
-    /// watermark after them, if it reported one (`i64::MAX` once its input ended). Final rows
-    /// of the windows this closed go to `emit`.
+    /// Partial rows a lane's task sent (the output of its last operator), then its watermark
+    /// after them, if it reported one (`i64::MAX` once its input ended). Final rows of the
+    /// windows this closed go to `emit`.
     fn absorb(
         &mut self,
-        partition: i32,
+        lane: &Lane,
         partials: Vec<RecordBatch>,
         watermark: Option<i64>,
         emit: &mut Emit,

@@ -16,6 +16,7 @@ pub mod error;
 pub mod executor;
 pub mod fingerprint;
 pub mod global;
+pub mod lane;
 pub mod metrics;
 pub mod operator;
 pub mod retry;
@@ -35,11 +36,14 @@ pub use error::{ErrorClass, WeirError};
 pub use executor::{Executor, ExecutorConfig, RunSummary};
 pub use fingerprint::Fingerprint;
 pub use global::{GlobalStage, GLOBAL_PARTITION, GLOBAL_TOPIC};
+pub use lane::Lane;
 pub use metrics::{Counters, Metrics};
 pub use operator::{offset_column, Decoded, Decoder, Emit, Operator, RowReject, OFFSET_COLUMN};
 pub use retry::RetryBudget;
 pub use shutdown::Shutdown;
-pub use sink::{EpochParticipant, Guarantee, NullSink, SinkWriter, WriteOutcome, DELETED_COLUMN};
+pub use sink::{
+    EpochParticipant, Guarantee, NullSink, SinkWriter, SourceTopics, WriteOutcome, DELETED_COLUMN,
+};
 pub use source::{
     Assignment, InitialOffset, PartitionReader, Partitioning, ReadResult, ResumeFrom, Source,
     TopicPartition, Upstream,

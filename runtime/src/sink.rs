@@ -1,14 +1,20 @@
 //! Sinks, and the epoch protocol that every durable output (sinks, the DLQ) follows.
 //!
-//! For a partition `p`, a checkpoint of epoch `e` is stored like this:
-//! 1. `prepare(p, e)` on every participant: all output of `p` up to now is durable
+//! Output is keyed by its [`Lane`]: one (topic, partition) of the source, or the global
+//! stage. For a lane `l`, a checkpoint of epoch `e` is stored like this:
+//! 1. `prepare(l, e)` on every participant: all output of `l` up to now is durable
 //!    (flushed, fsynced, or staged under a temporary name);
 //! 2. the checkpoint (next offset + operator state) is stored atomically;
-//! 3. `commit(p, e)` on every participant: staged output becomes visible.
+//! 3. `commit(l, e)` on every participant: staged output becomes visible.
 //!
-//! On start, `recover(p, committed)` receives the epoch of the stored checkpoint: staged output
+//! On start, `recover(l, committed)` receives the epoch of the stored checkpoint: staged output
 //! of that epoch or older is committed (step 3 was interrupted), newer staged output is
 //! discarded (its input will be replayed from the checkpoint's offset).
+//!
+//! Lanes were once keyed by the partition number alone. Before any `recover`, the executor
+//! tells every participant how many topics the source reads ([`SourceTopics`]): output an
+//! older weir staged under a partition number belongs to that partition's lane when the
+//! source reads one topic, and is refused (naming it) when it reads several.
 //!
 //! # Deletes
 //!
@@ -22,6 +28,7 @@
 
 use crate::arrow::record_batch::RecordBatch;
 use crate::error::Result;
+use crate::lane::Lane;
 
 /// Name of the optional Boolean column that marks a sink row as a delete of its key (see
 /// the module docs). Projections emit it ([`Operator`](crate::Operator)s that never delete
@@ -39,13 +46,26 @@ pub enum Guarantee {
     AtLeastOnce,
 }
 
+/// The topics the pipeline's source reads, as far as a participant needs them: to place
+/// output that an older weir staged under a partition number alone (see the module docs).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum SourceTopics {
+    /// One topic: a partition number names one lane.
+    #[default]
+    One,
+    /// Several topics (listed): a partition number alone names one lane of each.
+    Several(Vec<String>),
+}
+
 /// A component that takes part in checkpoints. See the module docs for the protocol.
 pub trait EpochParticipant: Send {
-    fn recover(&mut self, _partition: i32, _committed_epoch: Option<u64>) -> Result<()> {
+    /// Called once, before any [`EpochParticipant::recover`].
+    fn source_topics(&mut self, _topics: &SourceTopics) {}
+    fn recover(&mut self, _lane: &Lane, _committed_epoch: Option<u64>) -> Result<()> {
         Ok(())
     }
-    fn prepare(&mut self, partition: i32, epoch: u64) -> Result<()>;
-    fn commit(&mut self, _partition: i32, _epoch: u64) -> Result<()> {
+    fn prepare(&mut self, lane: &Lane, epoch: u64) -> Result<()>;
+    fn commit(&mut self, _lane: &Lane, _epoch: u64) -> Result<()> {
         Ok(())
     }
 }
@@ -61,8 +81,8 @@ pub struct WriteOutcome {
 pub trait SinkWriter: EpochParticipant {
     fn name(&self) -> &str;
     fn guarantee(&self) -> Guarantee;
-    /// Write the output rows of `partition`.
-    fn write(&mut self, partition: i32, batch: &RecordBatch) -> Result<WriteOutcome>;
+    /// Write the output rows of `lane`.
+    fn write(&mut self, lane: &Lane, batch: &RecordBatch) -> Result<WriteOutcome>;
 }
 
 /// Discards rows (benchmarks, dry runs).
@@ -72,7 +92,7 @@ pub struct NullSink {
 }
 
 impl EpochParticipant for NullSink {
-    fn prepare(&mut self, _partition: i32, _epoch: u64) -> Result<()> {
+    fn prepare(&mut self, _lane: &Lane, _epoch: u64) -> Result<()> {
         Ok(())
     }
 }
@@ -86,7 +106,7 @@ impl SinkWriter for NullSink {
         Guarantee::ExactlyOnce
     }
 
-    fn write(&mut self, _partition: i32, batch: &RecordBatch) -> Result<WriteOutcome> {
+    fn write(&mut self, _lane: &Lane, batch: &RecordBatch) -> Result<WriteOutcome> {
         self.rows += batch.num_rows() as u64;
         Ok(WriteOutcome {
             accepted: batch.num_rows(),

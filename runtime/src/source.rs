@@ -7,6 +7,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::batch::RawBatch;
 use crate::error::Result;
+use crate::sink::SourceTopics;
 
 /// A partition of a source: topic and partition number.
 pub type TopicPartition = (Arc<str>, i32);
@@ -158,8 +159,22 @@ pub enum Partitioning {
     /// field that key is only the pipeline can declare (`[schema] partition_key`); weir
     /// checks the declaration at run time.
     ByMessageKey,
+    /// By the message key within each topic, over several topics (listed): a Kafka source
+    /// with more than one topic. Inside one topic as [`Partitioning::ByMessageKey`], but the
+    /// same key may be in several topics, so no key is known to be co-located across them.
+    ByMessageKeyPerTopic(Vec<String>),
     /// Round-robin, or by no key at all: no key is co-located.
     Spread,
+}
+
+impl Partitioning {
+    /// How many topics the source reads, as sinks need to know it ([`SourceTopics`]).
+    pub fn source_topics(&self) -> SourceTopics {
+        match self {
+            Partitioning::ByMessageKeyPerTopic(topics) => SourceTopics::Several(topics.clone()),
+            _ => SourceTopics::One,
+        }
+    }
 }
 
 /// A partitioned input.

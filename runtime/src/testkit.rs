@@ -10,6 +10,7 @@ use crate::arrow::record_batch::RecordBatch;
 use crate::batch::{RawBatch, RawMessage};
 use crate::dlq::{DeadLetter, DlqWriter};
 use crate::error::{ErrorClass, Result, WeirError};
+use crate::lane::Lane;
 use crate::sink::{EpochParticipant, Guarantee, SinkWriter, WriteOutcome};
 use crate::source::{PartitionReader, ReadResult, Source};
 
@@ -126,13 +127,13 @@ impl PartitionReader for MemoryReader {
 /// Output of the memory sink, shared with the test.
 #[derive(Default, Debug)]
 pub struct MemorySinkState {
-    pub staged: BTreeMap<i32, Vec<RecordBatch>>,
-    pub prepared: BTreeMap<i32, (u64, Vec<RecordBatch>)>,
+    pub staged: BTreeMap<Lane, Vec<RecordBatch>>,
+    pub prepared: BTreeMap<Lane, (u64, Vec<RecordBatch>)>,
     pub committed: Vec<RecordBatch>,
     pub writes: usize,
 }
 
-/// Stages rows per partition and publishes them on commit: exactly-once under the epoch
+/// Stages rows per lane and publishes them on commit: exactly-once under the epoch
 /// protocol. `fail_after_writes` makes the Nth write a fatal error (a crash).
 #[derive(Clone, Default)]
 pub struct MemorySink {
@@ -149,23 +150,23 @@ impl MemorySink {
 }
 
 impl EpochParticipant for MemorySink {
-    fn recover(&mut self, partition: i32, _committed: Option<u64>) -> Result<()> {
+    fn recover(&mut self, lane: &Lane, _committed: Option<u64>) -> Result<()> {
         let mut s = self.state.lock().expect("test lock");
-        s.staged.remove(&partition);
-        s.prepared.remove(&partition);
+        s.staged.remove(lane);
+        s.prepared.remove(lane);
         Ok(())
     }
 
-    fn prepare(&mut self, partition: i32, epoch: u64) -> Result<()> {
+    fn prepare(&mut self, lane: &Lane, epoch: u64) -> Result<()> {
         let mut s = self.state.lock().expect("test lock");
-        let staged = s.staged.remove(&partition).unwrap_or_default();
-        s.prepared.insert(partition, (epoch, staged));
+        let staged = s.staged.remove(lane).unwrap_or_default();
+        s.prepared.insert(lane.clone(), (epoch, staged));
         Ok(())
     }
 
-    fn commit(&mut self, partition: i32, epoch: u64) -> Result<()> {
+    fn commit(&mut self, lane: &Lane, epoch: u64) -> Result<()> {
         let mut s = self.state.lock().expect("test lock");
-        if let Some((e, rows)) = s.prepared.remove(&partition) {
+        if let Some((e, rows)) = s.prepared.remove(lane) {
             assert_eq!(e, epoch, "commit of an epoch that was not prepared");
             s.committed.extend(rows);
         }
@@ -182,7 +183,7 @@ impl SinkWriter for MemorySink {
         Guarantee::ExactlyOnce
     }
 
-    fn write(&mut self, partition: i32, batch: &RecordBatch) -> Result<WriteOutcome> {
+    fn write(&mut self, lane: &Lane, batch: &RecordBatch) -> Result<WriteOutcome> {
         let mut s = self.state.lock().expect("test lock");
         s.writes += 1;
         if let Some(n) = self.transient_every {
@@ -197,7 +198,10 @@ impl SinkWriter for MemorySink {
         if self.fail_after_writes.is_some_and(|n| s.writes >= n) {
             return Err(WeirError::sink("memory", "injected crash"));
         }
-        s.staged.entry(partition).or_default().push(batch.clone());
+        s.staged
+            .entry(lane.clone())
+            .or_default()
+            .push(batch.clone());
         Ok(WriteOutcome {
             accepted: batch.num_rows(),
             rejected: Vec::new(),
@@ -208,26 +212,26 @@ impl SinkWriter for MemorySink {
 /// Dead letters kept in memory with the same staging as [`MemorySink`].
 #[derive(Clone, Default)]
 pub struct MemoryDlq {
-    pub staged: Arc<Mutex<BTreeMap<i32, Vec<DeadLetter>>>>,
+    pub staged: Arc<Mutex<BTreeMap<Lane, Vec<DeadLetter>>>>,
     pub committed: Arc<Mutex<Vec<DeadLetter>>>,
 }
 
 impl EpochParticipant for MemoryDlq {
-    fn recover(&mut self, partition: i32, _committed: Option<u64>) -> Result<()> {
-        self.staged.lock().expect("test lock").remove(&partition);
+    fn recover(&mut self, lane: &Lane, _committed: Option<u64>) -> Result<()> {
+        self.staged.lock().expect("test lock").remove(lane);
         Ok(())
     }
 
-    fn prepare(&mut self, _partition: i32, _epoch: u64) -> Result<()> {
+    fn prepare(&mut self, _lane: &Lane, _epoch: u64) -> Result<()> {
         Ok(())
     }
 
-    fn commit(&mut self, partition: i32, _epoch: u64) -> Result<()> {
+    fn commit(&mut self, lane: &Lane, _epoch: u64) -> Result<()> {
         let letters = self
             .staged
             .lock()
             .expect("test lock")
-            .remove(&partition)
+            .remove(lane)
             .unwrap_or_default();
         self.committed.lock().expect("test lock").extend(letters);
         Ok(())
@@ -235,11 +239,12 @@ impl EpochParticipant for MemoryDlq {
 }
 
 impl DlqWriter for MemoryDlq {
-    fn write(&mut self, letters: &[DeadLetter]) -> Result<()> {
+    fn write(&mut self, lane: &Lane, letters: &[DeadLetter]) -> Result<()> {
         let mut staged = self.staged.lock().expect("test lock");
-        for l in letters {
-            staged.entry(l.partition).or_default().push(l.clone());
-        }
+        staged
+            .entry(lane.clone())
+            .or_default()
+            .extend_from_slice(letters);
         Ok(())
     }
 }

@@ -66,6 +66,25 @@ pub fn produce_part(
     part: (usize, usize),
     flush: bool,
 ) -> u64 {
+    produce_tagged(topic, truth, partitions, part, flush, "")
+}
+
+/// `tag` + a generated sensor id or event id: the ids of the events [`produce_tagged`] writes
+/// with `tag` (so that two topics produced from equal generators hold disjoint keys).
+pub fn tagged(tag: &str, id: &str) -> String {
+    format!("{tag}{id}")
+}
+
+/// [`produce_part`], with every sensor id (key and field) and event id prefixed by `tag`
+/// (the flush event's are not).
+pub fn produce_tagged(
+    topic: &str,
+    truth: &EventGenerator,
+    partitions: i32,
+    part: (usize, usize),
+    flush: bool,
+    tag: &str,
+) -> u64 {
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers())
         .set("linger.ms", "5")
@@ -76,6 +95,21 @@ pub fn produce_part(
         let n = truth.events_in_partition(p).unwrap() as usize;
         let (from, to) = (n * part.0 / part.1, n * (part.0 + 1) / part.1);
         let mut msgs = truth.messages(p, from as i64, to - from);
+        if !tag.is_empty() {
+            for m in &mut msgs {
+                let retag = |bytes: &[u8]| {
+                    String::from_utf8_lossy(bytes)
+                        .replace("\"sensor-", &format!("\"{tag}sensor-"))
+                        .replace("\"event_id\":\"", &format!("\"event_id\":\"{tag}"))
+                        .into_bytes()
+                };
+                m.key = m
+                    .key
+                    .as_ref()
+                    .map(|k| tagged(tag, &String::from_utf8_lossy(k)).into_bytes());
+                m.payload = m.payload.as_deref().map(retag);
+            }
+        }
         if flush && to == n {
             msgs.push(weir_runtime::RawMessage {
                 offset: n as i64,

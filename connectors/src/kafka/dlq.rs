@@ -22,7 +22,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use serde::Deserialize;
 use weir_runtime::error::{Result, WeirError};
 use weir_runtime::sink::EpochParticipant;
-use weir_runtime::{DeadLetter, DlqWriter, ErrorClass, Stage};
+use weir_runtime::{DeadLetter, DlqWriter, ErrorClass, Lane, Stage};
 
 use super::client::{check_brokers_and_timeout, reject_owned_options, KafkaOptions};
 use super::producer::{ConfirmedProducer, Refused, PRODUCER_OWNED};
@@ -172,13 +172,13 @@ fn headers(letter: &DeadLetter) -> OwnedHeaders {
 }
 
 impl EpochParticipant for KafkaDlq {
-    fn prepare(&mut self, _partition: i32, _epoch: u64) -> Result<()> {
+    fn prepare(&mut self, _lane: &Lane, _epoch: u64) -> Result<()> {
         self.producer.confirm()
     }
 }
 
 impl DlqWriter for KafkaDlq {
-    fn write(&mut self, letters: &[DeadLetter]) -> Result<()> {
+    fn write(&mut self, _lane: &Lane, letters: &[DeadLetter]) -> Result<()> {
         for letter in letters {
             match self.producer.send(
                 letter.key.as_deref(),

@@ -23,7 +23,7 @@ use weir_runtime::arrow::record_batch::RecordBatch;
 use weir_runtime::arrow::util::display::{ArrayFormatter, FormatOptions};
 use weir_runtime::error::{Result, WeirError};
 use weir_runtime::sink::EpochParticipant;
-use weir_runtime::{ErrorClass, Guarantee, SinkWriter, WriteOutcome};
+use weir_runtime::{ErrorClass, Guarantee, Lane, SinkWriter, WriteOutcome};
 
 use super::client::{check_brokers_and_timeout, reject_owned_options, KafkaOptions};
 use super::producer::{ConfirmedProducer, Refused, PRODUCER_OWNED};
@@ -47,7 +47,7 @@ pub struct KafkaSinkConfig {
     #[serde(default)]
     pub options: KafkaOptions,
     /// Exactly-once mode (Kafka to Kafka): the prefix of the transactional producer ids
-    /// (`<transactional_id>-<partition>`). The sink is then also the checkpoint store, see
+    /// (`<transactional_id>-<topic>-<partition>`). The sink is then also the checkpoint store, see
     /// [`KafkaTxnStore`](super::KafkaTxnStore); needs `checkpoint_topic` and a `kafka` source.
     #[serde(default)]
     pub transactional_id: Option<String>,
@@ -311,7 +311,7 @@ pub(crate) fn json_messages(
 
 impl EpochParticipant for KafkaSink {
     /// Every row written so far is acknowledged by the broker (all partitions: one producer).
-    fn prepare(&mut self, _partition: i32, _epoch: u64) -> Result<()> {
+    fn prepare(&mut self, _lane: &Lane, _epoch: u64) -> Result<()> {
         self.producer.confirm()
     }
 }
@@ -325,7 +325,7 @@ impl SinkWriter for KafkaSink {
         Guarantee::AtLeastOnce
     }
 
-    fn write(&mut self, _partition: i32, batch: &RecordBatch) -> Result<WriteOutcome> {
+    fn write(&mut self, _lane: &Lane, batch: &RecordBatch) -> Result<WriteOutcome> {
         let (keys, lines) = json_messages(&mut self.buf, batch, self.key_column.as_deref())
             .map_err(|e| self.error(e))?;
         let n = lines.len();

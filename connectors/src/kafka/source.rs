@@ -41,8 +41,8 @@ use serde::Deserialize;
 use tracing::{debug, info, warn};
 use weir_runtime::error::{Result, WeirError};
 use weir_runtime::{
-    Assignment, ErrorClass, InitialOffset, PartitionReader, RawBatch, RawMessage, ReadResult,
-    Source, TopicPartition, Upstream,
+    Assignment, ErrorClass, InitialOffset, PartitionReader, Partitioning, RawBatch, RawMessage,
+    ReadResult, Source, TopicPartition, Upstream,
 };
 
 use super::client::{
@@ -136,6 +136,16 @@ pub struct KafkaSourceConfig {
 }
 
 impl KafkaSourceConfig {
+    /// Messages are partitioned by their key inside each topic; with several topics the same
+    /// key may be in more than one ([`Partitioning::ByMessageKeyPerTopic`]).
+    pub fn partitioning(&self) -> Partitioning {
+        if self.topics.len() > 1 {
+            Partitioning::ByMessageKeyPerTopic(self.topics.clone())
+        } else {
+            Partitioning::ByMessageKey
+        }
+    }
+
     /// A config with the default options and timeout.
     pub fn new(brokers: impl Into<String>, topics: &[&str], group_id: impl Into<String>) -> Self {
         Self {
@@ -585,6 +595,10 @@ impl KafkaSource {
 impl Source for KafkaSource {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn partitioning(&self) -> Partitioning {
+        self.config.partitioning()
     }
 
     /// Every partition of every configured topic, from broker metadata fetched within

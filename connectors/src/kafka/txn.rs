@@ -1,29 +1,32 @@
 //! The transactional `kafka` sink: Kafka to Kafka exactly-once. It is the pipeline's sink *and*
-//! its checkpoint store, like the PostgreSQL store: per input partition, one Kafka transaction
-//! holds the epoch's output rows, the partition's checkpoint (a record in a checkpoint topic)
-//! and the consumer group's offset (`send_offsets_to_transaction`). All three commit together
-//! or not at all.
+//! its checkpoint store, like the PostgreSQL store: per lane (input topic and partition), one
+//! Kafka transaction holds the epoch's output rows, the lane's checkpoint (a record in a
+//! checkpoint topic) and the consumer group's offset (`send_offsets_to_transaction`). All three
+//! commit together or not at all.
 //!
-//! - **One transactional producer per input partition**, `transactional.id =
-//!   "<transactional_id>-<partition>"`. Initialising it (when the partition is assigned) fences
-//!   any older producer of that partition (a worker that lost it) and aborts its open
-//!   transaction: a zombie cannot commit after the new owner started.
-//! - `write` opens the partition's transaction if needed and produces the rows (JSON, keyed by
+//! - **One transactional producer per lane**, `transactional.id =
+//!   "<transactional_id>-<topic>-<partition>"` (`"<transactional_id>-global"` for the global
+//!   stage). Initialising it (when the partition is assigned) fences any older producer of that
+//!   lane (a worker that lost it) and aborts its open transaction: a zombie cannot commit after
+//!   the new owner started. Older weir named the producer by partition only
+//!   (`"<transactional_id>-<partition>"`); `load` also fences that name once per partition
+//!   number, so an open transaction of a weir from before the upgrade is aborted too.
+//! - `write` opens the lane's transaction if needed and produces the rows (JSON, keyed by
 //!   `key_column`, as the at-least-once `kafka` sink writes them).
 //! - `prepare` waits until every message is delivered into the open transaction.
 //! - `save` (the checkpoint store) produces the checkpoint into the checkpoint topic, in the
 //!   same transaction, keyed `<pipeline>/<topic>/<partition>`, to checkpoint-topic partition
 //!   `partition % <its partitions>`.
 //! - `commit` adds the group offset and commits the transaction.
-//! - `load` initialises the partition's producer (fencing, aborting), then reads that
+//! - `load` initialises the lane's producer (fencing, aborting), then reads that
 //!   checkpoint-topic partition with `isolation.level = read_committed` to its end and returns
-//!   the last checkpoint of the partition: committed output and checkpoint always match.
+//!   the last checkpoint of the lane: committed output and checkpoint always match.
 //!
 //! Any failure inside a transaction is fatal: the run stops, the transaction is aborted by the
 //! next owner's fencing, and the restart resumes from the last committed checkpoint. Readers of
 //! the output topic must use `isolation.level = read_committed`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -38,7 +41,9 @@ use weir_runtime::arrow::record_batch::RecordBatch;
 use weir_runtime::checkpoint::{decode, encode};
 use weir_runtime::error::{Result, WeirError};
 use weir_runtime::sink::EpochParticipant;
-use weir_runtime::{Checkpoint, CheckpointStore, ErrorClass, Guarantee, SinkWriter, WriteOutcome};
+use weir_runtime::{
+    Checkpoint, CheckpointStore, ErrorClass, Guarantee, Lane, SinkWriter, WriteOutcome,
+};
 
 use super::client::{client_config, last_error_suffix, topic_partitions, KafkaContext};
 use super::errors::classify;
@@ -56,7 +61,8 @@ pub struct KafkaTxnOptions {
     pub pipeline: String,
 }
 
-struct Lane {
+/// One lane's transactional producer.
+struct TxnLane {
     producer: BaseProducer<KafkaContext>,
     in_txn: bool,
     /// The group offset to commit with the open transaction: (topic, next offset).
@@ -72,7 +78,9 @@ struct Inner {
     group: ConsumerGroupMetadata,
     /// Kept alive for `group`.
     _group_consumer: BaseConsumer<KafkaContext>,
-    lanes: BTreeMap<i32, Lane>,
+    lanes: BTreeMap<Lane, TxnLane>,
+    /// Partition numbers whose producer of the old naming was fenced.
+    legacy_fenced: BTreeSet<i32>,
     buf: Vec<u8>,
 }
 
@@ -166,6 +174,7 @@ impl KafkaTxnStore {
                 group,
                 _group_consumer: group_consumer,
                 lanes: BTreeMap::new(),
+                legacy_fenced: BTreeSet::new(),
                 buf: Vec::new(),
             })),
         })
@@ -200,72 +209,93 @@ impl Inner {
         fatal(&self.name, format!("{what}: {e}{suffix}"))
     }
 
-    /// The partition's producer, created and initialised (fencing older ones) on first use.
-    fn lane(&mut self, partition: i32) -> Result<&mut Lane> {
-        if !self.lanes.contains_key(&partition) {
-            let id = format!(
-                "{}-{partition}",
-                self.config
-                    .transactional_id
-                    .as_deref()
-                    .unwrap_or_default()
-                    .trim()
-            );
-            let producer: BaseProducer<KafkaContext> = client_config(
-                &self.config.brokers,
-                &self.config.options,
-                &[
-                    ("transactional.id", id.as_str()),
-                    ("enable.idempotence", "true"),
-                ],
-                &[
-                    ("partitioner", "murmur2_random"),
-                    ("linger.ms", "5"),
-                    ("allow.auto.create.topics", "false"),
-                ],
+    fn prefix(&self) -> &str {
+        self.config
+            .transactional_id
+            .as_deref()
+            .unwrap_or_default()
+            .trim()
+    }
+
+    /// A transactional producer named `id`, initialised: every older producer of that name is
+    /// fenced and its open transaction aborted.
+    fn init_producer(&self, id: &str) -> Result<BaseProducer<KafkaContext>> {
+        let producer: BaseProducer<KafkaContext> = client_config(
+            &self.config.brokers,
+            &self.config.options,
+            &[("transactional.id", id), ("enable.idempotence", "true")],
+            &[
+                ("partitioner", "murmur2_random"),
+                ("linger.ms", "5"),
+                ("allow.auto.create.topics", "false"),
+            ],
+        )
+        .create_with_context(KafkaContext::default())
+        .map_err(|e| {
+            fatal(
+                &self.name,
+                format!("cannot create the transactional producer {id:?}: {e}"),
             )
-            .create_with_context(KafkaContext::default())
-            .map_err(|e| {
-                fatal(
-                    &self.name,
-                    format!("cannot create the transactional producer {id:?}: {e}"),
-                )
-            })?;
+        })?;
+        producer.init_transactions(self.wait).map_err(|e| {
+            self.error(&format!("init transactions of {id:?}"), &e, Some(&producer))
+        })?;
+        Ok(producer)
+    }
+
+    /// The lane's producer, created and initialised (fencing older ones) on first use.
+    fn lane(&mut self, lane: &Lane) -> Result<&mut TxnLane> {
+        if !self.lanes.contains_key(lane) {
+            let id = match lane {
+                Lane::Partition { topic, partition } => {
+                    format!("{}-{topic}-{partition}", self.prefix())
+                }
+                Lane::Global => format!("{}-global", self.prefix()),
+            };
             let started = Instant::now();
-            producer.init_transactions(self.wait).map_err(|e| {
-                self.error(&format!("init transactions of {id:?}"), &e, Some(&producer))
-            })?;
-            info!(sink = %self.name, partition, transactional_id = %id, took_ms = started.elapsed().as_millis() as u64, "transactional producer ready (older ones fenced)");
+            let producer = self.init_producer(&id)?;
+            info!(sink = %self.name, %lane, transactional_id = %id, took_ms = started.elapsed().as_millis() as u64, "transactional producer ready (older ones fenced)");
             self.lanes.insert(
-                partition,
-                Lane {
+                lane.clone(),
+                TxnLane {
                     producer,
                     in_txn: false,
                     offset: None,
                 },
             );
         }
-        Ok(self.lanes.get_mut(&partition).expect("inserted above"))
+        Ok(self.lanes.get_mut(lane).expect("inserted above"))
     }
 
-    fn begin(&mut self, partition: i32) -> Result<()> {
+    /// Fence the producer an older weir used for this lane's partition number
+    /// (`<transactional_id>-<partition>`), once: its open transaction is aborted, so it
+    /// neither commits late nor holds back `read_committed` readers.
+    fn fence_legacy(&mut self, partition: i32) -> Result<()> {
+        if self.legacy_fenced.contains(&partition) {
+            return Ok(());
+        }
+        let id = format!("{}-{partition}", self.prefix());
+        drop(self.init_producer(&id)?);
+        debug!(sink = %self.name, transactional_id = %id, "fenced the producer of the naming before lanes had topics");
+        self.legacy_fenced.insert(partition);
+        Ok(())
+    }
+
+    fn begin(&mut self, lane: &Lane) -> Result<()> {
         let name = self.name.clone();
-        let lane = self.lane(partition)?;
-        if !lane.in_txn {
-            lane.producer.begin_transaction().map_err(|e| {
-                fatal(
-                    &name,
-                    format!("begin a transaction for partition {partition}: {e}"),
-                )
-            })?;
-            lane.in_txn = true;
+        let txn = self.lane(lane)?;
+        if !txn.in_txn {
+            txn.producer
+                .begin_transaction()
+                .map_err(|e| fatal(&name, format!("begin a transaction for {lane}: {e}")))?;
+            txn.in_txn = true;
         }
         Ok(())
     }
 
     fn send(
         &mut self,
-        partition: i32,
+        lane: &Lane,
         topic: &str,
         target: Option<i32>,
         key: Option<&[u8]>,
@@ -273,7 +303,7 @@ impl Inner {
     ) -> Result<()> {
         let name = self.name.clone();
         let wait = self.wait;
-        let lane = self.lane(partition)?;
+        let txn = self.lane(lane)?;
         let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic);
         if let Some(p) = payload {
             record = record.payload(p);
@@ -284,15 +314,15 @@ impl Inner {
         if let Some(p) = target {
             record = record.partition(p);
         }
-        send_waiting(&lane.producer, record, wait).map_err(|e| {
+        send_waiting(&txn.producer, record, wait).map_err(|e| {
             fatal(
                 &name,
-                format!("produce to {topic:?} in the transaction of partition {partition}: {e}"),
+                format!("produce to {topic:?} in the transaction of {lane}: {e}"),
             )
         })
     }
 
-    fn write(&mut self, partition: i32, batch: &RecordBatch) -> Result<WriteOutcome> {
+    fn write(&mut self, lane: &Lane, batch: &RecordBatch) -> Result<WriteOutcome> {
         let mut buf = std::mem::take(&mut self.buf);
         let encoded = json_messages(&mut buf, batch, self.config.key_column.as_deref());
         let result = (|| {
@@ -300,13 +330,13 @@ impl Inner {
             if lines.is_empty() {
                 return Ok(WriteOutcome::default());
             }
-            self.begin(partition)?;
+            self.begin(lane)?;
             let topic = self.config.topic.trim().to_string();
             for (line, key) in lines.iter().zip(&keys) {
                 let payload = line.as_ref().map(|l| &buf[l.clone()]);
-                self.send(partition, &topic, None, key.as_deref(), payload)?;
+                self.send(lane, &topic, None, key.as_deref(), payload)?;
             }
-            self.lane(partition)?.producer.poll(Duration::ZERO);
+            self.lane(lane)?.producer.poll(Duration::ZERO);
             Ok(WriteOutcome {
                 accepted: lines.len(),
                 rejected: Vec::new(),
@@ -316,30 +346,38 @@ impl Inner {
         result
     }
 
-    fn prepare(&mut self, partition: i32) -> Result<()> {
+    fn prepare(&mut self, lane: &Lane) -> Result<()> {
         let (name, wait) = (self.name.clone(), self.wait);
-        let Some(lane) = self.lanes.get_mut(&partition) else {
+        let Some(txn) = self.lanes.get_mut(lane) else {
             return Ok(());
         };
-        lane.producer.flush(wait).map_err(|e| {
+        txn.producer.flush(wait).map_err(|e| {
             fatal(
                 &name,
                 format!(
-                    "deliver the transaction of partition {partition}: {e}{}",
-                    last_error_suffix(lane.producer.context())
+                    "deliver the transaction of {lane}: {e}{}",
+                    last_error_suffix(txn.producer.context())
                 ),
             )
         })?;
-        let failed = lane.producer.context().take_failed();
+        let failed = txn.producer.context().take_failed();
         if let Some(f) = failed.first() {
-            return Err(fatal(&name, format!("{} message(s) of the transaction of partition {partition} were not delivered: {}", failed.len(), f.error)));
+            return Err(fatal(
+                &name,
+                format!(
+                    "{} message(s) of the transaction of {lane} were not delivered: {}",
+                    failed.len(),
+                    f.error
+                ),
+            ));
         }
         Ok(())
     }
 
     fn save(&mut self, c: &Checkpoint) -> Result<()> {
         let bytes = encode(c)?;
-        self.begin(c.partition)?;
+        let lane = Lane::from_checkpoint_key(&c.topic, c.partition);
+        self.begin(&lane)?;
         let key = checkpoint_key(&self.txn.pipeline, &c.topic, c.partition);
         let target = c.partition.rem_euclid(self.checkpoint_partitions);
         let topic = self
@@ -350,30 +388,32 @@ impl Inner {
             .trim()
             .to_string();
         self.send(
-            c.partition,
+            &lane,
             &topic,
             Some(target),
             Some(key.as_bytes()),
             Some(&bytes),
         )?;
-        self.lane(c.partition)?.offset = Some((c.topic.clone(), c.next_offset));
+        // The global stage reads no topic of the group: it has no offset to commit.
+        let offset = (lane != Lane::Global).then(|| (c.topic.clone(), c.next_offset));
+        self.lane(&lane)?.offset = offset;
         Ok(())
     }
 
-    fn commit(&mut self, partition: i32, epoch: u64) -> Result<()> {
+    fn commit(&mut self, lane: &Lane, epoch: u64) -> Result<()> {
         let (name, wait) = (self.name.clone(), self.wait);
         let group = &self.group;
-        let Some(lane) = self.lanes.get_mut(&partition) else {
+        let Some(txn) = self.lanes.get_mut(lane) else {
             return Ok(());
         };
-        if !lane.in_txn {
+        if !txn.in_txn {
             return Ok(());
         }
-        if let Some((topic, next)) = lane.offset.take() {
+        if let (Some((topic, next)), Some(partition)) = (txn.offset.take(), lane.partition()) {
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition_offset(&topic, partition, Offset::Offset(next))
                 .map_err(|e| fatal(&name, format!("{topic}/{partition}: {e}")))?;
-            lane.producer
+            txn.producer
                 .send_offsets_to_transaction(&tpl, group, wait)
                 .map_err(|e| {
                     fatal(
@@ -384,27 +424,29 @@ impl Inner {
                     )
                 })?;
         }
-        lane.producer.commit_transaction(wait).map_err(|e| {
+        txn.producer.commit_transaction(wait).map_err(|e| {
             fatal(
                 &name,
                 format!(
-                    "commit the transaction of partition {partition} (epoch {epoch}): {e}{}",
-                    last_error_suffix(lane.producer.context())
+                    "commit the transaction of {lane} (epoch {epoch}): {e}{}",
+                    last_error_suffix(txn.producer.context())
                 ),
             )
         })?;
-        lane.in_txn = false;
-        debug!(sink = %name, partition, epoch, "transaction committed");
+        txn.in_txn = false;
+        debug!(sink = %name, %lane, epoch, "transaction committed");
         Ok(())
     }
 
     /// The last committed checkpoint of `topic/partition` (see the module docs).
     fn load(&mut self, topic: &str, partition: i32) -> Result<Option<Checkpoint>> {
-        // A fresh producer for the partition, fencing every older one (of another worker, or
-        // this worker's from before a revocation): their open transactions are aborted, so
-        // the read below is not held back by them.
-        self.lanes.remove(&partition);
-        self.lane(partition)?;
+        // A fresh producer for the lane, fencing every older one (of another worker, or this
+        // worker's from before a revocation, or of a weir from before lanes had topics): their
+        // open transactions are aborted, so the read below is not held back by them.
+        let lane = Lane::from_checkpoint_key(&Arc::from(topic), partition);
+        self.fence_legacy(partition)?;
+        self.lanes.remove(&lane);
+        self.lane(&lane)?;
         let consumer: BaseConsumer<KafkaContext> = client_config(
             &self.config.brokers,
             &self.config.options,
@@ -475,19 +517,19 @@ fn checkpoint_key(pipeline: &str, topic: &str, partition: i32) -> String {
 }
 
 impl EpochParticipant for KafkaTxnStore {
-    /// Nothing to do: `load`, which the executor calls first for the partition, replaced its
+    /// Nothing to do: `load`, which the executor calls first for the lane, replaced its
     /// producer and so aborted whatever transaction was open. Only committed output counts.
-    fn recover(&mut self, partition: i32, committed_epoch: Option<u64>) -> Result<()> {
-        debug!(sink = %self.name, partition, ?committed_epoch, "recovered (uncommitted transactions are aborted)");
+    fn recover(&mut self, lane: &Lane, committed_epoch: Option<u64>) -> Result<()> {
+        debug!(sink = %self.name, %lane, ?committed_epoch, "recovered (uncommitted transactions are aborted)");
         Ok(())
     }
 
-    fn prepare(&mut self, partition: i32, _epoch: u64) -> Result<()> {
-        self.lock()?.prepare(partition)
+    fn prepare(&mut self, lane: &Lane, _epoch: u64) -> Result<()> {
+        self.lock()?.prepare(lane)
     }
 
-    fn commit(&mut self, partition: i32, epoch: u64) -> Result<()> {
-        self.lock()?.commit(partition, epoch)
+    fn commit(&mut self, lane: &Lane, epoch: u64) -> Result<()> {
+        self.lock()?.commit(lane, epoch)
     }
 }
 
@@ -500,8 +542,8 @@ impl SinkWriter for KafkaTxnStore {
         Guarantee::ExactlyOnce
     }
 
-    fn write(&mut self, partition: i32, batch: &RecordBatch) -> Result<WriteOutcome> {
-        self.lock()?.write(partition, batch)
+    fn write(&mut self, lane: &Lane, batch: &RecordBatch) -> Result<WriteOutcome> {
+        self.lock()?.write(lane, batch)
     }
 }
 

@@ -7,14 +7,16 @@
 //! database and the reader seeks to its offset, so a crash at any point gives exactly the
 //! uninterrupted output.
 //!
-//! # One transaction per partition
+//! # One transaction per lane
 //!
-//! Several partitions share the sink, and their writes interleave. If they shared one
-//! transaction, committing partition p's checkpoint would also commit rows of partition q
-//! whose checkpoint is not stored yet; after a crash q would replay from its older checkpoint
-//! and write those rows again (fine for idempotent upserts, but not exactly-once, and q's
-//! operator state would no longer match the rows). So each partition has its own *lane*: its
-//! own connection with its own transaction, which holds that partition's rows only:
+//! Several lanes (a topic's partition, or the global stage; `weir_runtime::Lane`) share the
+//! sink, and their writes interleave. If they shared one transaction, committing lane p's
+//! checkpoint would also commit rows of lane q whose checkpoint is not stored yet; after a
+//! crash q would replay from its older checkpoint and write those rows again (fine for
+//! idempotent upserts, but not exactly-once, and q's operator state would no longer match the
+//! rows). So each lane has its own connection with its own transaction, which holds that
+//! lane's rows only. Lanes are keyed by topic and partition: two topics' partition 0 are two
+//! lanes (their checkpoint rows were always keyed so):
 //!
 //! ```text
 //! write(p, batch)   lane p: BEGIN if none is open; upsert the batch          (rows of p only)
@@ -38,21 +40,23 @@
 //! one means it did not (the rows and checkpoint are replayed on retry). When the server is
 //! unreachable it returns `Transient` and checks again on the next call.
 //!
-//! Locks: a lane's transaction holds the row locks of its keys until its partition's next
-//! checkpoint. Two partitions writing the same key would therefore wait for each other, and
+//! Locks: a lane's transaction holds the row locks of its keys until its next
+//! checkpoint. Two lanes writing the same key would therefore wait for each other, and
 //! since one thread drives both, forever. Statements wait at most `lock_timeout_ms` for a lock; a lock wait
 //! that times out while another lane has an open transaction is a `Fatal` error saying that
 //! `key_columns` must include the key the source partitions by (which a read model keyed by
 //! its entity id does). A timeout with no other lane open (an outside writer) is `Transient`.
 //!
-//! Connections: one per partition that wrote to the sink, plus one control connection (DDL,
+//! Connections: one per lane that wrote to the sink, plus one control connection (DDL,
 //! `load`, lost-commit checks). TLS follows the URL's `sslmode`, `sslrootcert`, `sslcert` and
 //! `sslkey` as in libpq ([`tls`]); the certificate files are read once, at start.
 //!
-//! When the object is used as a sink only (another checkpoint store), nothing calls `load` or
-//! `save` and rows commit at `prepare`, before the other store saves the checkpoint:
-//! idempotent upserts, effectively once ([`Guarantee::IdempotentUpsert`]). `load`, `save` or
-//! [`PostgresStore::checkpoint_store`] switch it to commit at `commit` ([`Guarantee::ExactlyOnce`]).
+//! Whether the object is the pipeline's checkpoint store is fixed when it is built
+//! ([`PostgresStore::connect_as`] with a [`CheckpointRole`], chosen by the pipeline builder).
+//! As the store, rows commit at `commit` with the checkpoint ([`Guarantee::ExactlyOnce`]). As
+//! a sink only (another checkpoint store), rows commit at `prepare`, before the other store
+//! saves the checkpoint: idempotent upserts, effectively once
+//! ([`Guarantee::IdempotentUpsert`]); `load` and `save` are refused.
 //!
 //! # Writes
 //!
@@ -93,6 +97,6 @@ pub use errors::{classify, classify_sqlstate, describe, SQLSTATE_CLASSIFICATION}
 pub use replay::{LockMode, PipelineLock, ReplayTarget, SwapSummary};
 pub use reset::ResetCheckpoints;
 pub use sql::CHECKPOINT_TABLE;
-pub use store::PostgresStore;
+pub use store::{CheckpointRole, PostgresStore};
 pub use tls::{PgConnect, SslMode, TlsOptions};
 pub use types::{pg_type, PgType};

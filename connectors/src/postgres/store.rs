@@ -17,7 +17,7 @@ use weir_runtime::checkpoint::{decode, encode};
 use weir_runtime::error::{ErrorClass, Result, WeirError};
 use weir_runtime::sink::EpochParticipant;
 use weir_runtime::{
-    Checkpoint, CheckpointStore, Guarantee, SinkWriter, WriteOutcome, DELETED_COLUMN,
+    Checkpoint, CheckpointStore, Guarantee, Lane, SinkWriter, WriteOutcome, DELETED_COLUMN,
 };
 
 use super::config::{check_identifier, PostgresSinkConfig};
@@ -34,11 +34,26 @@ const DDL_LOCK: i64 = 0x7765_6972_2064_646c;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The `postgres` sink and checkpoint store. Clones share everything: give one clone to the
-/// executor as a sink and another as its checkpoint store (see [`PostgresStore::checkpoint_store`]).
+/// executor as a sink and another as its checkpoint store (see [`PostgresStore::checkpoint_store`]
+/// and [`CheckpointRole`]).
 #[derive(Clone)]
 pub struct PostgresStore {
     name: String,
+    /// Fixed at construction ([`CheckpointRole`]).
+    stores_checkpoints: bool,
     inner: Arc<Mutex<Inner>>,
+}
+
+/// What a [`PostgresStore`] is for the pipeline, chosen by whoever builds it (the pipeline
+/// builder: at most one sink stores the checkpoints).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckpointRole {
+    /// The sink and the checkpoint store: each lane's rows commit with its checkpoint, in one
+    /// transaction (exactly-once).
+    Store,
+    /// A sink only: rows commit at `prepare` (idempotent upserts); `load` and `save` are
+    /// refused.
+    Sink,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -88,9 +103,9 @@ struct Pending {
     state: Vec<u8>,
 }
 
-/// One partition's connection and transaction.
+/// One lane's connection and transaction.
 #[derive(Default)]
-struct Lane {
+struct PgLane {
     client: Option<Client>,
     statements: HashMap<String, Statement>,
     /// A transaction is open on `client` and holds every `staged` row and the `pending`
@@ -104,7 +119,7 @@ struct Lane {
     uncertain: bool,
 }
 
-impl Lane {
+impl PgLane {
     /// Forget the connection (dropping it ends the session; the server rolls back).
     fn drop_connection(&mut self) {
         self.client = None;
@@ -158,11 +173,12 @@ struct Inner {
     /// Autocommit connection for DDL, loading checkpoints and checking lost commits.
     control: Option<Client>,
     checkpoint_table_ready: bool,
-    /// `load` or `save` was called: this object is the pipeline's checkpoint store, so rows
-    /// commit with the checkpoint (exactly-once) rather than at `prepare`.
+    /// This object is the pipeline's checkpoint store (the builder's choice, given to
+    /// [`PostgresStore::connect_as`]): rows commit with the checkpoint (exactly-once) rather
+    /// than at `prepare`.
     stores_checkpoints: bool,
     plan: Option<Arc<Plan>>,
-    lanes: BTreeMap<i32, Lane>,
+    lanes: BTreeMap<Lane, PgLane>,
 }
 
 fn pg_error(sink: &str, doing: &str, e: &postgres::Error) -> WeirError {
@@ -182,9 +198,12 @@ fn with_class(sink: &str, class: ErrorClass, message: impl std::fmt::Display) ->
 }
 
 /// `application_name` of a connection, as `pg_stat_activity` shows it (at most 63 bytes).
-fn application_name(pipeline: &str, sink: &str, lane: Option<i32>) -> String {
-    let mut name = match lane {
-        Some(p) => format!("weir {pipeline}/{sink} p{p}"),
+/// A lane's connection is named by its partition number (`p3`; the global stage's
+/// `global`): the topic would often not fit.
+fn application_name(pipeline: &str, sink: &str, lane: Option<&Lane>) -> String {
+    let mut name = match lane.map(Lane::partition) {
+        Some(Some(p)) => format!("weir {pipeline}/{sink} p{p}"),
+        Some(None) => format!("weir {pipeline}/{sink} global"),
         None => format!("weir {pipeline}/{sink} control"),
     };
     while name.len() > 63 {
@@ -474,30 +493,31 @@ impl Inner {
     }
 
     /// After a lost COMMIT answer: learn from the stored epoch whether it committed.
-    fn resolve_uncertain(&mut self, p: i32) -> Result<()> {
-        let Some(lane) = self.lanes.get_mut(&p) else {
+    fn resolve_uncertain(&mut self, p: &Lane) -> Result<()> {
+        let Some(lane) = self.lanes.get_mut(p) else {
             return Ok(());
         };
         let Some(pending) = lane.pending.clone().filter(|_| lane.uncertain) else {
             lane.uncertain = false;
             return Ok(());
         };
-        let stored = self.stored_epoch(&pending.topic, p)?;
-        let lane = self.lanes.get_mut(&p).expect("invariant: looked up above");
+        let (_, partition) = p.checkpoint_key();
+        let stored = self.stored_epoch(&pending.topic, partition)?;
+        let lane = self.lanes.get_mut(p).expect("invariant: looked up above");
         match commit_outcome(pending.epoch, stored) {
             CommitOutcome::Landed => {
-                info!(sink = %self.name, partition = p, epoch = pending.epoch, "the commit whose answer was lost had landed");
+                info!(sink = %self.name, lane = %p, epoch = pending.epoch, "the commit whose answer was lost had landed");
                 lane.committed();
                 Ok(())
             }
             CommitOutcome::Lost => {
-                info!(sink = %self.name, partition = p, epoch = pending.epoch, "the commit whose answer was lost had not landed: replaying");
+                info!(sink = %self.name, lane = %p, epoch = pending.epoch, "the commit whose answer was lost had not landed: replaying");
                 lane.uncertain = false;
                 Ok(())
             }
             CommitOutcome::Superseded(stored) => Err(self.fatal(format!(
-                "partition {p}: epoch {stored} is stored while this worker committed epoch {}: \
-                 another worker writes this partition",
+                "{p}: epoch {stored} is stored while this worker committed epoch {}: \
+                 another worker writes this lane",
                 pending.epoch
             ))),
         }
@@ -505,8 +525,8 @@ impl Inner {
 
     /// Makes lane `p` hold an open transaction with everything it staged: reconnects and
     /// replays after a lost transaction.
-    fn ready(&mut self, p: i32) -> Result<()> {
-        if self.lanes.get(&p).is_some_and(|l| l.uncertain) {
+    fn ready(&mut self, p: &Lane) -> Result<()> {
+        if self.lanes.get(p).is_some_and(|l| l.uncertain) {
             self.resolve_uncertain(p)?;
         }
         let Inner {
@@ -518,7 +538,7 @@ impl Inner {
             lanes,
             ..
         } = self;
-        let lane = lanes.entry(p).or_default();
+        let lane = lanes.entry(p.clone()).or_default();
         if lane.open && lane.client.as_ref().is_some_and(|c| !c.is_closed()) {
             return Ok(());
         }
@@ -531,7 +551,7 @@ impl Inner {
             lane.client = Some(client);
         }
         let replayed = lane.staged.iter().map(|s| s.rows.len()).sum::<usize>();
-        let Lane {
+        let PgLane {
             client,
             statements,
             staged,
@@ -553,8 +573,9 @@ impl Inner {
                 let epoch = pending.epoch as i64;
                 let sql = sql::save_checkpoint(checkpoints);
                 let stmt = statement(client, statements, &sql).map_err(|e| ("save", e))?;
+                let (_, partition) = p.checkpoint_key();
                 client
-                    .execute(&stmt, &save_params(pipeline, pending, &p, &epoch))
+                    .execute(&stmt, &save_params(pipeline, pending, &partition, &epoch))
                     .map_err(|e| ("replay the checkpoint of the lost transaction", e))?;
             }
             Ok(())
@@ -562,7 +583,7 @@ impl Inner {
         match result {
             Ok(()) => {
                 if replayed > 0 || pending.is_some() {
-                    warn!(sink = %name, partition = p, rows = replayed, checkpoint = pending.is_some(), "replayed a lost transaction");
+                    warn!(sink = %name, lane = %p, rows = replayed, checkpoint = pending.is_some(), "replayed a lost transaction");
                 }
                 lane.open = true;
                 Ok(())
@@ -573,7 +594,7 @@ impl Inner {
                     return Err(WeirError::sink(
                         name.as_str(),
                         format!(
-                            "partition {p}: {doing}: a row accepted before the transaction was \
+                            "{p}: {doing}: a row accepted before the transaction was \
                              lost is refused now ({}); it can no longer go to the DLQ",
                             describe(&e)
                         ),
@@ -587,13 +608,13 @@ impl Inner {
     /// The error of a failed statement in lane `p`. A lock wait that timed out while another
     /// partition of this store holds an open transaction is fatal: the two partitions write
     /// the same key, and the other transaction only commits after this call returns.
-    fn lane_error(&self, p: i32, doing: &str, e: &postgres::Error) -> WeirError {
+    fn lane_error(&self, p: &Lane, doing: &str, e: &postgres::Error) -> WeirError {
         let lock_timeout = e.code().is_some_and(|c| c.code() == "55P03");
-        let other_open = self.lanes.iter().any(|(q, l)| *q != p && l.open);
+        let other_open = self.lanes.iter().any(|(q, l)| q != p && l.open);
         if lock_timeout && other_open {
             return self.fatal(format!(
-                "partition {p}: {doing}: waited {} ms for a row lock held by another partition's \
-                 open transaction: two partitions write rows with the same key. The sink's \
+                "{p}: {doing}: waited {} ms for a row lock held by another lane's \
+                 open transaction: two lanes write rows with the same key. The sink's \
                  key_columns must include the key the source partitions by ({})",
                 self.config.lock_timeout_ms,
                 describe(e)
@@ -606,20 +627,20 @@ impl Inner {
     /// refused ones with their reason.
     fn apply_batch(
         &mut self,
-        p: i32,
+        p: &Lane,
         plan: &Arc<Plan>,
         values: Values<'_>,
         rows: &[u32],
     ) -> Result<Applied> {
         self.ready(p)?;
-        let lane = self.lanes.get_mut(&p).expect("invariant: ready");
+        let lane = self.lanes.get_mut(p).expect("invariant: ready");
         if !lane.savepoints {
             // Optimistic: no savepoint (no subtransaction) on the common path.
             let client = lane.client.as_mut().expect("invariant: ready");
             match execute_rows(client, &mut lane.statements, plan, values, rows) {
                 Ok(_) => return Ok((rows.to_vec(), Vec::new())),
                 Err(e) if classify(&e) == ErrorClass::Data => {
-                    debug!(sink = %self.name, partition = p, error = %describe(&e), "a row was refused: isolating rows with savepoints until the next commit");
+                    debug!(sink = %self.name, lane = %p, error = %describe(&e), "a row was refused: isolating rows with savepoints until the next commit");
                     lane.savepoints = true;
                     lane.open = false;
                     if client.batch_execute("ROLLBACK").is_err() {
@@ -633,7 +654,7 @@ impl Inner {
                 }
             }
         }
-        let lane = self.lanes.get_mut(&p).expect("invariant: ready");
+        let lane = self.lanes.get_mut(p).expect("invariant: ready");
         let client = lane.client.as_mut().expect("invariant: ready");
         let (mut accepted, mut rejected) = (Vec::new(), Vec::new());
         match apply_isolating(
@@ -653,7 +674,7 @@ impl Inner {
         }
     }
 
-    fn write(&mut self, p: i32, batch: &RecordBatch) -> Result<WriteOutcome> {
+    fn write(&mut self, p: &Lane, batch: &RecordBatch) -> Result<WriteOutcome> {
         if batch.num_rows() == 0 {
             return Ok(WriteOutcome::default());
         }
@@ -706,7 +727,7 @@ impl Inner {
         };
         if !accepted.is_empty() {
             self.lanes
-                .get_mut(&p)
+                .get_mut(p)
                 .expect("invariant: applied in this lane")
                 .staged
                 .push(Staged {
@@ -721,16 +742,16 @@ impl Inner {
 
     /// Commits lane `p`'s transaction. When the answer is lost, reads the stored epoch back to
     /// learn whether it committed.
-    fn commit(&mut self, p: i32) -> Result<()> {
-        if self.lanes.get(&p).is_some_and(|l| l.uncertain) {
+    fn commit(&mut self, p: &Lane) -> Result<()> {
+        if self.lanes.get(p).is_some_and(|l| l.uncertain) {
             // A retry after a lost answer: if that commit landed, nothing is left to do.
             self.resolve_uncertain(p)?;
         }
-        if self.lanes.get(&p).is_none_or(Lane::idle) {
+        if self.lanes.get(p).is_none_or(PgLane::idle) {
             return Ok(());
         }
         self.ready(p)?;
-        let lane = self.lanes.get_mut(&p).expect("invariant: ready");
+        let lane = self.lanes.get_mut(p).expect("invariant: ready");
         let client = lane.client.as_mut().expect("invariant: ready");
         let Err(e) = client.batch_execute("COMMIT") else {
             lane.committed();
@@ -744,7 +765,7 @@ impl Inner {
             // The server answered: the transaction rolled back; replay on retry.
             if classify(&e) == ErrorClass::Data {
                 return Err(self.fatal(format!(
-                    "partition {p}: commit: a deferred constraint refused the transaction ({}); \
+                    "{p}: commit: a deferred constraint refused the transaction ({}); \
                      rows refused at commit cannot go to the DLQ: make the constraint immediate",
                     describe(&e)
                 )));
@@ -755,26 +776,26 @@ impl Inner {
             // No checkpoint to tell: replay (the rows are upserts, so at worst they repeat).
             return Err(pg_error(&self.name, "commit", &e));
         }
-        warn!(sink = %self.name, partition = p, error = %describe(&e), "the answer to COMMIT was lost: reading the stored epoch");
+        warn!(sink = %self.name, lane = %p, error = %describe(&e), "the answer to COMMIT was lost: reading the stored epoch");
         lane.uncertain = true;
         let error = with_class(
             &self.name,
             ErrorClass::Transient,
             format!(
-                "partition {p}: commit: the connection broke before the answer ({})",
+                "{p}: commit: the connection broke before the answer ({})",
                 describe(&e)
             ),
         );
         self.resolve_uncertain(p)?;
-        if self.lanes.get(&p).is_none_or(Lane::idle) {
+        if self.lanes.get(p).is_none_or(PgLane::idle) {
             Ok(())
         } else {
             Err(error)
         }
     }
 
-    fn prepare(&mut self, p: i32) -> Result<()> {
-        if self.lanes.get(&p).is_none_or(Lane::idle) {
+    fn prepare(&mut self, p: &Lane) -> Result<()> {
+        if self.lanes.get(p).is_none_or(PgLane::idle) {
             return Ok(());
         }
         self.ready(p)?;
@@ -786,10 +807,23 @@ impl Inner {
         }
     }
 
+    /// Refuses the checkpoint store's calls when the builder made this store a sink only.
+    fn check_stores(&self, doing: &str) -> Result<()> {
+        if self.stores_checkpoints {
+            return Ok(());
+        }
+        Err(self.fatal(format!(
+            "{doing}: this postgres sink was built as a sink only, not as the pipeline's \
+             checkpoint store (PostgresStore::connect_as with CheckpointRole::Store)"
+        )))
+    }
+
     fn save(&mut self, c: &Checkpoint) -> Result<()> {
-        self.stores_checkpoints = true;
+        self.check_stores("save a checkpoint")?;
         self.ensure_checkpoint_table()?;
-        let p = c.partition;
+        let lane = Lane::from_checkpoint_key(&c.topic, c.partition);
+        let p = &lane;
+        let partition = c.partition;
         let pending = Pending {
             topic: c.topic.to_string(),
             epoch: c.epoch,
@@ -806,11 +840,12 @@ impl Inner {
             lanes,
             ..
         } = self;
-        let lane = lanes.get_mut(&p).expect("invariant: ready");
+        let lane = lanes.get_mut(p).expect("invariant: ready");
         let client = lane.client.as_mut().expect("invariant: ready");
         let sql = sql::save_checkpoint(checkpoints);
-        let result = statement(client, &mut lane.statements, &sql)
-            .and_then(|stmt| client.execute(&stmt, &save_params(pipeline, &pending, &p, &epoch)));
+        let result = statement(client, &mut lane.statements, &sql).and_then(|stmt| {
+            client.execute(&stmt, &save_params(pipeline, &pending, &partition, &epoch))
+        });
         match result {
             Ok(_) => {
                 lane.pending = Some(pending);
@@ -824,7 +859,7 @@ impl Inner {
     }
 
     fn load(&mut self, topic: &str, partition: i32) -> Result<Option<Checkpoint>> {
-        self.stores_checkpoints = true;
+        self.check_stores("load a checkpoint")?;
         self.ensure_checkpoint_table()?;
         let sql = sql::load_checkpoint(&self.checkpoints);
         let pipeline = self.pipeline.clone();
@@ -844,13 +879,23 @@ impl Inner {
 }
 
 impl PostgresStore {
-    /// Checks `config`, connects (the control connection) and returns the store of pipeline
-    /// `pipeline` (the checkpoint rows' `pipeline` column). Partitions get their own connection
-    /// on first use.
+    /// [`PostgresStore::connect_as`] a sink only ([`CheckpointRole::Sink`]).
     pub fn connect(
         name: impl Into<String>,
         config: &PostgresSinkConfig,
         pipeline: &str,
+    ) -> Result<Self> {
+        Self::connect_as(name, config, pipeline, CheckpointRole::Sink)
+    }
+
+    /// Checks `config`, connects (the control connection) and returns the store of pipeline
+    /// `pipeline` (the checkpoint rows' `pipeline` column), in `role`: the pipeline's
+    /// checkpoint store too, or a sink only. Lanes get their own connection on first use.
+    pub fn connect_as(
+        name: impl Into<String>,
+        config: &PostgresSinkConfig,
+        pipeline: &str,
+        role: CheckpointRole,
     ) -> Result<Self> {
         let name = name.into();
         let errors = config.validate("");
@@ -876,21 +921,22 @@ impl PostgresStore {
             checkpoints: sql::qualified(schema, CHECKPOINT_TABLE),
             control: None,
             checkpoint_table_ready: false,
-            stores_checkpoints: false,
+            stores_checkpoints: role == CheckpointRole::Store,
             plan: None,
             lanes: BTreeMap::new(),
         };
         inner.control()?;
         Ok(Self {
             name,
+            stores_checkpoints: role == CheckpointRole::Store,
             inner: Arc::new(Mutex::new(inner)),
         })
     }
 
-    /// This store as the pipeline's checkpoint store. From then on (as after any `load` or
-    /// `save`) rows commit together with their partition's checkpoint: exactly-once.
+    /// This store as the pipeline's checkpoint store; an error when it was connected as a
+    /// sink only.
     pub fn checkpoint_store(&self) -> Result<Arc<dyn CheckpointStore>> {
-        self.lock()?.stores_checkpoints = true;
+        self.lock()?.check_stores("be the checkpoint store")?;
         Ok(Arc::new(self.clone()))
     }
 
@@ -905,27 +951,27 @@ impl PostgresStore {
 }
 
 impl EpochParticipant for PostgresStore {
-    /// Forgets partition `p`'s uncommitted work: the database holds the truth (the stored
+    /// Forgets the lane's uncommitted work: the database holds the truth (the stored
     /// checkpoint and the rows committed with it).
-    fn recover(&mut self, partition: i32, committed_epoch: Option<u64>) -> Result<()> {
+    fn recover(&mut self, lane: &Lane, committed_epoch: Option<u64>) -> Result<()> {
         let mut inner = self.lock()?;
-        if inner.lanes.remove(&partition).is_some() {
-            debug!(sink = %self.name, partition, ?committed_epoch, "dropped uncommitted work");
+        if inner.lanes.remove(lane).is_some() {
+            debug!(sink = %self.name, %lane, ?committed_epoch, "dropped uncommitted work");
         }
         Ok(())
     }
 
-    /// Makes sure the partition's transaction is open and holds its rows (replaying them after
-    /// a lost connection). When this store is not the checkpoint store, commits them.
-    fn prepare(&mut self, partition: i32, _epoch: u64) -> Result<()> {
-        self.lock()?.prepare(partition)
+    /// Makes sure the lane's transaction is open and holds its rows (replaying them after a
+    /// lost connection). When this store is not the checkpoint store, commits them.
+    fn prepare(&mut self, lane: &Lane, _epoch: u64) -> Result<()> {
+        self.lock()?.prepare(lane)
     }
 
-    /// Commits the partition's rows and checkpoint.
-    fn commit(&mut self, partition: i32, epoch: u64) -> Result<()> {
-        let result = self.lock()?.commit(partition);
+    /// Commits the lane's rows and checkpoint.
+    fn commit(&mut self, lane: &Lane, epoch: u64) -> Result<()> {
+        let result = self.lock()?.commit(lane);
         if result.is_ok() {
-            debug!(sink = %self.name, partition, epoch, "committed");
+            debug!(sink = %self.name, %lane, epoch, "committed");
         }
         result
     }
@@ -937,14 +983,15 @@ impl SinkWriter for PostgresStore {
     }
 
     fn guarantee(&self) -> Guarantee {
-        match self.inner.lock() {
-            Ok(inner) if inner.stores_checkpoints => Guarantee::ExactlyOnce,
-            _ => Guarantee::IdempotentUpsert,
+        if self.stores_checkpoints {
+            Guarantee::ExactlyOnce
+        } else {
+            Guarantee::IdempotentUpsert
         }
     }
 
-    fn write(&mut self, partition: i32, batch: &RecordBatch) -> Result<WriteOutcome> {
-        self.lock()?.write(partition, batch)
+    fn write(&mut self, lane: &Lane, batch: &RecordBatch) -> Result<WriteOutcome> {
+        self.lock()?.write(lane, batch)
     }
 }
 
@@ -953,7 +1000,7 @@ impl CheckpointStore for PostgresStore {
         self.lock()?.load(topic, partition)
     }
 
-    /// Saves the checkpoint into its partition's open transaction; `commit` commits both.
+    /// Saves the checkpoint into its lane's open transaction; `commit` commits both.
     fn save(&self, checkpoint: &Checkpoint) -> Result<()> {
         self.lock()?.save(checkpoint)
     }
@@ -972,16 +1019,24 @@ mod tests {
     }
 
     #[test]
+    fn the_global_lane_names_its_connection_global() {
+        assert_eq!(
+            application_name("orders", "pg", Some(&Lane::Global)),
+            "weir orders/pg global"
+        );
+    }
+
+    #[test]
     fn application_names_fit_postgres() {
         assert_eq!(
-            application_name("orders", "pg", Some(3)),
+            application_name("orders", "pg", Some(&Lane::new("t", 3))),
             "weir orders/pg p3"
         );
         assert_eq!(
             application_name("orders", "pg", None),
             "weir orders/pg control"
         );
-        let long = application_name(&"é".repeat(40), "pg", Some(1));
+        let long = application_name(&"é".repeat(40), "pg", Some(&Lane::new("t", 1)));
         assert!(long.len() <= 63, "{long}");
     }
 }
