@@ -4,6 +4,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::arrow::record_batch::RecordBatch;
+use crate::batch::RawBatch;
 use crate::error::Result;
 use crate::lane::Lane;
 use crate::sink::EpochParticipant;
@@ -57,7 +59,7 @@ pub enum Stage {
     Sink(String),
 }
 
-/// One dead-lettered message (DESIGN.md §5).
+/// One dead-lettered message (ARCHITECTURE.md, "Data path": nothing is lost).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadLetter {
     pub pipeline: Arc<str>,
@@ -71,6 +73,75 @@ pub struct DeadLetter {
     pub stage: Stage,
     pub attempts: u32,
     pub time_ms: i64,
+}
+
+impl DeadLetter {
+    /// The letter of the message at `offset` of `raw`: its key and original bytes (none when
+    /// the batch does not hold it). Every dead letter of a message is built here.
+    pub fn of_message(
+        pipeline: &Arc<str>,
+        raw: &RawBatch,
+        offset: i64,
+        kind: ErrorKind,
+        message: String,
+        stage: Stage,
+    ) -> Self {
+        let m = raw.find(offset);
+        Self {
+            pipeline: pipeline.clone(),
+            topic: raw.topic.clone(),
+            partition: raw.partition,
+            offset,
+            key: m.and_then(|m| m.key.clone()),
+            payload: m.and_then(|m| m.payload.clone()),
+            kind,
+            message,
+            stage,
+            attempts: 1,
+            time_ms: now_ms(),
+        }
+    }
+
+    /// The letter of an output row that derives from many messages (a window's or a
+    /// projection's): no topic, offset -1, the row as JSON for payload. `partition` is the
+    /// lane's (-1 for the global stage's).
+    pub fn of_row(
+        pipeline: &Arc<str>,
+        partition: i32,
+        batch: &RecordBatch,
+        row: usize,
+        kind: ErrorKind,
+        message: String,
+        stage: Stage,
+    ) -> Self {
+        let mut buf = Vec::new();
+        let mut w = crate::arrow::json::LineDelimitedWriter::new(&mut buf);
+        let payload = w
+            .write(&batch.slice(row, 1))
+            .and_then(|_| w.finish())
+            .ok()
+            .map(|_| buf);
+        Self {
+            pipeline: pipeline.clone(),
+            topic: Arc::from(""),
+            partition,
+            offset: -1,
+            key: None,
+            payload,
+            kind,
+            message,
+            stage,
+            attempts: 1,
+            time_ms: now_ms(),
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
 }
 
 /// Where dead letters go. Writes follow the checkpoint protocol of [`EpochParticipant`]:

@@ -13,6 +13,7 @@ pub mod batch;
 pub mod checkpoint;
 pub mod dlq;
 pub mod error;
+pub mod events;
 pub mod executor;
 pub mod fingerprint;
 pub mod global;

@@ -58,6 +58,12 @@ pub struct Metrics {
     revoked: AtomicU64,
     pauses: AtomicU64,
     ack_failures: AtomicU64,
+    /// Milliseconds spent storing checkpoints (prepare → save → commit), all lanes.
+    checkpoint_ms: AtomicU64,
+    rebalance_assigned: AtomicU64,
+    rebalance_revoked: AtomicU64,
+    rebalance_lost: AtomicU64,
+    transient_retries: AtomicU64,
 }
 
 impl Metrics {
@@ -72,8 +78,45 @@ impl Metrics {
         self.rows_out.fetch_add(c.rows_out, Ordering::Relaxed);
     }
 
-    pub fn checkpoint_stored(&self) {
+    pub(crate) fn checkpoint_stored(&self, took: std::time::Duration) {
         self.checkpoints.fetch_add(1, Ordering::Relaxed);
+        self.checkpoint_ms
+            .fetch_add(took.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Time spent storing checkpoints so far, all lanes (millisecond resolution).
+    pub fn checkpoint_time(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.checkpoint_ms.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn rebalance_assigned(&self) {
+        self.rebalance_assigned.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn rebalance_revoked(&self, lost: bool) {
+        self.rebalance_revoked.fetch_add(1, Ordering::Relaxed);
+        if lost {
+            self.rebalance_lost.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Partitions the consumer group assigned, revoked and of those lost (taken without a
+    /// drain), in this run.
+    pub fn rebalances(&self) -> (u64, u64, u64) {
+        (
+            self.rebalance_assigned.load(Ordering::Relaxed),
+            self.rebalance_revoked.load(Ordering::Relaxed),
+            self.rebalance_lost.load(Ordering::Relaxed),
+        )
+    }
+
+    pub(crate) fn transient_retried(&self) {
+        self.transient_retries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Transient errors retried so far (every attempt after the first).
+    pub fn transient_retries(&self) -> u64 {
+        self.transient_retries.load(Ordering::Relaxed)
     }
 
     pub fn checkpoints(&self) -> u64 {

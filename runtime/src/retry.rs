@@ -12,9 +12,9 @@
 use std::thread;
 use std::time::{Duration, Instant};
 
-use tracing::warn;
-
 use crate::error::{ErrorClass, Result, WeirError};
+use crate::events;
+use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 
 /// The first pause between two attempts; it doubles after each attempt.
@@ -87,6 +87,7 @@ pub fn decide(
 pub fn retry<T>(
     budget: &RetryBudget,
     shutdown: &Shutdown,
+    metrics: &Metrics,
     component: String,
     mut f: impl FnMut() -> Result<T>,
 ) -> Result<T> {
@@ -107,7 +108,13 @@ pub fn retry<T>(
             elapsed,
         ) {
             RetryDecision::Retry(pause) => {
-                warn!(component = %component, attempt = attempts, error = %e, backoff_ms = pause.as_millis() as u64, "transient error, retrying");
+                events::TransientRetried {
+                    component: &component,
+                    attempt: attempts,
+                    error: &e,
+                    backoff: pause,
+                }
+                .emit(metrics);
                 thread::sleep(pause);
             }
             RetryDecision::Fail => return Err(e),
@@ -203,13 +210,19 @@ mod tests {
             max_elapsed: Duration::from_secs(10),
         };
         let mut calls = 0;
-        let err = retry(&budget, &Shutdown::new(), "out".into(), || -> Result<()> {
-            calls += 1;
-            Err(WeirError::io(
-                "/data/out",
-                std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out"),
-            ))
-        })
+        let err = retry(
+            &budget,
+            &Shutdown::new(),
+            &Metrics::default(),
+            "out".into(),
+            || -> Result<()> {
+                calls += 1;
+                Err(WeirError::io(
+                    "/data/out",
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out"),
+                ))
+            },
+        )
         .unwrap_err();
         assert_eq!(calls, 3);
         assert_eq!(err.class(), Fatal);
@@ -227,17 +240,23 @@ mod tests {
     #[test]
     fn a_step_that_recovers_within_the_budget_succeeds() {
         let mut calls = 0;
-        let got = retry(&BUDGET, &Shutdown::new(), "out".into(), || {
-            calls += 1;
-            if calls < 3 {
-                Err(WeirError::io(
-                    "/data/out",
-                    std::io::Error::new(std::io::ErrorKind::Interrupted, "interrupted"),
-                ))
-            } else {
-                Ok(calls)
-            }
-        });
+        let got = retry(
+            &BUDGET,
+            &Shutdown::new(),
+            &Metrics::default(),
+            "out".into(),
+            || {
+                calls += 1;
+                if calls < 3 {
+                    Err(WeirError::io(
+                        "/data/out",
+                        std::io::Error::new(std::io::ErrorKind::Interrupted, "interrupted"),
+                    ))
+                } else {
+                    Ok(calls)
+                }
+            },
+        );
         assert_eq!(got.unwrap(), 3);
     }
 
@@ -247,6 +266,7 @@ mod tests {
         let err = retry(
             &BUDGET,
             &Shutdown::new(),
+            &Metrics::default(),
             "checkpoint".into(),
             || -> Result<()> {
                 calls += 1;

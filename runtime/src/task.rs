@@ -1,7 +1,7 @@
 //! The partition task: the one owner of a partition's decoder, operator chain and offset.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use crate::arrow::record_batch::RecordBatch;
 use crate::batch::RawBatch;
@@ -321,26 +321,16 @@ impl PartitionTask {
         if rejects.is_empty() {
             return;
         }
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or_default();
         out.delta.dlq += rejects.len() as u64;
         for r in rejects {
-            let msg = raw.find(r.offset);
-            out.dead_letters.push(DeadLetter {
-                pipeline: self.pipeline.clone(),
-                topic: self.topic.clone(),
-                partition: self.partition,
-                offset: r.offset,
-                key: msg.and_then(|m| m.key.clone()),
-                payload: msg.and_then(|m| m.payload.clone()),
-                kind: r.kind,
-                message: r.message,
-                stage: stage.clone(),
-                attempts: 1,
-                time_ms: now,
-            });
+            out.dead_letters.push(DeadLetter::of_message(
+                &self.pipeline,
+                raw,
+                r.offset,
+                r.kind,
+                r.message,
+                stage.clone(),
+            ));
         }
     }
 }
