@@ -312,6 +312,7 @@ impl std::ops::Deref for ValidatedPipeline {
 
 /// The sections that were read, for the checks (a section with errors is `None`).
 struct Sections<'a> {
+    name: Option<&'a String>,
     source: Option<&'a SourceConfig>,
     schema: Option<&'a SchemaConfig>,
     upcast: Option<&'a UpcastConfig>,
@@ -381,13 +382,9 @@ impl ValidatedPipeline {
         } else if !table.contains_key("sinks") {
             errors.push("sinks: missing (add at least one [[sinks]] table)".into());
         }
-        if let Some(name) = &name {
-            if name.trim().is_empty() {
-                errors.push("name: must not be empty".into());
-            }
-        }
         let section_errors = errors.iter().any(|e| e.starts_with("schema"));
         errors.extend(check(Sections {
+            name: name.as_ref(),
             source: source.as_ref(),
             schema: schema.as_ref().filter(|_| !section_errors),
             upcast: upcast.as_ref(),
@@ -441,13 +438,11 @@ impl ValidatedPipeline {
         change(&mut config);
         let c = &config;
         let mut errors = Vec::new();
-        if c.name.trim().is_empty() {
-            errors.push("name: must not be empty".into());
-        }
         if c.sinks.is_empty() {
             errors.push("sinks: at least one sink is required".into());
         }
         errors.extend(check(Sections {
+            name: Some(&c.name),
             source: Some(&c.source),
             schema: Some(&c.schema),
             upcast: c.upcast.as_ref(),
@@ -474,6 +469,9 @@ impl ValidatedPipeline {
 /// operator chain or query against the schema.
 fn check(s: Sections<'_>) -> Vec<String> {
     let mut errors = Vec::new();
+    if s.name.is_some_and(|n| n.trim().is_empty()) {
+        errors.push("name: must not be empty".into());
+    }
     if let Some(src) = s.source {
         errors.extend(src.component().validate("source"));
     }

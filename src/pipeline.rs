@@ -451,7 +451,7 @@ impl Pipeline {
             let opened = s.component().open(&SinkContext {
                 name: format!("sinks[{i}]"),
                 pipeline: &cfg.name,
-                source: &cfg.source,
+                source: Some(&cfg.source),
             })?;
             if let Some(store) = opened.store {
                 p = p.checkpoint_store(store);

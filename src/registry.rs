@@ -324,7 +324,8 @@ pub struct SinkContext<'a> {
     pub name: String,
     /// The pipeline's name (the checkpoint namespace of a sink that stores checkpoints).
     pub pipeline: &'a str,
-    pub source: &'a SourceConfig,
+    /// The pipeline's source (`None` for `weir sql`, whose sinks never need it).
+    pub source: Option<&'a SourceConfig>,
 }
 
 /// An opened sink, and the checkpoint store it is when it stores the pipeline's checkpoints.
@@ -479,7 +480,7 @@ impl SinkKind for KafkaSinkConfig {
         if self.transactional_id.is_none() {
             return Ok(OpenedSink::writer(KafkaSink::new(ctx.name.clone(), self)?));
         }
-        let SourceConfig::Kafka(source) = ctx.source else {
+        let Some(SourceConfig::Kafka(source)) = ctx.source else {
             return Err(WeirError::Config(format!(
                 "{}.transactional_id: needs a kafka source",
                 ctx.name
@@ -594,7 +595,10 @@ impl SourceConfig {
             Self::shorthand_table,
             Self::shorthand_usage,
         )
-        .and_then(|s: Self| checked("--source", &s, s.component().validate("")))
+        .and_then(|s: Self| {
+            let errors = s.component().validate("");
+            checked("--source", s, errors)
+        })
     }
 }
 
@@ -610,16 +614,17 @@ impl SinkConfig {
             Self::shorthand_table,
             Self::shorthand_usage,
         )
-        .and_then(|s: Self| checked("--sink", &s, s.component().validate("")))
+        .and_then(|s: Self| {
+            let errors = s.component().validate("");
+            checked("--sink", s, errors)
+        })
     }
 }
 
-fn checked<T>(flag: &str, value: &T, errors: Vec<String>) -> Result<T>
-where
-    T: Clone,
-{
+/// `value` when its checks found nothing, else the errors under `flag`.
+fn checked<T>(flag: &str, value: T, errors: Vec<String>) -> Result<T> {
     if errors.is_empty() {
-        Ok(value.clone())
+        Ok(value)
     } else {
         Err(bad_spec(flag, errors.join("; ")))
     }

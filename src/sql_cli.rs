@@ -217,11 +217,10 @@ pub fn with_sink(
             ));
         }
     }
-    let source = SourceConfig::Generator(Default::default());
     let opened = sink.component().open(&SinkContext {
         name: sink.type_name().to_string(),
         pipeline: PIPELINE,
-        source: &source,
+        source: None,
     })?;
     Ok(p.boxed_sink(opened.writer))
 }

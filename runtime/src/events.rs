@@ -37,8 +37,8 @@ pub struct PartitionAssigned<'a> {
 }
 
 impl PartitionAssigned<'_> {
-    pub fn emit(&self, m: &Metrics) {
-        m.rebalance_assigned();
+    /// Counted when the partition starts ([`PartitionStarted`]): a duplicate does not.
+    pub fn emit(&self, _m: &Metrics) {
         if self.duplicate {
             warn!(topic = %self.topic, partition = self.partition, "assigned a partition this worker already reads");
         } else {
@@ -57,8 +57,8 @@ pub struct PartitionRevoked<'a> {
 
 impl PartitionRevoked<'_> {
     pub fn emit(&self, m: &Metrics) {
-        m.rebalance_revoked(self.lost);
         if self.lost {
+            m.partition_lost();
             warn!(topic = %self.topic, partition = self.partition, "partition lost to another worker: stopping without a checkpoint");
         } else {
             info!(topic = %self.topic, partition = self.partition, "partition revoked: draining");
@@ -219,7 +219,7 @@ mod tests {
 
         assert_eq!(m.owned_partitions(), 0, "started one, finished one");
         assert_eq!(m.assignments(), (1, 1));
-        assert_eq!(m.rebalances(), (1, 1, 1), "assigned, revoked, lost");
+        assert_eq!(m.lost_partitions(), 1);
         assert_eq!(m.checkpoints(), 2);
         assert_eq!(m.checkpoint_time(), Duration::from_millis(8));
         assert_eq!(m.reader_pauses(), 1);

@@ -60,9 +60,7 @@ pub struct Metrics {
     ack_failures: AtomicU64,
     /// Milliseconds spent storing checkpoints (prepare → save → commit), all lanes.
     checkpoint_ms: AtomicU64,
-    rebalance_assigned: AtomicU64,
-    rebalance_revoked: AtomicU64,
-    rebalance_lost: AtomicU64,
+    lost: AtomicU64,
     transient_retries: AtomicU64,
 }
 
@@ -89,25 +87,14 @@ impl Metrics {
         std::time::Duration::from_millis(self.checkpoint_ms.load(Ordering::Relaxed))
     }
 
-    pub(crate) fn rebalance_assigned(&self) {
-        self.rebalance_assigned.fetch_add(1, Ordering::Relaxed);
+    pub(crate) fn partition_lost(&self) {
+        self.lost.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn rebalance_revoked(&self, lost: bool) {
-        self.rebalance_revoked.fetch_add(1, Ordering::Relaxed);
-        if lost {
-            self.rebalance_lost.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    /// Partitions the consumer group assigned, revoked and of those lost (taken without a
-    /// drain), in this run.
-    pub fn rebalances(&self) -> (u64, u64, u64) {
-        (
-            self.rebalance_assigned.load(Ordering::Relaxed),
-            self.rebalance_revoked.load(Ordering::Relaxed),
-            self.rebalance_lost.load(Ordering::Relaxed),
-        )
+    /// Partitions the consumer group took away without a drain (another worker owned them
+    /// already), in this run; a subset of the revoked ones of [`Metrics::assignments`].
+    pub fn lost_partitions(&self) -> u64 {
+        self.lost.load(Ordering::Relaxed)
     }
 
     pub(crate) fn transient_retried(&self) {

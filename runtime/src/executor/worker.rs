@@ -124,8 +124,8 @@ pub(super) fn run_worker(
             // Idle means the source had nothing to read for the whole timeout: not a backlog
             // the worker has not reached yet, nor a reader a loaded machine left behind.
             let caught_up_for = lane.caught_up_since.map_or(Duration::ZERO, |t| t.elapsed());
-            if lane.last_input.elapsed() >= idle_timeout
-                && caught_up_for >= idle_timeout
+            // (Caught up after the last batch, so the last input is at least as old.)
+            if caught_up_for >= idle_timeout
                 && lane.last_idle.elapsed() >= IDLE_EVERY.min(idle_timeout)
                 && lane.rx.is_empty()
             {
