@@ -748,6 +748,11 @@ mod tests {
         assert_eq!(c.path, Path::new("/tmp/out.db"));
         assert_eq!(c.table, "results");
         assert_eq!(c.key_columns, ["sensor_id", "window_start"]);
+        let SinkConfig::Parquet(p) = SinkConfig::from_spec("parquet:out-dir", &ctx()).unwrap()
+        else {
+            panic!("not parquet")
+        };
+        assert_eq!(p.path, Path::new("out-dir"));
         assert!(matches!(
             SinkConfig::from_spec("terminal", &ctx()).unwrap(),
             SinkConfig::Terminal(TerminalSinkConfig { max_rows: 20 })
