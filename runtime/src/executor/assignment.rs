@@ -85,6 +85,16 @@ impl Executor {
                 floor,
             },
         );
+        // A checkpoint ahead of upstream (a stop between storing it and acknowledging it):
+        // catch upstream up now, or it lags until the partition gets new input.
+        if let ResumeFrom::Checkpoint { offset, .. } = resume {
+            if offset > acknowledged && self.acknowledge(tp, offset) {
+                if let Some(owned) = running.owned.get_mut(tp) {
+                    owned.floor = offset;
+                }
+                running.upstream_at.insert(tp.clone(), Some(offset));
+            }
+        }
         Ok(())
     }
 
