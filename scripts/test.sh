@@ -27,6 +27,15 @@ for svc in kafka postgres; do
   fi
 done
 
+# cargo-nextest (one process per test, the groups and timeouts of .config/nextest.toml),
+# installed once into a cache that outlives the checkout; `cargo test` if that fails.
+TOOLS="${WEIR_TOOLS_DIR:-$HOME/.cache/weir-tools}"
+export PATH="$TOOLS/bin:$PATH"
+if ! cargo nextest --version >/dev/null 2>&1; then
+  cargo install cargo-nextest --locked --version "${WEIR_NEXTEST_VERSION:-0.9.151}" --root "$TOOLS" ||
+    echo "test.sh: could not install cargo-nextest; running cargo test" >&2
+fi
+
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@"
 else

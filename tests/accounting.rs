@@ -1,7 +1,7 @@
 //! Poison messages reach the DLQ with their bytes and reason, the counters add up, and a
 //! keyed projection sees every key's events in the order they were produced.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::sync::Arc;

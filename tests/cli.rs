@@ -2,7 +2,7 @@
 //! a worker SIGKILLed at random points that, restarted, ends with exactly the output of an
 //! uninterrupted run.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::path::Path;

@@ -3,7 +3,7 @@
 //! it can and is refused, naming `partition_key`, where it cannot; a declared partition key
 //! that the topic is not keyed by is detected at run time.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::path::Path;

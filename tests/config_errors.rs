@@ -3,7 +3,7 @@
 //! or the output's column types reveal; a run-time I/O error names its config key and says
 //! the OS error once.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

@@ -4,7 +4,7 @@
 //! of them in the DLQ file with its kind, field and value, and every valid event reaches the
 //! sink unchanged.
 
-mod common;
+use crate::common;
 
 use common::cli::{stderr, weir};
 use weir::connectors::{read_dlq_dir, read_jsonl_dir};

@@ -8,7 +8,7 @@
 //! The full disk is a small tmpfs the test mounts (root only; skipped with the reason
 //! otherwise) and always unmounts, also when the test fails.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -3,7 +3,7 @@
 //! mode with a fresh checkpoint directory over a group that already has committed offsets.
 //! Every run also says, per partition, where it resumed from.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;

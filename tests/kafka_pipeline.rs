@@ -5,7 +5,7 @@
 //! a stop in mid-stream and a restart; poison goes to the DLQ; the group's committed offsets
 //! end at the end of the input.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -3,7 +3,7 @@
 //! (ARCHITECTURE.md, "Lanes"): with one topic, a staged epoch is settled as its lane's and
 //! nothing is lost; with several topics it is refused, naming the file.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::Path;

@@ -4,7 +4,7 @@
 //! computed here from the generator's truth, with no duplicate and no missing row, and the
 //! offsets stored in PostgreSQL are the end of the input.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -5,7 +5,7 @@
 //! partitions (two phases: its rows commit with the global stage's frontier, under
 //! `GLOBAL_PARTITION`).
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

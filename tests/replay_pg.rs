@@ -11,7 +11,7 @@
 //! - `--from <time>` starts every partition at the first offset at or after the time;
 //! - bad input: non-postgres sink, bad `--from`, unknown key, unreachable source or database.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -1,7 +1,7 @@
 //! `weir reset` against the real services: a Kafka source's consumer group offsets (tansu,
 //! `WEIR_KAFKA_BROKERS`) and the PostgreSQL checkpoint store (`WEIR_PG_URL`).
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::Duration;

@@ -4,7 +4,7 @@
 //! SQLSTATE. A window's rows derive from many messages: offset -1, the row as JSON.
 //! Needs `WEIR_PG_URL` (`export "$(scripts/postgres.sh start)"`).
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

@@ -3,7 +3,7 @@
 //! corpora (queries with expected rows, refused queries with their errors) are in
 //! `tests/sql_corpus.rs`.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -13,7 +13,7 @@
 //! `WEIR_BLESS=1` writes the oracle's rows as `expected` into a case that has none (never
 //! the streaming output: expected rows come from the oracle only).
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};

@@ -1,7 +1,7 @@
 //! State that no longer fits, `weir reset` with the local checkpoint store, `weir sql`'s state,
 //! and one watermark default for `weir sql` and pipeline files (issue 10, points 4 to 6).
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

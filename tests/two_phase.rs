@@ -3,7 +3,7 @@
 //! events behind it are late. The oracle checks of two-phase windows (straight, stopped,
 //! crashed) are in `window_oracle.rs` and the SQL corpus.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

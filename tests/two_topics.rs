@@ -4,7 +4,7 @@
 //! message is in the DLQ exactly once. Sinks, the DLQ and checkpoints are keyed by the lane
 //! (topic, partition), never by the partition number alone (ARCHITECTURE.md, "Lanes").
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::Path;

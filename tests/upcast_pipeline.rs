@@ -2,7 +2,7 @@
 //! the projection as v2 events with the default currency, and events of an unknown version go
 //! to the DLQ with the reason while the others are folded.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::sync::Arc;

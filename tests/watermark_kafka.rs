@@ -3,7 +3,7 @@
 //! whose input stopped still emits its last window, and a later event for it is late; trades
 //! stamped far ahead of the wall clock go to the DLQ and leave the valid ones on time.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

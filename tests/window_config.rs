@@ -2,7 +2,7 @@
 //! the rows of the same window written as SQL (`HOP(...)`, `SESSION(...)`), and impossible
 //! settings are refused with the file and key.
 
-mod common;
+use crate::common;
 
 use common::cli::{stderr, weir};
 use weir::connectors::{read_dlq_dir, read_jsonl_dir, GeneratorConfig, GeneratorSource};

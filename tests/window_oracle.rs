@@ -3,7 +3,7 @@
 //! phase) and by a column whose groups span partitions (`region`, two phases: partials per
 //! partition merged by the global stage).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

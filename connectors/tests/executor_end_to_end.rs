@@ -2,7 +2,7 @@
 //! JSONL sink, poison → JSONL DLQ, with a crash in the middle and a restart from the
 //! checkpoint. Every event must end up exactly once in the sink or in the DLQ.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -4,7 +4,7 @@
 //! JSONL sink or the DLQ once, the worker must keep going, and the group's committed offsets
 //! must end at the end of every partition.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::Duration;

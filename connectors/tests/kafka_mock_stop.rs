@@ -4,7 +4,7 @@
 //! truth), the group commits of all partitions wait under one `commit_timeout_ms` together,
 //! and the run ends successfully, reporting that the group's offsets lag the checkpoints.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

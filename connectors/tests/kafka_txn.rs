@@ -3,7 +3,7 @@
 //! checkpoints stored inside the transactions. What is and is not verified: see
 //! `crashes_inside_transactions`.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

@@ -7,7 +7,7 @@
 //!
 //! Needs `WEIR_PG_URL`: `export "$(scripts/postgres.sh start)"`, then `scripts/postgres.sh stop`.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
