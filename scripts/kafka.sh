@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test broker for weir's tests: Apache Kafka 4.x in KRaft mode (one node, broker and
 # controller, on loopback), run from its jars on Maven Central; Java 17 and Maven are needed,
-# nothing else. WEIR_TEST_BROKER=tansu runs scripts/tansu.sh instead (same commands, same output).
+# nothing else. Selected with WEIR_TEST_BROKER=kafka; the default is still tansu
+# (scripts/tansu.sh, same commands, same output) until every test passes on Apache Kafka.
 #
 #   scripts/kafka.sh install   resolve the broker's jars once into $WEIR_KAFKA_HOME (Maven,
 #                              scripts/kafka/pom.xml); a second run finds them and resolves nothing
@@ -12,7 +13,7 @@
 #   scripts/kafka.sh status    say whether it runs, and where
 #
 # Environment:
-#   WEIR_TEST_BROKER     kafka (default) or tansu
+#   WEIR_TEST_BROKER     tansu (default) or kafka
 #   WEIR_KAFKA_HOME      cached jars                     (default: $HOME/.cache/weir-kafka)
 #   WEIR_SERVICES_DIR    PID, log, data and env files    (default: $PWD/.services)
 #   WEIR_KAFKA_PORT      port to listen on               (default: a free loopback port)
@@ -22,7 +23,7 @@
 # Typical use:   export "$(scripts/kafka.sh start)"; cargo nextest run ...; scripts/kafka.sh stop
 set -euo pipefail
 
-case "${WEIR_TEST_BROKER:-kafka}" in
+case "${WEIR_TEST_BROKER:-tansu}" in
     kafka) ;;
     tansu) exec "$(dirname "${BASH_SOURCE[0]}")/tansu.sh" "$@" ;;
     *)

