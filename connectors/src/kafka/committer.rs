@@ -244,8 +244,25 @@ impl KafkaOffsetCommitter {
         for (topic, partition) in partitions {
             tpl.add_partition(topic, *partition);
         }
-        let result = self.consumer.committed_offsets(tpl, timeout);
-        self.serve();
+        // A coordinator that is still loading or moving (the offsets topic of a fresh broker
+        // is created by the first group request) answers NotCoordinator at once: a transient
+        // answer is asked again until the time is spent.
+        let deadline = Instant::now() + timeout;
+        let result = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let result = self.consumer.committed_offsets(tpl.clone(), left);
+            self.serve();
+            match &result {
+                Err(e)
+                    if classify(e) == ErrorClass::Transient
+                        && deadline.saturating_duration_since(Instant::now())
+                            > Duration::from_millis(100) =>
+                {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                _ => break result,
+            }
+        };
         let got = result.map_err(|e| {
             let names: Vec<String> = partitions.iter().map(|(t, p)| format!("{t}/{p}")).collect();
             self.error(
