@@ -177,27 +177,7 @@ cmd_start() {
 }
 
 cmd_stop() {
-    if [ ! -f "$PID_FILE" ]; then
-        echo "$SERVICE: no broker started from $SERVICES" >&2
-        return
-    fi
-    local pid
-    pid="$(running_pid)"
-    if [ -n "$pid" ]; then
-        kill "$pid"
-        local i
-        for i in $(seq 100); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        if kill -0 "$pid" 2>/dev/null; then
-            kill -9 "$pid" 2>/dev/null || true
-        fi
-        echo "$SERVICE: stopped Apache Kafka (PID $pid)" >&2
-    else
-        echo "$SERVICE: the broker of $PID_FILE was not running" >&2
-    fi
-    rm -f "$PID_FILE" "$ENV_FILE"
+    stop_by_pid_file "Apache Kafka" 100
     rm -rf "$DATA_DIR"
 }
 

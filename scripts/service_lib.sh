@@ -89,3 +89,28 @@ service_main() {
             ;;
     esac
 }
+
+# Stops the process of $PID_FILE, which this script started: TERM, then KILL after $2 tenths of
+# a second (default 50); $1 names it in the messages.
+stop_by_pid_file() {
+    local what="$1" tenths="${2:-50}" pid i
+    if [ ! -f "$PID_FILE" ]; then
+        echo "$SERVICE: no $what started from $SERVICES" >&2
+        return
+    fi
+    pid="$(running_pid)"
+    if [ -n "$pid" ]; then
+        kill "$pid"
+        for i in $(seq "$tenths"); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        if kill -0 "$pid" 2>/dev/null; then
+            kill -9 "$pid" 2>/dev/null || true
+        fi
+        echo "$SERVICE: stopped $what (PID $pid)" >&2
+    else
+        echo "$SERVICE: the $what of $PID_FILE was not running" >&2
+    fi
+    rm -f "$PID_FILE" "$ENV_FILE"
+}

@@ -100,27 +100,7 @@ cmd_start() {
 }
 
 cmd_stop() {
-    if [ ! -f "$PID_FILE" ]; then
-        echo "tansu.sh: no broker started from $SERVICES" >&2
-        return
-    fi
-    local pid
-    pid="$(running_pid)"
-    if [ -n "$pid" ]; then
-        kill "$pid"
-        local i
-        for i in $(seq 50); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        if kill -0 "$pid" 2>/dev/null; then
-            kill -9 "$pid" 2>/dev/null || true
-        fi
-        echo "tansu.sh: stopped tansu (PID $pid)" >&2
-    else
-        echo "tansu.sh: the broker of $PID_FILE was not running" >&2
-    fi
-    rm -f "$PID_FILE" "$ENV_FILE"
+    stop_by_pid_file "tansu" 50
 }
 
 service_main "$@"
