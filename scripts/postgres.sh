@@ -112,28 +112,8 @@ cmd_start() {
 }
 
 cmd_stop() {
-    if [ ! -f "$PID_FILE" ]; then
-        echo "postgres.sh: no server started from $SERVICES" >&2
-        return
-    fi
-    local pid
-    pid="$(running_pid)"
-    if [ -n "$pid" ]; then
-        # SIGINT is PostgreSQL's fast shutdown: roll back open transactions and exit cleanly.
-        kill -INT "$pid"
-        local i
-        for i in $(seq 300); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        if kill -0 "$pid" 2>/dev/null; then
-            kill -9 "$pid" 2>/dev/null || true
-        fi
-        echo "postgres.sh: stopped PostgreSQL (PID $pid)" >&2
-    else
-        echo "postgres.sh: the server of $PID_FILE was not running" >&2
-    fi
-    rm -f "$PID_FILE" "$ENV_FILE"
+    # SIGINT is PostgreSQL's fast shutdown: roll back open transactions and exit cleanly.
+    stop_by_pid_file "PostgreSQL" 300 INT
     rm -rf "$DATA_DIR"
 }
 

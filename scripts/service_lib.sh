@@ -90,17 +90,17 @@ service_main() {
     esac
 }
 
-# Stops the process of $PID_FILE, which this script started: TERM, then KILL after $2 tenths of
-# a second (default 50); $1 names it in the messages.
+# Stops the process of $PID_FILE, which this script started: signal $3 (default TERM), then
+# KILL after $2 tenths of a second (default 50); $1 names it in the messages.
 stop_by_pid_file() {
-    local what="$1" tenths="${2:-50}" pid i
+    local what="$1" tenths="${2:-50}" signal="${3:-TERM}" pid i
     if [ ! -f "$PID_FILE" ]; then
         echo "$SERVICE: no $what started from $SERVICES" >&2
         return
     fi
     pid="$(running_pid)"
     if [ -n "$pid" ]; then
-        kill "$pid"
+        kill -"$signal" "$pid"
         for i in $(seq "$tenths"); do
             kill -0 "$pid" 2>/dev/null || break
             sleep 0.1
