@@ -76,8 +76,12 @@ struct Inner {
     wait: Duration,
     checkpoint_partitions: i32,
     group: ConsumerGroupMetadata,
-    /// Kept alive for `group`.
-    _group_consumer: BaseConsumer<KafkaContext>,
+    /// A client of the source's group: `group` comes from it, and `load` reads the group's
+    /// committed offsets through it.
+    group_consumer: BaseConsumer<KafkaContext>,
+    /// Reads the checkpoint topic in `load`; made once, reassigned each time (a client per
+    /// partition would connect anew for every partition of an assignment).
+    checkpoint_reader: Option<BaseConsumer<KafkaContext>>,
     lanes: BTreeMap<Lane, TxnLane>,
     /// Partition numbers whose producer of the old naming was fenced.
     legacy_fenced: BTreeSet<i32>,
@@ -172,7 +176,8 @@ impl KafkaTxnStore {
                 wait,
                 checkpoint_partitions: checkpoint_partitions.max(1),
                 group,
-                _group_consumer: group_consumer,
+                group_consumer,
+                checkpoint_reader: None,
                 lanes: BTreeMap::new(),
                 legacy_fenced: BTreeSet::new(),
                 buf: Vec::new(),
@@ -447,24 +452,9 @@ impl Inner {
         self.fence_legacy(partition)?;
         self.lanes.remove(&lane);
         self.lane(&lane)?;
-        let consumer: BaseConsumer<KafkaContext> = client_config(
-            &self.config.brokers,
-            &self.config.options,
-            &[
-                ("group.id", "weir-checkpoint-reader"),
-                ("enable.auto.commit", "false"),
-                ("isolation.level", "read_committed"),
-                ("enable.partition.eof", "true"),
-            ],
-            &[],
-        )
-        .create_with_context(KafkaContext::default())
-        .map_err(|e| {
-            fatal(
-                &self.name,
-                format!("cannot create the checkpoint reader: {e}"),
-            )
-        })?;
+        if self.checkpoint_reader.is_none() {
+            self.checkpoint_reader = Some(self.checkpoint_reader()?);
+        }
         let ckpt_topic = self
             .config
             .checkpoint_topic
@@ -475,6 +465,7 @@ impl Inner {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(ckpt_topic, target, Offset::Beginning)
             .map_err(|e| fatal(&self.name, format!("{ckpt_topic}/{target}: {e}")))?;
+        let consumer = self.checkpoint_reader.as_ref().expect("made above");
         consumer
             .assign(&tpl)
             .map_err(|e| self.error("assign the checkpoint topic", &e, None))?;
@@ -533,22 +524,37 @@ impl Inner {
         Ok(None)
     }
 
-    /// The source group's committed offset of `topic/partition`, if it has one.
-    fn group_offset(&self, topic: &str, partition: i32) -> Result<Option<i64>> {
-        let group: BaseConsumer<KafkaContext> = client_config(
+    /// The client that reads the checkpoint topic: `read_committed`, and a fetch at the end
+    /// of a partition answers at once (the broker would otherwise hold it for up to 500 ms,
+    /// librdkafka's default, for every partition loaded).
+    fn checkpoint_reader(&self) -> Result<BaseConsumer<KafkaContext>> {
+        client_config(
             &self.config.brokers,
             &self.config.options,
             &[
-                ("group.id", self.txn.group_id.as_str()),
+                ("group.id", "weir-checkpoint-reader"),
                 ("enable.auto.commit", "false"),
+                ("isolation.level", "read_committed"),
+                ("enable.partition.eof", "true"),
+                ("fetch.wait.max.ms", "10"),
             ],
             &[],
         )
         .create_with_context(KafkaContext::default())
-        .map_err(|e| fatal(&self.name, format!("cannot create the offset reader: {e}")))?;
+        .map_err(|e| {
+            fatal(
+                &self.name,
+                format!("cannot create the checkpoint reader: {e}"),
+            )
+        })
+    }
+
+    /// The source group's committed offset of `topic/partition`, if it has one.
+    fn group_offset(&self, topic: &str, partition: i32) -> Result<Option<i64>> {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition(topic, partition);
-        let got = group
+        let got = self
+            .group_consumer
             .committed_offsets(tpl, self.wait)
             .map_err(|e| self.error("read the group's committed offset", &e, None))?;
         Ok(got
