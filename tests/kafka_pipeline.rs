@@ -10,7 +10,7 @@ use crate::common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::kafka::{brokers, create_topic, produce, produce_part, unique};
+use common::kafka::{broker_is_apache_kafka, brokers, create_topic, produce, produce_part, unique};
 use weir::connectors::{
     read_dlq_dir, read_jsonl_dir, EventGenerator, GeneratorConfig, JsonlDlq, JsonlDlqConfig,
     JsonlSink, JsonlSinkConfig, KafkaOffsetCommitter, KafkaSource, KafkaSourceConfig,
@@ -23,11 +23,33 @@ use weir_runtime::Shutdown;
 /// fastest 1 s: on a loaded 2-core machine a starved heartbeat must not lose a partition,
 /// because these tests count every message read exactly once.
 fn group_config(topic: &str, group: &str) -> KafkaSourceConfig {
+    group_config_of(topic, group, Protocol::Classic)
+}
+
+/// The consumer group protocol of a test's workers.
+#[derive(Debug, Clone, Copy)]
+enum Protocol {
+    /// The classic protocol, with weir's default `cooperative-sticky` assignor.
+    Classic,
+    /// KIP-848's consumer protocol: the broker assigns, and times the sessions
+    /// (`group.consumer.session.timeout.ms`, set short by `scripts/kafka.sh`).
+    Consumer,
+}
+
+fn group_config_of(topic: &str, group: &str, protocol: Protocol) -> KafkaSourceConfig {
     let mut cfg = KafkaSourceConfig::new(brokers(), &[topic], group);
-    cfg.options
-        .insert("session.timeout.ms".into(), "3000".into());
-    cfg.options
-        .insert("heartbeat.interval.ms".into(), "500".into());
+    match protocol {
+        Protocol::Classic => {
+            cfg.options
+                .insert("session.timeout.ms".into(), "3000".into());
+            cfg.options
+                .insert("heartbeat.interval.ms".into(), "500".into());
+        }
+        Protocol::Consumer => {
+            cfg.options
+                .insert("group.protocol".into(), "consumer".into());
+        }
+    }
     cfg.connect_timeout_ms = 10_000;
     cfg
 }
@@ -39,7 +61,7 @@ fn run(
     dir: &std::path::Path,
     stop_after: u64,
 ) -> weir_runtime::RunSummary {
-    let worker = start_worker(topic, group, dir);
+    let worker = start_worker(topic, group, dir, Protocol::Classic);
     wait_for(
         "the worker to consume enough",
         Duration::from_secs(120),
@@ -306,9 +328,9 @@ struct Worker {
     handle: std::thread::JoinHandle<weir_runtime::error::Result<weir_runtime::RunSummary>>,
 }
 
-fn start_worker(topic: &str, group: &str, dir: &std::path::Path) -> Worker {
+fn start_worker(topic: &str, group: &str, dir: &std::path::Path, protocol: Protocol) -> Worker {
     let executor = Pipeline::new("kafka-e2e")
-        .source(KafkaSource::new(group_config(topic, group)).unwrap())
+        .source(KafkaSource::new(group_config_of(topic, group, protocol)).unwrap())
         .schema(weir::iot_schema())
         .tumble(weir::demo_window(60_000))
         .filter("sensor_id <> '__flush'")
@@ -355,6 +377,20 @@ fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
 
 #[test]
 fn two_workers_share_the_partitions_and_one_takes_over_from_the_others_checkpoints() {
+    two_workers_case(Protocol::Classic);
+}
+
+/// The same with KIP-848's consumer protocol, which Apache Kafka 4 serves and tansu does not.
+#[test]
+fn two_workers_take_over_with_the_consumer_group_protocol() {
+    assert!(
+        broker_is_apache_kafka(),
+        "the consumer group protocol needs Apache Kafka (WEIR_TEST_BROKER=kafka)"
+    );
+    two_workers_case(Protocol::Consumer);
+}
+
+fn two_workers_case(protocol: Protocol) {
     let partitions = 6;
     let cfg = GeneratorConfig {
         seed: 21,
@@ -376,7 +412,7 @@ fn two_workers_share_the_partitions_and_one_takes_over_from_the_others_checkpoin
 
     // A alone owns every partition and reads the first third.
     let mut sent = produce_part(&topic, &truth, partitions, (0, 3), true);
-    let a = start_worker(&topic, &group, dir.path());
+    let a = start_worker(&topic, &group, dir.path(), protocol);
     wait_for("A to own all partitions", limit, || {
         a.metrics.owned_partitions() == partitions as u64
     });
@@ -384,9 +420,9 @@ fn two_workers_share_the_partitions_and_one_takes_over_from_the_others_checkpoin
         a.metrics.snapshot().consumed == sent
     });
 
-    // B joins: the cooperative rebalance moves some partitions from A to B, which resumes
+    // B joins: the incremental rebalance moves some partitions from A to B, which resumes
     // them from A's checkpoints. Both read the second third.
-    let b = start_worker(&topic, &group, dir.path());
+    let b = start_worker(&topic, &group, dir.path(), protocol);
     wait_for("the group to split the partitions", limit, || {
         let (owned_a, owned_b) = (a.metrics.owned_partitions(), b.metrics.owned_partitions());
         owned_a > 0 && owned_b > 0 && owned_a + owned_b == partitions as u64

@@ -77,6 +77,24 @@ pub enum AssignmentMode {
 }
 
 /// Options of the source that weir sets itself.
+/// Options of the classic group protocol that librdkafka refuses with `group.protocol =
+/// "consumer"`, and what replaces each.
+const CLASSIC_ONLY: &[(&str, &str)] = &[
+    (
+        "partition.assignment.strategy",
+        "the broker assigns the partitions; `group.remote.assignor` names its assignor",
+    ),
+    (
+        "session.timeout.ms",
+        "the broker's group.consumer.session.timeout.ms decides",
+    ),
+    (
+        "heartbeat.interval.ms",
+        "the broker's group.consumer.heartbeat.interval.ms decides",
+    ),
+    ("group.protocol.type", "the consumer protocol has one type"),
+];
+
 const SOURCE_OWNED: &[OwnedOption] = &[
     OwnedOption {
         key: "enable.auto.commit",
@@ -202,7 +220,26 @@ impl KafkaSourceConfig {
             &self.options,
             SOURCE_OWNED,
         ));
+        if self.consumer_protocol() {
+            for (option, instead) in CLASSIC_ONLY {
+                if self.options.keys().any(|k| k.trim() == *option) {
+                    errors.push(format!(
+                        "{}: not used with group.protocol = \"consumer\" ({instead}); remove it",
+                        key(&format!("options.\"{option}\""))
+                    ));
+                }
+            }
+        }
         errors
+    }
+
+    /// The group uses the consumer protocol of KIP-848 (`options."group.protocol" =
+    /// "consumer"`): the broker assigns the partitions and times the sessions. The default is
+    /// the classic protocol with `cooperative-sticky` (ARCHITECTURE.md, "Kafka groups").
+    fn consumer_protocol(&self) -> bool {
+        self.options
+            .iter()
+            .any(|(k, v)| k.trim() == "group.protocol" && v.trim() == "consumer")
     }
 
     pub(crate) fn connect_timeout(&self) -> Duration {
@@ -211,6 +248,14 @@ impl KafkaSourceConfig {
 
     /// The librdkafka configuration of the consumer: never commits by itself.
     pub(crate) fn client_config(&self) -> rdkafka::ClientConfig {
+        let mut defaults = vec![
+            ("auto.offset.reset", "earliest"),
+            ("enable.partition.eof", "false"),
+        ];
+        // The consumer protocol has no client-side assignor (librdkafka refuses one).
+        if !self.consumer_protocol() {
+            defaults.push(("partition.assignment.strategy", "cooperative-sticky"));
+        }
         client_config(
             &self.brokers,
             &self.options,
@@ -219,11 +264,7 @@ impl KafkaSourceConfig {
                 ("enable.auto.commit", "false"),
                 ("enable.auto.offset.store", "false"),
             ],
-            &[
-                ("auto.offset.reset", "earliest"),
-                ("enable.partition.eof", "false"),
-                ("partition.assignment.strategy", "cooperative-sticky"),
-            ],
+            &defaults,
         )
     }
 
@@ -1017,6 +1058,42 @@ mod tests {
                 "source.options.\"enable.auto.offset.store\": weir owns this librdkafka option: weir commits offsets itself, only after their output is durable; remove it",
                 "source.options.\"group.id\": weir owns this librdkafka option: set `group_id` instead",
             ]
+        );
+    }
+
+    #[test]
+    fn classic_group_options_are_refused_with_the_consumer_protocol() {
+        let mut cfg = valid();
+        cfg.options
+            .insert("session.timeout.ms".into(), "3000".into());
+        cfg.options
+            .insert("partition.assignment.strategy".into(), "range".into());
+        assert!(cfg.validate("source").is_empty(), "classic: both are fine");
+        assert_eq!(
+            cfg.client_config().get("partition.assignment.strategy"),
+            Some("range"),
+            "the user's strategy wins over the default"
+        );
+        cfg.options
+            .insert("group.protocol".into(), "consumer".into());
+        assert_eq!(
+            cfg.validate("source"),
+            [
+                "source.options.\"partition.assignment.strategy\": not used with group.protocol = \"consumer\" (the broker assigns the partitions; `group.remote.assignor` names its assignor); remove it",
+                "source.options.\"session.timeout.ms\": not used with group.protocol = \"consumer\" (the broker's group.consumer.session.timeout.ms decides); remove it",
+            ]
+        );
+        cfg.options.remove("partition.assignment.strategy");
+        cfg.options.remove("session.timeout.ms");
+        assert!(cfg.validate("source").is_empty());
+        assert_eq!(
+            cfg.client_config().get("partition.assignment.strategy"),
+            None,
+            "no client-side assignor with the consumer protocol"
+        );
+        assert_eq!(
+            valid().client_config().get("partition.assignment.strategy"),
+            Some("cooperative-sticky")
         );
     }
 
