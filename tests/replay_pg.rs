@@ -1,4 +1,4 @@
-//! `weir replay` against a real Kafka-protocol broker (tansu, `WEIR_KAFKA_BROKERS`) and a real
+//! `weir replay` against a real Kafka broker (`WEIR_KAFKA_BROKERS`) and a real
 //! PostgreSQL (`WEIR_PG_URL`), both started by `scripts/test.sh`:
 //! - a window pipeline run live over part of a topic, more events produced, then a replay
 //!   from `earliest`: the table equals what a live run over the same offsets produces, the old
@@ -9,6 +9,8 @@
 //!   `weir run` started during the replay refuses, as a replay does while a worker runs); the
 //!   next replay starts over and swaps;
 //! - `--from <time>` starts every partition at the first offset at or after the time;
+//! - on Apache Kafka, a replay ends at the true end of each partition even when the last
+//!   record batch holds many messages (tansu reports that batch's base offset + 1);
 //! - bad input: non-postgres sink, bad `--from`, unknown key, unreachable source or database.
 
 use crate::common;
@@ -19,7 +21,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::cli::weir;
-use common::kafka::{brokers, create_topic, produce_part, unique};
+use common::kafka::{broker_is_apache_kafka, brokers, create_topic, produce_part, unique};
 use common::{pg_url, IOT_SCHEMA};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::ClientConfig;
@@ -395,6 +397,40 @@ fn a_replay_rebuilds_the_table_swaps_it_in_and_the_live_run_goes_on_without_gap_
         poison_of(&[0, 1]),
         "replay DLQ"
     );
+}
+
+/// The end a replay records is each partition's high watermark, which Apache Kafka reports
+/// exactly: no end marker here, every partition's last record batch holds many messages, and
+/// the replay still reads every one of them (on tansu this would stop short of the last
+/// batch, which is why the other tests end each part with a one-message batch).
+#[test]
+fn a_replay_ends_at_the_true_end_of_each_partition_on_apache_kafka() {
+    assert!(
+        broker_is_apache_kafka(),
+        "needs a broker whose high watermark is exact (WEIR_TEST_BROKER=kafka)"
+    );
+    let truth = EventGenerator::new(&generator(8_000));
+    let topic = create_topic(PARTITIONS);
+    produce_part(&topic, &truth, PARTITIONS, (0, 1), true);
+    let ends: BTreeMap<i32, i64> = (0..PARTITIONS)
+        .map(|p| (p, truth.events_in_partition(p).unwrap() as i64 + 1))
+        .collect();
+    let mut db = client();
+    let (name, table) = names("replay-end");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("p.toml"),
+        pipeline(&name, &topic, &table, WINDOW_SQL, 500),
+    )
+    .unwrap();
+    let out = weir(&["replay", "p.toml", "--from", "earliest"], dir.path());
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "replay failed: {stderr}");
+    let total: i64 = ends.values().sum();
+    assert!(stdout.contains(&format!(": {total} events in")), "{stdout}");
+    assert_eq!(stored(&mut db, &name), ends, "the replay's checkpoints");
+    // The flush event is each partition's last message: every window closed, so all are in.
+    assert_eq!(windows(&mut db, &table), reference(&truth));
 }
 
 /// Starts a replay and holds it midway: once every partition has a checkpoint, the test

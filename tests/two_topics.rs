@@ -12,7 +12,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::cli::{stderr, weir};
-use common::kafka::{brokers, create_topic, produce_tagged, tagged, unique};
+use common::kafka::{
+    broker_is_apache_kafka, brokers, create_topic, produce_tagged, tagged, unique,
+};
 use common::{epoch_millis, pg_url};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -37,23 +39,32 @@ fn generator(seed: u64, events: u64) -> GeneratorConfig {
     }
 }
 
-/// Two topics of 4 partitions, each holding one generator's events under its own tag.
+/// Topics of 4 partitions (two, but for the exactly-once case), each holding one generator's
+/// events under its own tag.
 struct Input {
-    topics: [String; 2],
-    truths: [EventGenerator; 2],
+    topics: Vec<String>,
+    truths: Vec<EventGenerator>,
     /// Each partition ends with a flush event (the windows test).
     flush: bool,
 }
 
 impl Input {
     fn produce(flush: bool, kills: usize) -> Self {
-        let events = if kills == 0 { 6_000 } else { 40_000 };
-        let topics = [create_topic(PARTITIONS), create_topic(PARTITIONS)];
-        let truths = [
-            EventGenerator::new(&generator(11, events)),
-            EventGenerator::new(&generator(12, events)),
-        ];
-        for i in 0..2 {
+        Self::produce_topics(2, flush, kills)
+    }
+
+    fn produce_topics(n: usize, flush: bool, kills: usize) -> Self {
+        // Runs killed mid-run need input left to be killed in.
+        let events = match kills {
+            0 => 6_000,
+            1..=5 => 40_000,
+            _ => 100_000,
+        };
+        let topics: Vec<String> = (0..n).map(|_| create_topic(PARTITIONS)).collect();
+        let truths: Vec<EventGenerator> = (0..n)
+            .map(|i| EventGenerator::new(&generator(11 + i as u64, events)))
+            .collect();
+        for i in 0..n {
             produce_tagged(&topics[i], &truths[i], PARTITIONS, (0, 1), flush, TAGS[i]);
         }
         Self {
@@ -66,7 +77,7 @@ impl Input {
     /// The next offset of every lane once all of it is read.
     fn ends(&self) -> BTreeMap<(String, i32), i64> {
         let mut ends = BTreeMap::new();
-        for i in 0..2 {
+        for i in 0..self.topics.len() {
             for p in 0..PARTITIONS {
                 let n = self.truths[i].events_in_partition(p).unwrap() as i64;
                 ends.insert((self.topics[i].clone(), p), n + i64::from(self.flush));
@@ -95,7 +106,7 @@ impl Input {
     /// (topic, partition, offset) of every poison message.
     fn poison(&self) -> Vec<(String, i32, i64)> {
         let mut out = Vec::new();
-        for i in 0..2 {
+        for i in 0..self.topics.len() {
             for p in 0..PARTITIONS {
                 for o in 0..self.truths[i].events_in_partition(p).unwrap() as i64 {
                     if self.truths[i].event(p, o).unwrap().poison.is_some() {
@@ -209,10 +220,17 @@ fn exited(child: &mut Child) -> Option<String> {
 }
 
 /// The group's committed next offset of every lane (they follow the stored checkpoints).
+/// Read with `read_uncommitted`: a `read_committed` client asks the broker for stable offsets
+/// only, and Apache Kafka holds that answer back while a transaction that commits offsets of
+/// the group is open (a killed run's, until the next run fences it); the offsets it answers
+/// with are the committed ones either way.
 fn committed(group: &str, input: &Input) -> BTreeMap<(String, i32), i64> {
     let topics: Vec<&str> = input.topics.iter().map(String::as_str).collect();
-    let committer =
-        KafkaOffsetCommitter::new(&KafkaSourceConfig::new(brokers(), &topics, group)).unwrap();
+    let mut config = KafkaSourceConfig::new(brokers(), &topics, group);
+    config
+        .options
+        .insert("isolation.level".into(), "read_uncommitted".into());
+    let committer = KafkaOffsetCommitter::new(&config).unwrap();
     let mut out = BTreeMap::new();
     for t in &input.topics {
         for p in 0..PARTITIONS {
@@ -226,13 +244,21 @@ fn committed(group: &str, input: &Input) -> BTreeMap<(String, i32), i64> {
 
 /// Run the pipeline in `dir` to the end of its input: first `kills` runs SIGKILLed a random
 /// 0-150 ms after their first progress, then one run stopped by SIGTERM once every lane's
-/// offset is committed and `settled` says the output is complete.
-fn run_to_end(dir: &Path, group: &str, input: &Input, kills: usize, settled: &dyn Fn() -> bool) {
+/// offset is committed and `settled` says the output is complete. Returns how many kills
+/// landed before the input was read to its end.
+fn run_to_end(
+    dir: &Path,
+    group: &str,
+    input: &Input,
+    kills: usize,
+    settled: &dyn Fn() -> bool,
+) -> usize {
     let ends = input.ends();
     let total: i64 = ends.values().sum();
     let progress = || committed(group, input).values().sum::<i64>();
     let mut rng = 0x2545_f491_4f6c_dd1d_u64 ^ u64::from(std::process::id());
     let started = Instant::now();
+    let mut landed = 0;
     for kill in 0..kills {
         assert!(
             started.elapsed() < Duration::from_secs(240),
@@ -247,6 +273,13 @@ fn run_to_end(dir: &Path, group: &str, input: &Input, kills: usize, settled: &dy
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        // Shown when the test fails: how long each run took to make progress.
+        eprintln!(
+            "run {kill}: progress {} -> {} after {:?}",
+            before,
+            progress(),
+            run_started.elapsed()
+        );
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;
@@ -261,6 +294,7 @@ fn run_to_end(dir: &Path, group: &str, input: &Input, kills: usize, settled: &dy
         }
         child.kill().unwrap();
         child.wait().unwrap();
+        landed += 1;
     }
     let mut child = spawn(dir);
     let last_started = Instant::now();
@@ -290,6 +324,7 @@ fn run_to_end(dir: &Path, group: &str, input: &Input, kills: usize, settled: &dy
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    landed
 }
 
 /// The DLQ holds every poison message of both topics exactly once.
@@ -456,13 +491,21 @@ fn two_topics_into_postgres_give_every_event_once_after_sigkills() {
     postgres_case(3);
 }
 
-/// Every message of `topic` (read_committed), as rows.
-fn kafka_rows(topic: &str, partitions: i32, at_least: usize) -> Rows {
+/// Every message of `topic` read at `isolation` (`read_committed` or `read_uncommitted`), as
+/// JSON values; reads until `at_least` arrived and a second passed without one, for at most
+/// `within`.
+fn kafka_values(
+    topic: &str,
+    partitions: i32,
+    at_least: usize,
+    isolation: &str,
+    within: Duration,
+) -> Vec<serde_json::Value> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers())
         .set("group.id", unique("check"))
         .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
+        .set("isolation.level", isolation)
         .create()
         .unwrap();
     let mut tpl = TopicPartitionList::new();
@@ -471,7 +514,7 @@ fn kafka_rows(topic: &str, partitions: i32, at_least: usize) -> Rows {
             .unwrap();
     }
     consumer.assign(&tpl).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + within;
     let mut out = Vec::new();
     let mut quiet = 0;
     while Instant::now() < deadline && (out.len() < at_least || quiet < 5) {
@@ -480,13 +523,23 @@ fn kafka_rows(topic: &str, partitions: i32, at_least: usize) -> Rows {
                 quiet = 0;
                 let m = m.unwrap();
                 let Some(payload) = m.payload() else { continue };
-                let v: serde_json::Value = serde_json::from_slice(payload).unwrap();
-                out.push(v);
+                out.push(serde_json::from_slice(payload).unwrap());
             }
             None => quiet += 1,
         }
     }
-    json_rows(out)
+    out
+}
+
+/// Every message of `topic` (read_committed), as rows.
+fn kafka_rows(topic: &str, partitions: i32, at_least: usize) -> Rows {
+    json_rows(kafka_values(
+        topic,
+        partitions,
+        at_least,
+        "read_committed",
+        Duration::from_secs(60),
+    ))
 }
 
 fn kafka_case(kills: usize) {
@@ -503,45 +556,42 @@ fn kafka_case(kills: usize) {
     run_to_end(dir.path(), &name, &input, kills, &|| true);
     let want = input.events().len();
     let rows = kafka_rows(&out_topic, 2, want);
-    if kills == 0 {
-        assert_exactly_once(rows, &input, "kafka");
-    } else {
-        // tansu does not hide aborted transactions from read_committed readers
-        // (ARCHITECTURE.md, "Checkpoint protocol"): a killed run's aborted rows are read too.
-        // What must hold: every event is there, with its values, and nothing else.
-        let mut last: BTreeMap<String, (String, f64)> = BTreeMap::new();
-        for (id, s, t) in rows {
-            if let Some(prev) = last.insert(id.clone(), (s.clone(), t)) {
-                assert_eq!(prev, (s, t), "two values for {id}");
-            }
-        }
-        let got: Rows = last.into_iter().map(|(id, (s, t))| (id, s, t)).collect();
-        assert_exactly_once(
-            got,
-            &input,
-            &format!("kafka (distinct keys) after {kills} SIGKILLs"),
-        );
-    }
-    if kills == 0 {
+    if kills == 0 || broker_is_apache_kafka() {
+        assert_exactly_once(rows, &input, &format!("kafka after {kills} SIGKILLs"));
         assert_dlq(dir.path(), &input);
-    } else {
-        // The same broker limit: the store cannot tell a committed checkpoint from an aborted
-        // one for certain (it skips those past the group's committed offset), so after
-        // SIGKILLs a dead letter may be written twice. Every poison message must be there,
-        // and nothing else. A broker that hides aborted records restores the exact check.
-        let mut got: Vec<(String, i32, i64)> = read_dlq_dir(dir.path().join("dlq"))
-            .unwrap()
-            .into_iter()
-            .map(|l| (l.topic, l.partition, l.offset))
-            .collect();
-        got.sort();
-        got.dedup();
-        assert_eq!(
-            got,
-            input.poison(),
-            "dead letters of both topics (distinct)"
-        );
+        return;
     }
+    // tansu does not hide aborted transactions from read_committed readers
+    // (ARCHITECTURE.md, "Checkpoint protocol"): a killed run's aborted rows are read too.
+    // What must hold: every event is there, with its values, and nothing else.
+    let mut last: BTreeMap<String, (String, f64)> = BTreeMap::new();
+    for (id, s, t) in rows {
+        if let Some(prev) = last.insert(id.clone(), (s.clone(), t)) {
+            assert_eq!(prev, (s, t), "two values for {id}");
+        }
+    }
+    let got: Rows = last.into_iter().map(|(id, (s, t))| (id, s, t)).collect();
+    assert_exactly_once(
+        got,
+        &input,
+        &format!("kafka (distinct keys) after {kills} SIGKILLs"),
+    );
+    // The same broker limit: the store cannot tell a committed checkpoint from an aborted
+    // one for certain (it skips those past the group's committed offset), so after SIGKILLs
+    // a dead letter may be written twice. Every poison message must be there, and nothing
+    // else.
+    let mut got: Vec<(String, i32, i64)> = read_dlq_dir(dir.path().join("dlq"))
+        .unwrap()
+        .into_iter()
+        .map(|l| (l.topic, l.partition, l.offset))
+        .collect();
+    got.sort();
+    got.dedup();
+    assert_eq!(
+        got,
+        input.poison(),
+        "dead letters of both topics (distinct)"
+    );
 }
 
 #[test]
@@ -554,14 +604,11 @@ fn two_topics_into_a_transactional_kafka_sink_give_every_event_after_sigkills() 
     kafka_case(3);
 }
 
-/// The report's case: windows per sensor over two topics whose partition numbers overlap,
-/// into JSONL. The keys include the partition key, but the same key may be in both topics,
-/// so the window runs in two phases (manual assignment); each window is emitted once.
-fn windows_case(kills: usize) {
-    let input = Input::produce(true, kills);
-    let name = unique("two-topics-windows");
-    let dir = tempfile::tempdir().unwrap();
-    let toml = format!(
+/// Windows per sensor over both topics: `sql` over the events, into `sink`. The keys include
+/// the partition key, but the same key may be in both topics, so the window runs in two
+/// phases (manual assignment).
+fn windows_pipeline(name: &str, input: &Input, sink: &str) -> String {
+    format!(
         r#"
 name = "{name}"
 sql = "SELECT sensor_id, window_start, count(*) AS readings, max(temperature) AS max_temp FROM events GROUP BY sensor_id, TUMBLE(event_time, INTERVAL '10' SECOND) HAVING sensor_id <> '__flush'"
@@ -578,17 +625,14 @@ event_time = "event_time"
 partition_key = "sensor_id"
 {FIELDS}
 
-[[sinks]]
-type = "jsonl"
-path = "out"
+{sink}
 
 [dlq]
 type = "jsonl"
 path = "dlq"
 
 [checkpoint]
-dir = "ckpt"
-interval_ms = 50
+{ckpt_dir}interval_ms = 50
 
 [batch]
 max_rows = 300
@@ -600,20 +644,22 @@ idle_advance_ms = 2000
         brokers = brokers(),
         ta = input.topics[0],
         tb = input.topics[1],
-    );
-    std::fs::write(dir.path().join("p.toml"), toml).unwrap();
-    let check = weir(&["run", "--check", "p.toml"], dir.path());
-    assert!(check.status.success(), "{}", stderr(&check));
-    // A lane that a killed run read to its end reports no watermark in the next run: it
-    // follows the others once idle for `idle_advance_ms` (ARCHITECTURE.md, "Two-phase
-    // windows"), and only then are the last windows merged. Wait for them.
-    let want = input.windows();
-    let out = dir.path().join("out");
-    let settled = || read_jsonl_dir(&out).map_or(0, |rows| rows.len()) >= want.len();
-    run_to_end(dir.path(), &name, &input, kills, &settled);
-    let mut got: BTreeMap<(String, i64), (i64, f64)> = BTreeMap::new();
+        // A transactional kafka sink stores the checkpoints itself.
+        ckpt_dir = if sink.contains("transactional_id") {
+            ""
+        } else {
+            "dir = \"ckpt\"\n"
+        },
+    )
+}
+
+type Windows = BTreeMap<(String, i64), (i64, f64)>;
+
+/// The windows of `rows` (the window pipeline's output), and how many were emitted twice.
+fn windows_of(rows: Vec<serde_json::Value>) -> (Windows, usize) {
+    let mut got = Windows::new();
     let mut repeated = 0;
-    for v in read_jsonl_dir(dir.path().join("out")).unwrap() {
+    for v in rows {
         let key = (
             v["sensor_id"].as_str().unwrap().to_string(),
             epoch_millis(&v["window_start"]),
@@ -624,13 +670,47 @@ idle_advance_ms = 2000
         );
         repeated += usize::from(got.insert(key, value).is_some());
     }
+    (got, repeated)
+}
+
+fn assert_windows(got: &Windows, repeated: usize, want: &Windows, what: &str) {
     let missing = want.keys().filter(|k| !got.contains_key(*k)).count();
     assert_eq!(
         (missing, repeated, got.len()),
         (0, 0, want.len()),
-        "windows after {kills} SIGKILLs: (missing, emitted twice, windows)"
+        "{what}: (missing, emitted twice, windows)"
     );
-    assert_eq!(got, want, "windows after {kills} SIGKILLs");
+    assert_eq!(got, want, "{what}");
+}
+
+/// The report's case: windows per sensor over two topics whose partition numbers overlap,
+/// into JSONL; each window is emitted once.
+fn windows_case(kills: usize) {
+    let input = Input::produce(true, kills);
+    let name = unique("two-topics-windows");
+    let dir = tempfile::tempdir().unwrap();
+    let sink = "[[sinks]]\ntype = \"jsonl\"\npath = \"out\"";
+    std::fs::write(
+        dir.path().join("p.toml"),
+        windows_pipeline(&name, &input, sink),
+    )
+    .unwrap();
+    let check = weir(&["run", "--check", "p.toml"], dir.path());
+    assert!(check.status.success(), "{}", stderr(&check));
+    // A lane that a killed run read to its end reports no watermark in the next run: it
+    // follows the others once idle for `idle_advance_ms` (ARCHITECTURE.md, "Two-phase
+    // windows"), and only then are the last windows merged. Wait for them.
+    let want = input.windows();
+    let out = dir.path().join("out");
+    let settled = || read_jsonl_dir(&out).map_or(0, |rows| rows.len()) >= want.len();
+    run_to_end(dir.path(), &name, &input, kills, &settled);
+    let (got, repeated) = windows_of(read_jsonl_dir(dir.path().join("out")).unwrap());
+    assert_windows(
+        &got,
+        repeated,
+        &want,
+        &format!("windows after {kills} SIGKILLs"),
+    );
     assert_dlq(dir.path(), &input);
 }
 
@@ -642,4 +722,95 @@ fn windows_over_two_topics_into_jsonl_are_each_emitted_once() {
 #[test]
 fn windows_over_two_topics_into_jsonl_are_each_emitted_once_after_sigkills() {
     windows_case(3);
+}
+
+/// Exactly-once Kafka to Kafka: windows per sensor over one topic (the partition key is the
+/// sensor, so each partition emits its own windows as its watermark passes them) into a
+/// transactional kafka sink (checkpoints in a checkpoint topic), the worker SIGKILLed at
+/// random points `kills` times. A `read_committed` reader of the output sees every window
+/// exactly once; a `read_uncommitted` one sees more, so kills did land between producing an
+/// epoch's rows and committing its transaction, and what they produced was aborted and hidden.
+fn windows_into_kafka_case(kills: usize) {
+    assert!(
+        broker_is_apache_kafka(),
+        "needs a broker that hides aborted transactions (WEIR_TEST_BROKER=kafka)"
+    );
+    let input = Input::produce_topics(1, true, kills);
+    let name = unique("windows-kafka");
+    let out_topic = create_topic(2);
+    let ckpt_topic = create_topic(2);
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        r#"
+name = "{name}"
+sql = "SELECT sensor_id, window_start, count(*) AS readings, max(temperature) AS max_temp FROM events GROUP BY sensor_id, TUMBLE(event_time, INTERVAL '10' SECOND) HAVING sensor_id <> '__flush'"
+
+[source]
+type = "kafka"
+brokers = "{brokers}"
+topics = ["{topic}"]
+group_id = "{name}"
+options = {{ "session.timeout.ms" = "1000", "heartbeat.interval.ms" = "300" }}
+
+[schema]
+event_time = "event_time"
+partition_key = "sensor_id"
+{FIELDS}
+
+[[sinks]]
+type = "kafka"
+brokers = "{brokers}"
+topic = "{out_topic}"
+key_column = "sensor_id"
+transactional_id = "{name}"
+checkpoint_topic = "{ckpt_topic}"
+
+[dlq]
+type = "jsonl"
+path = "dlq"
+
+[checkpoint]
+interval_ms = 100
+
+[batch]
+max_rows = 300
+linger_ms = 5
+"#,
+        brokers = brokers(),
+        topic = input.topics[0],
+    );
+    std::fs::write(dir.path().join("p.toml"), toml).unwrap();
+    let check = weir(&["run", "--check", "p.toml"], dir.path());
+    assert!(check.status.success(), "{}", stderr(&check));
+    let want = input.windows();
+    let committed_rows = |within| kafka_values(&out_topic, 2, want.len(), "read_committed", within);
+    let settled = || committed_rows(Duration::from_secs(2)).len() >= want.len();
+    let landed = run_to_end(dir.path(), &name, &input, kills, &settled);
+    assert_eq!(landed, kills, "kills before the input was read to its end");
+    let (got, repeated) = windows_of(committed_rows(Duration::from_secs(60)));
+    assert_windows(
+        &got,
+        repeated,
+        &want,
+        &format!("read_committed windows after {kills} SIGKILLs"),
+    );
+    assert_dlq(dir.path(), &input);
+    let all = kafka_values(
+        &out_topic,
+        2,
+        want.len(),
+        "read_uncommitted",
+        Duration::from_secs(60),
+    );
+    assert!(
+        all.len() > want.len(),
+        "read_uncommitted saw {} rows, read_committed {}: no kill landed inside a transaction",
+        all.len(),
+        want.len()
+    );
+}
+
+#[test]
+fn windows_into_a_transactional_kafka_sink_are_exactly_once_after_10_sigkills() {
+    windows_into_kafka_case(10);
 }

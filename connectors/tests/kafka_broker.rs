@@ -1,8 +1,8 @@
 //! The Kafka source, sink, DLQ and committer against a real Kafka-protocol broker.
 //!
 //! The broker's address comes from `WEIR_KAFKA_BROKERS`; start one with
-//! `export "$(scripts/kafka.sh start)"` (and `scripts/kafka.sh stop` afterwards). Without it these
-//! tests fail: a skipped test would look like a passing one. Every test uses its own topics
+//! `eval "$(scripts/kafka.sh start | sed "s/^/export /")"` (and `scripts/kafka.sh stop`
+//! afterwards). Without it these tests fail: a skipped test would look like a passing one. Every test uses its own topics
 //! and group.
 
 use std::collections::BTreeMap;

@@ -1,5 +1,5 @@
-//! Kafka helpers of the end-to-end tests: the test broker (tansu, or Apache Kafka with
-//! `WEIR_TEST_BROKER=kafka`, from `scripts/kafka.sh`),
+//! Kafka helpers of the end-to-end tests: the test broker (Apache Kafka, or tansu with
+//! `WEIR_TEST_BROKER=tansu`, from `scripts/kafka.sh`),
 //! topics, and the generator's events produced partition by partition.
 
 use std::time::Duration;
@@ -12,7 +12,7 @@ use weir::connectors::EventGenerator;
 
 pub fn brokers() -> String {
     std::env::var("WEIR_KAFKA_BROKERS").unwrap_or_else(|_| {
-        panic!("WEIR_KAFKA_BROKERS is not set: start the test broker with `export \"$(scripts/kafka.sh start)\"` (scripts/test.sh does it)")
+        panic!("WEIR_KAFKA_BROKERS is not set: start the test broker with `eval \"$(scripts/kafka.sh start | sed 's/^/export /')\"` (scripts/test.sh does it)")
     })
 }
 
@@ -148,4 +148,13 @@ pub fn produce_tagged(
     }
     producer.flush(Duration::from_secs(30)).unwrap();
     sent
+}
+
+/// Whether the test broker is Apache Kafka (`scripts/kafka.sh start` prints which broker it
+/// started as `WEIR_TEST_BROKER`; the default is Apache Kafka), not tansu. Only Apache Kafka
+/// hides the records of aborted transactions from `read_committed` readers, so that
+/// exactly-once output can be checked exactly (ARCHITECTURE.md, "Checkpoint protocol"), and
+/// serves KIP-848's consumer group protocol.
+pub fn broker_is_apache_kafka() -> bool {
+    std::env::var("WEIR_TEST_BROKER").map_or(true, |b| b != "tansu")
 }
