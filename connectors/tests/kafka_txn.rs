@@ -171,10 +171,10 @@ fn output_rows(
     rows
 }
 
-/// What the brokers available here let a test verify of the transactional sink. Neither
-/// tansu nor librdkafka's mock cluster hides aborted transactions from `read_committed`
-/// readers (measured: both isolation levels see the same messages), so exactly-once output
-/// cannot be observed on them; this checks the protocol itself: transactions begin, carry the
+/// The protocol of the transactional sink, on librdkafka's mock cluster, which does not hide
+/// aborted transactions from `read_committed` readers (measured: both isolation levels see
+/// the same messages), so exactly-once output is verified on Apache Kafka instead
+/// (`tests/two_topics.rs`, 10 SIGKILLs). This checks the protocol itself: transactions begin, carry the
 /// rows, the checkpoint and the group offset, commit; a crash leaves its transaction open
 /// and the restart fences it and resumes from the checkpoint stored in the checkpoint topic.
 fn crashes_inside_transactions(brokers: &str, names: &Names) {
