@@ -315,12 +315,13 @@ pub fn run(cfg: &ValidatedPipeline, file: &Path, to: ResetTo, yes: bool) -> Resu
     match &mut store {
         Store::Local(s) => {
             for c in &stored {
-                s.save(&Checkpoint::reset_marker(
-                    &cfg.name,
-                    &c.topic,
-                    c.partition,
-                    c.epoch,
-                ))?;
+                let mut marker =
+                    Checkpoint::reset_marker(&cfg.name, &c.topic, c.partition, c.epoch);
+                // Claimed on purpose (ARCHITECTURE.md, "Checkpoint protocol"): the store
+                // saves only the current generation's checkpoints, and a straggler of the
+                // last run can no longer overwrite the marker.
+                marker.generation = s.claim(&c.topic, c.partition)?;
+                s.save(&marker)?;
             }
         }
         Store::Postgres(pg) => {
