@@ -14,7 +14,9 @@
 //!    marker holds no state and no offset, only the epoch: the next run starts the partition
 //!    like one without a checkpoint, and its epoch-numbered outputs (JSONL and Parquet
 //!    sinks, the JSONL DLQ) go on with new file names instead of replacing published files.
-//!    Files a crash left staged are settled by the next run's recovery as after any restart.
+//!    Files a crash left staged are settled by the next run's recovery as after any restart,
+//!    except an epoch whose checkpoint was stored before the crash: a marker does not carry
+//!    the generation that staged it, so recovery discards it (ARCHITECTURE.md, "Reset").
 //! 4. For a `kafka` source, the group's committed offsets are set as `--to` asks.
 //!
 //! Without `--yes` it prints what it would do and changes nothing. Sink output (tables, files,

@@ -28,7 +28,9 @@
 //! its staged epoch. `recover` by generation `G` settles files of generations up to `G` only:
 //! it publishes a staged epoch `<= committed` only when the stored checkpoint's generation
 //! staged it, and deletes every other one (a fenced owner's leftovers, whose epochs the new
-//! owner wrote again), so a late owner's files are never published. Published names carry no
+//! owner wrote again), so a late owner's files are never published. A staged epoch without
+//! a generation (staged before fencing existed) within the checkpoint is published as
+//! before: the executor always claims, so no fenced owner left it. Published names carry no
 //! generation: one epoch of a lane is published once, by the owner whose checkpoint stored it
 //! (a late commit of the same staged file by its owner and a `recover` racing it publish the
 //! same bytes under the same name). Generation 0 (never claimed) keeps the names without
@@ -405,7 +407,10 @@ impl EpochFiles {
                 _ => continue,
             }
             let stored = committed.is_some_and(|c| epoch <= c);
-            if stored && generation == claim.committed_generation {
+            // Generation 0: staged before fencing existed (or by a user that never claims),
+            // so no fenced owner's; within the checkpoint, it is the checkpoint's.
+            let checkpoints_own = generation == claim.committed_generation || generation == 0;
+            if stored && checkpoints_own {
                 let target = self.committed_path(lane, epoch);
                 match fs::rename(&path, &target) {
                     Ok(()) => {}
@@ -691,6 +696,19 @@ mod tests {
         c.recover(&l(0), Some(1)).unwrap();
         assert_eq!(published(tmp.path()), "mine\n");
         assert!(names(&tmp.path().join(STAGING)).is_empty());
+    }
+
+    #[test]
+    fn recover_publishes_an_epoch_staged_before_fencing_within_the_checkpoint() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut old = EpochFiles::new(tmp.path(), "part").unwrap();
+        old.append(&l(0), b"old\n").unwrap();
+        old.prepare(&l(0), 4).unwrap();
+        drop(old); // staged without a generation, its checkpoint stored, never published
+        let mut f = EpochFiles::new(tmp.path(), "part").unwrap();
+        f.claimed(&l(0), claim(2, 1));
+        f.recover(&l(0), Some(4)).unwrap();
+        assert_eq!(published(tmp.path()), "old\n");
     }
 
     #[test]

@@ -65,7 +65,7 @@ fn create_topics(names: &[&str]) {
 
 /// One worker's store: the same sink config (transactional id, topics, group) as every other.
 fn store(output: &str, checkpoints: &str, group: &str) -> KafkaTxnStore {
-    let mut sink = KafkaSinkConfig::new(&brokers(), output);
+    let mut sink = KafkaSinkConfig::new(brokers(), output);
     sink.key_column = Some("id".into());
     sink.transactional_id = Some(format!("{output}-txn"));
     sink.checkpoint_topic = Some(checkpoints.into());
