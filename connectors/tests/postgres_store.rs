@@ -1006,3 +1006,53 @@ fn a_checkpoint_table_from_before_fencing_gains_the_owners_table() {
     store.commit(&lane(0), 5).unwrap();
     assert_eq!(stored(&mut c, &schema, &pipeline, 0), Some((5, 50)));
 }
+
+#[test]
+fn a_claim_waits_for_the_old_owners_accepted_checkpoint_and_then_loads_it() {
+    let schema = unique("claimwait");
+    let pipeline = schema.clone();
+    let mut a = store_of(&schema, &pipeline);
+    let b = store_of(&schema, &pipeline);
+    let mut c = client();
+    let generation_a = CheckpointStore::claim(&a, "orders", 0).unwrap();
+
+    // A's checkpoint is accepted into its open transaction, not committed yet.
+    let mut saved = checkpoint(&pipeline, 0, 1, 10);
+    saved.generation = generation_a;
+    a.write(&lane(0), &kv(&[("a", 1)])).unwrap();
+    a.prepare(&lane(0), 1).unwrap();
+    CheckpointStore::save(&a, &saved).unwrap();
+
+    // B's claim waits on the lane's row until A's transaction ends...
+    let claimer = std::thread::spawn(move || {
+        let generation = CheckpointStore::claim(&b, "orders", 0).unwrap();
+        (generation, CheckpointStore::load(&b, "orders", 0).unwrap())
+    });
+    let control = format!("weir {pipeline}/pg control");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let waiting: i64 = c
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE application_name = $1 AND wait_event_type = 'Lock'",
+                &[&control],
+            )
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            !claimer.is_finished(),
+            "the claim did not wait for A's commit"
+        );
+        assert!(std::time::Instant::now() < deadline, "no claim waits");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // ...and then loads what A committed.
+    a.commit(&lane(0), 1).unwrap();
+    let (generation_b, loaded) = claimer.join().unwrap();
+    assert!(generation_b > generation_a);
+    assert_eq!(loaded, Some(saved));
+    assert_eq!(rows(&mut c, &schema), [("a".to_string(), 1)]);
+}
