@@ -20,8 +20,9 @@
 //! [`WeirError::Fenced`] and changes nothing, so a worker whose drain outlasted its
 //! revocation never overwrites the new owner's progress. Generation 0 is a lane never
 //! claimed: a checkpoint of generation 0 is saved while nobody claimed the lane (tools and
-//! tests that write checkpoints directly). Reading needs no claim; `weir reset` claims
-//! deliberately, which fences any straggler.
+//! tests that write checkpoints directly). Reading needs no claim; `weir reset`, which
+//! refuses while the pipeline runs, saves its markers under the generation of the
+//! checkpoints they replace (claiming a lane only when a worker claimed it since).
 //!
 //! The local store keeps the generation in `<partition>.generation` beside the lane's
 //! checkpoint (decimal text, written atomically like the checkpoint), and holds an OS file
@@ -77,7 +78,9 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
-    /// The marker `weir reset` stores for a partition whose last epoch was `epoch`.
+    /// The marker `weir reset` stores for a partition whose last epoch was `epoch`. `weir
+    /// reset` gives it the [`Checkpoint::generation`] of the checkpoint it replaces: the
+    /// next owner's recovery then settles what that generation staged as after any restart.
     pub fn reset_marker(pipeline: &str, topic: &str, partition: i32, epoch: u64) -> Self {
         Checkpoint {
             pipeline: pipeline.to_string(),
