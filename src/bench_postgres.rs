@@ -167,6 +167,7 @@ pub fn run(opts: &PostgresBenchOptions) -> Result<PostgresBenchReport> {
                 counters: Counters::default(),
                 operators: Vec::new(),
                 reset: false,
+                generation: 0,
             })?;
             store.commit(&lane, *epoch)?;
             commits += 1;

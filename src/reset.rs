@@ -14,7 +14,8 @@
 //!    marker holds no state and no offset, only the epoch: the next run starts the partition
 //!    like one without a checkpoint, and its epoch-numbered outputs (JSONL and Parquet
 //!    sinks, the JSONL DLQ) go on with new file names instead of replacing published files.
-//!    Files a crash left staged are settled by the next run's recovery as after any restart.
+//!    Files a crash left staged are settled by the next run's recovery as after any restart:
+//!    a marker keeps the generation of the checkpoint it replaces (ARCHITECTURE.md, "Reset").
 //! 4. For a `kafka` source, the group's committed offsets are set as `--to` asks.
 //!
 //! Without `--yes` it prints what it would do and changes nothing. Sink output (tables, files,
@@ -32,7 +33,7 @@ use weir_connectors::{
     AssignmentMode, KafkaOffsetCommitter, KafkaSinkConfig, KafkaSource, KafkaSourceConfig,
 };
 use weir_runtime::error::{Result, WeirError};
-use weir_runtime::{Checkpoint, CheckpointStore, LocalCheckpointStore};
+use weir_runtime::{Checkpoint, CheckpointStore, ErrorClass, LocalCheckpointStore};
 
 use crate::config::{DlqConfig, SinkConfig, SourceConfig, ValidatedPipeline};
 
@@ -315,12 +316,20 @@ pub fn run(cfg: &ValidatedPipeline, file: &Path, to: ResetTo, yes: bool) -> Resu
     match &mut store {
         Store::Local(s) => {
             for c in &stored {
-                s.save(&Checkpoint::reset_marker(
-                    &cfg.name,
-                    &c.topic,
-                    c.partition,
-                    c.epoch,
-                ))?;
+                // Saved as the checkpoint it replaces, under its generation, so the next
+                // owner's recovery settles what that generation staged (ARCHITECTURE.md,
+                // "Reset"). Refused when the lane was claimed since: that claimer's recovery
+                // settled those files already, so the marker is saved under a claim of its own.
+                let mut marker =
+                    Checkpoint::reset_marker(&cfg.name, &c.topic, c.partition, c.epoch);
+                marker.generation = c.generation;
+                match s.save(&marker) {
+                    Err(e) if e.class() == ErrorClass::Fenced => {
+                        marker.generation = s.claim(&c.topic, c.partition)?;
+                        s.save(&marker)?;
+                    }
+                    other => other?,
+                }
             }
         }
         Store::Postgres(pg) => {

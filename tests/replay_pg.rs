@@ -790,6 +790,7 @@ fn save(store: &mut PostgresStore, pipeline: &str, partition: i32, epoch: u64, n
         counters: Counters::default(),
         operators: Vec::new(),
         reset: false,
+        generation: 0,
     };
     CheckpointStore::save(store, &c).unwrap();
     EpochParticipant::commit(store, &Lane::new("t", partition), epoch).unwrap();

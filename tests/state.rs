@@ -438,3 +438,43 @@ fn the_generators_old_disorder_key_is_refused_naming_the_new_one() {
     assert!(err.contains("source.max_out_of_orderness_ms"), "{err}");
     assert!(err.contains("disorder_ms"), "{err}");
 }
+
+#[test]
+fn an_epoch_left_staged_after_its_checkpoint_is_published_after_a_reset() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "p.toml", &pipeline(60_000, COUNT));
+    run_ok(&file, dir.path());
+    // As a crash between storing a checkpoint and publishing its files leaves it: partition
+    // 0's last published file back in staging, under the generation that staged it (the
+    // first run's claim: 1).
+    let out = dir.path().join("out");
+    let prefix = "part-tgenerator-p0-e";
+    let mut names: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with(prefix))
+        .collect();
+    names.sort();
+    let last = names.pop().expect("a published file of partition 0");
+    let epoch: u64 = last
+        .trim_start_matches(prefix)
+        .trim_end_matches(".jsonl")
+        .parse()
+        .unwrap();
+    let rows = std::fs::read_to_string(out.join(&last)).unwrap();
+    std::fs::rename(
+        out.join(&last),
+        out.join(".staging")
+            .join(format!("part-tgenerator-p0-g1-e{epoch}.jsonl")),
+    )
+    .unwrap();
+
+    let reset = weir(&["reset", "p.toml", "--yes"], dir.path());
+    assert!(reset.status.success(), "reset failed: {}", stderr(&reset));
+    run_ok(&file, dir.path());
+    assert_eq!(
+        std::fs::read_to_string(out.join(&last)).ok(),
+        Some(rows),
+        "the staged epoch is published by the run after the reset"
+    );
+}

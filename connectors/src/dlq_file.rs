@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use weir_runtime::error::{Result, WeirError};
-use weir_runtime::sink::{EpochParticipant, SourceTopics};
+use weir_runtime::sink::{EpochParticipant, LaneClaim, SourceTopics};
 use weir_runtime::{DeadLetter, DlqWriter, ErrorKind, Lane, Stage};
 
 use crate::epoch_files::EpochFiles;
@@ -165,6 +165,10 @@ fn encode_line(letter: &DeadLetter, out: &mut Vec<u8>) -> Result<()> {
 impl EpochParticipant for JsonlDlq {
     fn source_topics(&mut self, topics: &SourceTopics) {
         self.files.set_source_topics(topics);
+    }
+
+    fn claimed(&mut self, lane: &Lane, claim: LaneClaim) {
+        self.files.claimed(lane, claim);
     }
 
     fn recover(&mut self, lane: &Lane, committed_epoch: Option<u64>) -> Result<()> {

@@ -15,6 +15,27 @@
 //! from the checkpoint). An epoch with no bytes produces no file. Every step is idempotent,
 //! so the executor may retry it after a transient failure.
 //!
+//! # Owners (ARCHITECTURE.md, "Checkpoint protocol")
+//!
+//! A lane claimed under generation `G` ([`EpochFiles::claimed`]; the executor claims every
+//! lane it starts) names its open and staged files `part-<lane>-g<G>-open.jsonl` and
+//! `part-<lane>-g<G>-e<E>.jsonl`: a worker still draining a lane that a newer owner took
+//! over (its revocation outlasted the group's wait) works on files of its own generation
+//! only. Both would otherwise use the same names, since the new owner resumes from the last
+//! stored checkpoint and so stages the same epoch: the old owner's `prepare` would rename the
+//! new owner's open file into its own staged epoch, and the new owner's rows would be lost.
+//! The old owner's checkpoint is then refused by the store, so it never commits (publishes)
+//! its staged epoch. `recover` by generation `G` settles files of generations up to `G` only:
+//! it publishes a staged epoch `<= committed` only when the stored checkpoint's generation
+//! staged it, and deletes every other one (a fenced owner's leftovers, whose epochs the new
+//! owner wrote again), so a late owner's files are never published. A staged epoch without
+//! a generation (staged before fencing existed) within the checkpoint is published as
+//! before: the executor always claims, so no fenced owner left it. Published names carry no
+//! generation: one epoch of a lane is published once, by the owner whose checkpoint stored it
+//! (a late commit of the same staged file by its owner and a `recover` racing it publish the
+//! same bytes under the same name). Generation 0 (never claimed) keeps the names without
+//! `-g`, which are also those of files staged before fencing existed.
+//!
 //! Older weir named files by partition number alone (`part-p<p>-...`; the global stage as
 //! partition 2147483647). Published files of that layout stay where they are and are read
 //! with the others. On `recover` of a lane, an old open file of its partition number is
@@ -30,7 +51,7 @@ use std::path::{Path, PathBuf};
 
 use tracing::{debug, warn};
 use weir_runtime::error::{Result, WeirError};
-use weir_runtime::sink::SourceTopics;
+use weir_runtime::sink::{LaneClaim, SourceTopics};
 use weir_runtime::{Lane, GLOBAL_PARTITION};
 
 const STAGING: &str = ".staging";
@@ -76,6 +97,8 @@ pub struct EpochFiles {
     prepared: HashMap<Lane, BTreeSet<u64>>,
     /// What the source reads: decides whose a file of the old layout is.
     topics: SourceTopics,
+    /// Who owns each claimed lane (see the module docs).
+    claims: HashMap<Lane, LaneClaim>,
 }
 
 /// `t<topic>-p<partition>` or `global`: see the module docs.
@@ -143,6 +166,7 @@ impl EpochFiles {
             open: HashMap::new(),
             prepared: HashMap::new(),
             topics: SourceTopics::One,
+            claims: HashMap::new(),
         })
     }
 
@@ -157,22 +181,52 @@ impl EpochFiles {
         self.topics = topics.clone();
     }
 
-    fn open_path(&self, lane: &Lane) -> PathBuf {
+    /// This worker owns `lane` under `claim` from now on; called before `recover` (see the
+    /// module docs). Forgets what was open or prepared under an older claim.
+    pub fn claimed(&mut self, lane: &Lane, claim: LaneClaim) {
+        if self.claims.insert(lane.clone(), claim) != Some(claim) {
+            self.open.remove(lane);
+            self.prepared.remove(lane);
+        }
+    }
+
+    /// This worker's generation on `lane` (0: never claimed).
+    fn generation(&self, lane: &Lane) -> u64 {
+        self.claims.get(lane).map_or(0, |c| c.generation)
+    }
+
+    /// `<lane>` or `<lane>-g<G>`: the owner part of a staging file's name.
+    fn staging_owner(&self, lane: &Lane, generation: u64) -> String {
+        match generation {
+            0 => lane_file_name(lane),
+            g => format!("{}-g{g}", lane_file_name(lane)),
+        }
+    }
+
+    fn open_path_of(&self, lane: &Lane, generation: u64) -> PathBuf {
         self.staging.join(format!(
             "{}-{}-open{}",
             self.prefix,
-            lane_file_name(lane),
+            self.staging_owner(lane, generation),
+            self.ext
+        ))
+    }
+
+    fn open_path(&self, lane: &Lane) -> PathBuf {
+        self.open_path_of(lane, self.generation(lane))
+    }
+
+    fn staged_path_of(&self, lane: &Lane, generation: u64, epoch: u64) -> PathBuf {
+        self.staging.join(format!(
+            "{}-{}-e{epoch}{}",
+            self.prefix,
+            self.staging_owner(lane, generation),
             self.ext
         ))
     }
 
     fn staged_path(&self, lane: &Lane, epoch: u64) -> PathBuf {
-        self.staging.join(format!(
-            "{}-{}-e{epoch}{}",
-            self.prefix,
-            lane_file_name(lane),
-            self.ext
-        ))
+        self.staged_path_of(lane, self.generation(lane), epoch)
     }
 
     fn committed_path(&self, lane: &Lane, epoch: u64) -> PathBuf {
@@ -300,7 +354,15 @@ impl EpochFiles {
     pub fn recover(&mut self, lane: &Lane, committed: Option<u64>) -> Result<()> {
         self.open.remove(lane);
         self.prepared.remove(lane);
-        let mut open_paths = vec![self.open_path(lane)];
+        let claim = self.claims.get(lane).copied().unwrap_or_default();
+        // Open files of this generation and older ones (a fenced owner's, an older weir's);
+        // a newer owner's are not ours to touch.
+        let mut open_paths = vec![self.open_path_of(lane, 0)];
+        for (owner, generation, path) in self.list_open()? {
+            if owner == Owner::Lane(lane.clone()) && generation <= claim.generation {
+                open_paths.push(path);
+            }
+        }
         let legacy_partition = match lane {
             Lane::Global => GLOBAL_PARTITION,
             Lane::Partition { partition, .. } => *partition,
@@ -318,7 +380,10 @@ impl EpochFiles {
                 Err(e) => return Err(WeirError::io(&open_path, e)),
             }
         }
-        for (owner, epoch, path) in self.list(&self.staging)? {
+        for (owner, generation, epoch, path) in self.list(&self.staging)? {
+            if generation > claim.generation {
+                continue;
+            }
             match owner {
                 Owner::Lane(l) if l == *lane => {}
                 Owner::Legacy(p) if Self::legacy_matches(lane, p) => {
@@ -341,16 +406,33 @@ impl EpochFiles {
                 }
                 _ => continue,
             }
-            if committed.is_some_and(|c| epoch <= c) {
+            let stored = committed.is_some_and(|c| epoch <= c);
+            // Generation 0: staged before fencing existed (or by a user that never claims),
+            // so no fenced owner's; within the checkpoint, it is the checkpoint's.
+            let checkpoints_own = generation == claim.committed_generation || generation == 0;
+            if stored && checkpoints_own {
                 let target = self.committed_path(lane, epoch);
-                fs::rename(&path, &target).map_err(|e| WeirError::io(&target, e))?;
-                debug!(%lane, epoch, "published output of an interrupted commit");
+                match fs::rename(&path, &target) {
+                    Ok(()) => {}
+                    // Its owner's late commit published it meanwhile.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound && target.exists() => {}
+                    Err(e) => return Err(WeirError::io(&target, e)),
+                }
+                debug!(%lane, epoch, generation, "published output of an interrupted commit");
             } else {
-                fs::remove_file(&path).map_err(|e| WeirError::io(&path, e))?;
-                debug!(%lane, epoch, "discarded output newer than the checkpoint");
+                match fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(WeirError::io(&path, e)),
+                }
+                if stored {
+                    debug!(%lane, epoch, generation, "discarded output a fenced owner staged");
+                } else {
+                    debug!(%lane, epoch, generation, "discarded output newer than the checkpoint");
+                }
             }
         }
-        for (owner, epoch, path) in self.list(&self.dir)? {
+        for (owner, _, epoch, path) in self.list(&self.dir)? {
             let mine = match owner {
                 Owner::Lane(l) => l == *lane,
                 Owner::Legacy(p) => {
@@ -371,9 +453,25 @@ impl EpochFiles {
         sync_dir(&self.dir)
     }
 
-    /// `(owner, epoch, path)` of the epoch files of this prefix in `dir`.
-    fn list(&self, dir: &Path) -> Result<Vec<(Owner, u64, PathBuf)>> {
+    /// `(owner, generation, epoch, path)` of the epoch files of this prefix in `dir`.
+    fn list(&self, dir: &Path) -> Result<Vec<(Owner, u64, u64, PathBuf)>> {
         list_epoch_files(dir, &self.prefix, &self.ext)
+    }
+
+    /// `(owner, generation, path)` of the open files of this prefix in the staging directory.
+    fn list_open(&self) -> Result<Vec<(Owner, u64, PathBuf)>> {
+        let suffix = format!("-open{}", self.ext);
+        let mut out = Vec::new();
+        for (name, path) in dir_entries(&self.staging)? {
+            let rest = name
+                .strip_prefix(self.prefix.as_str())
+                .and_then(|r| r.strip_prefix('-'))
+                .and_then(|r| r.strip_suffix(suffix.as_str()));
+            if let Some((owner, generation)) = rest.and_then(parse_staging_owner) {
+                out.push((owner, generation, path));
+            }
+        }
+        Ok(out)
     }
 
     /// The published `.jsonl` files of `prefix` in `dir`: those of the old layout first, then
@@ -390,20 +488,35 @@ impl EpochFiles {
         ext: &str,
     ) -> Result<Vec<PathBuf>> {
         let mut files = list_epoch_files(dir, prefix, ext)?;
-        files.sort_by(|(a, ea, _), (b, eb, _)| (a.order(), ea).cmp(&(b.order(), eb)));
-        Ok(files.into_iter().map(|(_, _, path)| path).collect())
+        files.sort_by(|(a, _, ea, _), (b, _, eb, _)| (a.order(), ea).cmp(&(b.order(), eb)));
+        Ok(files.into_iter().map(|(_, _, _, path)| path).collect())
     }
 }
 
-/// Parses `<prefix>-<lane>-e<epoch><ext>` (and the old `<prefix>-p<partition>-e<epoch><ext>`).
-fn parse_name(name: &str, prefix: &str, ext: &str) -> Option<(Owner, u64)> {
+/// The owner and generation named by `<lane>` or `<lane>-g<G>` (staging files; a lane's
+/// name itself ends in `-p<partition>` or is `global`, so a trailing `-g<digits>` is always
+/// a generation).
+fn parse_staging_owner(name: &str) -> Option<(Owner, u64)> {
+    if let Some((owner, g)) = name.rsplit_once("-g") {
+        if !g.is_empty() && g.bytes().all(|b| b.is_ascii_digit()) {
+            return Some((parse_owner(owner)?, g.parse().ok()?));
+        }
+    }
+    Some((parse_owner(name)?, 0))
+}
+
+/// Parses `<prefix>-<lane>[-g<generation>]-e<epoch><ext>` (and the old
+/// `<prefix>-p<partition>-e<epoch><ext>`): owner, generation (0 without one), epoch.
+fn parse_name(name: &str, prefix: &str, ext: &str) -> Option<(Owner, u64, u64)> {
     let rest = name.strip_prefix(prefix)?.strip_prefix('-')?;
     let rest = rest.strip_suffix(ext)?;
     let (owner, epoch) = rest.rsplit_once("-e")?;
-    Some((parse_owner(owner)?, epoch.parse().ok()?))
+    let (owner, generation) = parse_staging_owner(owner)?;
+    Some((owner, generation, epoch.parse().ok()?))
 }
 
-fn list_epoch_files(dir: &Path, prefix: &str, ext: &str) -> Result<Vec<(Owner, u64, PathBuf)>> {
+/// The (UTF-8) file names in `dir` with their paths; none when it does not exist.
+fn dir_entries(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -414,8 +527,20 @@ fn list_epoch_files(dir: &Path, prefix: &str, ext: &str) -> Result<Vec<(Owner, u
         let entry = entry.map_err(|e| WeirError::io(dir, e))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if let Some((owner, e)) = parse_name(name, prefix, ext) {
-            out.push((owner, e, entry.path()));
+        out.push((name.to_string(), entry.path()));
+    }
+    Ok(out)
+}
+
+fn list_epoch_files(
+    dir: &Path,
+    prefix: &str,
+    ext: &str,
+) -> Result<Vec<(Owner, u64, u64, PathBuf)>> {
+    let mut out = Vec::new();
+    for (name, path) in dir_entries(dir)? {
+        if let Some((owner, generation, e)) = parse_name(&name, prefix, ext) {
+            out.push((owner, generation, e, path));
         }
     }
     Ok(out)
@@ -513,6 +638,124 @@ mod tests {
         assert_eq!(published(tmp.path()), "e1\n");
     }
 
+    fn claim(generation: u64, committed_generation: u64) -> LaneClaim {
+        LaneClaim {
+            generation,
+            committed_generation,
+        }
+    }
+
+    #[test]
+    fn a_late_owner_never_stages_the_new_owners_bytes() {
+        let tmp = tempfile::tempdir().unwrap();
+        // A owns the lane under generation 1 and commits epoch 1.
+        let mut a = EpochFiles::new(tmp.path(), "part").unwrap();
+        a.claimed(&l(0), claim(1, 0));
+        a.recover(&l(0), None).unwrap();
+        a.append(&l(0), b"a1\n").unwrap();
+        a.prepare(&l(0), 1).unwrap();
+        a.commit(&l(0), 1).unwrap();
+        a.append(&l(0), b"a2\n").unwrap();
+        // B takes over from A's checkpoint (epoch 1) while A still drains: both write epoch 2.
+        let mut b = EpochFiles::new(tmp.path(), "part").unwrap();
+        b.claimed(&l(0), claim(2, 1));
+        b.recover(&l(0), Some(1)).unwrap();
+        b.append(&l(0), b"b2\n").unwrap();
+        a.append(&l(0), b"a2 late\n").unwrap();
+        a.prepare(&l(0), 2).unwrap(); // A's save is then refused: it never commits
+        b.prepare(&l(0), 2).unwrap();
+        b.commit(&l(0), 2).unwrap();
+        assert_eq!(published(tmp.path()), "a1\nb2\n");
+        assert!(
+            names(&tmp.path().join(STAGING))
+                .iter()
+                .all(|n| !n.contains("-g2-")),
+            "B's epoch 2 is published, nothing of B is left staged"
+        );
+    }
+
+    #[test]
+    fn recover_discards_what_a_fenced_owner_staged_and_publishes_the_checkpoints_own() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut a = EpochFiles::new(tmp.path(), "part").unwrap();
+        a.claimed(&l(0), claim(1, 0));
+        a.recover(&l(0), None).unwrap();
+        let mut b = EpochFiles::new(tmp.path(), "part").unwrap();
+        b.claimed(&l(0), claim(2, 0));
+        b.recover(&l(0), None).unwrap();
+        // A (fenced) stages epoch 1 after B claimed; B stages its own epoch 1, its checkpoint
+        // is stored, and B stops before publishing it.
+        a.append(&l(0), b"late\n").unwrap();
+        a.prepare(&l(0), 1).unwrap();
+        b.append(&l(0), b"mine\n").unwrap();
+        b.prepare(&l(0), 1).unwrap();
+        drop((a, b));
+        // C recovers from B's checkpoint (epoch 1, generation 2).
+        let mut c = EpochFiles::new(tmp.path(), "part").unwrap();
+        c.claimed(&l(0), claim(3, 2));
+        c.recover(&l(0), Some(1)).unwrap();
+        assert_eq!(published(tmp.path()), "mine\n");
+        assert!(names(&tmp.path().join(STAGING)).is_empty());
+    }
+
+    #[test]
+    fn recover_publishes_an_epoch_staged_before_fencing_within_the_checkpoint() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut old = EpochFiles::new(tmp.path(), "part").unwrap();
+        old.append(&l(0), b"old\n").unwrap();
+        old.prepare(&l(0), 4).unwrap();
+        drop(old); // staged without a generation, its checkpoint stored, never published
+        let mut f = EpochFiles::new(tmp.path(), "part").unwrap();
+        f.claimed(&l(0), claim(2, 1));
+        f.recover(&l(0), Some(4)).unwrap();
+        assert_eq!(published(tmp.path()), "old\n");
+    }
+
+    #[test]
+    fn recover_leaves_a_newer_owners_files_alone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut newer = EpochFiles::new(tmp.path(), "part").unwrap();
+        newer.claimed(&l(0), claim(5, 0));
+        newer.append(&l(0), b"n1\n").unwrap();
+        newer.prepare(&l(0), 1).unwrap();
+        newer.append(&l(0), b"n2\n").unwrap();
+        let mut older = EpochFiles::new(tmp.path(), "part").unwrap();
+        older.claimed(&l(0), claim(4, 0));
+        older.recover(&l(0), None).unwrap();
+        assert_eq!(
+            names(&tmp.path().join(STAGING)),
+            ["part-tt-p0-g5-e1.jsonl", "part-tt-p0-g5-open.jsonl"]
+        );
+        newer.commit(&l(0), 1).unwrap();
+        assert_eq!(published(tmp.path()), "n1\n");
+    }
+
+    #[test]
+    fn staging_names_carry_the_generation_and_parse_back() {
+        assert_eq!(
+            parse_name("part-tt-p0-g12-e3.jsonl", "part", ".jsonl"),
+            Some((Owner::Lane(l(0)), 12, 3))
+        );
+        assert_eq!(
+            parse_name("part-tt-p0-e3.jsonl", "part", ".jsonl"),
+            Some((Owner::Lane(l(0)), 0, 3))
+        );
+        // A topic with `-g` in its name is not a generation.
+        let lane = Lane::new("x-g1", 2);
+        assert_eq!(
+            parse_name("part-tx-g1-p2-e0000000004.jsonl", "part", ".jsonl"),
+            Some((Owner::Lane(lane.clone()), 0, 4))
+        );
+        assert_eq!(
+            parse_name("part-tx-g1-p2-g7-e4.jsonl", "part", ".jsonl"),
+            Some((Owner::Lane(lane), 7, 4))
+        );
+        assert_eq!(
+            parse_name("part-global-g3-e9.jsonl", "part", ".jsonl"),
+            Some((Owner::Lane(Lane::Global), 3, 9))
+        );
+    }
+
     #[test]
     fn prefixes_sharing_a_directory_do_not_see_each_other() {
         let tmp = tempfile::tempdir().unwrap();
@@ -544,7 +787,7 @@ mod tests {
 
     #[test]
     fn file_names_parse_back() {
-        let lane = |t: &str, p| Some((Owner::Lane(Lane::new(t, p)), 12));
+        let lane = |t: &str, p| Some((Owner::Lane(Lane::new(t, p)), 0, 12));
         assert_eq!(
             parse_name("part-tt-p3-e0000000012.jsonl", "part", JSONL),
             lane("t", 3)
@@ -562,12 +805,12 @@ mod tests {
         assert_eq!(parse_name("part-tt-p3-e12.parquet", "part", JSONL), None);
         assert_eq!(
             parse_name("part-global-e12.jsonl", "part", JSONL),
-            Some((Owner::Lane(Lane::Global), 12))
+            Some((Owner::Lane(Lane::Global), 0, 12))
         );
         // The old layout: the partition number only.
         assert_eq!(
             parse_name("part-p3-e0000000012.jsonl", "part", JSONL),
-            Some((Owner::Legacy(3), 12))
+            Some((Owner::Legacy(3), 0, 12))
         );
     }
 
@@ -587,7 +830,7 @@ mod tests {
             assert!(!name.contains('/'), "{name}");
             assert_eq!(
                 parse_name(&name, "part", JSONL),
-                Some((Owner::Lane(l), 3)),
+                Some((Owner::Lane(l), 0, 3)),
                 "{name}"
             );
         }

@@ -21,7 +21,7 @@ use weir_runtime::arrow::datatypes::{DataType, Field, Schema};
 use weir_runtime::arrow::json::LineDelimitedWriter;
 use weir_runtime::arrow::record_batch::RecordBatch;
 use weir_runtime::error::{Result, WeirError};
-use weir_runtime::sink::{EpochParticipant, SourceTopics};
+use weir_runtime::sink::{EpochParticipant, LaneClaim, SourceTopics};
 use weir_runtime::{Guarantee, Lane, SinkWriter, WriteOutcome, DELETED_COLUMN};
 
 use crate::epoch_files::EpochFiles;
@@ -79,6 +79,10 @@ impl JsonlSink {
 impl EpochParticipant for JsonlSink {
     fn source_topics(&mut self, topics: &SourceTopics) {
         self.files.set_source_topics(topics);
+    }
+
+    fn claimed(&mut self, lane: &Lane, claim: LaneClaim) {
+        self.files.claimed(lane, claim);
     }
 
     fn recover(&mut self, lane: &Lane, committed_epoch: Option<u64>) -> Result<()> {

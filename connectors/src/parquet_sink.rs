@@ -26,7 +26,7 @@ use serde::Deserialize;
 use weir_runtime::arrow::datatypes::SchemaRef;
 use weir_runtime::arrow::record_batch::RecordBatch;
 use weir_runtime::error::{Result, WeirError};
-use weir_runtime::sink::{EpochParticipant, SourceTopics};
+use weir_runtime::sink::{EpochParticipant, LaneClaim, SourceTopics};
 use weir_runtime::{Guarantee, Lane, SinkWriter, WriteOutcome};
 
 use crate::epoch_files::EpochFiles;
@@ -149,6 +149,10 @@ impl ParquetSink {
 impl EpochParticipant for ParquetSink {
     fn source_topics(&mut self, topics: &SourceTopics) {
         self.files.set_source_topics(topics);
+    }
+
+    fn claimed(&mut self, lane: &Lane, claim: LaneClaim) {
+        self.files.claimed(lane, claim);
     }
 
     fn recover(&mut self, lane: &Lane, committed_epoch: Option<u64>) -> Result<()> {

@@ -6,6 +6,7 @@ mod support;
 
 mod executor_end_to_end;
 mod kafka_broker;
+mod kafka_fence;
 mod kafka_mock;
 mod kafka_mock_executor;
 mod kafka_mock_stop;

@@ -37,6 +37,7 @@ fn checkpoint(pipeline: &str, partition: i32, epoch: u64) -> Checkpoint {
         counters: Counters::default(),
         operators: Vec::new(),
         reset: false,
+        generation: 0,
     }
 }
 

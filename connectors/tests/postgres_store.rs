@@ -168,6 +168,7 @@ fn checkpoint(pipeline: &str, partition: i32, epoch: u64, next_offset: i64) -> C
             },
         ],
         reset: false,
+        generation: 0,
     }
 }
 
@@ -881,4 +882,177 @@ fn an_unreachable_server_is_transient_and_a_bad_config_fatal() {
     assert!(matches!(err, WeirError::Sink { .. }));
     assert_eq!(err.class(), ErrorClass::Fatal);
     assert!(err.to_string().contains("key_columns"), "{err}");
+}
+
+fn store_of(schema: &str, pipeline: &str) -> PostgresStore {
+    PostgresStore::connect_as(
+        "pg",
+        &config(schema, &["k"]),
+        pipeline,
+        CheckpointRole::Store,
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_late_owners_checkpoint_and_rows_are_refused_after_a_new_claim() {
+    let schema = unique("fence");
+    let pipeline = schema.clone();
+    let (mut a, mut b) = (store_of(&schema, &pipeline), store_of(&schema, &pipeline));
+    let mut c = client();
+
+    let generation_a = CheckpointStore::claim(&a, "orders", 0).unwrap();
+    let mut first = checkpoint(&pipeline, 0, 1, 10);
+    first.generation = generation_a;
+    a.write(&lane(0), &kv(&[("a", 1)])).unwrap();
+    a.prepare(&lane(0), 1).unwrap();
+    CheckpointStore::save(&a, &first).unwrap();
+    a.commit(&lane(0), 1).unwrap();
+
+    // A goes on writing epoch 2 while B takes the lane over.
+    a.write(&lane(0), &kv(&[("a", 2), ("late", 2)])).unwrap();
+    a.prepare(&lane(0), 2).unwrap();
+    let generation_b = CheckpointStore::claim(&b, "orders", 0).unwrap();
+    assert!(generation_b > generation_a);
+    assert_eq!(CheckpointStore::load(&b, "orders", 0).unwrap(), Some(first));
+
+    // A's checkpoint is refused, as the fenced outcome; its transaction rolls back.
+    let mut late = checkpoint(&pipeline, 0, 2, 20);
+    late.generation = generation_a;
+    let err = CheckpointStore::save(&a, &late).unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Fenced, "{err}");
+    assert!(matches!(err, WeirError::Fenced { .. }), "{err}");
+    assert!(err.to_string().contains("orders/0"), "{err}");
+    a.commit(&lane(0), 2).unwrap(); // nothing left to commit
+    assert_eq!(rows(&mut c, &schema), [("a".to_string(), 1)]);
+    assert_eq!(stored(&mut c, &schema, &pipeline, 0), Some((1, 10)));
+
+    // B's own epoch 2 is accepted (its writes were not held back by A's row locks).
+    let mut taken_over = checkpoint(&pipeline, 0, 2, 15);
+    taken_over.generation = generation_b;
+    b.recover(&lane(0), Some(1)).unwrap();
+    b.write(&lane(0), &kv(&[("a", 20), ("b", 5)])).unwrap();
+    b.prepare(&lane(0), 2).unwrap();
+    CheckpointStore::save(&b, &taken_over).unwrap();
+    b.commit(&lane(0), 2).unwrap();
+    assert_eq!(
+        rows(&mut c, &schema),
+        [("a".to_string(), 20), ("b".to_string(), 5)]
+    );
+    assert_eq!(
+        CheckpointStore::load(&a, "orders", 0).unwrap(),
+        Some(taken_over.clone())
+    );
+
+    // A's retry of its late checkpoint is refused again and changes nothing.
+    a.write(&lane(0), &kv(&[("late", 3)])).unwrap();
+    a.prepare(&lane(0), 2).unwrap();
+    let err = CheckpointStore::save(&a, &late).unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Fenced, "{err}");
+    assert_eq!(
+        rows(&mut c, &schema),
+        [("a".to_string(), 20), ("b".to_string(), 5)]
+    );
+    assert_eq!(
+        CheckpointStore::load(&b, "orders", 0).unwrap(),
+        Some(taken_over)
+    );
+}
+
+#[test]
+fn a_checkpoint_table_from_before_fencing_gains_the_owners_table() {
+    let schema = unique("premigration");
+    let pipeline = schema.clone();
+    let mut c = client();
+    // The checkpoint table as weir created it before fencing, with one checkpoint.
+    c.batch_execute(&format!(
+        "CREATE SCHEMA \"{schema}\"; CREATE TABLE \"{schema}\".weir_checkpoints (\
+         pipeline text NOT NULL, topic text NOT NULL, partition int4 NOT NULL, \
+         epoch int8 NOT NULL, next_offset int8 NOT NULL, state bytea NOT NULL, \
+         updated_at timestamptz NOT NULL DEFAULT now(), \
+         PRIMARY KEY (pipeline, topic, partition))"
+    ))
+    .unwrap();
+    let old = checkpoint(&pipeline, 0, 4, 40);
+    let state = weir_runtime::checkpoint::encode(&old).unwrap();
+    c.execute(
+        &format!(
+            "INSERT INTO \"{schema}\".weir_checkpoints \
+             (pipeline, topic, partition, epoch, next_offset, state) \
+             VALUES ($1, 'orders', 0, 4, 40, $2)"
+        ),
+        &[&pipeline, &state],
+    )
+    .unwrap();
+
+    let mut store = store_of(&schema, &pipeline);
+    assert_eq!(
+        CheckpointStore::load(&store, "orders", 0).unwrap(),
+        Some(old)
+    );
+    let generation = CheckpointStore::claim(&store, "orders", 0).unwrap();
+    assert_eq!(generation, 1, "the first claim of a lane");
+    let mut next = checkpoint(&pipeline, 0, 5, 50);
+    store.prepare(&lane(0), 5).unwrap();
+    let err = CheckpointStore::save(&store, &next).unwrap_err();
+    assert_eq!(
+        err.class(),
+        ErrorClass::Fenced,
+        "generation 0 after a claim: {err}"
+    );
+    next.generation = generation;
+    store.prepare(&lane(0), 5).unwrap();
+    CheckpointStore::save(&store, &next).unwrap();
+    store.commit(&lane(0), 5).unwrap();
+    assert_eq!(stored(&mut c, &schema, &pipeline, 0), Some((5, 50)));
+}
+
+#[test]
+fn a_claim_waits_for_the_old_owners_accepted_checkpoint_and_then_loads_it() {
+    let schema = unique("claimwait");
+    let pipeline = schema.clone();
+    let mut a = store_of(&schema, &pipeline);
+    let b = store_of(&schema, &pipeline);
+    let mut c = client();
+    let generation_a = CheckpointStore::claim(&a, "orders", 0).unwrap();
+
+    // A's checkpoint is accepted into its open transaction, not committed yet.
+    let mut saved = checkpoint(&pipeline, 0, 1, 10);
+    saved.generation = generation_a;
+    a.write(&lane(0), &kv(&[("a", 1)])).unwrap();
+    a.prepare(&lane(0), 1).unwrap();
+    CheckpointStore::save(&a, &saved).unwrap();
+
+    // B's claim waits on the lane's row until A's transaction ends...
+    let claimer = std::thread::spawn(move || {
+        let generation = CheckpointStore::claim(&b, "orders", 0).unwrap();
+        (generation, CheckpointStore::load(&b, "orders", 0).unwrap())
+    });
+    let control = format!("weir {pipeline}/pg control");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let waiting: i64 = c
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE application_name = $1 AND wait_event_type = 'Lock'",
+                &[&control],
+            )
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            !claimer.is_finished(),
+            "the claim did not wait for A's commit"
+        );
+        assert!(std::time::Instant::now() < deadline, "no claim waits");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // ...and then loads what A committed.
+    a.commit(&lane(0), 1).unwrap();
+    let (generation_b, loaded) = claimer.join().unwrap();
+    assert!(generation_b > generation_a);
+    assert_eq!(loaded, Some(saved));
+    assert_eq!(rows(&mut c, &schema), [("a".to_string(), 1)]);
 }

@@ -9,6 +9,25 @@
 //!
 //! A running worker holds an exclusive lock on `<dir>/<pipeline>/.lock`
 //! ([`LocalCheckpointStore::try_lock`]): `weir reset` refuses while it is held.
+//!
+//! # Fencing (ARCHITECTURE.md, "Checkpoint protocol")
+//!
+//! A lane's checkpoints have one owner at a time. Starting a partition, the executor
+//! [`CheckpointStore::claim`]s its lane: the store increments the lane's *generation* and
+//! returns it, and every checkpoint of that partition carries it ([`Checkpoint::generation`]).
+//! A save is accepted only while the stored generation still equals the checkpoint's; once a
+//! newer owner claimed the lane, the older owner's save is refused with
+//! [`WeirError::Fenced`] and changes nothing, so a worker whose drain outlasted its
+//! revocation never overwrites the new owner's progress. Generation 0 is a lane never
+//! claimed: a checkpoint of generation 0 is saved while nobody claimed the lane (tools and
+//! tests that write checkpoints directly). Reading needs no claim; `weir reset`, which
+//! refuses while the pipeline runs, saves its markers under the generation of the
+//! checkpoints they replace (claiming a lane only when a worker claimed it since).
+//!
+//! The local store keeps the generation in `<partition>.generation` beside the lane's
+//! checkpoint (decimal text, written atomically like the checkpoint), and holds an OS file
+//! lock on `<partition>.lock` around a claim and around the check-and-write of a save, so
+//! processes sharing the directory see one order of claims and saves.
 
 use std::fs::{self, File};
 use std::io::Write;
@@ -52,10 +71,16 @@ pub struct Checkpoint {
     /// state, no offset: the source's start position, no counters), but its epochs go on from
     /// `epoch`, so epoch-numbered outputs (file sinks, the JSONL DLQ) never reuse a name.
     pub reset: bool,
+    /// The owner's claim this checkpoint was taken under ([`CheckpointStore::claim`]): the
+    /// store saves it only while this is still the lane's generation. 0: no claim (a lane
+    /// never claimed, or a checkpoint from before fencing existed).
+    pub generation: u64,
 }
 
 impl Checkpoint {
-    /// The marker `weir reset` stores for a partition whose last epoch was `epoch`.
+    /// The marker `weir reset` stores for a partition whose last epoch was `epoch`. `weir
+    /// reset` gives it the [`Checkpoint::generation`] of the checkpoint it replaces: the
+    /// next owner's recovery then settles what that generation staged as after any restart.
     pub fn reset_marker(pipeline: &str, topic: &str, partition: i32, epoch: u64) -> Self {
         Checkpoint {
             pipeline: pipeline.to_string(),
@@ -66,13 +91,22 @@ impl Checkpoint {
             counters: Counters::default(),
             operators: Vec::new(),
             reset: true,
+            generation: 0,
         }
     }
 }
 
-/// Where checkpoints live. Shared by every partition of a worker.
+/// Where checkpoints live. Shared by every partition of a worker. Lanes are named by their
+/// checkpoint key (topic, partition; [`crate::Lane::checkpoint_key`]). See the module docs
+/// for the generation protocol.
 pub trait CheckpointStore: Send + Sync {
+    /// Make the caller the owner of the lane: increment its generation and return the new
+    /// one. From then on a save of an older generation is refused ([`WeirError::Fenced`]).
+    fn claim(&self, topic: &str, partition: i32) -> Result<u64>;
+    /// The lane's stored checkpoint, if any. Needs no claim.
     fn load(&self, topic: &str, partition: i32) -> Result<Option<Checkpoint>>;
+    /// Store `checkpoint` if its [`Checkpoint::generation`] is still the lane's; otherwise
+    /// refuse it with [`WeirError::Fenced`] and change nothing.
     fn save(&self, checkpoint: &Checkpoint) -> Result<()>;
 }
 
@@ -90,6 +124,13 @@ struct Header {
     /// See [`Checkpoint::reset`]; absent (false) in older checkpoints.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     reset: bool,
+    /// See [`Checkpoint::generation`]; absent (0) in older checkpoints.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    generation: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Serialize, Deserialize)]
@@ -126,10 +167,47 @@ impl LocalCheckpointStore {
     }
 
     fn path(&self, topic: &str, partition: i32) -> PathBuf {
+        self.lane_file(topic, partition, "ckpt")
+    }
+
+    /// `<dir>/<pipeline>/<topic>/<partition>.<ext>`: the lane's checkpoint (`ckpt`), its
+    /// generation (`generation`) and the lock around both (`lock`).
+    fn lane_file(&self, topic: &str, partition: i32, ext: &str) -> PathBuf {
         self.dir
             .join(sanitize(&self.pipeline))
             .join(sanitize(topic))
-            .join(format!("{partition}.ckpt"))
+            .join(format!("{partition}.{ext}"))
+    }
+
+    /// Hold the lane's lock (an exclusive OS file lock on `<partition>.lock`, released when
+    /// the returned file is dropped or the process ends).
+    fn lock_lane(&self, topic: &str, partition: i32) -> Result<File> {
+        let path = self.lane_file(topic, partition, "lock");
+        let dir = path
+            .parent()
+            .expect("invariant: a lane file has a directory");
+        fs::create_dir_all(dir).map_err(|e| WeirError::io(dir, e))?;
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| WeirError::io(&path, e))?;
+        file.lock().map_err(|e| WeirError::io(&path, e))?;
+        Ok(file)
+    }
+
+    /// The lane's stored generation (0 when it was never claimed). Read under its lock.
+    fn generation(&self, topic: &str, partition: i32) -> Result<u64> {
+        let path = self.lane_file(topic, partition, "generation");
+        match fs::read_to_string(&path) {
+            Ok(text) => text.trim().parse().map_err(|_| WeirError::Checkpoint {
+                path: path.clone(),
+                message: format!("generation {:?} is not a number", text.trim()),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(WeirError::io(&path, e)),
+        }
     }
 }
 
@@ -245,6 +323,7 @@ pub fn encode(checkpoint: &Checkpoint) -> Result<Vec<u8>> {
         counters: checkpoint.counters,
         operators,
         reset: checkpoint.reset,
+        generation: checkpoint.generation,
     };
     let header = serde_json::to_vec(&header)
         .map_err(|e| WeirError::Internal(format!("checkpoint header: {e}")))?;
@@ -326,6 +405,7 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<Checkpoint> {
         counters: header.counters,
         operators,
         reset: header.reset,
+        generation: header.generation,
     })
 }
 
@@ -335,7 +415,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .parent()
         .ok_or_else(|| WeirError::Internal(format!("{} has no parent", path.display())))?;
     fs::create_dir_all(dir).map_err(|e| WeirError::io(dir, e))?;
-    let tmp = path.with_extension("tmp");
+    // `<name>.<ext>.tmp`: files of one name but different extensions (a lane's checkpoint
+    // and generation) never share a temporary file.
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
     let mut f = File::create(&tmp).map_err(|e| WeirError::io(&tmp, e))?;
     f.write_all(bytes).map_err(|e| WeirError::io(&tmp, e))?;
     f.sync_all().map_err(|e| WeirError::io(&tmp, e))?;
@@ -360,9 +444,32 @@ impl CheckpointStore for LocalCheckpointStore {
         }
     }
 
+    fn claim(&self, topic: &str, partition: i32) -> Result<u64> {
+        let _lock = self.lock_lane(topic, partition)?;
+        let generation = self.generation(topic, partition)? + 1;
+        let path = self.lane_file(topic, partition, "generation");
+        write_atomic(&path, format!("{generation}\n").as_bytes())?;
+        Ok(generation)
+    }
+
     fn save(&self, checkpoint: &Checkpoint) -> Result<()> {
-        let path = self.path(&checkpoint.topic, checkpoint.partition);
-        write_atomic(&path, &encode(checkpoint)?)
+        let (topic, partition) = (&*checkpoint.topic, checkpoint.partition);
+        let bytes = encode(checkpoint)?;
+        let _lock = self.lock_lane(topic, partition)?;
+        let current = self.generation(topic, partition)?;
+        if current != checkpoint.generation {
+            return Err(WeirError::Fenced {
+                lane: crate::Lane::from_checkpoint_key(&checkpoint.topic, partition).to_string(),
+                message: format!(
+                    "checkpoint epoch {} of generation {} not saved: the lane's generation in \
+                     {} is {current}",
+                    checkpoint.epoch,
+                    checkpoint.generation,
+                    self.lane_file(topic, partition, "generation").display()
+                ),
+            });
+        }
+        write_atomic(&self.path(topic, partition), &bytes)
     }
 }
 
@@ -407,6 +514,7 @@ mod tests {
                 },
             ],
             reset: false,
+            generation: 0,
         }
     }
 
@@ -463,6 +571,72 @@ mod tests {
         let c = sample();
         store.save(&c).unwrap();
         assert_eq!(store.load("t/1", 3).unwrap(), Some(c));
+    }
+
+    #[test]
+    fn the_generation_loads_back_with_the_checkpoint() {
+        let mut c = sample();
+        c.generation = 12;
+        assert_eq!(decode(&encode(&c).unwrap(), Path::new("x")).unwrap(), c);
+    }
+
+    #[test]
+    fn each_claim_increments_the_lanes_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalCheckpointStore::new(dir.path(), "p");
+        assert_eq!(store.claim("t/1", 3).unwrap(), 1);
+        assert_eq!(store.claim("t/1", 3).unwrap(), 2);
+        assert_eq!(store.claim("t/1", 4).unwrap(), 1, "another lane");
+        // Another store object on the same directory (another process) continues the count.
+        let other = LocalCheckpointStore::new(dir.path(), "p");
+        assert_eq!(other.claim("t/1", 3).unwrap(), 3);
+    }
+
+    #[test]
+    fn a_save_of_an_older_generation_is_fenced_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = LocalCheckpointStore::new(dir.path(), "p");
+        let b = LocalCheckpointStore::new(dir.path(), "p");
+        let mut first = sample();
+        first.generation = a.claim("t/1", 3).unwrap();
+        a.save(&first).unwrap();
+
+        // B takes the lane over and saves its first checkpoint.
+        let generation = b.claim("t/1", 3).unwrap();
+        assert!(generation > first.generation);
+        let mut taken_over = b.load("t/1", 3).unwrap().unwrap();
+        taken_over.generation = generation;
+        taken_over.epoch += 1;
+        taken_over.next_offset = 100;
+        b.save(&taken_over).unwrap();
+
+        // A's late checkpoint is refused, as the fenced outcome.
+        let mut late = first.clone();
+        late.epoch += 1;
+        late.next_offset = 60;
+        let err = a.save(&late).unwrap_err();
+        assert_eq!(err.class(), crate::ErrorClass::Fenced, "{err}");
+        assert!(matches!(err, WeirError::Fenced { .. }), "{err}");
+        assert!(err.to_string().contains("t/1/3"), "{err}");
+        assert_eq!(b.load("t/1", 3).unwrap(), Some(taken_over.clone()));
+
+        // B goes on.
+        let mut next = taken_over.clone();
+        next.epoch += 1;
+        next.next_offset = 150;
+        b.save(&next).unwrap();
+        assert_eq!(a.load("t/1", 3).unwrap(), Some(next));
+    }
+
+    #[test]
+    fn a_corrupt_generation_file_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalCheckpointStore::new(dir.path(), "p");
+        store.claim("t", 0).unwrap();
+        let path = store.lane_file("t", 0, "generation");
+        fs::write(&path, "x7").unwrap();
+        let err = store.claim("t", 0).unwrap_err().to_string();
+        assert!(err.contains("0.generation") && err.contains("x7"), "{err}");
     }
 
     #[test]

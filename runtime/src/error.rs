@@ -25,6 +25,10 @@ pub enum ErrorClass {
     Transient,
     /// Drain what is safe, exit non-zero, resume from the checkpoint.
     Fatal,
+    /// A newer owner claimed the lane (a partition this worker was too slow to give up, see
+    /// [`crate::CheckpointStore::claim`]): drop the partition like one revoked as lost (no
+    /// commit, no acknowledgement) and go on with the others.
+    Fenced,
 }
 
 /// Errors raised by the runtime and by the components it drives.
@@ -50,6 +54,10 @@ pub enum WeirError {
     },
     #[error("checkpoint {path}: {message}")]
     Checkpoint { path: PathBuf, message: String },
+    /// A save (or a transaction commit) of a lane that a newer owner has claimed since: the
+    /// store changed nothing. Class [`ErrorClass::Fenced`].
+    #[error("{lane}: fenced by a newer owner: {message}")]
+    Fenced { lane: String, message: String },
     #[error("dead-letter queue: {message}")]
     Dlq { message: String },
     #[error("arrow: {0}")]
@@ -90,6 +98,7 @@ impl WeirError {
             | WeirError::Operator { class, .. }
             | WeirError::Sink { class, .. } => *class,
             WeirError::Io { source, .. } => classify_io(source),
+            WeirError::Fenced { .. } => ErrorClass::Fenced,
             _ => ErrorClass::Fatal,
         }
     }

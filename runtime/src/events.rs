@@ -66,6 +66,24 @@ impl PartitionRevoked<'_> {
     }
 }
 
+/// A newer owner claimed a partition this worker still drained (its revocation outlasted the
+/// group's wait): the store refused the checkpoint of `epoch` (or a sink its write or
+/// transaction: no epoch),
+/// so the partition is dropped like a lost one: nothing of it is committed or acknowledged.
+pub struct PartitionFenced<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub epoch: Option<u64>,
+    pub error: &'a dyn Display,
+}
+
+impl PartitionFenced<'_> {
+    pub fn emit(&self, m: &Metrics) {
+        m.partition_fenced();
+        warn!(topic = %self.topic, partition = self.partition, epoch = ?self.epoch, error = %self.error, "partition fenced by its new owner: dropped without committing its checkpoint");
+    }
+}
+
 /// A partition's task is done: its input `ended`, or it was stopped (revoked, shutdown).
 pub struct PartitionFinished<'a> {
     pub topic: &'a str,
@@ -216,6 +234,13 @@ mod tests {
             error: &"coordinator moved",
         }
         .emit(&m);
+        PartitionFenced {
+            topic: "t",
+            partition: 2,
+            epoch: Some(4),
+            error: &"generation 3 is stored",
+        }
+        .emit(&m);
 
         assert_eq!(m.owned_partitions(), 0, "started one, finished one");
         assert_eq!(m.assignments(), (1, 1));
@@ -225,5 +250,6 @@ mod tests {
         assert_eq!(m.reader_pauses(), 1);
         assert_eq!(m.transient_retries(), 1);
         assert_eq!(m.acknowledge_failures(), 1);
+        assert_eq!(m.fenced_partitions(), 1);
     }
 }

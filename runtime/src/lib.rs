@@ -43,7 +43,8 @@ pub use operator::{offset_column, Decoded, Decoder, Emit, Operator, RowReject, O
 pub use retry::RetryBudget;
 pub use shutdown::Shutdown;
 pub use sink::{
-    EpochParticipant, Guarantee, NullSink, SinkWriter, SourceTopics, WriteOutcome, DELETED_COLUMN,
+    EpochParticipant, Guarantee, LaneClaim, NullSink, SinkWriter, SourceTopics, WriteOutcome,
+    DELETED_COLUMN,
 };
 pub use source::{
     Assignment, InitialOffset, PartitionReader, Partitioning, ReadResult, ResumeFrom, Source,

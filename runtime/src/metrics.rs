@@ -61,6 +61,7 @@ pub struct Metrics {
     /// Milliseconds spent storing checkpoints (prepare → save → commit), all lanes.
     checkpoint_ms: AtomicU64,
     lost: AtomicU64,
+    fenced: AtomicU64,
     transient_retries: AtomicU64,
 }
 
@@ -95,6 +96,16 @@ impl Metrics {
     /// already), in this run; a subset of the revoked ones of [`Metrics::assignments`].
     pub fn lost_partitions(&self) -> u64 {
         self.lost.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn partition_fenced(&self) {
+        self.fenced.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Partitions dropped because a newer owner had claimed them when this worker stored or
+    /// committed a checkpoint (ARCHITECTURE.md, "Checkpoint protocol"), in this run.
+    pub fn fenced_partitions(&self) -> u64 {
+        self.fenced.load(Ordering::Relaxed)
     }
 
     pub(crate) fn transient_retried(&self) {

@@ -11,6 +11,13 @@
 //! of that epoch or older is committed (step 3 was interrupted), newer staged output is
 //! discarded (its input will be replayed from the checkpoint's offset).
 //!
+//! Before `recover`, every participant is told the lane's [`LaneClaim`]: the generation this
+//! worker owns the lane under ([`crate::CheckpointStore::claim`]) and the generation that
+//! wrote the stored checkpoint. Output staged under a name (file sinks) is named by the
+//! generation, so a worker that is still draining a lane a newer owner took over never
+//! touches the new owner's staged output, and `recover` settles only what the stored
+//! checkpoint's generation staged.
+//!
 //! Lanes were once keyed by the partition number alone. Before any `recover`, the executor
 //! tells every participant how many topics the source reads ([`SourceTopics`]): output an
 //! older weir staged under a partition number belongs to that partition's lane when the
@@ -57,10 +64,21 @@ pub enum SourceTopics {
     Several(Vec<String>),
 }
 
+/// Who owns a lane, given to participants before its `recover` (see the module docs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LaneClaim {
+    /// This worker's generation on the lane.
+    pub generation: u64,
+    /// The generation of the lane's stored checkpoint (0: none, or one from before fencing).
+    pub committed_generation: u64,
+}
+
 /// A component that takes part in checkpoints. See the module docs for the protocol.
 pub trait EpochParticipant: Send {
     /// Called once, before any [`EpochParticipant::recover`].
     fn source_topics(&mut self, _topics: &SourceTopics) {}
+    /// The executor claimed `lane`; called before its [`EpochParticipant::recover`].
+    fn claimed(&mut self, _lane: &Lane, _claim: LaneClaim) {}
     fn recover(&mut self, _lane: &Lane, _committed_epoch: Option<u64>) -> Result<()> {
         Ok(())
     }

@@ -63,6 +63,8 @@ pub struct PartitionTask {
     /// `next_offset` was given ([`PartitionTask::set_next_offset`]), not left at 0.
     start_given: bool,
     epoch: u64,
+    /// The claim on the lane's checkpoints this task runs under (its checkpoints carry it).
+    generation: u64,
     counters: Counters,
 }
 
@@ -83,6 +85,7 @@ impl PartitionTask {
             next_offset: 0,
             start_given: false,
             epoch: 0,
+            generation: 0,
             counters: Counters::default(),
         }
     }
@@ -101,6 +104,12 @@ impl PartitionTask {
 
     pub fn epoch(&self) -> u64 {
         self.epoch
+    }
+
+    /// Run under `generation`, the executor's claim on the lane
+    /// ([`crate::CheckpointStore::claim`]): every checkpoint carries it.
+    pub fn set_generation(&mut self, generation: u64) {
+        self.generation = generation;
     }
 
     /// Start reading at `offset` (when there is no checkpoint).
@@ -242,6 +251,7 @@ impl PartitionTask {
             counters: self.counters,
             operators,
             reset: false,
+            generation: self.generation,
         })
     }
 

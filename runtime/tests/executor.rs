@@ -439,3 +439,181 @@ fn a_crash_and_restart_leaves_every_message_exactly_once_in_the_sink_or_the_dlq(
     assert!(summary.finished);
     assert_exactly_once(&input, &sink, &dlq);
 }
+
+/// A memory sink whose `prepare` of one lane from some epoch on waits, once armed, until the
+/// test opens it: a drain that outlasts the group's wait for a revocation.
+#[derive(Clone)]
+struct HeldSink {
+    inner: MemorySink,
+    hold: Arc<Hold>,
+}
+
+#[derive(Default)]
+struct Hold {
+    /// The lane and the first epoch whose prepare waits, and whether one is waiting now.
+    state: Mutex<(Option<(Lane, u64)>, bool)>,
+    changed: std::sync::Condvar,
+}
+
+impl Hold {
+    fn arm(&self, lane: Lane, from_epoch: u64) {
+        *self.state.lock().unwrap() = (Some((lane, from_epoch)), false);
+    }
+
+    fn waiting(&self) -> bool {
+        self.state.lock().unwrap().1
+    }
+
+    fn open(&self) {
+        *self.state.lock().unwrap() = (None, false);
+        self.changed.notify_all();
+    }
+}
+
+impl EpochParticipant for HeldSink {
+    fn recover(&mut self, lane: &Lane, committed: Option<u64>) -> Result<()> {
+        self.inner.recover(lane, committed)
+    }
+    fn prepare(&mut self, lane: &Lane, epoch: u64) -> Result<()> {
+        let held = |s: &(Option<(Lane, u64)>, bool)| {
+            s.0.as_ref()
+                .is_some_and(|(l, from)| l == lane && epoch >= *from)
+        };
+        let mut state = self.hold.state.lock().unwrap();
+        if held(&state) {
+            state.1 = true;
+            while held(&state) {
+                state = self.hold.changed.wait(state).unwrap();
+            }
+        }
+        drop(state);
+        self.inner.prepare(lane, epoch)
+    }
+    fn commit(&mut self, lane: &Lane, epoch: u64) -> Result<()> {
+        self.inner.commit(lane, epoch)
+    }
+}
+
+impl SinkWriter for HeldSink {
+    fn name(&self) -> &str {
+        "held"
+    }
+    fn guarantee(&self) -> Guarantee {
+        Guarantee::ExactlyOnce
+    }
+    fn write(&mut self, lane: &Lane, batch: &RecordBatch) -> Result<WriteOutcome> {
+        self.inner.write(lane, batch)
+    }
+}
+
+/// One committed output: the rows of both sinks and the letters of both DLQs together.
+fn merged(sinks: &[&MemorySink], dlqs: &[&MemoryDlq]) -> (MemorySink, MemoryDlq) {
+    let (sink, dlq) = (MemorySink::default(), MemoryDlq::default());
+    for s in sinks {
+        let rows = s.committed();
+        sink.state.lock().unwrap().committed.extend(rows);
+    }
+    for d in dlqs {
+        let letters = d.committed.lock().unwrap().clone();
+        dlq.committed.lock().unwrap().extend(letters);
+    }
+    (sink, dlq)
+}
+
+#[test]
+fn a_late_revocation_does_not_overwrite_the_new_owners_checkpoint_or_output() {
+    let input = messages(2, 5_000);
+    let dir = tempfile::tempdir().unwrap();
+    // Two workers on one checkpoint directory, each with its own store object.
+    let store = |_: ()| {
+        Arc::new(LocalCheckpointStore::new(
+            dir.path().join("ckpt"),
+            "executor",
+        ))
+    };
+    let worker = |hold: Arc<Hold>| {
+        let mut source = MemorySource::new(TOPIC, input.clone());
+        source.unbounded = true;
+        source.read_sizes = Some(vec![7, 50, 13, 101]);
+        let (feed, changes) = unbounded();
+        let acks = Arc::new(Mutex::new(Vec::new()));
+        let (sink, dlq) = (MemorySink::default(), MemoryDlq::default());
+        let executor = Executor::new(
+            config(),
+            Box::new(ScriptedSource {
+                inner: source,
+                feed: Some(changes),
+                acks: acks.clone(),
+            }),
+            tasks(),
+            vec![Box::new(HeldSink {
+                inner: sink.clone(),
+                hold,
+            })],
+            Box::new(dlq.clone()),
+            store(()),
+        );
+        let metrics = executor.metrics();
+        let shutdown = Shutdown::new();
+        let stop = shutdown.clone();
+        let handle = std::thread::spawn(move || executor.run(shutdown));
+        (feed, acks, sink, dlq, metrics, stop, handle)
+    };
+    let stored = |p: i32| store(()).load(TOPIC, p).unwrap();
+
+    // A's second checkpoint of partition 0 stops before the store (its first is stored), and
+    // the group revokes the partition meanwhile.
+    let hold_a = Arc::new(Hold::default());
+    hold_a.arm(Lane::new(TOPIC, 0), 2);
+    let (feed_a, acks_a, sink_a, dlq_a, metrics_a, stop_a, handle_a) = worker(hold_a.clone());
+    assert_eq!(assign(&feed_a, &[0, 1]).len(), 2);
+    wait_for("A's sink to hold partition 0", || hold_a.waiting());
+    let (revoked, released) = bounded(1);
+    feed_a
+        .send(Assignment::Revoked {
+            partitions: vec![tp(0)],
+            lost: false,
+            done: revoked,
+        })
+        .unwrap();
+    let acked_by_a = |p: i32| acks_a.lock().unwrap().iter().filter(|a| a.0 == p).count();
+    let acks_before = acked_by_a(0);
+    let last_of_a = stored(0).unwrap();
+
+    // The group stops waiting and gives the partition to B, which reads it to its end.
+    let (feed_b, _acks_b, sink_b, dlq_b, metrics_b, stop_b, handle_b) =
+        worker(Arc::new(Hold::default()));
+    assert_eq!(assign(&feed_b, &[0]).len(), 1);
+    wait_for("B to checkpoint partition 0 at its end", || {
+        stored(0).is_some_and(|c| c.next_offset == 5_000)
+    });
+    let of_b = stored(0).unwrap();
+    assert!(of_b.generation > last_of_a.generation, "B claimed the lane");
+
+    // A's drain goes on: its checkpoint is refused, the partition dropped, the revocation
+    // answered, and A goes on with partition 1.
+    hold_a.open();
+    released.recv_timeout(LIMIT).unwrap();
+    assert_eq!(metrics_a.fenced_partitions(), 1);
+    assert_eq!(stored(0), Some(of_b.clone()), "B's checkpoint survives");
+    assert_eq!(acked_by_a(0), acks_before, "A acknowledged nothing after");
+    wait_for("A to read partition 1 to its end", || {
+        stored(1).is_some_and(|c| c.next_offset == 5_000)
+    });
+
+    stop_a.trigger();
+    stop_b.trigger();
+    handle_a.join().unwrap().unwrap();
+    handle_b.join().unwrap().unwrap();
+    assert_eq!(metrics_b.fenced_partitions(), 0);
+    let last = stored(0).unwrap();
+    assert_eq!(
+        (last.generation, last.next_offset),
+        (of_b.generation, 5_000),
+        "B's checkpoint survives both stops"
+    );
+    // Every message once in what the two workers committed: A's staged epoch of partition 0
+    // was never published, and B redid it.
+    let (sink, dlq) = merged(&[&sink_a, &sink_b], &[&dlq_a, &dlq_b]);
+    assert_exactly_once(&input, &sink, &dlq);
+}

@@ -4,8 +4,11 @@
 //!   librdkafka or weir retries with backoff and nothing is lost by waiting.
 //! - `Data`: the broker refused one record for what it is (too large, invalid); the record
 //!   goes to the DLQ and the pipeline goes on.
-//! - `Fatal`: configuration, authorization, a missing topic, fencing, or an internal error:
-//!   retrying cannot help; the pipeline stops and resumes from its checkpoint once fixed.
+//! - `Fenced`: a newer transactional producer of the same `transactional.id` fenced this one
+//!   (the lane has a new owner): the transactional sink drops the partition like a lost one
+//!   and the worker goes on (ARCHITECTURE.md, "Checkpoint protocol").
+//! - `Fatal`: configuration, authorization, a missing topic, or an internal error: retrying
+//!   cannot help; the pipeline stops and resumes from its checkpoint once fixed.
 //!
 //! A code that is not in the table is `Fatal`: an unknown condition must be looked at, not
 //! retried forever.
@@ -13,7 +16,7 @@
 use rdkafka::error::{KafkaError, RDKafkaErrorCode as Code};
 use weir_runtime::ErrorClass;
 
-use ErrorClass::{Data, Fatal, Transient};
+use ErrorClass::{Data, Fatal, Fenced, Transient};
 
 /// The classified codes. Codes not listed are [`ErrorClass::Fatal`].
 pub const CLASSIFICATION: &[(Code, ErrorClass)] = &[
@@ -84,9 +87,10 @@ pub const CLASSIFICATION: &[(Code, ErrorClass)] = &[
     (Code::OffsetOutOfRange, Fatal),
     (Code::AutoOffsetReset, Fatal),
     (Code::OutOfOrderSequenceNumber, Fatal),
-    (Code::InvalidProducerEpoch, Fatal),
-    (Code::ProducerFenced, Fatal),
-    (Code::Fenced, Fatal),
+    // A newer producer of the same transactional.id: the lane has a new owner.
+    (Code::InvalidProducerEpoch, Fenced),
+    (Code::ProducerFenced, Fenced),
+    (Code::Fenced, Fenced),
     (Code::Fatal, Fatal),
     (Code::State, Fatal),
     (Code::Fail, Fatal),
@@ -105,6 +109,8 @@ pub fn classify_code(code: Code) -> ErrorClass {
 pub fn classify(error: &KafkaError) -> ErrorClass {
     match error {
         KafkaError::MessageConsumptionFatal(_) => Fatal,
+        // Fencing is fatal to the producer, not to the worker.
+        KafkaError::Transaction(e) if classify_code(e.code()) == Fenced => Fenced,
         KafkaError::Transaction(e) if e.is_fatal() => Fatal,
         KafkaError::Transaction(e) if e.is_retriable() => Transient,
         e => e.rdkafka_error_code().map_or(Fatal, classify_code),
@@ -181,9 +187,9 @@ mod tests {
             (Code::OffsetOutOfRange, Fatal),
             (Code::AutoOffsetReset, Fatal),
             (Code::OutOfOrderSequenceNumber, Fatal),
-            (Code::InvalidProducerEpoch, Fatal),
-            (Code::ProducerFenced, Fatal),
-            (Code::Fenced, Fatal),
+            (Code::InvalidProducerEpoch, Fenced),
+            (Code::ProducerFenced, Fenced),
+            (Code::Fenced, Fenced),
             (Code::Fatal, Fatal),
             (Code::State, Fatal),
             (Code::Fail, Fatal),
@@ -246,5 +252,9 @@ mod tests {
             "a fatal client error is fatal whatever its code"
         );
         assert_eq!(classify(&KafkaError::ClientCreation("bad".into())), Fatal);
+        assert_eq!(
+            classify(&KafkaError::MessageProduction(Code::ProducerFenced)),
+            Fenced
+        );
     }
 }

@@ -11,7 +11,10 @@
 //! - **revoke:** sends [`Assignment::Revoked`] and waits, at most `revoke_timeout`, until the
 //!   executor has stopped reading those partitions, drained them, stored their checkpoints and
 //!   committed their offsets; then they are unassigned. Past the bound the partitions are given
-//!   up anyway (the group would otherwise evict this worker) and a warning says so.
+//!   up anyway (the group would otherwise evict this worker) and a warning says so; the
+//!   drain goes on, but the next owner claims the lanes in the checkpoint store, so this
+//!   worker's late checkpoints are refused and the partitions dropped (ARCHITECTURE.md,
+//!   "Checkpoint protocol", Fencing).
 //!
 //! Both the cooperative (incremental) and the eager protocols are followed; weir asks for
 //! `cooperative-sticky`, so that a rebalance only moves the partitions that change owner.
@@ -164,7 +167,7 @@ impl GroupHooks {
             Err(RecvTimeoutError::Timeout) => warn!(
                 revoked = ?partitions,
                 timeout_ms = timeout.as_millis() as u64,
-                "the revoked partitions were not drained in time: released without their last checkpoint (the next owner resumes from the previous one)"
+                "the revoked partitions were not drained in time: released without their last checkpoint (the next owner resumes from the previous one, and its claim fences this worker's late checkpoints)"
             ),
             Err(RecvTimeoutError::Disconnected) => {}
         }

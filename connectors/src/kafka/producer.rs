@@ -211,6 +211,11 @@ fn send_to(
     }
     send_waiting(&p.producer, record, p.wait).map_err(|e| match classify(&e) {
         ErrorClass::Data => Ok(Refused(e)),
+        // Only a transactional producer is fenced, and this one is not (txn.rs is).
+        ErrorClass::Fenced => Err(p.error(
+            format!("cannot send to topic {topic:?}: {e}"),
+            ErrorClass::Fatal,
+        )),
         class => Err(p.error(
             format!(
                 "cannot send to topic {topic:?}: {e}{}",

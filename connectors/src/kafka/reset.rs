@@ -162,12 +162,11 @@ pub fn write_reset_markers(sink: &KafkaSinkConfig, stored: &[StoredCheckpoint]) 
     .map_err(|e| fail(format!("cannot create a Kafka producer: {e}")))?;
     for s in stored {
         let c = &s.checkpoint;
-        let marker = encode(&Checkpoint::reset_marker(
-            &c.pipeline,
-            &c.topic,
-            c.partition,
-            c.epoch,
-        ))?;
+        let mut marker = Checkpoint::reset_marker(&c.pipeline, &c.topic, c.partition, c.epoch);
+        // Whose staged epoch files the next owner's recovery settles (ARCHITECTURE.md,
+        // "Reset").
+        marker.generation = c.generation;
+        let marker = encode(&marker)?;
         let record = BaseRecord::to(&topic)
             .partition(s.at)
             .key(s.key.as_bytes())

@@ -18,13 +18,27 @@
 //!   same transaction, keyed `<pipeline>/<topic>/<partition>`, to checkpoint-topic partition
 //!   `partition % <its partitions>`.
 //! - `commit` adds the group offset and commits the transaction.
-//! - `load` initialises the lane's producer (fencing, aborting), then reads that
-//!   checkpoint-topic partition with `isolation.level = read_committed` to its end and returns
-//!   the last checkpoint of the lane: committed output and checkpoint always match.
+//! - `claim` (the executor's, when it starts the partition) initialises a new producer for the
+//!   lane, which fences every older one, and returns the lane's generation: here an identity
+//!   of the claim (microseconds since the Unix epoch, above any earlier claim of this
+//!   process), not a counter kept by the broker, since the broker's fencing is the
+//!   compare-and-set. Checkpoints carry it, so file outputs beside this store name their
+//!   staged files by it (ARCHITECTURE.md, "Checkpoint protocol").
+//! - `load` reads that checkpoint-topic partition with `isolation.level = read_committed` to
+//!   its end and returns the last checkpoint of the lane: committed output and checkpoint
+//!   always match. Without a claim before it (a tool reading checkpoints), it initialises the
+//!   lane's producer first, so an open transaction of a dead owner does not hold the read
+//!   back.
 //!
-//! Any failure inside a transaction is fatal: the run stops, the transaction is aborted by the
-//! next owner's fencing, and the restart resumes from the last committed checkpoint. Readers of
-//! the output topic must use `isolation.level = read_committed`.
+//! Fencing: a worker whose drain of a revoked partition outlasted the group's wait still holds
+//! the lane's old producer. The broker refuses its late `send`, `send_offsets_to_transaction`
+//! or `commit_transaction` (`PRODUCER_FENCED`, `INVALID_PRODUCER_EPOCH`, librdkafka's
+//! `_FENCED`, also read from the producer's fatal error): that failure is
+//! [`WeirError::Fenced`], which the executor handles by dropping the partition like a lost one
+//! (nothing committed or acknowledged) while the worker goes on; the lane's producer is
+//! dropped. Any other failure inside a transaction is fatal: the run stops, the transaction is
+//! aborted by the next owner's fencing, and the restart resumes from the last committed
+//! checkpoint. Readers of the output topic must use `isolation.level = read_committed`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -46,7 +60,7 @@ use weir_runtime::{
 };
 
 use super::client::{client_config, last_error_suffix, topic_partitions, KafkaContext};
-use super::errors::classify;
+use super::errors::{classify, classify_code};
 use super::producer::send_waiting;
 use super::sink::json_messages;
 use super::KafkaSinkConfig;
@@ -64,6 +78,8 @@ pub struct KafkaTxnOptions {
 /// One lane's transactional producer.
 struct TxnLane {
     producer: BaseProducer<KafkaContext>,
+    /// The claim this producer was created for (0: created without one).
+    generation: u64,
     in_txn: bool,
     /// The group offset to commit with the open transaction: (topic, next offset).
     offset: Option<(Arc<str>, i64)>,
@@ -85,6 +101,11 @@ struct Inner {
     lanes: BTreeMap<Lane, TxnLane>,
     /// Partition numbers whose producer of the old naming was fenced.
     legacy_fenced: BTreeSet<i32>,
+    /// The last generation this process handed out ([`Inner::claim`]).
+    last_generation: u64,
+    /// Lanes a newer owner fenced: no producer is created for them again (it would fence
+    /// the new owner in turn) until they are claimed again.
+    fenced: BTreeSet<Lane>,
     buf: Vec<u8>,
 }
 
@@ -102,6 +123,17 @@ impl std::fmt::Debug for KafkaTxnStore {
             .field("name", &self.name)
             .finish()
     }
+}
+
+/// Whether `e`, from a call on `producer`, means a newer producer of the same
+/// `transactional.id` fenced it: the error's code, or the fatal error librdkafka recorded on
+/// the producer, is a fencing one ([`super::errors`]).
+fn is_fenced(e: &KafkaError, producer: &BaseProducer<KafkaContext>) -> bool {
+    classify(e) == ErrorClass::Fenced
+        || producer
+            .client()
+            .fatal_error()
+            .is_some_and(|(code, _)| classify_code(code) == ErrorClass::Fenced)
 }
 
 fn fatal(name: &str, message: String) -> WeirError {
@@ -180,6 +212,8 @@ impl KafkaTxnStore {
                 checkpoint_reader: None,
                 lanes: BTreeMap::new(),
                 legacy_fenced: BTreeSet::new(),
+                last_generation: 0,
+                fenced: BTreeSet::new(),
                 buf: Vec::new(),
             })),
         })
@@ -251,6 +285,14 @@ impl Inner {
     /// The lane's producer, created and initialised (fencing older ones) on first use.
     fn lane(&mut self, lane: &Lane) -> Result<&mut TxnLane> {
         if !self.lanes.contains_key(lane) {
+            if self.fenced.contains(lane) {
+                return Err(WeirError::Fenced {
+                    lane: lane.to_string(),
+                    message: "a newer owner fenced this worker's producer of the lane; it is \
+                              not created again until the lane is claimed again"
+                        .into(),
+                });
+            }
             let id = match lane {
                 Lane::Partition { topic, partition } => {
                     format!("{}-{topic}-{partition}", self.prefix())
@@ -264,6 +306,7 @@ impl Inner {
                 lane.clone(),
                 TxnLane {
                     producer,
+                    generation: 0,
                     in_txn: false,
                     offset: None,
                 },
@@ -286,14 +329,50 @@ impl Inner {
         Ok(())
     }
 
+    /// Claim `lane`: a new producer, initialised (fencing every older one of the lane), under
+    /// a new generation (see the module docs).
+    fn claim(&mut self, lane: &Lane) -> Result<u64> {
+        let (_, partition) = lane.checkpoint_key();
+        self.fence_legacy(partition)?;
+        self.lanes.remove(lane);
+        self.fenced.remove(lane);
+        let micros = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+        let generation = micros.max(self.last_generation + 1);
+        self.last_generation = generation;
+        self.lane(lane)?.generation = generation;
+        Ok(generation)
+    }
+
+    /// The error of `doing` on `lane`'s producer: [`WeirError::Fenced`] (and the producer
+    /// dropped) when a newer owner fenced it, else fatal.
+    fn failed(&mut self, lane: &Lane, doing: &str, e: &KafkaError) -> WeirError {
+        let Some(txn) = self.lanes.get(lane) else {
+            return fatal(&self.name, format!("{doing}: {e}"));
+        };
+        let suffix = last_error_suffix(txn.producer.context());
+        if is_fenced(e, &txn.producer) {
+            self.lanes.remove(lane);
+            self.fenced.insert(lane.clone());
+            return WeirError::Fenced {
+                lane: lane.to_string(),
+                message: format!(
+                    "{doing}: a newer producer of the lane's transactional.id fenced this one \
+                     ({e}); its transaction is aborted"
+                ),
+            };
+        }
+        fatal(&self.name, format!("{doing}: {e}{suffix}"))
+    }
+
     fn begin(&mut self, lane: &Lane) -> Result<()> {
-        let name = self.name.clone();
         let txn = self.lane(lane)?;
         if !txn.in_txn {
-            txn.producer
-                .begin_transaction()
-                .map_err(|e| fatal(&name, format!("begin a transaction for {lane}: {e}")))?;
-            txn.in_txn = true;
+            if let Err(e) = txn.producer.begin_transaction() {
+                return Err(self.failed(lane, &format!("begin a transaction for {lane}"), &e));
+            }
+            self.lane(lane)?.in_txn = true;
         }
         Ok(())
     }
@@ -306,7 +385,6 @@ impl Inner {
         key: Option<&[u8]>,
         payload: Option<&[u8]>,
     ) -> Result<()> {
-        let name = self.name.clone();
         let wait = self.wait;
         let txn = self.lane(lane)?;
         let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic);
@@ -319,12 +397,14 @@ impl Inner {
         if let Some(p) = target {
             record = record.partition(p);
         }
-        send_waiting(&txn.producer, record, wait).map_err(|e| {
-            fatal(
-                &name,
-                format!("produce to {topic:?} in the transaction of {lane}: {e}"),
-            )
-        })
+        match send_waiting(&txn.producer, record, wait) {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.failed(
+                lane,
+                &format!("produce to {topic:?} in the transaction of {lane}"),
+                &e,
+            )),
+        }
     }
 
     fn write(&mut self, lane: &Lane, batch: &RecordBatch) -> Result<WriteOutcome> {
@@ -352,29 +432,20 @@ impl Inner {
     }
 
     fn prepare(&mut self, lane: &Lane) -> Result<()> {
-        let (name, wait) = (self.name.clone(), self.wait);
+        let wait = self.wait;
         let Some(txn) = self.lanes.get_mut(lane) else {
             return Ok(());
         };
-        txn.producer.flush(wait).map_err(|e| {
-            fatal(
-                &name,
-                format!(
-                    "deliver the transaction of {lane}: {e}{}",
-                    last_error_suffix(txn.producer.context())
-                ),
-            )
-        })?;
+        if let Err(e) = txn.producer.flush(wait) {
+            return Err(self.failed(lane, &format!("deliver the transaction of {lane}"), &e));
+        }
         let failed = txn.producer.context().take_failed();
         if let Some(f) = failed.first() {
-            return Err(fatal(
-                &name,
-                format!(
-                    "{} message(s) of the transaction of {lane} were not delivered: {}",
-                    failed.len(),
-                    f.error
-                ),
-            ));
+            let doing = format!(
+                "{} message(s) of the transaction of {lane} were not delivered",
+                failed.len()
+            );
+            return Err(self.failed(lane, &doing, &f.error));
         }
         Ok(())
     }
@@ -382,6 +453,19 @@ impl Inner {
     fn save(&mut self, c: &Checkpoint) -> Result<()> {
         let bytes = encode(c)?;
         let lane = Lane::from_checkpoint_key(&c.topic, c.partition);
+        // This process's own claims: a newer one replaced the lane's producer. Other
+        // processes' claims are the broker's to refuse, at the latest at commit.
+        let current = self.lanes.get(&lane).map_or(0, |l| l.generation);
+        if current != c.generation {
+            return Err(WeirError::Fenced {
+                lane: lane.to_string(),
+                message: format!(
+                    "checkpoint epoch {} of generation {} not saved: this worker's producer \
+                     of the lane is of generation {current} (0: none, it was fenced)",
+                    c.epoch, c.generation
+                ),
+            });
+        }
         self.begin(&lane)?;
         let key = checkpoint_key(&self.txn.pipeline, &c.topic, c.partition);
         let target = c.partition.rem_euclid(self.checkpoint_partitions);
@@ -418,26 +502,20 @@ impl Inner {
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition_offset(&topic, partition, Offset::Offset(next))
                 .map_err(|e| fatal(&name, format!("{topic}/{partition}: {e}")))?;
-            txn.producer
-                .send_offsets_to_transaction(&tpl, group, wait)
-                .map_err(|e| {
-                    fatal(
-                        &name,
-                        format!(
-                            "add the group offset of {topic}/{partition} to the transaction: {e}"
-                        ),
-                    )
-                })?;
+            if let Err(e) = txn.producer.send_offsets_to_transaction(&tpl, group, wait) {
+                let doing =
+                    format!("add the group offset of {topic}/{partition} to the transaction");
+                return Err(self.failed(lane, &doing, &e));
+            }
         }
-        txn.producer.commit_transaction(wait).map_err(|e| {
-            fatal(
-                &name,
-                format!(
-                    "commit the transaction of {lane} (epoch {epoch}): {e}{}",
-                    last_error_suffix(txn.producer.context())
-                ),
-            )
-        })?;
+        if let Err(e) = txn.producer.commit_transaction(wait) {
+            let doing = format!("commit the transaction of {lane} (epoch {epoch})");
+            return Err(self.failed(lane, &doing, &e));
+        }
+        let txn = self
+            .lanes
+            .get_mut(lane)
+            .expect("invariant: committed above");
         txn.in_txn = false;
         debug!(sink = %name, %lane, epoch, "transaction committed");
         Ok(())
@@ -445,13 +523,14 @@ impl Inner {
 
     /// The last committed checkpoint of `topic/partition` (see the module docs).
     fn load(&mut self, topic: &str, partition: i32) -> Result<Option<Checkpoint>> {
-        // A fresh producer for the lane, fencing every older one (of another worker, or this
-        // worker's from before a revocation, or of a weir from before lanes had topics): their
-        // open transactions are aborted, so the read below is not held back by them.
+        // Unless claimed (which did it), a producer for the lane, fencing every older one (of
+        // another worker, or of a weir from before lanes had topics): their open transactions
+        // are aborted, so the read below is not held back by them.
         let lane = Lane::from_checkpoint_key(&Arc::from(topic), partition);
-        self.fence_legacy(partition)?;
-        self.lanes.remove(&lane);
-        self.lane(&lane)?;
+        if !self.lanes.contains_key(&lane) && !self.fenced.contains(&lane) {
+            self.fence_legacy(partition)?;
+            self.lane(&lane)?;
+        }
         if self.checkpoint_reader.is_none() {
             self.checkpoint_reader = Some(self.checkpoint_reader()?);
         }
@@ -571,7 +650,7 @@ fn checkpoint_key(pipeline: &str, topic: &str, partition: i32) -> String {
 }
 
 impl EpochParticipant for KafkaTxnStore {
-    /// Nothing to do: `load`, which the executor calls first for the lane, replaced its
+    /// Nothing to do: `claim`, which the executor calls first for the lane, replaced its
     /// producer and so aborted whatever transaction was open. Only committed output counts.
     fn recover(&mut self, lane: &Lane, committed_epoch: Option<u64>) -> Result<()> {
         debug!(sink = %self.name, %lane, ?committed_epoch, "recovered (uncommitted transactions are aborted)");
@@ -602,6 +681,11 @@ impl SinkWriter for KafkaTxnStore {
 }
 
 impl CheckpointStore for KafkaTxnStore {
+    fn claim(&self, topic: &str, partition: i32) -> Result<u64> {
+        self.lock()?
+            .claim(&Lane::from_checkpoint_key(&Arc::from(topic), partition))
+    }
+
     fn load(&self, topic: &str, partition: i32) -> Result<Option<Checkpoint>> {
         self.lock()?.load(topic, partition)
     }

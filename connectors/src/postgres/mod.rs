@@ -25,6 +25,19 @@
 //! commit(p, e)      lane p: COMMIT                                           (rows + checkpoint)
 //! ```
 //!
+//! # Fencing
+//!
+//! Each lane's generation (ARCHITECTURE.md, "Checkpoint protocol") is a row of
+//! `weir_checkpoint_owners` (pipeline, topic, partition, generation), created beside the
+//! checkpoint table, so a database from before fencing gains it on first use (its lanes have
+//! generation 0, as their checkpoints do). `claim` increments it with one upsert
+//! (`INSERT ... ON CONFLICT DO UPDATE ... RETURNING`). `save` reads it `FOR SHARE` in the
+//! lane's transaction, before the checkpoint row: a checkpoint of another generation is
+//! refused (`WeirError::Fenced`) and the transaction, with the epoch's rows, is rolled back;
+//! an accepted one keeps the row share-locked until `commit`, so a newer claim waits for it
+//! and the new owner loads it. A worker whose drain outlasted its revocation therefore
+//! neither overwrites the new owner's checkpoint nor commits rows the new owner writes again.
+//!
 //! Rows are applied when written (not at `prepare`), because rows a constraint refuses must be
 //! known when `write` returns, to go to the DLQ with the checkpoint that covers them. Every
 //! lane keeps the rows it applied since its last commit (the converted Arrow columns, shared

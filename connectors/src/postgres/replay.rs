@@ -404,12 +404,21 @@ impl ReplayTarget {
             .transaction()
             .map_err(|e| pg("begin the swap", &e))?;
         let select = sql::pipeline_checkpoints(checkpoints);
-        let live_epochs: BTreeMap<(String, i32), i64> = tx
+        // Per live lane: its epoch, and the generation that wrote it (the owner whose staged
+        // epoch files `recover` may still publish; ARCHITECTURE.md, "Checkpoint protocol").
+        let mut live_epochs: BTreeMap<(String, i32), (i64, u64)> = BTreeMap::new();
+        for r in tx
             .query(&select, &[&live_pipeline.as_str()])
             .map_err(|e| pg("read the live checkpoints", &e))?
-            .iter()
-            .map(|r| ((r.get(0), r.get(1)), r.get(2)))
-            .collect();
+        {
+            let (topic, partition): (String, i32) = (r.get(0), r.get(1));
+            let place = format!(
+                "postgres {checkpoints} (pipeline {live_pipeline:?}, topic {topic:?}, partition {partition})"
+            );
+            let state: Vec<u8> = r.get(4);
+            let generation = decode(&state, Path::new(&place))?.generation;
+            live_epochs.insert((topic, partition), (r.get(2), generation));
+        }
         let replayed = tx
             .query(&select, &[&replay_pipeline.as_str()])
             .map_err(|e| pg("read the replay's checkpoints", &e))?;
@@ -424,8 +433,9 @@ impl ReplayTarget {
             );
             let mut c = decode(&state, Path::new(&place))?;
             c.pipeline = live_pipeline.clone();
-            if let Some(e) = live_epochs.get(&(topic.clone(), partition)) {
+            if let Some((e, generation)) = live_epochs.get(&(topic.clone(), partition)) {
                 c.epoch = u64::try_from(*e).unwrap_or(c.epoch);
+                c.generation = *generation;
             }
             let epoch = i64::try_from(c.epoch)
                 .map_err(|_| error(format!("{place}: epoch {} does not fit int8", c.epoch)))?;

@@ -80,7 +80,10 @@ impl ResetCheckpoints {
         );
         let mut markers = Vec::with_capacity(stored.len());
         for c in &stored {
-            let m = Checkpoint::reset_marker(&self.pipeline, &c.topic, c.partition, c.epoch);
+            let mut m = Checkpoint::reset_marker(&self.pipeline, &c.topic, c.partition, c.epoch);
+            // Whose staged epoch files the next owner's recovery settles (ARCHITECTURE.md,
+            // "Reset").
+            m.generation = c.generation;
             markers.push((c.topic.to_string(), c.partition, encode(&m)?));
         }
         let mut tx = self

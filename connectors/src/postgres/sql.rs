@@ -6,6 +6,10 @@ use super::types::PgType;
 /// The name of the checkpoint table (in the configured schema).
 pub const CHECKPOINT_TABLE: &str = "weir_checkpoints";
 
+/// The name of the table of lane owners (in the configured schema): each lane's generation
+/// (ARCHITECTURE.md, "Checkpoint protocol"), beside the checkpoint table.
+pub const OWNER_TABLE: &str = "weir_checkpoint_owners";
+
 /// `"name"` with embedded quotes doubled: an SQL identifier, whatever the name.
 pub fn quote(identifier: &str) -> String {
     format!("\"{}\"", identifier.replace('"', "\"\""))
@@ -150,6 +154,43 @@ pub fn create_checkpoint_table(table: &str) -> String {
          state bytea NOT NULL, \
          updated_at timestamptz NOT NULL DEFAULT now(), \
          PRIMARY KEY (pipeline, topic, partition))"
+    )
+}
+
+/// The lane owners: one row per (pipeline, topic, partition) ever claimed, holding its
+/// generation. A table of its own, created beside an existing checkpoint table: a lane
+/// without a row has generation 0, which is what checkpoints from before fencing carry.
+pub fn create_owner_table(table: &str) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {table} (\
+         pipeline text NOT NULL, \
+         topic text NOT NULL, \
+         partition int4 NOT NULL, \
+         generation int8 NOT NULL, \
+         claimed_at timestamptz NOT NULL DEFAULT now(), \
+         PRIMARY KEY (pipeline, topic, partition))"
+    )
+}
+
+/// Claim of ($1 pipeline, $2 topic, $3 partition): its generation incremented (1 for a lane
+/// never claimed), returned. One statement, so two claims never get the same generation.
+pub fn claim_lane(table: &str) -> String {
+    format!(
+        "INSERT INTO {table} AS o (pipeline, topic, partition, generation) \
+         VALUES ($1, $2, $3, 1) \
+         ON CONFLICT (pipeline, topic, partition) DO UPDATE SET \
+         generation = o.generation + 1, claimed_at = now() \
+         RETURNING generation"
+    )
+}
+
+/// The generation of ($1 pipeline, $2 topic, $3 partition), share-locked until the
+/// transaction ends: a claim waits until the checkpoint checked against it has committed
+/// or rolled back, so it is either in what the new owner loads or refused.
+pub fn lane_generation(table: &str) -> String {
+    format!(
+        "SELECT generation FROM {table} \
+         WHERE pipeline = $1 AND topic = $2 AND partition = $3 FOR SHARE"
     )
 }
 

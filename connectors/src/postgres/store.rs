@@ -22,7 +22,7 @@ use weir_runtime::{
 
 use super::config::{check_identifier, PostgresSinkConfig};
 use super::errors::{classify, describe};
-use super::sql::{self, SqlColumn, CHECKPOINT_TABLE};
+use super::sql::{self, SqlColumn, CHECKPOINT_TABLE, OWNER_TABLE};
 use super::tls::PgConnect;
 use super::types::{self, ArrayParam, Column, RowsParam};
 use crate::sink_rows;
@@ -99,6 +99,8 @@ type Applied = (Vec<u32>, Vec<(usize, String)>);
 struct Pending {
     topic: String,
     epoch: u64,
+    /// The claim it was taken under, checked again when a lost transaction is replayed.
+    generation: u64,
     next_offset: i64,
     state: Vec<u8>,
 }
@@ -170,6 +172,8 @@ struct Inner {
     table: String,
     /// The checkpoint table, qualified and quoted.
     checkpoints: String,
+    /// The lane owners' table ([`OWNER_TABLE`]), qualified and quoted.
+    owners: String,
     /// Autocommit connection for DDL, loading checkpoints and checking lost commits.
     control: Option<Client>,
     checkpoint_table_ready: bool,
@@ -314,6 +318,32 @@ fn apply_isolating(
     }
 }
 
+/// The lane's generation in `owners` (0: never claimed), share-locked in the transaction
+/// open on `client` ([`sql::lane_generation`]).
+fn owner_generation(
+    client: &mut Client,
+    statements: &mut HashMap<String, Statement>,
+    owners: &str,
+    key: (&String, &str, i32),
+) -> Result<u64, postgres::Error> {
+    let stmt = statement(client, statements, &sql::lane_generation(owners))?;
+    let (pipeline, topic, partition) = key;
+    let row = client.query_opt(&stmt, &[pipeline, &topic, &partition])?;
+    Ok(row.map_or(0, |r| r.get::<_, i64>(0) as u64))
+}
+
+/// The refusal of a checkpoint whose generation is no longer the lane's.
+fn fenced(lane: &Lane, owners: &str, pending: &Pending, current: u64) -> WeirError {
+    WeirError::Fenced {
+        lane: lane.to_string(),
+        message: format!(
+            "checkpoint epoch {} of generation {} not saved: {owners} holds generation \
+             {current}; this lane's transaction (its rows too) is rolled back",
+            pending.epoch, pending.generation
+        ),
+    }
+}
+
 fn save_params<'a>(
     pipeline: &'a String,
     pending: &'a Pending,
@@ -401,6 +431,10 @@ impl Inner {
             self.create_schema()?;
             let ddl = sql::create_checkpoint_table(&self.checkpoints);
             self.ddl("create the checkpoint table", &ddl)?;
+            // A database from before fencing gets the owners' table here, beside its
+            // checkpoints: its lanes have generation 0 until claimed, as their checkpoints.
+            let ddl = sql::create_owner_table(&self.owners);
+            self.ddl("create the lane owners' table", &ddl)?;
             self.checkpoint_table_ready = true;
         }
         Ok(())
@@ -515,11 +549,14 @@ impl Inner {
                 lane.uncertain = false;
                 Ok(())
             }
-            CommitOutcome::Superseded(stored) => Err(self.fatal(format!(
-                "{p}: epoch {stored} is stored while this worker committed epoch {}: \
-                 another worker writes this lane",
-                pending.epoch
-            ))),
+            CommitOutcome::Superseded(stored) => Err(WeirError::Fenced {
+                lane: p.to_string(),
+                message: format!(
+                    "epoch {stored} is stored while this worker committed epoch {}: another \
+                     worker owns this lane",
+                    pending.epoch
+                ),
+            }),
         }
     }
 
@@ -535,6 +572,7 @@ impl Inner {
             config,
             connect,
             checkpoints,
+            owners,
             lanes,
             ..
         } = self;
@@ -559,7 +597,8 @@ impl Inner {
             ..
         } = lane;
         let client = client.as_mut().expect("invariant: connected above");
-        let result = (|| -> Result<(), (&'static str, postgres::Error)> {
+        // Ok(Some(generation)): the replayed checkpoint's claim is no longer the lane's.
+        let result = (|| -> Result<Option<u64>, (&'static str, postgres::Error)> {
             client.batch_execute("BEGIN").map_err(|e| ("begin", e))?;
             for s in staged.iter() {
                 let values = Values {
@@ -571,17 +610,34 @@ impl Inner {
             }
             if let Some(pending) = pending {
                 let epoch = pending.epoch as i64;
+                let (_, partition) = p.checkpoint_key();
+                let key = (&*pipeline, pending.topic.as_str(), partition);
+                let current = owner_generation(client, statements, owners, key)
+                    .map_err(|e| ("check the lane's generation", e))?;
+                if current != pending.generation {
+                    return Ok(Some(current));
+                }
                 let sql = sql::save_checkpoint(checkpoints);
                 let stmt = statement(client, statements, &sql).map_err(|e| ("save", e))?;
-                let (_, partition) = p.checkpoint_key();
                 client
                     .execute(&stmt, &save_params(pipeline, pending, &partition, &epoch))
                     .map_err(|e| ("replay the checkpoint of the lost transaction", e))?;
             }
-            Ok(())
+            Ok(None)
         })();
         match result {
-            Ok(()) => {
+            Ok(Some(current)) => {
+                let error = fenced(
+                    p,
+                    owners,
+                    pending.as_ref().expect("invariant: checked above"),
+                    current,
+                );
+                let _ = client.batch_execute("ROLLBACK");
+                lanes.remove(p);
+                Err(error)
+            }
+            Ok(None) => {
                 if replayed > 0 || pending.is_some() {
                     warn!(sink = %name, lane = %p, rows = replayed, checkpoint = pending.is_some(), "replayed a lost transaction");
                 }
@@ -827,6 +883,7 @@ impl Inner {
         let pending = Pending {
             topic: c.topic.to_string(),
             epoch: c.epoch,
+            generation: c.generation,
             next_offset: c.next_offset,
             state: encode(c)?,
         };
@@ -837,25 +894,54 @@ impl Inner {
             name,
             pipeline,
             checkpoints,
+            owners,
             lanes,
             ..
         } = self;
         let lane = lanes.get_mut(p).expect("invariant: ready");
         let client = lane.client.as_mut().expect("invariant: ready");
-        let sql = sql::save_checkpoint(checkpoints);
-        let result = statement(client, &mut lane.statements, &sql).and_then(|stmt| {
-            client.execute(&stmt, &save_params(pipeline, &pending, &partition, &epoch))
+        let statements = &mut lane.statements;
+        // The claim is checked in the transaction that holds the lane's rows: refused, both
+        // roll back; accepted, a newer claim waits for the commit (the row is share-locked).
+        let key = (&*pipeline, pending.topic.as_str(), partition);
+        let result = owner_generation(client, statements, owners, key).and_then(|current| {
+            if current != pending.generation {
+                return Ok(Some(current));
+            }
+            let sql = sql::save_checkpoint(checkpoints);
+            let stmt = statement(client, statements, &sql)?;
+            client.execute(&stmt, &save_params(pipeline, &pending, &partition, &epoch))?;
+            Ok(None)
         });
         match result {
-            Ok(_) => {
+            Ok(None) => {
                 lane.pending = Some(pending);
                 Ok(())
+            }
+            Ok(Some(current)) => {
+                let _ = client.batch_execute("ROLLBACK");
+                lanes.remove(p);
+                Err(fenced(p, owners, &pending, current))
             }
             Err(e) => {
                 lane.drop_connection();
                 Err(pg_error(name, "save the checkpoint", &e))
             }
         }
+    }
+
+    /// Claims the lane on the control connection (autocommit): one upsert that increments
+    /// its generation. It waits while a checkpoint checked against the old generation is in
+    /// a transaction not yet ended (up to `lock_timeout_ms`, then a transient error).
+    fn claim(&mut self, topic: &str, partition: i32) -> Result<u64> {
+        self.check_stores("claim a lane")?;
+        self.ensure_checkpoint_table()?;
+        let sql = sql::claim_lane(&self.owners);
+        let pipeline = self.pipeline.clone();
+        let row = self.on_control("claim the lane", |c| {
+            c.query_one(&sql, &[&pipeline, &topic, &partition])
+        })?;
+        Ok(row.get::<_, i64>(0) as u64)
     }
 
     fn load(&mut self, topic: &str, partition: i32) -> Result<Option<Checkpoint>> {
@@ -919,6 +1005,7 @@ impl PostgresStore {
             connect,
             table: sql::qualified(schema, &config.table),
             checkpoints: sql::qualified(schema, CHECKPOINT_TABLE),
+            owners: sql::qualified(schema, OWNER_TABLE),
             control: None,
             checkpoint_table_ready: false,
             stores_checkpoints: role == CheckpointRole::Store,
@@ -996,6 +1083,10 @@ impl SinkWriter for PostgresStore {
 }
 
 impl CheckpointStore for PostgresStore {
+    fn claim(&self, topic: &str, partition: i32) -> Result<u64> {
+        self.lock()?.claim(topic, partition)
+    }
+
     fn load(&self, topic: &str, partition: i32) -> Result<Option<Checkpoint>> {
         self.lock()?.load(topic, partition)
     }

@@ -14,13 +14,13 @@ impl Executor {
     ) -> Result<()> {
         let (topic, partition) = (&tp.0, tp.1);
         let mut task = (self.tasks)(topic, partition)?;
-        let checkpoint = self.store.load(topic, partition)?;
-        let committed = checkpoint.as_ref().map(|c| c.epoch);
         let lane = Lane::of(tp);
-        self.dlq.recover(&lane, committed)?;
-        for sink in &mut self.sinks {
-            sink.recover(&lane, committed)?;
-        }
+        // Claim, then load: a save of the previous owner that landed before the claim is in
+        // the checkpoint loaded, and any later one is refused.
+        let generation = self.claim(&lane, shutdown)?;
+        task.set_generation(generation);
+        let checkpoint = self.store.load(topic, partition)?;
+        self.recover(&lane, generation, checkpoint.as_ref())?;
         let upstream = self.source.upstream(topic, partition)?;
         let resume = match checkpoint {
             Some(c) => {
@@ -82,6 +82,7 @@ impl Executor {
                 worker,
                 revoking: false,
                 lost: false,
+                fenced: false,
                 floor,
             },
         );
@@ -94,6 +95,42 @@ impl Executor {
                 }
                 running.upstream_at.insert(tp.clone(), Some(offset));
             }
+        }
+        Ok(())
+    }
+
+    /// Claim `lane` in the checkpoint store (retried like a checkpoint save: a database
+    /// claim may wait for the previous owner's commit).
+    pub(super) fn claim(&self, lane: &Lane, shutdown: &Shutdown) -> Result<u64> {
+        let (topic, partition) = lane.checkpoint_key();
+        let store = &self.store;
+        retry(
+            &self.config.retry,
+            shutdown,
+            &self.metrics,
+            "checkpoint".into(),
+            || store.claim(topic, partition),
+        )
+    }
+
+    /// Tell every participant who owns `lane` now and settle their staged epochs of it
+    /// against the stored checkpoint.
+    pub(super) fn recover(
+        &mut self,
+        lane: &Lane,
+        generation: u64,
+        checkpoint: Option<&Checkpoint>,
+    ) -> Result<()> {
+        let claim = LaneClaim {
+            generation,
+            committed_generation: checkpoint.map_or(0, |c| c.generation),
+        };
+        let committed = checkpoint.map(|c| c.epoch);
+        self.dlq.claimed(lane, claim);
+        self.dlq.recover(lane, committed)?;
+        for sink in &mut self.sinks {
+            sink.claimed(lane, claim);
+            sink.recover(lane, committed)?;
         }
         Ok(())
     }
@@ -141,7 +178,8 @@ impl Executor {
                         .emit(&self.metrics);
                         owned.stop.trigger();
                         owned.revoking = true;
-                        owned.lost = lost;
+                        // A partition fenced meanwhile stays dropped.
+                        owned.lost |= lost;
                         remaining.insert(tp);
                     }
                 }

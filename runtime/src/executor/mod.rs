@@ -23,6 +23,14 @@
 //! checkpoints are acknowledged together at the end ([`Source::acknowledge_all`], bounded by
 //! the source); if that fails the run still succeeds and warns that upstream lags.
 //!
+//! A partition is started under a claim on its lane ([`CheckpointStore::claim`], before its
+//! checkpoint is loaded), and its checkpoints carry that generation. When the store refuses
+//! one because a newer owner claimed the lane since (this worker's drain of a revoked
+//! partition outlasted the group's wait), or a transactional sink refuses its commit as
+//! fenced ([`crate::ErrorClass::Fenced`]), the partition is dropped like one revoked as lost:
+//! its staged epoch is not committed, nothing is acknowledged, its later output and
+//! checkpoints are discarded, and the worker goes on with its other partitions.
+//!
 //! When a sink is slow the channels fill, workers block on send, readers block on send and
 //! pause their partition ([`PartitionReader::set_paused`]): the source stops fetching
 //! (backpressure). On shutdown readers stop, workers drain what was read, checkpoint every
@@ -47,7 +55,7 @@ use crate::arrow::record_batch::RecordBatch;
 use crate::batch::RawBatch;
 use crate::checkpoint::{Checkpoint, CheckpointStore};
 use crate::dlq::{DeadLetter, DlqWriter, ErrorKind, Stage};
-use crate::error::{Result, WeirError};
+use crate::error::{ErrorClass, Result, WeirError};
 use crate::events;
 use crate::global::GlobalStage;
 use crate::lane::Lane;
@@ -55,7 +63,7 @@ use crate::metrics::{Counters, Metrics};
 use crate::operator::Emit;
 use crate::retry::{retry, RetryBudget};
 use crate::shutdown::Shutdown;
-use crate::sink::SinkWriter;
+use crate::sink::{LaneClaim, SinkWriter};
 use crate::source::{Assignment, PartitionReader, ReadResult, ResumeFrom, Source, TopicPartition};
 use crate::task::{PartitionTask, TaskOutput};
 
@@ -144,8 +152,10 @@ struct Owned {
     reader: JoinHandle<Result<()>>,
     worker: usize,
     revoking: bool,
-    /// Revoked as lost: its last checkpoints are not stored.
+    /// Revoked as lost, or fenced: its output and checkpoints are no longer stored.
     lost: bool,
+    /// A newer owner claimed it ([`Executor::fence`]).
+    fenced: bool,
     /// Only a checkpoint whose next offset is above this is acknowledged upstream: the
     /// offset upstream already has, or where a partition without a checkpoint started. So
     /// an acknowledgement never moves backwards, and a partition that read nothing makes
@@ -190,6 +200,8 @@ pub struct Executor {
 struct Global {
     stage: Box<dyn GlobalStage>,
     epoch: u64,
+    /// The claim on the global lane's checkpoints.
+    generation: u64,
     /// Rows were emitted since the last global checkpoint.
     dirty: bool,
 }
@@ -222,6 +234,7 @@ impl Executor {
         self.global = Some(Global {
             stage,
             epoch: 0,
+            generation: 0,
             dirty: false,
         });
         self
@@ -258,7 +271,7 @@ impl Executor {
                 )));
             };
             let lanes: Vec<Lane> = parts.iter().map(Lane::of).collect();
-            self.restore_global(&lanes)?;
+            self.restore_global(&lanes, &shutdown)?;
         }
         let cpu_threads = match &fixed {
             Some(parts) => self.config.cpu_threads.max(1).min(parts.len().max(1)),

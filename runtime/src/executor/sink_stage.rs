@@ -67,18 +67,49 @@ impl Executor {
         shutdown: &Shutdown,
     ) -> Result<()> {
         match msg {
-            SinkMsg::Output(lane, out) => self.write_output(lane, out, shutdown),
+            SinkMsg::Output(lane, out) => {
+                let tp = match &lane {
+                    Lane::Partition { topic, partition } => Some((topic.clone(), *partition)),
+                    Lane::Global => None,
+                };
+                let Some(tp) = tp else {
+                    return self.write_output(lane, out, shutdown);
+                };
+                if running.owned.get(&tp).is_some_and(|o| o.lost) {
+                    // Never committed: writing it would only hold resources (a database
+                    // transaction's row locks) the new owner may need.
+                    self.metrics.add(&out.delta);
+                    return Ok(());
+                }
+                // With a global stage the rows are written in the global lane, whose fencing
+                // ends the run.
+                let partition_lane = self.global.is_none();
+                match self.write_output(lane, out, shutdown) {
+                    Err(e) if e.class() == ErrorClass::Fenced && partition_lane => {
+                        self.fence(&tp, None, &e, running);
+                        Ok(())
+                    }
+                    other => other,
+                }
+            }
             SinkMsg::Barrier(checkpoint) => {
                 let tp = (checkpoint.topic.clone(), checkpoint.partition);
                 if running.owned.get(&tp).is_some_and(|o| o.lost) {
                     debug!(topic = %tp.0, partition = tp.1, epoch = checkpoint.epoch, "checkpoint of a lost partition dropped");
                     return Ok(());
                 }
-                self.commit_checkpoint(
+                let committed = self.commit_checkpoint(
                     &Lane::new(checkpoint.topic.clone(), checkpoint.partition),
                     &checkpoint,
                     shutdown,
-                )?;
+                );
+                match committed {
+                    Err(e) if e.class() == ErrorClass::Fenced => {
+                        self.fence(&tp, Some(checkpoint.epoch), &e, running);
+                        return Ok(());
+                    }
+                    other => other?,
+                }
                 if let Some(owned) = running.owned.get_mut(&tp) {
                     let next = checkpoint.next_offset;
                     if next > owned.floor {
@@ -110,6 +141,9 @@ impl Executor {
                 running.all_ended &= ended;
                 if let Some(owned) = running.owned.remove(&tp) {
                     running.load[owned.worker] = running.load[owned.worker].saturating_sub(1);
+                    if owned.fenced {
+                        debug!(topic = %tp.0, partition, "fenced partition released");
+                    }
                     events::PartitionFinished {
                         topic: &tp.0,
                         partition,
@@ -142,6 +176,32 @@ impl Executor {
             }
             SinkMsg::Failed(e) => Err(e),
         }
+    }
+
+    /// A newer owner claimed `tp` (the store refused its checkpoint of `epoch`, or a sink its
+    /// write or transaction): drop the partition like one revoked as lost. Its reader stops, the
+    /// worker drains it, and its output and checkpoints from now on are discarded; nothing
+    /// of it is committed or acknowledged again.
+    pub(super) fn fence(
+        &mut self,
+        tp: &TopicPartition,
+        epoch: Option<u64>,
+        error: &WeirError,
+        running: &mut Running,
+    ) {
+        events::PartitionFenced {
+            topic: &tp.0,
+            partition: tp.1,
+            epoch,
+            error,
+        }
+        .emit(&self.metrics);
+        if let Some(owned) = running.owned.get_mut(tp) {
+            owned.lost = true;
+            owned.fenced = true;
+            owned.stop.trigger();
+        }
+        running.final_acks.remove(tp);
     }
 
     pub(super) fn write_output(
@@ -219,17 +279,16 @@ impl Executor {
 
     /// Restore the global stage from its checkpoint and recover the sinks' staged epochs of
     /// its output, before any partition starts.
-    pub(super) fn restore_global(&mut self, lanes: &[Lane]) -> Result<()> {
-        let Some(g) = &mut self.global else {
+    pub(super) fn restore_global(&mut self, lanes: &[Lane], shutdown: &Shutdown) -> Result<()> {
+        if self.global.is_none() {
             return Ok(());
-        };
-        let (topic, partition) = Lane::Global.checkpoint_key();
-        let checkpoint = self.store.load(topic, partition)?;
-        let committed = checkpoint.as_ref().map(|c| c.epoch);
-        self.dlq.recover(&Lane::Global, committed)?;
-        for sink in &mut self.sinks {
-            sink.recover(&Lane::Global, committed)?;
         }
+        let (topic, partition) = Lane::Global.checkpoint_key();
+        let generation = self.claim(&Lane::Global, shutdown)?;
+        let checkpoint = self.store.load(topic, partition)?;
+        self.recover(&Lane::Global, generation, checkpoint.as_ref())?;
+        let g = self.global.as_mut().expect("invariant: checked above");
+        g.generation = generation;
         if let Some(mut c) = checkpoint {
             g.epoch = c.epoch;
             // A `weir reset` marker keeps only the epoch.
@@ -265,6 +324,7 @@ impl Executor {
             counters: Counters::default(),
             operators: vec![state],
             reset: false,
+            generation: g.generation,
         };
         self.commit_checkpoint(&Lane::Global, &c, shutdown)?;
         let g = self
