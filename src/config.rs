@@ -338,13 +338,23 @@ impl ValidatedPipeline {
         Self::parse(&text, path)
     }
 
-    /// Parse and validate TOML text; `file` names it in errors.
+    /// Parse and validate TOML text; `file` names it in errors. `${VAR}` in string values
+    /// is read from the process environment ([`crate::env_vars`]).
     pub fn parse(text: &str, file: &Path) -> Result<Self, ConfigError> {
+        Self::parse_with_env(text, file, &crate::env_vars::process_env)
+    }
+
+    /// [`Self::parse`] with the environment `env`.
+    pub fn parse_with_env(
+        text: &str,
+        file: &Path,
+        env: &dyn Fn(&str) -> crate::env_vars::Var,
+    ) -> Result<Self, ConfigError> {
         let fail = |errors: Vec<String>| ConfigError {
             file: file.to_path_buf(),
             errors,
         };
-        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
             let at = e
                 .span()
                 .map(|s| line_col(text, s.start))
@@ -352,6 +362,7 @@ impl ValidatedPipeline {
             fail(vec![format!("{at}invalid TOML: {}", one_line(e.message()))])
         })?;
         let mut errors = Vec::new();
+        crate::env_vars::resolve_table(&mut table, env, &mut errors);
         for key in table.keys() {
             if !TOP_LEVEL.contains(&key.as_str()) {
                 errors.push(format!(
