@@ -439,3 +439,71 @@ fn a_crash_and_restart_leaves_every_message_exactly_once_in_the_sink_or_the_dlq(
     assert!(summary.finished);
     assert_exactly_once(&input, &sink, &dlq);
 }
+
+#[test]
+fn the_metrics_of_a_run_count_each_sinks_rows_the_dead_letters_and_the_bytes_read() {
+    let input = messages(3, 500);
+    let dir = tempfile::tempdir().unwrap();
+    let (sink, dlq) = (MemorySink::default(), MemoryDlq::default());
+    let metrics = Arc::new(Metrics::default());
+    let executor = Executor::new(
+        config(),
+        Box::new(MemorySource::new(TOPIC, input.clone())),
+        tasks(),
+        vec![Box::new(sink.clone())],
+        Box::new(dlq.clone()),
+        Arc::new(LocalCheckpointStore::new(
+            dir.path().join("ckpt"),
+            "executor",
+        )),
+    )
+    .with_metrics(metrics.clone());
+    let summary = executor.run(Shutdown::new()).unwrap();
+    assert!(summary.finished);
+    let written: usize = sink.committed().iter().map(RecordBatch::num_rows).sum();
+    assert_eq!(metrics.sink_rows(), vec![(sink.name(), written as u64)]);
+    let letters = dlq.committed.lock().unwrap().len() as u64;
+    assert_eq!(
+        metrics.dead_letters(),
+        vec![(ErrorKind::InvalidJson, "decode", letters)]
+    );
+    assert_eq!(metrics.snapshot().dlq, letters);
+    let bytes: usize = input
+        .values()
+        .flatten()
+        .map(|m| m.payload.as_ref().map_or(0, Vec::len) + m.key.as_ref().map_or(0, Vec::len))
+        .sum();
+    assert_eq!(metrics.bytes_in(), bytes as u64);
+    let [(_, checkpoints), (_, batches), _] = metrics.histograms();
+    assert_eq!(checkpoints.read().1, metrics.checkpoints());
+    assert!(batches.read().1 > 0);
+    // The run is over: no partition is tracked, and it is not ready (but healthy).
+    assert!(metrics.partitions().is_empty());
+    assert!(!metrics.ready());
+    assert!(metrics.healthy());
+}
+
+#[test]
+fn a_run_that_fails_is_neither_ready_nor_healthy() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Arc::new(Metrics::default());
+    let failing = MemorySink {
+        fail_after_writes: Some(3),
+        ..Default::default()
+    };
+    let executor = Executor::new(
+        config(),
+        Box::new(MemorySource::new(TOPIC, messages(2, 500))),
+        tasks(),
+        vec![Box::new(failing)],
+        Box::new(MemoryDlq::default()),
+        Arc::new(LocalCheckpointStore::new(
+            dir.path().join("ckpt"),
+            "executor",
+        )),
+    )
+    .with_metrics(metrics.clone());
+    assert!(executor.run(Shutdown::new()).is_err());
+    assert!(!metrics.ready());
+    assert!(!metrics.healthy());
+}
