@@ -112,6 +112,24 @@ pub struct WorkerConfig {
     /// Time from the first attempt after which such a step is not tried again and the run
     /// stops with the last error (default 120000).
     pub retry_max_elapsed_ms: Option<u64>,
+    /// How `weir run` writes its log on stderr: `human` (default; coloured only on a
+    /// terminal and without `NO_COLOR`) or `json` (one JSON object per line, each telemetry
+    /// event with its fields). `--log-format` wins over it.
+    #[serde(default)]
+    pub log_format: Option<LogFormat>,
+    /// Off a terminal, `weir run` logs a status line (events/s, rows/s, lag, watermark lag,
+    /// dead letters) every this many seconds (default 30; 0: never). On a terminal the line
+    /// is redrawn every second instead.
+    pub status_interval_secs: Option<u64>,
+}
+
+/// `[worker] log_format` / `--log-format`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
 }
 
 /// The sections of a pipeline file, as read. Only validation turns them into a
@@ -132,6 +150,8 @@ pub struct PipelineConfig {
     pub checkpoint: CheckpointConfig,
     pub batch: BatchConfig,
     pub worker: WorkerConfig,
+    /// `[metrics]`: the HTTP endpoint of `weir run` (`crate::metrics_http`).
+    pub metrics: Option<crate::metrics_http::MetricsConfig>,
 }
 
 /// `[watermark]`: event-time settings of a `sql` query; `idle_advance_ms` and
@@ -292,6 +312,7 @@ const TOP_LEVEL: &[&str] = &[
     "checkpoint",
     "batch",
     "worker",
+    "metrics",
 ];
 
 /// A pipeline file that parsed and passed every check: the only input of
@@ -385,6 +406,11 @@ impl ValidatedPipeline {
             required(&table, "checkpoint", section, &mut errors);
         let batch: BatchConfig = optional(&table, "batch", &mut errors).unwrap_or_default();
         let worker: WorkerConfig = optional(&table, "worker", &mut errors).unwrap_or_default();
+        let metrics: Option<crate::metrics_http::MetricsConfig> =
+            optional(&table, "metrics", &mut errors);
+        if let Some(m) = &metrics {
+            errors.extend(m.validate());
+        }
         if table.contains_key("sinks")
             && sinks.is_empty()
             && !errors.iter().any(|e| e.starts_with("sinks"))
@@ -435,6 +461,7 @@ impl ValidatedPipeline {
                         checkpoint,
                         batch,
                         worker,
+                        metrics,
                     },
                 })
             }

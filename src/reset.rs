@@ -126,6 +126,47 @@ fn store_of(cfg: &ValidatedPipeline) -> Result<Store> {
     Ok(Store::Local(LocalCheckpointStore::new(dir, &cfg.name)))
 }
 
+/// A stored checkpoint and when it was written (epoch ms), when the store says.
+pub(crate) type WrittenCheckpoint = (Checkpoint, Option<i64>);
+
+/// Every stored checkpoint of the pipeline, where it is stored (for the report), and for a
+/// local store when each was written (its file's time, epoch ms). The PostgreSQL store is
+/// read under the reset's exclusive lock, so this refuses while a worker runs.
+pub(crate) fn stored(cfg: &ValidatedPipeline) -> Result<(String, Vec<WrittenCheckpoint>)> {
+    Ok(match store_of(cfg)? {
+        Store::Local(s) => {
+            let place = format!("local directory {}", s.pipeline_dir().display());
+            let all = s
+                .load_all()?
+                .into_iter()
+                .map(|(path, c)| {
+                    let at = std::fs::metadata(&path)
+                        .and_then(|m| m.modified())
+                        .ok()
+                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map(|d| d.as_millis() as i64);
+                    (c, at)
+                })
+                .collect();
+            (place, all)
+        }
+        Store::Postgres(mut pg) => (
+            format!("PostgreSQL table {}", pg.table()),
+            pg.stored()?.into_iter().map(|c| (c, None)).collect(),
+        ),
+        Store::Kafka(sink) => (
+            format!(
+                "Kafka topic {}",
+                sink.checkpoint_topic.as_deref().unwrap_or_default()
+            ),
+            stored_checkpoints(&sink, &cfg.name)?
+                .into_iter()
+                .map(|s| (s.checkpoint, None))
+                .collect(),
+        ),
+    })
+}
+
 /// The lock a `weir run` worker holds on its local checkpoint store while it runs (`None`
 /// for a pipeline whose checkpoints live in a sink): a second worker on the same directory
 /// and `weir reset` refuse meanwhile.
