@@ -384,6 +384,13 @@ impl ValidatedPipeline {
         })?;
         let mut errors = Vec::new();
         crate::env_vars::resolve_table(&mut table, env, &mut errors);
+        // A value whose variable is missing is left as written: what the checks would say of
+        // it (`not a PostgreSQL connection string: ${PG_URL}`) follows from that error alone.
+        let unresolved: Vec<String> = errors
+            .iter()
+            .filter_map(|e| e.split_once(": ").map(|(key, _)| format!("{key}: ")))
+            .collect();
+        let env_errors = errors.len();
         for key in table.keys() {
             if !TOP_LEVEL.contains(&key.as_str()) {
                 errors.push(format!(
@@ -443,6 +450,11 @@ impl ValidatedPipeline {
             errors.extend(watermark.validate(&keys, sql.is_some(), windows));
         }
 
+        let mut i = 0;
+        errors.retain(|e| {
+            i += 1;
+            i <= env_errors || !unresolved.iter().any(|key| e.starts_with(key.as_str()))
+        });
         match (name, source, schema, dlq, checkpoint) {
             (Some(name), Some(source), Some(schema), Some(dlq), Some(checkpoint))
                 if errors.is_empty() =>

@@ -142,8 +142,7 @@ impl StatusLine {
                             lag = status.lag,
                             watermark_lag_s = status.slowest_watermark_lag_s,
                             dead_letters = status.dead_letters,
-                            "status: {}",
-                            status.line()
+                            "status"
                         ),
                     }
                 }

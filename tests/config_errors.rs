@@ -211,6 +211,29 @@ fn a_missing_environment_variable_is_refused_naming_its_key_and_the_variable() {
 }
 
 #[test]
+fn a_value_whose_variable_is_missing_gets_that_error_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = "type = \"postgres\"\nurl = \"${WEIR_TEST_PG_URL}\"\ntable = \"w\"\nkey_columns = [\"sensor_id\", \"window_start\"]";
+    std::fs::write(
+        dir.path().join("p.toml"),
+        pipeline(TUMBLE, sink, "dlq", "c"),
+    )
+    .unwrap();
+    let out = weir_with_env(
+        &["run", "--check", "p.toml"],
+        dir.path(),
+        &[("WEIR_TEST_PG_URL", None)],
+    );
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.starts_with("p.toml has 1 error:"), "{err}");
+    assert!(
+        err.contains("p.toml: sinks[0].url: environment variable `WEIR_TEST_PG_URL` is not set"),
+        "{err}"
+    );
+}
+
+#[test]
 fn environment_variables_and_defaults_decide_where_a_run_writes() {
     let dir = tempfile::tempdir().unwrap();
     let sink = "type = \"jsonl\"\npath = \"${WEIR_TEST_OUT:-out-default}\"";
