@@ -160,6 +160,8 @@ fn a_scrape_during_a_run_counts_what_was_produced_and_lag_falls_to_zero() {
         partitions: partitions as u32,
         events: Some(6_000),
         disorder_ms: 5_000,
+        // 400 s of event time per partition: windows close while the run reads.
+        event_interval_ms: 200,
         poison_ratio: 0.02,
         late_ratio: 0.01,
         ..Default::default()
@@ -228,6 +230,16 @@ fn a_scrape_during_a_run_counts_what_was_produced_and_lag_falls_to_zero() {
     assert_eq!(wm_lag.len(), partitions as usize, "{wm_lag:?}");
     assert!(wm_lag.values().all(|l| *l > 0.0), "{wm_lag:?}");
     assert!(value(s, "weir_batch_processing_seconds_count") > 0.0);
+    assert_eq!(
+        value(s, "weir_checkpoint_duration_seconds_count"),
+        value(s, "weir_checkpoints_total"),
+        "one observation per checkpoint"
+    );
+    let checkpointed = by_labels(s, "weir_last_checkpoint_timestamp_seconds");
+    assert_eq!(checkpointed.len(), partitions as usize, "{checkpointed:?}");
+    // Windows were written: each write of a step with Kafka timestamps is timed end to end.
+    assert!(value(s, "weir_events_out_total") > 0.0);
+    assert!(value(s, "weir_end_to_end_latency_seconds_count") > 0.0);
 
     // Every poison message produced is a decode dead letter of the scrape.
     let poison = (0..partitions)
