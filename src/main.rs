@@ -89,9 +89,9 @@ enum Command {
         yes: bool,
     },
     /// Print what a pipeline's checkpoint store holds, without running it: each partition's
-    /// checkpointed offset and epoch (and, for a local store, when it was written), the
-    /// source's end offset now and the lag, and the totals of the accounting counters. A
-    /// PostgreSQL store is read under the pipeline's lock: not while a worker runs.
+    /// checkpointed offset, epoch and when it was written (local and PostgreSQL stores), the
+    /// source's end offset now and the lag, and the totals of the accounting counters. Takes
+    /// no lock: it reads a running pipeline's store too.
     Status {
         /// Path of the pipeline file.
         pipeline: PathBuf,

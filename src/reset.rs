@@ -126,13 +126,19 @@ fn store_of(cfg: &ValidatedPipeline) -> Result<Store> {
     Ok(Store::Local(LocalCheckpointStore::new(dir, &cfg.name)))
 }
 
-/// A stored checkpoint and when it was written (epoch ms), when the store says.
-pub(crate) type WrittenCheckpoint = (Checkpoint, Option<i64>);
+pub(crate) use weir_connectors::postgres::reset::WrittenCheckpoint;
 
-/// Every stored checkpoint of the pipeline, where it is stored (for the report), and for a
-/// local store when each was written (its file's time, epoch ms). The PostgreSQL store is
-/// read under the reset's exclusive lock, so this refuses while a worker runs.
+/// Every stored checkpoint of the pipeline, where it is stored (for the report), and when
+/// each was written (a local file's time, a PostgreSQL row's `updated_at`; epoch ms). Takes
+/// no lock: it reads while a worker runs too.
 pub(crate) fn stored(cfg: &ValidatedPipeline) -> Result<(String, Vec<WrittenCheckpoint>)> {
+    for s in &cfg.sinks {
+        if let SinkConfig::Postgres(c) = s {
+            let (table, stored) =
+                weir_connectors::postgres::reset::stored_checkpoints(c, &cfg.name)?;
+            return Ok((format!("PostgreSQL table {table}"), stored));
+        }
+    }
     Ok(match store_of(cfg)? {
         Store::Local(s) => {
             let place = format!("local directory {}", s.pipeline_dir().display());
@@ -150,10 +156,11 @@ pub(crate) fn stored(cfg: &ValidatedPipeline) -> Result<(String, Vec<WrittenChec
                 .collect();
             (place, all)
         }
-        Store::Postgres(mut pg) => (
-            format!("PostgreSQL table {}", pg.table()),
-            pg.stored()?.into_iter().map(|c| (c, None)).collect(),
-        ),
+        Store::Postgres(_) => {
+            return Err(WeirError::Internal(
+                "invariant: a pipeline with a postgres sink is read above".into(),
+            ))
+        }
         Store::Kafka(sink) => (
             format!(
                 "Kafka topic {}",

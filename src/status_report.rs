@@ -1,7 +1,7 @@
-//! `weir status pipeline.toml`: what a pipeline's checkpoint store holds, without running it:
-//! each partition's checkpointed offset, epoch and (local store) time, the source's end offset
-//! now and the lag between them, and the totals of the accounting counters
-//! (ARCHITECTURE.md, "Metrics and operations").
+//! `weir status pipeline.toml`: what a pipeline's checkpoint store holds, without running it
+//! and without a lock: each partition's checkpointed offset, epoch and time (local and
+//! PostgreSQL stores), the source's end offset now and the lag between them, and the totals
+//! of the accounting counters (ARCHITECTURE.md, "Metrics and operations").
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

@@ -1,6 +1,7 @@
-//! `weir status`: on a stopped pipeline it prints each partition's checkpointed offset and
-//! epoch and the totals of the accounting counters from the checkpoint store, without running
-//! anything.
+//! `weir status`: on a stopped pipeline it prints each partition's checkpointed offset,
+//! epoch and time and the totals of the accounting counters from the checkpoint store (a
+//! local directory, PostgreSQL), without running anything. The Kafka side (end offsets, lag)
+//! is in `metrics_endpoint.rs`.
 
 use crate::common;
 
@@ -77,4 +78,64 @@ dir = "checkpoints"
         )),
         "{report}"
     );
+}
+
+#[test]
+fn status_reads_a_postgres_store_with_each_checkpoints_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let name = common::kafka::unique("status-pg").replace('-', "_");
+    let text = format!(
+        r#"name = "{name}"
+
+[source]
+type = "generator"
+partitions = 2
+sensors = 10
+events = 3000
+
+{IOT_SCHEMA}
+
+[[operators]]
+type = "tumble"
+size_ms = 60000
+keys = ["sensor_id"]
+aggregates = [{{ function = "count", alias = "n" }}]
+
+[[sinks]]
+type = "postgres"
+url = "${{WEIR_PG_URL}}"
+table = "{name}"
+key_columns = ["sensor_id", "window_start"]
+
+[dlq]
+type = "jsonl"
+path = "dlq"
+
+[checkpoint]
+dir = "checkpoints"
+"#
+    );
+    // The URL comes from the environment, as a deployment would give it.
+    let url = common::pg_url();
+    std::fs::write(dir.path().join("p.toml"), &text).unwrap();
+    let env = [("WEIR_PG_URL", Some(url.as_str()))];
+    let run = common::cli::weir_with_env(&["run", "p.toml"], dir.path(), &env);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let out = common::cli::weir_with_env(&["status", "p.toml"], dir.path(), &env);
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        report.contains("checkpoints in PostgreSQL table"),
+        "{report}"
+    );
+    let partitions: Vec<&str> = report
+        .lines()
+        .filter(|l| l.trim_start().starts_with("generator/"))
+        .collect();
+    assert_eq!(partitions.len(), 2, "{report}");
+    assert!(
+        partitions.iter().all(|l| l.contains(", written 20")),
+        "{report}"
+    );
+    assert!(report.contains("totals: 3000 consumed = "), "{report}");
 }
