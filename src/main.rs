@@ -4,6 +4,7 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
@@ -187,6 +188,17 @@ fn main() -> ExitCode {
     }
     match run(cli.command) {
         Ok(code) => code,
+        Err(e) if JSON_LOG.load(Ordering::Relaxed) => {
+            // The log's last line, in its format (log shippers parse every line).
+            let line = serde_json::json!({
+                "timestamp": weir::status_report::rfc3339(weir_runtime::metrics::now_ms()),
+                "level": "ERROR",
+                "message": format!("error: {}", describe(&e)),
+                "target": "weir",
+            });
+            eprintln!("{line}");
+            ExitCode::FAILURE
+        }
         Err(e) => {
             eprintln!("error: {}", describe(&e));
             ExitCode::FAILURE
@@ -197,6 +209,9 @@ fn main() -> ExitCode {
 /// The log on stderr: `WEIR_LOG` (an `EnvFilter`: `info`, `weir=debug`, ...) or
 /// `default_level`; human lines are coloured only when stderr is a terminal and `NO_COLOR`
 /// is not set; JSON lines carry each event's fields at the top level.
+/// The log is JSON lines: the error that ends a run is written as one too.
+static JSON_LOG: AtomicBool = AtomicBool::new(false);
+
 fn init_logs(format: LogFormat, default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
@@ -208,12 +223,15 @@ fn init_logs(format: LogFormat, default_level: &str) {
             let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
             builder.with_ansi(colour).init()
         }
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .with_span_list(false)
-            .init(),
+        LogFormat::Json => {
+            JSON_LOG.store(true, Ordering::Relaxed);
+            builder
+                .json()
+                .flatten_event(true)
+                .with_current_span(false)
+                .with_span_list(false)
+                .init()
+        }
     }
 }
 

@@ -131,7 +131,7 @@ pub fn report(
 }
 
 /// `YYYY-MM-DDTHH:MM:SSZ` of epoch milliseconds (UTC).
-fn rfc3339(ms: i64) -> String {
+pub fn rfc3339(ms: i64) -> String {
     let secs = ms.div_euclid(1000);
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).

@@ -145,9 +145,14 @@ dir = "checkpoints"
         assert!(!all.contains(sasl), "{format}: {all}");
         assert!(!all.contains(pg), "{format}: {all}");
         if format == "json" {
-            // Every log line is JSON; the error that ends the run is the last line.
-            let log: Vec<&str> = all.lines().filter(|l| !l.starts_with("error: ")).collect();
-            json_lines(&log.join("\n"));
+            // Every line is JSON, the error that ends the run too.
+            let lines = json_lines(&stderr(&out));
+            let last = lines.last().expect("the error is logged");
+            assert_eq!(last["level"], "ERROR", "{last:?}");
+            assert!(
+                last["message"].as_str().unwrap().starts_with("error: "),
+                "{last:?}"
+            );
         }
     }
 }
