@@ -112,6 +112,24 @@ pub struct WorkerConfig {
     /// Time from the first attempt after which such a step is not tried again and the run
     /// stops with the last error (default 120000).
     pub retry_max_elapsed_ms: Option<u64>,
+    /// How `weir run` writes its log on stderr: `human` (default; coloured only on a
+    /// terminal and without `NO_COLOR`) or `json` (one JSON object per line, each telemetry
+    /// event with its fields). `--log-format` wins over it.
+    #[serde(default)]
+    pub log_format: Option<LogFormat>,
+    /// Off a terminal, `weir run` logs a status line (events/s, rows/s, lag, watermark lag,
+    /// dead letters) every this many seconds (default 30; 0: never). On a terminal the line
+    /// is redrawn every second instead.
+    pub status_interval_secs: Option<u64>,
+}
+
+/// `[worker] log_format` / `--log-format`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
 }
 
 /// The sections of a pipeline file, as read. Only validation turns them into a
@@ -132,6 +150,8 @@ pub struct PipelineConfig {
     pub checkpoint: CheckpointConfig,
     pub batch: BatchConfig,
     pub worker: WorkerConfig,
+    /// `[metrics]`: the HTTP endpoint of `weir run` (`crate::metrics_http`).
+    pub metrics: Option<crate::metrics_http::MetricsConfig>,
 }
 
 /// `[watermark]`: event-time settings of a `sql` query; `idle_advance_ms` and
@@ -292,6 +312,7 @@ const TOP_LEVEL: &[&str] = &[
     "checkpoint",
     "batch",
     "worker",
+    "metrics",
 ];
 
 /// A pipeline file that parsed and passed every check: the only input of
@@ -338,13 +359,23 @@ impl ValidatedPipeline {
         Self::parse(&text, path)
     }
 
-    /// Parse and validate TOML text; `file` names it in errors.
+    /// Parse and validate TOML text; `file` names it in errors. `${VAR}` in string values
+    /// is read from the process environment ([`crate::env_vars`]).
     pub fn parse(text: &str, file: &Path) -> Result<Self, ConfigError> {
+        Self::parse_with_env(text, file, &crate::env_vars::process_env)
+    }
+
+    /// [`Self::parse`] with the environment `env`.
+    pub fn parse_with_env(
+        text: &str,
+        file: &Path,
+        env: &dyn Fn(&str) -> crate::env_vars::Var,
+    ) -> Result<Self, ConfigError> {
         let fail = |errors: Vec<String>| ConfigError {
             file: file.to_path_buf(),
             errors,
         };
-        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
             let at = e
                 .span()
                 .map(|s| line_col(text, s.start))
@@ -352,6 +383,14 @@ impl ValidatedPipeline {
             fail(vec![format!("{at}invalid TOML: {}", one_line(e.message()))])
         })?;
         let mut errors = Vec::new();
+        crate::env_vars::resolve_table(&mut table, env, &mut errors);
+        // A value whose variable is missing is left as written: what the checks would say of
+        // it (`not a PostgreSQL connection string: ${PG_URL}`) follows from that error alone.
+        let unresolved: Vec<String> = errors
+            .iter()
+            .filter_map(|e| e.split_once(": ").map(|(key, _)| format!("{key}: ")))
+            .collect();
+        let env_errors = errors.len();
         for key in table.keys() {
             if !TOP_LEVEL.contains(&key.as_str()) {
                 errors.push(format!(
@@ -374,6 +413,11 @@ impl ValidatedPipeline {
             required(&table, "checkpoint", section, &mut errors);
         let batch: BatchConfig = optional(&table, "batch", &mut errors).unwrap_or_default();
         let worker: WorkerConfig = optional(&table, "worker", &mut errors).unwrap_or_default();
+        let metrics: Option<crate::metrics_http::MetricsConfig> =
+            optional(&table, "metrics", &mut errors);
+        if let Some(m) = &metrics {
+            errors.extend(m.validate());
+        }
         if table.contains_key("sinks")
             && sinks.is_empty()
             && !errors.iter().any(|e| e.starts_with("sinks"))
@@ -406,6 +450,11 @@ impl ValidatedPipeline {
             errors.extend(watermark.validate(&keys, sql.is_some(), windows));
         }
 
+        let mut i = 0;
+        errors.retain(|e| {
+            i += 1;
+            i <= env_errors || !unresolved.iter().any(|key| e.starts_with(key.as_str()))
+        });
         match (name, source, schema, dlq, checkpoint) {
             (Some(name), Some(source), Some(schema), Some(dlq), Some(checkpoint))
                 if errors.is_empty() =>
@@ -424,6 +473,7 @@ impl ValidatedPipeline {
                         checkpoint,
                         batch,
                         worker,
+                        metrics,
                     },
                 })
             }

@@ -10,6 +10,8 @@ pub mod bench_kafka;
 pub mod bench_postgres;
 pub mod config;
 pub mod demo;
+pub mod env_vars;
+pub mod metrics_http;
 pub mod pipeline;
 pub mod preflight;
 pub mod registry;
@@ -17,6 +19,8 @@ pub mod replay;
 pub mod reset;
 pub mod rules;
 pub mod sql_cli;
+pub mod status;
+pub mod status_report;
 pub mod toml_de;
 
 pub use weir_connectors as connectors;

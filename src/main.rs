@@ -1,11 +1,14 @@
 //! The weir worker binary: `weir run`, `weir reset`, `weir replay`, `weir sql`, `weir demo`,
 //! `weir bench`.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use weir::config::ValidatedPipeline;
+use weir::config::{LogFormat, ValidatedPipeline};
 use weir::pipeline::Pipeline;
 use weir_runtime::Shutdown;
 
@@ -29,6 +32,14 @@ enum Command {
         /// Only check the file and print what is wrong with it.
         #[arg(long)]
         check: bool,
+        /// Serve /metrics, /healthz and /readyz on this ip:port (port 0: a free one, printed
+        /// on stderr), whatever `[metrics]` says.
+        #[arg(long, value_name = "IP:PORT", value_parser = weir::metrics_http::parse_addr)]
+        metrics_addr: Option<std::net::SocketAddr>,
+        /// `human` (coloured only on a terminal) or `json` (one JSON object per line); wins
+        /// over `[worker] log_format`.
+        #[arg(long, value_name = "human|json", value_parser = ["human", "json"])]
+        log_format: Option<String>,
     },
     /// Rebuild the read model of a pipeline whose sink is `postgres` into a fresh table
     /// (`<table>__replay`), then swap it in atomically once caught up.
@@ -77,6 +88,14 @@ enum Command {
         /// Do it (without: print what would be done, change nothing).
         #[arg(long)]
         yes: bool,
+    },
+    /// Print what a pipeline's checkpoint store holds, without running it: each partition's
+    /// checkpointed offset, epoch and when it was written (local and PostgreSQL stores), the
+    /// source's end offset now and the lag, and the totals of the accounting counters. Takes
+    /// no lock: it reads a running pipeline's store too.
+    Status {
+        /// Path of the pipeline file.
+        pipeline: PathBuf,
     },
     /// Generator → 1-minute windows per sensor → SQLite, with no external service.
     Demo {
@@ -163,22 +182,55 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let default_level = match cli.command {
-        Command::Run { .. } => "info",
-        _ => "warn",
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // `weir run` starts its log once the pipeline file (which may choose the format) is read.
+    if !matches!(cli.command, Command::Run { .. }) {
+        init_logs(LogFormat::Human, "warn");
+    }
     match run(cli.command) {
         Ok(code) => code,
+        Err(e) if JSON_LOG.load(Ordering::Relaxed) => {
+            // The log's last line, in its format (log shippers parse every line).
+            let line = serde_json::json!({
+                "timestamp": weir::status_report::rfc3339(weir_runtime::metrics::now_ms()),
+                "level": "ERROR",
+                "message": format!("error: {}", describe(&e)),
+                "target": "weir",
+            });
+            eprintln!("{line}");
+            ExitCode::FAILURE
+        }
         Err(e) => {
             eprintln!("error: {}", describe(&e));
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// The log on stderr: `WEIR_LOG` (an `EnvFilter`: `info`, `weir=debug`, ...) or
+/// `default_level`; human lines are coloured only when stderr is a terminal and `NO_COLOR`
+/// is not set; JSON lines carry each event's fields at the top level.
+/// The log is JSON lines: the error that ends a run is written as one too.
+static JSON_LOG: AtomicBool = AtomicBool::new(false);
+
+fn init_logs(format: LogFormat, default_level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => {
+            let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            builder.with_ansi(colour).init()
+        }
+        LogFormat::Json => {
+            JSON_LOG.store(true, Ordering::Relaxed);
+            builder
+                .json()
+                .flatten_event(true)
+                .with_current_span(false)
+                .with_span_list(false)
+                .init()
         }
     }
 }
@@ -200,8 +252,21 @@ fn describe(e: &anyhow::Error) -> String {
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     let shutdown = Shutdown::new();
     match command {
-        Command::Run { pipeline, check } => {
-            let cfg = match ValidatedPipeline::load(&pipeline) {
+        Command::Run {
+            pipeline,
+            check,
+            metrics_addr,
+            log_format,
+        } => {
+            let loaded = ValidatedPipeline::load(&pipeline);
+            let format = match (log_format.as_deref(), &loaded) {
+                (Some("json"), _) => LogFormat::Json,
+                (Some(_), _) => LogFormat::Human,
+                (None, Ok(cfg)) => cfg.worker.log_format.unwrap_or_default(),
+                (None, Err(_)) => LogFormat::Human,
+            };
+            init_logs(format, "info");
+            let cfg = match loaded {
                 Ok(cfg) => cfg,
                 Err(e) => {
                     eprint!("{e}");
@@ -224,12 +289,57 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 }
                 return Ok(ExitCode::SUCCESS);
             }
+            let metrics = Arc::new(weir_runtime::Metrics::default());
+            let listen = match (metrics_addr, &cfg.metrics) {
+                (Some(addr), _) => Some(("--metrics-addr", addr)),
+                (None, Some(m)) if m.enabled => Some((
+                    "metrics.addr",
+                    weir::metrics_http::parse_addr(&m.addr)
+                        .expect("invariant: validated when the file was loaded"),
+                )),
+                _ => None,
+            };
+            let _server = match listen {
+                None => None,
+                Some((key, addr)) => {
+                    match weir::metrics_http::MetricsServer::start(addr, metrics.clone()) {
+                        Ok(server) => {
+                            match format {
+                                LogFormat::Human => {
+                                    eprintln!("metrics: serving http://{}/metrics", server.addr())
+                                }
+                                LogFormat::Json => tracing::info!(
+                                    addr = %server.addr(),
+                                    "metrics: serving http://{}/metrics",
+                                    server.addr()
+                                ),
+                            }
+                            Some(server)
+                        }
+                        Err(why) => {
+                            let e = weir::config::ConfigError {
+                                file: pipeline.clone(),
+                                errors: vec![format!("{key}: {why}")],
+                            };
+                            eprint!("{e}");
+                            return Ok(ExitCode::from(2));
+                        }
+                    }
+                }
+            };
+            // Taken after the metrics address is bound (a taken address changes nothing).
             // Held until the run ends: a second worker on the same checkpoint directory, a
             // `weir reset` and a `weir replay` of the pipeline refuse to start meanwhile.
             let _local_lock = weir::reset::local_run_lock(&cfg)?;
             let _lock = weir::replay::run_lock(&cfg)?;
             weir::install_signal_handlers(shutdown.clone())?;
-            let summary = Pipeline::from_config(&cfg)?.run(shutdown)?;
+            let mode =
+                weir::status::StatusMode::detect(cfg.worker.status_interval_secs.unwrap_or(30));
+            let status = weir::status::StatusLine::start(mode, metrics.clone())?;
+            let result =
+                Pipeline::from_config(&cfg).and_then(|p| p.with_metrics(metrics).run(shutdown));
+            drop(status);
+            let summary = result?;
             let c = summary.counters;
             println!(
                 "{}: {} events in {:.2}s ({:.0}/s): {} aggregated, {} rows out, {} dead-lettered, {} late, {} filtered; {} checkpoints{}",
@@ -270,6 +380,16 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 }
             };
             print!("{}", weir::reset::run(&cfg, &pipeline, to, yes)?);
+        }
+        Command::Status { pipeline } => {
+            let cfg = match ValidatedPipeline::load(&pipeline) {
+                Ok(cfg) => cfg,
+                Err(e) => {
+                    eprint!("{e}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            print!("{}", weir::status_report::run(&cfg, &pipeline)?);
         }
         Command::Replay { pipeline, from } => {
             let cfg = match ValidatedPipeline::load(&pipeline) {

@@ -69,6 +69,8 @@ pub struct Pipeline {
     /// Where partitions without a checkpoint start (`weir replay`); others start at 0.
     start_offsets: Option<Arc<crate::replay::StartOffsets>>,
     exec: ExecutorConfig,
+    /// Where the run counts (shared with a metrics endpoint); a fresh set when `None`.
+    metrics: Option<Arc<weir_runtime::Metrics>>,
 }
 
 impl Pipeline {
@@ -84,7 +86,15 @@ impl Pipeline {
             checkpoint_store: None,
             start_offsets: None,
             exec: ExecutorConfig::new(name),
+            metrics: None,
         }
+    }
+
+    /// Count the run into `metrics`, which a metrics endpoint or a status line reads while it
+    /// runs.
+    pub fn with_metrics(mut self, metrics: Arc<weir_runtime::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     pub fn source(self, source: impl Source + 'static) -> Self {
@@ -373,6 +383,10 @@ impl Pipeline {
             Ok(task)
         });
         let executor = Executor::new(exec, source, tasks, self.sinks, dlq, store);
+        let executor = match self.metrics {
+            Some(m) => executor.with_metrics(m),
+            None => executor,
+        };
         let executor = match global {
             Some(g) => executor.with_global(Box::new(g)),
             None => executor,

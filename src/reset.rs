@@ -127,6 +127,54 @@ fn store_of(cfg: &ValidatedPipeline) -> Result<Store> {
     Ok(Store::Local(LocalCheckpointStore::new(dir, &cfg.name)))
 }
 
+pub(crate) use weir_connectors::postgres::reset::WrittenCheckpoint;
+
+/// Every stored checkpoint of the pipeline, where it is stored (for the report), and when
+/// each was written (a local file's time, a PostgreSQL row's `updated_at`; epoch ms). Takes
+/// no lock: it reads while a worker runs too.
+pub(crate) fn stored(cfg: &ValidatedPipeline) -> Result<(String, Vec<WrittenCheckpoint>)> {
+    for s in &cfg.sinks {
+        if let SinkConfig::Postgres(c) = s {
+            let (table, stored) =
+                weir_connectors::postgres::reset::stored_checkpoints(c, &cfg.name)?;
+            return Ok((format!("PostgreSQL table {table}"), stored));
+        }
+    }
+    Ok(match store_of(cfg)? {
+        Store::Local(s) => {
+            let place = format!("local directory {}", s.pipeline_dir().display());
+            let all = s
+                .load_all()?
+                .into_iter()
+                .map(|(path, c)| {
+                    let at = std::fs::metadata(&path)
+                        .and_then(|m| m.modified())
+                        .ok()
+                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map(|d| d.as_millis() as i64);
+                    (c, at)
+                })
+                .collect();
+            (place, all)
+        }
+        Store::Postgres(_) => {
+            return Err(WeirError::Internal(
+                "invariant: a pipeline with a postgres sink is read above".into(),
+            ))
+        }
+        Store::Kafka(sink) => (
+            format!(
+                "Kafka topic {}",
+                sink.checkpoint_topic.as_deref().unwrap_or_default()
+            ),
+            stored_checkpoints(&sink, &cfg.name)?
+                .into_iter()
+                .map(|s| (s.checkpoint, None))
+                .collect(),
+        ),
+    })
+}
+
 /// The lock a `weir run` worker holds on its local checkpoint store while it runs (`None`
 /// for a pipeline whose checkpoints live in a sink): a second worker on the same directory
 /// and `weir reset` refuse meanwhile.

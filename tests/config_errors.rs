@@ -7,7 +7,7 @@ use crate::common;
 
 use std::path::Path;
 
-use common::cli::{stderr, weir};
+use common::cli::{stderr, weir, weir_with_env};
 use common::IOT_SCHEMA;
 
 /// A valid pipeline file with `body` (operators or sql) and the given sink, DLQ and
@@ -187,4 +187,98 @@ fn a_run_time_io_error_names_the_key_and_says_the_os_error_once() {
     assert!(err.contains("dlq.path: "), "{err}");
     assert!(err.contains("/proc/weir-dlq-test"), "{err}");
     assert_eq!(err.matches("os error").count(), 1, "{err}");
+}
+
+#[test]
+fn a_missing_environment_variable_is_refused_naming_its_key_and_the_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = pipeline(TUMBLE, "type = \"null\"", "${WEIR_TEST_DLQ_DIR}", "c");
+    std::fs::write(dir.path().join("p.toml"), text).unwrap();
+    let out = weir_with_env(
+        &["run", "--check", "p.toml"],
+        dir.path(),
+        &[("WEIR_TEST_DLQ_DIR", None)],
+    );
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(
+            "p.toml: dlq.path: environment variable `WEIR_TEST_DLQ_DIR` is not set (set it, or \
+             write `${WEIR_TEST_DLQ_DIR:-default}`)"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_value_whose_variable_is_missing_gets_that_error_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = "type = \"postgres\"\nurl = \"${WEIR_TEST_PG_URL}\"\ntable = \"w\"\nkey_columns = [\"sensor_id\", \"window_start\"]";
+    std::fs::write(
+        dir.path().join("p.toml"),
+        pipeline(TUMBLE, sink, "dlq", "c"),
+    )
+    .unwrap();
+    let out = weir_with_env(
+        &["run", "--check", "p.toml"],
+        dir.path(),
+        &[("WEIR_TEST_PG_URL", None)],
+    );
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.starts_with("p.toml has 1 error:"), "{err}");
+    assert!(
+        err.contains("p.toml: sinks[0].url: environment variable `WEIR_TEST_PG_URL` is not set"),
+        "{err}"
+    );
+}
+
+#[test]
+fn environment_variables_and_defaults_decide_where_a_run_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = "type = \"jsonl\"\npath = \"${WEIR_TEST_OUT:-out-default}\"";
+    let text = pipeline(TUMBLE, sink, "${WEIR_TEST_DLQ_DIR}", "$${not-a-variable}");
+    std::fs::write(dir.path().join("p.toml"), text).unwrap();
+    let out = weir_with_env(
+        &["run", "p.toml"],
+        dir.path(),
+        &[
+            ("WEIR_TEST_DLQ_DIR", Some("dead-letters")),
+            ("WEIR_TEST_OUT", None),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(dir.path().join("out-default").is_dir());
+    assert!(dir.path().join("dead-letters").is_dir());
+    // `$${` is a literal `${`: the checkpoint directory is named as written.
+    assert!(dir.path().join("${not-a-variable}").is_dir());
+}
+
+#[test]
+fn a_password_from_the_environment_is_in_no_error_message() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listens on port 1: connecting fails, and the error names the sink.
+    let sink = "type = \"postgres\"\nurl = \"postgres://weir:${WEIR_TEST_PG_PASSWORD}@127.0.0.1:1/weir?connect_timeout=2\"\ntable = \"w\"\nkey_columns = [\"sensor_id\", \"window_start\"]";
+    let text = format!(
+        "{}\n[worker]\nretry_max_attempts = 2\n",
+        pipeline(TUMBLE, sink, "dlq", "c")
+    );
+    std::fs::write(dir.path().join("p.toml"), text).unwrap();
+    let password = "pw-Zq81-not-in-logs";
+    let out = weir_with_env(
+        &["run", "p.toml"],
+        dir.path(),
+        &[
+            ("WEIR_TEST_PG_PASSWORD", Some(password)),
+            ("WEIR_LOG", Some("debug")),
+        ],
+    );
+    let (stdout, err) = (String::from_utf8_lossy(&out.stdout), stderr(&out));
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("127.0.0.1"),
+        "the error names the server: {err}"
+    );
+    assert!(!err.contains(password), "{err}");
+    assert!(!stdout.contains(password), "{stdout}");
 }

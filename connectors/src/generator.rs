@@ -599,6 +599,10 @@ impl GeneratorReader {
 }
 
 impl PartitionReader for GeneratorReader {
+    fn end_offset(&self) -> Option<i64> {
+        self.end
+    }
+
     fn read(&mut self, max_rows: usize, linger: Duration) -> Result<ReadResult> {
         let remaining = match self.end {
             Some(end) if self.next >= end => return Ok(ReadResult::End),

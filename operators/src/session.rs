@@ -323,6 +323,10 @@ impl SessionWindow {
 }
 
 impl Operator for SessionWindow {
+    fn watermark(&self) -> Option<i64> {
+        self.watermark.watermark()
+    }
+
     fn name(&self) -> &str {
         &self.name
     }

@@ -1284,6 +1284,10 @@ fn first_line(s: &str) -> &str {
 }
 
 impl Operator for TumbleWindow {
+    fn watermark(&self) -> Option<i64> {
+        self.watermark.watermark()
+    }
+
     fn name(&self) -> &str {
         &self.name
     }

@@ -23,8 +23,13 @@ impl PartitionStarted<'_> {
     pub fn emit(&self, m: &Metrics) {
         m.partition_started();
         info!(
+            topic = %self.topic,
+            partition = self.partition,
+            from = %self.from,
             "resuming topic {} partition {} from {}",
-            self.topic, self.partition, self.from
+            self.topic,
+            self.partition,
+            self.from
         );
     }
 }

@@ -170,6 +170,13 @@ pub trait Operator: Send {
         Ok(())
     }
 
+    /// The operator's event-time watermark (epoch ms), for the metrics (`weir_watermark_seconds`,
+    /// `weir_watermark_lag_seconds`). `None` (the default): it does not follow event time, or
+    /// has seen no event yet.
+    fn watermark(&self) -> Option<i64> {
+        None
+    }
+
     /// The configuration the operator's state depends on ([`crate::fingerprint`]), stored
     /// with its state in every checkpoint; a restore into an operator whose fingerprint
     /// differs is refused with what changed. `None` (the default): no such state (a

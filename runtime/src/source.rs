@@ -145,6 +145,14 @@ pub trait PartitionReader: Send {
     fn set_paused(&mut self, _paused: bool) -> Result<()> {
         Ok(())
     }
+
+    /// The partition's end offset as the source last saw it (Kafka: the high watermark of
+    /// the last fetch response), for the consumer lag: end − next offset. Called by the
+    /// reader thread after each read, so it must not wait on I/O. `None`: unknown (the
+    /// default; an unbounded source without an end).
+    fn end_offset(&self) -> Option<i64> {
+        None
+    }
 }
 
 /// How a source spreads messages over its partitions, which decides whether every event of

@@ -28,6 +28,12 @@ pub struct TaskOutput {
     ///
     /// [`OFFSET_COLUMN`]: crate::OFFSET_COLUMN
     pub source: Option<Arc<RawBatch>>,
+    /// The newest source timestamp (epoch ms) of the step's messages, when the source has
+    /// timestamps: the end-to-end latency is measured from it when the output is written.
+    pub source_time_ms: Option<i64>,
+    /// The lowest event-time watermark of the chain's operators after this step
+    /// ([`crate::Operator::watermark`]), for the metrics.
+    pub event_watermark: Option<i64>,
 }
 
 /// What a step of the chain is besides its input batches.
@@ -284,6 +290,9 @@ impl PartitionTask {
             }
             if let Some(w) = emit.watermark() {
                 out.watermark = Some(w);
+            }
+            if let Some(w) = self.operators[i].watermark() {
+                out.event_watermark = Some(out.event_watermark.map_or(w, |o: i64| o.min(w)));
             }
             if events {
                 out.delta.filtered += emit.filtered();

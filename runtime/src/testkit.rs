@@ -92,6 +92,11 @@ struct MemoryReader {
 }
 
 impl PartitionReader for MemoryReader {
+    fn end_offset(&self) -> Option<i64> {
+        // Offsets need not be dense: the end is after the last message.
+        (!self.unbounded).then(|| self.messages.last().map_or(0, |m| m.offset + 1))
+    }
+
     fn set_paused(&mut self, paused: bool) -> Result<()> {
         self.pauses
             .lock()

@@ -3,7 +3,9 @@
 //! assignment (what a consumer group does to it) without losing or duplicating a message,
 //! answers a revocation only after the partition's checkpoint is stored and acknowledged,
 //! pauses readers while downstream is full, and after a crash resumes from the checkpoints so
-//! every message is exactly once in the output or in the DLQ.
+//! every message is exactly once in the output or in the DLQ. Its metrics count what the
+//! sink and the DLQ got, and readiness follows the run: ready once the partitions are
+//! restored, not while a fatal error drains.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -616,4 +618,162 @@ fn a_late_revocation_does_not_overwrite_the_new_owners_checkpoint_or_output() {
     // was never published, and B redid it.
     let (sink, dlq) = merged(&[&sink_a, &sink_b], &[&dlq_a, &dlq_b]);
     assert_exactly_once(&input, &sink, &dlq);
+}
+
+#[test]
+fn the_metrics_of_a_run_count_each_sinks_rows_the_dead_letters_and_the_bytes_read() {
+    let input = messages(3, 500);
+    let dir = tempfile::tempdir().unwrap();
+    let (sink, dlq) = (MemorySink::default(), MemoryDlq::default());
+    let metrics = Arc::new(Metrics::default());
+    let executor = Executor::new(
+        config(),
+        Box::new(MemorySource::new(TOPIC, input.clone())),
+        tasks(),
+        vec![Box::new(sink.clone())],
+        Box::new(dlq.clone()),
+        Arc::new(LocalCheckpointStore::new(
+            dir.path().join("ckpt"),
+            "executor",
+        )),
+    )
+    .with_metrics(metrics.clone());
+    let summary = executor.run(Shutdown::new()).unwrap();
+    assert!(summary.finished);
+    let written: usize = sink.committed().iter().map(RecordBatch::num_rows).sum();
+    assert_eq!(metrics.sink_rows(), vec![(sink.name(), written as u64)]);
+    let letters = dlq.committed.lock().unwrap().len() as u64;
+    assert_eq!(
+        metrics.dead_letters(),
+        vec![(ErrorKind::InvalidJson, "decode", letters)]
+    );
+    assert_eq!(metrics.snapshot().dlq, letters);
+    let bytes: usize = input
+        .values()
+        .flatten()
+        .map(|m| m.payload.as_ref().map_or(0, Vec::len) + m.key.as_ref().map_or(0, Vec::len))
+        .sum();
+    assert_eq!(metrics.bytes_in(), bytes as u64);
+    let [(_, checkpoints), (_, batches), _] = metrics.histograms();
+    assert_eq!(checkpoints.read().1, metrics.checkpoints());
+    assert!(batches.read().1 > 0);
+    // The run is over: no partition is tracked, and it is not ready (but healthy).
+    assert!(metrics.partitions().is_empty());
+    assert!(!metrics.ready());
+    assert!(metrics.healthy());
+}
+
+#[test]
+fn a_run_that_fails_is_neither_ready_nor_healthy() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Arc::new(Metrics::default());
+    let failing = MemorySink {
+        fail_after_writes: Some(3),
+        ..Default::default()
+    };
+    let executor = Executor::new(
+        config(),
+        Box::new(MemorySource::new(TOPIC, messages(2, 500))),
+        tasks(),
+        vec![Box::new(failing)],
+        Box::new(MemoryDlq::default()),
+        Arc::new(LocalCheckpointStore::new(
+            dir.path().join("ckpt"),
+            "executor",
+        )),
+    )
+    .with_metrics(metrics.clone());
+    assert!(executor.run(Shutdown::new()).is_err());
+    assert!(!metrics.ready());
+    assert!(!metrics.healthy());
+}
+
+/// A partition reader that waits for `start` before its first batch, then, on every later
+/// read, until `hold` closes: the test decides when input flows and how long a drain lasts.
+struct GatedReader {
+    inner: Box<dyn PartitionReader>,
+    start: Receiver<()>,
+    hold: Receiver<()>,
+    started: bool,
+}
+
+impl PartitionReader for GatedReader {
+    fn read(&mut self, max_rows: usize, linger: Duration) -> Result<weir_runtime::ReadResult> {
+        if !self.started {
+            self.started = true;
+            let _ = self.start.recv();
+            return self.inner.read(max_rows, linger);
+        }
+        let _ = self.hold.recv();
+        Ok(weir_runtime::ReadResult::End)
+    }
+}
+
+struct GatedSource {
+    inner: MemorySource,
+    start: Receiver<()>,
+    hold: Receiver<()>,
+}
+
+impl Source for GatedSource {
+    fn name(&self) -> &str {
+        "gated"
+    }
+    fn partitions(&mut self) -> Result<Vec<TopicPartition>> {
+        self.inner.partitions()
+    }
+    fn open(
+        &mut self,
+        topic: &Arc<str>,
+        partition: i32,
+        next_offset: i64,
+    ) -> Result<Box<dyn PartitionReader>> {
+        Ok(Box::new(GatedReader {
+            inner: self.inner.open(topic, partition, next_offset)?,
+            start: self.start.clone(),
+            hold: self.hold.clone(),
+            started: false,
+        }))
+    }
+}
+
+#[test]
+fn ready_once_partitions_are_restored_and_not_while_a_fatal_error_drains() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Arc::new(Metrics::default());
+    let (start_tx, start) = unbounded();
+    let (hold_tx, hold) = unbounded::<()>();
+    let executor = Executor::new(
+        config(),
+        Box::new(GatedSource {
+            inner: MemorySource::new(TOPIC, messages(1, 100)),
+            start,
+            hold,
+        }),
+        tasks(),
+        vec![Box::new(MemorySink {
+            fail_after_writes: Some(1),
+            ..Default::default()
+        })],
+        Box::new(MemoryDlq::default()),
+        Arc::new(LocalCheckpointStore::new(
+            dir.path().join("ckpt"),
+            "executor",
+        )),
+    )
+    .with_metrics(metrics.clone());
+    let run = std::thread::spawn(move || executor.run(Shutdown::new()));
+    wait_for("the partition to be restored", || metrics.ready());
+    assert!(metrics.healthy());
+    // Input flows; the first write fails for good: the run drains while the reader is held.
+    start_tx.send(()).unwrap();
+    wait_for("the fatal error", || {
+        metrics.state() == weir_runtime::metrics::RunState::Failing
+    });
+    assert!(!metrics.ready(), "not ready while a fatal error drains");
+    assert!(!metrics.healthy());
+    drop(hold_tx);
+    assert!(run.join().unwrap().is_err());
+    assert_eq!(metrics.state(), weir_runtime::metrics::RunState::Stopped);
+    assert!(!metrics.ready());
 }

@@ -50,3 +50,16 @@ pub fn wait_within(child: std::process::Child, limit: std::time::Duration) -> Op
         }
     }
 }
+
+/// [`weir`] with the environment variables `vars` set (and, for each `(name, None)`, unset).
+pub fn weir_with_env(args: &[&str], cwd: &Path, vars: &[(&str, Option<&str>)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
+    cmd.args(args).current_dir(cwd).env("WEIR_LOG", "warn");
+    for (name, value) in vars {
+        match value {
+            Some(v) => cmd.env(name, v),
+            None => cmd.env_remove(name),
+        };
+    }
+    cmd.output().expect("run weir")
+}

@@ -473,6 +473,9 @@ impl KafkaSource {
             consumer: self.consumer.clone(),
             queue,
             topic: topic.clone(),
+            // A topic name holds no NUL (the broker refuses one); an empty name then only
+            // makes the end offset unknown.
+            topic_c: std::ffi::CString::new(topic.as_bytes()).unwrap_or_default(),
             partition,
             name: self.name.clone(),
             expected: match start {
@@ -831,6 +834,8 @@ pub struct KafkaPartitionReader {
     consumer: Arc<BaseConsumer<KafkaContext>>,
     queue: rdkafka::consumer::base_consumer::PartitionQueue<KafkaContext>,
     topic: Arc<str>,
+    /// `topic` for librdkafka's C API ([`PartitionReader::end_offset`]), made once.
+    topic_c: std::ffi::CString,
     partition: i32,
     name: String,
     /// The offset the next message should have, when known (to report gaps).
@@ -922,6 +927,27 @@ impl PartitionReader for KafkaPartitionReader {
         self.paused = paused;
         debug!(source = %self.name, topic = %self.topic, partition = self.partition, paused, "partition fetch paused/resumed");
         Ok(())
+    }
+
+    /// The high watermark librdkafka cached from the last fetch response of this partition
+    /// (`rd_kafka_get_watermark_offsets`: no request to the broker).
+    fn end_offset(&self) -> Option<i64> {
+        let (mut low, mut high) = (-1i64, -1i64);
+        // SAFETY: the client pointer is valid while `self.consumer` lives (we hold an Arc of
+        // it), `topic_c` is a NUL-terminated string that outlives the call, and librdkafka
+        // only writes the two offsets through the pointers it is given. rust-rdkafka wraps
+        // only the variant that asks the broker (`fetch_watermarks`).
+        let err = unsafe {
+            rdkafka::bindings::rd_kafka_get_watermark_offsets(
+                self.consumer.client().native_ptr(),
+                self.topic_c.as_ptr(),
+                self.partition,
+                &mut low,
+                &mut high,
+            )
+        };
+        (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
+            .then_some(high)
     }
 
     fn read(&mut self, max_rows: usize, linger: Duration) -> Result<ReadResult> {

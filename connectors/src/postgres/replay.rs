@@ -60,7 +60,7 @@ pub(super) fn pg(doing: &str, e: &postgres::Error) -> WeirError {
     error(format!("{doing}: {}", describe(e)))
 }
 
-fn connect(config: &PostgresSinkConfig, application: &str) -> Result<Client> {
+pub(super) fn connect(config: &PostgresSinkConfig, application: &str) -> Result<Client> {
     let mut c = postgres::Config::from_str(config.url.expose())
         .map_err(|e| error(format!("url {}: {}", config.url, describe(&e))))?;
     c.application_name(application);

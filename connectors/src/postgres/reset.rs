@@ -15,6 +15,55 @@ use super::config::PostgresSinkConfig;
 use super::replay::{error, pg, LockMode, PipelineLock};
 use super::sql::{self, CHECKPOINT_TABLE};
 
+/// A stored checkpoint and when it was written (epoch ms), when the store says.
+pub type WrittenCheckpoint = (Checkpoint, Option<i64>);
+
+/// The qualified checkpoint table, every stored checkpoint of `pipeline` in it and when each
+/// was last written (epoch ms), read without the pipeline's lock (`weir status`: a running
+/// worker may move them on meanwhile; each row is read as committed).
+pub fn stored_checkpoints(
+    config: &PostgresSinkConfig,
+    pipeline: &str,
+) -> Result<(String, Vec<WrittenCheckpoint>)> {
+    let mut client = super::replay::connect(config, "weir status")?;
+    let table = sql::qualified(config.schema.as_deref(), CHECKPOINT_TABLE);
+    let stored = read(&mut client, &table, pipeline)?;
+    Ok((table, stored))
+}
+
+/// The checkpoint rows of `pipeline` in `table` (none when the table does not exist yet).
+fn read(
+    client: &mut postgres::Client,
+    table: &str,
+    pipeline: &str,
+) -> Result<Vec<WrittenCheckpoint>> {
+    let exists: bool = client
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+        .map(|r| r.get(0))
+        .map_err(|e| pg("look the checkpoint table up", &e))?;
+    if !exists {
+        return Ok(Vec::new());
+    }
+    let query = format!(
+        "SELECT topic, partition, state, (extract(epoch FROM updated_at) * 1000)::bigint \
+         FROM {table} WHERE pipeline = $1 ORDER BY topic, partition"
+    );
+    let rows = client
+        .query(&query, &[&pipeline])
+        .map_err(|e| pg("read the pipeline's checkpoints", &e))?;
+    rows.iter()
+        .map(|r| {
+            let (topic, partition): (String, i32) = (r.get(0), r.get(1));
+            let state: Vec<u8> = r.get(2);
+            let written: Option<i64> = r.get(3);
+            let place = format!(
+                "postgres {table} (pipeline {pipeline:?}, topic {topic:?}, partition {partition})"
+            );
+            Ok((decode(&state, Path::new(&place))?, written))
+        })
+        .collect()
+}
+
 /// The checkpoints of one pipeline in PostgreSQL, held for a reset. See the module docs.
 pub struct ResetCheckpoints {
     lock: PipelineLock,
@@ -41,32 +90,8 @@ impl ResetCheckpoints {
 
     /// Every stored checkpoint of the pipeline (none when the table does not exist yet).
     pub fn stored(&mut self) -> Result<Vec<Checkpoint>> {
-        let client = &mut self.lock.client;
-        let exists: bool = client
-            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&self.checkpoints])
-            .map(|r| r.get(0))
-            .map_err(|e| pg("look the checkpoint table up", &e))?;
-        if !exists {
-            return Ok(Vec::new());
-        }
-        let query = format!(
-            "SELECT topic, partition, state FROM {} WHERE pipeline = $1 ORDER BY topic, partition",
-            self.checkpoints
-        );
-        let rows = client
-            .query(&query, &[&self.pipeline])
-            .map_err(|e| pg("read the pipeline's checkpoints", &e))?;
-        rows.iter()
-            .map(|r| {
-                let (topic, partition): (String, i32) = (r.get(0), r.get(1));
-                let state: Vec<u8> = r.get(2);
-                let place = format!(
-                    "postgres {} (pipeline {:?}, topic {topic:?}, partition {partition})",
-                    self.checkpoints, self.pipeline
-                );
-                decode(&state, Path::new(&place))
-            })
-            .collect()
+        let stored = read(&mut self.lock.client, &self.checkpoints, &self.pipeline)?;
+        Ok(stored.into_iter().map(|(c, _)| c).collect())
     }
 
     /// Replace every checkpoint of the pipeline by its reset marker, in one transaction;

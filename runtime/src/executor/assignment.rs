@@ -57,6 +57,10 @@ impl Executor {
             .upstream_at
             .insert(tp.clone(), upstream.acknowledged);
         let reader = self.source.open(topic, partition, task.next_offset())?;
+        let live = self
+            .metrics
+            .track_partition(topic, partition, task.next_offset());
+        self.lane_metrics.insert(lane.clone(), live.clone());
         let (tx, rx) = bounded(self.config.channel_capacity.max(1));
         let stop = Shutdown::new();
         let handle = spawn_reader(
@@ -65,7 +69,7 @@ impl Executor {
             [stop.clone(), shutdown.clone()],
             (self.config.max_rows, self.config.linger),
             self.metrics.clone(),
-            partition,
+            live,
         )?;
         let worker = (0..running.load.len())
             .min_by_key(|w| running.load[*w])

@@ -59,7 +59,7 @@ use crate::error::{ErrorClass, Result, WeirError};
 use crate::events;
 use crate::global::GlobalStage;
 use crate::lane::Lane;
-use crate::metrics::{Counters, Metrics};
+use crate::metrics::{now_ms, Counters, Metrics, PartitionMetrics, RunState};
 use crate::operator::Emit;
 use crate::retry::{retry, RetryBudget};
 use crate::shutdown::Shutdown;
@@ -193,6 +193,8 @@ pub struct Executor {
     dlq: Box<dyn DlqWriter>,
     store: Arc<dyn CheckpointStore>,
     metrics: Arc<Metrics>,
+    /// The live values of each partition being read (the sink stage's handles).
+    lane_metrics: HashMap<Lane, Arc<PartitionMetrics>>,
     global: Option<Global>,
 }
 
@@ -223,8 +225,16 @@ impl Executor {
             dlq,
             store,
             metrics: Arc::new(Metrics::default()),
+            lane_metrics: HashMap::new(),
             global: None,
         }
+    }
+
+    /// Count into `metrics` (shared with a metrics endpoint started before the run) instead
+    /// of a fresh set.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Merge the partitions' partial results in `stage` (a two-phase aggregation, see
@@ -249,6 +259,18 @@ impl Executor {
     /// then drain and checkpoint. With a consumer group, run until `shutdown`.
     pub fn run(mut self, shutdown: Shutdown) -> Result<RunSummary> {
         let started = Instant::now();
+        self.metrics
+            .set_sinks(self.sinks.iter().map(|s| s.name().to_string()));
+        let result = self.run_inner(shutdown, started);
+        self.metrics.set_state(match result {
+            Ok(_) => RunState::Stopped,
+            Err(_) => RunState::Failing,
+        });
+        self.metrics.set_state(RunState::Stopped);
+        result
+    }
+
+    fn run_inner(&mut self, shutdown: Shutdown, started: Instant) -> Result<RunSummary> {
         let assignments = self.source.assignments()?;
         let fixed = match assignments {
             Some(_) => None,
@@ -295,9 +317,10 @@ impl Executor {
             let (ctl_tx, ctl_rx) = unbounded::<NewLane>();
             let tx = sink_tx.clone();
             let timing = (self.config.checkpoint_interval, self.config.idle_timeout);
+            let metrics = self.metrics.clone();
             let handle = thread::Builder::new()
                 .name(format!("weir-cpu-{n}"))
-                .spawn(move || run_worker(ctl_rx, tx, timing))
+                .spawn(move || run_worker(ctl_rx, tx, timing, metrics))
                 .map_err(|e| WeirError::Internal(format!("spawn worker: {e}")))?;
             running.workers.push(ctl_tx);
             worker_handles.push(handle);
@@ -321,6 +344,7 @@ impl Executor {
             }
         }
         if result.is_ok() {
+            self.metrics.set_state(RunState::Running);
             result = self.run_sink_stage(&sink_rx, assignments.as_ref(), &shutdown, &mut running);
         }
         if result.is_ok() {
@@ -328,6 +352,7 @@ impl Executor {
         }
         let unacknowledged = self.acknowledge_final(&mut running);
         if result.is_err() {
+            self.metrics.set_state(RunState::Failing);
             shutdown.trigger();
         }
         // No more partitions: workers return once their lanes are drained.

@@ -22,8 +22,9 @@ pub(super) fn spawn_reader(
     stops: [Shutdown; 2],
     (max_rows, linger): (usize, Duration),
     metrics: Arc<Metrics>,
-    partition: i32,
+    live: Arc<PartitionMetrics>,
 ) -> Result<JoinHandle<Result<()>>> {
+    let partition = live.partition;
     thread::Builder::new()
         .name(format!("weir-read-{partition}"))
         .spawn(move || -> Result<()> {
@@ -34,10 +35,24 @@ pub(super) fn spawn_reader(
                     ReadResult::Batch(b) if b.is_empty() => continue,
                     ReadResult::Batch(b) => {
                         caught_up = false;
+                        let bytes: usize = b
+                            .messages
+                            .iter()
+                            .map(|m| {
+                                m.payload.as_ref().map_or(0, Vec::len)
+                                    + m.key.as_ref().map_or(0, Vec::len)
+                            })
+                            .sum();
+                        metrics.read_bytes(bytes as u64);
+                        live.read_to(b.messages.last().map(|m| m.offset + 1), reader.end_offset());
                         ReaderMsg::Batch(b)
                     }
-                    ReadResult::Idle if caught_up => continue,
+                    ReadResult::Idle if caught_up => {
+                        live.read_to(None, reader.end_offset());
+                        continue;
+                    }
                     ReadResult::Idle => {
+                        live.read_to(None, reader.end_offset());
                         // A full channel means a backlog, which is not idleness: say it
                         // on the next empty read instead.
                         caught_up = tx.try_send(ReaderMsg::CaughtUp).is_ok();

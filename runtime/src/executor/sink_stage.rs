@@ -139,6 +139,8 @@ impl Executor {
                 let tp = (topic, partition);
                 running.lifetime.insert(tp.clone(), lifetime);
                 running.all_ended &= ended;
+                self.lane_metrics.remove(&Lane::of(&tp));
+                self.metrics.untrack_partition(&tp.0, partition);
                 if let Some(owned) = running.owned.remove(&tp) {
                     running.load[owned.worker] = running.load[owned.worker].saturating_sub(1);
                     if owned.fenced {
@@ -211,6 +213,10 @@ impl Executor {
         shutdown: &Shutdown,
     ) -> Result<()> {
         let letters = std::mem::take(&mut out.dead_letters);
+        let watermark = out.event_watermark.or(out.watermark);
+        if let (Some(w), Some(live)) = (watermark, self.lane_metrics.get(&lane)) {
+            live.set_watermark(w);
+        }
         // With a global stage the tasks' rows are partials: it merges them, and writes the
         // final rows of the windows they close in the global lane.
         let (out_lane, batches) = match &mut self.global {
@@ -231,7 +237,7 @@ impl Executor {
         };
         let mut rejects = Vec::new();
         for batch in &batches {
-            for sink in &mut self.sinks {
+            for (i, sink) in self.sinks.iter_mut().enumerate() {
                 let outcome = retry(
                     &self.config.retry,
                     shutdown,
@@ -239,6 +245,10 @@ impl Executor {
                     sink.name().to_string(),
                     || sink.write(&out_lane, batch),
                 )?;
+                self.metrics.sink_wrote(
+                    i,
+                    batch.num_rows().saturating_sub(outcome.rejected.len()) as u64,
+                );
                 if !outcome.rejected.is_empty() {
                     rejects.extend(sink_rejects(
                         &self.config.pipeline,
@@ -272,6 +282,11 @@ impl Executor {
                 "dlq".into(),
                 || dlq.write(lane, letters),
             )?;
+            self.metrics.dead_lettered(letters);
+        }
+        if let (Some(t), false) = (out.source_time_ms, batches.is_empty()) {
+            let latency = now_ms().saturating_sub(t).max(0) as u64;
+            self.metrics.written_after(Duration::from_millis(latency));
         }
         self.metrics.add(&out.delta);
         Ok(())
@@ -370,6 +385,9 @@ impl Executor {
         retry(budget, shutdown, metrics, "dlq".into(), || {
             dlq.commit(lane, e)
         })?;
+        if let Some(live) = self.lane_metrics.get(lane) {
+            live.checkpointed(c.next_offset, now_ms());
+        }
         events::CheckpointCommitted {
             lane,
             epoch: e,

@@ -26,6 +26,7 @@ pub(super) fn run_worker(
     ctl: Receiver<NewLane>,
     tx: Sender<SinkMsg>,
     (interval, idle_timeout): (Duration, Duration),
+    metrics: Arc<Metrics>,
 ) {
     let mut lanes: Vec<TaskLane> = Vec::new();
     let mut ctl_open = true;
@@ -80,7 +81,15 @@ pub(super) fn run_worker(
                 Ok(ReaderMsg::Batch(raw)) => {
                     lane.last_input = Instant::now();
                     lane.caught_up_since = None;
-                    (lane.task.process(&raw).map(|o| with_source(o, raw)), None)
+                    let newest = raw.messages.iter().filter_map(|m| m.timestamp_ms).max();
+                    let started = Instant::now();
+                    let out = lane.task.process(&raw);
+                    metrics.batch_processed(started.elapsed());
+                    let out = out.map(|mut o| {
+                        o.source_time_ms = newest;
+                        with_source(o, raw)
+                    });
+                    (out, None)
                 }
                 Ok(ReaderMsg::End) => (lane.task.end_of_input(), Some(true)),
                 // The reader stopped (shutdown, revocation or error) and everything it sent
