@@ -293,6 +293,12 @@ impl Collector for RunCollector {
         )?;
         counter(
             e,
+            "weir_partitions_fenced",
+            "Partitions dropped because a newer owner claimed them (a late revocation's checkpoint was refused).",
+            m.fenced_partitions(),
+        )?;
+        counter(
+            e,
             "weir_acknowledge_failures",
             "Durable checkpoints the source could not acknowledge upstream.",
             m.acknowledge_failures(),

@@ -292,6 +292,7 @@ impl Default for Metrics {
             ack_failures: AtomicU64::new(0),
             checkpoint_ms: AtomicU64::new(0),
             lost: AtomicU64::new(0),
+            fenced: AtomicU64::new(0),
             transient_retries: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),
             state: AtomicU8::new(RunState::Starting as u8),
