@@ -542,7 +542,13 @@ fn kafka_rows(topic: &str, partitions: i32, at_least: usize) -> Rows {
     ))
 }
 
+/// Needs a broker that implements transactions (Apache Kafka): on tansu, which does not hide
+/// aborted records, output rows are repeated after SIGKILLs and a dead letter was seen lost.
 fn kafka_case(kills: usize) {
+    assert!(
+        broker_is_apache_kafka(),
+        "needs a broker that implements transactions (WEIR_TEST_BROKER=kafka)"
+    );
     let input = Input::produce(false, kills);
     let name = unique("two-topics-kafka");
     let out_topic = create_topic(2);
@@ -556,42 +562,8 @@ fn kafka_case(kills: usize) {
     run_to_end(dir.path(), &name, &input, kills, &|| true);
     let want = input.events().len();
     let rows = kafka_rows(&out_topic, 2, want);
-    if kills == 0 || broker_is_apache_kafka() {
-        assert_exactly_once(rows, &input, &format!("kafka after {kills} SIGKILLs"));
-        assert_dlq(dir.path(), &input);
-        return;
-    }
-    // tansu does not hide aborted transactions from read_committed readers
-    // (ARCHITECTURE.md, "Checkpoint protocol"): a killed run's aborted rows are read too.
-    // What must hold: every event is there, with its values, and nothing else.
-    let mut last: BTreeMap<String, (String, f64)> = BTreeMap::new();
-    for (id, s, t) in rows {
-        if let Some(prev) = last.insert(id.clone(), (s.clone(), t)) {
-            assert_eq!(prev, (s, t), "two values for {id}");
-        }
-    }
-    let got: Rows = last.into_iter().map(|(id, (s, t))| (id, s, t)).collect();
-    assert_exactly_once(
-        got,
-        &input,
-        &format!("kafka (distinct keys) after {kills} SIGKILLs"),
-    );
-    // The same broker limit: the store cannot tell a committed checkpoint from an aborted
-    // one for certain (it skips those past the group's committed offset), so after SIGKILLs
-    // a dead letter may be written twice. Every poison message must be there, and nothing
-    // else.
-    let mut got: Vec<(String, i32, i64)> = read_dlq_dir(dir.path().join("dlq"))
-        .unwrap()
-        .into_iter()
-        .map(|l| (l.topic, l.partition, l.offset))
-        .collect();
-    got.sort();
-    got.dedup();
-    assert_eq!(
-        got,
-        input.poison(),
-        "dead letters of both topics (distinct)"
-    );
+    assert_exactly_once(rows, &input, &format!("kafka after {kills} SIGKILLs"));
+    assert_dlq(dir.path(), &input);
 }
 
 #[test]
