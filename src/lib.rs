@@ -37,8 +37,8 @@ pub mod prelude {
         TerminalSinkConfig,
     };
     pub use weir_operators::{
-        AggregateConfig, FieldConfig, FieldType, LatePolicy, Projection, ProjectionOperator,
-        SchemaConfig, TumbleConfig, Upcasters,
+        AggregateConfig, DedupConfig, FieldConfig, FieldType, LatePolicy, Projection,
+        ProjectionOperator, SchemaConfig, TumbleConfig, Upcasters,
     };
     pub use weir_runtime::{NullSink, RunSummary, Shutdown};
 }

@@ -11,7 +11,7 @@ use weir_operators::{
     GlobalWindow, JsonDecoder, KeyCheckOperator, KeyPlacement, ProjectOperator, SchemaConfig,
     SqlOptions, SqlPlan, TumbleConfig, TwoPhaseShared, UpcastOperator, Upcasters, WindowConfig,
 };
-use weir_operators::{ConfigUpcastOperator, UpcastConfig};
+use weir_operators::{ConfigUpcastOperator, DedupConfig, DedupOperator, UpcastConfig};
 use weir_runtime::error::{Result, WeirError};
 use weir_runtime::executor::TaskFactory;
 use weir_runtime::{
@@ -31,6 +31,7 @@ pub type OperatorFactory =
 enum OpSpec {
     Filter(String),
     Project(Vec<(String, String)>),
+    Dedup(DedupConfig),
     Window(WindowConfig),
     /// The per-partition phase of a window whose groups span partitions.
     PartialWindow(WindowConfig, Arc<TwoPhaseShared>),
@@ -124,6 +125,13 @@ impl Pipeline {
                 .map(|(e, n)| (e.to_string(), n.to_string()))
                 .collect(),
         ));
+        self
+    }
+
+    /// Drop rows whose `keys` were seen within `within_ms` of event time (the idempotent
+    /// consumer's inbox; ARCHITECTURE.md, "Dedup"). Place it before windows and projections.
+    pub fn dedup(mut self, config: DedupConfig) -> Self {
+        self.ops.push(OpSpec::Dedup(config));
         self
     }
 
@@ -578,6 +586,8 @@ fn build_ops(
             OpSpec::Project(cols) => {
                 ProjectOperator::new(&name, cols, input.clone()).map(|o| Box::new(o) as _)
             }
+            OpSpec::Dedup(d) => DedupOperator::new(&name, d, input.clone(), &schema.event_time)
+                .map(|o| Box::new(o) as _),
             OpSpec::Window(w) => colocation
                 .check_window_keys(&w.keys, &w.kind)
                 .and_then(|_| build_window(&name, w, input.clone(), &schema.event_time)),

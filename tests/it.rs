@@ -15,6 +15,7 @@ mod kafka_pipeline;
 mod kafka_unreachable;
 mod lanes_upgrade;
 mod order_projection_pg;
+mod orders_pipeline;
 mod postgres_kafka_crash;
 mod postgres_pipeline;
 mod replay_pg;
