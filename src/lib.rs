@@ -52,6 +52,7 @@ pub fn iot_schema() -> SchemaConfig {
         event_time: "event_time".into(),
         partition_key: Some("sensor_id".into()),
         partition_key_check: Default::default(),
+        metadata: Default::default(),
         fields: vec![
             f("event_id", FieldType::String),
             f("sensor_id", FieldType::String),

@@ -294,9 +294,13 @@ impl Pipeline {
         if self.sinks.is_empty() {
             return Err(missing("sink"));
         }
-        let source = self
+        let mut source = self
             .source
             .ok_or_else(|| WeirError::Config(format!("pipeline `{}` has no source", self.name)))?;
+        let headers = schema.metadata.header_names();
+        if !headers.is_empty() {
+            source.keep_headers(&headers);
+        }
         let dlq = self
             .dlq
             .ok_or_else(|| WeirError::Config(format!("pipeline `{}` has no dlq", self.name)))?;

@@ -10,6 +10,7 @@ mod colocation;
 mod config_errors;
 mod decode_rules;
 mod io_errors;
+mod kafka_metadata;
 mod kafka_offsets;
 mod kafka_pipeline;
 mod kafka_unreachable;

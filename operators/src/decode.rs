@@ -30,7 +30,7 @@ use json::{Reader, Token};
 use rules::{Fault, FieldRule, Scalar, Value};
 use tree::{Node, NodeKind};
 
-use crate::schema::{FieldType, SchemaConfig};
+use crate::schema::{FieldType, MetadataSource, SchemaConfig};
 
 /// Decodes JSON objects into the declared schema, plus the [`OFFSET_COLUMN`].
 pub struct JsonDecoder {
@@ -45,6 +45,9 @@ pub struct JsonDecoder {
     stamp: u32,
     /// Where the declared fields are in an event.
     nodes: Vec<Node>,
+    /// The metadata columns (they follow the fields' columns), with what each holds and,
+    /// for a header, its name.
+    metadata: Vec<(MetadataSource, String)>,
 }
 
 impl JsonDecoder {
@@ -53,9 +56,22 @@ impl JsonDecoder {
         let mut fields: Vec<Arc<Field>> = events.fields().iter().cloned().collect();
         fields.push(Arc::new(Field::new(OFFSET_COLUMN, DataType::Int64, false)));
         let columns: Vec<Column> = schema
-            .fields
+            .columns()
             .iter()
             .map(|f| Column::new(FieldRule::new(f)))
+            .collect();
+        let headers = schema.metadata.header_names();
+        let metadata = schema
+            .metadata
+            .columns()
+            .into_iter()
+            .map(|(_, source, _)| {
+                let header = match source {
+                    MetadataSource::Header(h) => headers[h].clone(),
+                    _ => String::new(),
+                };
+                (source, header)
+            })
             .collect();
         Self {
             output: Arc::new(Schema::new(fields)),
@@ -64,11 +80,18 @@ impl JsonDecoder {
             rows: 0,
             stamp: 0,
             nodes: tree::build(&schema.fields),
+            metadata,
         }
     }
 
     /// Append `payload` as one row, or leave the buffers as they were and say why not.
-    fn decode_message(&mut self, payload: &[u8]) -> std::result::Result<(), Fault> {
+    fn decode_message(
+        &mut self,
+        payload: &[u8],
+        m: &RawMessage,
+        topic: &str,
+        partition: i32,
+    ) -> std::result::Result<(), Fault> {
         self.stamp = self.stamp.wrapping_add(1);
         if self.stamp == 0 {
             self.set_in.fill(0);
@@ -91,7 +114,9 @@ impl JsonDecoder {
             )),
             Ok(()) => match row.fault.take() {
                 Some(fault) => Err(fault),
-                None => self.fill_absent(),
+                None => self
+                    .fill_absent()
+                    .and_then(|()| self.put_metadata(m, topic, partition)),
             },
         };
         match outcome {
@@ -107,13 +132,70 @@ impl JsonDecoder {
 
     /// Nulls for the nullable fields the message left out; a fault for a required one.
     fn fill_absent(&mut self) -> std::result::Result<(), Fault> {
-        for (c, set) in self.columns.iter_mut().zip(&self.set_in) {
+        let fields = self.columns.len() - self.metadata.len();
+        for (c, set) in self.columns[..fields].iter_mut().zip(&self.set_in) {
             if *set != self.stamp {
                 if !c.rule.nullable {
                     return Err(c.rule.missing());
                 }
                 c.push(Value::Null)?;
             }
+        }
+        Ok(())
+    }
+
+    /// The metadata columns of message `m` (after the fields' columns).
+    fn put_metadata(
+        &mut self,
+        m: &RawMessage,
+        topic: &str,
+        partition: i32,
+    ) -> std::result::Result<(), Fault> {
+        let first = self.columns.len() - self.metadata.len();
+        for (i, (source, header)) in self.metadata.iter().enumerate() {
+            let column = &mut self.columns[first + i];
+            let not_utf8 = |what: String| {
+                Fault::new(
+                    ErrorKind::WrongType,
+                    format!(
+                        "metadata column `{}`: {what} is not UTF-8",
+                        column.rule.name
+                    ),
+                )
+            };
+            let value = match source {
+                MetadataSource::Key => match m.key.as_deref() {
+                    None => Value::Null,
+                    Some(k) => Value::Str(
+                        std::str::from_utf8(k).map_err(|_| not_utf8("the message key".into()))?,
+                    ),
+                },
+                MetadataSource::Timestamp => match m.timestamp_ms {
+                    Some(t) => Value::TimestampMs(t),
+                    None if column.rule.nullable => Value::Null,
+                    None => {
+                        return Err(Fault::new(
+                            ErrorKind::MissingField,
+                            format!(
+                                "the message has no timestamp, and `{}` (its timestamp) is the \
+                                 event time",
+                                column.rule.name
+                            ),
+                        ))
+                    }
+                },
+                MetadataSource::Topic => Value::Str(topic),
+                MetadataSource::Partition => Value::I32(partition),
+                MetadataSource::Offset => Value::I64(m.offset),
+                MetadataSource::Header(h) => match m.headers.get(*h).and_then(|v| v.as_deref()) {
+                    None => Value::Null,
+                    Some(v) => Value::Str(
+                        std::str::from_utf8(v)
+                            .map_err(|_| not_utf8(format!("header `{header}`")))?,
+                    ),
+                },
+            };
+            column.push(value)?;
         }
         Ok(())
     }
@@ -156,7 +238,7 @@ impl Decoder for JsonDecoder {
                     ErrorKind::EmptyMessage,
                     "payload is empty".into(),
                 )),
-                Some(p) => match self.decode_message(p) {
+                Some(p) => match self.decode_message(p, m, &raw.topic, raw.partition) {
                     Ok(()) => offsets.push(m.offset),
                     Err(f) => rejects.push(reject(m, f.kind, f.message)),
                 },
@@ -625,6 +707,7 @@ mod tests {
             event_time: "ts".into(),
             partition_key: None,
             partition_key_check: Default::default(),
+            metadata: Default::default(),
             fields: vec![
                 FieldConfig::new("id", FieldType::String),
                 FieldConfig {
@@ -1362,6 +1445,148 @@ mod tests {
         assert_eq!(kind, ErrorKind::InvalidJson);
     }
 
+    /// `id` from the payload; key, broker timestamp (the event time), topic, partition,
+    /// offset and two headers from the message.
+    fn with_metadata() -> SchemaConfig {
+        serde_json::from_str(
+            r#"{"event_time":"broker_ts","fields":[{"name":"id","type":"string"}],
+            "metadata":{"key":"msg_key","timestamp":"broker_ts","topic":"topic","partition":"part",
+            "offset":"off","headers":{"correlation_id":"correlation-id","trace":"traceparent"}}}"#,
+        )
+        .unwrap()
+    }
+
+    fn message(
+        offset: i64,
+        key: Option<&[u8]>,
+        ts: Option<i64>,
+        headers: Vec<Option<&[u8]>>,
+    ) -> RawMessage {
+        RawMessage {
+            offset,
+            key: key.map(<[u8]>::to_vec),
+            payload: Some(format!(r#"{{"id":"e{offset}"}}"#).into_bytes()),
+            timestamp_ms: ts,
+            headers: headers.into_iter().map(|h| h.map(<[u8]>::to_vec)).collect(),
+        }
+    }
+
+    #[test]
+    fn metadata_columns_hold_the_key_timestamp_topic_partition_offset_and_headers() {
+        let s = with_metadata();
+        let names: Vec<String> = s
+            .arrow_schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "id",
+                "msg_key",
+                "broker_ts",
+                "topic",
+                "part",
+                "off",
+                "correlation_id",
+                "trace"
+            ]
+        );
+        assert_eq!(s.metadata.header_names(), ["correlation-id", "traceparent"]);
+        let mut d = JsonDecoder::new(&s);
+        let raw = RawBatch::new(
+            "orders".into(),
+            3,
+            vec![
+                message(7, Some(b"k-1"), Some(T), vec![Some(b"c-1"), None]),
+                message(8, None, Some(T + 1), vec![None, Some(b"00-ab")]),
+            ],
+        );
+        let out = d.decode(&raw).unwrap();
+        assert!(out.rejects.is_empty(), "{:?}", out.rejects);
+        let b = out.batch.unwrap();
+        let text = |name: &str| -> Vec<Option<String>> {
+            let a = b.column_by_name(name).unwrap();
+            let a = a.as_any().downcast_ref::<StringArray>().unwrap();
+            a.iter().map(|v| v.map(str::to_string)).collect()
+        };
+        assert_eq!(text("msg_key"), [Some("k-1".into()), None]);
+        assert_eq!(
+            text("topic"),
+            [Some("orders".into()), Some("orders".into())]
+        );
+        assert_eq!(text("correlation_id"), [Some("c-1".into()), None]);
+        assert_eq!(text("trace"), [None, Some("00-ab".into())]);
+        let ts = b.column_by_name("broker_ts").unwrap();
+        let ts = ts
+            .as_any()
+            .downcast_ref::<TimestampMillisecondArray>()
+            .unwrap();
+        assert_eq!(ts.values(), &[T, T + 1]);
+        let part = b.column_by_name("part").unwrap();
+        assert_eq!(
+            part.as_any().downcast_ref::<Int32Array>().unwrap().values(),
+            &[3, 3]
+        );
+        let off = b.column_by_name("off").unwrap();
+        assert_eq!(
+            off.as_any().downcast_ref::<Int64Array>().unwrap().values(),
+            &[7, 8]
+        );
+    }
+
+    #[test]
+    fn a_message_whose_metadata_does_not_fit_is_dead_lettered_and_the_rest_goes_on() {
+        let mut d = JsonDecoder::new(&with_metadata());
+        let raw = RawBatch::new(
+            "orders".into(),
+            0,
+            vec![
+                message(1, Some(b"\xff"), Some(T), vec![None, None]),
+                message(2, Some(b"k"), None, vec![None, None]),
+                message(3, Some(b"k"), Some(T), vec![Some(b"\xfe"), None]),
+                message(4, Some(b"k"), Some(T), vec![None, None]),
+            ],
+        );
+        let out = d.decode(&raw).unwrap();
+        let got: Vec<(i64, ErrorKind)> = out.rejects.iter().map(|r| (r.offset, r.kind)).collect();
+        assert_eq!(
+            got,
+            [
+                (1, ErrorKind::WrongType),
+                (2, ErrorKind::MissingField),
+                (3, ErrorKind::WrongType)
+            ]
+        );
+        assert!(
+            out.rejects[0]
+                .message
+                .contains("`msg_key`: the message key is not UTF-8"),
+            "{:?}",
+            out.rejects
+        );
+        assert!(
+            out.rejects[1].message.contains("no timestamp"),
+            "{:?}",
+            out.rejects
+        );
+        assert!(
+            out.rejects[2]
+                .message
+                .contains("header `correlation-id` is not UTF-8"),
+            "{:?}",
+            out.rejects
+        );
+        let b = out.batch.unwrap();
+        assert_eq!(b.num_rows(), 1);
+        let off = b.column_by_name("off").unwrap();
+        assert_eq!(
+            off.as_any().downcast_ref::<Int64Array>().unwrap().values(),
+            &[4]
+        );
+    }
+
     #[test]
     fn a_rejected_message_leaves_no_trace_in_the_rows_around_it() {
         // The bad value comes after good ones of the same message: they must not stay behind.
@@ -1492,7 +1717,7 @@ mod tests {
     proptest! {
         #[test]
         fn decode_never_panics_and_accounts_for_every_message(payloads in proptest::collection::vec(proptest::option::of(proptest::collection::vec(any::<u8>(), 0..40)), 0..40)) {
-            let msgs: Vec<RawMessage> = payloads.into_iter().enumerate().map(|(i, p)| RawMessage { offset: i as i64, key: None, payload: p, timestamp_ms: None }).collect();
+            let msgs: Vec<RawMessage> = payloads.into_iter().enumerate().map(|(i, p)| RawMessage { offset: i as i64, key: None, payload: p, timestamp_ms: None, headers: Vec::new() }).collect();
             let n = msgs.len();
             let mut d = JsonDecoder::new(&schema());
             let out = d.decode(&RawBatch::new("t".into(), 0, msgs)).unwrap();

@@ -31,7 +31,7 @@ pub use expr::{FilterOperator, ProjectOperator};
 pub use key_check::{KeyCheckOperator, KeyPlacement};
 pub use projection::{Projection, ProjectionOperator};
 pub use schema::{
-    Colocation, EpochUnit, FieldConfig, FieldType, PartitionKeyCheck, SchemaConfig,
+    Colocation, EpochUnit, FieldConfig, FieldType, MetadataConfig, PartitionKeyCheck, SchemaConfig,
     PLAUSIBLE_EPOCH_SECS,
 };
 pub use session::SessionWindow;

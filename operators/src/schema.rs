@@ -34,6 +34,82 @@ pub struct SchemaConfig {
     pub partition_key_check: PartitionKeyCheck,
     /// The fields of an event, in column order.
     pub fields: Vec<FieldConfig>,
+    /// `[schema.metadata]`: the message's own key, timestamp, topic, partition, offset and
+    /// headers as columns, after the fields.
+    #[serde(default)]
+    pub metadata: MetadataConfig,
+}
+
+/// `[schema.metadata]`: which of a message's own attributes become columns, and their names.
+/// They follow the declared fields, in this order: key, timestamp, topic, partition, offset,
+/// then the headers by column name.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MetadataConfig {
+    /// Column of the message key, as a string (null when the message has none; a key that is
+    /// not UTF-8 sends the message to the DLQ).
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Column of the broker (or producer) timestamp, a `timestamp`; it may be the
+    /// `event_time` (a message without one then goes to the DLQ).
+    #[serde(default)]
+    pub timestamp: Option<String>,
+    /// Column of the topic the message was read from (string).
+    #[serde(default)]
+    pub topic: Option<String>,
+    /// Column of its partition (int32).
+    #[serde(default)]
+    pub partition: Option<String>,
+    /// Column of its offset (int64).
+    #[serde(default)]
+    pub offset: Option<String>,
+    /// Columns of headers: column name → header name (`correlation_id = "correlation-id"`),
+    /// each a string (null when the message has no such header; the first one wins when it
+    /// has several; a value that is not UTF-8 sends the message to the DLQ).
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+}
+
+/// A message attribute that a metadata column holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetadataSource {
+    Key,
+    Timestamp,
+    Topic,
+    Partition,
+    Offset,
+    /// The header of this name (the index into [`MetadataConfig::header_names`]).
+    Header(usize),
+}
+
+impl MetadataConfig {
+    /// The metadata columns in column order: (column name, what it holds, its type).
+    pub fn columns(&self) -> Vec<(String, MetadataSource, FieldType)> {
+        let mut out = Vec::new();
+        let mut add = |c: &Option<String>, s: MetadataSource, t: FieldType| {
+            if let Some(c) = c {
+                out.push((c.clone(), s, t));
+            }
+        };
+        add(&self.key, MetadataSource::Key, FieldType::String);
+        add(
+            &self.timestamp,
+            MetadataSource::Timestamp,
+            FieldType::Timestamp,
+        );
+        add(&self.topic, MetadataSource::Topic, FieldType::String);
+        add(&self.partition, MetadataSource::Partition, FieldType::Int32);
+        add(&self.offset, MetadataSource::Offset, FieldType::Int64);
+        for (i, column) in self.headers.keys().enumerate() {
+            out.push((column.clone(), MetadataSource::Header(i), FieldType::String));
+        }
+        out
+    }
+
+    /// The header names the columns read, in the order of [`MetadataSource::Header`].
+    pub fn header_names(&self) -> Vec<String> {
+        self.headers.values().cloned().collect()
+    }
 }
 
 /// `[schema] partition_key_check`.
@@ -484,6 +560,25 @@ impl SchemaConfig {
             errors.push(format!("{prefix}.fields: at least one field is required"));
         }
         let mut seen = std::collections::HashSet::new();
+        for (column, _, _) in self.metadata.columns() {
+            if column.is_empty() || column == weir_runtime::OFFSET_COLUMN {
+                errors.push(format!(
+                    "{prefix}.metadata: column name `{column}` is empty or reserved"
+                ));
+            }
+            if !seen.insert(column.clone()) {
+                errors.push(format!(
+                    "{prefix}.metadata: `{column}` names two metadata columns"
+                ));
+            }
+        }
+        for (name, header) in &self.metadata.headers {
+            if header.is_empty() {
+                errors.push(format!(
+                    "{prefix}.metadata.headers.{name}: the header name must not be empty"
+                ));
+            }
+        }
         for (i, f) in self.fields.iter().enumerate() {
             if f.name.is_empty() {
                 errors.push(format!("{prefix}.fields[{i}].name: must not be empty"));
@@ -495,22 +590,24 @@ impl SchemaConfig {
                 ));
             }
             errors.extend(f.validate(&format!("{prefix}.fields[{i}]")));
-            if !seen.insert(f.name.as_str()) {
+            if !seen.insert(f.name.clone()) {
                 errors.push(format!(
-                    "{prefix}.fields[{i}].name: duplicate field `{}`",
+                    "{prefix}.fields[{i}].name: duplicate field `{}` (a field or a metadata \
+                     column)",
                     f.name
                 ));
             }
         }
         errors.extend(path_conflicts(&self.fields, prefix));
         if let Some(k) = &self.partition_key {
-            if !self.fields.iter().any(|f| &f.name == k) {
+            if !self.columns().iter().any(|f| &f.name == k) {
                 errors.push(format!(
                     "{prefix}.partition_key: `{k}` is not one of the declared fields"
                 ));
             }
         }
-        match self.fields.iter().find(|f| f.name == self.event_time) {
+        let columns = self.columns();
+        match columns.iter().find(|f| f.name == self.event_time) {
             None => errors.push(format!(
                 "{prefix}.event_time: `{}` is not one of the declared fields",
                 self.event_time
@@ -528,10 +625,24 @@ impl SchemaConfig {
         errors
     }
 
-    /// The Arrow schema of decoded events (without the offset column).
+    /// Every column of a decoded event: the declared fields, then the metadata columns (as
+    /// fields of their type; nullable except a timestamp that is the event time).
+    pub fn columns(&self) -> Vec<FieldConfig> {
+        let mut out = self.fields.clone();
+        for (name, source, t) in self.metadata.columns() {
+            let required = source == MetadataSource::Timestamp && name == self.event_time;
+            out.push(FieldConfig {
+                nullable: !required,
+                ..FieldConfig::new(name, t)
+            });
+        }
+        out
+    }
+
+    /// The arrow schema of decoded events (without the offset column).
     pub fn arrow_schema(&self) -> SchemaRef {
         Arc::new(Schema::new(
-            self.fields
+            self.columns()
                 .iter()
                 .map(|f| Field::new(&f.name, f.field_type.data_type(), f.nullable))
                 .collect::<Vec<_>>(),
@@ -728,6 +839,7 @@ mod tests {
             event_time: "ts".into(),
             partition_key: partition_key.map(str::to_string),
             partition_key_check: PartitionKeyCheck::Warn,
+            metadata: Default::default(),
             fields: vec![
                 FieldConfig::new("sensor_id", FieldType::String),
                 FieldConfig::new("ts", FieldType::Timestamp),
@@ -872,6 +984,28 @@ mod tests {
             ("d", Some("q[1]")),
         ]);
         assert_eq!(fine.validate("schema"), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_metadata_column_may_be_the_event_time_and_the_partition_key_but_not_reuse_a_name() {
+        let mut s = schema(None);
+        s.metadata.timestamp = Some("broker_ts".into());
+        s.metadata.key = Some("msg_key".into());
+        s.event_time = "broker_ts".into();
+        s.partition_key = Some("msg_key".into());
+        assert_eq!(s.validate("schema"), Vec::<String>::new());
+        s.metadata.topic = Some("sensor_id".into());
+        s.metadata.headers.insert("msg_key".into(), "".into());
+        let errors = s.validate("schema");
+        assert_eq!(
+            errors,
+            [
+                "schema.metadata: `msg_key` names two metadata columns",
+                "schema.metadata.headers.msg_key: the header name must not be empty",
+                "schema.fields[0].name: duplicate field `sensor_id` (a field or a metadata column)",
+            ],
+            "{errors:?}"
+        );
     }
 
     #[test]

@@ -283,6 +283,8 @@ pub struct KafkaSource {
     /// The group thread polling the consumer's main queue, and its stop flag.
     group_thread: Option<JoinHandle<()>>,
     group_stop: Arc<AtomicBool>,
+    /// The headers the pipeline reads ([`Source::keep_headers`]); empty: none is copied.
+    headers: Arc<[String]>,
 }
 
 impl std::fmt::Debug for KafkaSource {
@@ -315,6 +317,7 @@ impl KafkaSource {
             following: false,
             group_thread: None,
             group_stop: Arc::new(AtomicBool::new(false)),
+            headers: Arc::from(Vec::new()),
         })
     }
 
@@ -434,6 +437,7 @@ impl KafkaSource {
             topic: topic.clone(),
             partition,
             name: self.name.clone(),
+            headers: self.headers.clone(),
             expected: match start {
                 StartFrom::Offset(n) => Some(n),
                 StartFrom::Committed => None,
@@ -683,6 +687,10 @@ impl Source for KafkaSource {
 
     /// The commit of a stop: every partition's last checkpoint in one request, under one
     /// `commit_timeout_ms`.
+    fn keep_headers(&mut self, names: &[String]) {
+        self.headers = Arc::from(names.to_vec());
+    }
+
     fn acknowledge_all(&mut self, offsets: &[(TopicPartition, i64)]) -> Result<()> {
         let offsets: Vec<(&str, i32, i64)> = offsets
             .iter()
@@ -781,6 +789,29 @@ fn follow_group(
     }
 }
 
+/// The values of the `names` headers of `m`, in that order (the first header of a name wins;
+/// `None` when it is absent or has no value). Nothing is read or copied when `names` is
+/// empty.
+fn header_values<M: Message>(m: &M, names: &[String]) -> Vec<Option<Vec<u8>>> {
+    use rdkafka::message::Headers;
+    if names.is_empty() {
+        return Vec::new();
+    }
+    let mut values = vec![None; names.len()];
+    if let Some(headers) = m.headers() {
+        let mut found = vec![false; names.len()];
+        for h in headers.iter() {
+            if let Some(i) = names.iter().position(|n| n == h.key) {
+                if !found[i] {
+                    found[i] = true;
+                    values[i] = h.value.map(<[u8]>::to_vec);
+                }
+            }
+        }
+    }
+    values
+}
+
 /// Reads one assigned partition. See the module docs.
 pub struct KafkaPartitionReader {
     /// The partition belongs to a group assignment: the rebalance callback assigns and
@@ -792,6 +823,8 @@ pub struct KafkaPartitionReader {
     topic: Arc<str>,
     partition: i32,
     name: String,
+    /// The headers to copy into each message, in this order.
+    headers: Arc<[String]>,
     /// The offset the next message should have, when known (to report gaps).
     expected: Option<i64>,
     /// No message was read yet.
@@ -922,6 +955,7 @@ impl PartitionReader for KafkaPartitionReader {
                 key: m.key().map(<[u8]>::to_vec),
                 payload: m.payload().map(<[u8]>::to_vec),
                 timestamp_ms: m.timestamp().to_millis(),
+                headers: header_values(&m, &self.headers),
             });
         }
         if messages.is_empty() {
