@@ -660,10 +660,11 @@ pub(crate) fn output_schema(
     ops: &[OperatorConfig],
     plan: Option<&SqlPlan>,
 ) -> Option<SchemaRef> {
-    let specs: Vec<OpSpec> = match plan {
-        Some(p) => sql_specs(p),
-        None => specs(ops),
-    };
+    // With a query, `ops` are the dedups that run before it.
+    let mut specs: Vec<OpSpec> = specs(ops);
+    if let Some(p) = plan {
+        specs.extend(sql_specs(p));
+    }
     let (rest, input, first) = match two_phase(colocation, &specs) {
         Some(at) => {
             let (_, global) =

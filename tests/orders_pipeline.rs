@@ -321,8 +321,16 @@ fn envelopes(n: usize, seed: u64) -> Envelopes {
     }
 }
 
-const ENVELOPE_PIPELINE: &str = r#"
+/// The envelope pipeline: the dedup, then the window as a query or as an operator.
+fn envelope_pipeline(window: &WindowIn) -> String {
+    let (query, operator) = match window {
+        WindowIn::Query => (TUMBLE_QUERY, ""),
+        WindowIn::Operator => ("", TUMBLE_OPERATOR),
+    };
+    format!(
+        r#"
 name = "orders-envelope"
+{query}
 
 [source]
 type = "jsonl"
@@ -333,26 +341,18 @@ partitions = 1
 table = "orders"
 event_time = "event_time"
 fields = [
-  { name = "event_id", path = "eventId", type = "string" },
-  { name = "symbol", path = "payload.symbol", type = "string" },
-  { name = "price", path = "payload.price", type = "decimal(18, 4)" },
-  { name = "first_sku", path = "payload.items[0].sku", type = "string" },
-  { name = "event_time", path = "meta.time", type = "timestamp" },
+  {{ name = "event_id", path = "eventId", type = "string"}},
+  {{ name = "symbol", path = "payload.symbol", type = "string"}},
+  {{ name = "price", path = "payload.price", type = "decimal(18, 4)"}},
+  {{ name = "first_sku", path = "payload.items[0].sku", type = "string"}},
+  {{ name = "event_time", path = "meta.time", type = "timestamp"}},
 ]
 
 [[operators]]
 type = "dedup"
 keys = ["event_id"]
-within_ms = 5000
-
-[[operators]]
-type = "tumble"
-size_ms = 60000
-keys = ["symbol"]
-aggregates = [
-  { function = "count", alias = "n" },
-  { function = "sum", column = "price", alias = "total" },
-]
+within_ms = {WITHIN_MS}
+{operator}
 
 [[sinks]]
 type = "jsonl"
@@ -368,10 +368,40 @@ interval_ms = 50
 
 [batch]
 max_rows = 200
+"#
+    )
+}
+
+/// Where the window of [`envelope_pipeline`] is.
+enum WindowIn {
+    Query,
+    Operator,
+}
+
+const TUMBLE_OPERATOR: &str = r#"
+[[operators]]
+type = "tumble"
+size_ms = 60000
+keys = ["symbol"]
+aggregates = [
+  { function = "count", alias = "n" },
+  { function = "sum", column = "price", alias = "total" },
+]
 "#;
+
+const TUMBLE_QUERY: &str = r#"sql = "SELECT symbol, window_start, count(*) AS n, sum(price) AS total FROM orders GROUP BY symbol, TUMBLE(event_time, INTERVAL '1' MINUTE)""#;
 
 #[test]
 fn nested_order_events_deduplicated_by_event_id_sum_to_the_exact_totals_of_the_originals() {
+    deduplicated_envelopes(WindowIn::Operator);
+}
+
+#[test]
+fn a_dedup_before_a_query_drops_the_same_duplicates() {
+    deduplicated_envelopes(WindowIn::Query);
+}
+
+fn deduplicated_envelopes(window: WindowIn) {
     let dir = tempfile::tempdir().unwrap();
     let input = envelopes(4000, 29);
     assert!(
@@ -381,7 +411,7 @@ fn nested_order_events_deduplicated_by_event_id_sum_to_the_exact_totals_of_the_o
         input.reuses
     );
     std::fs::write(dir.path().join("in.jsonl"), input.lines.join("\n") + "\n").unwrap();
-    std::fs::write(dir.path().join("p.toml"), ENVELOPE_PIPELINE).unwrap();
+    std::fs::write(dir.path().join("p.toml"), envelope_pipeline(&window)).unwrap();
     let out = weir(&["run", "p.toml"], dir.path());
     assert!(out.status.success(), "{}", stderr(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
