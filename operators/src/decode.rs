@@ -1714,7 +1714,55 @@ mod tests {
         }
     }
 
+    /// A valid envelope of [`envelope`]'s schema.
+    fn valid_envelope(i: u32) -> String {
+        format!(
+            r#"{{"eventId":"e{i}","payload":{{"amount":{i}.25,"status":"new","items":[{{"sku":"A{i}"}},{{"sku":"B"}}]}},"meta":{{"time":{T}}}}}"#
+        )
+    }
+
     proptest! {
+        #[test]
+        fn a_nested_event_mutated_byte_by_byte_is_accepted_whole_or_dead_lettered(
+            events in proptest::collection::vec(
+                (0u32..1000, proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4)),
+                1..20,
+            )
+        ) {
+            let mut payloads = Vec::new();
+            for (i, edits) in &events {
+                let mut bytes = valid_envelope(*i).into_bytes();
+                for (at, b) in edits {
+                    let at = at.index(bytes.len());
+                    bytes[at] = *b;
+                }
+                payloads.push(Some(bytes));
+            }
+            let msgs: Vec<RawMessage> = payloads.iter().enumerate().map(|(i, p)| RawMessage { offset: i as i64, key: None, payload: p.clone(), timestamp_ms: None, headers: Vec::new() }).collect();
+            let n = msgs.len();
+            let out = JsonDecoder::new(&envelope()).decode(&RawBatch::new("t".into(), 0, msgs)).unwrap();
+            let rows = out.batch.as_ref().map_or(0, |b| b.num_rows());
+            prop_assert_eq!(rows + out.rejects.len(), n);
+            // An unmutated event is always accepted, with its values.
+            let untouched = events.iter().filter(|(_, e)| e.is_empty()).count();
+            prop_assert!(rows >= untouched);
+            if let Some(b) = &out.batch {
+                let ids = b.column_by_name("id").unwrap();
+                let ids = ids.as_any().downcast_ref::<StringArray>().unwrap();
+                let amount = b.column_by_name("amount").unwrap();
+                let amount = amount.as_any().downcast_ref::<Decimal128Array>().unwrap();
+                let offsets = b.column_by_name(OFFSET_COLUMN).unwrap();
+                let offsets = offsets.as_any().downcast_ref::<Int64Array>().unwrap();
+                for r in 0..b.num_rows() {
+                    let (i, edits) = &events[offsets.value(r) as usize];
+                    if edits.is_empty() {
+                        prop_assert_eq!(ids.value(r), format!("e{i}"));
+                        prop_assert_eq!(amount.value(r), i128::from(*i) * 10_000 + 2_500);
+                    }
+                }
+            }
+        }
+
         #[test]
         fn decode_never_panics_and_accounts_for_every_message(payloads in proptest::collection::vec(proptest::option::of(proptest::collection::vec(any::<u8>(), 0..40)), 0..40)) {
             let msgs: Vec<RawMessage> = payloads.into_iter().enumerate().map(|(i, p)| RawMessage { offset: i as i64, key: None, payload: p, timestamp_ms: None, headers: Vec::new() }).collect();
