@@ -440,3 +440,73 @@ fn deduplicated_envelopes(window: WindowIn) {
     assert_eq!(got, want);
     assert!(read_dlq_dir(dir.path().join("dlq")).unwrap().is_empty());
 }
+
+#[test]
+fn a_dedup_killed_at_random_points_and_restarted_drops_exactly_the_same_duplicates() {
+    let base = tempfile::tempdir().unwrap();
+    let input = envelopes(60_000, 31);
+    let text = input.lines.join("\n") + "\n";
+    let run_dir = |name: &str| {
+        let d = base.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("in.jsonl"), &text).unwrap();
+        std::fs::write(d.join("p.toml"), envelope_pipeline(&WindowIn::Operator)).unwrap();
+        d
+    };
+    let straight = run_dir("straight");
+    let started = std::time::Instant::now();
+    let out = weir(&["run", "p.toml"], &straight);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let full = started.elapsed();
+
+    let crashed = run_dir("crashed");
+    let mut rng = Rng(7);
+    let mut kills = 0;
+    for _ in 0..12 {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["run", "p.toml"])
+            .current_dir(&crashed)
+            .env("WEIR_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Between 5% and 30% of an uninterrupted run: each restart resumes from its
+        // checkpoints, so several kills land before the input ends.
+        let fraction = 0.05 + rng.below(1000) as f64 / 4000.0;
+        std::thread::sleep(std::time::Duration::from_millis(30) + full.mul_f64(fraction));
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        child.kill().unwrap(); // SIGKILL: no drain, no final checkpoint
+        child.wait().unwrap();
+        kills += 1;
+    }
+    assert!(kills >= 3, "only {kills} kills landed");
+    let out = weir(&["run", "p.toml"], &crashed);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let sorted = |dir: &Path| {
+        let mut lines = output_lines(dir);
+        lines.sort();
+        lines
+    };
+    let want = sorted(&straight);
+    assert!(want.len() > 100, "{}", want.len());
+    assert_eq!(
+        sorted(&crashed),
+        want,
+        "the output of an uninterrupted run, exactly once"
+    );
+    // And that output is the originals' totals.
+    let totals: i128 = input.windows.values().map(|w| w.total).sum();
+    let written: i128 = want
+        .iter()
+        .map(|l| {
+            raw_value(l, "total")
+                .replace('.', "")
+                .parse::<i128>()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(written, totals);
+}
