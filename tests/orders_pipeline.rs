@@ -510,3 +510,52 @@ fn a_dedup_killed_at_random_points_and_restarted_drops_exactly_the_same_duplicat
         .sum();
     assert_eq!(written, totals);
 }
+
+#[test]
+fn window_totals_of_decimal_prices_are_exact_postgres_numerics() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = orders(2000, 17);
+    std::fs::write(dir.path().join("in.jsonl"), input.lines.join("\n") + "\n").unwrap();
+    let table = format!("bars_{}", std::process::id());
+    let toml = pipeline()
+        .replace("name = \"orders-decimal\"", &format!("name = \"orders-pg-{table}\""))
+        .replace(
+            "[[sinks]]\ntype = \"jsonl\"\npath = \"out\"\n\n[[sinks]]\ntype = \"sqlite\"\npath = \"out.sqlite\"\ntable = \"bars\"",
+            &format!("[[sinks]]\ntype = \"postgres\"\nurl = \"{}\"\ntable = \"{table}\"", common::pg_url()),
+        )
+        .replace("[checkpoint]\ndir = \"checkpoints\"\n", "[checkpoint]\n");
+    assert!(toml.contains("type = \"postgres\""), "{toml}");
+    std::fs::write(dir.path().join("p.toml"), toml).unwrap();
+    let out = weir(&["run", "p.toml"], dir.path());
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let mut client = postgres::Client::connect(&common::pg_url(), postgres::NoTls).unwrap();
+    let kind: String = client
+        .query_one(
+            "SELECT data_type::text FROM information_schema.columns WHERE table_name = $1 AND column_name = 'total'",
+            &[&table],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(kind, "numeric");
+    let stored: BTreeMap<(String, i64), String> = client
+        .query(
+            &format!(
+                "SELECT symbol, (extract(epoch FROM window_start) * 1000)::int8, total::text FROM \"{table}\""
+            ),
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| ((r.get(0), r.get(1)), r.get(2)))
+        .collect();
+    let want: BTreeMap<_, _> = input
+        .windows
+        .iter()
+        .map(|(k, w)| (k.clone(), decimal_text(w.total, SCALE)))
+        .collect();
+    assert_eq!(stored, want);
+    client
+        .execute(&format!("DROP TABLE \"{table}\""), &[])
+        .unwrap();
+}
