@@ -101,6 +101,7 @@ fn main() -> anyhow::Result<()> {
         event_time: "time".into(),
         partition_key: None,
         partition_key_check: Default::default(),
+        metadata: Default::default(),
         fields: vec![
             field("order_id", FieldType::String, false),
             field("kind", FieldType::String, false),

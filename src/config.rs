@@ -625,7 +625,13 @@ fn check(s: Sections<'_>) -> Vec<String> {
             &colocation,
         ));
     }
-    errors.extend(rules::sql_or_operators(s.sql.is_some(), s.operators.len()));
+    // A dedup runs before the query: it is the one operator a `sql` pipeline may have.
+    let not_dedup = s
+        .operators
+        .iter()
+        .filter(|o| !matches!(o, OperatorConfig::Dedup(_)))
+        .count();
+    errors.extend(rules::sql_or_operators(s.sql.is_some(), not_dedup));
     errors
 }
 

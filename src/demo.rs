@@ -127,7 +127,7 @@ fn print_summary(s: &RunSummary, db: &std::path::Path, dir: &std::path::Path) {
     println!("  events/s      {:>12.0}", c.consumed as f64 / secs);
     println!("  checkpoints   {:>12}", s.checkpoints);
     println!(
-        "  accounting    consumed = aggregated + dlq + late_dropped + filtered: {}",
+        "  accounting    consumed = aggregated + dlq + late_dropped + filtered + deduplicated: {}",
         if c.balanced() {
             "holds"
         } else {

@@ -41,8 +41,8 @@ pub mod prelude {
         TerminalSinkConfig,
     };
     pub use weir_operators::{
-        AggregateConfig, FieldConfig, FieldType, LatePolicy, Projection, ProjectionOperator,
-        SchemaConfig, TumbleConfig, Upcasters,
+        AggregateConfig, DedupConfig, FieldConfig, FieldType, LatePolicy, Projection,
+        ProjectionOperator, SchemaConfig, TumbleConfig, Upcasters,
     };
     pub use weir_runtime::{NullSink, RunSummary, Shutdown};
 }
@@ -56,6 +56,7 @@ pub fn iot_schema() -> SchemaConfig {
         event_time: "event_time".into(),
         partition_key: Some("sensor_id".into()),
         partition_key_check: Default::default(),
+        metadata: Default::default(),
         fields: vec![
             f("event_id", FieldType::String),
             f("sensor_id", FieldType::String),

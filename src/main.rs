@@ -342,7 +342,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             let summary = result?;
             let c = summary.counters;
             println!(
-                "{}: {} events in {:.2}s ({:.0}/s): {} aggregated, {} rows out, {} dead-lettered, {} late, {} filtered; {} checkpoints{}",
+                "{}: {} events in {:.2}s ({:.0}/s): {} aggregated, {} rows out, {} dead-lettered, {} late, {} filtered, {} deduplicated; {} checkpoints{}",
                 cfg.name,
                 c.consumed,
                 summary.elapsed.as_secs_f64(),
@@ -352,6 +352,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 c.dlq,
                 c.late,
                 c.filtered,
+                c.deduplicated,
                 summary.checkpoints,
                 if summary.finished { "; input finished" } else { "; stopped, resume with the same command" }
             );

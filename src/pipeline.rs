@@ -11,7 +11,7 @@ use weir_operators::{
     GlobalWindow, JsonDecoder, KeyCheckOperator, KeyPlacement, ProjectOperator, SchemaConfig,
     SqlOptions, SqlPlan, TumbleConfig, TwoPhaseShared, UpcastOperator, Upcasters, WindowConfig,
 };
-use weir_operators::{ConfigUpcastOperator, UpcastConfig};
+use weir_operators::{ConfigUpcastOperator, DedupConfig, DedupOperator, UpcastConfig};
 use weir_runtime::error::{Result, WeirError};
 use weir_runtime::executor::TaskFactory;
 use weir_runtime::{
@@ -31,6 +31,7 @@ pub type OperatorFactory =
 enum OpSpec {
     Filter(String),
     Project(Vec<(String, String)>),
+    Dedup(DedupConfig),
     Window(WindowConfig),
     /// The per-partition phase of a window whose groups span partitions.
     PartialWindow(WindowConfig, Arc<TwoPhaseShared>),
@@ -134,6 +135,13 @@ impl Pipeline {
                 .map(|(e, n)| (e.to_string(), n.to_string()))
                 .collect(),
         ));
+        self
+    }
+
+    /// Drop rows whose `keys` were seen within `within_ms` of event time (the idempotent
+    /// consumer's inbox; ARCHITECTURE.md, "Dedup"). Place it before windows and projections.
+    pub fn dedup(mut self, config: DedupConfig) -> Self {
+        self.ops.push(OpSpec::Dedup(config));
         self
     }
 
@@ -296,9 +304,13 @@ impl Pipeline {
         if self.sinks.is_empty() {
             return Err(missing("sink"));
         }
-        let source = self
+        let mut source = self
             .source
             .ok_or_else(|| WeirError::Config(format!("pipeline `{}` has no source", self.name)))?;
+        let headers = schema.metadata.header_names();
+        if !headers.is_empty() {
+            source.keep_headers(&headers);
+        }
         let dlq = self
             .dlq
             .ok_or_else(|| WeirError::Config(format!("pipeline `{}` has no dlq", self.name)))?;
@@ -592,6 +604,8 @@ fn build_ops(
             OpSpec::Project(cols) => {
                 ProjectOperator::new(&name, cols, input.clone()).map(|o| Box::new(o) as _)
             }
+            OpSpec::Dedup(d) => DedupOperator::new(&name, d, input.clone(), &schema.event_time)
+                .map(|o| Box::new(o) as _),
             OpSpec::Window(w) => colocation
                 .check_window_keys(&w.keys, &w.kind)
                 .and_then(|_| build_window(&name, w, input.clone(), &schema.event_time)),
@@ -660,10 +674,11 @@ pub(crate) fn output_schema(
     ops: &[OperatorConfig],
     plan: Option<&SqlPlan>,
 ) -> Option<SchemaRef> {
-    let specs: Vec<OpSpec> = match plan {
-        Some(p) => sql_specs(p),
-        None => specs(ops),
-    };
+    // With a query, `ops` are the dedups that run before it.
+    let mut specs: Vec<OpSpec> = specs(ops);
+    if let Some(p) = plan {
+        specs.extend(sql_specs(p));
+    }
     let (rest, input, first) = match two_phase(colocation, &specs) {
         Some(at) => {
             let (_, global) =

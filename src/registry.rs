@@ -21,7 +21,9 @@ use weir_connectors::{
     ParquetSinkConfig, PostgresSinkConfig, PostgresStore, SqliteSink, SqliteSinkConfig,
     TerminalSink, TerminalSinkConfig,
 };
-use weir_operators::{HopConfig, LatePolicy, SessionConfig, TumbleConfig, WindowConfig};
+use weir_operators::{
+    DedupConfig, HopConfig, LatePolicy, SessionConfig, TumbleConfig, WindowConfig,
+};
 use weir_runtime::arrow::datatypes::Schema;
 use weir_runtime::error::{Result, WeirError};
 use weir_runtime::{CheckpointStore, DlqWriter, NullSink, Partitioning, SinkWriter, Source};
@@ -122,6 +124,8 @@ registry! {
         "hop" => Hop(HopConfig),
         /// Session window aggregation per key: `gap_ms`.
         "session" => Session(SessionConfig),
+        /// Drop rows whose `keys` were seen within `within_ms` of event time.
+        "dedup" => Dedup(DedupConfig),
     }
 }
 
@@ -180,6 +184,7 @@ pub trait CliSpec {
 // Operators and DLQs are never given as specs (`weir sql` keeps dead letters in its state
 // directory); the sinks that store checkpoints need a pipeline.toml.
 impl CliSpec for FilterConfig {}
+impl CliSpec for DedupConfig {}
 impl CliSpec for ProjectConfig {}
 impl CliSpec for TumbleConfig {}
 impl CliSpec for HopConfig {}
@@ -279,6 +284,15 @@ pub trait OperatorKind {
 impl OperatorKind for FilterConfig {
     fn add_to(&self, p: Pipeline) -> Pipeline {
         p.filter(&self.predicate)
+    }
+}
+
+impl OperatorKind for DedupConfig {
+    fn validate(&self, at: &str) -> Vec<String> {
+        DedupConfig::validate(self, at)
+    }
+    fn add_to(&self, p: Pipeline) -> Pipeline {
+        p.dedup(self.clone())
     }
 }
 

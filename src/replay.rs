@@ -387,6 +387,10 @@ impl Source for BoundedSource {
         self.inner.partitioning()
     }
 
+    fn keep_headers(&mut self, names: &[String]) {
+        self.inner.keep_headers(names)
+    }
+
     fn partitions(&mut self) -> Result<Vec<TopicPartition>> {
         let parts = self.inner.partitions()?;
         for tp in &parts {
@@ -825,6 +829,7 @@ dir = "checkpoints"
                         key: None,
                         payload: Some(b"{}".to_vec()),
                         timestamp_ms: None,
+                        headers: Vec::new(),
                     })
                     .collect::<Vec<_>>();
                 if messages.is_empty() {

@@ -87,10 +87,14 @@ pub fn two_phase_needs_manual_assignment(
     ))
 }
 
-/// The operators of a pipeline are a `sql` query or `[[operators]]`.
+/// The operators of a pipeline are a `sql` query or `[[operators]]`; `operators` counts
+/// those other than `dedup`, which runs before a query.
 pub fn sql_or_operators(sql: bool, operators: usize) -> Option<String> {
-    (sql && operators > 0)
-        .then(|| "sql: a pipeline has either `sql` or [[operators]], not both".to_string())
+    (sql && operators > 0).then(|| {
+        "sql: a pipeline has either `sql` or [[operators]] (other than `dedup`, which runs \
+         before the query), not both"
+            .to_string()
+    })
 }
 
 #[cfg(test)]

@@ -266,6 +266,7 @@ fn run(dir: &Path, input: &Path, schema_name: &str) -> RunSummary {
             event_time: "time".into(),
             partition_key: Some("order_id".into()),
             partition_key_check: Default::default(),
+            metadata: Default::default(),
             fields: vec![
                 field("order_id", FieldType::String, false),
                 field("kind", FieldType::String, false),

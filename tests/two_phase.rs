@@ -136,6 +136,7 @@ fn an_idle_partition_does_not_hold_back_windows_that_span_partitions_and_its_lat
             key: Some(b"k2".to_vec()),
             payload: Some(late.json().into_bytes()),
             timestamp_ms: None,
+            headers: Vec::new(),
         }],
     );
     let summary = pipeline(MemorySource::new("events", parts), &sink, &dlq)

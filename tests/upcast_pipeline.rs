@@ -98,6 +98,7 @@ fn v1_events_reach_the_projection_upcast_and_unknown_versions_go_to_the_dlq() {
         event_time: "time".into(),
         partition_key: None,
         partition_key_check: Default::default(),
+        metadata: Default::default(),
         fields: vec![
             field("order_id", FieldType::String, false),
             field("version", FieldType::Int64, true),

@@ -408,6 +408,7 @@ impl EventGenerator {
             key: Some(key),
             payload,
             timestamp_ms: Some(base_time(&self.config, event.offset)),
+            headers: Vec::new(),
         }
     }
 

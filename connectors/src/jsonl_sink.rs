@@ -2,7 +2,7 @@
 //! published when the checkpoint commits (exactly-once; see [`crate::epoch_files`]).
 //!
 //! Rows are encoded by arrow's JSON writer (null fields left out, timestamps as the writer
-//! formats them), without the [`OFFSET_COLUMN`](weir_runtime::OFFSET_COLUMN). Published files
+//! formats them, decimals as JSON numbers with their exact digits: `178.5500`), without the [`OFFSET_COLUMN`](weir_runtime::OFFSET_COLUMN). Published files
 //! are `<path>/part-t<topic>-p<partition>-e<epoch:010>.jsonl` (`part-global-...` for the global
 //! stage; [`crate::epoch_files`] has the layout).
 //!
@@ -216,6 +216,36 @@ mod tests {
             .iter()
             .map(|v| v["sensor_id"].as_str().unwrap().to_string())
             .collect()
+    }
+
+    #[test]
+    fn decimals_are_written_as_json_numbers_with_their_exact_digits() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = sink(tmp.path());
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("price", DataType::Decimal128(38, 4), true),
+            Field::new(OFFSET_COLUMN, DataType::Int64, false),
+        ]));
+        let prices = weir_runtime::arrow::array::Decimal128Array::from(vec![
+            Some(123_456_789_012_345_678_901_234),
+            Some(-1),
+            None,
+        ])
+        .with_precision_and_scale(38, 4)
+        .unwrap();
+        let b = RecordBatch::try_new(
+            schema,
+            vec![Arc::new(prices), Arc::new(Int64Array::from(vec![0, 1, 2]))],
+        )
+        .unwrap();
+        s.write(&l(0), &b).unwrap();
+        s.prepare(&l(0), 1).unwrap();
+        s.commit(&l(0), 1).unwrap();
+        let text = fs::read_to_string(tmp.path().join("part-tt-p0-e0000000001.jsonl")).unwrap();
+        assert_eq!(
+            text,
+            "{\"price\":12345678901234567890.1234}\n{\"price\":-0.0001}\n{}\n"
+        );
     }
 
     #[test]

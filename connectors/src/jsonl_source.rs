@@ -238,6 +238,7 @@ impl PartitionReader for JsonlReader {
                 key,
                 payload: Some(self.line.clone()),
                 timestamp_ms: None,
+                headers: Vec::new(),
             });
         }
         if messages.is_empty() {

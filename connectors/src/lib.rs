@@ -20,7 +20,7 @@ use weir_runtime::error::Result;
 use weir_runtime::error::WeirError;
 use weir_runtime::{DELETED_COLUMN, OFFSET_COLUMN};
 
-pub mod base64;
+pub use weir_runtime::base64;
 pub mod dlq_file;
 pub mod epoch_files;
 pub mod generator;

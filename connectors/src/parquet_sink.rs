@@ -366,6 +366,38 @@ mod tests {
     }
 
     #[test]
+    fn decimals_are_stored_as_parquet_decimals_with_their_exact_values() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = sink(tmp.path());
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("price", DataType::Decimal128(38, 4), true),
+            Field::new(OFFSET_COLUMN, DataType::Int64, false),
+        ]));
+        let prices = weir_runtime::arrow::array::Decimal128Array::from(vec![
+            Some(10i128.pow(38) - 1),
+            Some(-1),
+            None,
+        ])
+        .with_precision_and_scale(38, 4)
+        .unwrap();
+        let b = RecordBatch::try_new(
+            schema,
+            vec![Arc::new(prices), Arc::new(Int64Array::from(vec![0, 1, 2]))],
+        )
+        .unwrap();
+        s.write(&l(0), &b).unwrap();
+        s.prepare(&l(0), 1).unwrap();
+        s.commit(&l(0), 1).unwrap();
+        let read = read_parquet_dir(tmp.path()).unwrap();
+        assert_eq!(read.len(), 1);
+        assert_eq!(read[0], without_offset_column(&b).unwrap());
+        assert_eq!(
+            read[0].schema().field(0).data_type(),
+            &DataType::Decimal128(38, 4)
+        );
+    }
+
+    #[test]
     fn a_crash_between_prepare_and_commit_is_exactly_once_either_way() {
         for (committed, expected) in [(Some(2), vec!["x", "y"]), (Some(1), vec!["x"])] {
             let tmp = tempfile::tempdir().unwrap();

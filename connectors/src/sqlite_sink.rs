@@ -16,6 +16,7 @@
 //! | Boolean | INTEGER (0 or 1) |
 //! | Timestamp (any unit and zone) | INTEGER, epoch milliseconds |
 //! | Date32 | TEXT, ISO date |
+//! | Decimal128(p, s) | TEXT, the exact decimal with its s fraction digits (`178.5500`) |
 //!
 //! The transaction takes the write lock when it begins (`BEGIN IMMEDIATE`): once a write has
 //! started, nothing another connection commits can make it fail, so a retried write always
@@ -153,7 +154,8 @@ fn sql_type(data_type: &DataType) -> Option<&'static str> {
         | Boolean
         | Timestamp(_, _) => Some("INTEGER"),
         Float16 | Float32 | Float64 => Some("REAL"),
-        Utf8 | LargeUtf8 | Utf8View | Date32 => Some("TEXT"),
+        // A decimal is its exact text (`178.5500`): REAL would round it.
+        Utf8 | LargeUtf8 | Utf8View | Date32 | Decimal128(_, _) => Some("TEXT"),
         _ => None,
     }
 }
@@ -384,9 +386,10 @@ impl SqliteSink {
                     DataType::Float16 | DataType::Float32 => {
                         Column::Real(cast(array, &DataType::Float64)?)
                     }
-                    DataType::LargeUtf8 | DataType::Utf8View | DataType::Date32 => {
-                        Column::Text(cast(array, &DataType::Utf8)?)
-                    }
+                    DataType::LargeUtf8
+                    | DataType::Utf8View
+                    | DataType::Date32
+                    | DataType::Decimal128(_, _) => Column::Text(cast(array, &DataType::Utf8)?),
                     DataType::Timestamp(_, tz) => {
                         let millis = cast(
                             array,
@@ -555,8 +558,8 @@ mod tests {
         Lane::new("t", p)
     }
     use weir_runtime::arrow::array::{
-        BooleanArray, Date32Array, Float32Array, Int32Array, Int64Array, StringArray,
-        TimestampMicrosecondArray, UInt64Array,
+        BooleanArray, Date32Array, Decimal128Array, Float32Array, Int32Array, Int64Array,
+        StringArray, TimestampMicrosecondArray, UInt64Array,
     };
     use weir_runtime::arrow::datatypes::{Field, Schema};
 
@@ -783,6 +786,7 @@ mod tests {
             ),
             Field::new("d", DataType::Date32, true),
             Field::new("u", DataType::UInt64, true),
+            Field::new("m", DataType::Decimal128(38, 4), true),
         ]));
         let b = RecordBatch::try_new(
             schema,
@@ -796,6 +800,11 @@ mod tests {
                 ),
                 Arc::new(Date32Array::from(vec![19_723, 0])),
                 Arc::new(UInt64Array::from(vec![7, u64::MAX])),
+                Arc::new(
+                    Decimal128Array::from(vec![-(10i128.pow(37) + 1), 0])
+                        .with_precision_and_scale(38, 4)
+                        .unwrap(),
+                ),
             ],
         )
         .unwrap();
@@ -804,8 +813,8 @@ mod tests {
         assert_eq!(outcome.rejected[0].0, 1, "u64::MAX does not fit");
         sink.prepare(&l(0), 1).unwrap();
         let conn = Connection::open(&cfg.path).unwrap();
-        let row: (i64, f64, i64, i64, String, i64) = conn
-            .query_row("SELECT k, f, b, ts, d, u FROM t", [], |r| {
+        let row: (i64, f64, i64, i64, String, i64, String) = conn
+            .query_row("SELECT k, f, b, ts, d, u, m FROM t", [], |r| {
                 Ok((
                     r.get(0)?,
                     r.get(1)?,
@@ -813,10 +822,23 @@ mod tests {
                     r.get(3)?,
                     r.get(4)?,
                     r.get(5)?,
+                    r.get(6)?,
                 ))
             })
             .unwrap();
-        assert_eq!(row, (1, 0.5, 1, 1_700_000_000_123, "2024-01-01".into(), 7));
+        assert_eq!(
+            row,
+            (
+                1,
+                0.5,
+                1,
+                1_700_000_000_123,
+                "2024-01-01".into(),
+                7,
+                // Beyond what REAL holds exactly.
+                "-1000000000000000000000000000000000.0001".into()
+            )
+        );
 
         let schema = Arc::new(Schema::new(vec![
             Field::new("k", DataType::Int32, false),

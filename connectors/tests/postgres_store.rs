@@ -276,6 +276,7 @@ fn every_supported_type_round_trips_and_a_second_write_updates_by_key() {
         Field::new("ts", DataType::Timestamp(TimeUnit::Millisecond, None), true),
         Field::new("d", DataType::Date32, true),
         Field::new("bin", DataType::Binary, true),
+        Field::new("dec", DataType::Decimal128(38, 4), true),
     ];
     let columns: Vec<ArrayRef> = vec![
         Arc::new(Int32Array::from(vec![1, 2, 3])),
@@ -318,6 +319,12 @@ fn every_supported_type_round_trips_and_a_second_write_updates_by_key() {
             None,
             Some(&b""[..]),
         ])),
+        Arc::new(
+            // Beyond float8: every digit must arrive.
+            Decimal128Array::from(vec![Some(-(10i128.pow(37) + 1)), None, Some(1)])
+                .with_precision_and_scale(38, 4)
+                .unwrap(),
+        ),
     ];
     let b = RecordBatch::try_new(Arc::new(Schema::new(fields.clone())), columns).unwrap();
     let outcome = sink.write(&lane(0), &b).unwrap();
@@ -361,6 +368,7 @@ fn every_supported_type_round_trips_and_a_second_write_updates_by_key() {
         ("ts", "timestamp"),
         ("d", "date"),
         ("bin", "bytea"),
+        ("dec", "numeric"),
     ];
     assert_eq!(
         types,
@@ -411,11 +419,12 @@ fn every_supported_type_round_trips_and_a_second_write_updates_by_key() {
                 "1969-12-31 00:00:00",
                 "2024-01-01",
                 "\\x0001ff",
+                "-1000000000000000000000000000000000.0001",
             ]),
             row(&["2"; 1]
                 .iter()
                 .copied()
-                .chain(std::iter::repeat_n("NULL", 16))
+                .chain(std::iter::repeat_n("NULL", 17))
                 .collect::<Vec<_>>()),
         ]
     );
@@ -458,13 +467,13 @@ fn every_supported_type_round_trips_and_a_second_write_updates_by_key() {
     let decimal = RecordBatch::try_new(
         Arc::new(Schema::new(vec![
             Field::new("id", DataType::Int32, false),
-            Field::new("price", DataType::Decimal128(10, 2), true),
+            Field::new("price", DataType::Decimal128(10, -2), true),
         ])),
         vec![
             Arc::new(Int32Array::from(vec![1])),
             Arc::new(
                 Decimal128Array::from(vec![Some(1234)])
-                    .with_precision_and_scale(10, 2)
+                    .with_precision_and_scale(10, -2)
                     .unwrap(),
             ),
         ],
@@ -474,7 +483,7 @@ fn every_supported_type_round_trips_and_a_second_write_updates_by_key() {
     assert_eq!(err.class(), ErrorClass::Fatal);
     let text = err.to_string();
     assert!(
-        text.contains("\"price\"") && text.contains("Decimal128(10, 2)"),
+        text.contains("\"price\"") && text.contains("Decimal128(10, -2)"),
         "{text}"
     );
 }

@@ -9,12 +9,14 @@
 
 mod json;
 mod rules;
+mod tree;
 
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    ArrayRef, BooleanArray, Float32Array, Float64Array, Int32Array, Int64Array, StringArray,
-    TimestampMillisecondArray,
+    ArrayRef, BinaryArray, BooleanArray, Date32Array, Decimal128Array, Float32Array, Float64Array,
+    Int16Array, Int32Array, Int64Array, Int8Array, StringArray, TimestampMillisecondArray,
+    UInt16Array, UInt32Array, UInt64Array, UInt8Array,
 };
 use datafusion::arrow::buffer::{BooleanBuffer, Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -26,8 +28,9 @@ use weir_runtime::operator::{Decoded, Decoder, RowReject, OFFSET_COLUMN};
 
 use json::{Reader, Token};
 use rules::{Fault, FieldRule, Scalar, Value};
+use tree::{Node, NodeKind};
 
-use crate::schema::{FieldType, SchemaConfig};
+use crate::schema::{FieldType, MetadataSource, SchemaConfig};
 
 /// Decodes JSON objects into the declared schema, plus the [`OFFSET_COLUMN`].
 pub struct JsonDecoder {
@@ -40,8 +43,11 @@ pub struct JsonDecoder {
     set_in: Vec<u32>,
     /// The current message's stamp.
     stamp: u32,
-    /// Undeclared keys of the current message, to find duplicates among them too.
-    unknown: UnknownKeys,
+    /// Where the declared fields are in an event.
+    nodes: Vec<Node>,
+    /// The metadata columns (they follow the fields' columns), with what each holds and,
+    /// for a header, its name.
+    metadata: Vec<(MetadataSource, String)>,
 }
 
 impl JsonDecoder {
@@ -50,9 +56,22 @@ impl JsonDecoder {
         let mut fields: Vec<Arc<Field>> = events.fields().iter().cloned().collect();
         fields.push(Arc::new(Field::new(OFFSET_COLUMN, DataType::Int64, false)));
         let columns: Vec<Column> = schema
-            .fields
+            .columns()
             .iter()
             .map(|f| Column::new(FieldRule::new(f)))
+            .collect();
+        let headers = schema.metadata.header_names();
+        let metadata = schema
+            .metadata
+            .columns()
+            .into_iter()
+            .map(|(_, source, _)| {
+                let header = match source {
+                    MetadataSource::Header(h) => headers[h].clone(),
+                    _ => String::new(),
+                };
+                (source, header)
+            })
             .collect();
         Self {
             output: Arc::new(Schema::new(fields)),
@@ -60,24 +79,32 @@ impl JsonDecoder {
             columns,
             rows: 0,
             stamp: 0,
-            unknown: UnknownKeys::default(),
+            nodes: tree::build(&schema.fields),
+            metadata,
         }
     }
 
     /// Append `payload` as one row, or leave the buffers as they were and say why not.
-    fn decode_message(&mut self, payload: &[u8]) -> std::result::Result<(), Fault> {
+    fn decode_message(
+        &mut self,
+        payload: &[u8],
+        m: &RawMessage,
+        topic: &str,
+        partition: i32,
+    ) -> std::result::Result<(), Fault> {
         self.stamp = self.stamp.wrapping_add(1);
         if self.stamp == 0 {
             self.set_in.fill(0);
+            for n in &mut self.nodes {
+                n.stamp = 0;
+            }
             self.stamp = 1;
         }
-        self.unknown.clear();
         let mut row = Row {
             columns: &mut self.columns,
             set_in: &mut self.set_in,
+            nodes: &mut self.nodes,
             stamp: self.stamp,
-            unknown: &mut self.unknown,
-            next: 0,
             fault: None,
         };
         let outcome = match row.read(payload) {
@@ -87,7 +114,9 @@ impl JsonDecoder {
             )),
             Ok(()) => match row.fault.take() {
                 Some(fault) => Err(fault),
-                None => self.fill_absent(),
+                None => self
+                    .fill_absent()
+                    .and_then(|()| self.put_metadata(m, topic, partition)),
             },
         };
         match outcome {
@@ -103,13 +132,70 @@ impl JsonDecoder {
 
     /// Nulls for the nullable fields the message left out; a fault for a required one.
     fn fill_absent(&mut self) -> std::result::Result<(), Fault> {
-        for (c, set) in self.columns.iter_mut().zip(&self.set_in) {
+        let fields = self.columns.len() - self.metadata.len();
+        for (c, set) in self.columns[..fields].iter_mut().zip(&self.set_in) {
             if *set != self.stamp {
                 if !c.rule.nullable {
                     return Err(c.rule.missing());
                 }
-                c.push(Value::Null);
+                c.push(Value::Null)?;
             }
+        }
+        Ok(())
+    }
+
+    /// The metadata columns of message `m` (after the fields' columns).
+    fn put_metadata(
+        &mut self,
+        m: &RawMessage,
+        topic: &str,
+        partition: i32,
+    ) -> std::result::Result<(), Fault> {
+        let first = self.columns.len() - self.metadata.len();
+        for (i, (source, header)) in self.metadata.iter().enumerate() {
+            let column = &mut self.columns[first + i];
+            let not_utf8 = |what: String| {
+                Fault::new(
+                    ErrorKind::WrongType,
+                    format!(
+                        "metadata column `{}`: {what} is not UTF-8",
+                        column.rule.name
+                    ),
+                )
+            };
+            let value = match source {
+                MetadataSource::Key => match m.key.as_deref() {
+                    None => Value::Null,
+                    Some(k) => Value::Str(
+                        std::str::from_utf8(k).map_err(|_| not_utf8("the message key".into()))?,
+                    ),
+                },
+                MetadataSource::Timestamp => match m.timestamp_ms {
+                    Some(t) => Value::TimestampMs(t),
+                    None if column.rule.nullable => Value::Null,
+                    None => {
+                        return Err(Fault::new(
+                            ErrorKind::MissingField,
+                            format!(
+                                "the message has no timestamp, and `{}` (its timestamp) is the \
+                                 event time",
+                                column.rule.name
+                            ),
+                        ))
+                    }
+                },
+                MetadataSource::Topic => Value::Str(topic),
+                MetadataSource::Partition => Value::I32(partition),
+                MetadataSource::Offset => Value::I64(m.offset),
+                MetadataSource::Header(h) => match m.headers.get(*h).and_then(|v| v.as_deref()) {
+                    None => Value::Null,
+                    Some(v) => Value::Str(
+                        std::str::from_utf8(v)
+                            .map_err(|_| not_utf8(format!("header `{header}`")))?,
+                    ),
+                },
+            };
+            column.push(value)?;
         }
         Ok(())
     }
@@ -152,7 +238,7 @@ impl Decoder for JsonDecoder {
                     ErrorKind::EmptyMessage,
                     "payload is empty".into(),
                 )),
-                Some(p) => match self.decode_message(p) {
+                Some(p) => match self.decode_message(p, m, &raw.topic, raw.partition) {
                     Ok(()) => offsets.push(m.offset),
                     Err(f) => rejects.push(reject(m, f.kind, f.message)),
                 },
@@ -185,12 +271,67 @@ enum Values {
         offsets: Vec<i32>,
         bytes: Vec<u8>,
     },
+    /// Like `Str`, for decoded base64.
+    Bin {
+        offsets: Vec<i32>,
+        bytes: Vec<u8>,
+    },
+    I8(Vec<i8>),
+    I16(Vec<i16>),
     I32(Vec<i32>),
     I64(Vec<i64>),
+    U8(Vec<u8>),
+    U16(Vec<u16>),
+    U32(Vec<u32>),
+    U64(Vec<u64>),
     F32(Vec<f32>),
     F64(Vec<f64>),
     Bool(Vec<bool>),
+    /// Unscaled values, with the precision and scale.
+    Decimal(Vec<i128>, u8, i8),
+    /// Days since the epoch.
+    Date(Vec<i32>),
     TimestampMs(Vec<i64>),
+}
+
+/// `$body` with `$v` bound to the value vector of every fixed-width variant, `$bytes` to
+/// the offsets of the variable-width ones.
+macro_rules! each_values {
+    ($values:expr, $v:ident => $body:expr, $offsets:ident, $bytes:ident => $var:expr) => {
+        match $values {
+            Values::Str {
+                offsets: $offsets,
+                bytes: $bytes,
+            }
+            | Values::Bin {
+                offsets: $offsets,
+                bytes: $bytes,
+            } => $var,
+            Values::I8($v) => $body,
+            Values::I16($v) => $body,
+            Values::I32($v) | Values::Date($v) => $body,
+            Values::I64($v) | Values::TimestampMs($v) => $body,
+            Values::U8($v) => $body,
+            Values::U16($v) => $body,
+            Values::U32($v) => $body,
+            Values::U64($v) => $body,
+            Values::F32($v) => $body,
+            Values::F64($v) => $body,
+            Values::Bool($v) => $body,
+            Values::Decimal($v, _, _) => $body,
+        }
+    };
+}
+
+/// One variable-width value's end, or false when the batch's bytes would pass 2 GiB.
+fn push_end(offsets: &mut Vec<i32>, bytes: &[u8]) -> bool {
+    match i32::try_from(bytes.len()) {
+        Ok(end) => {
+            offsets.push(end);
+            true
+        }
+        Err(_) => false,
+    }
 }
 
 impl Column {
@@ -200,11 +341,25 @@ impl Column {
                 offsets: vec![0],
                 bytes: Vec::new(),
             },
+            FieldType::Binary => Values::Bin {
+                offsets: vec![0],
+                bytes: Vec::new(),
+            },
+            FieldType::Int8 => Values::I8(Vec::new()),
+            FieldType::Int16 => Values::I16(Vec::new()),
             FieldType::Int32 => Values::I32(Vec::new()),
             FieldType::Int64 => Values::I64(Vec::new()),
+            FieldType::UInt8 => Values::U8(Vec::new()),
+            FieldType::UInt16 => Values::U16(Vec::new()),
+            FieldType::UInt32 => Values::U32(Vec::new()),
+            FieldType::UInt64 => Values::U64(Vec::new()),
             FieldType::Float32 => Values::F32(Vec::new()),
             FieldType::Float64 => Values::F64(Vec::new()),
             FieldType::Bool => Values::Bool(Vec::new()),
+            FieldType::Decimal { precision, scale } => {
+                Values::Decimal(Vec::new(), precision, scale)
+            }
+            FieldType::Date => Values::Date(Vec::new()),
             FieldType::Timestamp => Values::TimestampMs(Vec::new()),
         };
         Self {
@@ -215,123 +370,122 @@ impl Column {
     }
 
     fn reserve(&mut self, rows: usize) {
-        match &mut self.values {
-            Values::Str { offsets, .. } => offsets.reserve(rows),
-            Values::I32(v) => v.reserve(rows),
-            Values::I64(v) | Values::TimestampMs(v) => v.reserve(rows),
-            Values::F32(v) => v.reserve(rows),
-            Values::F64(v) => v.reserve(rows),
-            Values::Bool(v) => v.reserve(rows),
-        }
+        each_values!(&mut self.values, v => v.reserve(rows), offsets, _bytes => offsets.reserve(rows))
     }
 
-    /// Append `value`, which [`FieldRule::convert`] made for this column.
-    fn push(&mut self, value: Value<'_>) -> bool {
-        if self.rule.nullable {
-            self.valid.push(value != Value::Null);
-        }
+    /// Append `value`, which [`FieldRule::convert`] made for this column; a fault when the
+    /// value cannot be stored after all (bytes that are not base64, more than 2 GiB of
+    /// strings in one batch), with the column as it was.
+    fn push(&mut self, value: Value<'_>) -> std::result::Result<(), Fault> {
+        let too_long = |rule: &FieldRule| {
+            Fault::new(
+                ErrorKind::WrongType,
+                format!("field `{}`: the batch's values would pass 2 GiB", rule.name),
+            )
+        };
         match (&mut self.values, value) {
             (Values::Str { offsets, bytes }, Value::Str(s)) => {
                 bytes.extend_from_slice(s.as_bytes());
-                match i32::try_from(bytes.len()) {
-                    Ok(end) => offsets.push(end),
-                    Err(_) => return false,
+                if !push_end(offsets, bytes) {
+                    return Err(too_long(&self.rule));
                 }
             }
-            (Values::Str { offsets, .. }, Value::Null) => {
+            (Values::Bin { offsets, bytes }, Value::Base64(s)) => {
+                if let Err(why) = weir_runtime::base64::decode_into(s, bytes) {
+                    return Err(self
+                        .rule
+                        .wrong(Scalar::Str(s), &format!("is not base64: {why}")));
+                }
+                if !push_end(offsets, bytes) {
+                    return Err(too_long(&self.rule));
+                }
+            }
+            (Values::Str { offsets, .. } | Values::Bin { offsets, .. }, Value::Null) => {
                 let end = *offsets.last().expect("invariant: offsets start with 0");
                 offsets.push(end)
             }
+            (Values::I8(v), Value::I8(x)) => v.push(x),
+            (Values::I16(v), Value::I16(x)) => v.push(x),
             (Values::I32(v), Value::I32(x)) => v.push(x),
             (Values::I64(v), Value::I64(x)) => v.push(x),
+            (Values::U8(v), Value::U8(x)) => v.push(x),
+            (Values::U16(v), Value::U16(x)) => v.push(x),
+            (Values::U32(v), Value::U32(x)) => v.push(x),
+            (Values::U64(v), Value::U64(x)) => v.push(x),
             (Values::F32(v), Value::F32(x)) => v.push(x),
             (Values::F64(v), Value::F64(x)) => v.push(x),
             (Values::Bool(v), Value::Bool(x)) => v.push(x),
+            (Values::Decimal(v, _, _), Value::Decimal(x)) => v.push(x),
+            (Values::Date(v), Value::Date(x)) => v.push(x),
             (Values::TimestampMs(v), Value::TimestampMs(x)) => v.push(x),
-            (Values::I32(v), Value::Null) => v.push(0),
-            (Values::I64(v) | Values::TimestampMs(v), Value::Null) => v.push(0),
-            (Values::F32(v), Value::Null) => v.push(0.0),
-            (Values::F64(v), Value::Null) => v.push(0.0),
-            (Values::Bool(v), Value::Null) => v.push(false),
+            (values, Value::Null) => {
+                each_values!(values, v => v.push(Default::default()), _o, _b => unreachable!("invariant: handled above"))
+            }
             _ => unreachable!("invariant: FieldRule::convert yields its column's value type"),
         }
-        true
+        if self.rule.nullable {
+            self.valid.push(value != Value::Null);
+        }
+        Ok(())
     }
 
     /// Back to the first `rows` rows.
     fn truncate(&mut self, rows: usize) {
         self.valid.truncate(rows);
-        match &mut self.values {
-            Values::Str { offsets, bytes } => {
-                offsets.truncate(rows + 1);
-                bytes.truncate(offsets[rows] as usize);
-            }
-            Values::I32(v) => v.truncate(rows),
-            Values::I64(v) | Values::TimestampMs(v) => v.truncate(rows),
-            Values::F32(v) => v.truncate(rows),
-            Values::F64(v) => v.truncate(rows),
-            Values::Bool(v) => v.truncate(rows),
-        }
+        each_values!(&mut self.values, v => v.truncate(rows), offsets, bytes => {
+            offsets.truncate(rows + 1);
+            bytes.truncate(offsets[rows] as usize);
+        })
     }
 
     /// The buffered values as an array, emptying the buffers.
     fn finish(&mut self) -> ArrayRef {
         let valid = std::mem::take(&mut self.valid);
         let nulls = (valid.iter().any(|v| !v)).then(|| NullBuffer::from(valid));
+        let take = |offsets: &mut Vec<i32>, bytes: &mut Vec<u8>| {
+            (
+                OffsetBuffer::new(ScalarBuffer::from(std::mem::replace(offsets, vec![0]))),
+                Buffer::from_vec(std::mem::take(bytes)),
+            )
+        };
         match &mut self.values {
             Values::Str { offsets, bytes } => {
-                let offsets = std::mem::replace(offsets, vec![0]);
-                let bytes = std::mem::take(bytes);
+                let (offsets, bytes) = take(offsets, bytes);
                 Arc::new(
-                    StringArray::try_new(
-                        OffsetBuffer::new(ScalarBuffer::from(offsets)),
-                        Buffer::from_vec(bytes),
-                        nulls,
-                    )
-                    .expect("invariant: offsets grow from 0 over the bytes of whole &str values"),
+                    StringArray::try_new(offsets, bytes, nulls).expect(
+                        "invariant: offsets grow from 0 over the bytes of whole &str values",
+                    ),
                 )
             }
+            Values::Bin { offsets, bytes } => {
+                let (offsets, bytes) = take(offsets, bytes);
+                Arc::new(BinaryArray::new(offsets, bytes, nulls))
+            }
+            Values::I8(v) => Arc::new(Int8Array::new(std::mem::take(v).into(), nulls)),
+            Values::I16(v) => Arc::new(Int16Array::new(std::mem::take(v).into(), nulls)),
             Values::I32(v) => Arc::new(Int32Array::new(std::mem::take(v).into(), nulls)),
             Values::I64(v) => Arc::new(Int64Array::new(std::mem::take(v).into(), nulls)),
+            Values::U8(v) => Arc::new(UInt8Array::new(std::mem::take(v).into(), nulls)),
+            Values::U16(v) => Arc::new(UInt16Array::new(std::mem::take(v).into(), nulls)),
+            Values::U32(v) => Arc::new(UInt32Array::new(std::mem::take(v).into(), nulls)),
+            Values::U64(v) => Arc::new(UInt64Array::new(std::mem::take(v).into(), nulls)),
             Values::F32(v) => Arc::new(Float32Array::new(std::mem::take(v).into(), nulls)),
             Values::F64(v) => Arc::new(Float64Array::new(std::mem::take(v).into(), nulls)),
             Values::Bool(v) => Arc::new(BooleanArray::new(
                 BooleanBuffer::from_iter(std::mem::take(v)),
                 nulls,
             )),
+            Values::Decimal(v, precision, scale) => Arc::new(
+                Decimal128Array::new(std::mem::take(v).into(), nulls)
+                    .with_precision_and_scale(*precision, *scale)
+                    .expect("invariant: the schema checked the precision and scale"),
+            ),
+            Values::Date(v) => Arc::new(Date32Array::new(std::mem::take(v).into(), nulls)),
             Values::TimestampMs(v) => Arc::new(TimestampMillisecondArray::new(
                 std::mem::take(v).into(),
                 nulls,
             )),
         }
-    }
-}
-
-/// The undeclared keys of one message, in one buffer.
-#[derive(Default)]
-struct UnknownKeys {
-    bytes: Vec<u8>,
-    ends: Vec<usize>,
-}
-
-impl UnknownKeys {
-    fn clear(&mut self) {
-        self.bytes.clear();
-        self.ends.clear();
-    }
-
-    /// Record `key`; false when the message had it already.
-    fn insert(&mut self, key: &str) -> bool {
-        let mut start = 0;
-        for &end in &self.ends {
-            if &self.bytes[start..end] == key.as_bytes() {
-                return false;
-            }
-            start = end;
-        }
-        self.bytes.extend_from_slice(key.as_bytes());
-        self.ends.push(self.bytes.len());
-        true
     }
 }
 
@@ -351,10 +505,8 @@ fn scalar<'t>(token: &'t Token<'_>) -> Scalar<'t> {
 struct Row<'a> {
     columns: &'a mut [Column],
     set_in: &'a mut [u32],
+    nodes: &'a mut [Node],
     stamp: u32,
-    unknown: &'a mut UnknownKeys,
-    /// The column the next key most likely names (events usually keep their key order).
-    next: usize,
     /// The first reason this message does not fit; parsing goes on to the end regardless,
     /// so invalid JSON is reported as such wherever it is.
     fault: Option<Fault>,
@@ -383,45 +535,140 @@ impl Row<'_> {
             ));
             return Ok(());
         }
-        if !r.begin_object()? {
-            loop {
-                let key = r.key()?;
-                match self.key(&key) {
-                    Some(i) => {
-                        let value = r.value()?;
-                        self.put(i, scalar(&value));
-                    }
-                    None => {
-                        r.value()?;
-                    }
-                }
-                if !r.next_member()? {
-                    break;
-                }
-            }
-        }
+        self.object(&mut r, tree::ROOT)?;
         r.end()
     }
 
-    /// The column `key` names when it is declared and first seen in this message; a
-    /// repeated key (declared or not) faults the message.
-    fn key(&mut self, key: &str) -> Option<usize> {
-        let first = match self.column_of(key) {
-            Some(i) => {
-                self.next = i + 1;
-                let first = self.set_in[i] != self.stamp;
+    /// The object at the reader into the fields beneath object node `n`.
+    fn object(
+        &mut self,
+        r: &mut Reader<'_>,
+        n: usize,
+    ) -> std::result::Result<(), json::SyntaxError> {
+        if let NodeKind::Object { unknown, .. } = &mut self.nodes[n].kind {
+            unknown.clear();
+        }
+        if r.begin_object()? {
+            return Ok(());
+        }
+        loop {
+            let key = r.key()?;
+            match self.child(n, &key) {
+                Some(c) => self.value(r, c)?,
+                None => {
+                    r.value()?;
+                }
+            }
+            if !r.next_member()? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The array at the reader into the fields beneath array node `n`.
+    fn array(
+        &mut self,
+        r: &mut Reader<'_>,
+        n: usize,
+    ) -> std::result::Result<(), json::SyntaxError> {
+        if r.begin_array()? {
+            return Ok(());
+        }
+        let mut index = 0;
+        loop {
+            let child = match &self.nodes[n].kind {
+                NodeKind::Array { children } => {
+                    children.iter().find(|(i, _)| *i == index).map(|(_, c)| *c)
+                }
+                _ => None,
+            };
+            match child {
+                Some(c) => self.value(r, c)?,
+                None => {
+                    r.value()?;
+                }
+            }
+            index += 1;
+            if !r.next_element()? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The value at the reader, for node `c`: a column's value, or the object or array
+    /// holding further fields.
+    fn value(
+        &mut self,
+        r: &mut Reader<'_>,
+        c: usize,
+    ) -> std::result::Result<(), json::SyntaxError> {
+        let (want, open) = match self.nodes[c].kind {
+            NodeKind::Column(i) => {
                 self.set_in[i] = self.stamp;
+                let value = r.value()?;
+                self.put(i, scalar(&value));
+                return Ok(());
+            }
+            NodeKind::Object { .. } => ("an object", b'{'),
+            NodeKind::Array { .. } => ("an array", b'['),
+        };
+        if r.first() == Some(open) {
+            return if open == b'{' {
+                self.object(r, c)
+            } else {
+                self.array(r, c)
+            };
+        }
+        let value = r.value()?;
+        let value = scalar(&value);
+        // A null object or array: the fields beneath it are absent.
+        if value != Scalar::Null {
+            let node = &self.nodes[c];
+            let f = self.columns[node.first_column]
+                .rule
+                .misshapen(&node.at, value, want);
+            self.fault(f);
+        }
+        Ok(())
+    }
+
+    /// The node that `key` of object node `n` leads to, when declared and first seen in
+    /// this object; a repeated key (declared or not) faults the message.
+    fn child(&mut self, n: usize, key: &str) -> Option<usize> {
+        let NodeKind::Object {
+            children,
+            unknown,
+            next,
+        } = &mut self.nodes[n].kind
+        else {
+            return None;
+        };
+        let len = children.len();
+        let hint = *next;
+        let found = (0..len)
+            .map(|i| (hint + i) % len)
+            .find(|&i| children[i].0 == key);
+        let first = match found {
+            Some(i) => {
+                *next = i + 1;
+                let c = children[i].1;
+                let first = self.nodes[c].stamp != self.stamp;
+                self.nodes[c].stamp = self.stamp;
                 if first {
-                    return Some(i);
+                    return Some(c);
                 }
                 false
             }
-            None => self.unknown.insert(key),
+            None => unknown.insert(key),
         };
         if !first {
+            let within = match self.nodes[n].at.as_str() {
+                "" => "the object".to_string(),
+                at => format!("`{at}`"),
+            };
             self.fault(Fault::new(
                 ErrorKind::InvalidJson,
-                format!("duplicate key `{key}` in the object"),
+                format!("duplicate key `{key}` in {within}"),
             ));
         }
         None
@@ -431,35 +678,14 @@ impl Row<'_> {
         self.fault.get_or_insert(f);
     }
 
-    /// The column named `key`, if declared.
-    fn column_of(&self, key: &str) -> Option<usize> {
-        let n = self.columns.len();
-        let hint = self.next;
-        (0..n)
-            .map(|i| (hint + i) % n)
-            .find(|&i| self.columns[i].rule.name == key)
-    }
-
     /// `value` into column `i`, unless the message is already faulty.
     fn put(&mut self, i: usize, value: Scalar<'_>) {
         if self.fault.is_some() {
             return;
         }
         let column = &mut self.columns[i];
-        match column.rule.convert(value) {
-            Ok(v) => {
-                if !column.push(v) {
-                    let f = Fault::new(
-                        ErrorKind::WrongType,
-                        format!(
-                            "field `{}`: the batch's strings would pass 2 GiB",
-                            column.rule.name
-                        ),
-                    );
-                    self.fault(f);
-                }
-            }
-            Err(f) => self.fault(f),
+        if let Err(f) = column.rule.convert(value).and_then(|v| column.push(v)) {
+            self.fault(f);
         }
     }
 }
@@ -481,6 +707,7 @@ mod tests {
             event_time: "ts".into(),
             partition_key: None,
             partition_key_check: Default::default(),
+            metadata: Default::default(),
             fields: vec![
                 FieldConfig::new("id", FieldType::String),
                 FieldConfig {
@@ -869,6 +1096,497 @@ mod tests {
         assert_eq!(ts_of(&accepted(&out, "ts")), T);
     }
 
+    /// A schema of `id`, the field `f` of type `ty` (nullable, with `extra` keys) and `ts`.
+    fn with(ty: &str, extra: &str) -> SchemaConfig {
+        let text = format!(
+            r#"{{"event_time":"ts","fields":[{{"name":"id","type":"string"}},
+            {{"name":"f","type":"{ty}","nullable":true{extra}}},{{"name":"ts","type":"timestamp"}}]}}"#
+        );
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("schema {text}: {e}"))
+    }
+
+    /// The unscaled decimal of the single accepted row's `f`, with its type.
+    fn decimal_of(out: &Decoded) -> (i128, DataType) {
+        let a = accepted(out, "f");
+        let d = a
+            .as_any()
+            .downcast_ref::<Decimal128Array>()
+            .expect("decimal");
+        (d.value(0), a.data_type().clone())
+    }
+
+    #[test]
+    fn a_decimal_is_read_exactly_from_the_digits_as_written() {
+        let s = with("decimal(18, 4)", "");
+        for (text, unscaled) in [
+            ("178.55", 1_785_500),
+            ("0.1", 1_000),
+            ("-0.0001", -1),
+            ("1e2", 1_000_000),
+            ("12.340000", 123_400),
+            ("-0", 0),
+            ("0.00000", 0),
+            ("5E-4", 5),
+            ("99999999999999.9999", 999_999_999_999_999_999),
+            ("-99999999999999.9999", -999_999_999_999_999_999),
+        ] {
+            let (n, t) = decimal_of(&one(&s, &format!(r#""f":{text}"#)));
+            assert_eq!(n, unscaled, "{text}");
+            assert_eq!(t, DataType::Decimal128(18, 4), "{text}");
+        }
+        // Beyond what a float64 holds: 2^53 + 1 with a fraction, at precision 38.
+        let s = with("decimal(38, 4)", "");
+        let (n, _) = decimal_of(&one(&s, r#""f":9007199254740993.0001"#));
+        assert_eq!(n, 90_071_992_547_409_930_001);
+        let (n, _) = decimal_of(&one(&s, r#""f":-9999999999999999999999999999999999.9999"#));
+        assert_eq!(n, -(10i128.pow(38) - 1));
+    }
+
+    #[test]
+    fn a_decimal_with_more_fraction_digits_than_its_scale_is_wrong_type() {
+        let s = with("decimal(18,4)", "");
+        for text in ["1.23456", "0.00001", "1e-5", "178.550001"] {
+            let (kind, message) = rejected(&one(&s, &format!(r#""f":{text}"#)));
+            assert_eq!(kind, ErrorKind::WrongType, "{text}");
+            names(&message, "f", text);
+            assert!(message.contains("decimal(18, 4)"), "{message}");
+            assert!(
+                message.contains("more than 4 digits after the point"),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_decimal_beyond_its_precision_is_wrong_type() {
+        let s = with("decimal(6,2)", "");
+        assert_eq!(decimal_of(&one(&s, r#""f":9999.99"#)).0, 999_999);
+        for text in ["10000", "-10000.00", "1e4", "1e999999999999999999999"] {
+            let (kind, message) = rejected(&one(&s, &format!(r#""f":{text}"#)));
+            assert_eq!(kind, ErrorKind::WrongType, "{text}");
+            names(&message, "f", text);
+            assert!(
+                message.contains("at most 4 digits before the point"),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_decimal_written_as_a_string_needs_coerce_and_is_read_exactly_then() {
+        let (kind, message) = rejected(&one(&with("decimal(10,2)", ""), r#""f":"178.55""#));
+        assert_eq!(kind, ErrorKind::WrongType);
+        names(&message, "f", "\"178.55\"");
+        assert!(message.contains("coerce = true"), "{message}");
+        let s = with("decimal(10,2)", r#","coerce":true"#);
+        assert_eq!(decimal_of(&one(&s, r#""f":"178.55""#)).0, 17_855);
+        for bad in [r#""178.555""#, r#"" 1.5""#, r#""1,5""#, r#""NaN""#] {
+            let (kind, _) = rejected(&one(&s, &format!(r#""f":{bad}"#)));
+            assert_eq!(kind, ErrorKind::WrongType, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_decimal_field_refuses_what_is_not_a_number() {
+        let s = with("decimal(10,2)", "");
+        for (value, shown) in [("true", "true"), ("{}", "an object"), ("[1]", "an array")] {
+            let (kind, message) = rejected(&one(&s, &format!(r#""f":{value}"#)));
+            assert_eq!(kind, ErrorKind::WrongType, "{value}");
+            names(&message, "f", shown);
+        }
+    }
+
+    #[test]
+    fn each_integer_type_takes_exactly_its_range() {
+        for (ty, low, high) in [
+            ("int8", "-128", "127"),
+            ("int16", "-32768", "32767"),
+            ("int32", "-2147483648", "2147483647"),
+            ("int64", "-9223372036854775808", "9223372036854775807"),
+            ("uint8", "0", "255"),
+            ("uint16", "0", "65535"),
+            ("uint32", "0", "4294967295"),
+            ("uint64", "0", "18446744073709551615"),
+        ] {
+            let s = with(ty, "");
+            for edge in [low, high] {
+                let a = accepted(&one(&s, &format!(r#""f":{edge}"#)), "f");
+                let shown = datafusion::arrow::util::display::array_value_to_string(&a, 0).unwrap();
+                assert_eq!(shown, edge, "{ty}");
+            }
+            let below = (low.parse::<i128>().unwrap() - 1).to_string();
+            let above = (high.parse::<i128>().unwrap() + 1).to_string();
+            for outside in [below, above] {
+                let (kind, message) = rejected(&one(&s, &format!(r#""f":{outside}"#)));
+                assert_eq!(kind, ErrorKind::WrongType, "{ty} {outside}");
+                names(&message, "f", &outside);
+                assert!(
+                    message.contains(&format!("out of range for {ty}")),
+                    "{message}"
+                );
+            }
+            let (kind, _) = rejected(&one(&s, r#""f":1.5"#));
+            assert_eq!(kind, ErrorKind::WrongType, "{ty}");
+        }
+    }
+
+    #[test]
+    fn a_binary_field_takes_padded_base64_and_stores_the_bytes() {
+        let s = with("binary", "");
+        let a = accepted(&one(&s, r#""f":"Zm9vYg==""#), "f");
+        let b = a.as_any().downcast_ref::<BinaryArray>().unwrap();
+        assert_eq!(b.value(0), b"foob");
+        for (value, shown) in [
+            (r#""Zm9vYg""#, "\"Zm9vYg\""),
+            (r#""Zm*v""#, "\"Zm*v\""),
+            ("12", "12"),
+        ] {
+            let (kind, message) = rejected(&one(&s, &format!(r#""f":{value}"#)));
+            assert_eq!(kind, ErrorKind::WrongType, "{value}");
+            names(&message, "f", shown);
+        }
+    }
+
+    #[test]
+    fn a_date_field_takes_a_calendar_day_written_yyyy_mm_dd() {
+        let s = with("date", "");
+        for (text, days) in [
+            ("1970-01-01", 0),
+            ("2026-01-05", 20_458),
+            ("2024-02-29", 19_782),
+            ("1969-12-31", -1),
+        ] {
+            let a = accepted(&one(&s, &format!(r#""f":"{text}""#)), "f");
+            let d = a.as_any().downcast_ref::<Date32Array>().unwrap();
+            assert_eq!(d.value(0), days, "{text}");
+        }
+        for bad in [
+            r#""2023-02-29""#,
+            r#""2026-1-5""#,
+            r#""2026-13-01""#,
+            r#""2026-01-05T00:00:00Z""#,
+            "20458",
+        ] {
+            let (kind, message) = rejected(&one(&s, &format!(r#""f":{bad}"#)));
+            assert_eq!(kind, ErrorKind::WrongType, "{bad}");
+            names(&message, "f", bad);
+        }
+    }
+
+    #[test]
+    fn a_message_rejected_after_a_binary_value_leaves_no_bytes_behind() {
+        let s = with("binary", "");
+        let out = JsonDecoder::new(&s)
+            .decode(&raw(&[
+                Some(&format!(r#"{{"id":"a","f":"YQ==","ts":{T}}}"#)),
+                Some(&format!(r#"{{"f":"Yg==","id":7,"ts":{T}}}"#)),
+                Some(&format!(r#"{{"id":"c","f":"Yw==","ts":{T}}}"#)),
+            ]))
+            .unwrap();
+        assert_eq!(out.rejects.len(), 1);
+        let b = out.batch.unwrap();
+        let f = b.column(1).as_any().downcast_ref::<BinaryArray>().unwrap();
+        assert_eq!(
+            f.iter().collect::<Vec<_>>(),
+            vec![Some(&b"a"[..]), Some(&b"c"[..])]
+        );
+    }
+
+    #[test]
+    fn an_undeclared_field_is_ignored_whatever_it_holds() {
+        let s = with("decimal(10,2)", "");
+        let out = one(&s, r#""f":1.5,"other":{"deep":[1,{"x":"y"}]},"more":"z""#);
+        assert_eq!(decimal_of(&out).0, 150);
+    }
+
+    /// An order envelope: `id` at the top, `amount`, `status` and two item SKUs in `payload`.
+    fn envelope() -> SchemaConfig {
+        serde_json::from_str(
+            r#"{"event_time":"ts","fields":[
+            {"name":"id","path":"eventId","type":"string"},
+            {"name":"amount","path":"payload.amount","type":"decimal(18,4)"},
+            {"name":"status","path":"payload.status","type":"string","nullable":true},
+            {"name":"sku0","path":"payload.items[0].sku","type":"string","nullable":true},
+            {"name":"sku1","path":"payload.items[1].sku","type":"string","nullable":true},
+            {"name":"ts","path":"meta.time","type":"timestamp"}]}"#,
+        )
+        .unwrap()
+    }
+
+    fn one_envelope(payload: &str) -> Decoded {
+        JsonDecoder::new(&envelope())
+            .decode(&raw(&[Some(payload)]))
+            .unwrap()
+    }
+
+    fn str_at(b: &RecordBatch, name: &str) -> Option<String> {
+        let a = b.column_by_name(name).unwrap();
+        let a = a.as_any().downcast_ref::<StringArray>().unwrap();
+        a.is_valid(0).then(|| a.value(0).to_string())
+    }
+
+    #[test]
+    fn fields_are_read_from_their_paths_in_nested_objects_and_arrays() {
+        let out = one_envelope(&format!(
+            r#"{{"eventType":"OrderPlaced","eventId":"e1","version":3,
+            "payload":{{"customer":{{"id":7}},"items":[{{"sku":"A-1","qty":2}},{{"qty":1,"sku":"B-2"}},{{"sku":"C"}}],
+            "amount":178.55,"status":"new"}},"meta":{{"time":{T},"trace":[1,2]}}}}"#
+        ));
+        assert!(out.rejects.is_empty(), "{:?}", out.rejects);
+        let b = out.batch.unwrap();
+        assert_eq!(str_at(&b, "id").as_deref(), Some("e1"));
+        assert_eq!(str_at(&b, "status").as_deref(), Some("new"));
+        assert_eq!(str_at(&b, "sku0").as_deref(), Some("A-1"));
+        assert_eq!(str_at(&b, "sku1").as_deref(), Some("B-2"));
+        let amount = b.column_by_name("amount").unwrap();
+        let amount = amount.as_any().downcast_ref::<Decimal128Array>().unwrap();
+        assert_eq!(amount.value(0), 1_785_500);
+        assert_eq!(ts_of(b.column_by_name("ts").unwrap()), T);
+    }
+
+    #[test]
+    fn an_absent_or_null_container_on_the_path_leaves_its_fields_absent() {
+        for items in [
+            r#""items":[]"#,
+            r#""items":null"#,
+            r#""items":[{"qty":1}]"#,
+            r#""x":1"#,
+        ] {
+            let out = one_envelope(&format!(
+                r#"{{"eventId":"e1","payload":{{"amount":1,{items}}},"meta":{{"time":{T}}}}}"#
+            ));
+            assert!(out.rejects.is_empty(), "{items}: {:?}", out.rejects);
+            let b = out.batch.unwrap();
+            assert_eq!(str_at(&b, "sku0"), None, "{items}");
+            assert_eq!(str_at(&b, "sku1"), None, "{items}");
+        }
+        for payload in [
+            format!(r#"{{"eventId":"e1","payload":null,"meta":{{"time":{T}}}}}"#),
+            format!(r#"{{"eventId":"e1","meta":{{"time":{T}}}}}"#),
+        ] {
+            let (kind, message) = rejected(&one_envelope(&payload));
+            assert_eq!(kind, ErrorKind::MissingField, "{payload}");
+            assert!(
+                message.contains("`amount` (at payload.amount) is missing"),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_value_where_the_path_needs_an_object_or_array_is_wrong_type_naming_the_position() {
+        for (payload, shown) in [
+            (r#""payload":"p""#, "`payload` is \"p\", not an object"),
+            (r#""payload":[1]"#, "`payload` is an array, not an object"),
+            (
+                r#""payload":{"amount":1,"items":{"sku":"A"}}"#,
+                "`payload.items` is an object, not an array",
+            ),
+            (
+                r#""payload":{"amount":1,"items":[7]}"#,
+                "`payload.items[0]` is 7, not an object",
+            ),
+        ] {
+            let out = one_envelope(&format!(
+                r#"{{"eventId":"e1",{payload},"meta":{{"time":{T}}}}}"#
+            ));
+            let (kind, message) = rejected(&out);
+            assert_eq!(kind, ErrorKind::WrongType, "{payload}");
+            assert!(message.contains(shown), "{message}");
+        }
+        let (_, message) = rejected(&one_envelope(&format!(
+            r#"{{"eventId":"e1","payload":{{"amount":1.23456}},"meta":{{"time":{T}}}}}"#
+        )));
+        assert!(
+            message.starts_with("field `amount` (decimal(18, 4), at payload.amount): 1.23456"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_duplicate_key_in_an_object_on_a_path_is_invalid_json() {
+        for (payload, key) in [
+            (
+                r#""payload":{"amount":1,"amount":2}"#,
+                "`amount` in `payload`",
+            ),
+            (
+                r#""payload":{"amount":1,"note":1,"note":2}"#,
+                "`note` in `payload`",
+            ),
+            (
+                r#""payload":{"amount":1},"payload":{"amount":1}"#,
+                "`payload` in the object",
+            ),
+        ] {
+            let out = one_envelope(&format!(
+                r#"{{"eventId":"e1",{payload},"meta":{{"time":{T}}}}}"#
+            ));
+            let (kind, message) = rejected(&out);
+            assert_eq!(kind, ErrorKind::InvalidJson, "{payload}");
+            assert!(
+                message.contains(&format!("duplicate key {key}")),
+                "{message}"
+            );
+        }
+        // Objects no path goes into are checked for syntax only, as undeclared keys always were.
+        let out = one_envelope(&format!(
+            r#"{{"eventId":"e1","payload":{{"amount":1,"customer":{{"id":1,"id":2}}}},"meta":{{"time":{T}}}}}"#
+        ));
+        assert!(out.rejects.is_empty(), "{:?}", out.rejects);
+    }
+
+    #[test]
+    fn invalid_json_after_a_misfit_nested_value_is_reported_as_invalid_json() {
+        let out = one_envelope(&format!(
+            r#"{{"eventId":"e1","payload":{{"amount":"x"}},"meta":{{"time":{T}}},}}"#
+        ));
+        let (kind, _) = rejected(&out);
+        assert_eq!(kind, ErrorKind::InvalidJson);
+    }
+
+    /// `id` from the payload; key, broker timestamp (the event time), topic, partition,
+    /// offset and two headers from the message.
+    fn with_metadata() -> SchemaConfig {
+        serde_json::from_str(
+            r#"{"event_time":"broker_ts","fields":[{"name":"id","type":"string"}],
+            "metadata":{"key":"msg_key","timestamp":"broker_ts","topic":"topic","partition":"part",
+            "offset":"off","headers":{"correlation_id":"correlation-id","trace":"traceparent"}}}"#,
+        )
+        .unwrap()
+    }
+
+    fn message(
+        offset: i64,
+        key: Option<&[u8]>,
+        ts: Option<i64>,
+        headers: Vec<Option<&[u8]>>,
+    ) -> RawMessage {
+        RawMessage {
+            offset,
+            key: key.map(<[u8]>::to_vec),
+            payload: Some(format!(r#"{{"id":"e{offset}"}}"#).into_bytes()),
+            timestamp_ms: ts,
+            headers: headers.into_iter().map(|h| h.map(<[u8]>::to_vec)).collect(),
+        }
+    }
+
+    #[test]
+    fn metadata_columns_hold_the_key_timestamp_topic_partition_offset_and_headers() {
+        let s = with_metadata();
+        let names: Vec<String> = s
+            .arrow_schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "id",
+                "msg_key",
+                "broker_ts",
+                "topic",
+                "part",
+                "off",
+                "correlation_id",
+                "trace"
+            ]
+        );
+        assert_eq!(s.metadata.header_names(), ["correlation-id", "traceparent"]);
+        let mut d = JsonDecoder::new(&s);
+        let raw = RawBatch::new(
+            "orders".into(),
+            3,
+            vec![
+                message(7, Some(b"k-1"), Some(T), vec![Some(b"c-1"), None]),
+                message(8, None, Some(T + 1), vec![None, Some(b"00-ab")]),
+            ],
+        );
+        let out = d.decode(&raw).unwrap();
+        assert!(out.rejects.is_empty(), "{:?}", out.rejects);
+        let b = out.batch.unwrap();
+        let text = |name: &str| -> Vec<Option<String>> {
+            let a = b.column_by_name(name).unwrap();
+            let a = a.as_any().downcast_ref::<StringArray>().unwrap();
+            a.iter().map(|v| v.map(str::to_string)).collect()
+        };
+        assert_eq!(text("msg_key"), [Some("k-1".into()), None]);
+        assert_eq!(
+            text("topic"),
+            [Some("orders".into()), Some("orders".into())]
+        );
+        assert_eq!(text("correlation_id"), [Some("c-1".into()), None]);
+        assert_eq!(text("trace"), [None, Some("00-ab".into())]);
+        let ts = b.column_by_name("broker_ts").unwrap();
+        let ts = ts
+            .as_any()
+            .downcast_ref::<TimestampMillisecondArray>()
+            .unwrap();
+        assert_eq!(ts.values(), &[T, T + 1]);
+        let part = b.column_by_name("part").unwrap();
+        assert_eq!(
+            part.as_any().downcast_ref::<Int32Array>().unwrap().values(),
+            &[3, 3]
+        );
+        let off = b.column_by_name("off").unwrap();
+        assert_eq!(
+            off.as_any().downcast_ref::<Int64Array>().unwrap().values(),
+            &[7, 8]
+        );
+    }
+
+    #[test]
+    fn a_message_whose_metadata_does_not_fit_is_dead_lettered_and_the_rest_goes_on() {
+        let mut d = JsonDecoder::new(&with_metadata());
+        let raw = RawBatch::new(
+            "orders".into(),
+            0,
+            vec![
+                message(1, Some(b"\xff"), Some(T), vec![None, None]),
+                message(2, Some(b"k"), None, vec![None, None]),
+                message(3, Some(b"k"), Some(T), vec![Some(b"\xfe"), None]),
+                message(4, Some(b"k"), Some(T), vec![None, None]),
+            ],
+        );
+        let out = d.decode(&raw).unwrap();
+        let got: Vec<(i64, ErrorKind)> = out.rejects.iter().map(|r| (r.offset, r.kind)).collect();
+        assert_eq!(
+            got,
+            [
+                (1, ErrorKind::WrongType),
+                (2, ErrorKind::MissingField),
+                (3, ErrorKind::WrongType)
+            ]
+        );
+        assert!(
+            out.rejects[0]
+                .message
+                .contains("`msg_key`: the message key is not UTF-8"),
+            "{:?}",
+            out.rejects
+        );
+        assert!(
+            out.rejects[1].message.contains("no timestamp"),
+            "{:?}",
+            out.rejects
+        );
+        assert!(
+            out.rejects[2]
+                .message
+                .contains("header `correlation-id` is not UTF-8"),
+            "{:?}",
+            out.rejects
+        );
+        let b = out.batch.unwrap();
+        assert_eq!(b.num_rows(), 1);
+        let off = b.column_by_name("off").unwrap();
+        assert_eq!(
+            off.as_any().downcast_ref::<Int64Array>().unwrap().values(),
+            &[4]
+        );
+    }
+
     #[test]
     fn a_rejected_message_leaves_no_trace_in_the_rows_around_it() {
         // The bad value comes after good ones of the same message: they must not stay behind.
@@ -996,10 +1714,58 @@ mod tests {
         }
     }
 
+    /// A valid envelope of [`envelope`]'s schema.
+    fn valid_envelope(i: u32) -> String {
+        format!(
+            r#"{{"eventId":"e{i}","payload":{{"amount":{i}.25,"status":"new","items":[{{"sku":"A{i}"}},{{"sku":"B"}}]}},"meta":{{"time":{T}}}}}"#
+        )
+    }
+
     proptest! {
         #[test]
+        fn a_nested_event_mutated_byte_by_byte_is_accepted_whole_or_dead_lettered(
+            events in proptest::collection::vec(
+                (0u32..1000, proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4)),
+                1..20,
+            )
+        ) {
+            let mut payloads = Vec::new();
+            for (i, edits) in &events {
+                let mut bytes = valid_envelope(*i).into_bytes();
+                for (at, b) in edits {
+                    let at = at.index(bytes.len());
+                    bytes[at] = *b;
+                }
+                payloads.push(Some(bytes));
+            }
+            let msgs: Vec<RawMessage> = payloads.iter().enumerate().map(|(i, p)| RawMessage { offset: i as i64, key: None, payload: p.clone(), timestamp_ms: None, headers: Vec::new() }).collect();
+            let n = msgs.len();
+            let out = JsonDecoder::new(&envelope()).decode(&RawBatch::new("t".into(), 0, msgs)).unwrap();
+            let rows = out.batch.as_ref().map_or(0, |b| b.num_rows());
+            prop_assert_eq!(rows + out.rejects.len(), n);
+            // An unmutated event is always accepted, with its values.
+            let untouched = events.iter().filter(|(_, e)| e.is_empty()).count();
+            prop_assert!(rows >= untouched);
+            if let Some(b) = &out.batch {
+                let ids = b.column_by_name("id").unwrap();
+                let ids = ids.as_any().downcast_ref::<StringArray>().unwrap();
+                let amount = b.column_by_name("amount").unwrap();
+                let amount = amount.as_any().downcast_ref::<Decimal128Array>().unwrap();
+                let offsets = b.column_by_name(OFFSET_COLUMN).unwrap();
+                let offsets = offsets.as_any().downcast_ref::<Int64Array>().unwrap();
+                for r in 0..b.num_rows() {
+                    let (i, edits) = &events[offsets.value(r) as usize];
+                    if edits.is_empty() {
+                        prop_assert_eq!(ids.value(r), format!("e{i}"));
+                        prop_assert_eq!(amount.value(r), i128::from(*i) * 10_000 + 2_500);
+                    }
+                }
+            }
+        }
+
+        #[test]
         fn decode_never_panics_and_accounts_for_every_message(payloads in proptest::collection::vec(proptest::option::of(proptest::collection::vec(any::<u8>(), 0..40)), 0..40)) {
-            let msgs: Vec<RawMessage> = payloads.into_iter().enumerate().map(|(i, p)| RawMessage { offset: i as i64, key: None, payload: p, timestamp_ms: None }).collect();
+            let msgs: Vec<RawMessage> = payloads.into_iter().enumerate().map(|(i, p)| RawMessage { offset: i as i64, key: None, payload: p, timestamp_ms: None, headers: Vec::new() }).collect();
             let n = msgs.len();
             let mut d = JsonDecoder::new(&schema());
             let out = d.decode(&RawBatch::new("t".into(), 0, msgs)).unwrap();

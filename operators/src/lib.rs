@@ -12,6 +12,7 @@
 //!   [`upcast_config`]: the same declared in `pipeline.toml` (SQL expressions per step).
 
 pub mod decode;
+pub mod dedup;
 pub mod expr;
 pub mod key_check;
 pub mod projection;
@@ -25,11 +26,12 @@ pub mod upsert;
 pub mod window;
 
 pub use decode::JsonDecoder;
+pub use dedup::{DedupConfig, DedupOperator};
 pub use expr::{FilterOperator, ProjectOperator};
 pub use key_check::{KeyCheckOperator, KeyPlacement};
 pub use projection::{Projection, ProjectionOperator};
 pub use schema::{
-    Colocation, EpochUnit, FieldConfig, FieldType, PartitionKeyCheck, SchemaConfig,
+    Colocation, EpochUnit, FieldConfig, FieldType, MetadataConfig, PartitionKeyCheck, SchemaConfig,
     PLAUSIBLE_EPOCH_SECS,
 };
 pub use session::SessionWindow;

@@ -34,6 +34,82 @@ pub struct SchemaConfig {
     pub partition_key_check: PartitionKeyCheck,
     /// The fields of an event, in column order.
     pub fields: Vec<FieldConfig>,
+    /// `[schema.metadata]`: the message's own key, timestamp, topic, partition, offset and
+    /// headers as columns, after the fields.
+    #[serde(default)]
+    pub metadata: MetadataConfig,
+}
+
+/// `[schema.metadata]`: which of a message's own attributes become columns, and their names.
+/// They follow the declared fields, in this order: key, timestamp, topic, partition, offset,
+/// then the headers by column name.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MetadataConfig {
+    /// Column of the message key, as a string (null when the message has none; a key that is
+    /// not UTF-8 sends the message to the DLQ).
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Column of the broker (or producer) timestamp, a `timestamp`; it may be the
+    /// `event_time` (a message without one then goes to the DLQ).
+    #[serde(default)]
+    pub timestamp: Option<String>,
+    /// Column of the topic the message was read from (string).
+    #[serde(default)]
+    pub topic: Option<String>,
+    /// Column of its partition (int32).
+    #[serde(default)]
+    pub partition: Option<String>,
+    /// Column of its offset (int64).
+    #[serde(default)]
+    pub offset: Option<String>,
+    /// Columns of headers: column name → header name (`correlation_id = "correlation-id"`),
+    /// each a string (null when the message has no such header; the first one wins when it
+    /// has several; a value that is not UTF-8 sends the message to the DLQ).
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+}
+
+/// A message attribute that a metadata column holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetadataSource {
+    Key,
+    Timestamp,
+    Topic,
+    Partition,
+    Offset,
+    /// The header of this name (the index into [`MetadataConfig::header_names`]).
+    Header(usize),
+}
+
+impl MetadataConfig {
+    /// The metadata columns in column order: (column name, what it holds, its type).
+    pub fn columns(&self) -> Vec<(String, MetadataSource, FieldType)> {
+        let mut out = Vec::new();
+        let mut add = |c: &Option<String>, s: MetadataSource, t: FieldType| {
+            if let Some(c) = c {
+                out.push((c.clone(), s, t));
+            }
+        };
+        add(&self.key, MetadataSource::Key, FieldType::String);
+        add(
+            &self.timestamp,
+            MetadataSource::Timestamp,
+            FieldType::Timestamp,
+        );
+        add(&self.topic, MetadataSource::Topic, FieldType::String);
+        add(&self.partition, MetadataSource::Partition, FieldType::Int32);
+        add(&self.offset, MetadataSource::Offset, FieldType::Int64);
+        for (i, column) in self.headers.keys().enumerate() {
+            out.push((column.clone(), MetadataSource::Header(i), FieldType::String));
+        }
+        out
+    }
+
+    /// The header names the columns read, in the order of [`MetadataSource::Header`].
+    pub fn header_names(&self) -> Vec<String> {
+        self.headers.values().cloned().collect()
+    }
 }
 
 /// `[schema] partition_key_check`.
@@ -55,8 +131,13 @@ fn default_table() -> String {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct FieldConfig {
-    /// JSON key and column name.
+    /// Column name, and the JSON key it is read from unless `path` says otherwise.
     pub name: String,
+    /// Where in the event the value is, when it is not the top-level key `name`: keys joined
+    /// by `.`, array elements as `[i]` (`payload.amount`, `items[0].sku`). A null or absent
+    /// object or array on the way makes the field absent. See ARCHITECTURE.md, "Decode rules".
+    #[serde(default)]
+    pub path: Option<String>,
     /// Column type.
     #[serde(rename = "type")]
     pub field_type: FieldType,
@@ -86,11 +167,20 @@ impl FieldConfig {
     pub fn new(name: impl Into<String>, field_type: FieldType) -> Self {
         Self {
             name: name.into(),
+            path: None,
             field_type,
             nullable: false,
             coerce: false,
             unit: None,
             any_epoch: false,
+        }
+    }
+
+    /// The steps from the event to the value: the parsed `path`, or the key `name`.
+    pub fn steps(&self) -> Result<Vec<PathStep>, String> {
+        match &self.path {
+            None => Ok(vec![PathStep::Key(self.name.clone())]),
+            Some(p) => parse_path(p),
         }
     }
 
@@ -103,6 +193,9 @@ impl FieldConfig {
     /// field's own key, e.g. `schema.fields[2]`).
     pub fn validate(&self, at: &str) -> Vec<String> {
         let mut errors = Vec::new();
+        if let Err(e) = self.steps() {
+            errors.push(format!("{at}.path: {e}"));
+        }
         if self.unit.is_some() && self.field_type != FieldType::Timestamp {
             errors.push(format!(
                 "{at}.unit: only a `timestamp` field has a unit; `{}` is {:?}",
@@ -122,8 +215,88 @@ impl FieldConfig {
                 self.name
             ));
         }
+        if self.coerce && matches!(self.field_type, FieldType::Binary | FieldType::Date) {
+            errors.push(format!(
+                "{at}.coerce: `{}` is a {} field, which is always written as a string: coerce \
+                 reads numbers and booleans written as strings",
+                self.name, self.field_type
+            ));
+        }
+        if let FieldType::Decimal { precision, scale } = self.field_type {
+            if let Err(e) = FieldType::decimal(precision, scale) {
+                errors.push(format!("{at}.type: {e}"));
+            }
+        }
         errors
     }
+}
+
+/// One step of a field's path into the event.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PathStep {
+    /// The value of this key of an object.
+    Key(String),
+    /// This element (from 0) of an array.
+    Index(usize),
+}
+
+impl std::fmt::Display for PathStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PathStep::Key(k) => f.write_str(k),
+            PathStep::Index(i) => write!(f, "[{i}]"),
+        }
+    }
+}
+
+/// `steps` as a path is written (`items[0].sku`).
+pub fn path_text(steps: &[PathStep]) -> String {
+    let mut out = String::new();
+    for s in steps {
+        if matches!(s, PathStep::Key(_)) && !out.is_empty() {
+            out.push('.');
+        }
+        out.push_str(&s.to_string());
+    }
+    out
+}
+
+/// A path as a field writes it: keys joined by `.`, each followed by any number of `[i]`.
+pub fn parse_path(path: &str) -> Result<Vec<PathStep>, String> {
+    let bad = |why: &str| {
+        Err(format!(
+            "`{path}` is not a path ({why}): write keys joined by `.` and array elements as \
+             `[i]`, e.g. `payload.items[0].sku`"
+        ))
+    };
+    let mut steps = Vec::new();
+    for segment in path.split('.') {
+        let (key, mut rest) = segment.split_at(segment.find('[').unwrap_or(segment.len()));
+        if key.is_empty() {
+            return bad("a key is empty");
+        }
+        if key.contains(']') {
+            return bad("`]` without `[`");
+        }
+        steps.push(PathStep::Key(key.to_string()));
+        while !rest.is_empty() {
+            let Some((index, after)) = rest.strip_prefix('[').and_then(|r| r.split_once(']'))
+            else {
+                return bad("an index is not closed by `]`");
+            };
+            match index.parse::<u32>() {
+                Ok(i) if index.bytes().all(|b| b.is_ascii_digit()) => {
+                    steps.push(PathStep::Index(i as usize))
+                }
+                _ => return bad("an index is not a number"),
+            }
+            if !after.is_empty() && !after.starts_with('[') {
+                return bad("text after `]`");
+            }
+            rest = after;
+        }
+    }
+    Ok(steps)
 }
 
 /// The unit of an epoch number in a `timestamp` field. Decoded times are stored as
@@ -193,31 +366,188 @@ impl EpochUnit {
 /// 1970 or in the year 50000.
 pub const PLAUSIBLE_EPOCH_SECS: (i64, i64) = (100_000_000, 10_000_000_000);
 
-/// Column types a JSON field can be decoded to.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
+/// Column types a JSON field can be decoded to, written in a pipeline file as their name
+/// (`int64`, `uint8`, `date`, ...) or, for decimals, `decimal(p, s)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FieldType {
     String,
+    Int8,
+    Int16,
     Int32,
     Int64,
+    UInt8,
+    UInt16,
+    UInt32,
+    UInt64,
     Float32,
     Float64,
     Bool,
+    /// A base64 string (RFC 4648, standard alphabet, padded), stored as its bytes.
+    Binary,
+    /// A calendar date written `YYYY-MM-DD`, stored as days since 1970-01-01 (Date32).
+    Date,
     /// An epoch number in the field's `unit` (default milliseconds) or an RFC 3339 string,
     /// stored as milliseconds.
     Timestamp,
+    /// An exact decimal of at most `precision` digits (1 to 38), `scale` of them after the
+    /// point (0 to `precision`), stored as Arrow Decimal128.
+    Decimal {
+        precision: u8,
+        scale: i8,
+    },
 }
 
+/// The largest precision of a `decimal(p, s)` field (what Decimal128 holds).
+pub const MAX_DECIMAL_PRECISION: u8 = 38;
+
 impl FieldType {
+    /// The type names a pipeline file may write (`decimal` with its `(p, s)`).
+    pub const NAMES: &'static [&'static str] = &[
+        "string",
+        "int8",
+        "int16",
+        "int32",
+        "int64",
+        "uint8",
+        "uint16",
+        "uint32",
+        "uint64",
+        "float32",
+        "float64",
+        "bool",
+        "binary",
+        "date",
+        "timestamp",
+        "decimal(p, s)",
+    ];
+
+    /// A `decimal(precision, scale)` type, or why those bounds are not one.
+    pub fn decimal(precision: u8, scale: i8) -> Result<Self, String> {
+        if precision == 0 || precision > MAX_DECIMAL_PRECISION {
+            return Err(format!(
+                "decimal precision must be 1 to {MAX_DECIMAL_PRECISION}, not {precision}"
+            ));
+        }
+        if scale < 0 || scale as u8 > precision {
+            return Err(format!(
+                "decimal scale must be 0 to the precision ({precision}), not {scale}"
+            ));
+        }
+        Ok(FieldType::Decimal { precision, scale })
+    }
+
     pub fn data_type(self) -> DataType {
         match self {
             FieldType::String => DataType::Utf8,
+            FieldType::Int8 => DataType::Int8,
+            FieldType::Int16 => DataType::Int16,
             FieldType::Int32 => DataType::Int32,
             FieldType::Int64 => DataType::Int64,
+            FieldType::UInt8 => DataType::UInt8,
+            FieldType::UInt16 => DataType::UInt16,
+            FieldType::UInt32 => DataType::UInt32,
+            FieldType::UInt64 => DataType::UInt64,
             FieldType::Float32 => DataType::Float32,
             FieldType::Float64 => DataType::Float64,
             FieldType::Bool => DataType::Boolean,
+            FieldType::Binary => DataType::Binary,
+            FieldType::Date => DataType::Date32,
             FieldType::Timestamp => DataType::Timestamp(TimeUnit::Millisecond, None),
+            FieldType::Decimal { precision, scale } => DataType::Decimal128(precision, scale),
+        }
+    }
+
+    /// Whether the type is a number (an integer, a float or a decimal).
+    pub fn is_numeric(self) -> bool {
+        !matches!(
+            self,
+            FieldType::String
+                | FieldType::Bool
+                | FieldType::Binary
+                | FieldType::Date
+                | FieldType::Timestamp
+        )
+    }
+
+    /// The type read from its name in a pipeline file; `Ok(None)` for a name that is no type.
+    pub fn parse(text: &str) -> Result<Option<Self>, String> {
+        Ok(Some(match text {
+            "string" => FieldType::String,
+            "int8" => FieldType::Int8,
+            "int16" => FieldType::Int16,
+            "int32" => FieldType::Int32,
+            "int64" => FieldType::Int64,
+            "uint8" => FieldType::UInt8,
+            "uint16" => FieldType::UInt16,
+            "uint32" => FieldType::UInt32,
+            "uint64" => FieldType::UInt64,
+            "float32" => FieldType::Float32,
+            "float64" => FieldType::Float64,
+            "bool" => FieldType::Bool,
+            "binary" => FieldType::Binary,
+            "date" => FieldType::Date,
+            "timestamp" => FieldType::Timestamp,
+            _ => {
+                let Some(args) = text
+                    .strip_prefix("decimal")
+                    .map(str::trim_start)
+                    .and_then(|t| t.strip_prefix('('))
+                    .and_then(|t| t.strip_suffix(')'))
+                else {
+                    return Ok(None);
+                };
+                let bad = || {
+                    format!(
+                        "`{text}` is not a decimal type: write `decimal(p, s)` with a precision \
+                         p of 1 to {MAX_DECIMAL_PRECISION} and a scale s of 0 to p, e.g. \
+                         `decimal(18, 4)`"
+                    )
+                };
+                let (p, s) = args.split_once(',').ok_or_else(bad)?;
+                let p: u8 = p.trim().parse().map_err(|_| bad())?;
+                let s: i8 = s.trim().parse().map_err(|_| bad())?;
+                return FieldType::decimal(p, s)
+                    .map(Some)
+                    .map_err(|e| format!("`{text}`: {e}"));
+            }
+        }))
+    }
+}
+
+impl std::fmt::Display for FieldType {
+    /// The type as a pipeline file writes it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = match self {
+            FieldType::String => "string",
+            FieldType::Int8 => "int8",
+            FieldType::Int16 => "int16",
+            FieldType::Int32 => "int32",
+            FieldType::Int64 => "int64",
+            FieldType::UInt8 => "uint8",
+            FieldType::UInt16 => "uint16",
+            FieldType::UInt32 => "uint32",
+            FieldType::UInt64 => "uint64",
+            FieldType::Float32 => "float32",
+            FieldType::Float64 => "float64",
+            FieldType::Bool => "bool",
+            FieldType::Binary => "binary",
+            FieldType::Date => "date",
+            FieldType::Timestamp => "timestamp",
+            FieldType::Decimal { precision, scale } => {
+                return write!(f, "decimal({precision}, {scale})")
+            }
+        };
+        f.write_str(name)
+    }
+}
+
+impl<'de> Deserialize<'de> for FieldType {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        match FieldType::parse(&text) {
+            Ok(Some(t)) => Ok(t),
+            Ok(None) => Err(serde::de::Error::unknown_variant(&text, FieldType::NAMES)),
+            Err(e) => Err(serde::de::Error::custom(e)),
         }
     }
 }
@@ -230,6 +560,25 @@ impl SchemaConfig {
             errors.push(format!("{prefix}.fields: at least one field is required"));
         }
         let mut seen = std::collections::HashSet::new();
+        for (column, _, _) in self.metadata.columns() {
+            if column.is_empty() || column == weir_runtime::OFFSET_COLUMN {
+                errors.push(format!(
+                    "{prefix}.metadata: column name `{column}` is empty or reserved"
+                ));
+            }
+            if !seen.insert(column.clone()) {
+                errors.push(format!(
+                    "{prefix}.metadata: `{column}` names two metadata columns"
+                ));
+            }
+        }
+        for (name, header) in &self.metadata.headers {
+            if header.is_empty() {
+                errors.push(format!(
+                    "{prefix}.metadata.headers.{name}: the header name must not be empty"
+                ));
+            }
+        }
         for (i, f) in self.fields.iter().enumerate() {
             if f.name.is_empty() {
                 errors.push(format!("{prefix}.fields[{i}].name: must not be empty"));
@@ -241,21 +590,24 @@ impl SchemaConfig {
                 ));
             }
             errors.extend(f.validate(&format!("{prefix}.fields[{i}]")));
-            if !seen.insert(f.name.as_str()) {
+            if !seen.insert(f.name.clone()) {
                 errors.push(format!(
-                    "{prefix}.fields[{i}].name: duplicate field `{}`",
+                    "{prefix}.fields[{i}].name: duplicate field `{}` (a field or a metadata \
+                     column)",
                     f.name
                 ));
             }
         }
+        errors.extend(path_conflicts(&self.fields, prefix));
         if let Some(k) = &self.partition_key {
-            if !self.fields.iter().any(|f| &f.name == k) {
+            if !self.columns().iter().any(|f| &f.name == k) {
                 errors.push(format!(
                     "{prefix}.partition_key: `{k}` is not one of the declared fields"
                 ));
             }
         }
-        match self.fields.iter().find(|f| f.name == self.event_time) {
+        let columns = self.columns();
+        match columns.iter().find(|f| f.name == self.event_time) {
             None => errors.push(format!(
                 "{prefix}.event_time: `{}` is not one of the declared fields",
                 self.event_time
@@ -273,10 +625,24 @@ impl SchemaConfig {
         errors
     }
 
-    /// The Arrow schema of decoded events (without the offset column).
+    /// Every column of a decoded event: the declared fields, then the metadata columns (as
+    /// fields of their type; nullable except a timestamp that is the event time).
+    pub fn columns(&self) -> Vec<FieldConfig> {
+        let mut out = self.fields.clone();
+        for (name, source, t) in self.metadata.columns() {
+            let required = source == MetadataSource::Timestamp && name == self.event_time;
+            out.push(FieldConfig {
+                nullable: !required,
+                ..FieldConfig::new(name, t)
+            });
+        }
+        out
+    }
+
+    /// The arrow schema of decoded events (without the offset column).
     pub fn arrow_schema(&self) -> SchemaRef {
         Arc::new(Schema::new(
-            self.fields
+            self.columns()
                 .iter()
                 .map(|f| Field::new(&f.name, f.field_type.data_type(), f.nullable))
                 .collect::<Vec<_>>(),
@@ -319,6 +685,57 @@ impl SchemaConfig {
             )),
         }
     }
+}
+
+/// Fields whose paths cannot all be read from one event: one path the same as another or
+/// running through it (`payload` and `payload.amount`), or one position read as an object by
+/// one field and as an array by another (`items.count`, `items[0]`).
+fn path_conflicts(fields: &[FieldConfig], prefix: &str) -> Vec<String> {
+    let paths: Vec<(usize, Vec<PathStep>)> = fields
+        .iter()
+        .enumerate()
+        .filter_map(|(i, f)| f.steps().ok().map(|s| (i, s)))
+        .collect();
+    let mut errors = Vec::new();
+    for (a, (i, pa)) in paths.iter().enumerate() {
+        for (j, pb) in &paths[a + 1..] {
+            let common = pa.iter().zip(pb).take_while(|(x, y)| x == y).count();
+            let (fa, fb) = (&fields[*i].name, &fields[*j].name);
+            if fa == fb {
+                continue; // a duplicate field, reported as such
+            }
+            let at = format!("{prefix}.fields[{j}].path");
+            if pa.len() == pb.len() && common == pa.len() {
+                errors.push(format!(
+                    "{at}: `{fb}` reads {}, as `{fa}` does: a position holds one field",
+                    path_text(pb)
+                ));
+            } else if common == pa.len().min(pb.len()) {
+                let ((outer, po), (inner, pi)) = if pa.len() < pb.len() {
+                    ((fa, pa), (fb, pb))
+                } else {
+                    ((fb, pb), (fa, pa))
+                };
+                errors.push(format!(
+                    "{at}: `{inner}` ({}) is within `{outer}` ({}): a value is either a field \
+                     or holds fields",
+                    path_text(pi),
+                    path_text(po)
+                ));
+            } else if matches!(
+                (&pa[common], &pb[common]),
+                (PathStep::Key(_), PathStep::Index(_)) | (PathStep::Index(_), PathStep::Key(_))
+            ) {
+                errors.push(format!(
+                    "{at}: `{fb}` ({}) and `{fa}` ({}) read `{}` as an object and as an array",
+                    path_text(pb),
+                    path_text(pa),
+                    path_text(&pa[..common]),
+                ));
+            }
+        }
+    }
+    errors
 }
 
 /// Why keys are not co-located over several topics.
@@ -422,6 +839,7 @@ mod tests {
             event_time: "ts".into(),
             partition_key: partition_key.map(str::to_string),
             partition_key_check: PartitionKeyCheck::Warn,
+            metadata: Default::default(),
             fields: vec![
                 FieldConfig::new("sensor_id", FieldType::String),
                 FieldConfig::new("ts", FieldType::Timestamp),
@@ -431,6 +849,179 @@ mod tests {
 
     fn two_topics() -> Partitioning {
         Partitioning::ByMessageKeyPerTopic(vec!["ta".into(), "tb".into()])
+    }
+
+    #[test]
+    fn every_type_name_reads_back_as_it_displays() {
+        for name in FieldType::NAMES.iter().filter(|n| !n.contains('(')) {
+            let t = FieldType::parse(name).unwrap().unwrap();
+            assert_eq!(&t.to_string(), name);
+        }
+        for text in ["decimal(18,4)", "decimal(18, 4)", "decimal (18 , 4)"] {
+            assert_eq!(
+                FieldType::parse(text),
+                Ok(Some(FieldType::Decimal {
+                    precision: 18,
+                    scale: 4
+                }))
+            );
+        }
+        assert_eq!(
+            FieldType::decimal(38, 0).unwrap().data_type(),
+            DataType::Decimal128(38, 0)
+        );
+        assert_eq!(FieldType::parse("percent"), Ok(None));
+    }
+
+    #[test]
+    fn a_decimal_outside_what_decimal128_holds_is_refused_with_the_bounds() {
+        for (text, says) in [
+            ("decimal(39, 2)", "precision must be 1 to 38, not 39"),
+            ("decimal(0, 0)", "precision must be 1 to 38, not 0"),
+            (
+                "decimal(4, 5)",
+                "scale must be 0 to the precision (4), not 5",
+            ),
+            (
+                "decimal(4, -1)",
+                "scale must be 0 to the precision (4), not -1",
+            ),
+            ("decimal(18)", "write `decimal(p, s)`"),
+            ("decimal(a, b)", "write `decimal(p, s)`"),
+        ] {
+            let err = FieldType::parse(text).unwrap_err();
+            assert!(err.contains(says), "{text}: {err}");
+        }
+        let f = FieldConfig::new(
+            "price",
+            FieldType::Decimal {
+                precision: 40,
+                scale: 2,
+            },
+        );
+        let errors = f.validate("schema.fields[1]");
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].starts_with("schema.fields[1].type: decimal precision"),
+            "{errors:?}"
+        );
+    }
+
+    fn with_paths(paths: &[(&str, Option<&str>)]) -> SchemaConfig {
+        let mut fields: Vec<FieldConfig> = paths
+            .iter()
+            .map(|(name, path)| FieldConfig {
+                path: path.map(str::to_string),
+                ..FieldConfig::new(*name, FieldType::Int64)
+            })
+            .collect();
+        fields.push(FieldConfig::new("ts", FieldType::Timestamp));
+        SchemaConfig {
+            fields,
+            ..schema(None)
+        }
+    }
+
+    #[test]
+    fn paths_parse_into_keys_and_indices() {
+        use PathStep::*;
+        assert_eq!(
+            parse_path("payload.items[0][12].sku"),
+            Ok(vec![
+                Key("payload".into()),
+                Key("items".into()),
+                Index(0),
+                Index(12),
+                Key("sku".into())
+            ])
+        );
+        assert_eq!(path_text(&parse_path("a.b[3].c").unwrap()), "a.b[3].c");
+        for bad in [
+            "", "a..b", ".a", "a.", "[0]", "a[", "a[x]", "a[-1]", "a[0]b", "a]",
+        ] {
+            let err = parse_path(bad).unwrap_err();
+            assert!(err.contains("is not a path"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_bad_path_is_reported_at_the_fields_path_key() {
+        let errors = with_paths(&[("amount", Some("payload..amount"))]).validate("schema");
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].starts_with("schema.fields[0].path: `payload..amount` is not a path"),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn paths_that_cannot_all_be_read_from_one_event_are_refused() {
+        for (paths, says) in [
+            (
+                vec![("p", Some("payload")), ("amount", Some("payload.amount"))],
+                "schema.fields[1].path: `amount` (payload.amount) is within `p` (payload): a value is either a field or holds fields",
+            ),
+            (
+                vec![("a", Some("x.y")), ("b", Some("x.y"))],
+                "schema.fields[1].path: `b` reads x.y, as `a` does: a position holds one field",
+            ),
+            (
+                vec![("a", None), ("b", Some("a"))],
+                "schema.fields[1].path: `b` reads a, as `a` does: a position holds one field",
+            ),
+            (
+                vec![("n", Some("items.count")), ("sku", Some("items[0].sku"))],
+                "schema.fields[1].path: `sku` (items[0].sku) and `n` (items.count) read `items` as an object and as an array",
+            ),
+        ] {
+            let errors = with_paths(&paths).validate("schema");
+            assert_eq!(errors, vec![says.to_string()], "{paths:?}");
+        }
+        let fine = with_paths(&[
+            ("a", Some("p.a")),
+            ("b", Some("p.b")),
+            ("c", Some("q[0].a")),
+            ("d", Some("q[1]")),
+        ]);
+        assert_eq!(fine.validate("schema"), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_metadata_column_may_be_the_event_time_and_the_partition_key_but_not_reuse_a_name() {
+        let mut s = schema(None);
+        s.metadata.timestamp = Some("broker_ts".into());
+        s.metadata.key = Some("msg_key".into());
+        s.event_time = "broker_ts".into();
+        s.partition_key = Some("msg_key".into());
+        assert_eq!(s.validate("schema"), Vec::<String>::new());
+        s.metadata.topic = Some("sensor_id".into());
+        s.metadata.headers.insert("msg_key".into(), "".into());
+        let errors = s.validate("schema");
+        assert_eq!(
+            errors,
+            [
+                "schema.metadata: `msg_key` names two metadata columns",
+                "schema.metadata.headers.msg_key: the header name must not be empty",
+                "schema.fields[0].name: duplicate field `sensor_id` (a field or a metadata column)",
+            ],
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn coerce_is_refused_on_fields_that_are_always_strings() {
+        for t in [FieldType::String, FieldType::Binary, FieldType::Date] {
+            let f = FieldConfig {
+                coerce: true,
+                ..FieldConfig::new("x", t)
+            };
+            let errors = f.validate("schema.fields[0]");
+            assert_eq!(errors.len(), 1, "{t}: {errors:?}");
+            assert!(
+                errors[0].starts_with("schema.fields[0].coerce"),
+                "{errors:?}"
+            );
+        }
     }
 
     #[test]

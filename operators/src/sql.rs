@@ -419,10 +419,10 @@ fn window_call(
     Ok((ts_field.name.clone(), kind))
 }
 
-fn field_of<'a>(schema: &'a SchemaConfig, name: &str) -> Option<&'a FieldConfig> {
+fn field_of(schema: &SchemaConfig, name: &str) -> Option<FieldConfig> {
     schema
-        .fields
-        .iter()
+        .columns()
+        .into_iter()
         .find(|f| f.name.eq_ignore_ascii_case(name))
 }
 

@@ -644,6 +644,7 @@ mod tests {
             event_time: "time".into(),
             partition_key: None,
             partition_key_check: Default::default(),
+            metadata: Default::default(),
             fields: vec![
                 field("order_id", FieldType::String, false),
                 field("version", FieldType::Int64, false),
@@ -698,6 +699,7 @@ mod tests {
                 key: None,
                 payload: Some(l.as_bytes().to_vec()),
                 timestamp_ms: None,
+                headers: Vec::new(),
             })
             .collect();
         let decoded = decoder

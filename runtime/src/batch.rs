@@ -12,6 +12,10 @@ pub struct RawMessage {
     pub payload: Option<Vec<u8>>,
     /// Broker/producer timestamp in epoch millis, when the source has one.
     pub timestamp_ms: Option<i64>,
+    /// The values of the headers the pipeline reads ([`crate::Source::keep_headers`]), in
+    /// the order of those names: `None` when the message has no such header or it has no
+    /// value. Empty (no allocation) when no header is read.
+    pub headers: Vec<Option<Vec<u8>>>,
 }
 
 /// Messages of one partition in offset order (strictly increasing offsets).

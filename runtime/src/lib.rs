@@ -9,6 +9,7 @@
 
 pub use datafusion_common::arrow;
 
+pub mod base64;
 pub mod batch;
 pub mod checkpoint;
 pub mod dlq;

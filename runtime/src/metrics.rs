@@ -16,7 +16,7 @@ use crate::dlq::{DeadLetter, ErrorKind, Stage};
 use serde::{Deserialize, Serialize};
 
 /// Per-partition event accounting. Invariant (checked by tests):
-/// `consumed = aggregated + dlq + late_dropped + filtered`, where `dlq` counts every
+/// `consumed = aggregated + dlq + late_dropped + filtered + deduplicated`, where `dlq` counts every
 /// dead-lettered event (decode, operator and late rejects).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counters {
@@ -32,6 +32,9 @@ pub struct Counters {
     pub late: u64,
     /// Events removed by a filter.
     pub filtered: u64,
+    /// Events a dedup dropped as duplicates (0 in checkpoints from before dedup existed).
+    #[serde(default)]
+    pub deduplicated: u64,
     /// Result rows handed to the sinks.
     pub rows_out: u64,
 }
@@ -44,12 +47,14 @@ impl Counters {
         self.late_dropped += other.late_dropped;
         self.late += other.late;
         self.filtered += other.filtered;
+        self.deduplicated += other.deduplicated;
         self.rows_out += other.rows_out;
     }
 
     /// The accounting identity (ARCHITECTURE.md, "Checkpoint protocol").
     pub fn balanced(&self) -> bool {
-        self.consumed == self.aggregated + self.dlq + self.late_dropped + self.filtered
+        self.consumed
+            == self.aggregated + self.dlq + self.late_dropped + self.filtered + self.deduplicated
     }
 }
 
@@ -248,6 +253,7 @@ pub struct Metrics {
     late_dropped: AtomicU64,
     late: AtomicU64,
     filtered: AtomicU64,
+    deduplicated: AtomicU64,
     rows_out: AtomicU64,
     checkpoints: AtomicU64,
     owned: AtomicU64,
@@ -461,6 +467,8 @@ impl Metrics {
             .fetch_add(c.late_dropped, Ordering::Relaxed);
         self.late.fetch_add(c.late, Ordering::Relaxed);
         self.filtered.fetch_add(c.filtered, Ordering::Relaxed);
+        self.deduplicated
+            .fetch_add(c.deduplicated, Ordering::Relaxed);
         self.rows_out.fetch_add(c.rows_out, Ordering::Relaxed);
     }
 
@@ -566,6 +574,7 @@ impl Metrics {
             late_dropped: self.late_dropped.load(Ordering::Relaxed),
             late: self.late.load(Ordering::Relaxed),
             filtered: self.filtered.load(Ordering::Relaxed),
+            deduplicated: self.deduplicated.load(Ordering::Relaxed),
             rows_out: self.rows_out.load(Ordering::Relaxed),
         }
     }

@@ -62,6 +62,7 @@ pub struct Emit {
     batches: Vec<RecordBatch>,
     rejects: Vec<RowReject>,
     filtered: u64,
+    deduplicated: u64,
     late_dropped: u64,
     absorbed: u64,
     watermark: Option<i64>,
@@ -87,6 +88,11 @@ impl Emit {
     /// Rows a predicate removed.
     pub fn count_filtered(&mut self, rows: u64) {
         self.filtered += rows;
+    }
+
+    /// Rows a dedup dropped as duplicates.
+    pub fn count_deduplicated(&mut self, rows: u64) {
+        self.deduplicated += rows;
     }
 
     /// Late rows dropped by policy (late rows sent to the DLQ are [`Emit::reject`]ed instead).
@@ -120,6 +126,10 @@ impl Emit {
 
     pub fn filtered(&self) -> u64 {
         self.filtered
+    }
+
+    pub fn deduplicated(&self) -> u64 {
+        self.deduplicated
     }
 
     pub fn late_dropped(&self) -> u64 {

@@ -228,6 +228,13 @@ pub trait Source: Send {
         })
     }
 
+    /// The pipeline reads these message headers (`[schema.metadata] headers`): from now on,
+    /// the readers this source opens fill [`crate::RawMessage::headers`] with their values,
+    /// in this order. Called once, before any reader opens; never called when no header is
+    /// read, so a source copies nothing it is not asked for. The default: a source without
+    /// headers (every value `None`).
+    fn keep_headers(&mut self, _names: &[String]) {}
+
     /// The last checkpoints of a stopping run are durable: acknowledge them together, within
     /// one bound of the source's own (a stop must not wait on an unreachable broker once per
     /// partition). An error means upstream lags those checkpoints; the checkpoints stay the

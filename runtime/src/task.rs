@@ -296,6 +296,7 @@ impl PartitionTask {
             }
             if events {
                 out.delta.filtered += emit.filtered();
+                out.delta.deduplicated += emit.deduplicated();
                 out.delta.late_dropped += emit.late_dropped();
                 out.delta.late += emit.late_dropped();
                 out.delta.aggregated += emit.absorbed();

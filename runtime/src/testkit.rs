@@ -261,5 +261,6 @@ pub fn json_message(offset: i64, key: &str, payload: &str) -> RawMessage {
         key: Some(key.as_bytes().to_vec()),
         payload: Some(payload.as_bytes().to_vec()),
         timestamp_ms: None,
+        headers: Vec::new(),
     }
 }

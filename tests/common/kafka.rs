@@ -124,6 +124,7 @@ pub fn produce_tagged(
                 key: Some(b"__flush".to_vec()),
                 payload: Some(format!(r#"{{"event_id":"flush","sensor_id":"__flush","temperature":0,"humidity":0,"event_time":{FLUSH_TIME}}}"#).into_bytes()),
                 timestamp_ms: None,
+                headers: Vec::new(),
             });
         }
         for m in &msgs {

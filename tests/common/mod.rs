@@ -78,6 +78,7 @@ pub fn schema() -> SchemaConfig {
         event_time: "ts".into(),
         partition_key: Some("key".into()),
         partition_key_check: Default::default(),
+        metadata: Default::default(),
         fields: vec![
             f("key", FieldType::String),
             f("region", FieldType::String),
@@ -140,6 +141,7 @@ pub fn by_partition(
             key: Some(e.key.as_bytes().to_vec()),
             payload: payload(e),
             timestamp_ms: None,
+            headers: Vec::new(),
         });
     }
     parts

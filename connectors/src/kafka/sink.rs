@@ -352,6 +352,34 @@ mod tests {
     use weir_runtime::arrow::array::{BinaryArray, Int64Array, StringArray};
 
     #[test]
+    fn decimals_are_sent_as_json_numbers_with_their_exact_digits() {
+        use weir_runtime::arrow::array::Decimal128Array;
+        use weir_runtime::arrow::datatypes::{DataType, Field, Schema};
+        let prices = Decimal128Array::from(vec![90_071_992_547_409_930_001i128, -1])
+            .with_precision_and_scale(38, 4)
+            .unwrap();
+        let batch = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![Field::new(
+                "price",
+                DataType::Decimal128(38, 4),
+                false,
+            )])),
+            vec![Arc::new(prices)],
+        )
+        .unwrap();
+        let mut buf = Vec::new();
+        let (_, lines) = json_messages(&mut buf, &batch, None).unwrap();
+        let text: Vec<&[u8]> = lines.iter().map(|l| &buf[l.clone().unwrap()]).collect();
+        assert_eq!(
+            text,
+            [
+                &br#"{"price":9007199254740993.0001}"#[..],
+                &br#"{"price":-0.0001}"#[..]
+            ]
+        );
+    }
+
+    #[test]
     fn a_valid_config_has_no_errors() {
         let mut cfg = KafkaSinkConfig::new("b:1", "out");
         cfg.key_column = Some("id".into());

@@ -324,6 +324,8 @@ pub struct KafkaSource {
     /// The group thread polling the consumer's main queue, and its stop flag.
     group_thread: Option<JoinHandle<()>>,
     group_stop: Arc<AtomicBool>,
+    /// The headers the pipeline reads ([`Source::keep_headers`]); empty: none is copied.
+    headers: Arc<[String]>,
 }
 
 impl std::fmt::Debug for KafkaSource {
@@ -356,6 +358,7 @@ impl KafkaSource {
             following: false,
             group_thread: None,
             group_stop: Arc::new(AtomicBool::new(false)),
+            headers: Arc::from(Vec::new()),
         })
     }
 
@@ -478,6 +481,7 @@ impl KafkaSource {
             topic_c: std::ffi::CString::new(topic.as_bytes()).unwrap_or_default(),
             partition,
             name: self.name.clone(),
+            headers: self.headers.clone(),
             expected: match start {
                 StartFrom::Offset(n) => Some(n),
                 StartFrom::Committed => None,
@@ -727,6 +731,10 @@ impl Source for KafkaSource {
 
     /// The commit of a stop: every partition's last checkpoint in one request, under one
     /// `commit_timeout_ms`.
+    fn keep_headers(&mut self, names: &[String]) {
+        self.headers = Arc::from(names.to_vec());
+    }
+
     fn acknowledge_all(&mut self, offsets: &[(TopicPartition, i64)]) -> Result<()> {
         let offsets: Vec<(&str, i32, i64)> = offsets
             .iter()
@@ -825,6 +833,29 @@ fn follow_group(
     }
 }
 
+/// The values of the `names` headers of `m`, in that order (the first header of a name wins;
+/// `None` when it is absent or has no value). Nothing is read or copied when `names` is
+/// empty.
+fn header_values<M: Message>(m: &M, names: &[String]) -> Vec<Option<Vec<u8>>> {
+    use rdkafka::message::Headers;
+    if names.is_empty() {
+        return Vec::new();
+    }
+    let mut values = vec![None; names.len()];
+    if let Some(headers) = m.headers() {
+        let mut found = vec![false; names.len()];
+        for h in headers.iter() {
+            if let Some(i) = names.iter().position(|n| n == h.key) {
+                if !found[i] {
+                    found[i] = true;
+                    values[i] = h.value.map(<[u8]>::to_vec);
+                }
+            }
+        }
+    }
+    values
+}
+
 /// Reads one assigned partition. See the module docs.
 pub struct KafkaPartitionReader {
     /// The partition belongs to a group assignment: the rebalance callback assigns and
@@ -838,6 +869,8 @@ pub struct KafkaPartitionReader {
     topic_c: std::ffi::CString,
     partition: i32,
     name: String,
+    /// The headers to copy into each message, in this order.
+    headers: Arc<[String]>,
     /// The offset the next message should have, when known (to report gaps).
     expected: Option<i64>,
     /// No message was read yet.
@@ -989,6 +1022,7 @@ impl PartitionReader for KafkaPartitionReader {
                 key: m.key().map(<[u8]>::to_vec),
                 payload: m.payload().map(<[u8]>::to_vec),
                 timestamp_ms: m.timestamp().to_millis(),
+                headers: header_values(&m, &self.headers),
             });
         }
         if messages.is_empty() {

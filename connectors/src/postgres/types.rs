@@ -13,6 +13,7 @@
 //! | Timestamp(any unit) without one | timestamp |
 //! | Date32 | date |
 //! | Binary, LargeBinary, BinaryView | bytea |
+//! | Decimal128(p, s), s ≥ 0 | numeric (exact: the unscaled digits, never a float) |
 //!
 //! Any other type is an error naming the column and the type. A column goes to the server as
 //! one array in PostgreSQL's binary format (`$n::int8[]`), whatever the number of rows, and
@@ -26,8 +27,8 @@ use postgres::types::{to_sql_checked, IsNull, Kind, ToSql, Type};
 use weir_runtime::arrow::array::{Array, ArrayRef, AsArray, Int32Array, Int64Array};
 use weir_runtime::arrow::compute::kernels::cast::{cast_with_options, CastOptions};
 use weir_runtime::arrow::datatypes::{
-    DataType, Date32Type, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, TimeUnit,
-    UInt64Type,
+    DataType, Date32Type, Decimal128Type, Float32Type, Float64Type, Int16Type, Int32Type,
+    Int64Type, TimeUnit, UInt64Type,
 };
 
 /// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01T00:00:00Z).
@@ -49,6 +50,7 @@ pub enum PgType {
     Timestamptz,
     Date,
     Bytea,
+    Numeric,
 }
 
 impl PgType {
@@ -66,6 +68,7 @@ impl PgType {
             PgType::Timestamptz => "timestamptz",
             PgType::Date => "date",
             PgType::Bytea => "bytea",
+            PgType::Numeric => "numeric",
         }
     }
 
@@ -83,6 +86,7 @@ impl PgType {
             PgType::Timestamptz => 1184,
             PgType::Date => 1082,
             PgType::Bytea => 17,
+            PgType::Numeric => 1700,
         }
     }
 }
@@ -102,6 +106,7 @@ pub fn pg_type(data_type: &DataType) -> Option<PgType> {
         Timestamp(_, Some(_)) => PgType::Timestamptz,
         Date32 => PgType::Date,
         Binary | LargeBinary | BinaryView => PgType::Bytea,
+        Decimal128(_, scale) if *scale >= 0 => PgType::Numeric,
         _ => return None,
     })
 }
@@ -208,7 +213,8 @@ pub fn convert(
 pub fn unsupported(name: &str, data_type: &DataType) -> String {
     format!(
         "column {name:?} has type {data_type}, which the PostgreSQL sink cannot store \
-         (supported: integers, floats, strings, booleans, timestamps, Date32, binary)"
+         (supported: integers, floats, strings, booleans, timestamps, Date32, binary, \
+         Decimal128 with a scale of 0 or more)"
     )
 }
 
@@ -254,6 +260,47 @@ fn array_header(
 fn put_bytes(out: &mut BytesMut, bytes: &[u8]) -> Result<(), BoxError> {
     out.put_i32(i32::try_from(bytes.len())?);
     out.put_slice(bytes);
+    Ok(())
+}
+
+/// The unscaled decimal `value` at `scale` in PostgreSQL's binary `numeric` form: digit
+/// count, weight (of the first base-10000 digit), sign, display scale, then the base-10000
+/// digits, with leading and trailing zero digits left out.
+fn put_numeric(out: &mut BytesMut, value: i128, scale: u16) -> Result<(), BoxError> {
+    let text = value.unsigned_abs().to_string();
+    let scale = usize::from(scale);
+    // The decimal digits, left-padded so that there is at least one before the point.
+    let padded = format!("{text:0>width$}", width = scale + 1);
+    let (int_part, frac_part) = padded.split_at(padded.len() - scale);
+    let group = |g: &str| g.bytes().fold(0i16, |n, d| n * 10 + i16::from(d - b'0'));
+    let int_pad = (4 - int_part.len() % 4) % 4;
+    let int_digits = format!("{}{int_part}", "0".repeat(int_pad));
+    let frac_pad = (4 - frac_part.len() % 4) % 4;
+    let frac_digits = format!("{frac_part}{}", "0".repeat(frac_pad));
+    let mut digits: Vec<i16> = int_digits
+        .as_bytes()
+        .chunks(4)
+        .chain(frac_digits.as_bytes().chunks(4))
+        .map(|c| group(std::str::from_utf8(c).expect("invariant: ASCII digits")))
+        .collect();
+    let mut weight = i16::try_from(int_digits.len() / 4)? - 1;
+    let leading = digits.iter().take_while(|d| **d == 0).count();
+    digits.drain(..leading);
+    weight -= i16::try_from(leading)?;
+    while digits.last() == Some(&0) {
+        digits.pop();
+    }
+    if digits.is_empty() {
+        weight = 0;
+    }
+    out.put_i32(i32::try_from(8 + 2 * digits.len())?);
+    out.put_i16(i16::try_from(digits.len())?);
+    out.put_i16(weight);
+    out.put_u16(if value < 0 { 0x4000 } else { 0 });
+    out.put_u16(u16::try_from(scale)?);
+    for d in digits {
+        out.put_i16(d);
+    }
     Ok(())
 }
 
@@ -357,6 +404,11 @@ impl ToSql for ArrayParam<'_> {
                 let a = array.as_binary_view();
                 each!(|r| put_bytes(out, a.value(r))?)
             }
+            DataType::Decimal128(_, scale) => {
+                let a = array.as_primitive::<Decimal128Type>();
+                let scale = u16::try_from(*scale)?;
+                each!(|r| put_numeric(out, a.value(r), scale)?)
+            }
             other => {
                 return Err(format!("invariant: no encoding for converted type {other}").into())
             }
@@ -431,7 +483,8 @@ mod tests {
             (BinaryView, Some(PgType::Bytea)),
             (Date64, None),
             (Null, None),
-            (Decimal128(10, 2), None),
+            (Decimal128(10, 2), Some(PgType::Numeric)),
+            (Decimal128(10, -2), None),
             (Time64(TimeUnit::Microsecond), None),
             (Duration(TimeUnit::Second), None),
             (
@@ -444,9 +497,9 @@ mod tests {
         for (arrow, pg) in cases {
             assert_eq!(pg_type(&arrow), pg, "{arrow}");
         }
-        let err = unsupported("price", &Decimal128(10, 2));
+        let err = unsupported("price", &Decimal128(10, -2));
         assert!(
-            err.contains("\"price\"") && err.contains("Decimal128(10, 2)"),
+            err.contains("\"price\"") && err.contains("Decimal128(10, -2)"),
             "{err}"
         );
     }
@@ -492,6 +545,41 @@ mod tests {
             -PG_EPOCH_MICROS - 1
         );
         assert!(rejects.is_empty());
+    }
+
+    /// `value` at `scale` as PostgreSQL's binary numeric: (digits, weight, sign, dscale).
+    fn numeric(value: i128, scale: u16) -> (Vec<i16>, i16, u16, u16) {
+        let mut out = BytesMut::new();
+        put_numeric(&mut out, value, scale).unwrap();
+        let word = |i: usize| i16::from_be_bytes([out[4 + 2 * i], out[5 + 2 * i]]);
+        let n = word(0) as usize;
+        assert_eq!(
+            i32::from_be_bytes([out[0], out[1], out[2], out[3]]) as usize,
+            8 + 2 * n
+        );
+        let digits = (0..n).map(|i| word(4 + i)).collect();
+        (digits, word(1), word(2) as u16, word(3) as u16)
+    }
+
+    #[test]
+    fn decimals_encode_as_exact_postgres_numerics() {
+        // 178.5500 = 178 + 5500/10^4
+        assert_eq!(numeric(1_785_500, 4), (vec![178, 5500], 0, 0, 4));
+        // -0.0001 = -1/10^4
+        assert_eq!(numeric(-1, 4), (vec![1], -1, 0x4000, 4));
+        // 123456789.12 = 1*10^8 + 2345*10^4 + 6789 + 1200/10^4
+        assert_eq!(
+            numeric(12_345_678_912, 2),
+            (vec![1, 2345, 6789, 1200], 2, 0, 2)
+        );
+        // 10000 = 1 * 10000^1
+        assert_eq!(numeric(10_000, 0), (vec![1], 1, 0, 0));
+        assert_eq!(numeric(0, 3), (vec![], 0, 0, 3));
+        // 38 nines at scale 0: 10 base-10000 digits, the first of two decimal digits.
+        let (digits, weight, _, _) = numeric(10i128.pow(38) - 1, 0);
+        assert_eq!(digits.len(), 10);
+        assert_eq!((digits[0], weight), (99, 9));
+        assert!(digits[1..].iter().all(|d| *d == 9999));
     }
 
     #[test]

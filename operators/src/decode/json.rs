@@ -127,6 +127,37 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// `[`, then whether the array is empty (`]` consumed).
+    pub fn begin_array(&mut self) -> Result<bool> {
+        self.skip_ws();
+        if self.peek() != Some(b'[') {
+            return self.err("`[`");
+        }
+        self.pos += 1;
+        self.skip_ws();
+        if self.peek() == Some(b']') {
+            self.pos += 1;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// After an element: true when another follows (`,` consumed), false at `]`.
+    pub fn next_element(&mut self) -> Result<bool> {
+        self.skip_ws();
+        match self.peek() {
+            Some(b',') => {
+                self.pos += 1;
+                Ok(true)
+            }
+            Some(b']') => {
+                self.pos += 1;
+                Ok(false)
+            }
+            _ => self.err("`,` or `]` after an element"),
+        }
+    }
+
     /// Nothing but white space is left.
     pub fn end(&mut self) -> Result<()> {
         self.skip_ws();

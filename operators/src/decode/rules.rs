@@ -34,8 +34,20 @@ pub enum Scalar<'s> {
 pub enum Value<'s> {
     Null,
     Str(&'s str),
+    I8(i8),
+    I16(i16),
     I32(i32),
     I64(i64),
+    U8(u8),
+    U16(u16),
+    U32(u32),
+    U64(u64),
+    /// The unscaled value of a decimal at the field's scale.
+    Decimal(i128),
+    /// A base64 string, decoded (and checked) straight into the column.
+    Base64(&'s str),
+    /// Days since 1970-01-01.
+    Date(i32),
     F32(f32),
     F64(f64),
     Bool(bool),
@@ -66,17 +78,23 @@ pub struct FieldRule {
     unit: EpochUnit,
     /// Every epoch number of the unit is accepted, not only the plausible ones.
     any_epoch: bool,
-    /// How the type is named in messages, e.g. `int64` or `timestamp, unit ms`.
+    /// How the type is named in messages, e.g. `int64`, `timestamp, unit ms` or
+    /// `decimal(18, 4), at payload.amount` (with the path, when the field has one).
     type_name: String,
+    /// The field's path, when it has one.
+    path: Option<String>,
     utc: Tz,
 }
 
 impl FieldRule {
     pub fn new(f: &FieldConfig) -> Self {
-        let type_name = match f.field_type {
+        let mut type_name = match f.field_type {
             FieldType::Timestamp => format!("timestamp, unit {}", f.epoch_unit().as_str()),
-            t => type_word(t).to_string(),
+            t => t.to_string(),
         };
+        if let Some(p) = &f.path {
+            let _ = write!(type_name, ", at {p}");
+        }
         Self {
             name: f.name.clone(),
             field_type: f.field_type,
@@ -85,6 +103,7 @@ impl FieldRule {
             unit: f.epoch_unit(),
             any_epoch: f.any_epoch,
             type_name,
+            path: f.path.clone(),
             utc: "+00:00"
                 .parse()
                 .expect("invariant: +00:00 is a valid offset"),
@@ -95,7 +114,24 @@ impl FieldRule {
     pub fn missing(&self) -> Fault {
         Fault::new(
             ErrorKind::MissingField,
-            format!("required field `{}` is missing or null", self.name),
+            match &self.path {
+                None => format!("required field `{}` is missing or null", self.name),
+                Some(p) => format!("required field `{}` (at {p}) is missing or null", self.name),
+            },
+        )
+    }
+
+    /// The fault of a value at `at`, on this field's path, that is not the object or array
+    /// (`want`) the path goes through.
+    pub fn misshapen(&self, at: &str, value: Scalar<'_>, want: &str) -> Fault {
+        Fault::new(
+            ErrorKind::WrongType,
+            format!(
+                "field `{}` ({}): `{at}` is {}, not {want}",
+                self.name,
+                self.type_name,
+                show(value)
+            ),
         )
     }
 
@@ -122,22 +158,63 @@ impl FieldRule {
                 },
                 other => Err(self.wrong(other, "is not a boolean (true or false)")),
             },
-            FieldType::Int32 | FieldType::Int64 => {
+            FieldType::Int8
+            | FieldType::Int16
+            | FieldType::Int32
+            | FieldType::Int64
+            | FieldType::UInt8
+            | FieldType::UInt16
+            | FieldType::UInt32
+            | FieldType::UInt64 => {
                 let n = match whole(self.number(value)?) {
                     Whole::Int(n) => n,
                     Whole::Fraction => return Err(self.wrong(value, "is not a whole number")),
                     Whole::Huge => return Err(self.wrong(value, "is out of range")),
                 };
-                if self.field_type == FieldType::Int32 {
-                    i32::try_from(n)
-                        .map(Value::I32)
-                        .map_err(|_| self.wrong(value, "is out of range for int32"))
-                } else {
-                    i64::try_from(n)
-                        .map(Value::I64)
-                        .map_err(|_| self.wrong(value, "is out of range for int64"))
+                let out_of_range =
+                    || self.wrong(value, &format!("is out of range for {}", self.field_type));
+                match self.field_type {
+                    FieldType::Int8 => i8::try_from(n).map(Value::I8),
+                    FieldType::Int16 => i16::try_from(n).map(Value::I16),
+                    FieldType::Int32 => i32::try_from(n).map(Value::I32),
+                    FieldType::Int64 => i64::try_from(n).map(Value::I64),
+                    FieldType::UInt8 => u8::try_from(n).map(Value::U8),
+                    FieldType::UInt16 => u16::try_from(n).map(Value::U16),
+                    FieldType::UInt32 => u32::try_from(n).map(Value::U32),
+                    _ => u64::try_from(n).map(Value::U64),
+                }
+                .map_err(|_| out_of_range())
+            }
+            FieldType::Decimal { precision, scale } => {
+                match decimal(self.number(value)?, precision, scale) {
+                    Ok(n) => Ok(Value::Decimal(n)),
+                    Err(DecimalFit::Fraction) => Err(self.wrong(
+                        value,
+                        &format!(
+                            "has more than {scale} digits after the point (it would have to be \
+                             rounded)"
+                        ),
+                    )),
+                    Err(DecimalFit::Precision) => Err(self.wrong(
+                        value,
+                        &format!(
+                            "is out of range: {} holds at most {} digits before the point",
+                            self.field_type,
+                            precision - scale as u8
+                        ),
+                    )),
                 }
             }
+            FieldType::Binary => match value {
+                Scalar::Str(s) => Ok(Value::Base64(s)),
+                other => Err(self.wrong(other, "is not a base64 string")),
+            },
+            FieldType::Date => match value {
+                Scalar::Str(s) => date(s)
+                    .map(Value::Date)
+                    .ok_or_else(|| self.wrong(value, "is not a date (YYYY-MM-DD)")),
+                other => Err(self.wrong(other, "is not a date string (YYYY-MM-DD)")),
+            },
             FieldType::Float64 => {
                 let text = self.number(value)?;
                 match integer(text) {
@@ -216,7 +293,7 @@ impl FieldRule {
             .ok_or_else(|| self.implausible(value, epoch))
     }
 
-    fn wrong(&self, value: Scalar<'_>, why: &str) -> Fault {
+    pub fn wrong(&self, value: Scalar<'_>, why: &str) -> Fault {
         Fault::new(
             ErrorKind::WrongType,
             format!(
@@ -382,6 +459,105 @@ fn whole(text: &str) -> Whole {
     Whole::Int(if negative { -n } else { n })
 }
 
+/// Why a JSON number does not fit a decimal.
+#[derive(Debug, PartialEq, Eq)]
+enum DecimalFit {
+    /// It has non-zero digits beyond the scale.
+    Fraction,
+    /// It has more digits before the point than precision - scale.
+    Precision,
+}
+
+/// `text` (the JSON number grammar) as the unscaled value of a `decimal(precision, scale)`,
+/// read exactly from its digits, never through a float: `12.5` at scale 2 is 1250, `1.50`
+/// fits scale 1 (the dropped digit is a zero), `1.55` does not, `1e2` is 100.
+fn decimal(text: &str, precision: u8, scale: i8) -> Result<i128, DecimalFit> {
+    let (negative, unsigned) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let (mantissa, exponent) = match unsigned.find(['e', 'E']) {
+        Some(i) => (&unsigned[..i], &unsigned[i + 1..]),
+        None => (unsigned, "0"),
+    };
+    let (int_part, frac_part) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    // An exponent too long for i64 is far beyond any precision either way.
+    let exponent: i64 = match exponent.parse() {
+        Ok(e) => e,
+        Err(_) if exponent.starts_with('-') => i64::MIN / 2,
+        Err(_) => i64::MAX / 2,
+    };
+    // value = digits * 10^(exponent - frac_part.len()); unscaled = value * 10^scale.
+    let digits = int_part.bytes().chain(frac_part.bytes());
+    let leading = digits.clone().take_while(|&d| d == b'0').count();
+    let len = int_part.len() + frac_part.len() - leading;
+    if len == 0 {
+        return Ok(0);
+    }
+    let shift = exponent - frac_part.len() as i64 + i64::from(scale);
+    let kept = if shift < 0 {
+        let dropped = shift.unsigned_abs().min(len as u64) as usize;
+        if digits
+            .clone()
+            .skip(leading + len - dropped)
+            .any(|d| d != b'0')
+        {
+            return Err(DecimalFit::Fraction);
+        }
+        len - dropped
+    } else {
+        len
+    };
+    if kept == 0 {
+        return Ok(0);
+    }
+    let zeros = shift.max(0);
+    if kept as i64 + zeros > i64::from(precision) {
+        return Err(DecimalFit::Precision);
+    }
+    let mut n: i128 = 0;
+    for d in digits.skip(leading).take(kept) {
+        n = n * 10 + i128::from(d - b'0');
+    }
+    for _ in 0..zeros {
+        n *= 10;
+    }
+    Ok(if negative { -n } else { n })
+}
+
+/// `YYYY-MM-DD` (exactly that, a real calendar day) as days since 1970-01-01.
+fn date(s: &str) -> Option<i32> {
+    let b = s.as_bytes();
+    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        b[r].iter().try_fold(0i64, |n, d| {
+            d.is_ascii_digit().then(|| n * 10 + i64::from(d - b'0'))
+        })
+    };
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let days_in_month = match m {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return None,
+    };
+    if d < 1 || d > days_in_month {
+        return None;
+    }
+    // Days from civil (H. Hinnant): March-based years, so February ends the year.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    i32::try_from(era * 146_097 + doe - 719_468).ok()
+}
+
 /// The value as a message shows it: JSON text (strings quoted and cut), or what it is.
 fn show(value: Scalar<'_>) -> String {
     match value {
@@ -401,19 +577,6 @@ fn cut(s: &str) -> String {
         out.push_str("...");
     }
     out
-}
-
-/// The type as a pipeline file writes it.
-fn type_word(t: FieldType) -> &'static str {
-    match t {
-        FieldType::String => "string",
-        FieldType::Int32 => "int32",
-        FieldType::Int64 => "int64",
-        FieldType::Float32 => "float32",
-        FieldType::Float64 => "float64",
-        FieldType::Bool => "bool",
-        FieldType::Timestamp => "timestamp",
-    }
 }
 
 fn unit_words(u: EpochUnit) -> &'static str {

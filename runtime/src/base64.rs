@@ -1,5 +1,5 @@
-//! Base64 with the standard alphabet and `=` padding (RFC 4648 §4), for the raw bytes that
-//! dead-letter records carry.
+//! Base64 with the standard alphabet and `=` padding (RFC 4648 §4): the raw bytes that
+//! dead-letter records carry, and the values of `binary` fields in JSON events.
 
 const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
@@ -37,6 +37,22 @@ fn value(c: u8) -> Option<u32> {
 /// Decode padded standard base64. Strict: the length must be a multiple of 4, padding only at
 /// the end, no white space, and unused trailing bits zero (so every input has one encoding).
 pub fn decode(text: &str) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(text.len() / 4 * 3);
+    decode_into(text, &mut out)?;
+    Ok(out)
+}
+
+/// [`decode`], appending the bytes to `out`; on an error `out` is left as it was.
+pub fn decode_into(text: &str, out: &mut Vec<u8>) -> Result<(), String> {
+    let start = out.len();
+    let result = append(text, out);
+    if result.is_err() {
+        out.truncate(start);
+    }
+    result
+}
+
+fn append(text: &str, out: &mut Vec<u8>) -> Result<(), String> {
     let bytes = text.as_bytes();
     if !bytes.len().is_multiple_of(4) {
         return Err(format!(
@@ -44,7 +60,7 @@ pub fn decode(text: &str) -> Result<Vec<u8>, String> {
             bytes.len()
         ));
     }
-    let mut out = Vec::with_capacity(bytes.len() / 4 * 3);
+    out.reserve(bytes.len() / 4 * 3);
     let groups = bytes.len() / 4;
     for (g, quad) in bytes.chunks(4).enumerate() {
         let last = g + 1 == groups;
@@ -71,7 +87,7 @@ pub fn decode(text: &str) -> Result<Vec<u8>, String> {
             _ => return Err(format!("non-zero padding bits in the last group {g}")),
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -112,6 +128,15 @@ mod tests {
             assert!(decode(bad).is_err(), "{bad:?} should not decode");
         }
         assert!(decode("Zm*v").unwrap_err().contains("position 2"));
+    }
+
+    #[test]
+    fn a_failed_decode_into_leaves_the_buffer_as_it_was() {
+        let mut out = b"ab".to_vec();
+        assert!(decode_into("Zm9vZm9=", &mut out).is_err());
+        assert_eq!(out, b"ab");
+        decode_into("Zm8=", &mut out).unwrap();
+        assert_eq!(out, b"abfo");
     }
 
     proptest! {
