@@ -181,7 +181,7 @@ impl Collector for RunCollector {
         let c = m.snapshot();
         let e = &mut e;
         // The accounting identity: events_in = aggregated + dead_lettered + late_dropped +
-        // filtered (ARCHITECTURE.md, "Checkpoint protocol").
+        // filtered + deduplicated (ARCHITECTURE.md, "Checkpoint protocol").
         counter(
             e,
             "weir_events_in",
@@ -211,6 +211,12 @@ impl Collector for RunCollector {
             "weir_events_filtered",
             "Events removed by a filter.",
             c.filtered,
+        )?;
+        counter(
+            e,
+            "weir_events_deduplicated",
+            "Events dropped by a dedup operator as repeats of a key seen within its window.",
+            c.deduplicated,
         )?;
         counter(
             e,

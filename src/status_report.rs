@@ -117,12 +117,13 @@ pub fn report(
     let t = totals;
     let _ = writeln!(
         out,
-        "  totals: {} consumed = {} aggregated + {} dead-lettered + {} late dropped + {} filtered{}; {} late, {} rows out",
+        "  totals: {} consumed = {} aggregated + {} dead-lettered + {} late dropped + {} filtered + {} deduplicated{}; {} late, {} rows out",
         t.consumed,
         t.aggregated,
         t.dlq,
         t.late_dropped,
         t.filtered,
+        t.deduplicated,
         if t.balanced() { "" } else { " (DOES NOT BALANCE)" },
         t.late,
         t.rows_out
@@ -174,11 +175,12 @@ mod tests {
             end_offset,
         };
         let totals = Counters {
-            consumed: 10,
+            consumed: 11,
             aggregated: 6,
             dlq: 2,
             late_dropped: 1,
             filtered: 1,
+            deduplicated: 1,
             late: 1,
             rows_out: 4,
         };
@@ -194,7 +196,7 @@ mod tests {
             "weir status p.toml: pipeline `orders`, checkpoints in local directory c/orders\n\
              \x20 t/0: epoch 3, offset 40, written 1970-01-01T00:00:00Z, end 50, lag 10\n\
              \x20 t/1: epoch 3, reset (no offset), written 1970-01-01T00:00:00Z, end 7\n\
-             \x20 totals: 10 consumed = 6 aggregated + 2 dead-lettered + 1 late dropped + 1 filtered; 1 late, 4 rows out\n"
+             \x20 totals: 11 consumed = 6 aggregated + 2 dead-lettered + 1 late dropped + 1 filtered + 1 deduplicated; 1 late, 4 rows out\n"
         );
     }
 }

@@ -207,8 +207,9 @@ fn a_scrape_during_a_run_counts_what_was_produced_and_lag_falls_to_zero() {
         value(s, "weir_events_aggregated_total")
             + value(s, "weir_events_dead_lettered_total")
             + value(s, "weir_events_late_dropped_total")
-            + value(s, "weir_events_filtered_total"),
-        "consumed = aggregated + dlq + late_dropped + filtered"
+            + value(s, "weir_events_filtered_total")
+            + value(s, "weir_events_deduplicated_total"),
+        "consumed = aggregated + dlq + late_dropped + filtered + deduplicated"
     );
     assert!(value(s, "weir_events_filtered_total") > 0.0);
     assert!(value(s, "weir_bytes_in_total") > 0.0);

@@ -73,7 +73,7 @@ dir = "checkpoints"
         .count();
     assert!(
         report.contains(&format!(
-            "totals: 3000 consumed = {} aggregated + {poison} dead-lettered + 0 late dropped + 0 filtered;",
+            "totals: 3000 consumed = {} aggregated + {poison} dead-lettered + 0 late dropped + 0 filtered + 0 deduplicated;",
             3000 - poison
         )),
         "{report}"

@@ -289,6 +289,7 @@ impl Default for Metrics {
             late_dropped: AtomicU64::new(0),
             late: AtomicU64::new(0),
             filtered: AtomicU64::new(0),
+            deduplicated: AtomicU64::new(0),
             rows_out: AtomicU64::new(0),
             checkpoints: AtomicU64::new(0),
             owned: AtomicU64::new(0),
