@@ -187,16 +187,20 @@ fn a_scrape_during_a_run_counts_what_was_produced_and_lag_falls_to_zero() {
 
     let mut last = Vec::new();
     wait_until(
-        "every produced message to be counted and lag 0",
+        "every produced message to be counted, lag 0 and every partition checkpointed",
         Duration::from_secs(120),
         || {
             let (code, body) = get(addr, "/metrics");
             assert_eq!(code, 200, "{body}");
             last = samples(&body);
             let lags = by_labels(&last, "weir_consumer_lag");
+            // Each partition checkpoints within `interval_ms` of its last input: on a fast
+            // broker lag can reach 0 before every partition has.
+            let checkpointed = by_labels(&last, "weir_last_checkpoint_timestamp_seconds");
             value(&last, "weir_events_in_total") as u64 == total
                 && lags.len() == partitions as usize
                 && lags.values().all(|l| *l == 0.0)
+                && checkpointed.len() == partitions as usize
         },
     );
     let s = &last;
