@@ -6,33 +6,7 @@
 use crate::common;
 
 use common::cli::{stderr, weir_with_env};
-use common::IOT_SCHEMA;
-
-fn generator_pipeline(worker: &str) -> String {
-    format!(
-        r#"name = "logs"
-
-[source]
-type = "generator"
-partitions = 2
-sensors = 10
-events = 2000
-
-{IOT_SCHEMA}
-
-[[sinks]]
-type = "null"
-
-[dlq]
-type = "jsonl"
-path = "dlq"
-
-[checkpoint]
-dir = "checkpoints"
-
-{worker}"#
-    )
-}
+use common::{generator_pipeline, IOT_SCHEMA};
 
 /// Each line of `text` as a JSON object (panics, naming the line, on one that is not).
 fn json_lines(text: &str) -> Vec<serde_json::Map<String, serde_json::Value>> {
@@ -48,7 +22,11 @@ fn json_lines(text: &str) -> Vec<serde_json::Map<String, serde_json::Value>> {
 fn json_logs_are_one_object_per_line_with_each_events_fields() {
     for (flag, worker) in [(true, ""), (false, "[worker]\nlog_format = \"json\"\n")] {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("p.toml"), generator_pipeline(worker)).unwrap();
+        std::fs::write(
+            dir.path().join("p.toml"),
+            generator_pipeline("logs", worker),
+        )
+        .unwrap();
         let mut args = vec!["run", "p.toml"];
         if flag {
             args.extend(["--log-format", "json"]);
@@ -78,7 +56,7 @@ fn json_logs_are_one_object_per_line_with_each_events_fields() {
 #[test]
 fn human_logs_off_a_terminal_have_no_colour_codes() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("p.toml"), generator_pipeline("")).unwrap();
+    std::fs::write(dir.path().join("p.toml"), generator_pipeline("logs", "")).unwrap();
     let out = weir_with_env(
         &["run", "p.toml"],
         dir.path(),

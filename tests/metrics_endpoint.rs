@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::cli::{spawn_weir, stderr, wait_within, weir};
 use common::kafka::{brokers, create_topic, produce_part, unique};
-use common::IOT_SCHEMA;
+use common::{generator_pipeline, IOT_SCHEMA};
 use weir::connectors::{read_dlq_dir, read_jsonl_dir, EventGenerator, GeneratorConfig};
 
 /// One sample of a scrape: name, labels as written (`topic="t",partition="0"`), value.
@@ -308,7 +308,11 @@ fn a_taken_metrics_address_is_an_error_naming_it() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("p.toml"), generator_pipeline("")).unwrap();
+    std::fs::write(
+        dir.path().join("p.toml"),
+        generator_pipeline("metrics-gen", ""),
+    )
+    .unwrap();
     let out = weir(&["run", "p.toml", "--metrics-addr", &addr], dir.path());
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(2), "{err}");
@@ -325,7 +329,7 @@ fn a_taken_metrics_address_is_an_error_naming_it() {
 #[test]
 fn a_malformed_metrics_address_is_refused_at_its_key() {
     let dir = tempfile::tempdir().unwrap();
-    let text = generator_pipeline("[metrics]\naddr = \"localhost\"\n");
+    let text = generator_pipeline("metrics-gen", "[metrics]\naddr = \"localhost\"\n");
     std::fs::write(dir.path().join("p.toml"), text).unwrap();
     let out = weir(&["run", "--check", "p.toml"], dir.path());
     let err = stderr(&out);
@@ -346,13 +350,13 @@ fn a_malformed_metrics_address_is_refused_at_its_key() {
 #[test]
 fn a_metrics_section_serves_a_bounded_run_and_stops_with_it() {
     let dir = tempfile::tempdir().unwrap();
-    let text = generator_pipeline("[metrics]\naddr = \"127.0.0.1:0\"\n");
+    let text = generator_pipeline("metrics-gen", "[metrics]\naddr = \"127.0.0.1:0\"\n");
     std::fs::write(dir.path().join("p.toml"), text).unwrap();
     let out = weir(&["run", "p.toml"], dir.path());
     let err = stderr(&out);
     assert!(out.status.success(), "{err}");
     assert!(err.contains("metrics: serving http://127.0.0.1:"), "{err}");
-    let disabled = generator_pipeline("[metrics]\nenabled = false\n");
+    let disabled = generator_pipeline("metrics-gen", "[metrics]\nenabled = false\n");
     std::fs::write(dir.path().join("q.toml"), disabled).unwrap();
     let out = weir(&["run", "q.toml"], dir.path());
     assert!(out.status.success(), "{}", stderr(&out));
@@ -361,31 +365,4 @@ fn a_metrics_section_serves_a_bounded_run_and_stops_with_it() {
         "{}",
         stderr(&out)
     );
-}
-
-/// A small bounded generator pipeline, with `extra` sections.
-fn generator_pipeline(extra: &str) -> String {
-    format!(
-        r#"name = "metrics-gen"
-
-[source]
-type = "generator"
-partitions = 2
-sensors = 10
-events = 2000
-
-{IOT_SCHEMA}
-
-[[sinks]]
-type = "null"
-
-[dlq]
-type = "jsonl"
-path = "dlq"
-
-[checkpoint]
-dir = "checkpoints"
-
-{extra}"#
-    )
 }

@@ -316,3 +316,32 @@ pub fn dead_letters(dlq: &MemoryDlq) -> Vec<(i32, i64, String)> {
     v.sort();
     v
 }
+
+/// A small bounded pipeline file named `name`: 2000 generated events over 2 partitions into
+/// the null sink, checkpoints and a JSONL DLQ in the working directory, then `extra`
+/// (more sections).
+pub fn generator_pipeline(name: &str, extra: &str) -> String {
+    format!(
+        r#"name = "{name}"
+
+[source]
+type = "generator"
+partitions = 2
+sensors = 10
+events = 2000
+
+{IOT_SCHEMA}
+
+[[sinks]]
+type = "null"
+
+[dlq]
+type = "jsonl"
+path = "dlq"
+
+[checkpoint]
+dir = "checkpoints"
+
+{extra}"#
+    )
+}
