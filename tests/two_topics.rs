@@ -576,10 +576,9 @@ fn two_topics_into_a_transactional_kafka_sink_give_every_event_after_sigkills() 
     kafka_case(3);
 }
 
-/// Windows per sensor over both topics: `sql` over the events, into `sink`. The keys include
-/// the partition key, but the same key may be in both topics, so the window runs in two
-/// phases (manual assignment).
-fn windows_pipeline(name: &str, input: &Input, sink: &str) -> String {
+/// Windows per sensor over both topics into JSONL. The keys include the partition key, but the
+/// same key may be in both topics, so the window runs in two phases (manual assignment).
+fn windows_pipeline(name: &str, input: &Input) -> String {
     format!(
         r#"
 name = "{name}"
@@ -597,14 +596,17 @@ event_time = "event_time"
 partition_key = "sensor_id"
 {FIELDS}
 
-{sink}
+[[sinks]]
+type = "jsonl"
+path = "out"
 
 [dlq]
 type = "jsonl"
 path = "dlq"
 
 [checkpoint]
-{ckpt_dir}interval_ms = 50
+dir = "ckpt"
+interval_ms = 50
 
 [batch]
 max_rows = 300
@@ -616,12 +618,6 @@ idle_advance_ms = 2000
         brokers = brokers(),
         ta = input.topics[0],
         tb = input.topics[1],
-        // A transactional kafka sink stores the checkpoints itself.
-        ckpt_dir = if sink.contains("transactional_id") {
-            ""
-        } else {
-            "dir = \"ckpt\"\n"
-        },
     )
 }
 
@@ -661,12 +657,7 @@ fn windows_case(kills: usize) {
     let input = Input::produce(true, kills);
     let name = unique("two-topics-windows");
     let dir = tempfile::tempdir().unwrap();
-    let sink = "[[sinks]]\ntype = \"jsonl\"\npath = \"out\"";
-    std::fs::write(
-        dir.path().join("p.toml"),
-        windows_pipeline(&name, &input, sink),
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("p.toml"), windows_pipeline(&name, &input)).unwrap();
     let check = weir(&["run", "--check", "p.toml"], dir.path());
     assert!(check.status.success(), "{}", stderr(&check));
     // A lane that a killed run read to its end reports no watermark in the next run: it

@@ -97,7 +97,7 @@ struct Inner {
     group_consumer: BaseConsumer<KafkaContext>,
     /// Reads the checkpoint topic in `load`; made once, reassigned each time (a client per
     /// partition would connect anew for every partition of an assignment).
-    checkpoint_reader: Option<BaseConsumer<KafkaContext>>,
+    checkpoint_reader: BaseConsumer<KafkaContext>,
     lanes: BTreeMap<Lane, TxnLane>,
     /// Partition numbers whose producer of the old naming was fenced.
     legacy_fenced: BTreeSet<i32>,
@@ -199,6 +199,7 @@ impl KafkaTxnStore {
         check(config.topic.trim())?;
         let checkpoint_topic = config.checkpoint_topic.clone().unwrap_or_default();
         let checkpoint_partitions = check(checkpoint_topic.trim())?.len() as i32;
+        let checkpoint_reader = checkpoint_reader(&name, config)?;
         Ok(Self {
             name: name.clone(),
             inner: Arc::new(Mutex::new(Inner {
@@ -209,7 +210,7 @@ impl KafkaTxnStore {
                 checkpoint_partitions: checkpoint_partitions.max(1),
                 group,
                 group_consumer,
-                checkpoint_reader: None,
+                checkpoint_reader,
                 lanes: BTreeMap::new(),
                 legacy_fenced: BTreeSet::new(),
                 last_generation: 0,
@@ -531,9 +532,6 @@ impl Inner {
             self.fence_legacy(partition)?;
             self.lane(&lane)?;
         }
-        if self.checkpoint_reader.is_none() {
-            self.checkpoint_reader = Some(self.checkpoint_reader()?);
-        }
         let ckpt_topic = self
             .config
             .checkpoint_topic
@@ -544,7 +542,7 @@ impl Inner {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(ckpt_topic, target, Offset::Beginning)
             .map_err(|e| fatal(&self.name, format!("{ckpt_topic}/{target}: {e}")))?;
-        let consumer = self.checkpoint_reader.as_ref().expect("made above");
+        let consumer = &self.checkpoint_reader;
         consumer
             .assign(&tpl)
             .map_err(|e| self.error("assign the checkpoint topic", &e, None))?;
@@ -603,31 +601,6 @@ impl Inner {
         Ok(None)
     }
 
-    /// The client that reads the checkpoint topic: `read_committed`, and a fetch at the end
-    /// of a partition answers at once (the broker would otherwise hold it for up to 500 ms,
-    /// librdkafka's default, for every partition loaded).
-    fn checkpoint_reader(&self) -> Result<BaseConsumer<KafkaContext>> {
-        client_config(
-            &self.config.brokers,
-            &self.config.options,
-            &[
-                ("group.id", "weir-checkpoint-reader"),
-                ("enable.auto.commit", "false"),
-                ("isolation.level", "read_committed"),
-                ("enable.partition.eof", "true"),
-                ("fetch.wait.max.ms", "10"),
-            ],
-            &[],
-        )
-        .create_with_context(KafkaContext::default())
-        .map_err(|e| {
-            fatal(
-                &self.name,
-                format!("cannot create the checkpoint reader: {e}"),
-            )
-        })
-    }
-
     /// The source group's committed offset of `topic/partition`, if it has one.
     fn group_offset(&self, topic: &str, partition: i32) -> Result<Option<i64>> {
         let mut tpl = TopicPartitionList::new();
@@ -643,6 +616,26 @@ impl Inner {
                 _ => None,
             }))
     }
+}
+
+/// The client that reads the checkpoint topic: `read_committed`, and a fetch at the end of a
+/// partition answers at once (the broker would otherwise hold it for up to 500 ms,
+/// librdkafka's default, for every partition loaded).
+fn checkpoint_reader(name: &str, config: &KafkaSinkConfig) -> Result<BaseConsumer<KafkaContext>> {
+    client_config(
+        &config.brokers,
+        &config.options,
+        &[
+            ("group.id", "weir-checkpoint-reader"),
+            ("enable.auto.commit", "false"),
+            ("isolation.level", "read_committed"),
+            ("enable.partition.eof", "true"),
+            ("fetch.wait.max.ms", "10"),
+        ],
+        &[],
+    )
+    .create_with_context(KafkaContext::default())
+    .map_err(|e| fatal(name, format!("cannot create the checkpoint reader: {e}")))
 }
 
 fn checkpoint_key(pipeline: &str, topic: &str, partition: i32) -> String {

@@ -68,13 +68,10 @@ impl Executor {
     ) -> Result<()> {
         match msg {
             SinkMsg::Output(lane, out) => {
-                let tp = match &lane {
-                    Lane::Partition { topic, partition } => Some((topic.clone(), *partition)),
-                    Lane::Global => None,
-                };
-                let Some(tp) = tp else {
+                let Lane::Partition { topic, partition } = &lane else {
                     return self.write_output(lane, out, shutdown);
                 };
+                let tp = (topic.clone(), *partition);
                 if running.owned.get(&tp).is_some_and(|o| o.lost) {
                     // Never committed: writing it would only hold resources (a database
                     // transaction's row locks) the new owner may need.
