@@ -20,6 +20,7 @@
 #   WEIR_KAFKA_PORT      port to listen on               (default: a free loopback port)
 #   WEIR_KAFKA_WAIT_SECS how long start waits at most    (default: 90)
 #   WEIR_KAFKA_HEAP      the broker's -Xmx               (default: 384m)
+#   WEIR_KAFKA_CLUSTER_ID the KRaft cluster id to format  (default: a random one)
 #
 # Typical use:   eval "$(scripts/kafka.sh start | sed "s/^/export /")"; cargo nextest run ...; scripts/kafka.sh stop
 set -euo pipefail
@@ -77,8 +78,21 @@ cmd_install() {
     echo "$dir"
 }
 
+# A KRaft cluster id: 16 random bytes in URL-safe base64, drawn again while it starts with '-'
+# as Apache Kafka's own Uuid.randomUuid does (one in 64 would, and the storage tool's parser
+# takes "-t -xyz" for an option). WEIR_KAFKA_CLUSTER_ID overrides it.
 cluster_id() {
-    "$(python_bin)" -c 'import base64, uuid; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode())'
+    if [ -n "${WEIR_KAFKA_CLUSTER_ID:-}" ]; then
+        echo "$WEIR_KAFKA_CLUSTER_ID"
+        return
+    fi
+    "$(python_bin)" -c '
+import base64, uuid
+while True:
+    s = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    if not s.startswith("-"):
+        print(s)
+        break'
 }
 
 # One node, broker and controller on loopback. Replication factor and min ISR 1 for the
@@ -148,7 +162,7 @@ cmd_start() {
     local java_opts=(-Xms128m "-Xmx$HEAP" -XX:+UseSerialGC -XX:TieredStopAtLevel=1
         "-Dlog4j2.configurationFile=$SERVICES/kafka-log4j2.properties" -cp "$jars/*")
     : >"$LOG_FILE"
-    java "${java_opts[@]}" kafka.tools.StorageTool format --standalone -t "$(cluster_id)" \
+    java "${java_opts[@]}" kafka.tools.StorageTool format --standalone "--cluster-id=$(cluster_id)" \
         -c "$SERVICES/kafka-server.properties" >>"$LOG_FILE" 2>&1 \
         || { tail -n 20 "$LOG_FILE" >&2; die "formatting $DATA_DIR failed; see $LOG_FILE"; }
     # setsid: the broker does not get the caller's terminal signals (Ctrl-C in the test run),

@@ -13,6 +13,7 @@ mod io_errors;
 mod kafka_metadata;
 mod kafka_offsets;
 mod kafka_pipeline;
+mod kafka_script;
 mod kafka_unreachable;
 mod lanes_upgrade;
 mod logs;
