@@ -24,6 +24,7 @@ fn a_cluster_id_that_starts_with_a_dash_formats_and_starts() {
     let dir = tempfile::tempdir().unwrap();
     let id = "-AbCdEfGhIjKlMnOpQrStUw";
     let start = kafka_sh(dir.path(), id, "start");
+    let meta = std::fs::read_to_string(dir.path().join("kafka-data/meta.properties"));
     let stop = kafka_sh(dir.path(), id, "stop");
     let out = String::from_utf8_lossy(&start.stdout);
     assert!(
@@ -33,7 +34,7 @@ fn a_cluster_id_that_starts_with_a_dash_formats_and_starts() {
         String::from_utf8_lossy(&start.stderr)
     );
     assert!(stop.status.success(), "kafka.sh stop: {stop:?}");
-    let meta = std::fs::read_to_string(dir.path().join("kafka-data/meta.properties")).unwrap();
+    let meta = meta.expect("kafka-data/meta.properties after start");
     assert!(
         meta.lines().any(|l| l == format!("cluster.id={id}")),
         "the log directory was formatted with another id:\n{meta}"
