@@ -13,8 +13,9 @@
 
 use std::sync::Arc;
 
-use weir_runtime::arrow::array::{Array, BooleanArray};
-use weir_runtime::arrow::datatypes::Schema;
+use weir_runtime::arrow::array::{Array, ArrayRef, BooleanArray, StringArray};
+use weir_runtime::arrow::datatypes::{DataType, Field, Schema};
+use weir_runtime::arrow::json::LineDelimitedWriter;
 use weir_runtime::arrow::record_batch::RecordBatch;
 use weir_runtime::error::Result;
 use weir_runtime::error::WeirError;
@@ -137,6 +138,57 @@ pub(crate) fn sink_rows(sink: &str, batch: &RecordBatch) -> Result<SinkRows> {
         rows: rows.project(&keep)?,
         deleted: Some(deleted),
     })
+}
+
+/// Whether a column of this type is written as JSON text by the sinks that have no nested
+/// types (PostgreSQL `jsonb`, SQLite TEXT): a struct, a list or a map.
+pub(crate) fn is_nested(data_type: &DataType) -> bool {
+    matches!(
+        data_type,
+        DataType::Struct(_)
+            | DataType::List(_)
+            | DataType::LargeList(_)
+            | DataType::FixedSizeList(_, _)
+            | DataType::ListView(_)
+            | DataType::LargeListView(_)
+            | DataType::Map(_, _)
+    )
+}
+
+/// Each value of a struct, list or map column as its JSON text (a string column, null where
+/// the value is null), written as the JSONL and Kafka sinks write it: a struct and a map are
+/// objects, a list an array, decimals exact numbers, null fields left out.
+pub(crate) fn json_texts(array: &ArrayRef) -> std::result::Result<ArrayRef, String> {
+    // Each row as `{"v":<value>}`, or `{}` for a null: the value is the text between.
+    const OPEN: &str = "{\"v\":";
+    let batch = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![Field::new(
+            "v",
+            array.data_type().clone(),
+            true,
+        )])),
+        vec![array.clone()],
+    )
+    .map_err(|e| format!("encode {} as JSON: {e}", array.data_type()))?;
+    let mut buf = Vec::new();
+    let mut writer = LineDelimitedWriter::new(&mut buf);
+    writer
+        .write(&batch)
+        .and_then(|_| writer.finish())
+        .map_err(|e| format!("encode {} as JSON: {e}", array.data_type()))?;
+    let text = String::from_utf8(buf).map_err(|e| format!("JSON text is not UTF-8: {e}"))?;
+    let values: Vec<Option<&str>> = text
+        .lines()
+        .map(|line| line.strip_prefix(OPEN).and_then(|v| v.strip_suffix('}')))
+        .collect();
+    if values.len() != array.len() {
+        return Err(format!(
+            "invariant: {} values were encoded as {} JSON lines",
+            array.len(),
+            values.len()
+        ));
+    }
+    Ok(Arc::new(StringArray::from(values)))
 }
 
 /// `"{prefix}.{key}"`, or just `key` when the prefix is empty: where a config error is.
