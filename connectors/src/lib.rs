@@ -206,6 +206,68 @@ mod tests {
     use weir_runtime::arrow::array::{Int64Array, StringArray};
     use weir_runtime::arrow::datatypes::{DataType, Field};
 
+    /// Two rows with a struct holding a list of structs (one price a decimal), and a map
+    /// (null in the second row).
+    pub(crate) fn nested_batch() -> RecordBatch {
+        use weir_runtime::arrow::datatypes::Fields;
+        let item = Fields::from(vec![
+            Field::new("sku", DataType::Utf8, false),
+            Field::new("price", DataType::Decimal128(10, 2), true),
+        ]);
+        let order = Fields::from(vec![
+            Field::new("status", DataType::Utf8, false),
+            Field::new(
+                "items",
+                DataType::List(Arc::new(Field::new("item", DataType::Struct(item), false))),
+                false,
+            ),
+        ]);
+        let entries = Field::new(
+            "entries",
+            DataType::Struct(Fields::from(vec![
+                Field::new("keys", DataType::Utf8, false),
+                Field::new("values", DataType::Utf8, true),
+            ])),
+            false,
+        );
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Utf8, false),
+            Field::new("order", DataType::Struct(order), false),
+            Field::new("attrs", DataType::Map(Arc::new(entries), false), true),
+        ]));
+        let json = r#"{"id":"a","order":{"status":"new","items":[{"sku":"A","price":1.5},{"sku":"B"}]},"attrs":{"k":"v"}}
+{"id":"b","order":{"status":"paid","items":[]},"attrs":null}
+"#;
+        weir_runtime::arrow::json::ReaderBuilder::new(schema)
+            .build(std::io::Cursor::new(json))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+    }
+
+    #[test]
+    fn each_nested_value_becomes_its_json_text_and_a_null_stays_null() {
+        let batch = nested_batch();
+        assert!(is_nested(batch.column(1).data_type()) && is_nested(batch.column(2).data_type()));
+        assert!(!is_nested(batch.column(0).data_type()));
+        let orders = json_texts(batch.column(1)).unwrap();
+        let orders = orders.as_any().downcast_ref::<StringArray>().unwrap();
+        assert_eq!(
+            orders.iter().collect::<Vec<_>>(),
+            [
+                Some(r#"{"status":"new","items":[{"sku":"A","price":1.50},{"sku":"B"}]}"#),
+                Some(r#"{"status":"paid","items":[]}"#),
+            ]
+        );
+        let attrs = json_texts(batch.column(2)).unwrap();
+        let attrs = attrs.as_any().downcast_ref::<StringArray>().unwrap();
+        assert_eq!(
+            attrs.iter().collect::<Vec<_>>(),
+            [Some(r#"{"k":"v"}"#), None]
+        );
+    }
+
     #[test]
     fn fnv1a_matches_the_published_test_vectors() {
         assert_eq!(fnv1a_64(b""), 0xcbf2_9ce4_8422_2325);

@@ -1528,6 +1528,52 @@ mod tests {
     }
 
     #[test]
+    fn a_binary_header_column_holds_the_bytes_as_they_are() {
+        let s: SchemaConfig = serde_json::from_str(
+            r#"{"event_time":"ts","fields":[{"name":"id","type":"string"},{"name":"ts","type":"timestamp","nullable":false}],
+            "metadata":{"headers":{"corr":"correlation-id","trace":{"header":"trace-bin","type":"binary"}}}}"#,
+        )
+        .unwrap();
+        let types: Vec<DataType> = s
+            .arrow_schema()
+            .fields()
+            .iter()
+            .map(|f| f.data_type().clone())
+            .collect();
+        assert_eq!(types[2..], [DataType::Utf8, DataType::Binary]);
+        let mut m = |offset, headers| RawMessage {
+            payload: Some(format!(r#"{{"id":"e","ts":{T}}}"#).into_bytes()),
+            ..message(offset, None, None, headers)
+        };
+        let raw = RawBatch::new(
+            "t".into(),
+            0,
+            vec![
+                m(1, vec![Some(&b"c"[..]), Some(&[0xff, 0x00][..])]),
+                m(2, vec![None, None]),
+                // Not UTF-8 in the string header: dead-lettered; the binary one takes anything.
+                m(3, vec![Some(&[0xff][..]), Some(&b"x"[..])]),
+                m(4, vec![None, Some(&b""[..])]),
+            ],
+        );
+        let out = JsonDecoder::new(&s).decode(&raw).unwrap();
+        assert_eq!(out.rejects.len(), 1, "{:?}", out.rejects);
+        assert_eq!(out.rejects[0].offset, 3);
+        let b = out.batch.unwrap();
+        let trace = b.column_by_name("trace").unwrap();
+        let trace = trace.as_any().downcast_ref::<BinaryArray>().unwrap();
+        assert_eq!(
+            trace.iter().collect::<Vec<_>>(),
+            [Some(&[0xff, 0x00][..]), None, Some(&b""[..])]
+        );
+        let err = serde_json::from_str::<SchemaConfig>(
+            r#"{"event_time":"ts","fields":[],"metadata":{"headers":{"t":{"header":"h","type":"int64"}}}}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("unknown variant `int64`"), "{err}");
+    }
+
+    #[test]
     fn metadata_columns_hold_the_key_timestamp_topic_partition_offset_and_headers() {
         let s = with_metadata();
         let names: Vec<String> = s
