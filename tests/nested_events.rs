@@ -433,7 +433,7 @@ key_columns = ["id"]
             if o.gold { "gold" } else { "silver" }
         );
         let i: usize = o.id[1..].parse().unwrap();
-        if i % 5 == 0 {
+        if i.is_multiple_of(5) {
             assert!(v.get("attrs").is_none(), "{v}");
         } else {
             assert_eq!(
@@ -507,7 +507,10 @@ key_columns = ["id"]
         assert_eq!(first_qty, i64::from(o.items[0].1));
         assert_eq!(tier, if o.gold { "gold" } else { "silver" });
         let i: usize = o.id[1..].parse().unwrap();
-        assert_eq!(attrs_type, if i % 5 == 0 { "null" } else { "text" });
+        assert_eq!(
+            attrs_type,
+            if i.is_multiple_of(5) { "null" } else { "text" }
+        );
     }
 }
 

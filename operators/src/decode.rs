@@ -1541,7 +1541,7 @@ mod tests {
             .map(|f| f.data_type().clone())
             .collect();
         assert_eq!(types[2..], [DataType::Utf8, DataType::Binary]);
-        let mut m = |offset, headers| RawMessage {
+        let m = |offset, headers| RawMessage {
             payload: Some(format!(r#"{{"id":"e","ts":{T}}}"#).into_bytes()),
             ..message(offset, None, None, headers)
         };
