@@ -142,30 +142,19 @@ const QUERY: &str = "SELECT payload['status'] AS status, window_start, count(*) 
     FROM orders WHERE payload['customer']['tier'] = 'gold' \
     GROUP BY payload['status'], TUMBLE(ts, INTERVAL '1' MINUTE)";
 
-fn query_pipeline(name: &str) -> String {
+/// A pipeline over `in.jsonl` with `body` (a `sql` query or operators) and `sinks`.
+fn pipeline(name: &str, body: &str, sinks: &str) -> String {
     format!(
         r#"
 name = "{name}"
-sql = "{QUERY}"
+{body}
 
 [source]
 type = "jsonl"
 path = "in.jsonl"
 partitions = 1
 {SCHEMA}
-[[sinks]]
-type = "jsonl"
-path = "out"
-
-[[sinks]]
-type = "parquet"
-path = "pq"
-
-[[sinks]]
-type = "sqlite"
-path = "out.sqlite"
-table = "bars"
-key_columns = ["status", "window_start"]
+{sinks}
 
 [dlq]
 type = "jsonl"
@@ -177,6 +166,27 @@ interval_ms = 50
 
 [batch]
 max_rows = 128
+"#
+    )
+}
+
+/// JSONL into `out`, Parquet into `pq` and SQLite table `table` keyed by `keys`.
+fn file_sinks(table: &str, keys: &str) -> String {
+    format!(
+        r#"
+[[sinks]]
+type = "jsonl"
+path = "out"
+
+[[sinks]]
+type = "parquet"
+path = "pq"
+
+[[sinks]]
+type = "sqlite"
+path = "out.sqlite"
+table = "{table}"
+key_columns = {keys}
 "#
     )
 }
@@ -208,7 +218,13 @@ fn nested_fields_filter_group_and_aggregate_in_streaming_sql_into_jsonl_parquet_
     let dir = tempfile::tempdir().unwrap();
     let input = orders(2500, 21);
     write_input(dir.path(), &input);
-    std::fs::write(dir.path().join("p.toml"), query_pipeline("nested-sql")).unwrap();
+    let sql = format!("sql = \"{QUERY}\"");
+    let sinks = file_sinks("bars", r#"["status", "window_start"]"#);
+    std::fs::write(
+        dir.path().join("p.toml"),
+        pipeline("nested-sql", &sql, &sinks),
+    )
+    .unwrap();
     let out = weir(&["run", "p.toml"], dir.path());
     assert!(out.status.success(), "{}", stderr(&out));
     let want = expected_windows(&input);
@@ -357,30 +373,6 @@ columns = [
 ]
 "#;
 
-fn projection_pipeline(name: &str, sinks: &str) -> String {
-    format!(
-        r#"
-name = "{name}"
-
-[source]
-type = "jsonl"
-path = "in.jsonl"
-partitions = 1
-{SCHEMA}
-{PROJECTION}
-{sinks}
-
-[dlq]
-type = "jsonl"
-path = "dlq"
-
-[checkpoint]
-dir = "checkpoints"
-interval_ms = 50
-"#
-    )
-}
-
 /// The JSON a sink should hold for an order's `items`.
 fn items_json(o: &Order) -> serde_json::Value {
     serde_json::Value::Array(
@@ -399,24 +391,10 @@ fn projected_structs_lists_and_maps_reach_jsonl_as_nested_json_parquet_as_nested
     let dir = tempfile::tempdir().unwrap();
     let input = orders(400, 5);
     write_input(dir.path(), &input);
-    let sinks = r#"
-[[sinks]]
-type = "jsonl"
-path = "out"
-
-[[sinks]]
-type = "parquet"
-path = "pq"
-
-[[sinks]]
-type = "sqlite"
-path = "out.sqlite"
-table = "orders"
-key_columns = ["id"]
-"#;
+    let sinks = file_sinks("orders", r#"["id"]"#);
     std::fs::write(
         dir.path().join("p.toml"),
-        projection_pipeline("nested-project", sinks),
+        pipeline("nested-project", PROJECTION, &sinks),
     )
     .unwrap();
     let out = weir(&["run", "p.toml"], dir.path());
@@ -524,7 +502,7 @@ fn projected_structs_lists_and_maps_are_postgres_jsonb() {
         "[[sinks]]\ntype = \"postgres\"\nurl = \"{}\"\ntable = \"{table}\"\nkey_columns = [\"id\"]\n",
         common::pg_url()
     );
-    let toml = projection_pipeline(&format!("nested-pg-{table}"), &sinks)
+    let toml = pipeline(&format!("nested-pg-{table}"), PROJECTION, &sinks)
         .replace("[checkpoint]\ndir = \"checkpoints\"\n", "[checkpoint]\n");
     std::fs::write(dir.path().join("p.toml"), toml).unwrap();
     let out = weir(&["run", "p.toml"], dir.path());
