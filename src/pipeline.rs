@@ -697,6 +697,9 @@ fn sql_specs(plan: &SqlPlan) -> Vec<OpSpec> {
     if let Some(f) = &plan.filter {
         specs.push(OpSpec::Filter(f.clone()));
     }
+    if let Some(columns) = plan.key_projection() {
+        specs.push(OpSpec::Project(columns));
+    }
     specs.push(OpSpec::Window(plan.window.clone()));
     if let Some(h) = &plan.having {
         specs.push(OpSpec::Filter(h.clone()));

@@ -164,12 +164,12 @@ fn a_dlq_path_that_is_a_file_fails_the_check_naming_dlq_path() {
 #[test]
 fn a_column_type_the_sqlite_sink_cannot_store_fails_the_check_naming_the_sink() {
     let dir = tempfile::tempdir().unwrap();
-    let body = "sql = \"SELECT sensor_id, window_start, make_array(avg(temperature)) AS t FROM sensors GROUP BY sensor_id, TUMBLE(event_time, INTERVAL '1' MINUTE)\"";
+    let body = "sql = \"SELECT sensor_id, window_start, arrow_cast(sensor_id, 'Binary') AS t, count(*) AS n FROM sensors GROUP BY sensor_id, TUMBLE(event_time, INTERVAL '1' MINUTE)\"";
     let sink = "type = \"sqlite\"\npath = \"out.sqlite\"\ntable = \"w\"\nkey_columns = [\"sensor_id\", \"window_start\"]";
     let (code, err) = check(dir.path(), &pipeline(body, sink, "dlq", "c"));
     assert_eq!(code, Some(2), "{err}");
     assert!(
-        err.contains("p.toml: sinks[0]: column `t` has type List(")
+        err.contains("p.toml: sinks[0]: column `t` has type Binary")
             && err.contains("which the SQLite sink cannot store"),
         "{err}"
     );

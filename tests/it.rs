@@ -18,6 +18,7 @@ mod kafka_unreachable;
 mod lanes_upgrade;
 mod logs;
 mod metrics_endpoint;
+mod nested_events;
 mod order_projection_pg;
 mod orders_pipeline;
 mod postgres_kafka_crash;

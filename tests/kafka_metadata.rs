@@ -1,7 +1,8 @@
 //! `[schema.metadata]` on a real Kafka-protocol broker (started by `scripts/kafka.sh`): the
 //! message key, the timestamp the producer set (here the event time), topic, partition,
-//! offset and named headers become columns that a projection's SQL reads and the sink
-//! writes; a message whose header is not UTF-8 is dead-lettered naming the header.
+//! offset and named headers (as strings, or as bytes when declared binary) become columns that
+//! a projection's SQL reads and the sink writes; a message whose string header is not UTF-8
+//! is dead-lettered naming the header.
 
 use crate::common;
 
@@ -77,7 +78,7 @@ timestamp = "broker_time"
 topic = "source_topic"
 partition = "source_partition"
 offset = "source_offset"
-headers = {{ correlation_id = "correlation-id", tenant = "tenant" }}
+headers = {{ correlation_id = "correlation-id", tenant = "tenant", trace = {{ header = "trace-bin", type = "binary" }} }}
 
 [[operators]]
 type = "project"
@@ -90,6 +91,8 @@ columns = [
   {{ expr = "source_topic", name = "source_topic" }},
   {{ expr = "source_partition", name = "source_partition" }},
   {{ expr = "source_offset", name = "source_offset" }},
+  {{ expr = "trace", name = "trace" }},
+  {{ expr = "trace IS NOT NULL", name = "has_trace" }},
 ]
 
 [[sinks]]
@@ -127,6 +130,9 @@ fn key_timestamp_position_and_headers_of_each_message_reach_the_sink_as_columns(
             let mut headers = vec![("correlation-id", format!("corr-{i}").into_bytes())];
             if i % 2 == 0 {
                 headers.push(("tenant", b"acme".to_vec()));
+            } else {
+                // Not UTF-8: a binary column holds it as it is.
+                headers.push(("trace-bin", vec![0xff, 0x00, i as u8]));
             }
             (
                 format!("key-{i}"),
@@ -189,6 +195,10 @@ fn key_timestamp_position_and_headers_of_each_message_reach_the_sink_as_columns(
         });
         if i % 2 == 0 {
             want["tenant"] = "ACME".into();
+            want["has_trace"] = false.into();
+        } else {
+            want["trace"] = format!("ff00{:02x}", i).into();
+            want["has_trace"] = true.into();
         }
         assert_eq!(row, want, "row {i}");
     }

@@ -13,8 +13,9 @@
 
 use std::sync::Arc;
 
-use weir_runtime::arrow::array::{Array, BooleanArray};
-use weir_runtime::arrow::datatypes::Schema;
+use weir_runtime::arrow::array::{Array, ArrayRef, BooleanArray, StringArray};
+use weir_runtime::arrow::datatypes::{DataType, Field, Schema};
+use weir_runtime::arrow::json::LineDelimitedWriter;
 use weir_runtime::arrow::record_batch::RecordBatch;
 use weir_runtime::error::Result;
 use weir_runtime::error::WeirError;
@@ -139,6 +140,57 @@ pub(crate) fn sink_rows(sink: &str, batch: &RecordBatch) -> Result<SinkRows> {
     })
 }
 
+/// Whether a column of this type is written as JSON text by the sinks that have no nested
+/// types (PostgreSQL `jsonb`, SQLite TEXT): a struct, a list or a map.
+pub(crate) fn is_nested(data_type: &DataType) -> bool {
+    matches!(
+        data_type,
+        DataType::Struct(_)
+            | DataType::List(_)
+            | DataType::LargeList(_)
+            | DataType::FixedSizeList(_, _)
+            | DataType::ListView(_)
+            | DataType::LargeListView(_)
+            | DataType::Map(_, _)
+    )
+}
+
+/// Each value of a struct, list or map column as its JSON text (a string column, null where
+/// the value is null), written as the JSONL and Kafka sinks write it: a struct and a map are
+/// objects, a list an array, decimals exact numbers, null fields left out.
+pub(crate) fn json_texts(array: &ArrayRef) -> std::result::Result<ArrayRef, String> {
+    // Each row as `{"v":<value>}`, or `{}` for a null: the value is the text between.
+    const OPEN: &str = "{\"v\":";
+    let batch = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![Field::new(
+            "v",
+            array.data_type().clone(),
+            true,
+        )])),
+        vec![array.clone()],
+    )
+    .map_err(|e| format!("encode {} as JSON: {e}", array.data_type()))?;
+    let mut buf = Vec::new();
+    let mut writer = LineDelimitedWriter::new(&mut buf);
+    writer
+        .write(&batch)
+        .and_then(|_| writer.finish())
+        .map_err(|e| format!("encode {} as JSON: {e}", array.data_type()))?;
+    let text = String::from_utf8(buf).map_err(|e| format!("JSON text is not UTF-8: {e}"))?;
+    let values: Vec<Option<&str>> = text
+        .lines()
+        .map(|line| line.strip_prefix(OPEN).and_then(|v| v.strip_suffix('}')))
+        .collect();
+    if values.len() != array.len() {
+        return Err(format!(
+            "invariant: {} values were encoded as {} JSON lines",
+            array.len(),
+            values.len()
+        ));
+    }
+    Ok(Arc::new(StringArray::from(values)))
+}
+
 /// `"{prefix}.{key}"`, or just `key` when the prefix is empty: where a config error is.
 pub(crate) fn config_key(prefix: &str, key: &str) -> String {
     if prefix.is_empty() {
@@ -153,6 +205,68 @@ mod tests {
     use super::*;
     use weir_runtime::arrow::array::{Int64Array, StringArray};
     use weir_runtime::arrow::datatypes::{DataType, Field};
+
+    /// Two rows with a struct holding a list of structs (one price a decimal), and a map
+    /// (null in the second row).
+    pub(crate) fn nested_batch() -> RecordBatch {
+        use weir_runtime::arrow::datatypes::Fields;
+        let item = Fields::from(vec![
+            Field::new("sku", DataType::Utf8, false),
+            Field::new("price", DataType::Decimal128(10, 2), true),
+        ]);
+        let order = Fields::from(vec![
+            Field::new("status", DataType::Utf8, false),
+            Field::new(
+                "items",
+                DataType::List(Arc::new(Field::new("item", DataType::Struct(item), false))),
+                false,
+            ),
+        ]);
+        let entries = Field::new(
+            "entries",
+            DataType::Struct(Fields::from(vec![
+                Field::new("keys", DataType::Utf8, false),
+                Field::new("values", DataType::Utf8, true),
+            ])),
+            false,
+        );
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Utf8, false),
+            Field::new("order", DataType::Struct(order), false),
+            Field::new("attrs", DataType::Map(Arc::new(entries), false), true),
+        ]));
+        let json = r#"{"id":"a","order":{"status":"new","items":[{"sku":"A","price":1.5},{"sku":"B"}]},"attrs":{"k":"v"}}
+{"id":"b","order":{"status":"paid","items":[]},"attrs":null}
+"#;
+        weir_runtime::arrow::json::ReaderBuilder::new(schema)
+            .build(std::io::Cursor::new(json))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+    }
+
+    #[test]
+    fn each_nested_value_becomes_its_json_text_and_a_null_stays_null() {
+        let batch = nested_batch();
+        assert!(is_nested(batch.column(1).data_type()) && is_nested(batch.column(2).data_type()));
+        assert!(!is_nested(batch.column(0).data_type()));
+        let orders = json_texts(batch.column(1)).unwrap();
+        let orders = orders.as_any().downcast_ref::<StringArray>().unwrap();
+        assert_eq!(
+            orders.iter().collect::<Vec<_>>(),
+            [
+                Some(r#"{"status":"new","items":[{"sku":"A","price":1.50},{"sku":"B"}]}"#),
+                Some(r#"{"status":"paid","items":[]}"#),
+            ]
+        );
+        let attrs = json_texts(batch.column(2)).unwrap();
+        let attrs = attrs.as_any().downcast_ref::<StringArray>().unwrap();
+        assert_eq!(
+            attrs.iter().collect::<Vec<_>>(),
+            [Some(r#"{"k":"v"}"#), None]
+        );
+    }
 
     #[test]
     fn fnv1a_matches_the_published_test_vectors() {

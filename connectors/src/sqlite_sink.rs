@@ -17,6 +17,7 @@
 //! | Timestamp (any unit and zone) | INTEGER, epoch milliseconds |
 //! | Date32 | TEXT, ISO date |
 //! | Decimal128(p, s) | TEXT, the exact decimal with its s fraction digits (`178.5500`) |
+//! | Struct, List, Map | TEXT, JSON (as the JSONL sink writes it; `json_extract` reads it) |
 //!
 //! The transaction takes the write lock when it begins (`BEGIN IMMEDIATE`): once a write has
 //! started, nothing another connection commits can make it fail, so a retried write always
@@ -156,6 +157,8 @@ fn sql_type(data_type: &DataType) -> Option<&'static str> {
         Float16 | Float32 | Float64 => Some("REAL"),
         // A decimal is its exact text (`178.5500`): REAL would round it.
         Utf8 | LargeUtf8 | Utf8View | Date32 | Decimal128(_, _) => Some("TEXT"),
+        // A struct, list or map is its JSON text (SQLite's JSON functions read it).
+        t if crate::is_nested(t) => Some("TEXT"),
         _ => None,
     }
 }
@@ -397,6 +400,9 @@ impl SqliteSink {
                         )?;
                         Column::Int(cast(&millis, &DataType::Int64)?)
                     }
+                    t if crate::is_nested(t) => Column::Text(
+                        crate::json_texts(array).map_err(|e| WeirError::sink(&self.name, e))?,
+                    ),
                     other => {
                         return Err(WeirError::sink(
                             &self.name,

@@ -8,6 +8,7 @@
 //! the buffers and dead-lettered with the field and the value; the rest of the batch goes on.
 
 mod json;
+mod nested;
 mod rules;
 mod tree;
 
@@ -20,6 +21,7 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::buffer::{BooleanBuffer, Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::record_batch::RecordBatch;
 use weir_runtime::batch::{RawBatch, RawMessage};
 use weir_runtime::dlq::ErrorKind;
@@ -55,11 +57,7 @@ impl JsonDecoder {
         let events = schema.arrow_schema();
         let mut fields: Vec<Arc<Field>> = events.fields().iter().cloned().collect();
         fields.push(Arc::new(Field::new(OFFSET_COLUMN, DataType::Int64, false)));
-        let columns: Vec<Column> = schema
-            .columns()
-            .iter()
-            .map(|f| Column::new(FieldRule::new(f)))
-            .collect();
+        let columns: Vec<Column> = schema.columns().iter().map(Column::of).collect();
         let headers = schema.metadata.header_names();
         let metadata = schema
             .metadata
@@ -189,6 +187,7 @@ impl JsonDecoder {
                 MetadataSource::Offset => Value::I64(m.offset),
                 MetadataSource::Header(h) => match m.headers.get(*h).and_then(|v| v.as_deref()) {
                     None => Value::Null,
+                    Some(v) if column.rule.field_type == FieldType::Binary => Value::Bytes(v),
                     Some(v) => Value::Str(
                         std::str::from_utf8(v)
                             .map_err(|_| not_utf8(format!("header `{header}`")))?,
@@ -206,9 +205,11 @@ impl JsonDecoder {
         if self.rows == 0 {
             return Ok(None);
         }
-        let mut arrays: Vec<ArrayRef> = self.columns.iter_mut().map(Column::finish).collect();
-        arrays.push(Arc::new(Int64Array::from(offsets)));
+        let arrays: std::result::Result<Vec<ArrayRef>, _> =
+            self.columns.iter_mut().map(Column::finish).collect();
         self.rows = 0;
+        let mut arrays = arrays.map_err(|e| WeirError::operator("decode", e))?;
+        arrays.push(Arc::new(Int64Array::from(offsets)));
         RecordBatch::try_new(self.output.clone(), arrays)
             .map(Some)
             .map_err(|e| WeirError::operator("decode", e))
@@ -292,6 +293,8 @@ enum Values {
     /// Days since the epoch.
     Date(Vec<i32>),
     TimestampMs(Vec<i64>),
+    /// A struct, list or map (with its own validity).
+    Nested(Box<nested::Builder>),
 }
 
 /// `$body` with `$v` bound to the value vector of every fixed-width variant, `$bytes` to
@@ -319,6 +322,7 @@ macro_rules! each_values {
             Values::F64($v) => $body,
             Values::Bool($v) => $body,
             Values::Decimal($v, _, _) => $body,
+            Values::Nested(_) => unreachable!("invariant: nested columns are handled first"),
         }
     };
 }
@@ -335,6 +339,26 @@ fn push_end(offsets: &mut Vec<i32>, bytes: &[u8]) -> bool {
 }
 
 impl Column {
+    /// The column of field `f`.
+    fn of(f: &crate::schema::FieldConfig) -> Self {
+        if f.is_nested() {
+            return Self {
+                rule: FieldRule::new(f),
+                values: Values::Nested(Box::new(nested::Builder::new(f))),
+                valid: Vec::new(),
+            };
+        }
+        Self::new(FieldRule::new(f))
+    }
+
+    /// The values buffered.
+    fn len(&self) -> usize {
+        match &self.values {
+            Values::Nested(b) => b.len(),
+            values => each_values!(values, v => v.len(), offsets, _b => offsets.len() - 1),
+        }
+    }
+
     fn new(rule: FieldRule) -> Self {
         let values = match rule.field_type {
             FieldType::String => Values::Str {
@@ -361,6 +385,9 @@ impl Column {
             }
             FieldType::Date => Values::Date(Vec::new()),
             FieldType::Timestamp => Values::TimestampMs(Vec::new()),
+            FieldType::Struct | FieldType::List | FieldType::Map => {
+                unreachable!("invariant: Column::of builds nested columns")
+            }
         };
         Self {
             rule,
@@ -370,6 +397,9 @@ impl Column {
     }
 
     fn reserve(&mut self, rows: usize) {
+        if let Values::Nested(_) = self.values {
+            return;
+        }
         each_values!(&mut self.values, v => v.reserve(rows), offsets, _bytes => offsets.reserve(rows))
     }
 
@@ -384,6 +414,10 @@ impl Column {
             )
         };
         match (&mut self.values, value) {
+            (Values::Nested(b), Value::Null) => {
+                b.push_null();
+                return Ok(());
+            }
             (Values::Str { offsets, bytes }, Value::Str(s)) => {
                 bytes.extend_from_slice(s.as_bytes());
                 if !push_end(offsets, bytes) {
@@ -396,6 +430,12 @@ impl Column {
                         .rule
                         .wrong(Scalar::Str(s), &format!("is not base64: {why}")));
                 }
+                if !push_end(offsets, bytes) {
+                    return Err(too_long(&self.rule));
+                }
+            }
+            (Values::Bin { offsets, bytes }, Value::Bytes(b)) => {
+                bytes.extend_from_slice(b);
                 if !push_end(offsets, bytes) {
                     return Err(too_long(&self.rule));
                 }
@@ -431,6 +471,9 @@ impl Column {
 
     /// Back to the first `rows` rows.
     fn truncate(&mut self, rows: usize) {
+        if let Values::Nested(b) = &mut self.values {
+            return b.truncate(rows);
+        }
         self.valid.truncate(rows);
         each_values!(&mut self.values, v => v.truncate(rows), offsets, bytes => {
             offsets.truncate(rows + 1);
@@ -439,7 +482,10 @@ impl Column {
     }
 
     /// The buffered values as an array, emptying the buffers.
-    fn finish(&mut self) -> ArrayRef {
+    fn finish(&mut self) -> std::result::Result<ArrayRef, ArrowError> {
+        if let Values::Nested(b) = &mut self.values {
+            return b.finish();
+        }
         let valid = std::mem::take(&mut self.valid);
         let nulls = (valid.iter().any(|v| !v)).then(|| NullBuffer::from(valid));
         let take = |offsets: &mut Vec<i32>, bytes: &mut Vec<u8>| {
@@ -448,7 +494,8 @@ impl Column {
                 Buffer::from_vec(std::mem::take(bytes)),
             )
         };
-        match &mut self.values {
+        Ok(match &mut self.values {
+            Values::Nested(_) => unreachable!("invariant: returned above"),
             Values::Str { offsets, bytes } => {
                 let (offsets, bytes) = take(offsets, bytes);
                 Arc::new(
@@ -485,7 +532,7 @@ impl Column {
                 std::mem::take(v).into(),
                 nulls,
             )),
-        }
+        })
     }
 }
 
@@ -605,6 +652,15 @@ impl Row<'_> {
         let (want, open) = match self.nodes[c].kind {
             NodeKind::Column(i) => {
                 self.set_in[i] = self.stamp;
+                if let Values::Nested(b) = &mut self.columns[i].values {
+                    if self.fault.is_some() {
+                        r.value()?;
+                    } else if let Err(miss) = b.read(r)? {
+                        let f = miss.into_fault(&self.columns[i].rule);
+                        self.fault(f);
+                    }
+                    return Ok(());
+                }
                 let value = r.value()?;
                 self.put(i, scalar(&value));
                 return Ok(());
@@ -694,7 +750,7 @@ impl Row<'_> {
 mod tests {
     use super::*;
     use crate::schema::{FieldConfig, FieldType};
-    use datafusion::arrow::array::{Array, Float64Array, TimestampMillisecondArray};
+    use datafusion::arrow::array::{Array, Float64Array, StructArray, TimestampMillisecondArray};
     use proptest::prelude::*;
     use weir_runtime::testkit::json_message;
 
@@ -1472,6 +1528,52 @@ mod tests {
     }
 
     #[test]
+    fn a_binary_header_column_holds_the_bytes_as_they_are() {
+        let s: SchemaConfig = serde_json::from_str(
+            r#"{"event_time":"ts","fields":[{"name":"id","type":"string"},{"name":"ts","type":"timestamp","nullable":false}],
+            "metadata":{"headers":{"corr":"correlation-id","trace":{"header":"trace-bin","type":"binary"}}}}"#,
+        )
+        .unwrap();
+        let types: Vec<DataType> = s
+            .arrow_schema()
+            .fields()
+            .iter()
+            .map(|f| f.data_type().clone())
+            .collect();
+        assert_eq!(types[2..], [DataType::Utf8, DataType::Binary]);
+        let m = |offset, headers| RawMessage {
+            payload: Some(format!(r#"{{"id":"e","ts":{T}}}"#).into_bytes()),
+            ..message(offset, None, None, headers)
+        };
+        let raw = RawBatch::new(
+            "t".into(),
+            0,
+            vec![
+                m(1, vec![Some(&b"c"[..]), Some(&[0xff, 0x00][..])]),
+                m(2, vec![None, None]),
+                // Not UTF-8 in the string header: dead-lettered; the binary one takes anything.
+                m(3, vec![Some(&[0xff][..]), Some(&b"x"[..])]),
+                m(4, vec![None, Some(&b""[..])]),
+            ],
+        );
+        let out = JsonDecoder::new(&s).decode(&raw).unwrap();
+        assert_eq!(out.rejects.len(), 1, "{:?}", out.rejects);
+        assert_eq!(out.rejects[0].offset, 3);
+        let b = out.batch.unwrap();
+        let trace = b.column_by_name("trace").unwrap();
+        let trace = trace.as_any().downcast_ref::<BinaryArray>().unwrap();
+        assert_eq!(
+            trace.iter().collect::<Vec<_>>(),
+            [Some(&[0xff, 0x00][..]), None, Some(&b""[..])]
+        );
+        let err = serde_json::from_str::<SchemaConfig>(
+            r#"{"event_time":"ts","fields":[],"metadata":{"headers":{"t":{"header":"h","type":"int64"}}}}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("unknown variant `int64`"), "{err}");
+    }
+
+    #[test]
     fn metadata_columns_hold_the_key_timestamp_topic_partition_offset_and_headers() {
         let s = with_metadata();
         let names: Vec<String> = s
@@ -1714,6 +1816,276 @@ mod tests {
         }
     }
 
+    /// An order event with nested types: `payload` a struct holding a list of item structs
+    /// and a nullable map of attributes.
+    fn typed_order() -> SchemaConfig {
+        serde_json::from_str(
+            r#"{"event_time":"ts","fields":[
+            {"name":"id","type":"string"},
+            {"name":"payload","type":"struct","fields":[
+                {"name":"status","type":"string"},
+                {"name":"amount","type":"decimal(18,4)"},
+                {"name":"note","type":"string","nullable":true},
+                {"name":"items","type":"list","item":{"type":"struct","fields":[
+                    {"name":"sku","type":"string"},
+                    {"name":"qty","type":"int32"},
+                    {"name":"price","type":"decimal(10,2)","nullable":true}]}},
+                {"name":"tags","type":"list","nullable":true,"item":{"type":"string","nullable":true}}]},
+            {"name":"attrs","type":"map","nullable":true,"value":"int64"},
+            {"name":"ts","type":"timestamp"}]}"#,
+        )
+        .unwrap()
+    }
+
+    /// The rows of `b` (without the offset column) as JSON objects, as a sink writes them.
+    fn json_rows(b: &RecordBatch) -> Vec<serde_json::Value> {
+        let b = b
+            .project(&(0..b.num_columns() - 1).collect::<Vec<_>>())
+            .unwrap();
+        let mut buf = Vec::new();
+        let mut w = datafusion::arrow::json::LineDelimitedWriter::new(&mut buf);
+        w.write(&b).unwrap();
+        w.finish().unwrap();
+        String::from_utf8(buf)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    fn typed_orders(payloads: &[&str]) -> Decoded {
+        JsonDecoder::new(&typed_order())
+            .decode(&raw(&payloads.iter().map(|p| Some(*p)).collect::<Vec<_>>()))
+            .unwrap()
+    }
+
+    fn order(payload: &str, rest: &str) -> String {
+        format!(r#"{{"id":"o1","payload":{payload}{rest},"ts":{T}}}"#)
+    }
+
+    const PAYLOAD: &str = r#"{"status":"new","amount":178.55,"items":[{"sku":"A","qty":2,"price":9.99},{"qty":1,"sku":"B"}]}"#;
+
+    #[test]
+    fn structs_lists_and_maps_are_decoded_into_arrow_nested_columns() {
+        let out = typed_orders(&[
+            &order(PAYLOAD, r#","attrs":{"x":1,"y":-2}"#),
+            &order(
+                r#"{"amount":12.5,"status":"paid","items":[],"tags":["a",null],"note":"n","extra":{"deep":[1]}}"#,
+                "",
+            ),
+        ]);
+        assert!(out.rejects.is_empty(), "{:?}", out.rejects);
+        let b = out.batch.unwrap();
+        let schema = b.schema();
+        let payload = schema.field_with_name("payload").unwrap();
+        let DataType::Struct(children) = payload.data_type() else {
+            panic!("{payload:?}")
+        };
+        assert_eq!(children[1].data_type(), &DataType::Decimal128(18, 4));
+        assert!(
+            matches!(children[3].data_type(), DataType::List(item) if matches!(item.data_type(), DataType::Struct(_)) && !item.is_nullable())
+        );
+        assert!(matches!(
+            schema.field_with_name("attrs").unwrap().data_type(),
+            DataType::Map(_, false)
+        ));
+        assert_eq!(
+            json_rows(&b),
+            vec![
+                serde_json::json!({"id":"o1","payload":{"status":"new","amount":178.55,
+                    "items":[{"sku":"A","qty":2,"price":9.99},{"sku":"B","qty":1}]},
+                    "attrs":{"x":1,"y":-2},"ts":"2026-01-05T14:40:00"}),
+                serde_json::json!({"id":"o1","payload":{"status":"paid","amount":12.5,"note":"n",
+                    "items":[],"tags":["a",null]},"ts":"2026-01-05T14:40:00"}),
+            ]
+        );
+        // The decimal inside is exact, at its scale.
+        let p = b.column_by_name("payload").unwrap();
+        let p = p.as_any().downcast_ref::<StructArray>().unwrap();
+        let amount = p
+            .column(1)
+            .as_any()
+            .downcast_ref::<Decimal128Array>()
+            .unwrap();
+        assert_eq!(amount.value(0), 1_785_500);
+    }
+
+    #[test]
+    fn a_nested_value_that_does_not_fit_is_dead_lettered_with_its_path_and_value() {
+        let item = |qty: &str| {
+            order(
+                &PAYLOAD.replace(r#""qty":1"#, &format!(r#""qty":{qty}"#)),
+                "",
+            )
+        };
+        for (payload, kind, says) in [
+            (
+                item(r#""1""#),
+                ErrorKind::WrongType,
+                r#"field `payload` at `payload.items[1].qty` (int32): "1" is a string, not a number"#,
+            ),
+            (
+                item("1.5"),
+                ErrorKind::WrongType,
+                "field `payload` at `payload.items[1].qty` (int32): 1.5 is not a whole number",
+            ),
+            (
+                item("3000000000"),
+                ErrorKind::WrongType,
+                "field `payload` at `payload.items[1].qty` (int32): 3000000000 is out of range for int32",
+            ),
+            (
+                item("null"),
+                ErrorKind::MissingField,
+                "field `payload`: the required value at `payload.items[1].qty` is missing or null",
+            ),
+            (
+                order(&PAYLOAD.replace("9.99", "9.999"), ""),
+                ErrorKind::WrongType,
+                "field `payload` at `payload.items[0].price` (decimal(10, 2)): 9.999 has more than 2 digits",
+            ),
+            (
+                order(&PAYLOAD.replace(r#""status":"new","#, ""), ""),
+                ErrorKind::MissingField,
+                "field `payload`: the required value at `payload.status` is missing or null",
+            ),
+            (
+                order(r#"{"status":"new","amount":1,"items":{"sku":"A"}}"#, ""),
+                ErrorKind::WrongType,
+                "field `payload` at `payload.items` (list<struct<sku: string, qty: int32, price: decimal(10, 2)>>): an object is not an array",
+            ),
+            (
+                order(r#"{"status":"new","amount":1,"items":[null]}"#, ""),
+                ErrorKind::MissingField,
+                "the required value at `payload.items[0]` is missing or null",
+            ),
+            (
+                order(r#"{"status":"new","amount":1,"items":["A"]}"#, ""),
+                ErrorKind::WrongType,
+                r#"field `payload` at `payload.items[0]` (struct<sku: string, qty: int32, price: decimal(10, 2)>): "A" is not an object"#,
+            ),
+            (
+                order("17", ""),
+                ErrorKind::WrongType,
+                "field `payload` (struct<status: string, amount: decimal(18, 4), note: string, items: list<struct<sku: string, qty: int32, price: decimal(10, 2)>>, tags: list<string>>): 17 is not an object",
+            ),
+            (
+                order("null", ""),
+                ErrorKind::MissingField,
+                "required field `payload` is missing or null",
+            ),
+            (
+                order(PAYLOAD, r#","attrs":{"x":"1"}"#),
+                ErrorKind::WrongType,
+                r#"field `attrs` at `attrs.x` (int64): "1" is a string, not a number"#,
+            ),
+            (
+                order(PAYLOAD, r#","attrs":[1]"#),
+                ErrorKind::WrongType,
+                "field `attrs` (map<string, int64>): an array is not an object",
+            ),
+            (
+                order(&PAYLOAD.replace(r#""status":"new""#, r#""status":"new","status":"x""#), ""),
+                ErrorKind::InvalidJson,
+                "duplicate key `status` in `payload`",
+            ),
+            (
+                order(PAYLOAD, r#","attrs":{"x":1,"x":2}"#),
+                ErrorKind::InvalidJson,
+                "duplicate key `x` in `attrs`",
+            ),
+            (
+                order(&PAYLOAD.replace(r#""status":"new""#, r#""u":1,"status":"new","u":2"#), ""),
+                ErrorKind::InvalidJson,
+                "duplicate key `u` in `payload`",
+            ),
+            // A misfit first, then invalid JSON further on: invalid JSON wins.
+            (
+                order(&PAYLOAD.replace(r#""qty":2"#, r#""qty":"2""#), r#","attrs":{"x":}"#),
+                ErrorKind::InvalidJson,
+                "invalid JSON",
+            ),
+        ] {
+            let out = typed_orders(&[&payload]);
+            let (k, message) = rejected(&out);
+            assert_eq!(k, kind, "{payload}: {message}");
+            assert!(message.contains(says), "{payload}:\n{message}\nwanted: {says}");
+        }
+    }
+
+    #[test]
+    fn a_rejected_nested_message_leaves_no_trace_in_the_rows_around_it() {
+        let good = |sku: &str| {
+            order(
+                &PAYLOAD.replace(r#""sku":"A""#, &format!(r#""sku":"{sku}""#)),
+                r#","attrs":{"k":1}"#,
+            )
+        };
+        // Fails deep inside the second item's struct, after the first item and the map were
+        // partly written.
+        let bad = order(&PAYLOAD.replace(r#""qty":1"#, r#""qty":true"#), "")
+            .replace(r#""payload""#, r#""attrs":{"a":1,"b":2},"payload""#);
+        let out = typed_orders(&[&good("A1"), &bad, &good("A3")]);
+        assert_eq!(out.rejects.len(), 1, "{:?}", out.rejects);
+        assert_eq!(out.rejects[0].offset, 11);
+        let b = out.batch.unwrap();
+        for c in b.columns() {
+            c.to_data().validate_full().unwrap();
+        }
+        let rows = json_rows(&b);
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0]["payload"]["items"][0]["sku"], "A1");
+        assert_eq!(rows[1]["payload"]["items"][0]["sku"], "A3");
+        assert_eq!(rows[1]["payload"]["items"].as_array().unwrap().len(), 2);
+        assert_eq!(rows[1]["attrs"], serde_json::json!({"k":1}));
+    }
+
+    #[test]
+    fn an_absent_or_null_nullable_nested_value_is_null_and_a_required_one_is_missing() {
+        let out = typed_orders(&[
+            &order(PAYLOAD, r#","attrs":null"#),
+            &order(PAYLOAD, ""),
+            &format!(r#"{{"id":"o1","ts":{T}}}"#),
+        ]);
+        assert_eq!(out.rejects.len(), 1);
+        assert_eq!(out.rejects[0].kind, ErrorKind::MissingField);
+        assert!(out.rejects[0]
+            .message
+            .contains("required field `payload` is missing or null"));
+        let b = out.batch.unwrap();
+        let attrs = b.column_by_name("attrs").unwrap();
+        assert_eq!(attrs.null_count(), 2);
+    }
+
+    #[test]
+    fn nested_type_keys_are_checked_where_they_are_written() {
+        let s: SchemaConfig = serde_json::from_str(
+            r#"{"event_time":"ts","fields":[
+            {"name":"a","type":"list"},
+            {"name":"b","type":"struct","fields":[{"name":"x","type":"int64","path":"y"},{"name":"x","type":"string"}]},
+            {"name":"c","type":"string","item":"int64"},
+            {"name":"d","type":"map","value":{"type":"timestamp","coerce":true,"unit":"s"}},
+            {"name":"e","type":"struct","fields":[]},
+            {"name":"ts","type":"timestamp"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            s.validate("schema"),
+            vec![
+                "schema.fields[0].item: list `a` needs `item`, its element type (e.g. `item = \"string\"`)",
+                "schema.fields[1].fields[0].path: a struct's fields are read by their names; `path` is for top-level fields only",
+                "schema.fields[1].fields[1].name: duplicate field `x` in struct `b`",
+                "schema.fields[2].item: only a `list` field has `item`; `c` is string",
+                "schema.fields[4].fields: struct `e` needs at least one field",
+            ]
+        );
+        let err = serde_json::from_str::<SchemaConfig>(
+            r#"{"event_time":"ts","fields":[{"name":"a","type":"list","item":{"type":"int64","name":"x"}}]}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("unknown field `name`"), "{err}");
+    }
+
     /// A valid envelope of [`envelope`]'s schema.
     fn valid_envelope(i: u32) -> String {
         format!(
@@ -1758,6 +2130,43 @@ mod tests {
                     if edits.is_empty() {
                         prop_assert_eq!(ids.value(r), format!("e{i}"));
                         prop_assert_eq!(amount.value(r), i128::from(*i) * 10_000 + 2_500);
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn a_typed_nested_event_mutated_byte_by_byte_is_accepted_whole_or_dead_lettered(
+            events in proptest::collection::vec(
+                (0u32..1000, proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4)),
+                1..20,
+            )
+        ) {
+            let valid = |i: u32| order(&PAYLOAD.replace(r#""sku":"A""#, &format!(r#""sku":"A{i}""#)), r#","attrs":{"k":1,"l":2}"#);
+            let msgs: Vec<RawMessage> = events.iter().enumerate().map(|(n, (i, edits))| {
+                let mut bytes = valid(*i).into_bytes();
+                for (at, b) in edits {
+                    let at = at.index(bytes.len());
+                    bytes[at] = *b;
+                }
+                RawMessage { offset: n as i64, key: None, payload: Some(bytes), timestamp_ms: None, headers: Vec::new() }
+            }).collect();
+            let n = msgs.len();
+            let out = JsonDecoder::new(&typed_order()).decode(&RawBatch::new("t".into(), 0, msgs)).unwrap();
+            let rows = out.batch.as_ref().map_or(0, |b| b.num_rows());
+            prop_assert_eq!(rows + out.rejects.len(), n);
+            prop_assert!(rows >= events.iter().filter(|(_, e)| e.is_empty()).count());
+            if let Some(b) = &out.batch {
+                for c in b.columns() {
+                    prop_assert!(c.to_data().validate_full().is_ok());
+                }
+                let offsets = b.column_by_name(OFFSET_COLUMN).unwrap();
+                let offsets = offsets.as_any().downcast_ref::<Int64Array>().unwrap().clone();
+                for (r, row) in json_rows(b).iter().enumerate() {
+                    let (i, edits) = &events[offsets.value(r) as usize];
+                    if edits.is_empty() {
+                        prop_assert_eq!(&row["payload"]["items"][0]["sku"], &serde_json::json!(format!("A{i}")));
+                        prop_assert_eq!(&row["attrs"], &serde_json::json!({"k":1,"l":2}));
                     }
                 }
             }

@@ -65,9 +65,72 @@ pub struct MetadataConfig {
     pub offset: Option<String>,
     /// Columns of headers: column name → header name (`correlation_id = "correlation-id"`),
     /// each a string (null when the message has no such header; the first one wins when it
-    /// has several; a value that is not UTF-8 sends the message to the DLQ).
+    /// has several; a value that is not UTF-8 sends the message to the DLQ), or a table
+    /// `{ header = "trace-bin", type = "binary" }` for a column of the value's bytes as they
+    /// are.
     #[serde(default)]
-    pub headers: std::collections::BTreeMap<String, String>,
+    pub headers: std::collections::BTreeMap<String, HeaderColumn>,
+}
+
+/// One header column: the header's name and the column's type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderColumn {
+    /// The header's name in the message.
+    pub header: String,
+    /// `string` (the value must be UTF-8) or `binary` (its bytes).
+    pub binary: bool,
+}
+
+impl From<&str> for HeaderColumn {
+    /// A string column of header `header`.
+    fn from(header: &str) -> Self {
+        Self {
+            header: header.into(),
+            binary: false,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for HeaderColumn {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Table {
+            header: String,
+            #[serde(rename = "type", default)]
+            kind: HeaderType,
+        }
+        #[derive(Deserialize, Default, PartialEq)]
+        #[serde(rename_all = "snake_case")]
+        enum HeaderType {
+            #[default]
+            String,
+            Binary,
+        }
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = HeaderColumn;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(
+                    "a header name, or a table `{ header = \"<name>\", type = \"string\" | \"binary\" }`",
+                )
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<HeaderColumn, E> {
+                Ok(HeaderColumn::from(v))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<HeaderColumn, A::Error> {
+                let t = Table::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(HeaderColumn {
+                    header: t.header,
+                    binary: t.kind == HeaderType::Binary,
+                })
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 /// A message attribute that a metadata column holds.
@@ -100,15 +163,20 @@ impl MetadataConfig {
         add(&self.topic, MetadataSource::Topic, FieldType::String);
         add(&self.partition, MetadataSource::Partition, FieldType::Int32);
         add(&self.offset, MetadataSource::Offset, FieldType::Int64);
-        for (i, column) in self.headers.keys().enumerate() {
-            out.push((column.clone(), MetadataSource::Header(i), FieldType::String));
+        for (i, (column, h)) in self.headers.iter().enumerate() {
+            let t = if h.binary {
+                FieldType::Binary
+            } else {
+                FieldType::String
+            };
+            out.push((column.clone(), MetadataSource::Header(i), t));
         }
         out
     }
 
     /// The header names the columns read, in the order of [`MetadataSource::Header`].
     pub fn header_names(&self) -> Vec<String> {
-        self.headers.values().cloned().collect()
+        self.headers.values().map(|h| h.header.clone()).collect()
     }
 }
 
@@ -160,6 +228,117 @@ pub struct FieldConfig {
     /// outside that range, such as synthetic test data near the epoch.
     #[serde(default)]
     pub any_epoch: bool,
+    /// For a `struct` field: its fields, read from the object by name (each with its own
+    /// type and nullability, no `path`). Undeclared keys of the object are ignored.
+    #[serde(default)]
+    pub fields: Vec<FieldConfig>,
+    /// For a `list` field: the type of its elements (`item = "string"` or a table with `type`
+    /// and the keys a field has, except `name` and `path`).
+    #[serde(default, deserialize_with = "de_item")]
+    pub item: Option<Box<FieldConfig>>,
+    /// For a `map` field (an object with any keys, read as string keys): the type of its
+    /// values, written as `item` is.
+    #[serde(default, deserialize_with = "de_value")]
+    pub value: Option<Box<FieldConfig>>,
+}
+
+/// The element type of a list or the value type of a map, as a pipeline file writes it: a
+/// type name, or a table of a field's keys without `name` and `path`.
+enum ElementConfig {
+    Name(FieldType),
+    Table(ElementTable),
+}
+
+impl<'de> Deserialize<'de> for ElementConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = ElementConfig;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a type name or a table with `type`")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ElementConfig, E> {
+                match FieldType::parse(v) {
+                    Ok(Some(t)) => Ok(ElementConfig::Name(t)),
+                    Ok(None) => Err(E::unknown_variant(v, FieldType::NAMES)),
+                    Err(e) => Err(E::custom(e)),
+                }
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<ElementConfig, A::Error> {
+                ElementTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(ElementConfig::Table)
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ElementTable {
+    #[serde(rename = "type")]
+    field_type: FieldType,
+    #[serde(default)]
+    nullable: bool,
+    #[serde(default)]
+    coerce: bool,
+    #[serde(default)]
+    unit: Option<EpochUnit>,
+    #[serde(default)]
+    any_epoch: bool,
+    #[serde(default)]
+    fields: Vec<FieldConfig>,
+    #[serde(default, deserialize_with = "de_item")]
+    item: Option<Box<FieldConfig>>,
+    #[serde(default, deserialize_with = "de_value")]
+    value: Option<Box<FieldConfig>>,
+}
+
+impl ElementConfig {
+    fn into_field(self, name: &str) -> FieldConfig {
+        match self {
+            ElementConfig::Name(t) => FieldConfig::new(name, t),
+            ElementConfig::Table(t) => FieldConfig {
+                nullable: t.nullable,
+                coerce: t.coerce,
+                unit: t.unit,
+                any_epoch: t.any_epoch,
+                fields: t.fields,
+                item: t.item,
+                value: t.value,
+                ..FieldConfig::new(name, t.field_type)
+            },
+        }
+    }
+}
+
+/// The entries of a map column: a struct of a `keys` string and `value` (Arrow's layout).
+pub fn map_entries(value: Field) -> Field {
+    Field::new(
+        "entries",
+        DataType::Struct(vec![Field::new("keys", DataType::Utf8, false), value].into()),
+        false,
+    )
+}
+
+/// The name of a list's element field (Arrow's).
+pub const LIST_ITEM: &str = "item";
+/// The name of a map's value field (Arrow's).
+pub const MAP_VALUE: &str = "values";
+
+fn de_item<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Box<FieldConfig>>, D::Error> {
+    Ok(Some(Box::new(
+        ElementConfig::deserialize(d)?.into_field(LIST_ITEM),
+    )))
+}
+
+fn de_value<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Box<FieldConfig>>, D::Error> {
+    Ok(Some(Box::new(
+        ElementConfig::deserialize(d)?.into_field(MAP_VALUE),
+    )))
 }
 
 impl FieldConfig {
@@ -173,6 +352,95 @@ impl FieldConfig {
             coerce: false,
             unit: None,
             any_epoch: false,
+            fields: Vec::new(),
+            item: None,
+            value: None,
+        }
+    }
+
+    /// A `struct` field of `fields`.
+    pub fn new_struct(name: impl Into<String>, fields: Vec<FieldConfig>) -> Self {
+        Self {
+            fields,
+            ..Self::new(name, FieldType::Struct)
+        }
+    }
+
+    /// A `list` field of `item` (its name is replaced by [`LIST_ITEM`]).
+    pub fn new_list(name: impl Into<String>, item: FieldConfig) -> Self {
+        Self {
+            item: Some(Box::new(FieldConfig {
+                name: LIST_ITEM.into(),
+                ..item
+            })),
+            ..Self::new(name, FieldType::List)
+        }
+    }
+
+    /// A `map` field with string keys and `value` (its name is replaced by [`MAP_VALUE`]).
+    pub fn new_map(name: impl Into<String>, value: FieldConfig) -> Self {
+        Self {
+            value: Some(Box::new(FieldConfig {
+                name: MAP_VALUE.into(),
+                ..value
+            })),
+            ..Self::new(name, FieldType::Map)
+        }
+    }
+
+    /// The Arrow type of the column: Struct, List and Map for the nested types, with their
+    /// children's types and nullability.
+    pub fn data_type(&self) -> DataType {
+        match self.field_type {
+            FieldType::Struct => {
+                DataType::Struct(self.fields.iter().map(FieldConfig::arrow_field).collect())
+            }
+            FieldType::List => DataType::List(Arc::new(self.element(&self.item).arrow_field())),
+            FieldType::Map => DataType::Map(
+                Arc::new(map_entries(self.element(&self.value).arrow_field())),
+                false,
+            ),
+            t => t.scalar_data_type(),
+        }
+    }
+
+    /// The Arrow field of the column.
+    pub fn arrow_field(&self) -> Field {
+        Field::new(&self.name, self.data_type(), self.nullable)
+    }
+
+    /// A list's item or a map's value; a nullable string when it was not declared (which
+    /// `validate` refuses).
+    fn element<'a>(&'a self, e: &'a Option<Box<FieldConfig>>) -> std::borrow::Cow<'a, FieldConfig> {
+        match e {
+            Some(f) => std::borrow::Cow::Borrowed(f),
+            None => std::borrow::Cow::Owned(FieldConfig {
+                nullable: true,
+                ..FieldConfig::new(LIST_ITEM, FieldType::String)
+            }),
+        }
+    }
+
+    /// Whether the column is a struct, a list or a map.
+    pub fn is_nested(&self) -> bool {
+        self.field_type.is_nested()
+    }
+
+    /// The type as messages and `--check` name it: `list<decimal(18, 4)>`,
+    /// `struct<sku: string, qty: int32>`, `map<string, int64>`.
+    pub fn type_text(&self) -> String {
+        match self.field_type {
+            FieldType::Struct => format!(
+                "struct<{}>",
+                self.fields
+                    .iter()
+                    .map(|f| format!("{}: {}", f.name, f.type_text()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            FieldType::List => format!("list<{}>", self.element(&self.item).type_text()),
+            FieldType::Map => format!("map<string, {}>", self.element(&self.value).type_text()),
+            t => t.to_string(),
         }
     }
 
@@ -226,6 +494,82 @@ impl FieldConfig {
             if let Err(e) = FieldType::decimal(precision, scale) {
                 errors.push(format!("{at}.type: {e}"));
             }
+        }
+        errors.extend(self.validate_nested(at));
+        errors
+    }
+
+    /// The rules of `fields`, `item` and `value`: each only on its type, required there, and
+    /// valid itself.
+    fn validate_nested(&self, at: &str) -> Vec<String> {
+        let mut errors = Vec::new();
+        let t = self.field_type;
+        let misplaced = |key: &str, wants: &str| {
+            format!(
+                "{at}.{key}: only a `{wants}` field has `{key}`; `{}` is {t}",
+                self.name
+            )
+        };
+        if t != FieldType::Struct && !self.fields.is_empty() {
+            errors.push(misplaced("fields", "struct"));
+        }
+        if t != FieldType::List && self.item.is_some() {
+            errors.push(misplaced("item", "list"));
+        }
+        if t != FieldType::Map && self.value.is_some() {
+            errors.push(misplaced("value", "map"));
+        }
+        if self.coerce && self.is_nested() {
+            errors.push(format!(
+                "{at}.coerce: `{}` is a {t}: coerce is a key of the scalar fields inside it",
+                self.name
+            ));
+        }
+        match t {
+            FieldType::Struct => {
+                if self.fields.is_empty() {
+                    errors.push(format!(
+                        "{at}.fields: struct `{}` needs at least one field",
+                        self.name
+                    ));
+                }
+                let mut seen = std::collections::HashSet::new();
+                for (i, f) in self.fields.iter().enumerate() {
+                    let at = format!("{at}.fields[{i}]");
+                    if f.name.is_empty() {
+                        errors.push(format!("{at}.name: must not be empty"));
+                    }
+                    if !seen.insert(f.name.as_str()) {
+                        errors.push(format!(
+                            "{at}.name: duplicate field `{}` in struct `{}`",
+                            f.name, self.name
+                        ));
+                    }
+                    if f.path.is_some() {
+                        errors.push(format!(
+                            "{at}.path: a struct's fields are read by their names; `path` is \
+                             for top-level fields only"
+                        ));
+                    }
+                    errors.extend(f.validate(&at));
+                }
+            }
+            FieldType::List | FieldType::Map => {
+                let (key, e) = if t == FieldType::List {
+                    ("item", &self.item)
+                } else {
+                    ("value", &self.value)
+                };
+                match e {
+                    None => errors.push(format!(
+                        "{at}.{key}: {t} `{}` needs `{key}`, its {} type (e.g. `{key} = \"string\"`)",
+                        self.name,
+                        if t == FieldType::List { "element" } else { "value" }
+                    )),
+                    Some(e) => errors.extend(e.validate(&format!("{at}.{key}"))),
+                }
+            }
+            _ => {}
         }
         errors
     }
@@ -395,6 +739,13 @@ pub enum FieldType {
         precision: u8,
         scale: i8,
     },
+    /// An object of declared fields (`fields`), stored as an Arrow Struct.
+    Struct,
+    /// An array of one element type (`item`), stored as an Arrow List.
+    List,
+    /// An object with any keys and one value type (`value`), stored as an Arrow Map with
+    /// string keys.
+    Map,
 }
 
 /// The largest precision of a `decimal(p, s)` field (what Decimal128 holds).
@@ -419,6 +770,9 @@ impl FieldType {
         "date",
         "timestamp",
         "decimal(p, s)",
+        "struct",
+        "list",
+        "map",
     ];
 
     /// A `decimal(precision, scale)` type, or why those bounds are not one.
@@ -436,7 +790,14 @@ impl FieldType {
         Ok(FieldType::Decimal { precision, scale })
     }
 
-    pub fn data_type(self) -> DataType {
+    /// Whether the type is a struct, a list or a map (its Arrow type is the field's:
+    /// [`FieldConfig::data_type`]).
+    pub fn is_nested(self) -> bool {
+        matches!(self, FieldType::Struct | FieldType::List | FieldType::Map)
+    }
+
+    /// The Arrow type of a scalar type; for a nested one see [`FieldConfig::data_type`].
+    fn scalar_data_type(self) -> DataType {
         match self {
             FieldType::String => DataType::Utf8,
             FieldType::Int8 => DataType::Int8,
@@ -454,7 +815,16 @@ impl FieldType {
             FieldType::Date => DataType::Date32,
             FieldType::Timestamp => DataType::Timestamp(TimeUnit::Millisecond, None),
             FieldType::Decimal { precision, scale } => DataType::Decimal128(precision, scale),
+            FieldType::Struct | FieldType::List | FieldType::Map => {
+                unreachable!("invariant: a nested type's Arrow type is its field's")
+            }
         }
+    }
+
+    /// The Arrow type of a scalar type (none for a struct, list or map, whose type needs
+    /// the field's `fields`, `item` or `value`).
+    pub fn data_type(self) -> Option<DataType> {
+        (!self.is_nested()).then(|| self.scalar_data_type())
     }
 
     /// Whether the type is a number (an integer, a float or a decimal).
@@ -466,6 +836,9 @@ impl FieldType {
                 | FieldType::Binary
                 | FieldType::Date
                 | FieldType::Timestamp
+                | FieldType::Struct
+                | FieldType::List
+                | FieldType::Map
         )
     }
 
@@ -487,6 +860,9 @@ impl FieldType {
             "binary" => FieldType::Binary,
             "date" => FieldType::Date,
             "timestamp" => FieldType::Timestamp,
+            "struct" => FieldType::Struct,
+            "list" => FieldType::List,
+            "map" => FieldType::Map,
             _ => {
                 let Some(args) = text
                     .strip_prefix("decimal")
@@ -533,6 +909,9 @@ impl std::fmt::Display for FieldType {
             FieldType::Binary => "binary",
             FieldType::Date => "date",
             FieldType::Timestamp => "timestamp",
+            FieldType::Struct => "struct",
+            FieldType::List => "list",
+            FieldType::Map => "map",
             FieldType::Decimal { precision, scale } => {
                 return write!(f, "decimal({precision}, {scale})")
             }
@@ -572,8 +951,8 @@ impl SchemaConfig {
                 ));
             }
         }
-        for (name, header) in &self.metadata.headers {
-            if header.is_empty() {
+        for (name, h) in &self.metadata.headers {
+            if h.header.is_empty() {
                 errors.push(format!(
                     "{prefix}.metadata.headers.{name}: the header name must not be empty"
                 ));
@@ -600,10 +979,16 @@ impl SchemaConfig {
         }
         errors.extend(path_conflicts(&self.fields, prefix));
         if let Some(k) = &self.partition_key {
-            if !self.columns().iter().any(|f| &f.name == k) {
-                errors.push(format!(
+            match self.columns().iter().find(|f| &f.name == k) {
+                None => errors.push(format!(
                     "{prefix}.partition_key: `{k}` is not one of the declared fields"
-                ));
+                )),
+                Some(f) if f.is_nested() => errors.push(format!(
+                    "{prefix}.partition_key: `{k}` is a {}: a partition key is one value \
+                     (read a scalar inside it with a field `path`)",
+                    f.field_type
+                )),
+                Some(_) => {}
             }
         }
         let columns = self.columns();
@@ -644,7 +1029,7 @@ impl SchemaConfig {
         Arc::new(Schema::new(
             self.columns()
                 .iter()
-                .map(|f| Field::new(&f.name, f.field_type.data_type(), f.nullable))
+                .map(FieldConfig::arrow_field)
                 .collect::<Vec<_>>(),
         ))
     }
@@ -868,7 +1253,7 @@ mod tests {
         }
         assert_eq!(
             FieldType::decimal(38, 0).unwrap().data_type(),
-            DataType::Decimal128(38, 0)
+            Some(DataType::Decimal128(38, 0))
         );
         assert_eq!(FieldType::parse("percent"), Ok(None));
     }

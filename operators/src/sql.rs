@@ -43,17 +43,45 @@ pub struct SqlPlan {
     pub window: WindowConfig,
     pub having: Option<String>,
     pub output: Vec<(String, String)>,
+    /// GROUP BY keys that are expressions (`payload['status']`): computed as columns before
+    /// the window, as (SQL expression, key column name); the input columns pass through.
+    pub computed_keys: Vec<(String, String)>,
+    /// The columns of the query's input (which the computed keys' projection passes on).
+    pub input_columns: Vec<String>,
     /// The window's keys leave out the partition key: it runs in two phases (partials per
     /// partition, merged by a global stage), and what follows it runs on the merged rows.
     pub two_phase: bool,
 }
 
 impl SqlPlan {
+    /// The projection before the window that computes the expression keys: every input
+    /// column, then each key. None when every key is a column.
+    pub fn key_projection(&self) -> Option<Vec<(String, String)>> {
+        if self.computed_keys.is_empty() {
+            return None;
+        }
+        let mut columns: Vec<(String, String)> = self
+            .input_columns
+            .iter()
+            .map(|c| (Ident::with_quote('"', c.clone()).to_string(), c.clone()))
+            .collect();
+        columns.extend(self.computed_keys.iter().cloned());
+        Some(columns)
+    }
+
     /// The streaming plan, one operator a line (`weir sql --explain`).
     pub fn explain(&self) -> String {
         let mut out = format!("source      table `{}`\n", self.table);
         if let Some(f) = &self.filter {
             out += &format!("filter      {f}\n");
+        }
+        if !self.computed_keys.is_empty() {
+            let keys: Vec<String> = self
+                .computed_keys
+                .iter()
+                .map(|(e, n)| format!("{e} AS {n}"))
+                .collect();
+            out += &format!("project     *, {}\n", keys.join(", "));
         }
         let w = &self.window;
         let aggs: Vec<String> = w
@@ -218,6 +246,7 @@ pub fn plan_sql(
         );
     }
     let mut keys = Vec::new();
+    let mut computed_keys: Vec<(Expr, String)> = Vec::new();
     let mut window: Option<(String, WindowKind)> = None;
     for g in group_exprs {
         match g {
@@ -225,6 +254,22 @@ pub fn plan_sql(
                 Some(f) => keys.push(f.name.clone()),
                 None => return Err(format!("unknown column `{}` in GROUP BY{}", i.value, at(g))),
             },
+            Expr::CompoundFieldAccess { .. }
+            | Expr::CompoundIdentifier(_)
+            | Expr::Nested(_)
+            | Expr::Cast { .. }
+            | Expr::BinaryOp { .. } => {
+                let name = key_name(g, &select.projection);
+                if computed_keys.iter().any(|(_, n)| *n == name) || field(&name).is_some() {
+                    return Err(format!(
+                        "GROUP BY `{g}`{}: its name `{name}` is already a column; give it \
+                         another alias in SELECT",
+                        at(g)
+                    ));
+                }
+                keys.push(name.clone());
+                computed_keys.push((g.clone(), name));
+            }
             Expr::Function(f) => {
                 let fname = f.name.to_string().to_ascii_lowercase();
                 if !matches!(fname.as_str(), "tumble" | "hop" | "session") {
@@ -293,13 +338,13 @@ pub fn plan_sql(
                 ))
             }
         };
-        let expr = aggs.rewrite(expr, schema)?;
+        let expr = with_key_columns(aggs.rewrite(expr, schema)?, &computed_keys);
         check_grouped(&expr, &keys, windowed)?;
         output.push((expr.to_string(), name));
     }
     let having = match &select.having {
         Some(h) => {
-            let h = aggs.rewrite(h.clone(), schema)?;
+            let h = with_key_columns(aggs.rewrite(h.clone(), schema)?, &computed_keys);
             check_grouped(&h, &keys, windowed)?;
             Some(h.to_string())
         }
@@ -308,9 +353,31 @@ pub fn plan_sql(
     if aggs.configs.is_empty() {
         return Err("a windowed query needs at least one aggregate (count(*), avg(x), ...)".into());
     }
+    // The window's input: the events, and the computed keys.
+    let events = schema.arrow_schema();
+    let mut fields: Vec<datafusion::arrow::datatypes::FieldRef> =
+        events.fields().iter().cloned().collect();
+    for (e, name) in &computed_keys {
+        let c = crate::expr::compile_expr(&e.to_string(), &events)
+            .map_err(|why| format!("GROUP BY{}: {why}", at(e)))?;
+        let dt = c.data_type(&events).map_err(|why| why.to_string())?;
+        if is_nested_type(&dt) {
+            return Err(format!(
+                "GROUP BY `{e}`{} is a {dt}: a key is one scalar value; group by a field \
+                 inside it (`{e}['...']`, `{e}[1]`) or a function of it",
+                at(e)
+            ));
+        }
+        fields.push(std::sync::Arc::new(
+            datafusion::arrow::datatypes::Field::new(name, dt, true),
+        ));
+    }
+    let input = std::sync::Arc::new(datafusion::arrow::datatypes::Schema::new(fields));
+    for (cfg, origin) in aggs.configs.iter().zip(&aggs.origins) {
+        check_scalar_argument(cfg, origin, &input)?;
+    }
     // Plan every aggregate now, so that an argument DataFusion cannot plan is refused here.
-    let input = schema.arrow_schema();
-    for (cfg, (text, pos)) in aggs.configs.iter().zip(&aggs.origins) {
+    for (cfg, (text, pos, _)) in aggs.configs.iter().zip(&aggs.origins) {
         AggregateSet::new(std::slice::from_ref(cfg), &input).map_err(|e| {
             format!(
                 "`{text}`{pos}: {}",
@@ -334,8 +401,96 @@ pub fn plan_sql(
         },
         having,
         output,
+        input_columns: events.fields().iter().map(|f| f.name().clone()).collect(),
+        computed_keys: computed_keys
+            .into_iter()
+            .map(|(e, n)| (e.to_string(), n))
+            .collect(),
         two_phase,
     })
+}
+
+/// The column name of GROUP BY expression `g`: the alias the SELECT list gives the same
+/// expression, or its SQL text.
+fn key_name(g: &Expr, projection: &[SelectItem]) -> String {
+    let text = g.to_string();
+    projection
+        .iter()
+        .find_map(|item| match item {
+            SelectItem::ExprWithAlias { expr, alias } if expr.to_string() == text => {
+                Some(ident_name(alias))
+            }
+            _ => None,
+        })
+        .unwrap_or(text)
+}
+
+/// `expr` with each computed GROUP BY expression replaced by its key column.
+fn with_key_columns(mut expr: Expr, keys: &[(Expr, String)]) -> Expr {
+    if keys.is_empty() {
+        return expr;
+    }
+    let _ = visit_expressions_mut(&mut expr, |e| {
+        let text = e.to_string();
+        if let Some((_, name)) = keys.iter().find(|(k, _)| k.to_string() == text) {
+            *e = Expr::Identifier(Ident::with_quote('"', name.clone()));
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    expr
+}
+
+fn is_nested_type(dt: &datafusion::arrow::datatypes::DataType) -> bool {
+    use datafusion::arrow::datatypes::DataType::*;
+    matches!(
+        dt,
+        List(_)
+            | LargeList(_)
+            | FixedSizeList(_, _)
+            | ListView(_)
+            | LargeListView(_)
+            | Map(_, _)
+            | Struct(_)
+    )
+}
+
+/// An aggregate reads one value per event: a list, map or struct argument is refused (except
+/// by the aggregates that take any value: count, array_agg, first_value, last_value), with
+/// how to extract a scalar first.
+fn check_scalar_argument(
+    cfg: &AggregateConfig,
+    (text, pos, arg): &(String, String, Option<String>),
+    input: &datafusion::arrow::datatypes::SchemaRef,
+) -> Result<(), String> {
+    if matches!(
+        cfg.function.as_str(),
+        "count" | "array_agg" | "first_value" | "last_value"
+    ) {
+        return Ok(());
+    }
+    let Some(arg) = arg else {
+        return Ok(());
+    };
+    let Ok(e) = crate::expr::compile_expr(arg, input) else {
+        return Ok(()); // the aggregate planner reports it
+    };
+    let Ok(dt) = e.data_type(input) else {
+        return Ok(());
+    };
+    if !is_nested_type(&dt) {
+        return Ok(());
+    }
+    let what = match dt {
+        datafusion::arrow::datatypes::DataType::Struct(_) => "a struct",
+        datafusion::arrow::datatypes::DataType::Map(_, _) => "a map",
+        _ => "a list",
+    };
+    Err(format!(
+        "`{text}`{pos}: its argument `{arg}` is {what} ({dt}), and {} aggregates one scalar \
+         per event: extract one first, in the call (`{arg}[1]`, `{arg}['field']`, \
+         `array_length({arg})`) or in a projection before the window",
+        cfg.function
+    ))
 }
 
 /// `TUMBLE(ts, size)`, `HOP(ts, slide, size)` or `SESSION(ts, gap)`: the time column and the
@@ -501,8 +656,8 @@ fn interval_ms(e: &Expr, what: &str) -> Result<i64, String> {
 #[derive(Default)]
 struct Aggregates {
     configs: Vec<AggregateConfig>,
-    /// Each aggregate's SQL text and position, for planning errors.
-    origins: Vec<(String, String)>,
+    /// Each aggregate's SQL text, position and first argument, for planning errors.
+    origins: Vec<(String, String, Option<String>)>,
     by_text: HashMap<String, String>,
 }
 
@@ -573,7 +728,11 @@ impl Aggregates {
                         distinct,
                         sql,
                     });
-                    self.origins.push((text.clone(), at(f)));
+                    let first = match list.args.first() {
+                        Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(e))) => Some(e.to_string()),
+                        _ => None,
+                    };
+                    self.origins.push((text.clone(), at(f), first));
                     self.by_text.insert(text, name.clone());
                     name
                 }

@@ -149,7 +149,7 @@ impl UpcastConfig {
                 key("version_field"),
                 self.version_field
             )),
-            Some(f) if !matches!(f.field_type.data_type(), DataType::Int32 | DataType::Int64) => {
+            Some(f) if !matches!(f.data_type(), DataType::Int32 | DataType::Int64) => {
                 errors.push(format!(
                     "{}: field `{}` must have type int64 or int32, not {:?}",
                     key("version_field"),
@@ -215,10 +215,12 @@ impl UpcastConfig {
                         f.name
                     ));
                 } else if let Some(other) = old_types.get(f.name.as_str()) {
-                    if other.field_type != f.field_type {
+                    if other.data_type() != f.data_type() {
                         errors.push(format!(
-                            "{at}: `{}` is declared as {:?} by another step and {:?} here",
-                            f.name, other.field_type, f.field_type
+                            "{at}: `{}` is declared as {} by another step and {} here",
+                            f.name,
+                            other.type_text(),
+                            f.type_text()
                         ));
                     }
                 } else {
@@ -879,8 +881,8 @@ mod tests {
                 "upcast.steps: no step from version 2 (steps must cover every version from 1 to 5)",
                 "upcast.steps[0].fields[0].name: `currency` is already a [schema] field (list \
                  only the fields the current version no longer has)",
-                "upcast.steps[2].fields[0].name: `old` is declared as Int64 by another step and \
-                 String here",
+                "upcast.steps[2].fields[0].name: `old` is declared as int64 by another step and \
+                 string here",
             ]
         );
         cfg.steps[0].fields.clear();

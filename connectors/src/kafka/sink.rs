@@ -380,6 +380,24 @@ mod tests {
     }
 
     #[test]
+    fn structs_lists_and_maps_are_sent_as_nested_json() {
+        let batch = crate::tests::nested_batch();
+        let mut buf = Vec::new();
+        let (_, lines) = json_messages(&mut buf, &batch, None).unwrap();
+        let text: Vec<&str> = lines
+            .iter()
+            .map(|l| std::str::from_utf8(&buf[l.clone().unwrap()]).unwrap())
+            .collect();
+        assert_eq!(
+            text,
+            [
+                r#"{"id":"a","order":{"status":"new","items":[{"sku":"A","price":1.50},{"sku":"B"}]},"attrs":{"k":"v"}}"#,
+                r#"{"id":"b","order":{"status":"paid","items":[]}}"#,
+            ]
+        );
+    }
+
+    #[test]
     fn a_valid_config_has_no_errors() {
         let mut cfg = KafkaSinkConfig::new("b:1", "out");
         cfg.key_column = Some("id".into());

@@ -14,6 +14,7 @@
 //! | Date32 | date |
 //! | Binary, LargeBinary, BinaryView | bytea |
 //! | Decimal128(p, s), s ≥ 0 | numeric (exact: the unscaled digits, never a float) |
+//! | Struct, List, Map (any nesting) | jsonb (objects, arrays; as the JSONL sink writes them) |
 //!
 //! Any other type is an error naming the column and the type. A column goes to the server as
 //! one array in PostgreSQL's binary format (`$n::int8[]`), whatever the number of rows, and
@@ -51,6 +52,7 @@ pub enum PgType {
     Date,
     Bytea,
     Numeric,
+    Jsonb,
 }
 
 impl PgType {
@@ -69,6 +71,7 @@ impl PgType {
             PgType::Date => "date",
             PgType::Bytea => "bytea",
             PgType::Numeric => "numeric",
+            PgType::Jsonb => "jsonb",
         }
     }
 
@@ -87,6 +90,7 @@ impl PgType {
             PgType::Date => 1082,
             PgType::Bytea => 17,
             PgType::Numeric => 1700,
+            PgType::Jsonb => 3802,
         }
     }
 }
@@ -107,6 +111,7 @@ pub fn pg_type(data_type: &DataType) -> Option<PgType> {
         Date32 => PgType::Date,
         Binary | LargeBinary | BinaryView => PgType::Bytea,
         Decimal128(_, scale) if *scale >= 0 => PgType::Numeric,
+        t if crate::is_nested(t) => PgType::Jsonb,
         _ => return None,
     })
 }
@@ -204,6 +209,9 @@ pub fn convert(
             }
             std::sync::Arc::new(Int32Array::from(out))
         }
+        t if crate::is_nested(t) => {
+            crate::json_texts(array).map_err(|e| format!("column {name:?}: {e}"))?
+        }
         _ => array.clone(),
     };
     Ok(Column { pg, array })
@@ -214,7 +222,7 @@ pub fn unsupported(name: &str, data_type: &DataType) -> String {
     format!(
         "column {name:?} has type {data_type}, which the PostgreSQL sink cannot store \
          (supported: integers, floats, strings, booleans, timestamps, Date32, binary, \
-         Decimal128 with a scale of 0 or more)"
+         Decimal128 with a scale of 0 or more, and structs, lists and maps as jsonb)"
     )
 }
 
@@ -380,6 +388,16 @@ impl ToSql for ArrayParam<'_> {
                     out.put_u8(u8::from(a.value(r)));
                 })
             }
+            DataType::Utf8 if pg == PgType::Jsonb => {
+                // jsonb's binary form: version 1, then the JSON text.
+                let a = array.as_string::<i32>();
+                each!(|r| {
+                    let text = a.value(r).as_bytes();
+                    out.put_i32(i32::try_from(text.len() + 1)?);
+                    out.put_u8(1);
+                    out.put_slice(text);
+                })
+            }
             DataType::Utf8 => {
                 let a = array.as_string::<i32>();
                 each!(|r| put_bytes(out, a.value(r).as_bytes())?)
@@ -491,8 +509,13 @@ mod tests {
                 List(Arc::new(weir_runtime::arrow::datatypes::Field::new(
                     "x", Int64, true,
                 ))),
-                None,
+                Some(PgType::Jsonb),
             ),
+            (
+                Struct(vec![weir_runtime::arrow::datatypes::Field::new("a", Utf8, true)].into()),
+                Some(PgType::Jsonb),
+            ),
+            (Dictionary(Box::new(Int32), Box::new(Utf8)), None),
         ];
         for (arrow, pg) in cases {
             assert_eq!(pg_type(&arrow), pg, "{arrow}");

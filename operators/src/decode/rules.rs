@@ -12,7 +12,7 @@ use datafusion::arrow::temporal_conversions::timestamp_ms_to_datetime;
 use weir_runtime::dlq::ErrorKind;
 
 use super::json::is_number;
-use crate::schema::{EpochUnit, FieldConfig, FieldType, PLAUSIBLE_EPOCH_SECS};
+use crate::schema::{EpochUnit, FieldConfig, FieldType, PathStep, PLAUSIBLE_EPOCH_SECS};
 
 /// A string value longer than this (in characters) is cut in messages.
 const SHOWN_CHARS: usize = 80;
@@ -46,6 +46,8 @@ pub enum Value<'s> {
     Decimal(i128),
     /// A base64 string, decoded (and checked) straight into the column.
     Base64(&'s str),
+    /// Bytes as they are (a binary header).
+    Bytes(&'s [u8]),
     /// Days since 1970-01-01.
     Date(i32),
     F32(f32),
@@ -83,6 +85,8 @@ pub struct FieldRule {
     type_name: String,
     /// The field's path, when it has one.
     path: Option<String>,
+    /// Where the field is in the event (its path, or its name).
+    steps: Vec<PathStep>,
     utc: Tz,
 }
 
@@ -90,7 +94,7 @@ impl FieldRule {
     pub fn new(f: &FieldConfig) -> Self {
         let mut type_name = match f.field_type {
             FieldType::Timestamp => format!("timestamp, unit {}", f.epoch_unit().as_str()),
-            t => t.to_string(),
+            _ => f.type_text(),
         };
         if let Some(p) = &f.path {
             let _ = write!(type_name, ", at {p}");
@@ -104,10 +108,28 @@ impl FieldRule {
             any_epoch: f.any_epoch,
             type_name,
             path: f.path.clone(),
+            steps: f
+                .steps()
+                .unwrap_or_else(|_| vec![PathStep::Key(f.name.clone())]),
             utc: "+00:00"
                 .parse()
                 .expect("invariant: +00:00 is a valid offset"),
         }
+    }
+
+    /// Where the field is in the event: its path, or its name.
+    pub fn position(&self) -> Vec<PathStep> {
+        self.steps.clone()
+    }
+
+    /// How messages name the type (with the path, when the field has one).
+    pub fn type_name(&self) -> &str {
+        &self.type_name
+    }
+
+    /// How this rule's faults begin: `field `<name>` (<type>)`.
+    pub fn named(&self) -> String {
+        format!("field `{}` ({})", self.name, self.type_name)
     }
 
     /// The fault of a required field that is absent or null.
@@ -238,6 +260,9 @@ impl FieldRule {
                 }
             }
             FieldType::Timestamp => self.timestamp(value),
+            FieldType::Struct | FieldType::List | FieldType::Map => {
+                unreachable!("invariant: nested values are read by decode::nested")
+            }
         }
     }
 
@@ -559,7 +584,7 @@ fn date(s: &str) -> Option<i32> {
 }
 
 /// The value as a message shows it: JSON text (strings quoted and cut), or what it is.
-fn show(value: Scalar<'_>) -> String {
+pub fn show(value: Scalar<'_>) -> String {
     match value {
         Scalar::Null => "null".into(),
         Scalar::Bool(b) => b.to_string(),
