@@ -859,3 +859,122 @@ fn region_rollup_is_the_batch_rollup_of_the_generated_readings() {
         &example_sql("region_rollup.toml"),
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// The Rust examples, run here (not only compiled)
+
+#[allow(dead_code)]
+#[path = "../examples/order_projection.rs"]
+mod order_projection_example;
+
+/// Runs `run` on a thread until `done` holds (polled, at most 120 s), then stops it; what it
+/// returned.
+fn run_until<T: Send + 'static>(
+    run: impl FnOnce(weir_runtime::Shutdown) -> T + Send + 'static,
+    done: &dyn Fn() -> bool,
+) -> T {
+    let shutdown = weir_runtime::Shutdown::new();
+    let stop = shutdown.clone();
+    let worker = std::thread::spawn(move || run(stop));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !done() && Instant::now() < deadline && !worker.is_finished() {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    shutdown.trigger();
+    worker.join().unwrap()
+}
+
+fn sorted(rows: &[Row]) -> Vec<String> {
+    let mut v: Vec<String> = rows
+        .iter()
+        .map(|r| serde_json::to_string(r).unwrap())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn the_order_read_model_example_holds_the_generators_plan_of_every_order() {
+    use order_projection_example::{run, OrderModel};
+    use weir::generate::{order_plan, OrderStatus};
+    let opts = GenerateOptions {
+        events: 3_000,
+        keys: 40,
+        partitions: 3,
+        poison_ratio: 0.01,
+        duplicate_ratio: 0.03,
+        seed: 11,
+        ..GenerateOptions::new(Dataset::Orders)
+    };
+    let topic = unique("orders");
+    generate(&topic, &opts);
+    let url = fresh_database();
+    let all = records(&opts);
+    let plan = order_plan(&opts);
+    assert!(
+        plan.values()
+            .filter(|s| s.status == OrderStatus::Cancelled)
+            .count()
+            > 5
+    );
+    let want: Vec<Row> = plan
+        .iter()
+        .filter(|(_, s)| s.status != OrderStatus::Cancelled)
+        .map(|(id, s)| {
+            let v = serde_json::json!({
+                "order_id": id,
+                "customer_id": s.customer,
+                "status": s.status.as_str(),
+                "total": weir::generate::decimal_text(i128::from(s.total_cents), 2),
+                "items": s.items,
+                "version": s.version,
+            });
+            v.as_object().unwrap().clone()
+        })
+        .collect();
+    let want = sorted(&want);
+    let dir = tempfile::tempdir().unwrap();
+    let model = OrderModel {
+        brokers: brokers(),
+        topic,
+        pg_url: url.clone(),
+        table: "orders".into(),
+        dlq_dir: dir.path().join("dlq"),
+    };
+    let table = || {
+        let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        let exists: bool = c
+            .query_one("SELECT to_regclass('orders') IS NOT NULL", &[])
+            .unwrap()
+            .get(0);
+        if exists {
+            sorted(&pg_rows(&url, "orders"))
+        } else {
+            Vec::new()
+        }
+    };
+    let summary = run_until(move |stop| run(&model, stop), &|| table() == want).unwrap();
+    assert_eq!(table(), want);
+
+    let dups = all
+        .iter()
+        .filter(|r| matches!(r.label, Label::Duplicate(_)))
+        .count() as u64;
+    assert_eq!(summary.counters.deduplicated, dups);
+    // Every illegal transition is in the DLQ with the reason, and every poison record.
+    let dlq = read_dlq_dir(dir.path().join("dlq")).unwrap();
+    let illegal: std::collections::BTreeSet<String> = all
+        .iter()
+        .filter(|r| r.label == Label::Illegal)
+        .map(|r| field(r.payload.as_deref().unwrap(), "event_id").unwrap())
+        .collect();
+    assert!(illegal.len() > 5, "{} illegal", illegal.len());
+    let refused: std::collections::BTreeSet<String> = dlq
+        .iter()
+        .filter(|d| d.message.contains("is not allowed for an order that is"))
+        .map(|d| field(d.payload.as_deref().unwrap(), "event_id").unwrap())
+        .collect();
+    assert_eq!(refused, illegal);
+    let poison = all.iter().filter(|r| r.label == Label::Poison).count();
+    assert_eq!(dlq.len(), illegal.len() + poison, "{dlq:?}");
+}
