@@ -978,3 +978,125 @@ fn the_order_read_model_example_holds_the_generators_plan_of_every_order() {
     let poison = all.iter().filter(|r| r.label == Label::Poison).count();
     assert_eq!(dlq.len(), illegal.len() + poison, "{dlq:?}");
 }
+
+#[allow(dead_code)]
+#[path = "../examples/trading.rs"]
+mod trading_example;
+
+#[test]
+fn the_trading_example_writes_the_exact_bars_of_the_generated_trades() {
+    use trading_example::{run, Trading, BARS};
+    let opts = trades_options();
+    let topic = unique("trades-rs");
+    generate(&topic, &opts);
+    flush(&topic, opts.partitions, &flush_trade);
+    let url = fresh_database();
+    let all = records(&opts);
+    let valid: Vec<&Record> = all.iter().filter(|r| r.label == Label::Valid).collect();
+    let at_least = batch_oracle(BARS, "trades", trades_batch(&valid)).len();
+    let dir = tempfile::tempdir().unwrap();
+    let t = Trading {
+        brokers: brokers(),
+        topic,
+        pg_url: url.clone(),
+        table: "bars".into(),
+        dlq_dir: dir.path().join("dlq"),
+    };
+    let count = || {
+        let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        c.query_one(
+            "SELECT CASE WHEN to_regclass('bars') IS NULL THEN 0 ELSE (SELECT count(*) FROM bars) END",
+            &[],
+        )
+        .map_or(0, |r| r.get::<_, i64>(0) as usize)
+    };
+    let summary = run_until(move |stop| run(&t, stop), &|| count() >= at_least).unwrap();
+    let kept = accepted(&all, &dir.path().join("dlq"), "trade_id");
+    let want = batch_oracle(BARS, "trades", trades_batch(&kept));
+    assert!(want.len() > 20, "only {} bars", want.len());
+    assert_rows_match(&pg_rows(&url, "bars"), &want, "examples/trading.rs");
+    let dups = all
+        .iter()
+        .filter(|r| matches!(r.label, Label::Duplicate(_)))
+        .count() as u64;
+    assert_eq!(summary.counters.deduplicated, dups);
+}
+
+#[allow(dead_code)]
+#[path = "../examples/iot_windows.rs"]
+mod iot_windows_example;
+
+#[test]
+fn the_iot_windows_example_writes_the_windows_of_its_generator() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = 20_000;
+    let summary =
+        iot_windows_example::run(dir.path(), events, weir_runtime::Shutdown::new()).unwrap();
+    assert!(summary.finished);
+    let truth = weir::connectors::EventGenerator::new(&iot_windows_example::generator(events));
+    let late: std::collections::BTreeSet<String> = read_dlq_dir(dir.path().join("dlq"))
+        .unwrap()
+        .iter()
+        .filter(|d| d.kind.as_str() == "late")
+        .map(|d| field(d.payload.as_deref().unwrap(), "event_id").unwrap())
+        .collect();
+    // (sensor, window start) -> (sum, max, count) of the kept readings.
+    let mut want: BTreeMap<(String, i64), (f64, f64, i64)> = BTreeMap::new();
+    for p in 0..truth.partitions() {
+        for o in 0..truth.events_in_partition(p).unwrap() as i64 {
+            let e = truth.event(p, o).unwrap();
+            let id = format!("{p}-{o}");
+            if e.poison.is_some()
+                || late.contains(&id)
+                || !(-40.0..=60.0).contains(&e.temperature())
+            {
+                assert!(!late.contains(&id) || e.late, "{id} is not late");
+                continue;
+            }
+            let start = e.event_time_ms - e.event_time_ms.rem_euclid(60_000);
+            let w = want
+                .entry((e.sensor_id(), start))
+                .or_insert((0.0, f64::MIN, 0));
+            w.0 += e.temperature();
+            w.1 = w.1.max(e.temperature());
+            w.2 += 1;
+        }
+    }
+    let conn = rusqlite::Connection::open(dir.path().join("windows.sqlite")).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT sensor_id, window_start, avg_temp, max_temp, readings FROM sensor_windows")
+        .unwrap();
+    let got: BTreeMap<(String, i64), (f64, f64, i64)> = stmt
+        .query_map([], |r| {
+            Ok(((r.get(0)?, r.get(1)?), (r.get(2)?, r.get(3)?, r.get(4)?)))
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert!(want.len() > 1000, "{}", want.len());
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>()
+    );
+    for (k, (sum, max, n)) in &want {
+        let (avg, gmax, gn) = got[k];
+        assert_eq!((gmax, gn), (*max, *n), "{k:?}");
+        assert!((avg - sum / *n as f64).abs() < 1e-9, "{k:?}: {avg}");
+    }
+}
+
+/// A Rust example not included above would only be compiled, never run.
+#[test]
+fn every_rust_example_is_run_by_a_test_here() {
+    let listed = include_str!("examples.rs");
+    for entry in std::fs::read_dir(examples_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "rs") {
+            let name = path.file_name().unwrap().to_str().unwrap();
+            assert!(
+                listed.contains(&format!("#[path = \"../examples/{name}\"]")),
+                "examples/{name} is not run by tests/examples.rs"
+            );
+        }
+    }
+}
