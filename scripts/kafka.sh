@@ -214,7 +214,7 @@ cmd_topic() {
     jars="$(cmd_install)"
     local extra=()
     [ "$policy" = compact ] && extra=(--config cleanup.policy=compact)
-    java -Xmx128m -XX:TieredStopAtLevel=1 "-Dlog4j2.configurationFile=$SERVICES/kafka-log4j2.properties" \
+    java -Xmx128m -XX:TieredStopAtLevel=1 \
         -cp "$jars/*" org.apache.kafka.tools.TopicCommand --bootstrap-server "$brokers" --create \
         --if-not-exists --topic "$name" --partitions "$partitions" --replication-factor 1 "${extra[@]}"
 }

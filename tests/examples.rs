@@ -1100,3 +1100,91 @@ fn every_rust_example_is_run_by_a_test_here() {
         }
     }
 }
+
+/// The fields of a flat JSON object line as their raw text (numbers as written, strings
+/// without their quotes): decimals compare exactly.
+fn raw_fields(line: &str) -> BTreeMap<String, String> {
+    let body = line.trim().trim_start_matches('{').trim_end_matches('}');
+    body.split(',')
+        .map(|kv| {
+            let (k, v) = kv.split_once("\":").unwrap();
+            (
+                k.trim_matches('"').to_string(),
+                v.trim_matches('"').to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn kafka_exactly_once_bars_are_in_the_output_topic_once_each() {
+    assert!(
+        common::kafka::broker_is_apache_kafka(),
+        "needs a broker that implements transactions (WEIR_TEST_BROKER=kafka)"
+    );
+    let file = "kafka_exactly_once.toml";
+    let opts = trades_options();
+    let topic = unique("trades-eos");
+    generate(&topic, &opts);
+    flush(&topic, opts.partitions, &flush_trade);
+    let out_topic = common::kafka::create_topic(2);
+    let ckpt_topic = common::kafka::create_topic(2);
+    let all = records(&opts);
+    let sql = example_sql(file);
+    let valid: Vec<&Record> = all.iter().filter(|r| r.label == Label::Valid).collect();
+    let at_least = batch_oracle(&sql, "trades", trades_batch(&valid)).len();
+
+    let dir = tempfile::tempdir().unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["run"])
+        .arg(examples_dir().join(file))
+        .current_dir(dir.path())
+        .env("WEIR_LOG", "warn")
+        .env("WEIR_KAFKA_BROKERS", brokers())
+        .env("TRADES_TOPIC", &topic)
+        .env("BARS_TOPIC", &out_topic)
+        .env("CHECKPOINT_TOPIC", &ckpt_topic)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let payloads = common::kafka::read_payloads(
+        &out_topic,
+        2,
+        at_least,
+        "read_committed",
+        Duration::from_secs(90),
+    );
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{file}: {}", stderr(&out));
+
+    let kept = accepted(&all, &dir.path().join("trading-bars-eos/dlq"), "trade_id");
+    let want = batch_oracle(&sql, "trades", trades_batch(&kept));
+    assert!(want.len() > 20, "only {} bars", want.len());
+    let types: BTreeMap<String, bool> = want[0]
+        .iter()
+        .map(|(k, v)| (k.clone(), v.is_number()))
+        .collect();
+    let got: Vec<Row> = payloads
+        .iter()
+        .map(|p| {
+            let mut row = Row::new();
+            for (k, raw) in raw_fields(&String::from_utf8_lossy(p)) {
+                let v = match types.get(&k) {
+                    Some(true) if k.starts_with("window") => {
+                        serde_json::json!(common::epoch_millis(&serde_json::Value::String(raw)))
+                    }
+                    Some(true) => serde_json::json!(raw.parse::<i64>().unwrap()),
+                    _ => serde_json::Value::String(raw),
+                };
+                row.insert(k, v);
+            }
+            row
+        })
+        .collect();
+    assert_eq!(sorted(&got), sorted(&want), "{file}: every bar once");
+}
