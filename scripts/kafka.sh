@@ -12,6 +12,9 @@
 #                              and WEIR_TEST_BROKER=kafka (also in $SERVICES/kafka.env)
 #   scripts/kafka.sh stop      stop the broker this script started (by its PID file)
 #   scripts/kafka.sh status    say whether it runs, and where
+#   scripts/kafka.sh topic NAME [PARTITIONS] [compact]
+#                              create a topic on the running broker unless it exists
+#                              (default 4 partitions; `compact`: cleanup.policy=compact)
 #
 # Environment:
 #   WEIR_TEST_BROKER     kafka (default) or tansu
@@ -199,4 +202,26 @@ cmd_stop() {
     rm -rf "$DATA_DIR"
 }
 
+# Creates topic $1 with $2 partitions (default 4) on the broker this script started, unless it
+# exists; $3 = compact makes it a compacted topic (a checkpoint topic).
+cmd_topic() {
+    local name="${1:-}" partitions="${2:-4}" policy="${3:-}" jars brokers
+    [ -n "$name" ] || die "usage: $0 topic NAME [PARTITIONS] [compact]"
+    [[ "$partitions" =~ ^[0-9]+$ ]] || die "PARTITIONS must be a number, got '$partitions'"
+    [ -z "$policy" ] || [ "$policy" = compact ] || die "the third argument can only be 'compact', got '$policy'"
+    [ -n "$(running_pid)" ] && [ -f "$ENV_FILE" ] || die "no broker of this script runs; run: $0 start"
+    brokers="$(sed -n 's/^WEIR_KAFKA_BROKERS=//p' "$ENV_FILE")"
+    jars="$(cmd_install)"
+    local extra=()
+    [ "$policy" = compact ] && extra=(--config cleanup.policy=compact)
+    java -Xmx128m -XX:TieredStopAtLevel=1 \
+        -cp "$jars/*" org.apache.kafka.tools.TopicCommand --bootstrap-server "$brokers" --create \
+        --if-not-exists --topic "$name" --partitions "$partitions" --replication-factor 1 "${extra[@]}"
+}
+
+if [ "${1:-}" = topic ]; then
+    shift
+    cmd_topic "$@"
+    exit
+fi
 service_main "$@"

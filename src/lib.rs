@@ -11,6 +11,7 @@ pub mod bench_postgres;
 pub mod config;
 pub mod demo;
 pub mod env_vars;
+pub mod generate;
 pub mod metrics_http;
 pub mod pipeline;
 pub mod preflight;

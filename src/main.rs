@@ -1,5 +1,5 @@
 //! The weir worker binary: `weir run`, `weir reset`, `weir replay`, `weir sql`, `weir demo`,
-//! `weir bench`.
+//! `weir generate`, `weir bench`.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -144,6 +144,61 @@ enum Command {
         /// Print the streaming plan and exit.
         #[arg(long)]
         explain: bool,
+    },
+    /// Write sample events to a Kafka topic (`--topic`, `--brokers`) or a JSONL file
+    /// (`--out`): IoT readings, trades or order events, the same records for the same seed.
+    ///
+    /// Each key (sensor, symbol, order id) goes to one partition of the topic, which is
+    /// created with `--partitions` partitions when it does not exist. Event times go back by
+    /// up to `--disorder-ms` (out of order within the bound); `--late-ratio` events go back
+    /// further, `--duplicate-ratio` records repeat an earlier one (a producer retry), and
+    /// `--poison-ratio` records are malformed (for orders, half of them break their order's
+    /// life cycle instead). A progress line is drawn when stderr is a terminal.
+    Generate {
+        /// iot | trades | orders
+        #[arg(value_parser = clap::value_parser!(weir::generate::Dataset))]
+        dataset: weir::generate::Dataset,
+        /// Kafka topic to write to (with --brokers).
+        #[arg(long, conflicts_with = "out")]
+        topic: Option<String>,
+        /// Kafka bootstrap brokers (default: WEIR_KAFKA_BROKERS, which scripts/kafka.sh start
+        /// prints).
+        #[arg(long, conflicts_with = "out")]
+        brokers: Option<String>,
+        /// JSONL file to write instead of a topic (one payload per line).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Records to write (duplicates and poison included).
+        #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+        events: u64,
+        /// At most this many records per second (default: as fast as the target takes them).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        rate: Option<u64>,
+        /// Sensors (iot, default 100), symbols (trades, default 8) or orders in flight
+        /// (orders, default 50).
+        #[arg(long)]
+        keys: Option<u32>,
+        /// Partitions the keys are spread over (those of the topic).
+        #[arg(long, default_value_t = 4)]
+        partitions: u32,
+        /// Share (0 to 1) of malformed records.
+        #[arg(long, default_value_t = 0.0)]
+        poison_ratio: f64,
+        /// Share (0 to 1) of events later than the disorder bound allows (iot, trades).
+        #[arg(long, default_value_t = 0.0)]
+        late_ratio: f64,
+        /// Share (0 to 1) of records that repeat an earlier record.
+        #[arg(long, default_value_t = 0.0)]
+        duplicate_ratio: f64,
+        /// Bound of the event-time disorder, in milliseconds.
+        #[arg(long, default_value_t = 2_000)]
+        disorder_ms: u64,
+        /// Mean event-time advance per record, in milliseconds.
+        #[arg(long, default_value_t = 10)]
+        interval_ms: u64,
+        /// Seed of every random choice.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
     },
     /// Decode and window throughput on one thread, and peak memory.
     Bench {
@@ -476,6 +531,67 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 ..Default::default()
             };
             weir::demo::run(&opts, shutdown)?;
+        }
+        Command::Generate {
+            dataset,
+            topic,
+            brokers,
+            out,
+            events,
+            rate,
+            keys,
+            partitions,
+            poison_ratio,
+            late_ratio,
+            duplicate_ratio,
+            disorder_ms,
+            interval_ms,
+            seed,
+        } => {
+            let defaults = weir::generate::GenerateOptions::new(dataset);
+            let opts = weir::generate::GenerateOptions {
+                events,
+                keys: keys.unwrap_or(defaults.keys),
+                partitions,
+                poison_ratio,
+                late_ratio,
+                duplicate_ratio,
+                disorder_ms,
+                interval_ms,
+                seed,
+                ..defaults
+            };
+            let mut errors = opts.validate();
+            let brokers = brokers.or_else(|| std::env::var("WEIR_KAFKA_BROKERS").ok());
+            let target = match (topic, brokers, out) {
+                (_, _, Some(path)) => Some(weir::generate::Target::File(path)),
+                (Some(topic), Some(brokers), None) => {
+                    Some(weir::generate::Target::Kafka { brokers, topic })
+                }
+                (Some(_), None, None) => {
+                    errors.push("--topic: needs --brokers (or WEIR_KAFKA_BROKERS; scripts/kafka.sh start prints it)".into());
+                    None
+                }
+                (None, _, None) => {
+                    errors.push(
+                        "either --topic (with --brokers) or --out FILE: where to write".into(),
+                    );
+                    None
+                }
+            };
+            let Some(target) = target.filter(|_| errors.is_empty()) else {
+                for e in errors {
+                    eprintln!("error: {e}");
+                }
+                return Ok(ExitCode::from(2));
+            };
+            weir::install_signal_handlers(shutdown.clone())?;
+            let report = weir::generate::run(&opts, &target, rate, &|| shutdown.is_triggered())?;
+            let to = match &target {
+                weir::generate::Target::Kafka { topic, .. } => format!("topic {topic}"),
+                weir::generate::Target::File(path) => path.display().to_string(),
+            };
+            println!("generate {dataset} (seed {seed}) into {to}: {report}");
         }
         Command::Bench {
             events,

@@ -9,6 +9,7 @@ mod cli;
 mod colocation;
 mod config_errors;
 mod decode_rules;
+mod examples;
 mod io_errors;
 mod kafka_metadata;
 mod kafka_offsets;

@@ -134,7 +134,7 @@ fn case_events(case: &Case) -> Vec<Event> {
 // The oracle
 
 /// Where the window call is in the query text: `(start, end)` byte range.
-fn window_call_span(query: &str) -> (usize, usize) {
+pub(crate) fn window_call_span(query: &str) -> (usize, usize) {
     let lower = query.to_ascii_lowercase();
     let start = ["tumble(", "hop(", "session("]
         .iter()
@@ -233,7 +233,7 @@ fn reference_sessions(
     out
 }
 
-fn run_sql(tables: Vec<(&str, RecordBatch)>, sql: &str) -> Vec<RecordBatch> {
+pub(crate) fn run_sql(tables: Vec<(&str, RecordBatch)>, sql: &str) -> Vec<RecordBatch> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -334,7 +334,7 @@ fn replace_from(q: &str) -> String {
     format!("{}FROM windowed{}", &q[..i], &q[i + "from events".len()..])
 }
 
-fn concat(batches: Vec<RecordBatch>) -> RecordBatch {
+pub(crate) fn concat(batches: Vec<RecordBatch>) -> RecordBatch {
     let schema = batches[0].schema();
     datafusion::arrow::compute::concat_batches(&schema, &batches).unwrap()
 }

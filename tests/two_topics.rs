@@ -16,9 +16,6 @@ use common::kafka::{
     broker_is_apache_kafka, brokers, create_topic, produce_tagged, tagged, unique,
 };
 use common::{epoch_millis, pg_url};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use weir::connectors::{
     read_dlq_dir, read_jsonl_dir, read_parquet_dir, EventGenerator, GeneratorConfig,
     KafkaOffsetCommitter, KafkaSourceConfig,
@@ -505,34 +502,10 @@ fn kafka_values(
     isolation: &str,
     within: Duration,
 ) -> Vec<serde_json::Value> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("group.id", unique("check"))
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", isolation)
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
-    let deadline = Instant::now() + within;
-    let mut out = Vec::new();
-    let mut quiet = 0;
-    while Instant::now() < deadline && (out.len() < at_least || quiet < 5) {
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(m) => {
-                quiet = 0;
-                let m = m.unwrap();
-                let Some(payload) = m.payload() else { continue };
-                out.push(serde_json::from_slice(payload).unwrap());
-            }
-            None => quiet += 1,
-        }
-    }
-    out
+    common::kafka::read_payloads(topic, partitions, at_least, isolation, within)
+        .iter()
+        .map(|p| serde_json::from_slice(p).unwrap())
+        .collect()
 }
 
 /// Every message of `topic` (read_committed), as rows.

@@ -1,7 +1,8 @@
 //! Keyed projections: a user fold over each key's events, for read models (CQRS).
 //!
 //! The operator turns each input row into the user's event type (through JSON, timestamps as
-//! epoch millis), folds it into the state of its key in offset order, and after each batch
+//! epoch millis, decimals as their exact text in a string: money never passes through a
+//! float), folds it into the state of its key in offset order, and after each batch
 //! emits the current row of every key that changed: a change stream of upserts and deletes.
 //! A key whose state [`Projection::deleted`] says is gone (an order cancelled and purged) is
 //! emitted as a delete, following the sink delete convention: the output has a Boolean
@@ -82,6 +83,11 @@ impl<P: Projection> ProjectionOperator<P> {
             input_cols.push(i);
             let dt = match f.data_type() {
                 DataType::Timestamp(_, _) => DataType::Int64,
+                // A JSON number would be read as a float by serde.
+                DataType::Decimal32(..)
+                | DataType::Decimal64(..)
+                | DataType::Decimal128(..)
+                | DataType::Decimal256(..) => DataType::Utf8,
                 other => other.clone(),
             };
             fields.push(Field::new(f.name(), dt, f.is_nullable()));
@@ -402,6 +408,83 @@ mod tests {
 
     fn operator() -> ProjectionOperator<Counts> {
         ProjectionOperator::new("counts", Counts, input(&[]).schema())
+    }
+
+    /// Sums exact decimal amounts per id, kept as hundredths.
+    struct Sums;
+
+    #[derive(Deserialize)]
+    struct Amount {
+        id: String,
+        amount: String,
+    }
+
+    impl Projection for Sums {
+        type Event = Amount;
+        type State = i128;
+        type Row<'a> = serde_json::Value;
+
+        fn key(&self, e: &Amount) -> String {
+            e.id.clone()
+        }
+
+        fn apply(&self, s: &mut i128, e: Amount) -> std::result::Result<(), String> {
+            let (int, frac) = e.amount.split_once('.').ok_or("no fraction")?;
+            *s += int.parse::<i128>().map_err(|e| e.to_string())? * 100
+                + frac.parse::<i128>().map_err(|e| e.to_string())?;
+            Ok(())
+        }
+
+        fn row<'a>(&'a self, key: &'a str, s: &'a i128) -> serde_json::Value {
+            serde_json::json!({"id": key, "total": format!("{}.{:02}", s / 100, s % 100)})
+        }
+
+        fn row_schema(&self) -> SchemaRef {
+            Arc::new(Schema::new(vec![
+                Field::new("id", DataType::Utf8, false),
+                Field::new("total", DataType::Decimal128(38, 2), false),
+            ]))
+        }
+    }
+
+    #[test]
+    fn a_decimal_reaches_the_fold_as_its_exact_text_and_a_decimal_row_column_takes_it_back() {
+        use datafusion::arrow::array::Decimal128Array;
+        use datafusion::arrow::datatypes::Decimal128Type;
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Utf8, false),
+            Field::new("amount", DataType::Decimal128(18, 2), false),
+            Field::new(OFFSET_COLUMN, DataType::Int64, false),
+        ]));
+        // 0.10 + 0.20 (a float sum is 0.30000000000000004) and a value past 2^53 hundredths.
+        let amounts = [10i128, 20, 9_007_199_254_740_993];
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(StringArray::from_iter_values(["a", "a", "b"])),
+                Arc::new(
+                    Decimal128Array::from_iter_values(amounts)
+                        .with_precision_and_scale(18, 2)
+                        .unwrap(),
+                ),
+                Arc::new(Int64Array::from_iter_values(0..3)),
+            ],
+        )
+        .unwrap();
+        let mut op = ProjectionOperator::new("sums", Sums, schema);
+        let mut emit = Emit::default();
+        op.process(batch, &mut emit).unwrap();
+        let b = &emit.batches()[0];
+        let totals = b.column(1).as_primitive::<Decimal128Type>();
+        let got: Vec<(String, i128)> = (0..b.num_rows())
+            .map(|r| {
+                (
+                    b.column(0).as_string::<i32>().value(r).to_string(),
+                    totals.value(r),
+                )
+            })
+            .collect();
+        assert_eq!(got, [("a".into(), 30), ("b".into(), 9_007_199_254_740_993)]);
     }
 
     #[test]

@@ -159,3 +159,45 @@ pub fn produce_tagged(
 pub fn broker_is_apache_kafka() -> bool {
     std::env::var("WEIR_TEST_BROKER").map_or(true, |b| b != "tansu")
 }
+
+/// Every payload of `topic` read at `isolation` (`read_committed` or `read_uncommitted`);
+/// reads until `at_least` arrived and a second passed without one, for at most `within`.
+pub fn read_payloads(
+    topic: &str,
+    partitions: i32,
+    at_least: usize,
+    isolation: &str,
+    within: Duration,
+) -> Vec<Vec<u8>> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{Message, Offset, TopicPartitionList};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", unique("check"))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", isolation)
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let deadline = std::time::Instant::now() + within;
+    let mut out = Vec::new();
+    let mut quiet = 0;
+    while std::time::Instant::now() < deadline && (out.len() < at_least || quiet < 5) {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(m) => {
+                quiet = 0;
+                let m = m.unwrap();
+                if let Some(payload) = m.payload() {
+                    out.push(payload.to_vec());
+                }
+            }
+            None => quiet += 1,
+        }
+    }
+    out
+}
