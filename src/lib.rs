@@ -10,6 +10,7 @@ pub mod bench_kafka;
 pub mod bench_postgres;
 pub mod config;
 pub mod demo;
+pub mod dlq_cmd;
 pub mod env_vars;
 pub mod generate;
 pub mod metrics_http;

@@ -1,5 +1,5 @@
-//! The weir worker binary: `weir run`, `weir reset`, `weir replay`, `weir sql`, `weir demo`,
-//! `weir generate`, `weir bench`.
+//! The weir worker binary: `weir run`, `weir reset`, `weir replay`, `weir status`,
+//! `weir dlq`, `weir sql`, `weir demo`, `weir generate`, `weir bench`.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -96,6 +96,12 @@ enum Command {
     Status {
         /// Path of the pipeline file.
         pipeline: PathBuf,
+    },
+    /// List, show and replay a pipeline's dead letters (its `[dlq]`: JSONL files, a Kafka
+    /// topic or a PostgreSQL table).
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
     },
     /// Generator → 1-minute windows per sensor → SQLite, with no external service.
     Demo {
@@ -235,6 +241,61 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// A table of the pipeline's pending dead letters, oldest first: id, time of the last
+    /// failure, kind, stage, source position, message.
+    List {
+        /// Path of the pipeline file.
+        pipeline: PathBuf,
+        /// Only this error kind (invalid_json, missing_field, wrong_type, null_payload,
+        /// empty_message, late, future_event_time, operator_error, sink_rejected).
+        #[arg(long, value_name = "KIND", value_parser = weir::dlq_cmd::parse_kind)]
+        kind: Option<weir_runtime::ErrorKind>,
+        /// Only those that failed last at or after this RFC 3339 time, or this long ago
+        /// (90s, 15m, 2h, 7d).
+        #[arg(long, value_name = "TIME", value_parser = weir::dlq_cmd::parse_since)]
+        since: Option<i64>,
+        /// Only the newest N.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        limit: Option<u64>,
+        /// Include the dead letters replayed already (a STATUS column says which).
+        #[arg(long)]
+        all: bool,
+    },
+    /// Everything about one dead letter: kind, stage, message, source position, attempts,
+    /// first and last failure, key and payload (as text when UTF-8, else hex).
+    Show {
+        /// Path of the pipeline file.
+        pipeline: PathBuf,
+        /// The dead letter's id, as `weir dlq list` prints it.
+        #[arg(value_parser = weir::dlq_cmd::parse_id)]
+        id: String,
+    },
+    /// Feed pending dead letters back through the pipeline (after fixing the code or the
+    /// config), each as the message it was (topic, partition, offset).
+    ///
+    /// The pipeline must not be running. Each partition's letters are replayed as one more
+    /// checkpoint epoch of that partition: the rows go to the sinks (a message one sink
+    /// refused goes to that sink only), a letter whose message went through is marked
+    /// replayed, one that fails again goes back to the DLQ under its id with attempts + 1.
+    /// Only for stateless pipelines (filters, projections, dedup, upcasts): a window would
+    /// emit results of the replayed messages alone. Progress and a summary on stderr.
+    Replay {
+        /// Path of the pipeline file.
+        pipeline: PathBuf,
+        /// Only dead letters of this error kind.
+        #[arg(long, value_name = "KIND", value_parser = weir::dlq_cmd::parse_kind)]
+        kind: Option<weir_runtime::ErrorKind>,
+        /// Only these dead letters (repeat --id, or give several ids after it).
+        #[arg(long = "id", value_name = "ID", num_args = 1.., value_parser = weir::dlq_cmd::parse_id)]
+        ids: Vec<String>,
+        /// Print what would be replayed and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // `weir run` starts its log once the pipeline file (which may choose the format) is read.
@@ -288,6 +349,82 @@ fn init_logs(format: LogFormat, default_level: &str) {
                 .init()
         }
     }
+}
+
+/// `weir dlq ...`: tables and records on stdout, progress and summaries on stderr.
+fn dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
+    let file = match &command {
+        DlqCommand::List { pipeline, .. }
+        | DlqCommand::Show { pipeline, .. }
+        | DlqCommand::Replay { pipeline, .. } => pipeline.clone(),
+    };
+    let cfg = match ValidatedPipeline::load(&file) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprint!("{e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    match command {
+        DlqCommand::List {
+            kind,
+            since,
+            limit,
+            all,
+            ..
+        } => {
+            let sel = weir::dlq_cmd::Selection {
+                kind,
+                since_ms: since,
+                limit: limit.map(|n| n as usize),
+                all,
+            };
+            let (table, summary) = weir::dlq_cmd::list(&cfg, &sel)?;
+            print!("{table}");
+            eprintln!("{summary}");
+        }
+        DlqCommand::Show { id, .. } => print!("{}", weir::dlq_cmd::show(&cfg, &id)?),
+        DlqCommand::Replay {
+            kind, ids, dry_run, ..
+        } => {
+            if let Err(why) = weir::dlq_cmd::check_replayable(&cfg) {
+                eprintln!("error: weir dlq replay {}: {why}", file.display());
+                return Ok(ExitCode::from(2));
+            }
+            let req = weir::dlq_cmd::ReplayRequest { kind, ids, dry_run };
+            let all = weir::dlq_cmd::read_all(&cfg)?;
+            let plan = weir::dlq_cmd::plan(&cfg, all, &req)?;
+            if dry_run {
+                let (table, summary) = weir::dlq_cmd::dry_run(&cfg, &plan);
+                print!("{table}");
+                eprintln!("{summary}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            for (r, why) in &plan.skipped {
+                eprintln!("weir dlq replay: skipped {}: {why}", r.id);
+            }
+            if plan.letters.is_empty() {
+                eprintln!(
+                    "weir dlq replay: pipeline `{}`: no pending dead letter to replay in {}",
+                    cfg.name,
+                    weir::dlq_cmd::place(&cfg)
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            eprintln!(
+                "weir dlq replay: pipeline `{}`: feeding back {} dead letter(s) from {}",
+                cfg.name,
+                plan.letters.len(),
+                weir::dlq_cmd::place(&cfg)
+            );
+            let metrics = weir_runtime::Metrics::default();
+            let summary = weir::dlq_cmd::replay(&cfg, plan, &metrics, &mut |line| {
+                eprintln!("weir dlq replay: {line}")
+            })?;
+            eprintln!("{}", weir::dlq_cmd::summary_line(&cfg, &summary));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// An error and its causes, each cause only when the messages before it do not already
@@ -447,6 +584,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             };
             print!("{}", weir::status_report::run(&cfg, &pipeline)?);
         }
+        Command::Dlq { command } => return dlq(command),
         Command::Replay { pipeline, from } => {
             let cfg = match ValidatedPipeline::load(&pipeline) {
                 Ok(cfg) => cfg,

@@ -268,6 +268,12 @@ impl Collector for RunCollector {
         )?;
         counter(
             e,
+            "weir_dlq_replayed",
+            "Dead letters `weir dlq replay` fed through the pipeline again that went through (marked replayed).",
+            m.replayed(),
+        )?;
+        counter(
+            e,
             "weir_transient_retries",
             "Transient errors retried (attempts after the first).",
             m.transient_retries(),
@@ -454,6 +460,9 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"), "{text}");
+        assert!(text.contains("weir_dlq_replayed_total 0\n"), "{text}");
+        m.dead_letters_replayed(4);
+        assert!(render(&m).contains("weir_dlq_replayed_total 4\n"));
         assert!(
             !text.contains("weir_consumer_lag{"),
             "no partition yet: {text}"

@@ -21,7 +21,7 @@ use weir_runtime::{
 };
 
 use crate::config::ValidatedPipeline;
-use crate::registry::{OperatorConfig, SinkContext};
+use crate::registry::{DlqContext, OperatorConfig, SinkContext};
 
 /// Builds a custom operator against its input schema.
 pub type OperatorFactory =
@@ -452,11 +452,10 @@ impl Pipeline {
         Ok(summary)
     }
 
-    /// A pipeline from a validated config: opens the source, sinks and DLQ, each through
-    /// the registry ([`crate::registry`]).
-    pub fn from_config(cfg: &ValidatedPipeline) -> Result<Self> {
+    /// The decoding and operators of a validated config, without source, sinks or DLQ
+    /// (nothing is opened): what [`Pipeline::partition_task`] needs.
+    pub fn processing_from_config(cfg: &ValidatedPipeline) -> Result<Self> {
         let mut p = Pipeline::new(&cfg.name).schema(cfg.schema.clone());
-        p.source = Some(cfg.source.component().open()?);
         p = cfg
             .operators
             .iter()
@@ -473,18 +472,21 @@ impl Pipeline {
                 OpSpec::ConfigUpcast(Box::new((u.clone(), cfg.schema.clone()))),
             );
         }
-        for (i, s) in cfg.sinks.iter().enumerate() {
-            let opened = s.component().open(&SinkContext {
-                name: format!("sinks[{i}]"),
-                pipeline: &cfg.name,
-                source: Some(&cfg.source),
-            })?;
-            if let Some(store) = opened.store {
-                p = p.checkpoint_store(store);
-            }
-            p.sinks.push(opened.writer);
+        Ok(p)
+    }
+
+    /// A pipeline from a validated config: opens the source, sinks and DLQ, each through
+    /// the registry ([`crate::registry`]).
+    pub fn from_config(cfg: &ValidatedPipeline) -> Result<Self> {
+        let source = cfg.source.component().open()?;
+        let mut p = Self::processing_from_config(cfg)?;
+        p.source = Some(source);
+        let outputs = Outputs::open(cfg)?;
+        if let Some(store) = outputs.store {
+            p = p.checkpoint_store(store);
         }
-        p.dlq = Some(cfg.dlq.component().open()?);
+        p.sinks = outputs.sinks;
+        p.dlq = Some(outputs.dlq);
         if let Some(dir) = &cfg.checkpoint.dir {
             p = p.checkpoint_dir(dir);
         }
@@ -512,6 +514,37 @@ impl Pipeline {
         }
         p = p.retry_budget(budget);
         Ok(p)
+    }
+}
+
+/// The outputs of a validated config, opened through the registry: the sinks, the DLQ and
+/// the checkpoint store when a sink is it (else the pipeline's `checkpoint.dir` is).
+pub struct Outputs {
+    pub sinks: Vec<Box<dyn SinkWriter>>,
+    pub dlq: Box<dyn DlqWriter>,
+    pub store: Option<Arc<dyn CheckpointStore>>,
+}
+
+impl Outputs {
+    pub fn open(cfg: &ValidatedPipeline) -> Result<Self> {
+        let mut sinks = Vec::new();
+        let mut store = None;
+        let mut postgres_sink = None;
+        for (i, s) in cfg.sinks.iter().enumerate() {
+            let opened = s.component().open(&SinkContext {
+                name: format!("sinks[{i}]"),
+                pipeline: &cfg.name,
+                source: Some(&cfg.source),
+            })?;
+            store = store.or(opened.store);
+            postgres_sink = postgres_sink.or(opened.postgres);
+            sinks.push(opened.writer);
+        }
+        let dlq = cfg.dlq.component().open(&DlqContext {
+            pipeline: &cfg.name,
+            postgres_sink: postgres_sink.as_ref(),
+        })?;
+        Ok(Self { sinks, dlq, store })
     }
 }
 

@@ -18,8 +18,8 @@ use weir_connectors::{
     CheckpointRole, GeneratorConfig, GeneratorSource, JsonlDlq, JsonlDlqConfig, JsonlFileSource,
     JsonlSink, JsonlSinkConfig, JsonlSourceConfig, KafkaDlq, KafkaDlqConfig, KafkaSink,
     KafkaSinkConfig, KafkaSource, KafkaSourceConfig, KafkaTxnOptions, KafkaTxnStore, ParquetSink,
-    ParquetSinkConfig, PostgresSinkConfig, PostgresStore, SqliteSink, SqliteSinkConfig,
-    TerminalSink, TerminalSinkConfig,
+    ParquetSinkConfig, PostgresDlq, PostgresDlqConfig, PostgresSinkConfig, PostgresStore,
+    SqliteSink, SqliteSinkConfig, TerminalSink, TerminalSinkConfig,
 };
 use weir_operators::{
     DedupConfig, HopConfig, LatePolicy, SessionConfig, TumbleConfig, WindowConfig,
@@ -149,6 +149,8 @@ registry! {
     pub enum DlqConfig: DlqKind {
         "jsonl" => Jsonl(JsonlDlqConfig),
         "kafka" => Kafka(KafkaDlqConfig),
+        /// A table; in the transactions of a `postgres` sink on the same database.
+        "postgres" => Postgres(PostgresDlqConfig),
     }
 }
 
@@ -191,6 +193,7 @@ impl CliSpec for HopConfig {}
 impl CliSpec for SessionConfig {}
 impl CliSpec for JsonlDlqConfig {}
 impl CliSpec for KafkaDlqConfig {}
+impl CliSpec for PostgresDlqConfig {}
 
 /// A source type.
 pub trait SourceKind {
@@ -346,6 +349,9 @@ pub struct SinkContext<'a> {
 pub struct OpenedSink {
     pub writer: Box<dyn SinkWriter>,
     pub store: Option<Arc<dyn CheckpointStore>>,
+    /// The sink as a PostgreSQL store (a `postgres` DLQ on the same database writes in its
+    /// transactions).
+    pub postgres: Option<PostgresStore>,
 }
 
 impl OpenedSink {
@@ -353,6 +359,7 @@ impl OpenedSink {
         Self {
             writer: Box::new(writer),
             store: None,
+            postgres: None,
         }
     }
 }
@@ -511,6 +518,7 @@ impl SinkKind for KafkaSinkConfig {
         Ok(OpenedSink {
             store: Some(store.checkpoint_store()),
             writer: Box::new(store),
+            postgres: None,
         })
     }
 }
@@ -541,6 +549,7 @@ impl SinkKind for PostgresSinkConfig {
             PostgresStore::connect_as(ctx.name.clone(), self, ctx.pipeline, CheckpointRole::Store)?;
         Ok(OpenedSink {
             store: Some(store.checkpoint_store()?),
+            postgres: Some(store.clone()),
             writer: Box::new(store),
         })
     }
@@ -564,6 +573,15 @@ impl CliSpec for NullSinkConfig {
     }
 }
 
+/// What opening a DLQ needs from the rest of the pipeline.
+#[derive(Default)]
+pub struct DlqContext<'a> {
+    /// The pipeline's name (named in what the DLQ writes besides the letters).
+    pub pipeline: &'a str,
+    /// The pipeline's `postgres` sink, when it has one (opened already).
+    pub postgres_sink: Option<&'a PostgresStore>,
+}
+
 /// A DLQ type.
 pub trait DlqKind {
     /// Value checks; `at` is the section's key (`dlq`).
@@ -572,7 +590,7 @@ pub trait DlqKind {
     fn paths(&self) -> Vec<(&'static str, &Path, PathKind)> {
         Vec::new()
     }
-    fn open(&self) -> Result<Box<dyn DlqWriter>>;
+    fn open(&self, ctx: &DlqContext) -> Result<Box<dyn DlqWriter>>;
 }
 
 impl DlqKind for JsonlDlqConfig {
@@ -582,7 +600,7 @@ impl DlqKind for JsonlDlqConfig {
     fn paths(&self) -> Vec<(&'static str, &Path, PathKind)> {
         vec![("path", &self.path, PathKind::Dir)]
     }
-    fn open(&self) -> Result<Box<dyn DlqWriter>> {
+    fn open(&self, _: &DlqContext) -> Result<Box<dyn DlqWriter>> {
         let dlq = JsonlDlq::new(self).map_err(|e| WeirError::Config(format!("dlq.path: {e}")))?;
         Ok(Box::new(dlq))
     }
@@ -592,8 +610,21 @@ impl DlqKind for KafkaDlqConfig {
     fn validate(&self, at: &str) -> Vec<String> {
         KafkaDlqConfig::validate(self, at)
     }
-    fn open(&self) -> Result<Box<dyn DlqWriter>> {
-        Ok(Box::new(KafkaDlq::new(self)?))
+    fn open(&self, ctx: &DlqContext) -> Result<Box<dyn DlqWriter>> {
+        Ok(Box::new(KafkaDlq::for_pipeline(self, ctx.pipeline)?))
+    }
+}
+
+impl DlqKind for PostgresDlqConfig {
+    fn validate(&self, at: &str) -> Vec<String> {
+        PostgresDlqConfig::validate(self, at)
+    }
+    fn open(&self, ctx: &DlqContext) -> Result<Box<dyn DlqWriter>> {
+        Ok(Box::new(PostgresDlq::connect(
+            self,
+            ctx.pipeline,
+            ctx.postgres_sink,
+        )?))
     }
 }
 

@@ -518,6 +518,11 @@ pub fn run(
         _ => None,
     };
     target.reset_shadow()?;
+    if let DlqConfig::Postgres(d) = &rcfg.dlq {
+        // The replay's dead letters (its own pipeline name) start over, like its JSONL
+        // directory; the live pipeline's stay.
+        weir_connectors::postgres::dlq::delete_pipeline(d, &rcfg.name)?;
+    }
     if let Some(dir) = &dlq_dir {
         match std::fs::remove_dir_all(dir) {
             Ok(()) => {}

@@ -228,6 +228,10 @@ pub fn with_sink(
 /// The DLQ and checkpoints of a `weir sql` run live in its [`SqlState`].
 pub fn with_state(p: Pipeline, state: &SqlState) -> Result<Pipeline> {
     let dlq = DlqConfig::Jsonl(JsonlDlqConfig { path: state.dlq() });
-    Ok(p.boxed_dlq(dlq.component().open()?)
+    let ctx = crate::registry::DlqContext {
+        pipeline: PIPELINE,
+        postgres_sink: None,
+    };
+    Ok(p.boxed_dlq(dlq.component().open(&ctx)?)
         .checkpoint_dir(state.checkpoints()))
 }

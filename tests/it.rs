@@ -9,6 +9,8 @@ mod cli;
 mod colocation;
 mod config_errors;
 mod decode_rules;
+mod dlq_cmd;
+mod dlq_pg_crash;
 mod examples;
 mod io_errors;
 mod kafka_metadata;

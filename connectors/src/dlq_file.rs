@@ -2,21 +2,29 @@
 //! partition and checkpoint epoch, published when the checkpoint commits (the protocol of
 //! [`crate::epoch_files`]): an offset is never committed before its dead letters are durable.
 //!
-//! Each line holds `pipeline`, `topic`, `partition`, `offset`, `key_b64` and `payload_b64`
-//! (the original bytes in base64, or null), `payload_utf8` (the payload as text when it is
-//! valid UTF-8, else null), `kind`, `message`, `stage`, `attempts` and `time_ms`. Published
-//! files are `<path>/dlq-t<topic>-p<partition>-e<epoch:010>.jsonl` (`dlq-global-...` for rows of
-//! the global stage; layout in [`crate::epoch_files`]); [`read_dlq_dir`] reads them back.
-
-use std::fs;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+//! Each line holds `id` (the stable dead-letter id), `pipeline`, `topic`, `partition`,
+//! `offset`, `key_b64` and `payload_b64` (the original bytes in base64, or null),
+//! `payload_utf8` (the payload as text when it is valid UTF-8, else null), `kind`, `message`,
+//! `stage`, `attempts`, `time_ms` (the last failure) and `first_failure_ms`. Lines written
+//! before `id` and `first_failure_ms` existed are read with the id their fields give and
+//! `first_failure_ms = time_ms`. `weir dlq replay` appends a mark line
+//! `{"replayed": "<id>", "time_ms": ...}` for each letter that went through, in the epoch of
+//! the letter's lane that holds the replay's output (so the mark is published with it).
+//! Published files are `<path>/dlq-t<topic>-p<partition>-e<epoch:010>.jsonl` (`dlq-global-...`
+//! for rows of the global stage; layout in [`crate::epoch_files`]); [`read_dlq_dir`] reads
+//! the letters back as written, [`read_dlq_entries`] one record per id with the marks applied
+//! ([`crate::dlq_records::fold`]).
 
 use serde::{Deserialize, Serialize};
+use std::fs;
+use std::path::{Path, PathBuf};
+use weir_runtime::dlq::{dead_letter_id, is_dead_letter_id};
 use weir_runtime::error::{Result, WeirError};
 use weir_runtime::sink::{EpochParticipant, LaneClaim, SourceTopics};
 use weir_runtime::{DeadLetter, DlqWriter, ErrorKind, Lane, Stage};
 
+pub use crate::dlq_records::DeadLetterRecord;
+use crate::dlq_records::{fold, ReplayMark};
 use crate::epoch_files::EpochFiles;
 use crate::{base64, config_key};
 
@@ -47,6 +55,7 @@ impl JsonlDlqConfig {
 /// One line of a dead-letter file, as written.
 #[derive(Serialize)]
 struct LineOut<'a> {
+    id: String,
     pipeline: &'a str,
     topic: &'a str,
     partition: i32,
@@ -59,11 +68,23 @@ struct LineOut<'a> {
     stage: &'a Stage,
     attempts: u32,
     time_ms: i64,
+    first_failure_ms: i64,
+}
+
+/// A mark line: `weir dlq replay` fed the letter `replayed` through the pipeline again.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MarkLine {
+    replayed: String,
+    time_ms: i64,
 }
 
 /// One line of a dead-letter file, as read.
 #[derive(Deserialize)]
 struct LineIn {
+    /// Absent in files from before ids.
+    #[serde(default)]
+    id: Option<String>,
     pipeline: String,
     topic: String,
     partition: i32,
@@ -77,41 +98,9 @@ struct LineIn {
     stage: Stage,
     attempts: u32,
     time_ms: i64,
-}
-
-/// A dead letter read back from a file, with the original key and payload bytes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeadLetterRecord {
-    pub pipeline: String,
-    pub topic: String,
-    pub partition: i32,
-    pub offset: i64,
-    pub key: Option<Vec<u8>>,
-    pub payload: Option<Vec<u8>>,
-    pub kind: ErrorKind,
-    pub message: String,
-    pub stage: Stage,
-    pub attempts: u32,
-    pub time_ms: i64,
-}
-
-impl DeadLetterRecord {
-    /// Back to the runtime's dead letter (to replay or re-route it).
-    pub fn into_dead_letter(self) -> DeadLetter {
-        DeadLetter {
-            pipeline: Arc::from(self.pipeline),
-            topic: Arc::from(self.topic),
-            partition: self.partition,
-            offset: self.offset,
-            key: self.key,
-            payload: self.payload,
-            kind: self.kind,
-            message: self.message,
-            stage: self.stage,
-            attempts: self.attempts,
-            time_ms: self.time_ms,
-        }
-    }
+    /// Absent in files from before it: the time of the (only recorded) failure.
+    #[serde(default)]
+    first_failure_ms: Option<i64>,
 }
 
 /// The `jsonl` dead-letter queue. See the module docs.
@@ -139,6 +128,7 @@ impl JsonlDlq {
 
 fn encode_line(letter: &DeadLetter, out: &mut Vec<u8>) -> Result<()> {
     let line = LineOut {
+        id: letter.id(),
         pipeline: &letter.pipeline,
         topic: &letter.topic,
         partition: letter.partition,
@@ -154,6 +144,7 @@ fn encode_line(letter: &DeadLetter, out: &mut Vec<u8>) -> Result<()> {
         stage: &letter.stage,
         attempts: letter.attempts,
         time_ms: letter.time_ms,
+        first_failure_ms: letter.first_failure_ms,
     };
     serde_json::to_writer(&mut *out, &line).map_err(|e| WeirError::Dlq {
         message: format!("encode dead letter: {e}"),
@@ -192,26 +183,81 @@ impl DlqWriter for JsonlDlq {
         }
         self.files.append(lane, &self.buf)
     }
+
+    /// Appends a mark line per id to the lane's open epoch: published with the checkpoint
+    /// that holds the replay's output.
+    fn mark_replayed(&mut self, lane: &Lane, ids: &[String]) -> Result<()> {
+        self.buf.clear();
+        let time_ms = weir_runtime::metrics::now_ms();
+        for id in ids {
+            let mark = MarkLine {
+                replayed: id.clone(),
+                time_ms,
+            };
+            serde_json::to_writer(&mut self.buf, &mark).map_err(|e| WeirError::Dlq {
+                message: format!("encode a replay mark: {e}"),
+            })?;
+            self.buf.push(b'\n');
+        }
+        self.files.append(lane, &self.buf)
+    }
 }
 
-/// Every dead letter of the published files in `dir`, by lane, then epoch, then line.
+/// Every dead letter of the published files in `dir`, by lane, then epoch, then line, as
+/// written (mark lines left out).
 pub fn read_dlq_dir(dir: impl AsRef<Path>) -> Result<Vec<DeadLetterRecord>> {
+    Ok(read_dlq_lines(dir.as_ref())?.0)
+}
+
+/// One record per dead-letter id of the published files in `dir`: the one that failed
+/// last, marked replayed when `weir dlq replay` marked it since
+/// ([`crate::dlq_records::fold`]). Ordered by last failure time.
+pub fn read_dlq_entries(dir: impl AsRef<Path>) -> Result<Vec<DeadLetterRecord>> {
+    let (records, marks) = read_dlq_lines(dir.as_ref())?;
+    Ok(fold(records, &marks))
+}
+
+fn read_dlq_lines(dir: &Path) -> Result<(Vec<DeadLetterRecord>, Vec<ReplayMark>)> {
     let mut records = Vec::new();
-    for path in EpochFiles::committed_files(dir.as_ref(), PREFIX)? {
+    let mut marks = Vec::new();
+    for path in EpochFiles::committed_files(dir, PREFIX)? {
         let text = fs::read_to_string(&path).map_err(|e| WeirError::io(&path, e))?;
         for (i, line) in text.lines().enumerate() {
             let bad = |what: String| WeirError::Dlq {
                 message: format!("{}:{}: {what}", path.display(), i + 1),
             };
+            if line.starts_with("{\"replayed\":") {
+                let m: MarkLine = serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
+                marks.push(ReplayMark {
+                    id: m.replayed,
+                    time_ms: m.time_ms,
+                });
+                continue;
+            }
             let l: LineIn = serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
             let decode = |field: &str, b64: Option<String>| {
                 b64.map(|t| base64::decode(&t))
                     .transpose()
                     .map_err(|e| bad(format!("{field}: {e}")))
             };
+            let key = decode("key_b64", l.key_b64)?;
+            let payload = decode("payload_b64", l.payload_b64)?;
+            let id = match l.id {
+                Some(id) if is_dead_letter_id(&id) => id,
+                Some(id) => return Err(bad(format!("id: {id:?} is not a dead-letter id"))),
+                None => dead_letter_id(
+                    &l.pipeline,
+                    &l.topic,
+                    l.partition,
+                    l.offset,
+                    &l.stage,
+                    payload.as_deref(),
+                ),
+            };
             records.push(DeadLetterRecord {
-                key: decode("key_b64", l.key_b64)?,
-                payload: decode("payload_b64", l.payload_b64)?,
+                id,
+                key,
+                payload,
                 pipeline: l.pipeline,
                 topic: l.topic,
                 partition: l.partition,
@@ -221,15 +267,18 @@ pub fn read_dlq_dir(dir: impl AsRef<Path>) -> Result<Vec<DeadLetterRecord>> {
                 stage: l.stage,
                 attempts: l.attempts,
                 time_ms: l.time_ms,
+                first_failure_ms: l.first_failure_ms.unwrap_or(l.time_ms),
+                replayed_ms: None,
             });
         }
     }
-    Ok(records)
+    Ok((records, marks))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     /// Partition `p` of the letters' topic.
     fn l(p: i32) -> Lane {
@@ -249,6 +298,7 @@ mod tests {
             stage: Stage::Operator("avg \"x\"".into()),
             attempts: 2,
             time_ms: 1_700_000_000_123,
+            first_failure_ms: 1_700_000_000_001,
         }
     }
 
@@ -319,11 +369,12 @@ mod tests {
         assert_eq!(
             lines[0],
             serde_json::json!({
+                "id": letter(2, 5, None).id(),
                 "pipeline": "iot", "topic": "readings", "partition": 2, "offset": 5,
                 "key_b64": "AJ+Slg==", "payload_b64": "Y2Fmw6k=", "payload_utf8": "café",
                 "kind": "invalid_json", "message": "expected value at line 1 column 1",
                 "stage": {"type": "operator", "id": "avg \"x\""}, "attempts": 2,
-                "time_ms": 1_700_000_000_123i64
+                "time_ms": 1_700_000_000_123i64, "first_failure_ms": 1_700_000_000_001i64
             })
         );
         assert_eq!(lines[1]["payload_utf8"], serde_json::Value::Null);
@@ -347,6 +398,63 @@ mod tests {
             .map(|r| r.offset)
             .collect();
         assert_eq!(offsets, [1]);
+    }
+
+    #[test]
+    fn a_line_from_before_ids_reads_with_the_id_its_fields_give() {
+        let tmp = tempfile::tempdir().unwrap();
+        let old = r#"{"pipeline":"iot","topic":"readings","partition":2,"offset":5,"key_b64":null,"payload_b64":"eA==","payload_utf8":"x","kind":"invalid_json","message":"m","stage":{"type":"decode"},"attempts":1,"time_ms":77}"#;
+        fs::write(
+            tmp.path().join("dlq-treadings-p2-e0000000001.jsonl"),
+            format!("{old}\n"),
+        )
+        .unwrap();
+        let back = read_dlq_entries(tmp.path()).unwrap();
+        assert_eq!(back.len(), 1);
+        let r = &back[0];
+        assert_eq!(
+            r.id,
+            dead_letter_id("iot", "readings", 2, 5, &Stage::Decode, Some(b"x"))
+        );
+        assert_eq!(
+            (r.time_ms, r.first_failure_ms, r.replayed_ms),
+            (77, 77, None)
+        );
+        // The same letter written now has the same id.
+        let mut now = letter(2, 5, Some(b"x"));
+        now.stage = Stage::Decode;
+        assert_eq!(now.id(), r.id);
+    }
+
+    #[test]
+    fn a_replay_mark_is_published_with_its_epoch_and_marks_the_letter() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut d = dlq(tmp.path());
+        let mut a = letter(0, 1, Some(b"a"));
+        let b = letter(0, 2, Some(b"b"));
+        a.time_ms = 1;
+        d.write(&l(0), &[a.clone(), b.clone()]).unwrap();
+        d.prepare(&l(0), 1).unwrap();
+        d.commit(&l(0), 1).unwrap();
+        d.mark_replayed(&l(0), &[a.id()]).unwrap();
+        let pending = |dir: &Path| -> Vec<i64> {
+            read_dlq_entries(dir)
+                .unwrap()
+                .iter()
+                .filter(|r| r.replayed_ms.is_none())
+                .map(|r| r.offset)
+                .collect()
+        };
+        assert_eq!(
+            pending(tmp.path()),
+            [1, 2],
+            "not published before its epoch"
+        );
+        d.prepare(&l(0), 2).unwrap();
+        d.commit(&l(0), 2).unwrap();
+        assert_eq!(pending(tmp.path()), [2]);
+        // read_dlq_dir still gives the letters as written, marks left out.
+        assert_eq!(read_dlq_dir(tmp.path()).unwrap().len(), 2);
     }
 
     #[test]

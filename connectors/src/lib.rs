@@ -6,7 +6,8 @@
 //! protocol), [PostgreSQL](postgres) (upserts, and the checkpoint store in the same
 //! transaction: exactly-once), [SQLite](sqlite_sink) (idempotent upserts), [Kafka](kafka)
 //! (at-least-once, or exactly-once in transactions) and the [terminal](terminal_sink)
-//! (at-least-once). Dead letters: [JSONL files](dlq_file) or a [Kafka](kafka) topic.
+//! (at-least-once). Dead letters: [JSONL files](dlq_file), a [Kafka](kafka) topic or a
+//! [PostgreSQL](postgres) table, read back by [`dlq_records`].
 //!
 //! Every config struct has a pure `validate(key_prefix)` that reports all impossible values at
 //! once; constructors (`new`) do the I/O.
@@ -23,6 +24,7 @@ use weir_runtime::{DELETED_COLUMN, OFFSET_COLUMN};
 
 pub use weir_runtime::base64;
 pub mod dlq_file;
+pub mod dlq_records;
 pub mod epoch_files;
 pub mod generator;
 pub mod jsonl_sink;
@@ -33,7 +35,8 @@ pub mod postgres;
 pub mod sqlite_sink;
 pub mod terminal_sink;
 
-pub use dlq_file::{read_dlq_dir, DeadLetterRecord, JsonlDlq, JsonlDlqConfig};
+pub use dlq_file::{read_dlq_dir, read_dlq_entries, JsonlDlq, JsonlDlqConfig};
+pub use dlq_records::{DeadLetterRecord, ReplayMark};
 pub use epoch_files::EpochFiles;
 pub use generator::{
     encode_events, EventGenerator, GeneratedEvent, GeneratorConfig, GeneratorSource, PoisonKind,
@@ -46,7 +49,9 @@ pub use kafka::{
     KafkaSource, KafkaSourceConfig, KafkaTxnOptions, KafkaTxnStore, PartitionRange,
 };
 pub use parquet_sink::{read_parquet_dir, ParquetSink, ParquetSinkConfig};
-pub use postgres::{CheckpointRole, PostgresSinkConfig, PostgresStore, PostgresUrl};
+pub use postgres::{
+    CheckpointRole, PostgresDlq, PostgresDlqConfig, PostgresSinkConfig, PostgresStore, PostgresUrl,
+};
 pub use sqlite_sink::{SqliteSink, SqliteSinkConfig};
 pub use terminal_sink::{TerminalSink, TerminalSinkConfig};
 

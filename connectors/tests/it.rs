@@ -12,6 +12,7 @@ mod kafka_mock_executor;
 mod kafka_mock_stop;
 mod kafka_reset;
 mod kafka_txn;
+mod postgres_dlq;
 mod postgres_executor;
 mod postgres_store;
 mod postgres_tls;

@@ -20,9 +20,10 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use support::block_on;
 use weir_connectors::kafka::{
-    KafkaDlq, KafkaDlqConfig, KafkaOffsetCommitter, KafkaSink, KafkaSinkConfig, KafkaSource,
-    KafkaSourceConfig, DLQ_HEADERS,
+    read_dlq_topic, KafkaDlq, KafkaDlqConfig, KafkaOffsetCommitter, KafkaSink, KafkaSinkConfig,
+    KafkaSource, KafkaSourceConfig, DLQ_HEADERS,
 };
+use weir_connectors::DeadLetterRecord;
 use weir_runtime::arrow::array::{Float64Array, Int64Array, StringArray};
 use weir_runtime::arrow::datatypes::{DataType, Field, Schema};
 use weir_runtime::arrow::record_batch::RecordBatch;
@@ -592,6 +593,61 @@ fn a_key_column_that_is_not_in_the_output_is_a_clear_error() {
 // DLQ
 
 #[test]
+fn a_dlq_topic_reads_back_one_record_per_id_with_replay_marks_applied() {
+    let topic = create_topic(2);
+    let mut config = KafkaDlqConfig::new(brokers(), topic.clone());
+    config.connect_timeout_ms = 10_000;
+    let mut dlq = KafkaDlq::for_pipeline(&config, "iot").unwrap();
+    let letter = |offset: i64, time_ms: i64| DeadLetter {
+        pipeline: Arc::from("iot"),
+        topic: Arc::from("readings"),
+        partition: 1,
+        offset,
+        key: Some(format!("k{offset}").into_bytes()),
+        payload: Some(vec![0xff, offset as u8]),
+        kind: ErrorKind::WrongType,
+        message: format!("field `x` at {offset}"),
+        stage: Stage::Decode,
+        attempts: 1,
+        time_ms,
+        first_failure_ms: time_ms,
+    };
+    let lane = Lane::new("readings", 1);
+    // Written twice (at-least-once: a rerun after a crash), then a replay marks offset 1 and
+    // offset 2 fails again.
+    let (a, b) = (letter(1, 1_000), letter(2, 1_000));
+    dlq.write(&lane, &[a.clone(), b.clone()]).unwrap();
+    dlq.write(&lane, &[a.clone()]).unwrap();
+    dlq.prepare(&lane, 1).unwrap();
+    dlq.commit(&lane, 1).unwrap();
+    let mut b2 = letter(2, 2_000);
+    b2.attempts = 2;
+    b2.first_failure_ms = 1_000;
+    dlq.write(&lane, &[b2.clone()]).unwrap();
+    dlq.mark_replayed(&lane, &[a.id()]).unwrap();
+    dlq.prepare(&lane, 2).unwrap();
+    let before = read_dlq_topic(&config).unwrap();
+    assert!(
+        before.iter().all(|r| r.replayed_ms.is_none()),
+        "marks are sent at commit: {before:?}"
+    );
+    dlq.commit(&lane, 2).unwrap();
+    let back = read_dlq_topic(&config).unwrap();
+    assert_eq!(back.len(), 2, "{back:?}");
+    let got_a = back.iter().find(|r| r.id == a.id()).unwrap();
+    assert!(got_a.replayed_ms.is_some());
+    assert_eq!(
+        DeadLetterRecord {
+            replayed_ms: None,
+            ..got_a.clone()
+        },
+        DeadLetterRecord::of_letter(&a)
+    );
+    let got_b = back.iter().find(|r| r.id == b.id()).unwrap();
+    assert_eq!(got_b, &DeadLetterRecord::of_letter(&b2));
+}
+
+#[test]
 fn dead_letters_come_back_with_original_key_payload_and_headers() {
     let topic = create_topic(1);
     let mut config = KafkaDlqConfig::new(brokers(), topic.clone());
@@ -610,6 +666,7 @@ fn dead_letters_come_back_with_original_key_payload_and_headers() {
             stage: Stage::Decode,
             attempts: 1,
             time_ms: 1_700_000_000_123,
+            first_failure_ms: 1_700_000_000_123,
         },
         DeadLetter {
             pipeline: Arc::from("iot"),
@@ -623,6 +680,7 @@ fn dead_letters_come_back_with_original_key_payload_and_headers() {
             stage: Stage::Operator("avg".into()),
             attempts: 3,
             time_ms: 1_700_000_000_456,
+            first_failure_ms: 1_700_000_000_001,
         },
     ];
     dlq.write(&Lane::new("t", 0), &letters).unwrap();
@@ -653,6 +711,11 @@ fn dead_letters_come_back_with_original_key_payload_and_headers() {
         assert_eq!(get("weir.pipeline"), "iot");
         assert_eq!(get("weir.attempts"), letter.attempts.to_string());
         assert_eq!(get("weir.time_ms"), letter.time_ms.to_string());
+        assert_eq!(get("weir.dlq.id"), letter.id());
+        assert_eq!(
+            get("weir.first_failure_ms"),
+            letter.first_failure_ms.to_string()
+        );
     }
     let stage = |m: &rdkafka::message::OwnedMessage| {
         let h = m.headers().unwrap();

@@ -266,6 +266,8 @@ pub struct Metrics {
     lost: AtomicU64,
     fenced: AtomicU64,
     transient_retries: AtomicU64,
+    /// Dead letters `weir dlq replay` fed through the pipeline again and that went through.
+    dlq_replayed: AtomicU64,
     bytes_in: AtomicU64,
     state: AtomicU8,
     /// The run ended with an error (so not healthy either).
@@ -301,6 +303,7 @@ impl Default for Metrics {
             lost: AtomicU64::new(0),
             fenced: AtomicU64::new(0),
             transient_retries: AtomicU64::new(0),
+            dlq_replayed: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),
             state: AtomicU8::new(RunState::Starting as u8),
             failed: AtomicBool::new(false),
@@ -385,6 +388,17 @@ impl Metrics {
             };
             self.dead_letters[kind][stage].fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// `n` dead letters were replayed (`weir dlq replay`: their messages went through the
+    /// pipeline this time and they are marked replayed in the DLQ).
+    pub fn dead_letters_replayed(&self, n: u64) {
+        self.dlq_replayed.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Dead letters replayed so far (`weir_dlq_replayed_total`).
+    pub fn replayed(&self) -> u64 {
+        self.dlq_replayed.load(Ordering::Relaxed)
     }
 
     /// Dead letters written so far, by kind and stage (only the ones with any).
@@ -643,6 +657,7 @@ mod tests {
             stage,
             attempts: 1,
             time_ms: 0,
+            first_failure_ms: 0,
         };
         m.dead_lettered(&[
             letter(ErrorKind::InvalidJson, Stage::Decode),

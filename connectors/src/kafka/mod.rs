@@ -31,7 +31,10 @@ mod txn;
 
 pub use client::KafkaOptions;
 pub use committer::KafkaOffsetCommitter;
-pub use dlq::{dlq_header_values, stage_text, KafkaDlq, KafkaDlqConfig, DLQ_HEADERS};
+pub use dlq::{
+    dlq_header_values, mark_header_values, read_dlq_topic, stage_text, KafkaDlq, KafkaDlqConfig,
+    DLQ_HEADERS, MARK_HEADERS,
+};
 pub use errors::{classify, classify_code, CLASSIFICATION};
 pub use sink::{KafkaSink, KafkaSinkConfig};
 pub use source::{

@@ -97,6 +97,7 @@
 //! [`WriteOutcome::rejected`]: weir_runtime::WriteOutcome::rejected
 
 mod config;
+pub mod dlq;
 pub mod errors;
 pub mod replay;
 pub mod reset;
@@ -106,10 +107,11 @@ pub mod tls;
 pub mod types;
 
 pub use config::{PostgresSinkConfig, PostgresUrl, MAX_IDENTIFIER_BYTES};
+pub use dlq::{PostgresDlq, PostgresDlqConfig, DEFAULT_DLQ_TABLE};
 pub use errors::{classify, classify_sqlstate, describe, SQLSTATE_CLASSIFICATION};
 pub use replay::{LockMode, PipelineLock, ReplayTarget, SwapSummary};
 pub use reset::ResetCheckpoints;
 pub use sql::CHECKPOINT_TABLE;
-pub use store::{CheckpointRole, PostgresStore};
+pub use store::{CheckpointRole, LaneParam, LaneStatement, PostgresStore};
 pub use tls::{PgConnect, SslMode, TlsOptions};
 pub use types::{pg_type, PgType};

@@ -83,6 +83,8 @@ pub enum LockMode {
     Exclusive,
     /// Exclusive, for `weir reset` (the errors say so).
     Reset,
+    /// Exclusive, for `weir dlq replay` (the errors say so).
+    DlqReplay,
 }
 
 /// The advisory lock of a pipeline, held as long as this value (its connection) lives.
@@ -111,6 +113,7 @@ impl PipelineLock {
             LockMode::Shared => "run",
             LockMode::Exclusive => "replay",
             LockMode::Reset => "reset",
+            LockMode::DlqReplay => "dlq replay",
         };
         let mut app = format!("weir {role} {pipeline}");
         while app.len() > 63 {
@@ -171,6 +174,11 @@ impl PipelineLock {
                      (or a replay) holds the pipeline's PostgreSQL advisory lock{who}; stop \
                      every worker of the pipeline before resetting it"
                 ),
+                LockMode::DlqReplay => format!(
+                    "pipeline {pipeline:?} looks like it is running: a `weir run` worker of it \
+                     (or a replay) holds the pipeline's PostgreSQL advisory lock{who}; stop \
+                     every worker of the pipeline before replaying its dead letters"
+                ),
             }));
         }
         if mode != LockMode::Shared {
@@ -200,7 +208,11 @@ impl PipelineLock {
                 return Err(error(format!(
                     "pipeline {pipeline:?} looks like it is running: its sink is connected to PostgreSQL ({}); stop it before {}",
                     sessions.join(", "),
-                    if mode == LockMode::Reset { "resetting it" } else { "replaying it" }
+                    match mode {
+                        LockMode::Reset => "resetting it",
+                        LockMode::DlqReplay => "replaying its dead letters",
+                        _ => "replaying it",
+                    }
                 )));
             }
         }

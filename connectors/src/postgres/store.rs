@@ -28,7 +28,7 @@ use super::types::{self, ArrayParam, Column, RowsParam};
 use crate::sink_rows;
 
 /// The advisory lock key that serializes weir's DDL across workers ("weir ddl").
-const DDL_LOCK: i64 = 0x7765_6972_2064_646c;
+pub(crate) const DDL_LOCK: i64 = 0x7765_6972_2064_646c;
 
 /// How long opening a connection may take when the URL sets no `connect_timeout`.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -91,6 +91,47 @@ struct Staged {
     rows: Vec<u32>,
 }
 
+/// A parameter of a [`LaneStatement`]: an array, sent in PostgreSQL's binary format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LaneParam {
+    Texts(Vec<String>),
+    Ints(Vec<i32>),
+    BigInts(Vec<i64>),
+    Bytes(Vec<Option<Vec<u8>>>),
+}
+
+impl LaneParam {
+    fn as_sql(&self) -> &(dyn ToSql + Sync) {
+        match self {
+            LaneParam::Texts(v) => v,
+            LaneParam::Ints(v) => v,
+            LaneParam::BigInts(v) => v,
+            LaneParam::Bytes(v) => v,
+        }
+    }
+}
+
+/// A statement another participant of the epoch protocol (the PostgreSQL DLQ) runs in a
+/// lane's transaction ([`PostgresStore::run_in_lane`]): it commits with the lane's rows and
+/// checkpoint, and is replayed with them after a lost transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaneStatement {
+    pub sql: String,
+    pub params: Vec<LaneParam>,
+    /// Names the participant in errors (`postgres dlq "weir_dead_letters"`).
+    pub by: String,
+}
+
+fn execute_statement(
+    client: &mut Client,
+    statements: &mut HashMap<String, Statement>,
+    s: &LaneStatement,
+) -> Result<u64, postgres::Error> {
+    let stmt = statement(client, statements, &s.sql)?;
+    let params: Vec<&(dyn ToSql + Sync)> = s.params.iter().map(LaneParam::as_sql).collect();
+    client.execute(&stmt, &params)
+}
+
 /// The rows of a batch that were applied, and the refused ones with their reason.
 type Applied = (Vec<u32>, Vec<(usize, String)>);
 
@@ -114,6 +155,8 @@ struct PgLane {
     /// checkpoint.
     open: bool,
     staged: Vec<Staged>,
+    /// Other participants' statements in the open transaction ([`LaneStatement`]).
+    extra: Vec<LaneStatement>,
     pending: Option<Pending>,
     /// A row was refused in this transaction: isolate rows with savepoints until it commits.
     savepoints: bool,
@@ -133,13 +176,18 @@ impl PgLane {
     fn committed(&mut self) {
         self.open = false;
         self.staged.clear();
+        self.extra.clear();
         self.pending = None;
         self.savepoints = false;
         self.uncertain = false;
     }
 
     fn idle(&self) -> bool {
-        !self.open && self.staged.is_empty() && self.pending.is_none() && !self.uncertain
+        !self.open
+            && self.staged.is_empty()
+            && self.extra.is_empty()
+            && self.pending.is_none()
+            && !self.uncertain
     }
 }
 
@@ -593,6 +641,7 @@ impl Inner {
             client,
             statements,
             staged,
+            extra,
             pending,
             ..
         } = lane;
@@ -607,6 +656,10 @@ impl Inner {
                 };
                 execute_rows(client, statements, &s.plan, values, &s.rows)
                     .map_err(|e| ("replay the rows of the lost transaction", e))?;
+            }
+            for s in extra.iter() {
+                execute_statement(client, statements, s)
+                    .map_err(|e| ("replay the dead letters of the lost transaction", e))?;
             }
             if let Some(pending) = pending {
                 let epoch = pending.epoch as i64;
@@ -638,8 +691,8 @@ impl Inner {
                 Err(error)
             }
             Ok(None) => {
-                if replayed > 0 || pending.is_some() {
-                    warn!(sink = %name, lane = %p, rows = replayed, checkpoint = pending.is_some(), "replayed a lost transaction");
+                if replayed > 0 || pending.is_some() || !extra.is_empty() {
+                    warn!(sink = %name, lane = %p, rows = replayed, statements = extra.len(), checkpoint = pending.is_some(), "replayed a lost transaction");
                 }
                 lane.open = true;
                 Ok(())
@@ -726,6 +779,34 @@ impl Inner {
             Err(e) => {
                 lane.drop_connection();
                 Err(self.lane_error(p, "upsert", &e))
+            }
+        }
+    }
+
+    /// Runs another participant's statement in lane `p`'s transaction (opening it), keeping
+    /// it to replay after a lost transaction.
+    fn run_in_lane(&mut self, p: &Lane, s: LaneStatement) -> Result<()> {
+        self.ready(p)?;
+        let lane = self.lanes.get_mut(p).expect("invariant: ready");
+        let client = lane.client.as_mut().expect("invariant: ready");
+        match execute_statement(client, &mut lane.statements, &s) {
+            Ok(_) => {
+                lane.extra.push(s);
+                Ok(())
+            }
+            Err(e) => {
+                lane.drop_connection();
+                let class = match classify(&e) {
+                    // Refused for what it holds: retrying cannot help, and the rows of the
+                    // transaction were rolled back with it (replayed on the next call).
+                    ErrorClass::Data => ErrorClass::Fatal,
+                    class => class,
+                };
+                Err(WeirError::Sink {
+                    sink: s.by.clone(),
+                    message: format!("{p}: in the transaction of {}: {}", self.name, describe(&e)),
+                    class,
+                })
             }
         }
     }
@@ -1025,6 +1106,25 @@ impl PostgresStore {
     pub fn checkpoint_store(&self) -> Result<Arc<dyn CheckpointStore>> {
         self.lock()?.check_stores("be the checkpoint store")?;
         Ok(Arc::new(self.clone()))
+    }
+
+    /// Runs `statement` in `lane`'s transaction: it commits with the lane's rows and
+    /// checkpoint (exactly-once with them when this store is the checkpoint store), and is
+    /// replayed with them when the transaction is lost. What the PostgreSQL DLQ writes when
+    /// the pipeline's sink is this store.
+    pub fn run_in_lane(&self, lane: &Lane, statement: LaneStatement) -> Result<()> {
+        self.lock()?.run_in_lane(lane, statement)
+    }
+
+    /// The parsed connection settings (to tell whether another component's URL names the
+    /// same database).
+    pub fn connection_config(&self) -> Result<postgres::Config> {
+        Ok(self.lock()?.connect.config.clone())
+    }
+
+    /// Whether this store was connected as the pipeline's checkpoint store.
+    pub fn stores_checkpoints(&self) -> bool {
+        self.stores_checkpoints
     }
 
     fn lock(&self) -> Result<MutexGuard<'_, Inner>> {

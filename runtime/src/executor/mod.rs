@@ -41,6 +41,8 @@ mod reader;
 mod sink_stage;
 mod worker;
 
+pub use sink_stage::sink_rejects;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};

@@ -464,7 +464,7 @@ impl Executor {
 /// (rows of a chain without a stateful operator are source events) gets its message: offset,
 /// key and original payload, like a decode reject. A row of a window or projection derives
 /// from many messages: it has no offset (-1) and its payload is the row as JSON.
-pub(super) fn sink_rejects(
+pub fn sink_rejects(
     pipeline: &Arc<str>,
     sink: &str,
     lane: &Lane,
