@@ -226,7 +226,7 @@ pub fn run(m: &OrderModel, shutdown: Shutdown) -> anyhow::Result<RunSummary> {
                 true,
             ),
             field("quantity", "payload.quantity", FieldType::Int64, true),
-            field("price", "payload.price", decimal.clone(), true),
+            field("price", "payload.price", decimal, true),
             field("amount", "payload.amount", decimal, true),
         ],
     };

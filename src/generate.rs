@@ -27,6 +27,7 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use weir_connectors::generator::SplitMix64 as Rng;
 use weir_connectors::{partition_for_key, EventGenerator, GeneratorConfig, PoisonKind};
 
 /// Which events.
@@ -187,25 +188,6 @@ impl Record {
     }
 }
 
-/// splitmix64: the generator's own deterministic randomness.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
-
 /// The records of `opts`, in the order they are written (a valid `opts`: see
 /// [`GenerateOptions::validate`]).
 pub fn records(opts: &GenerateOptions) -> Vec<Record> {
@@ -220,8 +202,13 @@ pub fn records(opts: &GenerateOptions) -> Vec<Record> {
 /// Calls `f` with each record of `opts` in order until it returns false; for generating more
 /// records than fit in memory.
 pub fn for_each_record(opts: &GenerateOptions, mut f: impl FnMut(Record) -> bool) {
-    let mut rng = Rng(opts.seed ^ 0x5EED_0F_0E1D);
-    let mut body = Body::new(opts);
+    drive(opts, &mut Body::new(opts), |r, _| f(r));
+}
+
+/// The records of `opts` made by `body`, each passed to `f` with the body's state after it
+/// (the orders in flight) until `f` returns false.
+fn drive(opts: &GenerateOptions, body: &mut Body, mut f: impl FnMut(Record, &Body) -> bool) {
+    let mut rng = Rng(opts.seed ^ 0x005E_ED0F_0E1D);
     // Records to repeat: (due at index, index of the original).
     let mut pending: VecDeque<(u64, usize)> = VecDeque::new();
     // The last records (a duplicate repeats one at most 20 records back): `recent[0]` is
@@ -266,7 +253,7 @@ pub fn for_each_record(opts: &GenerateOptions, mut f: impl FnMut(Record) -> bool
                 recent_base += 1;
             }
         }
-        if !f(r) {
+        if !f(r, body) {
             return;
         }
     }
@@ -456,7 +443,7 @@ struct TradesBody {
 
 impl TradesBody {
     fn new(opts: &GenerateOptions) -> Self {
-        let mut rng = Rng(opts.seed ^ 0x7EAD_E5);
+        let mut rng = Rng(opts.seed ^ 0x007E_ADE5);
         let prices = (0..opts.keys)
             .map(|_| (20 + rng.below(480) as i64) * 10_000 + rng.below(10_000) as i64)
             .collect();
@@ -758,40 +745,13 @@ impl OrdersBody {
 /// generator's plan, not from folding the events: what a read model must hold once it has
 /// applied every legal event (a cancelled order is deleted from it).
 pub fn order_plan(opts: &GenerateOptions) -> BTreeMap<String, OrderState> {
-    let mut rng = Rng(opts.seed ^ 0x5EED_0F_0E1D);
-    let mut body = OrdersBody::new(opts);
-    let mut pending: VecDeque<(u64, usize)> = VecDeque::new();
-    let mut emitted = 0usize;
     let mut plan = BTreeMap::new();
-    // The same draws as `for_each_record`, keeping the open orders' states.
-    for i in 0..opts.events {
-        if let Some(&(due, _)) = pending.front() {
-            if due <= i {
-                pending.pop_front();
-                emitted += 1;
-                continue;
-            }
+    drive(opts, &mut Body::new(opts), |r, body| {
+        if let (Label::Valid, Body::Orders(orders)) = (r.label, body) {
+            record_state(&mut plan, orders, &r);
         }
-        let roll = rng.unit();
-        let kind = if roll < opts.poison_ratio {
-            Kind::Poison
-        } else {
-            Kind::Valid
-        };
-        let r = body.next(&mut rng, kind);
-        if opts.duplicate_ratio > 0.0
-            && r.label == Label::Valid
-            && rng.unit() < opts.duplicate_ratio / (1.0 - opts.duplicate_ratio).max(1e-9)
-        {
-            let due = i + 1 + rng.below(20);
-            let at = pending.partition_point(|(d, _)| *d <= due);
-            pending.insert(at, (due, emitted));
-        }
-        emitted += 1;
-        if r.label == Label::Valid {
-            record_state(&mut plan, &body, &r);
-        }
-    }
+        true
+    });
     plan
 }
 

@@ -225,8 +225,9 @@ impl GeneratedEvent {
     }
 }
 
-/// splitmix64 (Steele, Lea, Flood 2014): tiny, fast, and good enough to drive test data.
-struct SplitMix64(u64);
+/// splitmix64 (Steele, Lea, Flood 2014): tiny, fast, and good enough to drive test data
+/// (`weir generate` draws from it too). The field is the state, the seed to start from.
+pub struct SplitMix64(pub u64);
 
 impl SplitMix64 {
     /// The generator of one message: seeded from the seed, the partition and the offset,
@@ -237,7 +238,7 @@ impl SplitMix64 {
         SplitMix64(seed ^ p ^ o)
     }
 
-    fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -246,13 +247,13 @@ impl SplitMix64 {
     }
 
     /// Uniform in `[0, 1)`.
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
     }
 
     /// In `[0, n)`; `n` must be positive.
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
     }
 }
 
