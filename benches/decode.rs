@@ -1,6 +1,7 @@
 //! JSON → Arrow decode of generator events, clean and with 1% poison; and the same events
 //! as nested envelopes read through 5 field paths (`nested_envelope_5_paths`), against the
-//! flat events of the same run.
+//! flat events of the same run, and with the payload decoded whole as a struct holding a struct
+//! and a list (`nested_envelope_payload_struct`).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use datafusion::arrow::json::ReaderBuilder;
@@ -91,6 +92,28 @@ fn nested(g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime
     g.throughput(Throughput::Elements(batch.len() as u64));
     g.bench_with_input(
         BenchmarkId::new("8192_rows_nested_envelope_5_paths", 0),
+        &batch,
+        |b, batch| b.iter(|| decoder.decode(batch).unwrap()),
+    );
+    // The same envelopes with `payload` kept whole: a struct holding a struct and a list of
+    // structs.
+    let typed: weir::operators::SchemaConfig = serde_json::from_str(
+        r#"{"table":"sensors","event_time":"event_time","fields":[
+        {"name":"event_id","path":"eventId","type":"string"},
+        {"name":"payload","type":"struct","fields":[
+            {"name":"sensorId","type":"string"},
+            {"name":"reading","type":"struct","fields":[
+                {"name":"temperature","type":"float64"},{"name":"humidity","type":"float64"}]},
+            {"name":"items","type":"list","item":{"type":"struct","fields":[
+                {"name":"sku","type":"string"},{"name":"qty","type":"int32"}]}}]},
+        {"name":"event_time","path":"meta.time","type":"timestamp"}]}"#,
+    )
+    .unwrap();
+    let mut decoder = JsonDecoder::new(&typed);
+    let out = decoder.decode(&batch).unwrap();
+    assert!(out.rejects.is_empty(), "{:?}", &out.rejects[..1]);
+    g.bench_with_input(
+        BenchmarkId::new("8192_rows_nested_envelope_payload_struct", 0),
         &batch,
         |b, batch| b.iter(|| decoder.decode(batch).unwrap()),
     );
