@@ -97,6 +97,11 @@ enum Command {
         /// Path of the pipeline file.
         pipeline: PathBuf,
     },
+    /// About pipeline files.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Generator → 1-minute windows per sensor → SQLite, with no external service.
     Demo {
         /// Events to generate.
@@ -177,6 +182,17 @@ enum Command {
         /// --postgres: batches between checkpoints (each commits every partition).
         #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
         checkpoint_every: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// The reference of every pipeline.toml key (type, default, unit, what it does) and of
+    /// the environment variables weir reads, as Markdown (docs/pipeline.md is its output).
+    Reference {
+        /// Write it to this file instead of stdout.
+        #[arg(long, value_name = "PATH")]
+        out: Option<PathBuf>,
     },
 }
 
@@ -381,6 +397,16 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 }
             };
             print!("{}", weir::reset::run(&cfg, &pipeline, to, yes)?);
+        }
+        Command::Config {
+            command: ConfigCommand::Reference { out },
+        } => {
+            let text = weir::config_reference::markdown();
+            match out {
+                Some(path) => std::fs::write(&path, text)
+                    .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?,
+                None => print!("{text}"),
+            }
         }
         Command::Status { pipeline } => {
             let cfg = match ValidatedPipeline::load(&pipeline) {

@@ -44,7 +44,7 @@ pub const DLQ_HEADERS: [&str; 10] = [
 ];
 
 /// Configuration of the `kafka` dead-letter queue.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaDlqConfig {
     /// Bootstrap brokers, comma separated `host:port` (librdkafka `bootstrap.servers`).
