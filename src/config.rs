@@ -17,7 +17,7 @@ use weir_operators::{SchemaConfig, UpcastConfig, UpcastStepConfig};
 pub use crate::registry::{DlqConfig, OperatorConfig, SinkConfig, SourceConfig};
 
 /// `type = "filter"`: keep rows for which a SQL predicate is true.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FilterConfig {
     /// A SQL boolean expression over the input columns.
@@ -25,7 +25,7 @@ pub struct FilterConfig {
 }
 
 /// `type = "project"`: compute new columns from SQL expressions.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProjectConfig {
     /// The output columns, in order.
@@ -33,7 +33,7 @@ pub struct ProjectConfig {
 }
 
 /// One output column of a `project` operator.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProjectColumn {
     /// SQL expression over the input columns.
@@ -43,12 +43,12 @@ pub struct ProjectColumn {
 }
 
 /// `type = "null"`: discards rows (benchmarks, dry runs).
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NullSinkConfig {}
 
 /// `[checkpoint]`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CheckpointConfig {
     /// Directory of the local checkpoint store. Not used (and optional) when the pipeline has
@@ -65,7 +65,7 @@ fn default_interval_ms() -> u64 {
 }
 
 /// `[batch]`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchConfig {
     /// Most rows in one batch.
@@ -94,7 +94,7 @@ fn default_linger_ms() -> u64 {
 }
 
 /// `[worker]`.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerConfig {
     /// Threads of the CPU pool (default: the number of cores).
@@ -124,7 +124,7 @@ pub struct WorkerConfig {
 }
 
 /// `[worker] log_format` / `--log-format`.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
     #[default]
@@ -134,21 +134,36 @@ pub enum LogFormat {
 
 /// The sections of a pipeline file, as read. Only validation turns them into a
 /// [`ValidatedPipeline`], the one thing a pipeline is built from.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, schemars::JsonSchema)]
 pub struct PipelineConfig {
+    /// The pipeline's name: it names its checkpoints, its consumer group (unless the source
+    /// gives `group_id`) and its dead letters.
     pub name: String,
+    /// `[source]`: where events come from, tagged by `type`.
     pub source: SourceConfig,
+    /// `[schema]`: the fields of an event and how they are decoded.
     pub schema: SchemaConfig,
     /// `[upcast]`: older event versions mapped to `schema` before any operator.
     pub upcast: Option<UpcastConfig>,
+    /// `[[operators]]`: the operators in order, each tagged by `type` (or `sql` instead).
+    #[schemars(default)]
     pub operators: Vec<OperatorConfig>,
     /// A streaming SQL query instead of `[[operators]]`.
     pub sql: Option<String>,
+    /// `[watermark]`: event-time settings.
+    #[schemars(default)]
     pub watermark: WatermarkConfig,
+    /// `[[sinks]]`: where results go, at least one, each tagged by `type`.
     pub sinks: Vec<SinkConfig>,
+    /// `[dlq]`: where the messages that could not be processed go, tagged by `type`.
     pub dlq: DlqConfig,
+    /// `[checkpoint]`: where and how often offsets and state are checkpointed.
     pub checkpoint: CheckpointConfig,
+    /// `[batch]`: how events are batched.
+    #[schemars(default)]
     pub batch: BatchConfig,
+    /// `[worker]`: threads, channels, retries, logs and status of `weir run`.
+    #[schemars(default)]
     pub worker: WorkerConfig,
     /// `[metrics]`: the HTTP endpoint of `weir run` (`crate::metrics_http`).
     pub metrics: Option<crate::metrics_http::MetricsConfig>,
@@ -159,7 +174,7 @@ pub struct PipelineConfig {
 /// window operator's own there). The defaults are the same as `weir sql`'s and a window
 /// operator's own keys: no disorder allowed (0 ms), no lateness, late events to the DLQ;
 /// `weir run --check` prints the ones a pipeline runs with.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WatermarkConfig {
     /// Bound on disorder: watermark = max event time seen − this (default 0).
@@ -299,7 +314,7 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-const TOP_LEVEL: &[&str] = &[
+pub(crate) const TOP_LEVEL: &[&str] = &[
     "name",
     "source",
     "schema",

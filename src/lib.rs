@@ -9,6 +9,7 @@ pub mod bench;
 pub mod bench_kafka;
 pub mod bench_postgres;
 pub mod config;
+pub mod config_reference;
 pub mod demo;
 pub mod dlq_cmd;
 pub mod env_vars;

@@ -103,6 +103,11 @@ enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
+    /// About pipeline files.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Generator → 1-minute windows per sensor → SQLite, with no external service.
     Demo {
         /// Events to generate.
@@ -293,6 +298,17 @@ enum DlqCommand {
         /// Print what would be replayed and change nothing.
         #[arg(long)]
         dry_run: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// The reference of every pipeline.toml key (type, default, unit, what it does) and of
+    /// the environment variables weir reads, as Markdown (docs/pipeline.md is its output).
+    Reference {
+        /// Write it to this file instead of stdout.
+        #[arg(long, value_name = "PATH")]
+        out: Option<PathBuf>,
     },
 }
 
@@ -573,6 +589,16 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 }
             };
             print!("{}", weir::reset::run(&cfg, &pipeline, to, yes)?);
+        }
+        Command::Config {
+            command: ConfigCommand::Reference { out },
+        } => {
+            let text = weir::config_reference::markdown();
+            match out {
+                Some(path) => std::fs::write(&path, text)
+                    .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?,
+                None => print!("{text}"),
+            }
         }
         Command::Status { pipeline } => {
             let cfg = match ValidatedPipeline::load(&pipeline) {

@@ -23,7 +23,7 @@ use weir_runtime::Metrics;
 pub const DEFAULT_ADDR: &str = "127.0.0.1:9464";
 
 /// `[metrics]`: the HTTP endpoint of `weir run` (off without this section or `--metrics-addr`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
     /// Serve the endpoint (default true when the section is present).

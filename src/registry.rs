@@ -42,7 +42,7 @@ macro_rules! registry {
         }
     ) => {
         $(#[$meta])*
-        #[derive(Debug, Clone, serde::Deserialize, PartialEq)]
+        #[derive(Debug, Clone, serde::Deserialize, PartialEq, schemars::JsonSchema)]
         // Read as an externally tagged enum, the section's `type` naming the variant
         // (`crate::toml_de::tagged_section`), so its fields' errors keep their key paths.
         #[serde(deny_unknown_fields)]

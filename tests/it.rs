@@ -8,6 +8,7 @@ mod accounting;
 mod cli;
 mod colocation;
 mod config_errors;
+mod config_reference;
 mod decode_rules;
 mod dlq_cmd;
 mod dlq_pg_crash;

@@ -31,7 +31,7 @@ use crate::{base64, config_key};
 const PREFIX: &str = "dlq";
 
 /// Configuration of the `jsonl` dead-letter queue.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JsonlDlqConfig {
     /// Directory of the dead-letter files (created if absent).

@@ -32,7 +32,7 @@ pub const GENERATOR_TOPIC: &str = "generator";
 const LATE_EXTRA_MS: u64 = 60_000;
 
 /// Configuration of the `generator` source.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct GeneratorConfig {
     /// Seed of every pseudo-random choice: the same seed gives the same messages.

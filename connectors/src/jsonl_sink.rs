@@ -30,7 +30,7 @@ use crate::{config_key, sink_rows, SinkRows};
 const PREFIX: &str = "part";
 
 /// Configuration of the `jsonl` sink.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JsonlSinkConfig {
     /// Directory of the output files (created if absent).

@@ -29,7 +29,7 @@ fn default_partitions() -> u32 {
 }
 
 /// Configuration of the `jsonl` file source.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JsonlSourceConfig {
     /// The file to read, one message per line.

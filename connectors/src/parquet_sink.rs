@@ -44,7 +44,7 @@ fn default_row_group_bytes() -> usize {
 }
 
 /// Configuration of the `parquet` sink.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ParquetSinkConfig {
     /// Directory of the output files (created if absent).

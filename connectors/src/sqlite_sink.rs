@@ -50,7 +50,7 @@ fn yes() -> bool {
 }
 
 /// Configuration of the `sqlite` sink.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SqliteSinkConfig {
     /// The database file (created if absent).

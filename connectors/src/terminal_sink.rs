@@ -17,7 +17,7 @@ fn default_max_rows() -> usize {
 }
 
 /// Configuration of the `terminal` sink.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TerminalSinkConfig {
     /// Rows printed per batch at most; the rest is summed up as "... N more rows".

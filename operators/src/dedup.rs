@@ -33,7 +33,7 @@ use weir_runtime::fingerprint::Fingerprint;
 use weir_runtime::operator::{Emit, Operator};
 
 /// `[[operators]] type = "dedup"`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DedupConfig {
     /// The columns that identify an event (`["event_id"]`).

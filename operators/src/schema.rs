@@ -11,7 +11,7 @@ use crate::two_phase::check_two_phase_kind;
 use crate::window::WindowKind;
 
 /// `[schema]` of a pipeline: the fields of each JSON event and which one is event time.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SchemaConfig {
     /// Name of the input as a SQL table (default `events`).
@@ -43,7 +43,7 @@ pub struct SchemaConfig {
 /// `[schema.metadata]`: which of a message's own attributes become columns, and their names.
 /// They follow the declared fields, in this order: key, timestamp, topic, partition, offset,
 /// then the headers by column name.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MetadataConfig {
     /// Column of the message key, as a string (null when the message has none; a key that is
@@ -181,7 +181,7 @@ impl MetadataConfig {
 }
 
 /// `[schema] partition_key_check`.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PartitionKeyCheck {
     /// Count such keys and log each once.
@@ -196,7 +196,7 @@ fn default_table() -> String {
 }
 
 /// One field of the input schema.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FieldConfig {
     /// Column name, and the JSON key it is read from unless `path` says otherwise.
@@ -645,7 +645,7 @@ pub fn parse_path(path: &str) -> Result<Vec<PathStep>, String> {
 
 /// The unit of an epoch number in a `timestamp` field. Decoded times are stored as
 /// milliseconds (finer units are floored to the millisecond).
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 pub enum EpochUnit {
     /// Seconds since 1970-01-01T00:00:00Z.
     #[serde(rename = "s")]
@@ -917,6 +917,26 @@ impl std::fmt::Display for FieldType {
             }
         };
         f.write_str(name)
+    }
+}
+
+/// A field's `type` is a string (`"int64"`, `"decimal(18, 4)"`, ...), parsed by
+/// [`FieldType::parse`]; its schema says so for `weir config reference`.
+impl schemars::JsonSchema for FieldType {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "FieldType".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let names: Vec<String> = FieldType::NAMES.iter().map(|n| format!("`{n}`")).collect();
+        schemars::json_schema!({
+            "type": "string",
+            "description": format!(
+                "One of {}; `decimal(p, s)` is exact (Arrow Decimal128, p ≤ 38 digits of \
+                 which s after the point, never through a float).",
+                names.join(", ")
+            ),
+        })
     }
 }
 

@@ -59,7 +59,7 @@ use crate::expr::compile_expr;
 use crate::schema::{FieldConfig, SchemaConfig};
 
 /// `[upcast]` of a pipeline file.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpcastConfig {
     /// The integer field holding each event's version (a field of `[schema]`).
@@ -70,7 +70,7 @@ pub struct UpcastConfig {
 }
 
 /// One `[[upcast.steps]]` entry: version `from_version` → `from_version + 1`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpcastStepConfig {
     /// The version this step upgrades.

@@ -51,7 +51,7 @@ use weir_runtime::{Fingerprint, OperatorState};
 use crate::two_phase::TwoPhaseShared;
 
 /// What happens to an event whose window has already closed.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LatePolicy {
     /// Count it and drop it.
@@ -62,7 +62,7 @@ pub enum LatePolicy {
 }
 
 /// One aggregate of a window: `function(column)`, named `alias` in the output.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AggregateConfig {
     /// A DataFusion aggregate function name: count, sum, avg, min, max, stddev, ...
@@ -93,7 +93,7 @@ impl AggregateConfig {
 }
 
 /// `type = "tumble"`: fixed, non-overlapping event-time windows per key.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TumbleConfig {
     /// Window length in milliseconds.
@@ -138,7 +138,7 @@ impl TumbleConfig {
 
 /// `type = "hop"`: windows of `size_ms` starting every `slide_ms` (aligned to the epoch),
 /// per key; an event counts in every window that holds it.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HopConfig {
     /// Time between window starts in milliseconds.
@@ -190,7 +190,7 @@ impl HopConfig {
 
 /// `type = "session"`: per key, events closer than `gap_ms` to each other form one session
 /// `[first event, last event + gap_ms)`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SessionConfig {
     /// Longest quiet time inside a session, in milliseconds.

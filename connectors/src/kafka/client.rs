@@ -108,7 +108,7 @@ pub(crate) fn redacted(options: &BTreeMap<String, String>) -> BTreeMap<&str, &st
 
 /// librdkafka options passed through by a config. Secret values (passwords, keys, tokens)
 /// show as `***` in Debug, so a config can be logged as it is.
-#[derive(Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[derive(Clone, Default, PartialEq, Eq, serde::Deserialize, schemars::JsonSchema)]
 #[serde(transparent)]
 pub struct KafkaOptions(pub BTreeMap<String, String>);
 

@@ -79,7 +79,7 @@ pub const MARK_HEADERS: [&str; 5] = [
 ];
 
 /// Configuration of the `kafka` dead-letter queue.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaDlqConfig {
     /// Bootstrap brokers, comma separated `host:port` (librdkafka `bootstrap.servers`).

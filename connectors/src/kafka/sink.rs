@@ -31,7 +31,7 @@ use super::source::default_connect_timeout_ms;
 use crate::config_key;
 
 /// Configuration of the `kafka` sink.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaSinkConfig {
     /// Bootstrap brokers, comma separated `host:port` (librdkafka `bootstrap.servers`).

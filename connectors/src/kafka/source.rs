@@ -66,7 +66,7 @@ pub(crate) fn default_commit_timeout_ms() -> u64 {
 }
 
 /// How the source gets its partitions.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum AssignmentMode {
     /// Subscribe as a member of the consumer group; partitions follow the group's assignment.
@@ -119,7 +119,7 @@ const SOURCE_OWNED: &[OwnedOption] = &[
 ];
 
 /// Configuration of the `kafka` source.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaSourceConfig {
     /// Bootstrap brokers, comma separated `host:port` (librdkafka `bootstrap.servers`).

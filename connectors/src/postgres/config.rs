@@ -29,7 +29,7 @@ fn default_fillfactor() -> u8 {
 /// A connection string (`postgres://user:password@host:port/db?...` or `host=... password=...`)
 /// whose password never appears in `Debug`, `Display` or logs. [`PostgresUrl::expose`] gives
 /// the real string, for connecting only.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(transparent)]
 pub struct PostgresUrl(String);
 
@@ -160,7 +160,7 @@ fn redact(url: &str) -> String {
 
 /// Configuration of the `postgres` sink: rows upserted by key into one table, in the same
 /// transaction as the checkpoint of the partition they come from (see the module docs).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresSinkConfig {
     /// Where to connect: `postgres://user:password@host:port/database` or the key/value form
