@@ -51,7 +51,7 @@ impl Projection for Orders {
         e.order_id.clone()
     }
 
-    fn apply(&self, o: &mut Order, e: OrderEvent) -> Result<(), String> {
+    fn apply(&self, o: &mut Order, e: OrderEvent) -> Result<(), EventError> {
         let next = match (o.status.as_str(), e.kind.as_str()) {
             ("", "OrderPlaced") => "placed",
             ("placed", "ItemAdded") => {
@@ -63,9 +63,7 @@ impl Projection for Orders {
             ("paid", "OrderShipped") => "shipped",
             ("placed" | "paid", "OrderCancelled") => "cancelled",
             (status, kind) => {
-                return Err(format!(
-                    "{kind} is not allowed for an order that is {status:?}"
-                ))
+                return Err(format!("{kind} is not allowed for an order that is {status:?}").into())
             }
         };
         o.status = next.to_string();

@@ -110,6 +110,7 @@ impl DeadLetterRecord {
             stage: self.stage,
             attempts: self.attempts,
             time_ms: self.time_ms,
+            first_failure_ms: self.time_ms,
         }
     }
 }
@@ -249,6 +250,7 @@ mod tests {
             stage: Stage::Operator("avg \"x\"".into()),
             attempts: 2,
             time_ms: 1_700_000_000_123,
+            first_failure_ms: 1_700_000_000_123,
         }
     }
 

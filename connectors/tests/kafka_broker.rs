@@ -610,6 +610,7 @@ fn dead_letters_come_back_with_original_key_payload_and_headers() {
             stage: Stage::Decode,
             attempts: 1,
             time_ms: 1_700_000_000_123,
+            first_failure_ms: 1_700_000_000_123,
         },
         DeadLetter {
             pipeline: Arc::from("iot"),
@@ -623,6 +624,7 @@ fn dead_letters_come_back_with_original_key_payload_and_headers() {
             stage: Stage::Operator("avg".into()),
             attempts: 3,
             time_ms: 1_700_000_000_456,
+            first_failure_ms: 1_700_000_000_456,
         },
     ];
     dlq.write(&Lane::new("t", 0), &letters).unwrap();

@@ -71,8 +71,13 @@ pub struct DeadLetter {
     pub kind: ErrorKind,
     pub message: String,
     pub stage: Stage,
+    /// Attempts made, the first included: 1 unless the error was retried
+    /// ([`crate::retry_schedule`]), then the real count.
     pub attempts: u32,
+    /// When the last attempt failed (epoch ms).
     pub time_ms: i64,
+    /// When the first attempt failed (epoch ms): `time_ms` for a letter of one attempt.
+    pub first_failure_ms: i64,
 }
 
 impl DeadLetter {
@@ -87,6 +92,7 @@ impl DeadLetter {
         stage: Stage,
     ) -> Self {
         let m = raw.find(offset);
+        let time_ms = now_ms();
         Self {
             pipeline: pipeline.clone(),
             topic: raw.topic.clone(),
@@ -98,7 +104,8 @@ impl DeadLetter {
             message,
             stage,
             attempts: 1,
-            time_ms: now_ms(),
+            time_ms,
+            first_failure_ms: time_ms,
         }
     }
 
@@ -121,6 +128,7 @@ impl DeadLetter {
             .and_then(|_| w.finish())
             .ok()
             .map(|_| buf);
+        let time_ms = now_ms();
         Self {
             pipeline: pipeline.clone(),
             topic: Arc::from(""),
@@ -132,7 +140,8 @@ impl DeadLetter {
             message,
             stage,
             attempts: 1,
-            time_ms: now_ms(),
+            time_ms,
+            first_failure_ms: time_ms,
         }
     }
 }

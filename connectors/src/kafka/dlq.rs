@@ -243,6 +243,7 @@ mod tests {
             stage: Stage::Operator("avg".into()),
             attempts: 2,
             time_ms: 1_700_000_000_123,
+            first_failure_ms: 1_700_000_000_123,
         };
         assert_eq!(
             dlq_header_values(&letter),
