@@ -90,12 +90,12 @@ impl Projection for Orders {
         e.order_id.clone()
     }
 
-    fn apply(&self, o: &mut Order, e: OrderEvent) -> Result<(), String> {
+    fn apply(&self, o: &mut Order, e: OrderEvent) -> Result<(), EventError> {
         if e.version != o.version + 1 {
             return Err(format!(
                 "{} version {} after version {}: out of sequence",
                 e.event_type, e.version, o.version
-            ));
+            ).into());
         }
         let next = match (o.status.as_str(), e.event_type.as_str()) {
             ("", "OrderPlaced") => {
@@ -119,7 +119,7 @@ impl Projection for Orders {
                     return Err(format!(
                         "PaymentReceived of {amount} hundredths for a total of {}",
                         o.total_cents
-                    ));
+                    ).into());
                 }
                 "paid"
             }
@@ -129,7 +129,7 @@ impl Projection for Orders {
                 let status = if status.is_empty() { "unknown" } else { status };
                 return Err(format!(
                     "{kind} is not allowed for an order that is {status}"
-                ));
+                ).into());
             }
         };
         o.status = next.to_string();

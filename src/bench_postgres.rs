@@ -166,6 +166,7 @@ pub fn run(opts: &PostgresBenchOptions) -> Result<PostgresBenchReport> {
                 next_offset: *next_offset,
                 counters: Counters::default(),
                 operators: Vec::new(),
+                parked: Default::default(),
                 reset: false,
                 generation: 0,
             })?;

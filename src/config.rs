@@ -6,6 +6,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
@@ -13,6 +14,7 @@ use crate::rules;
 use crate::toml_de::{section, tagged_section};
 use serde::Deserialize;
 use weir_operators::{SchemaConfig, UpcastConfig, UpcastStepConfig};
+use weir_runtime::{Backoff, RetrySchedule};
 
 pub use crate::registry::{DlqConfig, OperatorConfig, SinkConfig, SourceConfig};
 
@@ -46,6 +48,102 @@ pub struct ProjectColumn {
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NullSinkConfig {}
+
+/// `[dlq.retry]`: how an event that an operator fails on with a retryable error is tried
+/// again before it goes to the DLQ (ARCHITECTURE.md, "Retries before the DLQ"). Without it,
+/// the default schedule: 5 attempts, the first at once, then after 1 s, 5 s, 30 s and 2 min.
+///
+/// ```toml
+/// [dlq.retry]
+/// attempts = 4                      # in all, the first included
+/// backoff_ms = [200, 1000, 5000]    # the wait before each attempt after the first
+/// # or exponential: initial_backoff_ms = 200, multiplier = 2, max_backoff_ms = 60000
+/// retry_panics = false              # a panic goes to the DLQ at once (default)
+/// ```
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DlqRetryConfig {
+    /// Attempts in all, the first included (1: no retries). Default: one more than the
+    /// waits of `backoff_ms`, else 5.
+    pub attempts: Option<u32>,
+    /// The wait before each attempt after the first, in milliseconds: `attempts - 1` of them.
+    pub backoff_ms: Option<Vec<u64>>,
+    /// Exponential waits instead: the first one, in milliseconds...
+    pub initial_backoff_ms: Option<u64>,
+    /// ... multiplied by this before each later attempt (default 2) ...
+    pub multiplier: Option<f64>,
+    /// ... up to this (default 120000, or `initial_backoff_ms` when that is longer).
+    pub max_backoff_ms: Option<u64>,
+    /// Retry an event the operator panics on like a retryable error (default false: to the
+    /// DLQ at once).
+    #[serde(default)]
+    pub retry_panics: bool,
+}
+
+impl DlqRetryConfig {
+    /// The schedule this section describes, or every problem with it as `"<at>.<key>:
+    /// reason"` lines (`at`: `dlq.retry`).
+    pub fn schedule(&self, at: &str) -> Result<RetrySchedule, Vec<String>> {
+        use weir_runtime::retry_schedule::DEFAULT_BACKOFF;
+        let ms = Duration::from_millis;
+        let exponential = self.initial_backoff_ms.is_some()
+            || self.multiplier.is_some()
+            || self.max_backoff_ms.is_some();
+        let backoff = match (&self.backoff_ms, exponential) {
+            (Some(_), true) => {
+                return Err(vec![format!(
+                    "{at}.backoff_ms: give either a list of waits (backoff_ms) or an exponential \
+                     backoff (initial_backoff_ms, multiplier, max_backoff_ms), not both"
+                )])
+            }
+            (Some(waits), false) => Backoff::Fixed(waits.iter().map(|w| ms(*w)).collect()),
+            (None, true) => {
+                let Some(initial) = self.initial_backoff_ms else {
+                    return Err(vec![format!(
+                        "{at}.initial_backoff_ms: missing (an exponential backoff starts from \
+                         it; or give the waits as backoff_ms)"
+                    )]);
+                };
+                Backoff::Exponential {
+                    initial: ms(initial),
+                    multiplier: self.multiplier.unwrap_or(2.0),
+                    max: ms(self
+                        .max_backoff_ms
+                        .unwrap_or(DEFAULT_MAX_BACKOFF_MS.max(initial))),
+                }
+            }
+            // Attempts alone: the default waits, the last one repeated.
+            (None, false) => {
+                let attempts = self.attempts.unwrap_or(DEFAULT_BACKOFF.len() as u32 + 1);
+                Backoff::Fixed(
+                    (1..attempts.max(1))
+                        .map(|a| DEFAULT_BACKOFF[(a as usize - 1).min(DEFAULT_BACKOFF.len() - 1)])
+                        .collect(),
+                )
+            }
+        };
+        let attempts = match (&backoff, self.attempts) {
+            (_, Some(n)) => n,
+            (Backoff::Fixed(waits), None) if self.backoff_ms.is_some() => waits.len() as u32 + 1,
+            _ => DEFAULT_BACKOFF.len() as u32 + 1,
+        };
+        let schedule = RetrySchedule {
+            attempts,
+            backoff,
+            retry_panics: self.retry_panics,
+        };
+        let problems = schedule.problems(at);
+        if problems.is_empty() {
+            Ok(schedule)
+        } else {
+            Err(problems)
+        }
+    }
+}
+
+/// The longest wait of an exponential backoff without `max_backoff_ms`: the default
+/// schedule's longest.
+const DEFAULT_MAX_BACKOFF_MS: u64 = 120_000;
 
 /// `[checkpoint]`.
 #[derive(Debug, Clone, Deserialize, PartialEq, schemars::JsonSchema)]
@@ -157,6 +255,9 @@ pub struct PipelineConfig {
     pub sinks: Vec<SinkConfig>,
     /// `[dlq]`: where the messages that could not be processed go, tagged by `type`.
     pub dlq: DlqConfig,
+    /// `[dlq.retry]` (read apart from the DLQ's `type` and its keys).
+    #[schemars(rename = "dlq.retry")]
+    pub dlq_retry: DlqRetryConfig,
     /// `[checkpoint]`: where and how often offsets and state are checkpointed.
     pub checkpoint: CheckpointConfig,
     /// `[batch]`: how events are batched.
@@ -252,6 +353,11 @@ impl WatermarkConfig {
 }
 
 impl PipelineConfig {
+    /// The retry schedule of `[dlq.retry]` (checked when the file was loaded).
+    pub fn retry_schedule(&self) -> RetrySchedule {
+        self.dlq_retry.schedule("dlq.retry").unwrap_or_default()
+    }
+
     /// The watermark each event-time part of the pipeline runs with, one line each (`weir
     /// run --check`): the `[watermark]` of a `sql` query, or each window operator's own.
     pub fn watermark_summary(&self) -> Vec<String> {
@@ -357,6 +463,7 @@ struct Sections<'a> {
     watermark: &'a WatermarkConfig,
     sinks: &'a [SinkConfig],
     dlq: Option<&'a DlqConfig>,
+    dlq_retry: &'a DlqRetryConfig,
     checkpoint: Option<&'a CheckpointConfig>,
     batch: &'a BatchConfig,
     worker: &'a WorkerConfig,
@@ -423,6 +530,7 @@ impl ValidatedPipeline {
         let watermark: WatermarkConfig =
             optional(&table, "watermark", &mut errors).unwrap_or_default();
         let sinks: Vec<SinkConfig> = list(&table, "sinks", tagged_section, &mut errors);
+        let dlq_retry = dlq_retry_section(&mut table, &mut errors);
         let dlq: Option<DlqConfig> = required(&table, "dlq", tagged_section, &mut errors);
         let checkpoint: Option<CheckpointConfig> =
             required(&table, "checkpoint", section, &mut errors);
@@ -452,6 +560,7 @@ impl ValidatedPipeline {
             watermark: &watermark,
             sinks: &sinks,
             dlq: dlq.as_ref(),
+            dlq_retry: &dlq_retry,
             checkpoint: checkpoint.as_ref(),
             batch: &batch,
             worker: &worker,
@@ -485,6 +594,7 @@ impl ValidatedPipeline {
                         watermark,
                         sinks,
                         dlq,
+                        dlq_retry,
                         checkpoint,
                         batch,
                         worker,
@@ -516,6 +626,7 @@ impl ValidatedPipeline {
             watermark: &c.watermark,
             sinks: &c.sinks,
             dlq: Some(&c.dlq),
+            dlq_retry: &c.dlq_retry,
             checkpoint: Some(&c.checkpoint),
             batch: &c.batch,
             worker: &c.worker,
@@ -557,6 +668,9 @@ fn check(s: Sections<'_>) -> Vec<String> {
     }
     if let Some(d) = s.dlq {
         errors.extend(d.component().validate("dlq"));
+    }
+    if let Err(e) = s.dlq_retry.schedule("dlq.retry") {
+        errors.extend(e);
     }
     errors.extend(rules::one_storing_sink(s.sinks));
     errors.extend(rules::transactional_kafka_needs_kafka_source(
@@ -648,6 +762,26 @@ fn check(s: Sections<'_>) -> Vec<String> {
         .count();
     errors.extend(rules::sql_or_operators(s.sql.is_some(), not_dedup));
     errors
+}
+
+/// `[dlq.retry]`, taken out of `[dlq]` (whose other keys are its `type`'s) and read under
+/// its own key path. The default schedule without it.
+fn dlq_retry_section(table: &mut toml::Table, errors: &mut Vec<String>) -> DlqRetryConfig {
+    let Some(retry) = table
+        .get_mut("dlq")
+        .and_then(|d| d.as_table_mut())
+        .and_then(|d| d.remove("retry"))
+    else {
+        return DlqRetryConfig::default();
+    };
+    if !retry.is_table() {
+        errors.push(format!(
+            "dlq.retry: expected a table ([dlq.retry]), found a {}",
+            retry.type_str()
+        ));
+        return DlqRetryConfig::default();
+    }
+    section(retry, "dlq.retry", errors).unwrap_or_default()
 }
 
 /// `[upcast]` with its `[[upcast.steps]]`, each reported under its own key path.

@@ -79,8 +79,15 @@ pub fn markdown() -> String {
         .collect();
     doc.key_table(&mut out, &props, &required, &scalars);
 
-    for key in TOP_LEVEL {
-        let Some(prop) = props.get(*key) else {
+    // The file's sections in its order, then the ones read apart (`dlq.retry`).
+    let keys = TOP_LEVEL.iter().copied().chain(
+        props
+            .keys()
+            .map(String::as_str)
+            .filter(|k| !TOP_LEVEL.contains(k)),
+    );
+    for key in keys {
+        let Some(prop) = props.get(key) else {
             continue;
         };
         let Some(section) = doc.section(prop) else {
@@ -90,7 +97,7 @@ pub fn markdown() -> String {
             true => format!("[[{key}]]"),
             false => format!("[{key}]"),
         };
-        let need = if required.iter().any(|r| r == key) {
+        let need = if required.iter().any(|r| r.as_str() == key) {
             "Required."
         } else {
             "Optional."

@@ -44,10 +44,10 @@ pub mod prelude {
         TerminalSinkConfig,
     };
     pub use weir_operators::{
-        AggregateConfig, DedupConfig, FieldConfig, FieldType, LatePolicy, Projection,
+        AggregateConfig, DedupConfig, EventError, FieldConfig, FieldType, LatePolicy, Projection,
         ProjectionOperator, SchemaConfig, TumbleConfig, Upcasters,
     };
-    pub use weir_runtime::{NullSink, RunSummary, Shutdown};
+    pub use weir_runtime::{NullSink, RetrySchedule, RunSummary, Shutdown};
 }
 
 /// The schema of the generator's IoT readings (table `events`, the default table name of a

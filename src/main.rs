@@ -495,6 +495,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 for line in cfg.watermark_summary() {
                     println!("  {line}");
                 }
+                println!("  retry: {}", cfg.retry_schedule().describe());
                 return Ok(ExitCode::SUCCESS);
             }
             let metrics = Arc::new(weir_runtime::Metrics::default());
@@ -564,6 +565,13 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 summary.checkpoints,
                 if summary.finished { "; input finished" } else { "; stopped, resume with the same command" }
             );
+            let waiting = summary.lifetime.in_retry();
+            if c.retries > 0 || waiting > 0 {
+                println!(
+                    "{}: {} retries of failed events ({} succeeded); {waiting} event(s) wait for a retry in the checkpoints",
+                    cfg.name, c.retries, c.retry_successes
+                );
+            }
             if summary.misplaced_keys > 0 {
                 println!(
                     "{}: warning: {} value(s) of partition_key `{}` were seen in more than one partition: results keyed by it are split between partitions",

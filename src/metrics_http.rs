@@ -181,7 +181,8 @@ impl Collector for RunCollector {
         let c = m.snapshot();
         let e = &mut e;
         // The accounting identity: events_in = aggregated + dead_lettered + late_dropped +
-        // filtered + deduplicated (ARCHITECTURE.md, "Checkpoint protocol").
+        // filtered + deduplicated + (parked - unparked), the last the events waiting for a
+        // retry (ARCHITECTURE.md, "Checkpoint protocol").
         counter(
             e,
             "weir_events_in",
@@ -217,6 +218,36 @@ impl Collector for RunCollector {
             "weir_events_deduplicated",
             "Events dropped by a dedup operator as repeats of a key seen within its window.",
             c.deduplicated,
+        )?;
+        counter(
+            e,
+            "weir_events_parked",
+            "Events that entered the retry state (a retryable failure, or an event waiting behind one of its key), again at each failed retry.",
+            c.parked,
+        )?;
+        counter(
+            e,
+            "weir_events_unparked",
+            "Events that left the retry state to be tried again or to go on behind their key's.",
+            c.unparked,
+        )?;
+        counter(
+            e,
+            "weir_retries_scheduled",
+            "Failed attempts of an operator on an event after which another attempt was scheduled.",
+            c.retries_scheduled,
+        )?;
+        counter(
+            e,
+            "weir_retries",
+            "Attempts of an operator on an event after the first (retries made).",
+            c.retries,
+        )?;
+        counter(
+            e,
+            "weir_retry_successes",
+            "Events an operator accepted on a retry.",
+            c.retry_successes,
         )?;
         counter(
             e,
@@ -362,7 +393,7 @@ impl RunCollector {
             .collect();
         let now = now_ms();
         type Read = fn(&weir_runtime::metrics::PartitionMetrics, i64) -> Option<f64>;
-        let gauges: [(&str, &str, Read); 6] = [
+        let gauges: [(&str, &str, Read); 7] = [
             (
                 "weir_consumer_lag",
                 "Messages between the partition's end (high watermark) and the next offset to read.",
@@ -387,6 +418,11 @@ impl RunCollector {
                 "weir_watermark_lag_seconds",
                 "Wall clock minus the partition's watermark.",
                 |p, now| p.watermark_ms().map(|w| (now - w) as f64 / 1e3),
+            ),
+            (
+                "weir_events_in_retry",
+                "Events of the partition waiting for a retry before the DLQ (in its checkpointed state).",
+                |p, _| Some(p.in_retry() as f64),
             ),
             (
                 "weir_last_checkpoint_timestamp_seconds",
@@ -454,6 +490,18 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("weir_events_aggregated_total 6\n"), "{text}");
+        for name in [
+            "weir_events_parked",
+            "weir_events_unparked",
+            "weir_retries_scheduled",
+            "weir_retries",
+            "weir_retry_successes",
+        ] {
+            assert!(
+                text.contains(&format!("# TYPE {name} counter\n{name}_total 0\n")),
+                "{name}: {text}"
+            );
+        }
         assert!(text.contains("weir_ready 0\n"), "{text}");
         assert!(
             text.contains("weir_checkpoint_duration_seconds_bucket{le=\"+Inf\"} 0\n"),

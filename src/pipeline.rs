@@ -16,8 +16,8 @@ use weir_runtime::error::{Result, WeirError};
 use weir_runtime::executor::TaskFactory;
 use weir_runtime::{
     CheckpointStore, Decoder, DlqWriter, Executor, ExecutorConfig, LocalCheckpointStore, Operator,
-    PartitionTask, Partitioning, RetryBudget, RunSummary, Shutdown, SinkWriter, Source,
-    WatermarkGuards,
+    PartitionTask, Partitioning, RetryBudget, RetrySchedule, RunSummary, Shutdown, SinkWriter,
+    Source, WatermarkGuards,
 };
 
 use crate::config::ValidatedPipeline;
@@ -72,6 +72,8 @@ pub struct Pipeline {
     exec: ExecutorConfig,
     /// Where the run counts (shared with a metrics endpoint); a fresh set when `None`.
     metrics: Option<Arc<weir_runtime::Metrics>>,
+    /// Retries of events operators fail on with a retryable error (`[dlq.retry]`).
+    retry: RetrySchedule,
 }
 
 impl Pipeline {
@@ -88,7 +90,19 @@ impl Pipeline {
             start_offsets: None,
             exec: ExecutorConfig::new(name),
             metrics: None,
+            retry: RetrySchedule::default(),
         }
+    }
+
+    /// How an event that an operator fails on with a retryable error
+    /// ([`weir_operators::EventError::Retryable`], or a panic with
+    /// [`RetrySchedule::retry_panics`]) is tried again before it goes to the DLQ, its key's
+    /// later events waiting behind it (`[dlq.retry]`; default [`RetrySchedule::default`]:
+    /// attempt 1 at once, then after 1 s, 5 s, 30 s and 2 min; [`RetrySchedule::none`]: to
+    /// the DLQ at once). ARCHITECTURE.md, "Retries before the DLQ".
+    pub fn retry_schedule(mut self, schedule: RetrySchedule) -> Self {
+        self.retry = schedule;
+        self
     }
 
     /// Count the run into `metrics`, which a metrics endpoint or a status line reads while it
@@ -304,6 +318,14 @@ impl Pipeline {
         if self.sinks.is_empty() {
             return Err(missing("sink"));
         }
+        let problems = self.retry.problems("retry_schedule");
+        if !problems.is_empty() {
+            return Err(WeirError::Config(format!(
+                "pipeline `{}`: {}",
+                self.name,
+                problems.join("; ")
+            )));
+        }
         let mut source = self
             .source
             .ok_or_else(|| WeirError::Config(format!("pipeline `{}` has no source", self.name)))?;
@@ -359,6 +381,7 @@ impl Pipeline {
         };
         let pipeline: Arc<str> = self.name.as_str().into();
         let starts = self.start_offsets;
+        let retry = self.retry;
         let check = placement.clone();
         let tasks: TaskFactory = Box::new(move |topic, partition| {
             let decoder = JsonDecoder::new(&schema);
@@ -384,7 +407,8 @@ impl Pipeline {
                 partition,
                 Box::new(decoder),
                 chain,
-            );
+            )
+            .with_retry_schedule(retry.clone());
             // The executor restores a checkpoint over this when there is one.
             if let Some(start) = starts
                 .as_ref()
@@ -431,7 +455,8 @@ impl Pipeline {
             partition,
             Box::new(JsonDecoder::new(&schema)),
             chain,
-        ))
+        )
+        .with_retry_schedule(self.retry.clone()))
     }
 
     /// Build and run until the input ends or `shutdown` is triggered.
@@ -487,6 +512,7 @@ impl Pipeline {
         }
         p.sinks = outputs.sinks;
         p.dlq = Some(outputs.dlq);
+        p = p.retry_schedule(cfg.retry_schedule());
         if let Some(dir) = &cfg.checkpoint.dir {
             p = p.checkpoint_dir(dir);
         }

@@ -1,6 +1,6 @@
 //! The live status of `weir run` (ARCHITECTURE.md, "Metrics and operations"): events/s in,
 //! rows/s out, the total consumer lag, the slowest partition's watermark lag and the dead
-//! letters so far. On a terminal one line on stderr is redrawn every second; off a terminal
+//! letters so far (and the events waiting for a retry, when any). On a terminal one line on stderr is redrawn every second; off a terminal
 //! a log line (an info event with these fields, JSON in the JSON log) every
 //! `[worker] status_interval_secs` seconds (default 30; 0: none).
 
@@ -23,6 +23,8 @@ pub struct Status {
     /// The largest watermark lag of a partition, in seconds.
     pub slowest_watermark_lag_s: Option<f64>,
     pub dead_letters: u64,
+    /// Events waiting for a retry before the DLQ now.
+    pub in_retry: u64,
 }
 
 /// The counts a status line is a difference of.
@@ -54,6 +56,7 @@ impl Status {
                 .map(|w| (clock - w) as f64 / 1e3)
                 .reduce(f64::max),
             dead_letters: c.dlq,
+            in_retry: m.in_retry(),
         };
         (status, now)
     }
@@ -66,8 +69,12 @@ impl Status {
         let wm = self
             .slowest_watermark_lag_s
             .map_or_else(String::new, |w| format!(", watermark lag {w:.1} s"));
+        let waiting = match self.in_retry {
+            0 => String::new(),
+            n => format!(", {n} waiting for a retry"),
+        };
         format!(
-            "{:.0} events/s in, {:.0} rows/s out, {lag}{wm}, {} dead letters",
+            "{:.0} events/s in, {:.0} rows/s out, {lag}{wm}, {} dead letters{waiting}",
             self.events_per_s, self.rows_per_s, self.dead_letters
         )
     }
@@ -142,6 +149,7 @@ impl StatusLine {
                             lag = status.lag,
                             watermark_lag_s = status.slowest_watermark_lag_s,
                             dead_letters = status.dead_letters,
+                            in_retry = status.in_retry,
                             "status"
                         ),
                     }
@@ -204,6 +212,8 @@ mod tests {
             s.line(),
             "1000 events/s in, 50 rows/s out, lag 350, watermark lag 2.1 s, 4 dead letters"
         );
+        let s = Status { in_retry: 2, ..s };
+        assert!(s.line().ends_with("4 dead letters, 2 waiting for a retry"));
     }
 
     #[test]

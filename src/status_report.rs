@@ -115,9 +115,18 @@ pub fn report(
         let _ = writeln!(out, "  total lag {l}");
     }
     let t = totals;
+    // Events waiting for a retry are in state, like a window's.
+    let waiting = match t.in_retry() {
+        0 => String::new(),
+        n => format!(" + {n} waiting for a retry"),
+    };
+    let retries = match t.retries {
+        0 => String::new(),
+        n => format!(", {n} retries ({} succeeded)", t.retry_successes),
+    };
     let _ = writeln!(
         out,
-        "  totals: {} consumed = {} aggregated + {} dead-lettered + {} late dropped + {} filtered + {} deduplicated{}; {} late, {} rows out",
+        "  totals: {} consumed = {} aggregated + {} dead-lettered + {} late dropped + {} filtered + {} deduplicated{waiting}{}; {} late, {} rows out{retries}",
         t.consumed,
         t.aggregated,
         t.dlq,
@@ -183,6 +192,7 @@ mod tests {
             deduplicated: 1,
             late: 1,
             rows_out: 4,
+            ..Default::default()
         };
         let text = report(
             Path::new("p.toml"),
@@ -197,6 +207,23 @@ mod tests {
              \x20 t/0: epoch 3, offset 40, written 1970-01-01T00:00:00Z, end 50, lag 10\n\
              \x20 t/1: epoch 3, reset (no offset), written 1970-01-01T00:00:00Z, end 7\n\
              \x20 totals: 11 consumed = 6 aggregated + 2 dead-lettered + 1 late dropped + 1 filtered + 1 deduplicated; 1 late, 4 rows out\n"
+        );
+        let waiting = Counters {
+            consumed: 3,
+            aggregated: 1,
+            parked: 4,
+            unparked: 2,
+            retries: 2,
+            retry_successes: 1,
+            ..Default::default()
+        };
+        let text = report(Path::new("p.toml"), "orders", "x", &[], &waiting);
+        assert!(
+            text.ends_with(
+                "totals: 3 consumed = 1 aggregated + 0 dead-lettered + 0 late dropped + 0 filtered \
+                 + 0 deduplicated + 2 waiting for a retry; 0 late, 0 rows out, 2 retries (1 succeeded)\n"
+            ),
+            "{text}"
         );
     }
 }

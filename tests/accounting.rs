@@ -191,13 +191,13 @@ impl Projection for SeqProjection {
         e.key.clone()
     }
 
-    fn apply(&self, s: &mut SeqState, e: SeqEvent) -> Result<(), String> {
+    fn apply(&self, s: &mut SeqState, e: SeqEvent) -> Result<(), weir::operators::EventError> {
         if e.seq % self.panic_every == 0 {
             s.out_of_order += 1_000_000; // must not survive: the panic discards this fold
             panic!("boom at {}", e.seq);
         }
         if e.seq % self.fail_every == 0 {
-            return Err(format!("refused seq {}", e.seq));
+            return Err(format!("refused seq {}", e.seq).into());
         }
         if e.seq <= s.last {
             s.out_of_order += 1;

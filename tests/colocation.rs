@@ -246,7 +246,7 @@ impl Projection for Count {
     fn key(&self, e: &serde_json::Value) -> String {
         e["key"].as_str().unwrap_or_default().to_string()
     }
-    fn apply(&self, n: &mut i64, _: serde_json::Value) -> Result<(), String> {
+    fn apply(&self, n: &mut i64, _: serde_json::Value) -> Result<(), weir::operators::EventError> {
         *n += 1;
         Ok(())
     }

@@ -283,3 +283,94 @@ fn a_password_from_the_environment_is_in_no_error_message() {
     assert!(!err.contains(password), "{err}");
     assert!(!stdout.contains(password), "{stdout}");
 }
+
+/// The pipeline file with `retry` as its `[dlq.retry]` section.
+fn with_retry(retry: &str) -> String {
+    pipeline(TUMBLE, "type = \"null\"", "dlq", "c").replace(
+        "[checkpoint]",
+        &format!("[dlq.retry]\n{retry}\n\n[checkpoint]"),
+    )
+}
+
+#[test]
+fn a_bad_retry_schedule_is_reported_at_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    for (retry, expected) in [
+        (
+            "attempts = 5\nbackoff_ms = [100, 200]",
+            "p.toml: dlq.retry.backoff_ms: 2 waits for 5 attempts: give one wait before each attempt after the first (4)",
+        ),
+        (
+            "attempts = 0",
+            "p.toml: dlq.retry.attempts: must be at least 1 (the first attempt), got 0",
+        ),
+        (
+            "backoff_ms = [100]\ninitial_backoff_ms = 50",
+            "p.toml: dlq.retry.backoff_ms: give either a list of waits (backoff_ms) or an exponential backoff (initial_backoff_ms, multiplier, max_backoff_ms), not both",
+        ),
+        (
+            "multiplier = 3.0",
+            "p.toml: dlq.retry.initial_backoff_ms: missing (an exponential backoff starts from it; or give the waits as backoff_ms)",
+        ),
+        (
+            "initial_backoff_ms = 1000\nmax_backoff_ms = 500",
+            "p.toml: dlq.retry.max_backoff_ms: 500 is below initial_backoff_ms (1000)",
+        ),
+        (
+            "initial_backoff_ms = 100\nmultiplier = 0.5",
+            "p.toml: dlq.retry.multiplier: must be a number of at least 1 (each wait at least the one before), got 0.5",
+        ),
+        (
+            "retry_panic = true",
+            "p.toml: dlq.retry.retry_panic: unknown key",
+        ),
+        ("backoff_ms = [100, -1]", "p.toml: dlq.retry.backoff_ms[1]: "),
+    ] {
+        let (code, err) = check(dir.path(), &with_retry(retry));
+        assert_eq!(code, Some(2), "{retry}: {err}");
+        assert!(err.contains(expected), "{retry}: missing {expected:?} in:\n{err}");
+        assert!(err.contains("has 1 error:"), "{retry}: one error only:\n{err}");
+    }
+    let text = pipeline(TUMBLE, "type = \"null\"", "dlq", "c")
+        .replace("path = \"dlq\"", "path = \"dlq\"\nretry = 3");
+    let (code, err) = check(dir.path(), &text);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("p.toml: dlq.retry: expected a table ([dlq.retry]), found a integer"),
+        "{err}"
+    );
+}
+
+#[test]
+fn check_prints_the_retry_schedule_the_pipeline_runs_with() {
+    let dir = tempfile::tempdir().unwrap();
+    for (retry, expected) in [
+        (
+            None,
+            "retry: 5 attempts, waits 1000, 5000, 30000, 120000 ms",
+        ),
+        (
+            Some("backoff_ms = [200, 200]\nretry_panics = true"),
+            "retry: 3 attempts, waits 200, 200 ms, panics retried",
+        ),
+        (
+            Some("attempts = 5\ninitial_backoff_ms = 100\nmax_backoff_ms = 300"),
+            "retry: 5 attempts, waits 100, 200, 300, 300 ms",
+        ),
+        (Some("attempts = 1"), "retry: 1 attempt (no retries)"),
+        (
+            Some("attempts = 7"),
+            "retry: 7 attempts, waits 1000, 5000, 30000, 120000, 120000, 120000 ms",
+        ),
+    ] {
+        let text = match retry {
+            Some(r) => with_retry(r),
+            None => pipeline(TUMBLE, "type = \"null\"", "dlq", "c"),
+        };
+        std::fs::write(dir.path().join("p.toml"), text).unwrap();
+        let out = weir(&["run", "--check", "p.toml"], dir.path());
+        assert!(out.status.success(), "{retry:?}: {}", stderr(&out));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains(expected), "{retry:?}: {stdout}");
+    }
+}

@@ -29,6 +29,7 @@ mod postgres_kafka_crash;
 mod postgres_pipeline;
 mod replay_pg;
 mod reset_services;
+mod retries;
 mod sink_rejects_pg;
 mod sql;
 mod sql_corpus;

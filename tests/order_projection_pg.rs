@@ -67,7 +67,7 @@ impl Projection for Orders {
         e.order_id.clone()
     }
 
-    fn apply(&self, o: &mut Order, e: OrderEvent) -> Result<(), String> {
+    fn apply(&self, o: &mut Order, e: OrderEvent) -> Result<(), EventError> {
         let next = match (o.status.as_str(), e.kind.as_str()) {
             ("", "OrderPlaced") => "placed",
             ("placed", "ItemAdded") => {
@@ -80,9 +80,7 @@ impl Projection for Orders {
             ("placed" | "paid", "OrderCancelled") => "cancelled",
             ("cancelled", "OrderPurged") => "purged",
             (status, kind) => {
-                return Err(format!(
-                    "{kind} is not allowed for an order that is {status:?}"
-                ))
+                return Err(format!("{kind} is not allowed for an order that is {status:?}").into())
             }
         };
         o.status = next.to_string();

@@ -789,6 +789,7 @@ fn save(store: &mut PostgresStore, pipeline: &str, partition: i32, epoch: u64, n
         next_offset,
         counters: Counters::default(),
         operators: Vec::new(),
+        parked: Default::default(),
         reset: false,
         generation: 0,
     };

@@ -40,7 +40,7 @@ impl Projection for Totals {
         e.order_id.clone()
     }
 
-    fn apply(&self, s: &mut Paid, e: Payment) -> Result<(), String> {
+    fn apply(&self, s: &mut Paid, e: Payment) -> Result<(), EventError> {
         s.currency = e.currency;
         s.total += e.amount;
         Ok(())

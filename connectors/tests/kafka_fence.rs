@@ -95,6 +95,7 @@ fn checkpoint(input: &str, epoch: u64, next_offset: i64, generation: u64) -> Che
         next_offset,
         counters: Counters::default(),
         operators: Vec::new(),
+        parked: Default::default(),
         reset: false,
         generation,
     }

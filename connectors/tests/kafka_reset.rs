@@ -36,6 +36,7 @@ fn checkpoint(pipeline: &str, partition: i32, epoch: u64) -> Checkpoint {
         next_offset: 100 + i64::from(partition),
         counters: Counters::default(),
         operators: Vec::new(),
+        parked: Default::default(),
         reset: false,
         generation: 0,
     }

@@ -167,6 +167,7 @@ fn checkpoint(pipeline: &str, partition: i32, epoch: u64, next_offset: i64) -> C
                 config: None,
             },
         ],
+        parked: OperatorState::default(),
         reset: false,
         generation: 0,
     }

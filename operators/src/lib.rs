@@ -40,6 +40,7 @@ pub use two_phase::{check_two_phase, partial_window, GlobalWindow, TwoPhaseShare
 pub use upcast::{UpcastOperator, UpcastStep, Upcasters};
 pub use upcast_config::{ConfigUpcastOperator, UpcastConfig, UpcastStepConfig};
 pub use upsert::GroupUpsert;
+pub use weir_runtime::{EventError, Failure};
 pub use window::{
     build_window, AggregateConfig, HopConfig, LatePolicy, SessionConfig, TumbleConfig,
     TumbleWindow, WindowConfig, WindowKind, WindowRuleError, WindowSetting, MAX_HOPS_PER_EVENT,

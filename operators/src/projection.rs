@@ -8,7 +8,11 @@
 //! emitted as a delete, following the sink delete convention: the output has a Boolean
 //! [`DELETED_COLUMN`] column, `true` on deletes (see [`weir_runtime::sink`]). The key's state
 //! is dropped; a later event for it starts again from `State::default()`. An event the fold
-//! rejects, or panics on, goes to the DLQ and leaves the key's state as it was.
+//! rejects, or panics on, goes to the DLQ and leaves the key's state as it was; one it
+//! refuses with [`EventError::Retryable`] (or panics on, when the pipeline retries panics) is
+//! tried again on the pipeline's retry schedule, the key's later events waiting behind it
+//! (`weir_runtime::task`, ARCHITECTURE.md "Retries before the DLQ"), and goes to the DLQ
+//! after the last attempt.
 
 use std::collections::{HashMap, HashSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -23,7 +27,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use weir_runtime::dlq::ErrorKind;
 use weir_runtime::error::{Result, WeirError};
-use weir_runtime::operator::{Emit, Operator, OFFSET_COLUMN};
+use weir_runtime::operator::{Emit, EventError, Failure, Operator, OFFSET_COLUMN};
 use weir_runtime::{Fingerprint, OperatorState, DELETED_COLUMN};
 
 /// A read model: how one event changes the state of its key, and the row a state shows as.
@@ -36,9 +40,16 @@ pub trait Projection: Send + 'static {
 
     /// The key whose state this event changes.
     fn key(&self, event: &Self::Event) -> String;
-    /// Fold one event into its key's state. `Err` sends the event to the DLQ.
-    fn apply(&self, state: &mut Self::State, event: Self::Event)
-        -> std::result::Result<(), String>;
+    /// Fold one event into its key's state. `Err` leaves the state as it was and sends the
+    /// event to the DLQ: at once for [`EventError::Permanent`] (what `Err("...".into())` and
+    /// `?` on a string error give), after the retry schedule's attempts for
+    /// [`EventError::Retryable`] (a transient failure: a lookup that timed out), the key's
+    /// later events waiting behind it meanwhile.
+    fn apply(
+        &self,
+        state: &mut Self::State,
+        event: Self::Event,
+    ) -> std::result::Result<(), EventError>;
     /// Whether the read model has no row for this state any more (e.g. an order cancelled and
     /// purged): the key is emitted as a delete and its state dropped. Asked after every
     /// successful [`Projection::apply`]. By default a projection never deletes.
@@ -194,6 +205,11 @@ impl<P: Projection> Operator for ProjectionOperator<P> {
                 }
             };
             let key = self.projection.key(&event);
+            if emit.is_held(&key) {
+                // An earlier event of the key waits for a retry: this one waits behind it.
+                emit.hold(offset(i), &key);
+                continue;
+            }
             let mut next = self.states.get(&key).cloned().unwrap_or_default();
             let projection = &self.projection;
             let folded = catch_unwind(AssertUnwindSafe(|| {
@@ -215,15 +231,23 @@ impl<P: Projection> Operator for ProjectionOperator<P> {
                     }
                     applied += 1;
                 }
-                Ok(Err(e)) => emit.reject(offset(i), ErrorKind::OperatorError, e),
+                Ok(Err(e)) => emit.fail(
+                    offset(i),
+                    Some(&key),
+                    e.failure(),
+                    ErrorKind::OperatorError,
+                    e.to_string(),
+                ),
                 Err(panic) => {
                     let msg = panic
                         .downcast_ref::<&str>()
                         .map(|s| s.to_string())
                         .or_else(|| panic.downcast_ref::<String>().cloned())
                         .unwrap_or_else(|| "unknown panic".into());
-                    emit.reject(
+                    emit.fail(
                         offset(i),
+                        Some(&key),
+                        Failure::Panic,
                         ErrorKind::OperatorError,
                         format!("projection panicked: {msg}"),
                     );
@@ -344,9 +368,10 @@ mod tests {
             e.id.clone()
         }
 
-        fn apply(&self, s: &mut (i64, bool), e: Ev) -> std::result::Result<(), String> {
+        fn apply(&self, s: &mut (i64, bool), e: Ev) -> std::result::Result<(), EventError> {
             match e.kind.as_str() {
                 "bad" => return Err("bad event".into()),
+                "flaky" => return Err(EventError::retryable("service down")),
                 "purge" => s.1 = true,
                 _ => s.0 += 1,
             }
@@ -526,6 +551,46 @@ mod tests {
         assert_eq!(emit.rejects().len(), 1);
         assert_eq!(emit.rejects()[0].message, "bad event");
         assert_eq!(op.state("a"), Some(&(1, false)));
+    }
+
+    #[test]
+    fn a_retryable_failure_holds_its_key_behind_it_and_other_keys_go_on() {
+        let mut op = operator();
+        let mut emit = Emit::with_retries(HashSet::new(), false);
+        let rows = [
+            ("a", "x"),
+            ("a", "flaky"),
+            ("b", "x"),
+            ("a", "x"),
+            ("b", "bad"),
+        ];
+        op.process(input(&rows), &mut emit).unwrap();
+        let requests: Vec<(i64, Option<String>, bool)> = emit
+            .take_retry_requests()
+            .into_iter()
+            .map(|r| (r.offset, r.key, r.failed.is_some()))
+            .collect();
+        assert_eq!(
+            requests,
+            [(1, Some("a".into()), true), (3, Some("a".into()), false)]
+        );
+        // The permanent failure of another key is dead-lettered at once.
+        assert_eq!(emit.rejects().len(), 1);
+        assert_eq!(emit.rejects()[0].offset, 4);
+        assert_eq!(op.state("a"), Some(&(1, false)));
+        assert_eq!(op.state("b"), Some(&(1, false)));
+        // A key the task holds is not folded at all.
+        let mut emit = Emit::with_retries(HashSet::from(["b".to_string()]), false);
+        op.process(input(&[("b", "x"), ("a", "x")]), &mut emit)
+            .unwrap();
+        assert_eq!(emit.take_retry_requests().len(), 1);
+        assert_eq!(op.state("b"), Some(&(1, false)));
+        assert_eq!(op.state("a"), Some(&(2, false)));
+        // Without retries a retryable failure is a dead letter like any other.
+        let mut emit = Emit::default();
+        op.process(input(&[("a", "flaky")]), &mut emit).unwrap();
+        assert_eq!(emit.rejects()[0].message, "service down");
+        assert!(emit.take_retry_requests().is_empty());
     }
 
     #[test]

@@ -91,6 +91,22 @@ impl From<&str> for HeaderColumn {
     }
 }
 
+/// A header column is written as the header's name or as a table; its schema says so for
+/// `weir config reference`.
+impl schemars::JsonSchema for HeaderColumn {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "HeaderColumn".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": ["string", "object"],
+            "description": "The header's name (a string column; the value must be UTF-8), or \
+                `{ header = \"<name>\", type = \"string\" | \"binary\" }` (binary: its bytes).",
+        })
+    }
+}
+
 impl<'de> Deserialize<'de> for HeaderColumn {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]

@@ -8,7 +8,10 @@
 //! field set to `current`; a row already at `current` is unchanged. The result is decoded into
 //! the current schema. A row goes to the DLQ with the reason, and the others go on, when its
 //! version is missing, not an integer, newer than `current`, or has no step; when a step
-//! refuses it or panics; or when the upcasted event does not fit the current schema.
+//! refuses it or panics; or when the upcasted event does not fit the current schema. A step
+//! that refuses an event with [`EventError::Retryable`] (or panics, when the pipeline retries
+//! panics) has it tried again on the pipeline's retry schedule instead, the events of the
+//! same message key waiting behind it (ARCHITECTURE.md, "Retries before the DLQ").
 //!
 //! In a pipeline the upcasters run right after decode, before every operator
 //! ([`Pipeline::upcast`](../../weir/pipeline/struct.Pipeline.html)). The decoded schema must
@@ -27,12 +30,13 @@ use datafusion::arrow::record_batch::RecordBatch;
 use serde_json::{Map, Value};
 use weir_runtime::dlq::ErrorKind;
 use weir_runtime::error::{Result, WeirError};
-use weir_runtime::operator::{Emit, Operator, OFFSET_COLUMN};
+use weir_runtime::operator::{Emit, EventError, Failure, Operator, OFFSET_COLUMN};
 
 /// One upcasting step: changes an event of version `from` into version `from + 1`.
-/// `Err` (or a panic) sends the event to the DLQ with the message.
+/// `Err` (or a panic) sends the event to the DLQ with the message: at once, or after the
+/// retry schedule's attempts for [`EventError::Retryable`].
 pub type UpcastStep =
-    Arc<dyn Fn(&mut Map<String, Value>) -> std::result::Result<(), String> + Send + Sync>;
+    Arc<dyn Fn(&mut Map<String, Value>) -> std::result::Result<(), EventError> + Send + Sync>;
 
 /// The upcasting steps of one event stream, and the shape they lead to.
 #[derive(Clone)]
@@ -69,7 +73,10 @@ impl Upcasters {
     pub fn step(
         mut self,
         from: i64,
-        f: impl Fn(&mut Map<String, Value>) -> std::result::Result<(), String> + Send + Sync + 'static,
+        f: impl Fn(&mut Map<String, Value>) -> std::result::Result<(), EventError>
+            + Send
+            + Sync
+            + 'static,
     ) -> Self {
         self.steps.insert(from, Arc::new(f));
         self
@@ -96,36 +103,53 @@ impl Upcasters {
 
     /// `event` upcast to the current version, or why it cannot be.
     pub fn upcast(&self, event: &mut Map<String, Value>) -> std::result::Result<(), String> {
+        self.upcast_event(event).map_err(|(_, reason)| reason)
+    }
+
+    /// [`Upcasters::upcast`], with the kind of failure: a step's retryable error or panic
+    /// may be retried, anything else is permanent.
+    pub fn upcast_event(
+        &self,
+        event: &mut Map<String, Value>,
+    ) -> std::result::Result<(), (Failure, String)> {
+        let permanent = |reason: String| (Failure::Permanent, reason);
         let field = &self.version_field;
         let mut version = match event.get(field) {
-            None | Some(Value::Null) => return Err(format!("the event has no {field:?}")),
+            None | Some(Value::Null) => {
+                return Err(permanent(format!("the event has no {field:?}")))
+            }
             Some(v) => v
                 .as_i64()
-                .ok_or_else(|| format!("{field:?} is {v}, not an integer version"))?,
+                .ok_or_else(|| permanent(format!("{field:?} is {v}, not an integer version")))?,
         };
         if version > self.current {
-            return Err(format!(
+            return Err(permanent(format!(
                 "version {version} is newer than the current version {}",
                 self.current
-            ));
+            )));
         }
         while version < self.current {
             let step = self.steps.get(&version).ok_or_else(|| {
-                format!(
+                permanent(format!(
                     "no upcaster from version {version} (current is {})",
                     self.current
-                )
+                ))
             })?;
             match catch_unwind(AssertUnwindSafe(|| step(event))) {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(format!("upcasting version {version}: {e}")),
+                Ok(Err(e)) => {
+                    return Err((e.failure(), format!("upcasting version {version}: {e}")))
+                }
                 Err(panic) => {
                     let msg = panic
                         .downcast_ref::<&str>()
                         .map(|s| s.to_string())
                         .or_else(|| panic.downcast_ref::<String>().cloned())
                         .unwrap_or_else(|| "unknown panic".into());
-                    return Err(format!("upcasting version {version} panicked: {msg}"));
+                    return Err((
+                        Failure::Panic,
+                        format!("upcasting version {version} panicked: {msg}"),
+                    ));
                 }
             }
             version += 1;
@@ -262,13 +286,16 @@ impl Operator for UpcastOperator {
         {
             let mut event: Map<String, Value> =
                 serde_json::from_slice(line).map_err(|e| self.err(e))?;
-            match self.upcasters.upcast(&mut event) {
+            match self.upcasters.upcast_event(&mut event) {
                 Ok(()) => {
                     let mut out = serde_json::to_vec(&event).map_err(|e| self.err(e))?;
                     out.push(b'\n');
                     good.push((offset(i), out));
                 }
-                Err(reason) => emit.reject(offset(i), ErrorKind::OperatorError, reason),
+                // Stateless: the task keeps the message key's order of a retried event.
+                Err((failure, reason)) => {
+                    emit.fail(offset(i), None, failure, ErrorKind::OperatorError, reason)
+                }
             }
         }
         if good.is_empty() {

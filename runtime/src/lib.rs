@@ -21,7 +21,9 @@ pub mod global;
 pub mod lane;
 pub mod metrics;
 pub mod operator;
+mod parked;
 pub mod retry;
+pub mod retry_schedule;
 pub mod shutdown;
 pub mod sink;
 pub mod source;
@@ -40,8 +42,12 @@ pub use fingerprint::Fingerprint;
 pub use global::{GlobalStage, GLOBAL_PARTITION, GLOBAL_TOPIC};
 pub use lane::Lane;
 pub use metrics::{Counters, Metrics};
-pub use operator::{offset_column, Decoded, Decoder, Emit, Operator, RowReject, OFFSET_COLUMN};
+pub use operator::{
+    offset_column, Decoded, Decoder, Emit, EventError, Failure, Operator, RetryRequest, RowReject,
+    OFFSET_COLUMN,
+};
 pub use retry::RetryBudget;
+pub use retry_schedule::{Backoff, RetrySchedule};
 pub use shutdown::Shutdown;
 pub use sink::{
     EpochParticipant, Guarantee, LaneClaim, NullSink, SinkWriter, SourceTopics, WriteOutcome,

@@ -16,8 +16,11 @@ use crate::dlq::{DeadLetter, ErrorKind, Stage};
 use serde::{Deserialize, Serialize};
 
 /// Per-partition event accounting. Invariant (checked by tests):
-/// `consumed = aggregated + dlq + late_dropped + filtered + deduplicated`, where `dlq` counts every
-/// dead-lettered event (decode, operator and late rejects).
+/// `consumed = aggregated + dlq + late_dropped + filtered + deduplicated + (parked - unparked)`,
+/// where `dlq` counts every dead-lettered event (decode, operator and late rejects) and
+/// `parked - unparked` is the events waiting for a retry in the task's state
+/// ([`Counters::in_retry`]; in the counters of one run it may be negative: the run let out
+/// events an earlier run parked).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counters {
     /// Messages read from the source and handed to the partition task.
@@ -37,6 +40,23 @@ pub struct Counters {
     pub deduplicated: u64,
     /// Result rows handed to the sinks.
     pub rows_out: u64,
+    /// Events that entered the retry state (a retryable failure, or an event waiting behind
+    /// one of its key; again each time a retried event fails again). 0 in checkpoints from
+    /// before retries, like the four below.
+    #[serde(default)]
+    pub parked: u64,
+    /// Events that left the retry state to be tried again or to go on behind their key's.
+    #[serde(default)]
+    pub unparked: u64,
+    /// Failed attempts after which another attempt was scheduled.
+    #[serde(default)]
+    pub retries_scheduled: u64,
+    /// Attempts after the first (retries made).
+    #[serde(default)]
+    pub retries: u64,
+    /// Events an operator accepted on a retry.
+    #[serde(default)]
+    pub retry_successes: u64,
 }
 
 impl Counters {
@@ -49,12 +69,28 @@ impl Counters {
         self.filtered += other.filtered;
         self.deduplicated += other.deduplicated;
         self.rows_out += other.rows_out;
+        self.parked += other.parked;
+        self.unparked += other.unparked;
+        self.retries_scheduled += other.retries_scheduled;
+        self.retries += other.retries;
+        self.retry_successes += other.retry_successes;
+    }
+
+    /// Events waiting for a retry (`parked - unparked`): "in state", like those a window
+    /// holds. Negative in the counters of a run that let out events an earlier run parked.
+    pub fn in_retry(&self) -> i64 {
+        self.parked as i64 - self.unparked as i64
     }
 
     /// The accounting identity (ARCHITECTURE.md, "Checkpoint protocol").
     pub fn balanced(&self) -> bool {
-        self.consumed
-            == self.aggregated + self.dlq + self.late_dropped + self.filtered + self.deduplicated
+        self.consumed + self.unparked
+            == self.aggregated
+                + self.dlq
+                + self.late_dropped
+                + self.filtered
+                + self.deduplicated
+                + self.parked
     }
 }
 
@@ -137,6 +173,8 @@ pub struct PartitionMetrics {
     last_checkpoint_ms: AtomicI64,
     /// The checkpointed next offset of that checkpoint.
     checkpointed_offset: AtomicI64,
+    /// Events of the partition waiting for a retry before the DLQ, after its last step.
+    in_retry: AtomicU64,
 }
 
 impl PartitionMetrics {
@@ -151,6 +189,7 @@ impl PartitionMetrics {
             watermark_ms: AtomicI64::new(Self::UNKNOWN),
             last_checkpoint_ms: AtomicI64::new(Self::UNKNOWN),
             checkpointed_offset: AtomicI64::new(Self::UNKNOWN),
+            in_retry: AtomicU64::new(0),
         }
     }
 
@@ -196,6 +235,15 @@ impl PartitionMetrics {
         self.checkpointed_offset
             .store(next_offset, Ordering::Relaxed);
         self.last_checkpoint_ms.store(at_ms, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_in_retry(&self, events: u64) {
+        self.in_retry.store(events, Ordering::Relaxed);
+    }
+
+    /// Events of the partition waiting for a retry before the DLQ (in its task's state).
+    pub fn in_retry(&self) -> u64 {
+        self.in_retry.load(Ordering::Relaxed)
     }
 
     /// When the last checkpoint was committed (epoch ms) and its next offset.
@@ -255,6 +303,11 @@ pub struct Metrics {
     filtered: AtomicU64,
     deduplicated: AtomicU64,
     rows_out: AtomicU64,
+    parked: AtomicU64,
+    unparked: AtomicU64,
+    retries_scheduled: AtomicU64,
+    retries: AtomicU64,
+    retry_successes: AtomicU64,
     checkpoints: AtomicU64,
     owned: AtomicU64,
     assigned: AtomicU64,
@@ -293,6 +346,11 @@ impl Default for Metrics {
             filtered: AtomicU64::new(0),
             deduplicated: AtomicU64::new(0),
             rows_out: AtomicU64::new(0),
+            parked: AtomicU64::new(0),
+            unparked: AtomicU64::new(0),
+            retries_scheduled: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            retry_successes: AtomicU64::new(0),
             checkpoints: AtomicU64::new(0),
             owned: AtomicU64::new(0),
             assigned: AtomicU64::new(0),
@@ -485,6 +543,13 @@ impl Metrics {
         self.deduplicated
             .fetch_add(c.deduplicated, Ordering::Relaxed);
         self.rows_out.fetch_add(c.rows_out, Ordering::Relaxed);
+        self.parked.fetch_add(c.parked, Ordering::Relaxed);
+        self.unparked.fetch_add(c.unparked, Ordering::Relaxed);
+        self.retries_scheduled
+            .fetch_add(c.retries_scheduled, Ordering::Relaxed);
+        self.retries.fetch_add(c.retries, Ordering::Relaxed);
+        self.retry_successes
+            .fetch_add(c.retry_successes, Ordering::Relaxed);
     }
 
     pub(crate) fn checkpoint_stored(&self, took: std::time::Duration) {
@@ -526,6 +591,11 @@ impl Metrics {
     /// Transient errors retried so far (every attempt after the first).
     pub fn transient_retries(&self) -> u64 {
         self.transient_retries.load(Ordering::Relaxed)
+    }
+
+    /// Events waiting for a retry now, over the partitions this worker reads.
+    pub fn in_retry(&self) -> u64 {
+        self.partitions().iter().map(|p| p.in_retry()).sum()
     }
 
     pub fn checkpoints(&self) -> u64 {
@@ -591,6 +661,11 @@ impl Metrics {
             filtered: self.filtered.load(Ordering::Relaxed),
             deduplicated: self.deduplicated.load(Ordering::Relaxed),
             rows_out: self.rows_out.load(Ordering::Relaxed),
+            parked: self.parked.load(Ordering::Relaxed),
+            unparked: self.unparked.load(Ordering::Relaxed),
+            retries_scheduled: self.retries_scheduled.load(Ordering::Relaxed),
+            retries: self.retries.load(Ordering::Relaxed),
+            retry_successes: self.retry_successes.load(Ordering::Relaxed),
         }
     }
 }

@@ -4,6 +4,7 @@
 //! Operators are synchronous: they run on the CPU pool, one instance per partition task, and
 //! are cheap to test and benchmark without any runtime around them.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use crate::arrow::array::Int64Array;
@@ -40,6 +41,102 @@ pub struct RowReject {
     pub message: String,
 }
 
+/// Why a user's code refused one event (a projection's fold, an upcaster's step).
+///
+/// `Err("...".into())` and `?` on a `Result<_, String>` give a [`EventError::Permanent`], as
+/// a plain string error always did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventError {
+    /// The event can never be processed as it is: it goes to the DLQ at once.
+    Permanent(String),
+    /// A failure that may pass (a service the code calls was down, a lock timed out): the
+    /// event is tried again on the pipeline's retry schedule (`[dlq.retry]`,
+    /// [`crate::retry_schedule`]) while its key's later events wait behind it, and goes to the
+    /// DLQ after the last attempt.
+    Retryable(String),
+}
+
+impl EventError {
+    pub fn permanent(message: impl Into<String>) -> Self {
+        EventError::Permanent(message.into())
+    }
+
+    pub fn retryable(message: impl Into<String>) -> Self {
+        EventError::Retryable(message.into())
+    }
+
+    pub fn message(&self) -> &str {
+        match self {
+            EventError::Permanent(m) | EventError::Retryable(m) => m,
+        }
+    }
+
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, EventError::Retryable(_))
+    }
+
+    /// The [`Failure`] an operator reports this error as.
+    pub fn failure(&self) -> Failure {
+        match self {
+            EventError::Permanent(_) => Failure::Permanent,
+            EventError::Retryable(_) => Failure::Retryable,
+        }
+    }
+}
+
+impl From<String> for EventError {
+    fn from(message: String) -> Self {
+        EventError::Permanent(message)
+    }
+}
+
+impl From<&str> for EventError {
+    fn from(message: &str) -> Self {
+        EventError::Permanent(message.to_string())
+    }
+}
+
+impl std::fmt::Display for EventError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.message())
+    }
+}
+
+impl std::error::Error for EventError {}
+
+/// What kind of failure an operator reports with [`Emit::fail`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Dead-lettered at once.
+    Permanent,
+    /// Retried on the schedule when the pipeline retries (else dead-lettered at once).
+    Retryable,
+    /// The user's code panicked: retried only when the schedule retries panics.
+    Panic,
+}
+
+/// An event an operator handed back to the partition task to wait for a retry
+/// ([`Emit::fail`], [`Emit::hold`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryRequest {
+    pub offset: i64,
+    /// The key whose later events wait behind it; `None`: the message key (stateless
+    /// operators only).
+    pub key: Option<String>,
+    /// `Some((kind, message))`: this event failed and is retried; `None`: it was not
+    /// processed, it waits behind its key's failed event ([`Emit::hold`]).
+    pub failed: Option<(ErrorKind, String)>,
+}
+
+/// What the partition task tells an operator about retries before it processes a batch.
+#[derive(Debug, Default)]
+struct RetryScope {
+    /// Keys with an event waiting for a retry at this operator (and those that failed
+    /// earlier in this batch): their events must not be processed now.
+    held: HashSet<String>,
+    retry_panics: bool,
+}
+
 /// What a decoder made of a raw batch: the rows that fit the schema (in offset order, with
 /// the [`OFFSET_COLUMN`]) and the messages that did not.
 #[derive(Debug, Default)]
@@ -66,6 +163,10 @@ pub struct Emit {
     late_dropped: u64,
     absorbed: u64,
     watermark: Option<i64>,
+    /// Set by the partition task when the pipeline retries failures (`None`: every failure
+    /// is a reject).
+    retry: Option<RetryScope>,
+    requests: Vec<RetryRequest>,
 }
 
 impl Emit {
@@ -83,6 +184,72 @@ impl Emit {
             kind,
             message: message.into(),
         });
+    }
+
+    /// The event at `offset` failed. A [`Failure::Retryable`] failure (or a
+    /// [`Failure::Panic`] when the schedule retries panics) waits for its next attempt when the
+    /// pipeline retries, else it is [`Emit::reject`]ed like a permanent one.
+    ///
+    /// `key`: the key whose later events must wait behind this one (per-key order): from now
+    /// on [`Emit::is_held`] says so for it. An operator that keeps state per key (a projection)
+    /// must give it and then hold that key's later rows of the batch ([`Emit::hold`]); a
+    /// stateless one may give `None`, and the task keeps the order of the *message key*
+    /// itself (it takes back the key's later rows this operator passed).
+    pub fn fail(
+        &mut self,
+        offset: i64,
+        key: Option<&str>,
+        failure: Failure,
+        kind: ErrorKind,
+        message: impl Into<String>,
+    ) {
+        let retried = match (&self.retry, failure) {
+            (None, _) | (_, Failure::Permanent) => false,
+            (Some(_), Failure::Retryable) => true,
+            (Some(scope), Failure::Panic) => scope.retry_panics,
+        };
+        if !retried {
+            return self.reject(offset, kind, message);
+        }
+        if let (Some(scope), Some(k)) = (&mut self.retry, key) {
+            scope.held.insert(k.to_string());
+        }
+        self.requests.push(RetryRequest {
+            offset,
+            key: key.map(str::to_string),
+            failed: Some((kind, message.into())),
+        });
+    }
+
+    /// Whether `key` has an event waiting for a retry at this operator: the row must not be
+    /// processed now but handed back with [`Emit::hold`]. Always false when the pipeline
+    /// does not retry.
+    pub fn is_held(&self, key: &str) -> bool {
+        self.retry.as_ref().is_some_and(|s| s.held.contains(key))
+    }
+
+    /// The row at `offset` was not processed: it waits behind the failed event of `key`
+    /// ([`Emit::is_held`]), in the order of these calls.
+    pub fn hold(&mut self, offset: i64, key: &str) {
+        debug_assert!(self.is_held(key), "hold of a key that is not held");
+        self.requests.push(RetryRequest {
+            offset,
+            key: Some(key.to_string()),
+            failed: None,
+        });
+    }
+
+    /// An `Emit` for an operator run by a task that retries: `held` keys wait.
+    pub fn with_retries(held: HashSet<String>, retry_panics: bool) -> Self {
+        Self {
+            retry: Some(RetryScope { held, retry_panics }),
+            ..Self::default()
+        }
+    }
+
+    /// The events handed back to wait for a retry, in the order they were.
+    pub fn take_retry_requests(&mut self) -> Vec<RetryRequest> {
+        std::mem::take(&mut self.requests)
     }
 
     /// Rows a predicate removed.

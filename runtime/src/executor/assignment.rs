@@ -60,6 +60,8 @@ impl Executor {
         let live = self
             .metrics
             .track_partition(topic, partition, task.next_offset());
+        // Events a checkpoint restored waiting for a retry.
+        live.set_in_retry(task.in_retry() as u64);
         self.lane_metrics.insert(lane.clone(), live.clone());
         let (tx, rx) = bounded(self.config.channel_capacity.max(1));
         let stop = Shutdown::new();
@@ -75,7 +77,7 @@ impl Executor {
             .min_by_key(|w| running.load[*w])
             .unwrap_or(0);
         running.workers[worker]
-            .send((task, rx))
+            .send((task, rx, [stop.clone(), shutdown.clone()]))
             .map_err(|_| WeirError::Internal("a CPU worker is gone".into()))?;
         running.load[worker] += 1;
         running.owned.insert(

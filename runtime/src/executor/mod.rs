@@ -144,8 +144,9 @@ enum SinkMsg {
     Failed(WeirError),
 }
 
-/// A partition task and the channel its reader feeds, handed to a CPU worker.
-type NewLane = (PartitionTask, Receiver<ReaderMsg>);
+/// A partition task, the channel its reader feeds and the lane's and run's stops, handed to
+/// a CPU worker.
+type NewLane = (PartitionTask, Receiver<ReaderMsg>, [Shutdown; 2]);
 
 /// A partition being read.
 struct Owned {

@@ -211,8 +211,11 @@ impl Executor {
     ) -> Result<()> {
         let letters = std::mem::take(&mut out.dead_letters);
         let watermark = out.event_watermark.or(out.watermark);
-        if let (Some(w), Some(live)) = (watermark, self.lane_metrics.get(&lane)) {
-            live.set_watermark(w);
+        if let Some(live) = self.lane_metrics.get(&lane) {
+            if let Some(w) = watermark {
+                live.set_watermark(w);
+            }
+            live.set_in_retry(out.in_retry);
         }
         // With a global stage the tasks' rows are partials: it merges them, and writes the
         // final rows of the windows they close in the global lane.
@@ -335,6 +338,7 @@ impl Executor {
             next_offset: 0,
             counters: Counters::default(),
             operators: vec![state],
+            parked: Default::default(),
             reset: false,
             generation: g.generation,
         };

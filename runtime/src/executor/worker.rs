@@ -17,6 +17,17 @@ pub(super) struct TaskLane {
     /// Since when the reader has had nothing to read (`None` while it delivers).
     caught_up_since: Option<Instant>,
     dirty: bool,
+    /// The lane's stop and the run's: a lane whose input ended while events wait for a
+    /// retry finishes when they are resolved, or when one of these stops it.
+    stops: [Shutdown; 2],
+    /// The reader sent its end; the lane waits for its retries before it ends.
+    ended: bool,
+}
+
+impl TaskLane {
+    fn stopped(&self) -> bool {
+        self.stops.iter().any(Shutdown::is_triggered)
+    }
 }
 
 /// A CPU worker: runs the tasks of the partitions it is handed on `ctl` until `ctl` closes
@@ -39,10 +50,17 @@ pub(super) fn run_worker(
         if ctl_open {
             sel.recv(&ctl);
         }
-        for lane in &lanes {
-            sel.recv(&lane.rx);
+        // Lanes whose input ended have no reader any more (their channel is closed).
+        let reading: Vec<usize> = (0..lanes.len()).filter(|i| !lanes[*i].ended).collect();
+        for i in &reading {
+            sel.recv(&lanes[*i].rx);
         }
-        let tick = interval.min(idle_timeout).min(Duration::from_millis(200));
+        let mut tick = interval.min(idle_timeout).min(Duration::from_millis(200));
+        // Wake up for the next retry that is due, input or not.
+        if let Some(due) = lanes.iter().filter_map(|l| l.task.next_retry_ms()).min() {
+            let wait = (due - now_ms()).max(0) as u64;
+            tick = tick.min(Duration::from_millis(wait));
+        }
         let mut new_lane = None;
         let (idx, msg) = match sel.select_timeout(tick) {
             Ok(op) if ctl_open && op.index() == 0 => {
@@ -53,12 +71,12 @@ pub(super) fn run_worker(
                 (usize::MAX, None)
             }
             Ok(op) => {
-                let idx = op.index() - first_lane;
+                let idx = reading[op.index() - first_lane];
                 (idx, Some(op.recv(&lanes[idx].rx)))
             }
             Err(_) => (usize::MAX, None),
         };
-        if let Some((task, rx)) = new_lane {
+        if let Some((task, rx, stops)) = new_lane {
             lanes.push(TaskLane {
                 task,
                 rx,
@@ -67,6 +85,8 @@ pub(super) fn run_worker(
                 last_idle: Instant::now(),
                 caught_up_since: None,
                 dirty: false,
+                stops,
+                ended: false,
             });
         }
         if let Some(msg) = msg {
@@ -91,6 +111,11 @@ pub(super) fn run_worker(
                     });
                     (out, None)
                 }
+                // Events still wait for a retry: the end waits for them (below).
+                Ok(ReaderMsg::End) if lane.task.in_retry() > 0 => {
+                    lane.ended = true;
+                    continue;
+                }
                 Ok(ReaderMsg::End) => (lane.task.end_of_input(), Some(true)),
                 // The reader stopped (shutdown, revocation or error) and everything it sent
                 // was received: the lane is drained.
@@ -106,28 +131,55 @@ pub(super) fn run_worker(
                 Err(e) => return fail(&tx, e),
             }
             if let Some(ended) = finished {
-                let mut lane = lanes.swap_remove(idx);
-                match lane.task.checkpoint() {
-                    Ok(c) => {
-                        let lifetime = c.counters;
-                        let topic = lane.task.topic().clone();
-                        if tx.send(SinkMsg::Barrier(c)).is_err()
-                            || tx
-                                .send(SinkMsg::Finished {
-                                    topic,
-                                    partition,
-                                    ended,
-                                    lifetime,
-                                })
-                                .is_err()
-                        {
+                let lane = lanes.swap_remove(idx);
+                if !finish(lane, ended, &tx) {
+                    return;
+                }
+                continue;
+            }
+        }
+        let mut i = 0;
+        while i < lanes.len() {
+            let lane = &mut lanes[i];
+            if lane.task.next_retry_ms().is_some_and(|due| due <= now_ms()) {
+                let started = Instant::now();
+                let out = lane.task.retry_due(now_ms());
+                metrics.batch_processed(started.elapsed());
+                match out {
+                    Ok(out) => {
+                        lane.dirty = true;
+                        let output_lane =
+                            Lane::new(lane.task.topic().clone(), lane.task.partition());
+                        if tx.send(SinkMsg::Output(output_lane, out)).is_err() {
                             return;
                         }
                     }
                     Err(e) => return fail(&tx, e),
                 }
+            }
+            // A lane whose input ended finishes once nothing waits for a retry, or when it is
+            // stopped (its waiting events are in its last checkpoint).
+            if lane.ended && (lane.task.in_retry() == 0 || lane.stopped()) {
+                let mut lane = lanes.swap_remove(i);
+                let resolved = lane.task.in_retry() == 0;
+                if resolved {
+                    match lane.task.end_of_input() {
+                        Ok(out) => {
+                            let output_lane =
+                                Lane::new(lane.task.topic().clone(), lane.task.partition());
+                            if tx.send(SinkMsg::Output(output_lane, out)).is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => return fail(&tx, e),
+                    }
+                }
+                if !finish(lane, resolved, &tx) {
+                    return;
+                }
                 continue;
             }
+            i += 1;
         }
         for lane in lanes.iter_mut() {
             // Idle means the source had nothing to read for the whole timeout: not a backlog
@@ -164,6 +216,31 @@ pub(super) fn run_worker(
                 lane.dirty = false;
                 lane.last_checkpoint = Instant::now();
             }
+        }
+    }
+}
+
+/// Send the last checkpoint of `lane` and its `Finished` (`ended`: its input ended and was
+/// processed). False when the sink stage is gone.
+fn finish(mut lane: TaskLane, ended: bool, tx: &Sender<SinkMsg>) -> bool {
+    let partition = lane.task.partition();
+    match lane.task.checkpoint() {
+        Ok(c) => {
+            let lifetime = c.counters;
+            let topic = lane.task.topic().clone();
+            tx.send(SinkMsg::Barrier(c)).is_ok()
+                && tx
+                    .send(SinkMsg::Finished {
+                        topic,
+                        partition,
+                        ended,
+                        lifetime,
+                    })
+                    .is_ok()
+        }
+        Err(e) => {
+            let _ = tx.send(SinkMsg::Failed(e));
+            false
         }
     }
 }
