@@ -95,7 +95,8 @@ impl Projection for Orders {
             return Err(format!(
                 "{} version {} after version {}: out of sequence",
                 e.event_type, e.version, o.version
-            ).into());
+            )
+            .into());
         }
         let next = match (o.status.as_str(), e.event_type.as_str()) {
             ("", "OrderPlaced") => {
@@ -119,7 +120,8 @@ impl Projection for Orders {
                     return Err(format!(
                         "PaymentReceived of {amount} hundredths for a total of {}",
                         o.total_cents
-                    ).into());
+                    )
+                    .into());
                 }
                 "paid"
             }
@@ -127,9 +129,7 @@ impl Projection for Orders {
             ("placed" | "paid", "OrderCancelled") => "cancelled",
             (status, kind) => {
                 let status = if status.is_empty() { "unknown" } else { status };
-                return Err(format!(
-                    "{kind} is not allowed for an order that is {status}"
-                ).into());
+                return Err(format!("{kind} is not allowed for an order that is {status}").into());
             }
         };
         o.status = next.to_string();

@@ -256,7 +256,7 @@ pub struct PipelineConfig {
     /// `[dlq]`: where the messages that could not be processed go, tagged by `type`.
     pub dlq: DlqConfig,
     /// `[dlq.retry]` (read apart from the DLQ's `type` and its keys).
-    #[schemars(rename = "dlq.retry")]
+    #[schemars(rename = "dlq.retry", default)]
     pub dlq_retry: DlqRetryConfig,
     /// `[checkpoint]`: where and how often offsets and state are checkpointed.
     pub checkpoint: CheckpointConfig,

@@ -18,7 +18,7 @@ use weir_runtime::arrow::datatypes::{DataType, Field, Schema};
 use weir_runtime::arrow::record_batch::RecordBatch;
 use weir_runtime::sink::EpochParticipant;
 use weir_runtime::{
-    Checkpoint, CheckpointStore, Counters, DeadLetter, DlqWriter, ErrorClass, ErrorKind, Lane,
+    Checkpoint, Counters, DeadLetter, DlqWriter, ErrorClass, ErrorKind, Lane, OperatorState,
     SinkWriter, Stage,
 };
 
@@ -95,6 +95,7 @@ fn checkpoint(pipeline: &str, epoch: u64, next_offset: i64, generation: u64) -> 
         operators: Vec::new(),
         reset: false,
         generation,
+        parked: OperatorState::default(),
     }
 }
 

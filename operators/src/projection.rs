@@ -453,7 +453,7 @@ mod tests {
             e.id.clone()
         }
 
-        fn apply(&self, s: &mut i128, e: Amount) -> std::result::Result<(), String> {
+        fn apply(&self, s: &mut i128, e: Amount) -> std::result::Result<(), EventError> {
             let (int, frac) = e.amount.split_once('.').ok_or("no fraction")?;
             *s += int.parse::<i128>().map_err(|e| e.to_string())? * 100
                 + frac.parse::<i128>().map_err(|e| e.to_string())?;

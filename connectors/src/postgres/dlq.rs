@@ -40,7 +40,7 @@ fn default_table() -> String {
 }
 
 /// Configuration of the `postgres` dead-letter queue.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresDlqConfig {
     /// Where to connect (as the `postgres` sink's `url`; the password is never shown). The
