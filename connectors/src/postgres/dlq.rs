@@ -246,8 +246,17 @@ fn connect(connect: &PgConnect, application: &str) -> std::result::Result<Client
     connect.connect_with(&config)
 }
 
+/// The writer's connection is named like the pipeline's sink connections (`weir <name>/...`:
+/// `weir reset` and `weir replay` see a running pipeline by them); readers' are not.
 fn application_name(pipeline: &str) -> String {
-    let mut name = format!("weir {pipeline}/dlq");
+    truncated(format!("weir {pipeline}/dlq"))
+}
+
+fn reader_name(pipeline: &str) -> String {
+    truncated(format!("weir dlq reader {pipeline}"))
+}
+
+fn truncated(mut name: String) -> String {
     while name.len() > 63 {
         name.pop();
     }
@@ -453,7 +462,7 @@ pub fn read_dead_letters(
     let pg = PgConnect::new(config.url.expose())
         .map_err(|e| WeirError::Config(format!("dlq.url {}: {e}", config.url)))?;
     let mut client =
-        connect(&pg, &application_name(pipeline)).map_err(|e| error(&name, "connect", &e))?;
+        connect(&pg, &reader_name(pipeline)).map_err(|e| error(&name, "connect", &e))?;
     let exists: bool = client
         .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
         .map_err(|e| error(&name, "look up the table", &e))?
@@ -502,7 +511,7 @@ pub fn delete_pipeline(config: &PostgresDlqConfig, pipeline: &str) -> Result<u64
     let pg = PgConnect::new(config.url.expose())
         .map_err(|e| WeirError::Config(format!("dlq.url {}: {e}", config.url)))?;
     let mut client =
-        connect(&pg, &application_name(pipeline)).map_err(|e| error(&name, "connect", &e))?;
+        connect(&pg, &reader_name(pipeline)).map_err(|e| error(&name, "connect", &e))?;
     let exists: bool = client
         .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
         .map_err(|e| error(&name, "look up the table", &e))?
