@@ -854,7 +854,7 @@ mod tests {
     #[test]
     fn the_table_has_one_line_per_letter_under_a_header() {
         let r = record(2, Stage::Decode, 1_769_860_800_123);
-        let table = list_table(&[r.clone()], false);
+        let table = list_table(std::slice::from_ref(&r), false);
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(lines.len(), 2, "{table}");
         assert!(lines[0].starts_with("ID "), "{table}");

@@ -617,7 +617,7 @@ fn a_dlq_topic_reads_back_one_record_per_id_with_replay_marks_applied() {
     // offset 2 fails again.
     let (a, b) = (letter(1, 1_000), letter(2, 1_000));
     dlq.write(&lane, &[a.clone(), b.clone()]).unwrap();
-    dlq.write(&lane, &[a.clone()]).unwrap();
+    dlq.write(&lane, std::slice::from_ref(&a)).unwrap();
     dlq.prepare(&lane, 1).unwrap();
     dlq.commit(&lane, 1).unwrap();
     let mut b2 = letter(2, 2_000);
