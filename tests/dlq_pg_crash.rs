@@ -93,7 +93,7 @@ fn spawn(dir: &Path) -> Child {
         .unwrap()
 }
 
-fn table_exists(c: &mut postgres::Client, table: &str) -> bool {
+fn table_exists(c: &mut impl postgres::GenericClient, table: &str) -> bool {
     c.query_one(
         "SELECT to_regclass($1) IS NOT NULL",
         &[&format!("\"{table}\"")],
@@ -103,7 +103,7 @@ fn table_exists(c: &mut postgres::Client, table: &str) -> bool {
 }
 
 /// The stored next offset per partition (0 when none).
-fn offsets(c: &mut postgres::Client, name: &str) -> BTreeMap<i32, i64> {
+fn offsets(c: &mut impl postgres::GenericClient, name: &str) -> BTreeMap<i32, i64> {
     let mut out: BTreeMap<i32, i64> = (0..PARTITIONS).map(|p| (p, 0)).collect();
     if !table_exists(c, "weir_checkpoints") {
         return out;
@@ -120,14 +120,21 @@ fn offsets(c: &mut postgres::Client, name: &str) -> BTreeMap<i32, i64> {
     out
 }
 
-/// The committed state is the prefix of each partition up to its stored offset.
+/// The committed state is the prefix of each partition up to its stored offset. Read in one
+/// snapshot: a killed worker's last COMMIT may still land while this reads.
 fn assert_consistent(
-    c: &mut postgres::Client,
+    client: &mut postgres::Client,
     truth: &EventGenerator,
     name: &str,
     table: &str,
     dead: &str,
 ) -> BTreeMap<i32, i64> {
+    let mut t = client
+        .build_transaction()
+        .isolation_level(postgres::IsolationLevel::RepeatableRead)
+        .start()
+        .unwrap();
+    let c = &mut t;
     let next = offsets(c, name);
     let mut want_dead: BTreeSet<(i32, i64)> = BTreeSet::new();
     let mut want_rows = 0i64;
@@ -171,6 +178,7 @@ fn assert_consistent(
         0
     };
     assert_eq!(rows, want_rows, "rows below the stored offsets {next:?}");
+    t.commit().unwrap();
     next
 }
 

@@ -248,7 +248,7 @@ fn on_its_own_it_inserts_at_prepare_one_row_per_id_and_marks_at_commit() {
     again.message = "still bad".into();
     dlq.mark_replayed(&lane(), std::slice::from_ref(&other.id()))
         .unwrap();
-    dlq.write(&lane(), &[again.clone()]).unwrap();
+    dlq.write(&lane(), std::slice::from_ref(&again)).unwrap();
     dlq.prepare(&lane(), 2).unwrap();
     let replayed = format!("SELECT count(*) FROM \"{schema}\".dead WHERE replayed_at IS NOT NULL");
     assert_eq!(count(&mut c, &replayed), 0, "marks wait for the commit");

@@ -246,8 +246,17 @@ fn connect(connect: &PgConnect, application: &str) -> std::result::Result<Client
     connect.connect_with(&config)
 }
 
+/// The writer's connection is named like the pipeline's sink connections (`weir <name>/...`:
+/// `weir reset` and `weir replay` see a running pipeline by them); readers' are not.
 fn application_name(pipeline: &str) -> String {
-    let mut name = format!("weir {pipeline}/dlq");
+    truncated(format!("weir {pipeline}/dlq"))
+}
+
+fn reader_name(pipeline: &str) -> String {
+    truncated(format!("weir dlq reader {pipeline}"))
+}
+
+fn truncated(mut name: String) -> String {
     while name.len() > 63 {
         name.pop();
     }
@@ -438,12 +447,12 @@ impl DlqWriter for PostgresDlq {
     }
 }
 
-/// Every dead letter of `pipeline` in the DLQ table (none when the table does not exist),
-/// ordered by last failure time.
-pub fn read_dead_letters(
+/// A connection to the DLQ's database for `pipeline`'s reader, with the table's name and the
+/// DLQ's, or `None` when the table does not exist.
+fn open_table(
     config: &PostgresDlqConfig,
     pipeline: &str,
-) -> Result<Vec<DeadLetterRecord>> {
+) -> Result<Option<(Client, String, String)>> {
     let errors = config.validate("dlq");
     if !errors.is_empty() {
         return Err(WeirError::Config(errors.join("; ")));
@@ -453,14 +462,23 @@ pub fn read_dead_letters(
     let pg = PgConnect::new(config.url.expose())
         .map_err(|e| WeirError::Config(format!("dlq.url {}: {e}", config.url)))?;
     let mut client =
-        connect(&pg, &application_name(pipeline)).map_err(|e| error(&name, "connect", &e))?;
+        connect(&pg, &reader_name(pipeline)).map_err(|e| error(&name, "connect", &e))?;
     let exists: bool = client
         .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
         .map_err(|e| error(&name, "look up the table", &e))?
         .get(0);
-    if !exists {
+    Ok(exists.then_some((client, table, name)))
+}
+
+/// Every dead letter of `pipeline` in the DLQ table (none when the table does not exist),
+/// ordered by last failure time.
+pub fn read_dead_letters(
+    config: &PostgresDlqConfig,
+    pipeline: &str,
+) -> Result<Vec<DeadLetterRecord>> {
+    let Some((mut client, table, name)) = open_table(config, pipeline)? else {
         return Ok(Vec::new());
-    }
+    };
     let rows = client
         .query(select_sql(&table).as_str(), &[&pipeline])
         .map_err(|e| error(&name, "read dead letters", &e))?;
@@ -497,19 +515,9 @@ pub fn read_dead_letters(
 /// Deletes every dead letter of `pipeline` from the DLQ table, if it exists (`weir replay`
 /// starts its shadow pipeline's dead letters over). Returns how many there were.
 pub fn delete_pipeline(config: &PostgresDlqConfig, pipeline: &str) -> Result<u64> {
-    let table = config.qualified_table();
-    let name = format!("postgres dlq {table}");
-    let pg = PgConnect::new(config.url.expose())
-        .map_err(|e| WeirError::Config(format!("dlq.url {}: {e}", config.url)))?;
-    let mut client =
-        connect(&pg, &application_name(pipeline)).map_err(|e| error(&name, "connect", &e))?;
-    let exists: bool = client
-        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
-        .map_err(|e| error(&name, "look up the table", &e))?
-        .get(0);
-    if !exists {
+    let Some((mut client, table, name)) = open_table(config, pipeline)? else {
         return Ok(0);
-    }
+    };
     client
         .execute(
             format!("DELETE FROM {table} WHERE pipeline = $1").as_str(),
