@@ -20,7 +20,8 @@
 //!   cargo run --release -- generate orders --topic orders --events 100000 --duplicate-ratio 0.01 --poison-ratio 0.002
 //!   cargo run --release --example order_projection
 //!   psql "$WEIR_PG_URL" -c 'SELECT * FROM orders ORDER BY order_id LIMIT 20'
-//! Environment: WEIR_KAFKA_BROKERS (default 127.0.0.1:9092), WEIR_PG_URL, ORDERS_TOPIC
+//! Environment: WEIR_KAFKA_BROKERS (default 127.0.0.1:9092), WEIR_PG_URL (default
+//! postgres://postgres@127.0.0.1:5432/postgres), ORDERS_TOPIC
 //! (default `orders`), ORDERS_TABLE (default `orders`). Ctrl-C stops it (after a checkpoint).
 
 use std::path::PathBuf;
@@ -31,6 +32,7 @@ use serde::{Deserialize, Serialize};
 use weir::connectors::{
     CheckpointRole, KafkaSource, KafkaSourceConfig, PostgresSinkConfig, PostgresStore, PostgresUrl,
 };
+use weir::env_vars::var_or;
 use weir::prelude::*;
 
 /// One order event, as the schema below decodes it (a decimal arrives as its exact text).
@@ -174,23 +176,15 @@ pub struct OrderModel {
 }
 
 impl OrderModel {
-    /// From the environment (see the module docs).
-    pub fn from_env() -> anyhow::Result<Self> {
-        let var = |name: &str, default: &str| {
-            std::env::var(name)
-                .ok()
-                .filter(|v| !v.is_empty())
-                .unwrap_or_else(|| default.to_string())
-        };
-        Ok(Self {
-            brokers: var("WEIR_KAFKA_BROKERS", "127.0.0.1:9092"),
-            topic: var("ORDERS_TOPIC", "orders"),
-            pg_url: std::env::var("WEIR_PG_URL").map_err(|_| {
-                anyhow::anyhow!("WEIR_PG_URL is not set (scripts/postgres.sh start prints it)")
-            })?,
-            table: var("ORDERS_TABLE", "orders"),
+    /// From the environment (see the module docs), with the defaults of the example files.
+    pub fn from_env() -> Self {
+        Self {
+            brokers: var_or("WEIR_KAFKA_BROKERS", "127.0.0.1:9092"),
+            topic: var_or("ORDERS_TOPIC", "orders"),
+            pg_url: var_or("WEIR_PG_URL", "postgres://postgres@127.0.0.1:5432/postgres"),
+            table: var_or("ORDERS_TABLE", "orders"),
             dlq_dir: "order-read-model/dlq".into(),
-        })
+        }
     }
 }
 
@@ -275,7 +269,7 @@ pub fn run(m: &OrderModel, shutdown: Shutdown) -> anyhow::Result<RunSummary> {
 fn main() -> anyhow::Result<()> {
     let shutdown = Shutdown::new();
     weir::install_signal_handlers(shutdown.clone())?;
-    let summary = run(&OrderModel::from_env()?, shutdown)?;
+    let summary = run(&OrderModel::from_env(), shutdown)?;
     let c = summary.counters;
     println!(
         "{} events: {} deduplicated, {} dead-lettered; {} rows out in {:.2}s",

@@ -17,7 +17,8 @@
 //!   cargo run --release -- generate trades --topic trades --events 200000 --duplicate-ratio 0.01 --late-ratio 0.001
 //!   cargo run --release --example trading
 //!   psql "$WEIR_PG_URL" -c 'SELECT * FROM trade_bars_rs ORDER BY window_start, symbol LIMIT 20'
-//! Environment: WEIR_KAFKA_BROKERS (default 127.0.0.1:9092), WEIR_PG_URL, TRADES_TOPIC
+//! Environment: WEIR_KAFKA_BROKERS (default 127.0.0.1:9092), WEIR_PG_URL (default
+//! postgres://postgres@127.0.0.1:5432/postgres), TRADES_TOPIC
 //! (default `trades`), BARS_TABLE (default `trade_bars_rs`). Ctrl-C stops it.
 
 use std::path::PathBuf;
@@ -26,6 +27,7 @@ use std::time::Duration;
 use weir::connectors::{
     CheckpointRole, KafkaSource, KafkaSourceConfig, PostgresSinkConfig, PostgresStore, PostgresUrl,
 };
+use weir::env_vars::var_or;
 use weir::operators::SqlOptions;
 use weir::prelude::*;
 
@@ -50,23 +52,15 @@ pub struct Trading {
 }
 
 impl Trading {
-    /// From the environment (see the module docs).
-    pub fn from_env() -> anyhow::Result<Self> {
-        let var = |name: &str, default: &str| {
-            std::env::var(name)
-                .ok()
-                .filter(|v| !v.is_empty())
-                .unwrap_or_else(|| default.to_string())
-        };
-        Ok(Self {
-            brokers: var("WEIR_KAFKA_BROKERS", "127.0.0.1:9092"),
-            topic: var("TRADES_TOPIC", "trades"),
-            pg_url: std::env::var("WEIR_PG_URL").map_err(|_| {
-                anyhow::anyhow!("WEIR_PG_URL is not set (scripts/postgres.sh start prints it)")
-            })?,
-            table: var("BARS_TABLE", "trade_bars_rs"),
+    /// From the environment (see the module docs), with the defaults of the example files.
+    pub fn from_env() -> Self {
+        Self {
+            brokers: var_or("WEIR_KAFKA_BROKERS", "127.0.0.1:9092"),
+            topic: var_or("TRADES_TOPIC", "trades"),
+            pg_url: var_or("WEIR_PG_URL", "postgres://postgres@127.0.0.1:5432/postgres"),
+            table: var_or("BARS_TABLE", "trade_bars_rs"),
             dlq_dir: "trading-example/dlq".into(),
-        })
+        }
     }
 }
 
@@ -145,7 +139,7 @@ pub fn run(t: &Trading, shutdown: Shutdown) -> anyhow::Result<RunSummary> {
 fn main() -> anyhow::Result<()> {
     let shutdown = Shutdown::new();
     weir::install_signal_handlers(shutdown.clone())?;
-    let summary = run(&Trading::from_env()?, shutdown)?;
+    let summary = run(&Trading::from_env(), shutdown)?;
     let c = summary.counters;
     println!(
         "{} trades: {} deduplicated, {} dead-lettered ({} late); {} bars out in {:.2}s",

@@ -28,6 +28,15 @@ pub fn process_env(name: &str) -> Var {
     }
 }
 
+/// `${name:-default}` for a pipeline written in Rust: the variable's value, or `default`
+/// when it is unset, empty or not UTF-8.
+pub fn var_or(name: &str, default: &str) -> String {
+    match process_env(name) {
+        Var::Set(v) if !v.is_empty() => v,
+        _ => default.to_string(),
+    }
+}
+
 /// Replace the variables in every string value of `table`, pushing "`<key>`: reason" onto
 /// `errors` for each value that cannot be resolved (that value is left as written).
 pub fn resolve_table(table: &mut toml::Table, env: &dyn Fn(&str) -> Var, errors: &mut Vec<String>) {
