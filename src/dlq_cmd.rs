@@ -122,7 +122,10 @@ pub fn read_all(cfg: &ValidatedPipeline) -> Result<Vec<DeadLetterRecord>> {
         DlqConfig::Kafka(k) => read_dlq_topic(k)?,
         DlqConfig::Postgres(p) => read_dead_letters(p, &cfg.name)?,
     };
-    Ok(all.into_iter().filter(|r| r.pipeline == cfg.name).collect())
+    Ok(all
+        .into_iter()
+        .filter(|r| *r.letter.pipeline == *cfg.name)
+        .collect())
 }
 
 /// The letters `sel` selects from `all` (oldest first).
@@ -130,8 +133,8 @@ pub fn select(all: Vec<DeadLetterRecord>, sel: &Selection) -> Vec<DeadLetterReco
     let mut picked: Vec<DeadLetterRecord> = all
         .into_iter()
         .filter(|r| sel.all || r.replayed_ms.is_none())
-        .filter(|r| sel.kind.is_none_or(|k| r.kind == k))
-        .filter(|r| sel.since_ms.is_none_or(|t| r.time_ms >= t))
+        .filter(|r| sel.kind.is_none_or(|k| r.letter.kind == k))
+        .filter(|r| sel.since_ms.is_none_or(|t| r.letter.time_ms >= t))
         .collect();
     if let Some(n) = sel.limit {
         let skip = picked.len().saturating_sub(n);
@@ -173,9 +176,9 @@ pub fn list_table(records: &[DeadLetterRecord], with_status: bool) -> String {
     for r in records {
         let mut row = vec![
             r.id.clone(),
-            time_ms(r.time_ms),
-            r.kind.as_str().to_string(),
-            one_line(&r.stage.text(), 32),
+            time_ms(r.letter.time_ms),
+            r.letter.kind.as_str().to_string(),
+            one_line(&r.letter.stage.text(), 32),
             r.position(),
         ];
         if with_status {
@@ -184,7 +187,7 @@ pub fn list_table(records: &[DeadLetterRecord], with_status: bool) -> String {
                 None => "pending".into(),
             });
         }
-        row.push(one_line(&r.message, 100));
+        row.push(one_line(&r.letter.message, 100));
         rows.push(row);
     }
     let columns = rows[0].len();
@@ -270,7 +273,7 @@ pub fn show(cfg: &ValidatedPipeline, id: &str) -> Result<String> {
     let r = find(cfg, id)?;
     let mut out = String::new();
     let _ = writeln!(out, "id:             {}", r.id);
-    let _ = writeln!(out, "pipeline:       {}", r.pipeline);
+    let _ = writeln!(out, "pipeline:       {}", r.letter.pipeline);
     let _ = writeln!(
         out,
         "status:         {}",
@@ -279,14 +282,14 @@ pub fn show(cfg: &ValidatedPipeline, id: &str) -> Result<String> {
             None => "pending".into(),
         }
     );
-    let _ = writeln!(out, "kind:           {}", r.kind);
-    let _ = writeln!(out, "stage:          {}", r.stage.text());
-    let _ = writeln!(out, "message:        {}", r.message);
+    let _ = writeln!(out, "kind:           {}", r.letter.kind);
+    let _ = writeln!(out, "stage:          {}", r.letter.stage.text());
+    let _ = writeln!(out, "message:        {}", r.letter.message);
     if r.replayable() {
         let _ = writeln!(
             out,
             "source:         topic {}, partition {}, offset {}",
-            r.topic, r.partition, r.offset
+            r.letter.topic, r.letter.partition, r.letter.offset
         );
     } else {
         let _ = writeln!(
@@ -295,11 +298,23 @@ pub fn show(cfg: &ValidatedPipeline, id: &str) -> Result<String> {
             r.position()
         );
     }
-    let _ = writeln!(out, "attempts:       {}", r.attempts);
-    let _ = writeln!(out, "first failure:  {}", time_ms(r.first_failure_ms));
-    let _ = writeln!(out, "last failure:   {}", time_ms(r.time_ms));
-    let _ = writeln!(out, "key:            {}", bytes_text(r.key.as_deref()));
-    let _ = writeln!(out, "payload:        {}", bytes_text(r.payload.as_deref()));
+    let _ = writeln!(out, "attempts:       {}", r.letter.attempts);
+    let _ = writeln!(
+        out,
+        "first failure:  {}",
+        time_ms(r.letter.first_failure_ms)
+    );
+    let _ = writeln!(out, "last failure:   {}", time_ms(r.letter.time_ms));
+    let _ = writeln!(
+        out,
+        "key:            {}",
+        bytes_text(r.letter.key.as_deref())
+    );
+    let _ = writeln!(
+        out,
+        "payload:        {}",
+        bytes_text(r.letter.payload.as_deref())
+    );
     Ok(out)
 }
 
@@ -372,10 +387,10 @@ pub fn plan(
                     r.position()
                 )))
             }
-            Some(r) if req.kind.is_some_and(|k| k != r.kind) => {
+            Some(r) if req.kind.is_some_and(|k| k != r.letter.kind) => {
                 return Err(WeirError::Config(format!(
                     "dead letter {id} is of kind {}, not {}",
-                    r.kind,
+                    r.letter.kind,
                     req.kind.map(|k| k.as_str()).unwrap_or_default()
                 )))
             }
@@ -384,7 +399,7 @@ pub fn plan(
     }
     for r in all {
         if r.replayed_ms.is_some()
-            || req.kind.is_some_and(|k| k != r.kind)
+            || req.kind.is_some_and(|k| k != r.letter.kind)
             || (!wanted.is_empty() && !wanted.contains(r.id.as_str()))
         {
             continue;
@@ -469,7 +484,7 @@ fn not_running(cfg: &ValidatedPipeline) -> Result<NotRunning> {
 fn target_sinks(letters: &[&DeadLetterRecord], sinks: usize) -> Vec<bool> {
     let mut to = vec![false; sinks];
     for l in letters {
-        match &l.stage {
+        match &l.letter.stage {
             Stage::Sink(name) => {
                 if let Some(i) = name
                     .strip_prefix("sinks[")
@@ -569,7 +584,7 @@ pub fn replay(
     let mut lanes: BTreeMap<(String, i32), Vec<DeadLetterRecord>> = BTreeMap::new();
     for r in plan.letters {
         lanes
-            .entry((r.topic.clone(), r.partition))
+            .entry((r.letter.topic.to_string(), r.letter.partition))
             .or_default()
             .push(r);
     }
@@ -592,7 +607,7 @@ pub fn replay(
         let checkpointed = stored.as_ref().filter(|c| !c.reset).map(|c| c.next_offset);
         let (letters, ahead): (Vec<_>, Vec<_>) = letters
             .into_iter()
-            .partition(|r| checkpointed.is_none_or(|next| r.offset < next));
+            .partition(|r| checkpointed.is_none_or(|next| r.letter.offset < next));
         if !ahead.is_empty() {
             summary.skipped += ahead.len();
             progress(&format!(
@@ -607,7 +622,7 @@ pub fn replay(
         }
         let mut by_offset: BTreeMap<i64, Vec<&DeadLetterRecord>> = BTreeMap::new();
         for r in &letters {
-            by_offset.entry(r.offset).or_default().push(r);
+            by_offset.entry(r.letter.offset).or_default().push(r);
         }
         let targets: BTreeMap<i64, Vec<bool>> = by_offset
             .iter()
@@ -617,8 +632,8 @@ pub fn replay(
             .iter()
             .map(|(offset, ls)| RawMessage {
                 offset: *offset,
-                key: ls[0].key.clone(),
-                payload: ls[0].payload.clone(),
+                key: ls[0].letter.key.clone(),
+                payload: ls[0].letter.payload.clone(),
                 timestamp_ms: None,
                 headers: vec![None; headers],
             })
@@ -651,10 +666,10 @@ pub fn replay(
         let failed_offsets: BTreeSet<i64> = again.iter().map(|l| l.offset).collect();
         for l in &mut again {
             if let Some(old) = by_offset.get(&l.offset) {
-                l.attempts = old.iter().map(|r| r.attempts).max().unwrap_or(0) + 1;
+                l.attempts = old.iter().map(|r| r.letter.attempts).max().unwrap_or(0) + 1;
                 l.first_failure_ms = old
                     .iter()
-                    .map(|r| r.first_failure_ms)
+                    .map(|r| r.letter.first_failure_ms)
                     .min()
                     .unwrap_or(l.first_failure_ms);
             }
@@ -667,7 +682,7 @@ pub fn replay(
             .collect();
         let succeeded = letters
             .iter()
-            .filter(|r| !failed_offsets.contains(&r.offset))
+            .filter(|r| !failed_offsets.contains(&r.letter.offset))
             .count();
         if !again.is_empty() {
             dlq.write(&lane, &again)?;
@@ -826,7 +841,10 @@ mod tests {
             replayed,
         ];
         let offsets = |sel: Selection| -> Vec<i64> {
-            select(all.clone(), &sel).iter().map(|r| r.offset).collect()
+            select(all.clone(), &sel)
+                .iter()
+                .map(|r| r.letter.offset)
+                .collect()
         };
         assert_eq!(offsets(Selection::default()), [1, 2, 3]);
         let all_of = Selection {

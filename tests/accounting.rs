@@ -69,45 +69,45 @@ fn every_poison_message_is_dead_lettered_with_its_bytes_and_reason_and_the_count
     let (mut poison, mut late) = (0u64, 0u64);
     for l in &letters {
         assert!(
-            seen.insert((l.partition, l.offset)),
+            seen.insert((l.letter.partition, l.letter.offset)),
             "dead-lettered twice: {}/{}",
-            l.partition,
-            l.offset
+            l.letter.partition,
+            l.letter.offset
         );
-        let event = truth.event(l.partition, l.offset).unwrap();
-        let original = truth.message(l.partition, l.offset).unwrap();
+        let event = truth.event(l.letter.partition, l.letter.offset).unwrap();
+        let original = truth.message(l.letter.partition, l.letter.offset).unwrap();
         assert_eq!(
-            l.payload, original.payload,
+            l.letter.payload, original.payload,
             "original bytes of {}/{}",
-            l.partition, l.offset
+            l.letter.partition, l.letter.offset
         );
-        assert_eq!(l.key, original.key);
-        assert!(!l.message.is_empty());
+        assert_eq!(l.letter.key, original.key);
+        assert!(!l.letter.message.is_empty());
         match event.poison {
             Some(kind) => {
                 assert_eq!(
-                    l.kind,
+                    l.letter.kind,
                     kind.error_kind(),
                     "{}/{}: {}",
-                    l.partition,
-                    l.offset,
-                    l.message
+                    l.letter.partition,
+                    l.letter.offset,
+                    l.letter.message
                 );
                 poison += 1;
             }
             None => {
                 assert_eq!(
-                    l.kind,
+                    l.letter.kind,
                     ErrorKind::Late,
                     "{}/{}: {}",
-                    l.partition,
-                    l.offset,
-                    l.message
+                    l.letter.partition,
+                    l.letter.offset,
+                    l.letter.message
                 );
                 assert!(
                     event.late,
                     "an on-time event was called late: {}/{}",
-                    l.partition, l.offset
+                    l.letter.partition, l.letter.offset
                 );
                 late += 1;
             }

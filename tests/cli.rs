@@ -384,7 +384,13 @@ fn sorted_dlq(dir: &Path) -> Vec<(i32, i64, String)> {
     let mut v: Vec<(i32, i64, String)> = read_dlq_dir(dir)
         .unwrap()
         .into_iter()
-        .map(|l| (l.partition, l.offset, l.kind.as_str().to_string()))
+        .map(|l| {
+            (
+                l.letter.partition,
+                l.letter.offset,
+                l.letter.kind.as_str().to_string(),
+            )
+        })
         .collect();
     v.sort();
     v

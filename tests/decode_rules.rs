@@ -107,10 +107,14 @@ fn values_that_do_not_fit_their_declared_type_reach_the_dlq_and_the_valid_ones_t
     let dlq = read_dlq_dir(dir.path().join("dlq")).unwrap();
     let mut by_id = std::collections::BTreeMap::new();
     for d in &dlq {
-        let payload: serde_json::Value = serde_json::from_slice(d.payload.as_deref().unwrap())
-            .unwrap_or(serde_json::Value::Null);
+        let payload: serde_json::Value =
+            serde_json::from_slice(d.letter.payload.as_deref().unwrap())
+                .unwrap_or(serde_json::Value::Null);
         let id = payload["id"].as_str().unwrap_or("dup").to_string();
-        by_id.insert(id, (d.kind.as_str().to_string(), d.message.clone()));
+        by_id.insert(
+            id,
+            (d.letter.kind.as_str().to_string(), d.letter.message.clone()),
+        );
     }
     for (line, poison) in &lines {
         let id: serde_json::Value = serde_json::from_str(line).unwrap();

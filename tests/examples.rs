@@ -477,8 +477,8 @@ fn accepted<'a>(all: &'a [Record], dlq_dir: &Path, id: &str) -> Vec<&'a Record> 
     let mut late_ids = std::collections::BTreeSet::new();
     let mut refused = 0;
     for d in &dlq {
-        if d.kind.as_str() == "late" {
-            let got = field(d.payload.as_deref().unwrap(), id).unwrap();
+        if d.letter.kind.as_str() == "late" {
+            let got = field(d.letter.payload.as_deref().unwrap(), id).unwrap();
             assert!(
                 all.iter().any(|r| r.label == Label::Late
                     && field(r.payload.as_deref().unwrap(), id).as_deref() == Some(&got)),
@@ -972,8 +972,12 @@ fn the_order_read_model_example_holds_the_generators_plan_of_every_order() {
     assert!(illegal.len() > 5, "{} illegal", illegal.len());
     let refused: std::collections::BTreeSet<String> = dlq
         .iter()
-        .filter(|d| d.message.contains("is not allowed for an order that is"))
-        .map(|d| field(d.payload.as_deref().unwrap(), "event_id").unwrap())
+        .filter(|d| {
+            d.letter
+                .message
+                .contains("is not allowed for an order that is")
+        })
+        .map(|d| field(d.letter.payload.as_deref().unwrap(), "event_id").unwrap())
         .collect();
     assert_eq!(refused, illegal);
     let poison = all.iter().filter(|r| r.label == Label::Poison).count();
@@ -1038,8 +1042,8 @@ fn the_iot_windows_example_writes_the_windows_of_its_generator() {
     let late: std::collections::BTreeSet<String> = read_dlq_dir(dir.path().join("dlq"))
         .unwrap()
         .iter()
-        .filter(|d| d.kind.as_str() == "late")
-        .map(|d| field(d.payload.as_deref().unwrap(), "event_id").unwrap())
+        .filter(|d| d.letter.kind.as_str() == "late")
+        .map(|d| field(d.letter.payload.as_deref().unwrap(), "event_id").unwrap())
         .collect();
     // (sensor, window start) -> (sum, max, count) of the kept readings.
     let mut want: BTreeMap<(String, i64), (f64, f64, i64)> = BTreeMap::new();

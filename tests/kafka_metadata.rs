@@ -204,13 +204,14 @@ fn key_timestamp_position_and_headers_of_each_message_reach_the_sink_as_columns(
     }
     let dlq = read_dlq_dir(dir.path().join("dlq")).unwrap();
     assert_eq!(dlq.len(), 1, "{dlq:?}");
-    assert_eq!(dlq[0].offset, n);
-    assert_eq!(dlq[0].kind.as_str(), "wrong_type");
+    assert_eq!(dlq[0].letter.offset, n);
+    assert_eq!(dlq[0].letter.kind.as_str(), "wrong_type");
     assert!(
         dlq[0]
+            .letter
             .message
             .contains("`correlation_id`: header `correlation-id` is not UTF-8"),
         "{}",
-        dlq[0].message
+        dlq[0].letter.message
     );
 }

@@ -300,9 +300,13 @@ fn nested_fields_filter_group_and_aggregate_in_streaming_sql_into_jsonl_parquet_
     for (line, says) in POISON {
         let l = letters
             .iter()
-            .find(|l| l.payload.as_deref() == Some(line.as_bytes()))
+            .find(|l| l.letter.payload.as_deref() == Some(line.as_bytes()))
             .unwrap_or_else(|| panic!("no dead letter of {line}: {letters:?}"));
-        assert!(l.message.contains(says), "{}\nwanted: {says}", l.message);
+        assert!(
+            l.letter.message.contains(says),
+            "{}\nwanted: {says}",
+            l.letter.message
+        );
     }
 }
 

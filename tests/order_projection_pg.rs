@@ -349,7 +349,7 @@ fn the_order_read_model_in_postgres_equals_the_reference_of_the_generated_orders
     assert_eq!(dead.len(), invalid);
     assert!(dead
         .iter()
-        .all(|d| d.message.contains("is not allowed for an order")));
+        .all(|d| d.letter.message.contains("is not allowed for an order")));
     assert_eq!(
         offsets(&mut c, &schema),
         per_partition,

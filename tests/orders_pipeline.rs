@@ -239,15 +239,16 @@ fn window_sums_of_decimal_prices_are_the_exact_decimal_totals() {
         let d = dlq
             .iter()
             .find(|d| {
-                String::from_utf8_lossy(d.payload.as_deref().unwrap())
+                String::from_utf8_lossy(d.letter.payload.as_deref().unwrap())
                     .contains(&format!("\"{id}\""))
             })
             .unwrap_or_else(|| panic!("{id} not dead-lettered: {dlq:?}"));
-        assert_eq!(d.kind.as_str(), "wrong_type", "{id}");
+        assert_eq!(d.letter.kind.as_str(), "wrong_type", "{id}");
         assert!(
-            d.message.contains("`price` (decimal(18, 4))") && d.message.contains(value),
+            d.letter.message.contains("`price` (decimal(18, 4))")
+                && d.letter.message.contains(value),
             "{id}: {}",
-            d.message
+            d.letter.message
         );
     }
 }

@@ -382,7 +382,7 @@ fn a_replay_rebuilds_the_table_swaps_it_in_and_the_live_run_goes_on_without_gap_
         let mut v: Vec<(i32, i64)> = read_dlq_dir(dir)
             .unwrap()
             .iter()
-            .map(|r| (r.partition, r.offset))
+            .map(|r| (r.letter.partition, r.letter.offset))
             .collect();
         v.sort();
         v

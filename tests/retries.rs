@@ -304,11 +304,11 @@ fn an_event_that_always_fails_ends_in_the_dlq_with_the_schedules_attempts_and_it
     let dead = read_dlq_dir(dir.path().join("dlq")).unwrap();
     assert_eq!(dead.len(), 1, "{dead:?}");
     let d = &dead[0];
-    assert_eq!(d.attempts, 4, "the schedule's attempts");
-    assert_eq!(d.message, "b/4: attempt 4 failed", "the last error");
+    assert_eq!(d.letter.attempts, 4, "the schedule's attempts");
+    assert_eq!(d.letter.message, "b/4: attempt 4 failed", "the last error");
     let original = payload(&("b".to_string(), 4));
-    assert_eq!(d.payload.as_deref(), Some(original.as_bytes()));
-    assert_eq!(d.kind, weir_runtime::ErrorKind::OperatorError);
+    assert_eq!(d.letter.payload.as_deref(), Some(original.as_bytes()));
+    assert_eq!(d.letter.kind, weir_runtime::ErrorKind::OperatorError);
     assert_eq!(
         *flaky
             .attempts
@@ -346,7 +346,7 @@ fn without_retries_a_retryable_error_is_dead_lettered_at_once() {
     );
     let dead = read_dlq_dir(dir.path().join("dlq")).unwrap();
     assert_eq!(dead.len(), 1);
-    assert_eq!(dead[0].attempts, 1);
+    assert_eq!(dead[0].letter.attempts, 1);
     assert_eq!(summary.counters.retries, 0);
     assert_eq!(
         read_model(&dir.path().join("out")),
@@ -561,10 +561,10 @@ fn a_worker_killed_while_events_wait_resumes_their_timers_from_its_checkpoint() 
     let dead = read_dlq_dir(dir.path().join("dlq")).unwrap();
     assert_eq!(dead.len(), 1, "{dead:?}");
     let d = &dead[0];
-    assert_eq!((d.offset, d.attempts), (c2, 4));
-    assert_eq!(d.message, "c/2: attempt 4 failed");
+    assert_eq!((d.letter.offset, d.letter.attempts), (c2, 4));
+    assert_eq!(d.letter.message, "c/2: attempt 4 failed");
     assert_eq!(
-        d.payload.as_deref(),
+        d.letter.payload.as_deref(),
         Some(payload(&("c".into(), 2)).as_bytes())
     );
     assert_eq!(read_model(&dir.path().join("out")), want);

@@ -142,18 +142,19 @@ columns = [
     let dead = read_dlq_dir(dir.path().join("dlq")).unwrap();
     assert_eq!(dead.len(), 1, "{dead:?}");
     let d = &dead[0];
-    assert_eq!(d.kind, ErrorKind::SinkRejected);
-    assert_eq!(d.stage, Stage::Sink("sinks[0]".into()));
-    assert_eq!(d.topic, "payments.jsonl");
-    assert_eq!((d.partition, d.offset), (partition, offset));
-    assert_eq!(d.key.as_deref(), Some(&b"c"[..]));
-    assert_eq!(d.payload.as_deref(), Some(LINES[2].as_bytes()));
+    assert_eq!(d.letter.kind, ErrorKind::SinkRejected);
+    assert_eq!(d.letter.stage, Stage::Sink("sinks[0]".into()));
+    assert_eq!(&*d.letter.topic, "payments.jsonl");
+    assert_eq!((d.letter.partition, d.letter.offset), (partition, offset));
+    assert_eq!(d.letter.key.as_deref(), Some(&b"c"[..]));
+    assert_eq!(d.letter.payload.as_deref(), Some(LINES[2].as_bytes()));
     assert!(
-        d.message
+        d.letter
+            .message
             .starts_with("SQLSTATE 23514: new row for relation")
-            && d.message.contains("check constraint"),
+            && d.letter.message.contains("check constraint"),
         "{}",
-        d.message
+        d.letter.message
     );
     client
         .batch_execute(&format!("DROP TABLE \"{table}\""))
@@ -187,12 +188,17 @@ sql = "SELECT order_id, window_start, sum(amount) AS total FROM payments GROUP B
     let dead = read_dlq_dir(dir.path().join("dlq")).unwrap();
     assert_eq!(dead.len(), 1, "{dead:?}");
     let d = &dead[0];
-    assert_eq!(d.kind, ErrorKind::SinkRejected);
-    assert_eq!((d.offset, d.key.as_deref()), (-1, None));
-    let row: serde_json::Value = serde_json::from_slice(d.payload.as_deref().unwrap()).unwrap();
+    assert_eq!(d.letter.kind, ErrorKind::SinkRejected);
+    assert_eq!((d.letter.offset, d.letter.key.as_deref()), (-1, None));
+    let row: serde_json::Value =
+        serde_json::from_slice(d.letter.payload.as_deref().unwrap()).unwrap();
     assert_eq!(row["order_id"], "c");
     assert_eq!(row["total"], -5);
-    assert!(d.message.starts_with("SQLSTATE 23514"), "{}", d.message);
+    assert!(
+        d.letter.message.starts_with("SQLSTATE 23514"),
+        "{}",
+        d.letter.message
+    );
     client
         .batch_execute(&format!("DROP TABLE \"{table}\""))
         .unwrap();

@@ -333,7 +333,13 @@ fn assert_dlq(dir: &Path, input: &Input) {
     let mut got: Vec<(String, i32, i64)> = read_dlq_dir(dir.join("dlq"))
         .unwrap()
         .into_iter()
-        .map(|l| (l.topic, l.partition, l.offset))
+        .map(|l| {
+            (
+                l.letter.topic.to_string(),
+                l.letter.partition,
+                l.letter.offset,
+            )
+        })
         .collect();
     got.sort();
     assert_eq!(got, input.poison(), "dead letters of both topics");

@@ -157,8 +157,8 @@ fn v1_events_reach_the_projection_upcast_and_unknown_versions_go_to_the_dlq() {
         .into_iter()
         .map(|d| {
             let payload: serde_json::Value =
-                serde_json::from_slice(d.payload.as_deref().unwrap()).unwrap();
-            format!("{}: {}", payload["time"], d.message)
+                serde_json::from_slice(d.letter.payload.as_deref().unwrap()).unwrap();
+            format!("{}: {}", payload["time"], d.letter.message)
         })
         .collect();
     dead.sort();
@@ -280,8 +280,12 @@ fn a_pipeline_file_upcasts_v1_and_v2_events_and_dead_letters_unknown_versions() 
         .into_iter()
         .map(|d| {
             let payload: serde_json::Value =
-                serde_json::from_slice(d.payload.as_deref().unwrap()).unwrap();
-            format!("{}: {}", payload["order_id"].as_str().unwrap(), d.message)
+                serde_json::from_slice(d.letter.payload.as_deref().unwrap()).unwrap();
+            format!(
+                "{}: {}",
+                payload["order_id"].as_str().unwrap(),
+                d.letter.message
+            )
         })
         .collect();
     dead.sort();

@@ -233,8 +233,8 @@ aggregates = [
     let summary = run.finish();
     let dlq = read_dlq_dir(dir.path().join("dlq")).unwrap();
     assert_eq!(dlq.len(), 1);
-    assert_eq!(dlq[0].kind, ErrorKind::Late);
-    assert_eq!(dlq[0].payload.as_deref(), Some(late.as_bytes()));
+    assert_eq!(dlq[0].letter.kind, ErrorKind::Late);
+    assert_eq!(dlq[0].letter.payload.as_deref(), Some(late.as_bytes()));
     assert_eq!(summary.counters.late, 1);
     assert_eq!(summary.counters.consumed, 101);
     assert_eq!(windows(dir.path()), expected, "no window emitted twice");
@@ -271,17 +271,18 @@ max_future_ms = 60000
     let dlq = read_dlq_dir(dir.path().join("dlq")).unwrap();
     assert_eq!(dlq.len(), 3, "{dlq:?}");
     for d in &dlq {
-        assert_eq!(d.kind, ErrorKind::FutureEventTime);
+        assert_eq!(d.letter.kind, ErrorKind::FutureEventTime);
         assert!(
-            d.message
+            d.letter
+                .message
                 .contains(&format!("event time {} ms", now + 600_000))
-                && d.message.contains("max_future_ms = 60000 ms"),
+                && d.letter.message.contains("max_future_ms = 60000 ms"),
             "{}",
-            d.message
+            d.letter.message
         );
     }
     assert_eq!(
-        dlq.iter().map(|d| d.offset).collect::<Vec<_>>(),
+        dlq.iter().map(|d| d.letter.offset).collect::<Vec<_>>(),
         vec![10, 101, 202]
     );
     assert_eq!(summary.counters.late, 0, "{:?}", summary.counters);

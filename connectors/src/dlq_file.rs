@@ -256,18 +256,20 @@ fn read_dlq_lines(dir: &Path) -> Result<(Vec<DeadLetterRecord>, Vec<ReplayMark>)
             };
             records.push(DeadLetterRecord {
                 id,
-                key,
-                payload,
-                pipeline: l.pipeline,
-                topic: l.topic,
-                partition: l.partition,
-                offset: l.offset,
-                kind: l.kind,
-                message: l.message,
-                stage: l.stage,
-                attempts: l.attempts,
-                time_ms: l.time_ms,
-                first_failure_ms: l.first_failure_ms.unwrap_or(l.time_ms),
+                letter: DeadLetter {
+                    key,
+                    payload,
+                    pipeline: l.pipeline.into(),
+                    topic: l.topic.into(),
+                    partition: l.partition,
+                    offset: l.offset,
+                    kind: l.kind,
+                    message: l.message,
+                    stage: l.stage,
+                    attempts: l.attempts,
+                    time_ms: l.time_ms,
+                    first_failure_ms: l.first_failure_ms.unwrap_or(l.time_ms),
+                },
                 replayed_ms: None,
             });
         }
@@ -339,9 +341,7 @@ mod tests {
         let back = read_dlq_dir(tmp.path()).unwrap();
         let expected: Vec<DeadLetter> = [0, 2, 3, 1].iter().map(|i| letters[*i].clone()).collect();
         assert_eq!(
-            back.into_iter()
-                .map(DeadLetterRecord::into_dead_letter)
-                .collect::<Vec<_>>(),
+            back.into_iter().map(|r| r.letter).collect::<Vec<_>>(),
             expected
         );
     }
@@ -395,7 +395,7 @@ mod tests {
         let offsets: Vec<i64> = read_dlq_dir(tmp.path())
             .unwrap()
             .iter()
-            .map(|r| r.offset)
+            .map(|r| r.letter.offset)
             .collect();
         assert_eq!(offsets, [1]);
     }
@@ -417,7 +417,7 @@ mod tests {
             dead_letter_id("iot", "readings", 2, 5, &Stage::Decode, Some(b"x"))
         );
         assert_eq!(
-            (r.time_ms, r.first_failure_ms, r.replayed_ms),
+            (r.letter.time_ms, r.letter.first_failure_ms, r.replayed_ms),
             (77, 77, None)
         );
         // The same letter written now has the same id.
@@ -442,7 +442,7 @@ mod tests {
                 .unwrap()
                 .iter()
                 .filter(|r| r.replayed_ms.is_none())
-                .map(|r| r.offset)
+                .map(|r| r.letter.offset)
                 .collect()
         };
         assert_eq!(

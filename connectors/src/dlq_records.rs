@@ -11,30 +11,19 @@
 //! it is the row's `replayed_at`. [`fold`] applies both rules to what a log target holds.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
-use weir_runtime::{DeadLetter, ErrorKind, Stage};
+use weir_runtime::DeadLetter;
 
-/// A dead letter read back from a DLQ target, with the original key and payload bytes.
+/// A dead letter read back from a DLQ target: the letter as written, with its id and the
+/// replay mark a target keeps beside it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadLetterRecord {
     /// The stable id (16 hex digits). Records written before ids existed get the id their
     /// fields give ([`weir_runtime::dlq::dead_letter_id`]).
     pub id: String,
-    pub pipeline: String,
-    pub topic: String,
-    pub partition: i32,
-    pub offset: i64,
-    pub key: Option<Vec<u8>>,
-    pub payload: Option<Vec<u8>>,
-    pub kind: ErrorKind,
-    pub message: String,
-    pub stage: Stage,
-    pub attempts: u32,
-    /// When the last attempt failed (epoch ms).
-    pub time_ms: i64,
-    /// When the first attempt failed (epoch ms); `time_ms` in records from before it existed.
-    pub first_failure_ms: i64,
+    /// The letter, its bytes and failure times included (`first_failure_ms` is `time_ms`
+    /// in records from before it existed).
+    pub letter: DeadLetter,
     /// When `weir dlq replay` marked it replayed (epoch ms), if it did.
     pub replayed_ms: Option<i64>,
 }
@@ -44,63 +33,35 @@ impl DeadLetterRecord {
     pub fn of_letter(letter: &DeadLetter) -> Self {
         Self {
             id: letter.id(),
-            pipeline: letter.pipeline.to_string(),
-            topic: letter.topic.to_string(),
-            partition: letter.partition,
-            offset: letter.offset,
-            key: letter.key.clone(),
-            payload: letter.payload.clone(),
-            kind: letter.kind,
-            message: letter.message.clone(),
-            stage: letter.stage.clone(),
-            attempts: letter.attempts,
-            time_ms: letter.time_ms,
-            first_failure_ms: letter.first_failure_ms,
+            letter: letter.clone(),
             replayed_ms: None,
-        }
-    }
-
-    /// Back to the runtime's dead letter (to replay or re-route it).
-    pub fn into_dead_letter(self) -> DeadLetter {
-        DeadLetter {
-            pipeline: Arc::from(self.pipeline),
-            topic: Arc::from(self.topic),
-            partition: self.partition,
-            offset: self.offset,
-            key: self.key,
-            payload: self.payload,
-            kind: self.kind,
-            message: self.message,
-            stage: self.stage,
-            attempts: self.attempts,
-            time_ms: self.time_ms,
-            first_failure_ms: self.first_failure_ms,
         }
     }
 
     /// `topic/partition@offset`, or `row (partition p)` for a letter of an output row.
     pub fn position(&self) -> String {
-        if self.offset < 0 {
-            return match self.partition {
+        let l = &self.letter;
+        if l.offset < 0 {
+            return match l.partition {
                 p if p < 0 => "row (global)".to_string(),
                 p => format!("row ({}{p})", self.topic_prefix()),
             };
         }
-        format!("{}/{}@{}", self.topic, self.partition, self.offset)
+        format!("{}/{}@{}", l.topic, l.partition, l.offset)
     }
 
     fn topic_prefix(&self) -> String {
-        if self.topic.is_empty() {
+        if self.letter.topic.is_empty() {
             "partition ".to_string()
         } else {
-            format!("{}/", self.topic)
+            format!("{}/", self.letter.topic)
         }
     }
 
     /// Whether `weir dlq replay` can feed it back: it is a message of the source (not an
     /// output row derived from many).
     pub fn replayable(&self) -> bool {
-        self.offset >= 0 && !self.topic.is_empty()
+        self.letter.offset >= 0 && !self.letter.topic.is_empty()
     }
 }
 
@@ -119,7 +80,7 @@ pub fn fold(records: Vec<DeadLetterRecord>, marks: &[ReplayMark]) -> Vec<DeadLet
     let mut by_id: HashMap<String, DeadLetterRecord> = HashMap::new();
     for r in records {
         match by_id.get(&r.id) {
-            Some(old) if old.time_ms > r.time_ms => {}
+            Some(old) if old.letter.time_ms > r.letter.time_ms => {}
             _ => {
                 by_id.insert(r.id.clone(), r);
             }
@@ -127,19 +88,21 @@ pub fn fold(records: Vec<DeadLetterRecord>, marks: &[ReplayMark]) -> Vec<DeadLet
     }
     for m in marks {
         if let Some(r) = by_id.get_mut(&m.id) {
-            if m.time_ms >= r.time_ms && r.replayed_ms.is_none_or(|t| t < m.time_ms) {
+            if m.time_ms >= r.letter.time_ms && r.replayed_ms.is_none_or(|t| t < m.time_ms) {
                 r.replayed_ms = Some(m.time_ms);
             }
         }
     }
     let mut out: Vec<DeadLetterRecord> = by_id.into_values().collect();
-    out.sort_by(|a, b| (a.time_ms, &a.id).cmp(&(b.time_ms, &b.id)));
+    out.sort_by(|a, b| (a.letter.time_ms, &a.id).cmp(&(b.letter.time_ms, &b.id)));
     out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+    use weir_runtime::{ErrorKind, Stage};
 
     fn record(offset: i64, time_ms: i64, attempts: u32) -> DeadLetterRecord {
         let letter = DeadLetter {
@@ -194,11 +157,11 @@ mod tests {
     fn positions_read_as_topic_partition_offset() {
         assert_eq!(record(7, 0, 1).position(), "t/0@7");
         let mut row = record(-1, 0, 1);
-        row.topic.clear();
-        row.partition = 3;
+        row.letter.topic = Arc::from("");
+        row.letter.partition = 3;
         assert_eq!(row.position(), "row (partition 3)");
         assert!(!row.replayable());
-        row.partition = -1;
+        row.letter.partition = -1;
         assert_eq!(row.position(), "row (global)");
     }
 }

@@ -258,10 +258,10 @@ fn on_its_own_it_inserts_at_prepare_one_row_per_id_and_marks_at_commit() {
     let a = back.iter().find(|r| r.id == first.id()).unwrap();
     assert_eq!(
         (
-            a.attempts,
-            a.first_failure_ms,
-            a.time_ms,
-            a.message.as_str()
+            a.letter.attempts,
+            a.letter.first_failure_ms,
+            a.letter.time_ms,
+            a.letter.message.as_str()
         ),
         (2, first.first_failure_ms, again.time_ms, "still bad")
     );

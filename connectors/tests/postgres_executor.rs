@@ -180,9 +180,9 @@ fn a_crash_and_restart_apply_every_event_exactly_once_and_store_the_end_offsets(
 
     let mut dead = BTreeMap::new();
     for record in read_dlq_dir(tmp.path()).unwrap() {
-        let at = (record.partition, record.offset);
+        let at = (record.letter.partition, record.letter.offset);
         assert!(
-            dead.insert(at, record.kind).is_none(),
+            dead.insert(at, record.letter.kind).is_none(),
             "{at:?} dead-lettered twice"
         );
     }

@@ -465,6 +465,55 @@ pub(crate) fn topic_partitions(
     Ok(partitions)
 }
 
+/// Reads each of `partitions` of `topic` from its beginning to its end now, handing every
+/// message to `each` with its partition: how weir reads back a topic it wrote (the DLQ
+/// topic, the checkpoint topic). `consumer` joins no group and commits nothing; it must
+/// have `enable.partition.eof=true`. A partition not read to its end within `wait` is a
+/// transient error of `sink` naming `what` (`"DLQ topic"`); `err` makes the other errors.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn read_topic_to_end(
+    consumer: &BaseConsumer<KafkaContext>,
+    topic: &str,
+    partitions: &[i32],
+    wait: Duration,
+    what: &str,
+    sink: &str,
+    err: &dyn Fn(String) -> weir_runtime::error::WeirError,
+    mut each: impl FnMut(i32, &rdkafka::message::BorrowedMessage<'_>) -> weir_runtime::error::Result<()>,
+) -> weir_runtime::error::Result<()> {
+    use rdkafka::consumer::Consumer;
+    for &p in partitions {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning)
+            .map_err(|e| err(format!("{topic}/{p}: {e}")))?;
+        consumer
+            .assign(&tpl)
+            .map_err(|e| err(format!("cannot assign {topic}/{p}: {e}")))?;
+        let deadline = Instant::now() + wait;
+        loop {
+            if Instant::now() > deadline {
+                return Err(weir_runtime::error::WeirError::Sink {
+                    sink: sink.to_string(),
+                    message: format!(
+                        "reading {what} {topic} partition {p} did not reach its end within {} ms{}",
+                        wait.as_millis(),
+                        last_error_suffix(consumer.context())
+                    ),
+                    class: ErrorClass::Transient,
+                });
+            }
+            match consumer.poll(Duration::from_millis(100)) {
+                None => {}
+                Some(Ok(m)) => each(p, &m)?,
+                Some(Err(KafkaError::PartitionEOF(_))) => break,
+                Some(Err(e)) if classify(&e) == ErrorClass::Transient => {}
+                Some(Err(e)) => return Err(err(format!("read {topic}/{p}: {e}"))),
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

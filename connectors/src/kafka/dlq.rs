@@ -27,12 +27,10 @@
 //! replay writes its output again).
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
-use rdkafka::{Offset, TopicPartitionList};
 use serde::Deserialize;
 use weir_runtime::dlq::{dead_letter_id, is_dead_letter_id};
 use weir_runtime::error::{Result, WeirError};
@@ -41,10 +39,9 @@ use weir_runtime::sink::EpochParticipant;
 use weir_runtime::{DeadLetter, DlqWriter, ErrorClass, ErrorKind, Lane, Stage};
 
 use super::client::{
-    check_brokers_and_timeout, client_config, last_error_suffix, reject_owned_options,
+    check_brokers_and_timeout, client_config, read_topic_to_end, reject_owned_options,
     topic_partitions, KafkaContext, KafkaOptions,
 };
-use super::errors::classify;
 use super::producer::{ConfirmedProducer, Refused, PRODUCER_OWNED};
 use super::source::default_connect_timeout_ms;
 use crate::config_key;
@@ -395,19 +392,21 @@ fn read_message(
     };
     Ok(Some(Ok(DeadLetterRecord {
         id,
-        pipeline,
-        topic: source_topic,
-        partition: source_partition,
-        offset: source_offset,
-        key: key.map(<[u8]>::to_vec),
-        payload: payload.map(<[u8]>::to_vec),
-        kind,
-        message: get("weir.error.message")?,
-        stage,
-        attempts: u32::try_from(number("weir.attempts")?)
-            .map_err(|_| read_error(format!("{}: header weir.attempts out of range", at())))?,
-        time_ms,
-        first_failure_ms,
+        letter: DeadLetter {
+            pipeline: pipeline.into(),
+            topic: source_topic.into(),
+            partition: source_partition,
+            offset: source_offset,
+            key: key.map(<[u8]>::to_vec),
+            payload: payload.map(<[u8]>::to_vec),
+            kind,
+            message: get("weir.error.message")?,
+            stage,
+            attempts: u32::try_from(number("weir.attempts")?)
+                .map_err(|_| read_error(format!("{}: header weir.attempts out of range", at())))?,
+            time_ms,
+            first_failure_ms,
+        },
         replayed_ms: None,
     })))
 }
@@ -440,52 +439,35 @@ pub fn read_dlq_topic(config: &KafkaDlqConfig) -> Result<Vec<DeadLetterRecord>> 
         })?;
     let mut records = Vec::new();
     let mut marks = Vec::new();
-    for p in partitions {
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .map_err(|e| read_error(format!("{topic}/{p}: {e}")))?;
-        consumer
-            .assign(&tpl)
-            .map_err(|e| read_error(format!("cannot assign {topic}/{p}: {e}")))?;
-        let deadline = Instant::now() + wait;
-        loop {
-            if Instant::now() > deadline {
-                return Err(WeirError::Sink {
-                    sink: format!("kafka dlq {topic}"),
-                    message: format!(
-                        "reading DLQ topic {topic} partition {p} did not reach its end within {} ms{}",
-                        wait.as_millis(),
-                        last_error_suffix(consumer.context())
-                    ),
-                    class: ErrorClass::Transient,
-                });
-            }
-            match consumer.poll(Duration::from_millis(100)) {
-                None => {}
-                Some(Ok(m)) => {
-                    let headers: HashMap<String, String> = m
-                        .headers()
-                        .map(|h| {
-                            h.iter()
-                                .filter_map(|h| {
-                                    let v = std::str::from_utf8(h.value?).ok()?;
-                                    Some((h.key.to_string(), v.to_string()))
-                                })
-                                .collect()
+    let sink = format!("kafka dlq {topic}");
+    read_topic_to_end(
+        &consumer,
+        topic,
+        &partitions,
+        wait,
+        "DLQ topic",
+        &sink,
+        &read_error,
+        |p, m| {
+            let headers: HashMap<String, String> = m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .filter_map(|h| {
+                            let v = std::str::from_utf8(h.value?).ok()?;
+                            Some((h.key.to_string(), v.to_string()))
                         })
-                        .unwrap_or_default();
-                    match read_message(topic, p, m.offset(), m.key(), m.payload(), &headers)? {
-                        Some(Ok(r)) => records.push(r),
-                        Some(Err(mark)) => marks.push(mark),
-                        None => {}
-                    }
-                }
-                Some(Err(KafkaError::PartitionEOF(_))) => break,
-                Some(Err(e)) if classify(&e) == ErrorClass::Transient => {}
-                Some(Err(e)) => return Err(read_error(format!("read {topic}/{p}: {e}"))),
+                        .collect()
+                })
+                .unwrap_or_default();
+            match read_message(topic, p, m.offset(), m.key(), m.payload(), &headers)? {
+                Some(Ok(r)) => records.push(r),
+                Some(Err(mark)) => marks.push(mark),
+                None => {}
             }
-        }
-    }
+            Ok(())
+        },
+    )?;
     Ok(fold(records, &marks))
 }
 
@@ -588,7 +570,7 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(
-            (old.id.as_str(), old.first_failure_ms),
+            (old.id.as_str(), old.letter.first_failure_ms),
             (letter.id().as_str(), 20)
         );
         let mark = read_message(

@@ -8,19 +8,18 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::{Offset, TopicPartitionList};
 use weir_runtime::checkpoint::{decode, encode};
-use weir_runtime::error::{ErrorClass, Result, WeirError};
+use weir_runtime::error::{Result, WeirError};
 use weir_runtime::Checkpoint;
 
-use super::client::{client_config, last_error_suffix, topic_partitions, KafkaContext};
-use super::errors::classify;
+use super::client::{
+    client_config, last_error_suffix, read_topic_to_end, topic_partitions, KafkaContext,
+};
 use super::{KafkaSinkConfig, KafkaSourceConfig};
 
 fn fail(message: String) -> WeirError {
@@ -100,41 +99,23 @@ pub fn stored_checkpoints(sink: &KafkaSinkConfig, pipeline: &str) -> Result<Vec<
         .map_err(|(m, _)| fail(m))?;
     let prefix = format!("{pipeline}/");
     let mut last: BTreeMap<String, (i32, Option<Vec<u8>>)> = BTreeMap::new();
-    for p in partitions {
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&topic, p, Offset::Beginning)
-            .map_err(|e| fail(format!("{topic}/{p}: {e}")))?;
-        consumer
-            .assign(&tpl)
-            .map_err(|e| fail(format!("cannot assign {topic}/{p}: {e}")))?;
-        let deadline = Instant::now() + wait;
-        loop {
-            if Instant::now() > deadline {
-                return Err(WeirError::Sink {
-                    sink: "kafka".into(),
-                    message: format!(
-                        "reading checkpoint topic {topic} partition {p} did not reach its end within {} ms{}",
-                        wait.as_millis(),
-                        last_error_suffix(consumer.context())
-                    ),
-                    class: ErrorClass::Transient,
-                });
-            }
-            match consumer.poll(Duration::from_millis(100)) {
-                None => {}
-                Some(Ok(m)) => {
-                    if let Some(key) = m.key().and_then(|k| std::str::from_utf8(k).ok()) {
-                        if key.starts_with(&prefix) {
-                            last.insert(key.to_string(), (p, m.payload().map(<[u8]>::to_vec)));
-                        }
-                    }
+    read_topic_to_end(
+        &consumer,
+        &topic,
+        &partitions,
+        wait,
+        "checkpoint topic",
+        "kafka",
+        &fail,
+        |p, m| {
+            if let Some(key) = m.key().and_then(|k| std::str::from_utf8(k).ok()) {
+                if key.starts_with(&prefix) {
+                    last.insert(key.to_string(), (p, m.payload().map(<[u8]>::to_vec)));
                 }
-                Some(Err(KafkaError::PartitionEOF(_))) => break,
-                Some(Err(e)) if classify(&e) == ErrorClass::Transient => {}
-                Some(Err(e)) => return Err(fail(format!("read {topic}/{p}: {e}"))),
             }
-        }
-    }
+            Ok(())
+        },
+    )?;
     let mut out = Vec::new();
     for (key, (at, payload)) in last {
         let Some(bytes) = payload else { continue };

@@ -492,19 +492,21 @@ pub fn read_dead_letters(
             let stage: String = row.get(8);
             let attempts: i32 = row.get(10);
             Ok(DeadLetterRecord {
-                pipeline: row.get(1),
-                topic: row.get(2),
-                partition: row.get(3),
-                offset: row.get(4),
-                key: row.get(5),
-                payload: row.get(6),
-                kind: ErrorKind::parse(&kind).map_err(|e| bad(format!("kind: {e}")))?,
-                stage: Stage::parse(&stage).map_err(|e| bad(format!("stage: {e}")))?,
-                message: row.get(9),
-                attempts: u32::try_from(attempts)
-                    .map_err(|_| bad(format!("attempts {attempts}")))?,
-                first_failure_ms: row.get(11),
-                time_ms: row.get(12),
+                letter: DeadLetter {
+                    pipeline: row.get::<_, String>(1).into(),
+                    topic: row.get::<_, String>(2).into(),
+                    partition: row.get(3),
+                    offset: row.get(4),
+                    key: row.get(5),
+                    payload: row.get(6),
+                    kind: ErrorKind::parse(&kind).map_err(|e| bad(format!("kind: {e}")))?,
+                    stage: Stage::parse(&stage).map_err(|e| bad(format!("stage: {e}")))?,
+                    message: row.get(9),
+                    attempts: u32::try_from(attempts)
+                        .map_err(|_| bad(format!("attempts {attempts}")))?,
+                    first_failure_ms: row.get(11),
+                    time_ms: row.get(12),
+                },
                 replayed_ms: row.get(13),
                 id: id.clone(),
             })

@@ -152,12 +152,15 @@ pub fn assert_rows_and_dlq_exactly_once(
 
     let mut dead = BTreeMap::new();
     for record in read_dlq_dir(dir.join("dlq")).unwrap() {
-        let at = (record.partition, record.offset);
+        let at = (record.letter.partition, record.letter.offset);
         let original = g.message(at.0, at.1).unwrap();
-        assert_eq!(record.payload, original.payload, "original bytes at {at:?}");
-        assert_eq!(record.key, original.key);
+        assert_eq!(
+            record.letter.payload, original.payload,
+            "original bytes at {at:?}"
+        );
+        assert_eq!(record.letter.key, original.key);
         assert!(
-            dead.insert(at, record.kind).is_none(),
+            dead.insert(at, record.letter.kind).is_none(),
             "{at:?} dead-lettered twice"
         );
     }
