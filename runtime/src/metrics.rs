@@ -271,18 +271,6 @@ pub enum RunState {
 /// The stages a dead letter is counted by (`weir_dlq_total{stage}`): the stage's kind, not
 /// its id, so the counters are a fixed array.
 pub const DLQ_STAGES: [&str; 3] = ["decode", "operator", "sink"];
-/// The kinds a dead letter is counted by, in [`ErrorKind`] order.
-pub const DLQ_KINDS: [ErrorKind; 9] = [
-    ErrorKind::InvalidJson,
-    ErrorKind::MissingField,
-    ErrorKind::WrongType,
-    ErrorKind::NullPayload,
-    ErrorKind::EmptyMessage,
-    ErrorKind::Late,
-    ErrorKind::FutureEventTime,
-    ErrorKind::OperatorError,
-    ErrorKind::SinkRejected,
-];
 
 /// Milliseconds since the epoch, now.
 pub fn now_ms() -> i64 {
@@ -327,8 +315,8 @@ pub struct Metrics {
     failed: AtomicBool,
     /// Rows each sink accepted, by sink name, in sink order (set once the run starts).
     sink_rows: OnceLock<Vec<(String, AtomicU64)>>,
-    /// Dead letters written, by [`DLQ_KINDS`] × [`DLQ_STAGES`].
-    dead_letters: [[AtomicU64; DLQ_STAGES.len()]; DLQ_KINDS.len()],
+    /// Dead letters written, by [`ErrorKind::ALL`] × [`DLQ_STAGES`].
+    dead_letters: [[AtomicU64; DLQ_STAGES.len()]; ErrorKind::ALL.len()],
     checkpoint_seconds: Histogram,
     batch_seconds: Histogram,
     end_to_end_seconds: Histogram,
@@ -435,10 +423,10 @@ impl Metrics {
 
     pub(crate) fn dead_lettered(&self, letters: &[DeadLetter]) {
         for l in letters {
-            let kind = DLQ_KINDS
+            let kind = ErrorKind::ALL
                 .iter()
                 .position(|k| *k == l.kind)
-                .expect("invariant: DLQ_KINDS lists every ErrorKind");
+                .expect("invariant: ErrorKind::ALL lists every ErrorKind");
             let stage = match l.stage {
                 Stage::Decode => 0,
                 Stage::Operator(_) => 1,
@@ -466,7 +454,7 @@ impl Metrics {
             for (s, n) in row.iter().enumerate() {
                 let n = n.load(Ordering::Relaxed);
                 if n > 0 {
-                    out.push((DLQ_KINDS[k], DLQ_STAGES[s], n));
+                    out.push((ErrorKind::ALL[k], DLQ_STAGES[s], n));
                 }
             }
         }
