@@ -2,17 +2,32 @@
 //! thread. From the same run and the same input it reports decode-only events/s, whole-path
 //! events/s with the window built by hand (a `TumbleWindow`), the same with the run-time
 //! `partition_key` check in front of it, and with the window written as SQL ([`DEMO_SQL`],
-//! planned by `Pipeline::sql`), and the process's peak memory.
+//! planned by `Pipeline::sql`), and the process's peak memory. The metrics passes run the
+//! whole path again with metrics on (every batch counted into [`Metrics`] as the executor
+//! counts it, the endpoint served and scraped every [`SCRAPE_EVERY`]) beside it with metrics
+//! off, in the order off, on, on, off, so a drift of the machine's speed cancels out.
 //!
 //! Input is encoded batch by batch by the deterministic generator, outside the timed region
 //! (so memory stays bounded for any event count); only decode, operators and the sink are timed.
 
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use weir_connectors::{EventGenerator, GeneratorConfig};
 use weir_operators::{JsonDecoder, KeyCheckOperator, KeyPlacement, TumbleWindow};
 use weir_runtime::error::{Result, WeirError};
-use weir_runtime::{Decoder, NullSink, PartitionTask, SinkWriter};
+use weir_runtime::metrics::{now_ms, PartitionMetrics, RunState};
+use weir_runtime::{Decoder, Metrics, NullSink, PartitionTask, SinkWriter, TaskOutput};
+
+use crate::metrics_http::MetricsServer;
+
+/// How often the metrics passes scrape `/metrics`: 150 times as often as a Prometheus server
+/// does by default (every 15 s), so the cost of serving shows.
+pub const SCRAPE_EVERY: Duration = Duration::from_millis(100);
 
 /// The demo's window as SQL: what the SQL pass of the benchmark runs.
 pub const DEMO_SQL: &str = "SELECT sensor_id, window_start, window_end, \
@@ -49,7 +64,37 @@ pub struct BenchReport {
     pub key_check_secs: f64,
     pub windows_out: u64,
     pub sql_windows_out: u64,
+    /// The metrics comparison: the whole path with metrics off and on, two passes each.
+    pub metrics: MetricsComparison,
     pub peak_rss_bytes: Option<u64>,
+}
+
+/// The same path timed with metrics off and on, in the order off, on, on, off.
+#[derive(Debug, Clone, Default)]
+pub struct MetricsComparison {
+    /// Seconds of the two passes with metrics off.
+    pub off_secs: [f64; 2],
+    /// Seconds of the two passes with metrics on.
+    pub on_secs: [f64; 2],
+    /// Successful scrapes of `/metrics` during the passes with metrics on.
+    pub scrapes: u64,
+}
+
+impl MetricsComparison {
+    /// Events/s with metrics off (both passes' time together).
+    pub fn off_eps(&self, events: u64) -> f64 {
+        2.0 * events as f64 / (self.off_secs[0] + self.off_secs[1]).max(1e-9)
+    }
+
+    /// Events/s with metrics on.
+    pub fn on_eps(&self, events: u64) -> f64 {
+        2.0 * events as f64 / (self.on_secs[0] + self.on_secs[1]).max(1e-9)
+    }
+
+    /// Metrics on as a percentage of metrics off (the issue's bound: at least 97 %).
+    pub fn on_percent(&self, events: u64) -> f64 {
+        100.0 * self.on_eps(events) / self.off_eps(events).max(1e-9)
+    }
 }
 
 impl BenchReport {
@@ -97,7 +142,25 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
 
     // Pass 2: the whole path of a partition task.
     let mut task = window_task(&schema, None)?;
-    let (whole, windows_out) = run_task(&mut task, &generator, opts)?;
+    let (whole, windows_out) = run_task(&mut task, &generator, opts, None)?;
+
+    // Passes 2a-2c: the same with metrics on, twice, then off again.
+    let mut metrics = MetricsComparison {
+        off_secs: [whole.as_secs_f64(), 0.0],
+        ..Default::default()
+    };
+    for on in &mut metrics.on_secs {
+        let (secs, windows, scrapes) = metrics_pass(&schema, &generator, opts)?;
+        if windows != windows_out {
+            return Err(WeirError::Internal(format!(
+                "bench: {windows} windows with metrics on, {windows_out} without"
+            )));
+        }
+        *on = secs.as_secs_f64();
+        metrics.scrapes += scrapes;
+    }
+    let (again, _) = run_task(&mut window_task(&schema, None)?, &generator, opts, None)?;
+    metrics.off_secs[1] = again.as_secs_f64();
 
     // Pass 3: the whole path with the partition key check in front of the window (right
     // after pass 2, so the two are measured back to back).
@@ -106,7 +169,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
         weir_operators::PartitionKeyCheck::Warn,
     ));
     let mut checked = window_task(&schema, Some(placement))?;
-    let (key_check, _) = run_task(&mut checked, &generator, opts)?;
+    let (key_check, _) = run_task(&mut checked, &generator, opts, None)?;
 
     // Pass 4: the same window written as SQL.
     let mut sql_task = crate::pipeline::Pipeline::new("bench")
@@ -119,7 +182,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
             },
         )?
         .partition_task(&"bench".into(), 0)?;
-    let (sql, sql_windows_out) = run_task(&mut sql_task, &generator, opts)?;
+    let (sql, sql_windows_out) = run_task(&mut sql_task, &generator, opts, None)?;
 
     Ok(BenchReport {
         events: opts.events,
@@ -130,6 +193,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
         key_check_secs: key_check.as_secs_f64(),
         windows_out,
         sql_windows_out,
+        metrics,
         peak_rss_bytes: peak_rss(),
     })
 }
@@ -188,30 +252,148 @@ fn feed(
 }
 
 /// Every batch through `task` and its output into a null sink, then the end of input: the
-/// time spent and the rows out.
+/// time spent and the rows out. With `counted`, each batch is also counted as the executor
+/// counts it (bytes read, the partition's offset and watermark, batch time, rows written,
+/// end-to-end latency, the accounting counters), inside the timed region.
 fn run_task(
     task: &mut PartitionTask,
     generator: &EventGenerator,
     opts: &BenchOptions,
+    counted: Option<(&Metrics, &PartitionMetrics)>,
 ) -> Result<(Duration, u64)> {
     let mut sink = NullSink::default();
-    let mut write = |out: weir_runtime::TaskOutput| -> Result<()> {
+    let mut write = |out: TaskOutput, took: Duration, newest: Option<i64>| -> Result<()> {
         for b in &out.batches {
             sink.write(&weir_runtime::Lane::new("bench", 0), b)?;
+        }
+        if let Some((metrics, partition)) = counted {
+            metrics.batch_processed(took);
+            if let Some(w) = out.event_watermark.or(out.watermark) {
+                partition.set_watermark(w);
+            }
+            let rows: usize = out.batches.iter().map(|b| b.num_rows()).sum();
+            metrics.sink_wrote(0, rows as u64);
+            if let (Some(t), true) = (newest, rows > 0) {
+                let latency = now_ms().saturating_sub(t).max(0) as u64;
+                metrics.written_after(Duration::from_millis(latency));
+            }
+            metrics.add(&out.delta);
         }
         Ok(())
     };
     let (mut timed, _) = feed(generator, opts, &mut |raw| {
         let t = Instant::now();
+        let mut newest = None;
+        if let Some((metrics, partition)) = counted {
+            newest = raw.messages.iter().filter_map(|m| m.timestamp_ms).max();
+            let bytes: usize = raw
+                .messages
+                .iter()
+                .map(|m| {
+                    m.payload.as_ref().map_or(0, Vec::len) + m.key.as_ref().map_or(0, Vec::len)
+                })
+                .sum();
+            metrics.read_bytes(bytes as u64);
+            partition.read_to(raw.messages.last().map(|m| m.offset + 1), None);
+        }
+        let processing = Instant::now();
         let out = task.process(&raw)?;
-        write(out)?;
+        write(out, processing.elapsed(), newest)?;
         Ok(t.elapsed())
     })?;
     let t = Instant::now();
     let out = task.end_of_input()?;
-    write(out)?;
+    write(out, t.elapsed(), None)?;
     timed += t.elapsed();
     Ok((timed, sink.rows))
+}
+
+/// The whole path with metrics on: every batch counted (see [`run_task`]), the endpoint
+/// served on a free loopback port and scraped every [`SCRAPE_EVERY`]. The time, the rows
+/// out and the scrapes that succeeded.
+fn metrics_pass(
+    schema: &weir_operators::SchemaConfig,
+    generator: &EventGenerator,
+    opts: &BenchOptions,
+) -> Result<(Duration, u64, u64)> {
+    let metrics = Arc::new(Metrics::default());
+    metrics.set_sinks(["null".to_string()]);
+    let partition = metrics.track_partition(&"bench".into(), 0, 0);
+    metrics.set_state(RunState::Running);
+    let server = MetricsServer::start(([127, 0, 0, 1], 0).into(), metrics.clone())
+        .map_err(|e| WeirError::Internal(format!("bench: metrics endpoint: {e}")))?;
+    let scraper = Scraper::start(server.addr(), SCRAPE_EVERY);
+    let mut task = window_task(schema, None)?;
+    let ran = run_task(&mut task, generator, opts, Some((&metrics, &partition)));
+    let scrapes = scraper.stop()?;
+    let (secs, windows) = ran?;
+    Ok((secs, windows, scrapes))
+}
+
+/// A client that GETs `/metrics` every `every` on a thread of its own until stopped, as a
+/// Prometheus server would (one connection per scrape). Every answer must be a 200 carrying
+/// the events counter.
+pub(crate) struct Scraper {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<std::result::Result<u64, String>>,
+}
+
+impl Scraper {
+    pub(crate) fn start(addr: SocketAddr, every: Duration) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut scrapes = 0;
+            while !stopping.load(Ordering::Relaxed) {
+                scrape(addr)?;
+                scrapes += 1;
+                std::thread::sleep(every);
+            }
+            Ok(scrapes)
+        });
+        Self { stop, thread }
+    }
+
+    /// Stop scraping: the scrapes made, or the first that failed.
+    pub(crate) fn stop(self) -> Result<u64> {
+        self.stop.store(true, Ordering::Relaxed);
+        let scrapes = self
+            .thread
+            .join()
+            .map_err(|_| WeirError::Internal("bench: the scraper panicked".into()))?
+            .map_err(|e| WeirError::Internal(format!("bench: scraping /metrics: {e}")))?;
+        if scrapes == 0 {
+            return Err(WeirError::Internal(
+                "bench: /metrics was never scraped".into(),
+            ));
+        }
+        Ok(scrapes)
+    }
+}
+
+fn scrape(addr: SocketAddr) -> std::result::Result<(), String> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .map_err(|e| format!("connect to {addr}: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| format!("send to {addr}: {e}"))?;
+    let mut answer = String::new();
+    stream
+        .read_to_string(&mut answer)
+        .map_err(|e| format!("read from {addr}: {e}"))?;
+    if !answer.starts_with("HTTP/1.1 200") {
+        let status = answer.lines().next().unwrap_or("no answer");
+        return Err(format!("{addr} answered {status}"));
+    }
+    if !answer.contains("\nweir_events_in_total ") {
+        return Err(format!("{addr} answered without weir_events_in_total"));
+    }
+    Ok(())
 }
 
 /// Peak resident set size of this process (Linux `VmHWM`).

@@ -3,7 +3,10 @@
 //! over every partition; one thread per partition on its split partition queue, the way
 //! weir's readers fetch), and by weir's whole path (Kafka source → decode → the demo's window
 //! → null sink, on the executor). The ratio is taken against the faster raw consumer. Both
-//! raw passes and weir assign the partitions explicitly, so no group join is timed.
+//! raw passes and weir assign the partitions explicitly, so no group join is timed. weir's
+//! path then runs three times more, so that metrics off and on are compared in the order
+//! off, on, on, off: on means the metrics endpoint served and scraped every
+//! [`crate::bench::SCRAPE_EVERY`] (the executor counts into its atomics either way).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -44,6 +47,8 @@ pub struct KafkaBenchReport {
     pub raw_split_secs: f64,
     pub weir_secs: f64,
     pub windows_out: u64,
+    /// weir's path with metrics off (the first is `weir_secs`) and on.
+    pub metrics: crate::bench::MetricsComparison,
 }
 
 impl KafkaBenchReport {
@@ -177,13 +182,55 @@ pub fn run(opts: &KafkaBenchOptions) -> Result<KafkaBenchReport> {
 
     let raw_split_secs = raw_split_pass(&topic, opts)?;
 
-    // Pass 2: weir's whole path on the executor.
-    let dir = std::env::temp_dir().join(&topic);
+    // Pass 3: weir's whole path on the executor; then on, on, off again for the metrics.
+    let (weir_secs, windows_out, _) = weir_pass(&topic, opts, 0, false)?;
+    let mut metrics = crate::bench::MetricsComparison {
+        off_secs: [weir_secs, 0.0],
+        ..Default::default()
+    };
+    for (i, on) in metrics.on_secs.iter_mut().enumerate() {
+        let (secs, windows, scrapes) = weir_pass(&topic, opts, 1 + i, true)?;
+        if windows != windows_out {
+            return Err(WeirError::Internal(format!(
+                "bench: {windows} windows with metrics on, {windows_out} without"
+            )));
+        }
+        *on = secs;
+        metrics.scrapes += scrapes;
+    }
+    metrics.off_secs[1] = weir_pass(&topic, opts, 3, false)?.0;
+    Ok(KafkaBenchReport {
+        topic,
+        events: opts.events,
+        produce_secs,
+        raw_secs,
+        raw_bytes: bytes,
+        raw_split_secs,
+        weir_secs,
+        windows_out,
+        metrics,
+    })
+}
+
+/// weir's whole path over the topic (run number `run`, with a checkpoint directory of its
+/// own), with the metrics endpoint served and scraped when `with_metrics`: the seconds until
+/// every event was consumed, the windows out and the scrapes.
+fn weir_pass(
+    topic: &str,
+    opts: &KafkaBenchOptions,
+    run: usize,
+    with_metrics: bool,
+) -> Result<(f64, u64, u64)> {
+    let dir = std::env::temp_dir().join(format!("{topic}-{run}"));
     let sink = NullSink::default();
     let executor = Pipeline::new("bench-kafka")
         .source(KafkaSource::new(KafkaSourceConfig {
             assignment: AssignmentMode::Manual,
-            ..KafkaSourceConfig::new(opts.brokers.clone(), &[&topic], format!("{topic}-weir"))
+            ..KafkaSourceConfig::new(
+                opts.brokers.clone(),
+                &[topic],
+                format!("{topic}-weir-{run}"),
+            )
         })?)
         .schema(crate::iot_schema())
         .tumble(crate::demo_window(60_000))
@@ -197,6 +244,18 @@ pub fn run(opts: &KafkaBenchOptions) -> Result<KafkaBenchReport> {
         .checkpoint_interval(Duration::from_secs(5))
         .build()?;
     let metrics = executor.metrics();
+    let served = match with_metrics {
+        true => {
+            let server = crate::metrics_http::MetricsServer::start(
+                ([127, 0, 0, 1], 0).into(),
+                metrics.clone(),
+            )
+            .map_err(|e| WeirError::Internal(format!("bench: metrics endpoint: {e}")))?;
+            let scraper = crate::bench::Scraper::start(server.addr(), crate::bench::SCRAPE_EVERY);
+            Some((server, scraper))
+        }
+        false => None,
+    };
     let shutdown = Shutdown::new();
     let stop = shutdown.clone();
     let t = Instant::now();
@@ -218,21 +277,16 @@ pub fn run(opts: &KafkaBenchOptions) -> Result<KafkaBenchReport> {
         std::thread::sleep(Duration::from_millis(1));
         weir_secs = t.elapsed().as_secs_f64();
     }
+    let scrapes = match served {
+        Some((_server, scraper)) => scraper.stop()?,
+        None => 0,
+    };
     stop.trigger();
     let summary = handle
         .join()
         .map_err(|_| WeirError::Internal("bench executor panicked".into()))??;
     let _ = std::fs::remove_dir_all(&dir);
-    Ok(KafkaBenchReport {
-        topic,
-        events: opts.events,
-        produce_secs,
-        raw_secs,
-        raw_bytes: bytes,
-        raw_split_secs,
-        weir_secs,
-        windows_out: summary.counters.rows_out,
-    })
+    Ok((weir_secs, summary.counters.rows_out, scrapes))
 }
 
 /// The raw consumer with one thread per partition, each polling the partition's own queue

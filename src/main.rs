@@ -805,6 +805,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 "  weir / raw      {:>10.1} %  (against the faster raw consumer)",
                 100.0 * r.weir_eps() / r.best_raw_eps()
             );
+            print_metrics_comparison(&r.metrics, r.events);
         }
         Command::Bench {
             events,
@@ -879,6 +880,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 100.0 * r.key_check_eps() / r.whole_eps()
             );
             println!("  windows out     {:>10}", r.windows_out);
+            print_metrics_comparison(&r.metrics, r.events);
             match r.peak_rss_bytes {
                 Some(b) => println!("  peak RSS        {:>10.1} MB", b as f64 / 1e6),
                 None => println!("  peak RSS        unavailable on this platform"),
@@ -886,4 +888,19 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The metrics lines of `weir bench` and `weir bench --kafka`.
+fn print_metrics_comparison(m: &weir::bench::MetricsComparison, events: u64) {
+    println!(
+        "  metrics off     {:>10.0} events/s  (whole path, passes 1 and 4 of off, on, on, off)",
+        m.off_eps(events)
+    );
+    println!(
+        "  metrics on      {:>10.0} events/s  ({:.1} % of off; endpoint scraped every {} ms, {} scrapes)",
+        m.on_eps(events),
+        m.on_percent(events),
+        weir::bench::SCRAPE_EVERY.as_millis(),
+        m.scrapes
+    );
 }

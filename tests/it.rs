@@ -5,6 +5,7 @@
 mod common;
 
 mod accounting;
+mod bench_cli;
 mod cli;
 mod colocation;
 mod config_errors;

@@ -134,3 +134,54 @@ dir = "checkpoints"
         }
     }
 }
+
+/// On a terminal `weir run` redraws one status line on stderr every second (carriage return,
+/// erase the line, the status) and erases it when the run ends; the log stays without
+/// colour when `NO_COLOR` is set. The run is given a terminal by `script`, which runs it on
+/// a pseudo-terminal and copies what it wrote.
+#[test]
+fn on_a_terminal_the_status_line_is_redrawn_in_place_and_erased_at_the_end() {
+    let dir = tempfile::tempdir().unwrap();
+    // 2000 events at 500/s: about 4 s, so the line is drawn several times.
+    let pipeline = generator_pipeline("tty", "")
+        .replace("events = 2000", "events = 2000\nevents_per_sec = 500");
+    std::fs::write(dir.path().join("p.toml"), pipeline).unwrap();
+    let weir = env!("CARGO_BIN_EXE_weir");
+    let out = std::process::Command::new("script")
+        .args(["-q", "-e", "-c", &format!("{weir} run p.toml"), "/dev/null"])
+        .current_dir(dir.path())
+        .env("WEIR_LOG", "warn")
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run `script` (util-linux) to give weir a terminal");
+    let tty = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{tty}\n{}", stderr(&out));
+    let redraw = "\r\u{1b}[2K";
+    let draws: Vec<&str> = tty
+        .split(redraw)
+        .skip(1)
+        .filter(|l| l.contains(" events/s in, "))
+        .collect();
+    assert!(draws.len() >= 2, "fewer than 2 redraws in: {tty:?}");
+    for d in &draws {
+        let line = d.lines().next().unwrap_or_default();
+        assert!(
+            line.contains(" rows/s out, ") && line.contains(" dead letters"),
+            "not a status line: {line:?}"
+        );
+    }
+    // The last redraw is the erase: what follows it on its line is no status.
+    let last = tty.rfind(redraw).expect("a redraw");
+    let after = tty[last + redraw.len()..]
+        .lines()
+        .next()
+        .unwrap_or_default();
+    assert!(
+        !after.contains(" events/s in, "),
+        "the line was not erased at the end: {tty:?}"
+    );
+    assert!(
+        !tty.contains("\u{1b}[3") && !tty.contains("\u{1b}[1m"),
+        "a colour code with NO_COLOR set: {tty:?}"
+    );
+}

@@ -403,7 +403,9 @@ impl Metrics {
             .set(names.into_iter().map(|n| (n, AtomicU64::new(0))).collect());
     }
 
-    pub(crate) fn sink_wrote(&self, sink: usize, rows: u64) {
+    /// Sink number `sink` (of [`Metrics::set_sinks`]) accepted `rows`. The executor's sink
+    /// stage calls this and the other recording methods; so does `weir bench`'s metrics pass.
+    pub fn sink_wrote(&self, sink: usize, rows: u64) {
         if let Some((_, n)) = self.sink_rows.get().and_then(|s| s.get(sink)) {
             n.fetch_add(rows, Ordering::Relaxed);
         }
@@ -461,7 +463,8 @@ impl Metrics {
         out
     }
 
-    pub(crate) fn read_bytes(&self, bytes: u64) {
+    /// A reader read `bytes` of payloads and keys.
+    pub fn read_bytes(&self, bytes: u64) {
         self.bytes_in.fetch_add(bytes, Ordering::Relaxed);
     }
 
@@ -470,11 +473,13 @@ impl Metrics {
         self.bytes_in.load(Ordering::Relaxed)
     }
 
-    pub(crate) fn batch_processed(&self, took: Duration) {
+    /// A partition task processed a batch in `took`.
+    pub fn batch_processed(&self, took: Duration) {
         self.batch_seconds.observe(took);
     }
 
-    pub(crate) fn written_after(&self, latency: Duration) {
+    /// Rows reached the sinks `latency` after their newest source message's time.
+    pub fn written_after(&self, latency: Duration) {
         self.end_to_end_seconds.observe(latency);
     }
 
@@ -489,7 +494,7 @@ impl Metrics {
 
     /// Track a partition that starts (at `next_offset`); the returned handle is what its
     /// reader and the sink stage update.
-    pub(crate) fn track_partition(
+    pub fn track_partition(
         &self,
         topic: &Arc<str>,
         partition: i32,
